@@ -1,0 +1,266 @@
+/* graph.h - tensors, compute graphs, automatic differentiation and the memory planner.
+ *
+ * Op constructors (ts_add, ts_matmul, ...) only record nodes; nothing runs until
+ * ts_graph_compute. Shapes and dtypes are checked at construction. A constructor that fails
+ * returns NULL and records the first error in the graph (ts_graph_status / ts_graph_error);
+ * every constructor given a NULL input returns NULL without overwriting that first error, so
+ * a whole model can be built and checked once at the end.
+ *
+ * Shapes are listed outermost first (row-major), like NumPy. Strides are in elements.
+ * Broadcasting follows NumPy: shapes are aligned on the right; a dimension of 1 stretches.
+ *
+ * Life of a graph: build (leaves + ops) -> optional ts_graph_backward -> ts_graph_alloc (plans
+ * memory on a backend; reports the planned peak) -> write leaves -> ts_graph_compute (as many
+ * times as wanted; allocates nothing) -> read outputs -> ts_graph_free. */
+#ifndef TESSERA_GRAPH_H
+#define TESSERA_GRAPH_H
+
+#include "tessera/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TS_MAX_DIMS 4
+#define TS_MAX_SRC 4
+#define TS_MAX_NAME 64
+
+typedef struct ts_graph ts_graph;
+typedef struct ts_tensor ts_tensor;
+typedef struct ts_backend ts_backend;
+typedef struct ts_buffer ts_buffer;
+
+/* Every node kind. The comment gives the sources and the integer / float parameters
+ * (ip[] / fp[]). Ops after TS_OP_FIRST_BACKWARD_ and the views are also valid user ops. */
+typedef enum {
+    TS_OP_NONE = 0,     /* leaf: parameter, input or constant; data set by the user */
+
+    /* views: share storage with src0; no kernel runs */
+    TS_OP_RESHAPE,      /* src0 contiguous; new shape */
+    TS_OP_PERMUTE,      /* ip[0..ndim-1] = perm: out dim d is src dim perm[d] */
+    TS_OP_SLICE,        /* ip[0] = axis, ip[1] = start, ip[2] = length */
+    TS_OP_EXPAND,       /* broadcast size-1 dims to shape (stride 0) */
+
+    /* creation and movement */
+    TS_OP_FILL,         /* fp[0] = value */
+    TS_OP_COPY,         /* src0 -> contiguous, converted to the node's dtype (copy / cast) */
+    TS_OP_CONCAT,       /* src0..src{n-1} (n = ip[1] <= TS_MAX_SRC) along ip[0] = axis */
+
+    /* elementwise binary with broadcasting */
+    TS_OP_ADD, TS_OP_SUB, TS_OP_MUL, TS_OP_DIV,
+
+    /* elementwise unary */
+    TS_OP_SCALE,        /* fp[0] = factor */
+    TS_OP_EXP, TS_OP_LOG, TS_OP_SQRT, TS_OP_SIGMOID, TS_OP_SOFTPLUS, TS_OP_SILU, TS_OP_RELU,
+    TS_OP_CLAMP,        /* fp[0] = min, fp[1] = max (either may be +-INFINITY) */
+
+    /* reductions over one axis, keeping it with size 1 (ip[0] = axis) */
+    TS_OP_SUM, TS_OP_MEAN, TS_OP_MAX,
+    TS_OP_SUM_TO,       /* sum src0 down to the node's shape (undo a broadcast) */
+
+    /* transformer ops */
+    TS_OP_MATMUL,       /* src0 a [..,M,K] (or [..,K,M] if ip[0]), src1 b [..,K,N] (or [..,N,K] if ip[1]);
+                           batch dims broadcast */
+    TS_OP_SOFTMAX,      /* ip[0] = axis; src1 = optional additive mask, broadcast to src0 */
+    TS_OP_RMS_NORM,     /* over the last axis; src1 = optional weight [D]; fp[0] = eps */
+    TS_OP_ROPE,         /* src0 x [..., D], src1 angles broadcastable to x.shape[:-1] + [n_rot/2];
+                           rotates the trailing ip[0] = n_rot dims in interleaved pairs
+                           (2k, 2k+1) by angle (ip[1] = 1: by -angle) */
+    TS_OP_GET_ROWS,     /* src0 table [V, ...], src1 ids (i32/i64) any shape -> ids.shape + table.shape[1:] */
+    TS_OP_TOPK,         /* indices (i32) of the ip[0] = k largest along the last axis, descending;
+                           ties go to the lower index */
+    TS_OP_GATHER,       /* src0 x, src1 idx (same rank, i32/i64), ip[0] = axis: out = idx.shape,
+                           out[..i..] = x[..idx[..i..]..] along axis (torch.gather) */
+    TS_OP_SCATTER_ADD,  /* src0 base, src1 idx, src2 values (shape of idx), ip[0] = axis:
+                           out = base; out[..idx[..i..]..] += values[..i..] */
+    TS_OP_CROSS_ENTROPY,/* src0 logits [..., V], src1 targets (i32/i64) [...]: mean over targets
+                           >= 0 of -log softmax(logits)[target]; targets < 0 are ignored.
+                           Output shape [1]. */
+
+    /* backward helpers (also plain ops; the conformance suite covers them) */
+    TS_OP_FIRST_BACKWARD_,
+    TS_OP_SIGMOID_BACK = TS_OP_FIRST_BACKWARD_, /* src0 y = sigmoid(x), src1 dy -> dx */
+    TS_OP_SILU_BACK,    /* src0 x, src1 dy -> dx */
+    TS_OP_RELU_BACK,    /* src0 x, src1 dy -> dx (0 where x <= 0) */
+    TS_OP_CLAMP_BACK,   /* src0 x, src1 dy, fp[0]/fp[1] as in CLAMP -> dx (0 outside (min, max)) */
+    TS_OP_MAX_BACK,     /* src0 x, src1 y = max, src2 dy (shape of y), ip[0] = axis -> dx; the
+                           gradient goes to the first maximal element */
+    TS_OP_SOFTMAX_BACK, /* src0 y, src1 dy, ip[0] = axis -> dx */
+    TS_OP_RMS_NORM_BACK,/* src0 x, src1 dy, src2 optional weight, fp[0] = eps -> dx */
+    TS_OP_GET_ROWS_BACK,/* src0 ids, src1 dy; node shape = table shape -> scatter-added rows */
+    TS_OP_CROSS_ENTROPY_BACK, /* src0 logits, src1 targets, src2 dloss [1] -> dlogits */
+
+    TS_OP_COUNT
+} ts_op;
+
+enum {
+    TS_FLAG_PARAM = 1u << 0,         /* trainable: ts_graph_backward computes its gradient */
+    TS_FLAG_INPUT = 1u << 1,         /* leaf written by the user before each compute */
+    TS_FLAG_OUTPUT = 1u << 2,        /* must survive until the end of compute (not reused) */
+    TS_FLAG_REQUIRES_GRAD = 1u << 3, /* set by the graph: a PARAM is upstream */
+    TS_FLAG_GRAD = 1u << 4,          /* node created by ts_graph_backward */
+};
+
+/* A tensor is also a graph node. Fields are read-only for users; use the functions below. */
+struct ts_tensor {
+    ts_dtype dtype;
+    int ndim;                        /* 0..TS_MAX_DIMS; 0 is a scalar */
+    int64_t shape[TS_MAX_DIMS];
+    int64_t stride[TS_MAX_DIMS];     /* in elements */
+    int64_t offset;                  /* in elements, into the storage of view_src (views) */
+    char name[TS_MAX_NAME];
+
+    ts_op op;
+    int n_src;
+    ts_tensor *src[TS_MAX_SRC];
+    int32_t ip[8];
+    float fp[4];
+    uint32_t flags;
+    int id;                          /* position in the graph (topological order) */
+
+    ts_tensor *view_src;             /* views: the non-view tensor that owns the storage */
+    ts_tensor *grad;                 /* after ts_graph_backward: d loss / d this (or NULL) */
+
+    /* storage, set by ts_graph_alloc or ts_tensor_bind */
+    ts_buffer *buffer;
+    size_t buffer_offset;            /* bytes */
+    void *data;                      /* host address when the buffer is host-visible, else NULL */
+};
+
+/* ---------------------------------------------------------------- graph */
+
+ts_graph *ts_graph_new(void);        /* NULL only when out of memory */
+void ts_graph_free(ts_graph *g);
+ts_status ts_graph_status(const ts_graph *g);
+const char *ts_graph_error(const ts_graph *g);  /* "" when no error */
+int ts_graph_n_nodes(const ts_graph *g);
+ts_tensor *ts_graph_node(const ts_graph *g, int i);
+/* Records an error (first one wins) and returns s; for layers above building on the graph. */
+ts_status ts_graph_set_error(ts_graph *g, ts_status s, const char *fmt, ...);
+
+/* ---------------------------------------------------------------- tensors */
+
+ts_tensor *ts_new_tensor(ts_graph *g, ts_dtype t, int ndim, const int64_t *shape, const char *name);
+ts_tensor *ts_new_tensor_1d(ts_graph *g, ts_dtype t, int64_t n0, const char *name);
+ts_tensor *ts_new_tensor_2d(ts_graph *g, ts_dtype t, int64_t n0, int64_t n1, const char *name);
+ts_tensor *ts_new_tensor_3d(ts_graph *g, ts_dtype t, int64_t n0, int64_t n1, int64_t n2, const char *name);
+ts_tensor *ts_new_tensor_4d(ts_graph *g, ts_dtype t, int64_t n0, int64_t n1, int64_t n2, int64_t n3,
+                            const char *name);
+/* Marks a leaf trainable (its gradient is computed by ts_graph_backward). */
+ts_tensor *ts_set_param(ts_tensor *t);
+/* Marks a node as kept until the end of compute (so it can be read afterwards). */
+ts_tensor *ts_set_output(ts_tensor *t);
+ts_tensor *ts_set_name(ts_tensor *t, const char *fmt, ...);
+
+int64_t ts_nelements(const ts_tensor *t);
+size_t ts_nbytes(const ts_tensor *t);              /* of the elements, as if contiguous */
+bool ts_is_contiguous(const ts_tensor *t);
+bool ts_same_shape(const ts_tensor *a, const ts_tensor *b);
+bool ts_is_view(const ts_tensor *t);
+/* "name f32[2,3,4]" into buf; returns buf. */
+const char *ts_tensor_describe(const ts_tensor *t, char *buf, size_t size);
+
+/* Attach a leaf to storage owned elsewhere (model weights shared by several graphs). The
+ * planner then leaves it alone. `host` variant: CPU-only, memory must outlive the graph. */
+ts_status ts_tensor_bind(ts_tensor *leaf, ts_buffer *buf, size_t offset);
+ts_status ts_tensor_bind_host(ts_tensor *leaf, void *host);
+
+/* Copy contiguous element bytes in/out of an allocated tensor (any backend). `bytes` must equal
+ * ts_nbytes(t); non-contiguous tensors are gathered/scattered element by element. */
+ts_status ts_tensor_write(ts_tensor *t, const void *src, size_t bytes);
+ts_status ts_tensor_read(const ts_tensor *t, void *dst, size_t bytes);
+/* Convenience: all elements as/from f32 (converted). n must equal ts_nelements(t). */
+ts_status ts_tensor_write_f32(ts_tensor *t, const float *src, int64_t n);
+ts_status ts_tensor_read_f32(const ts_tensor *t, float *dst, int64_t n);
+
+/* ---------------------------------------------------------------- views (no copy) */
+
+ts_tensor *ts_reshape(ts_graph *g, ts_tensor *x, int ndim, const int64_t *shape); /* copies if x is not contiguous; one dim may be -1 */
+ts_tensor *ts_reshape_2d(ts_graph *g, ts_tensor *x, int64_t n0, int64_t n1);
+ts_tensor *ts_permute(ts_graph *g, ts_tensor *x, const int *perm);
+ts_tensor *ts_transpose(ts_graph *g, ts_tensor *x, int axis0, int axis1);
+ts_tensor *ts_slice(ts_graph *g, ts_tensor *x, int axis, int64_t start, int64_t length);
+ts_tensor *ts_expand(ts_graph *g, ts_tensor *x, int ndim, const int64_t *shape);
+
+/* ---------------------------------------------------------------- ops
+ * Negative axes count from the end. Float ops accept every float dtype; binary ops require
+ * equal dtypes (use ts_cast). */
+
+ts_tensor *ts_fill(ts_graph *g, ts_dtype t, int ndim, const int64_t *shape, float value);
+ts_tensor *ts_zeros_like(ts_graph *g, const ts_tensor *x);
+ts_tensor *ts_cast(ts_graph *g, ts_tensor *x, ts_dtype t);
+ts_tensor *ts_cont(ts_graph *g, ts_tensor *x);  /* contiguous copy */
+ts_tensor *ts_concat(ts_graph *g, ts_tensor *const *xs, int n, int axis);
+
+ts_tensor *ts_add(ts_graph *g, ts_tensor *a, ts_tensor *b);
+ts_tensor *ts_sub(ts_graph *g, ts_tensor *a, ts_tensor *b);
+ts_tensor *ts_mul(ts_graph *g, ts_tensor *a, ts_tensor *b);
+ts_tensor *ts_div(ts_graph *g, ts_tensor *a, ts_tensor *b);
+
+ts_tensor *ts_scale(ts_graph *g, ts_tensor *x, float s);
+ts_tensor *ts_exp(ts_graph *g, ts_tensor *x);
+ts_tensor *ts_log(ts_graph *g, ts_tensor *x);
+ts_tensor *ts_sqrt(ts_graph *g, ts_tensor *x);
+ts_tensor *ts_sigmoid(ts_graph *g, ts_tensor *x);
+ts_tensor *ts_softplus(ts_graph *g, ts_tensor *x);
+ts_tensor *ts_silu(ts_graph *g, ts_tensor *x);
+ts_tensor *ts_relu(ts_graph *g, ts_tensor *x);
+ts_tensor *ts_clamp(ts_graph *g, ts_tensor *x, float min, float max);
+
+ts_tensor *ts_sum(ts_graph *g, ts_tensor *x, int axis, bool keepdim);
+ts_tensor *ts_mean(ts_graph *g, ts_tensor *x, int axis, bool keepdim);
+ts_tensor *ts_max(ts_graph *g, ts_tensor *x, int axis, bool keepdim);
+ts_tensor *ts_sum_to(ts_graph *g, ts_tensor *x, int ndim, const int64_t *shape);
+
+ts_tensor *ts_matmul(ts_graph *g, ts_tensor *a, ts_tensor *b, bool trans_a, bool trans_b);
+ts_tensor *ts_softmax(ts_graph *g, ts_tensor *x, int axis, ts_tensor *mask /* NULL */);
+ts_tensor *ts_rms_norm(ts_graph *g, ts_tensor *x, ts_tensor *weight /* NULL */, float eps);
+ts_tensor *ts_rope(ts_graph *g, ts_tensor *x, ts_tensor *angles, int n_rot, bool inverse);
+ts_tensor *ts_get_rows(ts_graph *g, ts_tensor *table, ts_tensor *ids);
+/* values and/or indices of the k largest along the last axis (either out pointer may be NULL) */
+ts_status ts_topk(ts_graph *g, ts_tensor *x, int k, ts_tensor **values, ts_tensor **indices);
+ts_tensor *ts_gather(ts_graph *g, ts_tensor *x, int axis, ts_tensor *idx);
+ts_tensor *ts_scatter_add(ts_graph *g, ts_tensor *base, int axis, ts_tensor *idx, ts_tensor *values);
+ts_tensor *ts_cross_entropy(ts_graph *g, ts_tensor *logits, ts_tensor *targets);
+
+/* Generic constructor used by autodiff, tests and the conformance harness: checks and infers
+ * the output exactly as the named constructor would. */
+ts_tensor *ts_op_node(ts_graph *g, ts_op op, ts_tensor *const *src, int n_src,
+                      const int32_t *ip, int n_ip, const float *fp, int n_fp);
+const char *ts_op_name(ts_op op);
+
+/* ---------------------------------------------------------------- autodiff */
+
+/* Appends the backward graph of scalar `loss` (one element). Afterwards ts_grad(p) holds
+ * d loss / d p for every PARAM p that influences loss (NULL otherwise); gradients of params
+ * are marked OUTPUT. Can be called once per graph. */
+ts_status ts_graph_backward(ts_graph *g, ts_tensor *loss);
+ts_tensor *ts_grad(const ts_tensor *t);
+
+/* ---------------------------------------------------------------- memory plan + execution */
+
+typedef struct {
+    bool naive;            /* every tensor in its own region, no reuse (testing baseline) */
+    bool no_inplace;       /* disable in-place reuse of a dying input */
+    size_t guard_bytes;    /* pattern-filled bytes around every region, checked by ts_graph_check_guards */
+} ts_plan_options;
+
+typedef struct {
+    size_t arena_bytes;         /* planned peak of intermediates (the arena size) */
+    size_t naive_bytes;         /* sum of all intermediates' sizes */
+    size_t leaf_bytes;          /* leaves the planner allocated (params, inputs, not bound) */
+    int n_intermediates;
+    int n_inplace;              /* intermediates that reuse their input's region */
+} ts_plan_stats;
+
+/* Plans and allocates all storage on backend `be` (which must outlive the graph's compute
+ * calls). opts and stats may be NULL. Nothing is allocated during compute afterwards. */
+ts_status ts_graph_alloc(ts_graph *g, ts_backend *be, const ts_plan_options *opts, ts_plan_stats *stats);
+ts_status ts_graph_compute(ts_graph *g);
+/* After compute with guard_bytes > 0: TS_OK, or an error naming the tensor whose guard changed. */
+ts_status ts_graph_check_guards(ts_graph *g);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

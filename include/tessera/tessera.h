@@ -1,0 +1,9 @@
+/* tessera.h - the whole public API: include this one header. */
+#ifndef TESSERA_H
+#define TESSERA_H
+
+#include "tessera/core.h"
+#include "tessera/graph.h"
+#include "tessera/backend.h"
+
+#endif

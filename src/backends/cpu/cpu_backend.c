@@ -1,0 +1,135 @@
+/* cpu_backend.c - the CPU backend: host buffers, a thread pool, and a table of kernels (one
+ * per op) that compute runs node by node. The reference table is ts_cpu_reference_kernels;
+ * optimized tiers and test doubles are the same backend with some entries replaced. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "graph/graph_internal.h"
+
+#define CPU_ALIGN 64
+
+typedef struct {
+    char name[64];
+    ts_threadpool *pool;
+    ts_cpu_kernel kernels[TS_OP_COUNT];
+} cpu_state;
+
+static void cpu_get_info(ts_backend *be, ts_backend_info *info) {
+    cpu_state *st = be->impl;
+    snprintf(info->name, sizeof info->name, "%s", st->name);
+    snprintf(info->device, sizeof info->device, "host CPU (%d threads)", ts_threadpool_size(st->pool));
+    info->n_threads = ts_threadpool_size(st->pool);
+    info->host_visible = true;
+    info->alignment = CPU_ALIGN;
+}
+
+static ts_status cpu_buffer_alloc(ts_backend *be, size_t size, ts_buffer **out) {
+    *out = NULL;
+    ts_buffer *b = calloc(1, sizeof *b);
+    if (!b) return TS_ERR_OOM;
+    size_t rounded = (size + CPU_ALIGN - 1) / CPU_ALIGN * CPU_ALIGN;
+    b->host = aligned_alloc(CPU_ALIGN, rounded ? rounded : CPU_ALIGN);
+    if (!b->host) {
+        free(b);
+        return TS_ERR_OOM;
+    }
+    b->backend = be;
+    b->size = size;
+    *out = b;
+    return TS_OK;
+}
+
+static void cpu_buffer_free(ts_buffer *b) {
+    free(b->host);
+    free(b);
+}
+
+static ts_status cpu_buffer_write(ts_buffer *b, size_t off, const void *src, size_t size) {
+    if (off > b->size || size > b->size - off) return TS_ERR_RANGE;
+    memcpy((char *)b->host + off, src, size);
+    return TS_OK;
+}
+
+static ts_status cpu_buffer_read(const ts_buffer *b, size_t off, void *dst, size_t size) {
+    if (off > b->size || size > b->size - off) return TS_ERR_RANGE;
+    memcpy(dst, (const char *)b->host + off, size);
+    return TS_OK;
+}
+
+static bool cpu_supports_op(ts_backend *be, const ts_tensor *node) {
+    cpu_state *st = be->impl;
+    return node->op == TS_OP_NONE || ts_op_is_view(node->op) || st->kernels[node->op] != NULL;
+}
+
+static ts_status cpu_compute(ts_backend *be, ts_graph *g, int first, int last) {
+    cpu_state *st = be->impl;
+    ts_cpu_ctx ctx = {.graph = g, .pool = st->pool};
+    for (int i = first; i < last; i++) {
+        ts_tensor *t = g->nodes[i];
+        if (t->op == TS_OP_NONE || ts_op_is_view(t->op)) continue;
+        ts_cpu_kernel k = st->kernels[t->op];
+        if (!k) {
+            char d[160];
+            return ts_graph_set_error(g, TS_ERR_UNSUPPORTED, "%s: no kernel on backend %s for %s", ts_op_name(t->op),
+                                      st->name, ts_tensor_describe(t, d, sizeof d));
+        }
+        ts_status s = k(&ctx, t);
+        if (s != TS_OK) {
+            char d[160];
+            return ts_graph_set_error(g, s, "%s failed on %s", ts_op_name(t->op), ts_tensor_describe(t, d, sizeof d));
+        }
+    }
+    return TS_OK;
+}
+
+static ts_status cpu_synchronize(ts_backend *be) { return TS_OK; }
+
+static void cpu_free(ts_backend *be) {
+    cpu_state *st = be->impl;
+    ts_threadpool_free(st->pool);
+    free(st);
+    free(be);
+}
+
+static const ts_backend_iface cpu_iface = {
+    .get_info = cpu_get_info,
+    .buffer_alloc = cpu_buffer_alloc,
+    .buffer_free = cpu_buffer_free,
+    .buffer_write = cpu_buffer_write,
+    .buffer_read = cpu_buffer_read,
+    .supports_op = cpu_supports_op,
+    .compute = cpu_compute,
+    .synchronize = cpu_synchronize,
+    .free = cpu_free,
+};
+
+ts_status ts_backend_cpu_new_with_kernels(const char *name, int n_threads, const ts_cpu_kernel kernels[TS_OP_COUNT],
+                                          ts_backend **out) {
+    if (!out) return TS_ERR_INVALID_ARG;
+    *out = NULL;
+    ts_backend *be = calloc(1, sizeof *be);
+    cpu_state *st = calloc(1, sizeof *st);
+    if (!be || !st) {
+        free(be);
+        free(st);
+        return TS_ERR_OOM;
+    }
+    ts_status s = ts_threadpool_new(n_threads, &st->pool);
+    if (s != TS_OK) {
+        free(be);
+        free(st);
+        return s;
+    }
+    snprintf(st->name, sizeof st->name, "%s", name ? name : "cpu");
+    for (int i = 0; i < TS_OP_COUNT; i++)
+        st->kernels[i] = (kernels && kernels[i]) ? kernels[i] : ts_cpu_reference_kernels[i];
+    be->iface = &cpu_iface;
+    be->impl = st;
+    *out = be;
+    return TS_OK;
+}
+
+ts_status ts_backend_cpu_ref_new(int n_threads, ts_backend **out) {
+    return ts_backend_cpu_new_with_kernels("cpu-ref", n_threads, NULL, out);
+}

@@ -1,0 +1,37 @@
+/* ref_kernels.h - the reference CPU kernels, one per op (see graph.h for each op's contract).
+ * ref_elementwise.c holds creation/movement, elementwise, reductions and their backward
+ * helpers; ref_nn.c holds matmul, softmax, norms, rope, indexing and losses. */
+#ifndef TS_REF_KERNELS_H
+#define TS_REF_KERNELS_H
+
+#include "tessera/backend.h"
+
+#define TS_REF_KERNEL(name) ts_status ts_ref_##name(const ts_cpu_ctx *ctx, ts_tensor *dst)
+
+/* ref_elementwise.c */
+TS_REF_KERNEL(fill);
+TS_REF_KERNEL(copy);
+TS_REF_KERNEL(concat);
+TS_REF_KERNEL(binary);       /* add, sub, mul, div */
+TS_REF_KERNEL(unary);        /* scale, exp, log, sqrt, sigmoid, softplus, silu, relu, clamp */
+TS_REF_KERNEL(reduce);       /* sum, mean, max */
+TS_REF_KERNEL(sum_to);
+TS_REF_KERNEL(unary_back);   /* sigmoid_back, silu_back, relu_back, clamp_back */
+TS_REF_KERNEL(max_back);
+
+/* ref_nn.c */
+TS_REF_KERNEL(matmul);
+TS_REF_KERNEL(softmax);
+TS_REF_KERNEL(rms_norm);
+TS_REF_KERNEL(rope);
+TS_REF_KERNEL(get_rows);
+TS_REF_KERNEL(topk);
+TS_REF_KERNEL(gather);
+TS_REF_KERNEL(scatter_add);
+TS_REF_KERNEL(cross_entropy);
+TS_REF_KERNEL(softmax_back);
+TS_REF_KERNEL(rms_norm_back);
+TS_REF_KERNEL(get_rows_back);
+TS_REF_KERNEL(cross_entropy_back);
+
+#endif

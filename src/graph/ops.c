@@ -1,0 +1,741 @@
+/* ops.c - op constructors: check shapes and dtypes, infer the output, record the node.
+ * Nothing is computed here. Every check failure names the op, the tensors and their shapes. */
+#include <stdio.h>
+#include <string.h>
+
+#include "graph_internal.h"
+
+static const char *const op_names[TS_OP_COUNT] = {
+    [TS_OP_NONE] = "leaf",
+    [TS_OP_RESHAPE] = "reshape",
+    [TS_OP_PERMUTE] = "permute",
+    [TS_OP_SLICE] = "slice",
+    [TS_OP_EXPAND] = "expand",
+    [TS_OP_FILL] = "fill",
+    [TS_OP_COPY] = "copy",
+    [TS_OP_CONCAT] = "concat",
+    [TS_OP_ADD] = "add",
+    [TS_OP_SUB] = "sub",
+    [TS_OP_MUL] = "mul",
+    [TS_OP_DIV] = "div",
+    [TS_OP_SCALE] = "scale",
+    [TS_OP_EXP] = "exp",
+    [TS_OP_LOG] = "log",
+    [TS_OP_SQRT] = "sqrt",
+    [TS_OP_SIGMOID] = "sigmoid",
+    [TS_OP_SOFTPLUS] = "softplus",
+    [TS_OP_SILU] = "silu",
+    [TS_OP_RELU] = "relu",
+    [TS_OP_CLAMP] = "clamp",
+    [TS_OP_SUM] = "sum",
+    [TS_OP_MEAN] = "mean",
+    [TS_OP_MAX] = "max",
+    [TS_OP_SUM_TO] = "sum_to",
+    [TS_OP_MATMUL] = "matmul",
+    [TS_OP_SOFTMAX] = "softmax",
+    [TS_OP_RMS_NORM] = "rms_norm",
+    [TS_OP_ROPE] = "rope",
+    [TS_OP_GET_ROWS] = "get_rows",
+    [TS_OP_TOPK] = "topk",
+    [TS_OP_GATHER] = "gather",
+    [TS_OP_SCATTER_ADD] = "scatter_add",
+    [TS_OP_CROSS_ENTROPY] = "cross_entropy",
+    [TS_OP_SIGMOID_BACK] = "sigmoid_back",
+    [TS_OP_SILU_BACK] = "silu_back",
+    [TS_OP_RELU_BACK] = "relu_back",
+    [TS_OP_CLAMP_BACK] = "clamp_back",
+    [TS_OP_MAX_BACK] = "max_back",
+    [TS_OP_SOFTMAX_BACK] = "softmax_back",
+    [TS_OP_RMS_NORM_BACK] = "rms_norm_back",
+    [TS_OP_GET_ROWS_BACK] = "get_rows_back",
+    [TS_OP_CROSS_ENTROPY_BACK] = "cross_entropy_back",
+};
+
+const char *ts_op_name(ts_op op) {
+    return ((unsigned)op < TS_OP_COUNT && op_names[op]) ? op_names[op] : "unknown-op";
+}
+
+bool ts_op_is_view(ts_op op) {
+    return op == TS_OP_RESHAPE || op == TS_OP_PERMUTE || op == TS_OP_SLICE || op == TS_OP_EXPAND;
+}
+
+bool ts_op_inplace_ok(ts_op op, int i) {
+    switch (op) {
+    case TS_OP_ADD: case TS_OP_SUB: case TS_OP_MUL: case TS_OP_DIV:
+    case TS_OP_SIGMOID_BACK: case TS_OP_SILU_BACK: case TS_OP_RELU_BACK: case TS_OP_CLAMP_BACK:
+        return i <= 1;
+    case TS_OP_SCALE: case TS_OP_EXP: case TS_OP_LOG: case TS_OP_SQRT: case TS_OP_SIGMOID:
+    case TS_OP_SOFTPLUS: case TS_OP_SILU: case TS_OP_RELU: case TS_OP_CLAMP:
+    case TS_OP_SCATTER_ADD:
+        return i == 0;
+    default:
+        return false;
+    }
+}
+
+/* ---------------------------------------------------------------- helpers */
+
+#define DESC(t, buf) ts_tensor_describe((t), (buf), sizeof(buf))
+
+static bool any_null(ts_tensor *const *xs, int n) {
+    for (int i = 0; i < n; i++)
+        if (!xs[i]) return true;
+    return false;
+}
+
+static bool is_float(ts_dtype t) { return ts_dtype_get_info(t)->is_float; }
+static bool is_packed(ts_dtype t) { return ts_dtype_get_info(t)->bits < 8; }
+
+static ts_tensor *fail(ts_graph *g, ts_status s, const char *op, const char *what, const ts_tensor *a,
+                       const ts_tensor *b) {
+    char da[160], db[160];
+    DESC(a, da);
+    if (b) {
+        DESC(b, db);
+        ts_graph_set_error(g, s, "%s: %s (%s, %s)", op, what, da, db);
+    } else {
+        ts_graph_set_error(g, s, "%s: %s (%s)", op, what, da);
+    }
+    return NULL;
+}
+
+static bool need_float(ts_graph *g, const char *op, const ts_tensor *x) {
+    if (is_float(x->dtype)) return true;
+    fail(g, TS_ERR_DTYPE, op, "needs a float tensor", x, NULL);
+    return false;
+}
+
+static bool need_int(ts_graph *g, const char *op, const ts_tensor *x) {
+    if (x->dtype == TS_I32 || x->dtype == TS_I64) return true;
+    fail(g, TS_ERR_DTYPE, op, "indices must be i32 or i64", x, NULL);
+    return false;
+}
+
+static int norm_axis(ts_graph *g, const char *op, const ts_tensor *x, int axis) {
+    int a = axis < 0 ? axis + x->ndim : axis;
+    if (a < 0 || a >= x->ndim) {
+        char m[64];
+        snprintf(m, sizeof m, "axis %d out of range", axis);
+        fail(g, TS_ERR_SHAPE, op, m, x, NULL);
+        return -1;
+    }
+    return a;
+}
+
+/* NumPy broadcast of two shapes; false when they do not broadcast. */
+static bool broadcast_shapes(const ts_tensor *a, const ts_tensor *b, int *ndim, int64_t *shape) {
+    int n = a->ndim > b->ndim ? a->ndim : b->ndim;
+    for (int i = 0; i < n; i++) {
+        int da = a->ndim - n + i, db = b->ndim - n + i;
+        int64_t sa = da >= 0 ? a->shape[da] : 1, sb = db >= 0 ? b->shape[db] : 1;
+        if (sa != sb && sa != 1 && sb != 1) return false;
+        shape[i] = sa == 1 ? sb : sa;
+    }
+    *ndim = n;
+    return true;
+}
+
+/* Whether x can be broadcast to (ndim, shape). */
+static bool broadcasts_to(const ts_tensor *x, int ndim, const int64_t *shape) {
+    if (x->ndim > ndim) return false;
+    for (int i = 0; i < x->ndim; i++) {
+        int64_t s = x->shape[i], t = shape[ndim - x->ndim + i];
+        if (s != t && s != 1) return false;
+    }
+    return true;
+}
+
+static ts_tensor *root_of(ts_tensor *x) { return x->view_src ? x->view_src : x; }
+
+/* A view node of x with the given geometry. */
+static ts_tensor *make_view(ts_graph *g, ts_op op, ts_tensor *x, int ndim, const int64_t *shape,
+                            const int64_t *stride, int64_t offset) {
+    if (is_packed(x->dtype) && op != TS_OP_RESHAPE)
+        return fail(g, TS_ERR_DTYPE, ts_op_name(op), "packed dtypes allow only reshape views", x, NULL);
+    ts_tensor *v = ts_graph_add_node(g, op, x->dtype, ndim, shape, &x, 1);
+    if (!v) return NULL;
+    for (int d = 0; d < ndim; d++) v->stride[d] = stride[d];
+    v->offset = offset;
+    v->view_src = root_of(x);
+    v->flags |= x->flags & TS_FLAG_REQUIRES_GRAD;
+    return v;
+}
+
+/* ---------------------------------------------------------------- views */
+
+ts_tensor *ts_reshape(ts_graph *g, ts_tensor *x, int ndim, const int64_t *shape) {
+    if (!x) return NULL;
+    if (ndim < 0 || ndim > TS_MAX_DIMS) return fail(g, TS_ERR_SHAPE, "reshape", "bad ndim", x, NULL);
+    int64_t s[TS_MAX_DIMS], known = 1;
+    int infer = -1;
+    for (int d = 0; d < ndim; d++) {
+        s[d] = shape[d];
+        if (s[d] == -1 && infer < 0) infer = d;
+        else if (s[d] < 1) return fail(g, TS_ERR_SHAPE, "reshape", "bad target dimension", x, NULL);
+        else known *= s[d];
+    }
+    int64_t n = ts_nelements(x);
+    if (infer >= 0) {
+        if (known == 0 || n % known) return fail(g, TS_ERR_SHAPE, "reshape", "cannot infer -1 dimension", x, NULL);
+        s[infer] = n / known;
+        known *= s[infer];
+    }
+    if (known != n) {
+        char m[96];
+        snprintf(m, sizeof m, "target has %lld elements, source %lld", (long long)known, (long long)n);
+        return fail(g, TS_ERR_SHAPE, "reshape", m, x, NULL);
+    }
+    if (!ts_is_contiguous(x)) {
+        x = ts_cont(g, x);
+        if (!x) return NULL;
+    }
+    ts_tensor tmp = {.ndim = ndim};
+    for (int d = 0; d < ndim; d++) tmp.shape[d] = s[d];
+    ts_set_contiguous_strides(&tmp);
+    ts_tensor *v = make_view(g, TS_OP_RESHAPE, x, ndim, s, tmp.stride, x->offset);
+    if (v) {
+        v->ip[0] = ndim;
+        for (int d = 0; d < ndim; d++) v->ip[1 + d] = (int32_t)s[d];
+    }
+    return v;
+}
+
+ts_tensor *ts_reshape_2d(ts_graph *g, ts_tensor *x, int64_t n0, int64_t n1) {
+    int64_t s[2] = {n0, n1};
+    return ts_reshape(g, x, 2, s);
+}
+
+ts_tensor *ts_permute(ts_graph *g, ts_tensor *x, const int *perm) {
+    if (!x) return NULL;
+    bool seen[TS_MAX_DIMS] = {0};
+    int64_t s[TS_MAX_DIMS], st[TS_MAX_DIMS];
+    for (int d = 0; d < x->ndim; d++) {
+        int p = perm[d];
+        if (p < 0 || p >= x->ndim || seen[p]) return fail(g, TS_ERR_SHAPE, "permute", "not a permutation", x, NULL);
+        seen[p] = true;
+        s[d] = x->shape[p];
+        st[d] = x->stride[p];
+    }
+    ts_tensor *v = make_view(g, TS_OP_PERMUTE, x, x->ndim, s, st, x->offset);
+    if (v)
+        for (int d = 0; d < x->ndim; d++) v->ip[d] = perm[d];
+    return v;
+}
+
+ts_tensor *ts_transpose(ts_graph *g, ts_tensor *x, int axis0, int axis1) {
+    if (!x) return NULL;
+    int a = norm_axis(g, "transpose", x, axis0), b = norm_axis(g, "transpose", x, axis1);
+    if (a < 0 || b < 0) return NULL;
+    int perm[TS_MAX_DIMS];
+    for (int d = 0; d < x->ndim; d++) perm[d] = d;
+    perm[a] = b;
+    perm[b] = a;
+    return ts_permute(g, x, perm);
+}
+
+ts_tensor *ts_slice(ts_graph *g, ts_tensor *x, int axis, int64_t start, int64_t length) {
+    if (!x) return NULL;
+    int a = norm_axis(g, "slice", x, axis);
+    if (a < 0) return NULL;
+    if (start < 0 || length < 1 || start + length > x->shape[a]) {
+        char m[96];
+        snprintf(m, sizeof m, "range [%lld, %lld) outside axis %d", (long long)start,
+                 (long long)(start + length), a);
+        return fail(g, TS_ERR_SHAPE, "slice", m, x, NULL);
+    }
+    int64_t s[TS_MAX_DIMS];
+    memcpy(s, x->shape, sizeof s);
+    s[a] = length;
+    ts_tensor *v = make_view(g, TS_OP_SLICE, x, x->ndim, s, x->stride, x->offset + start * x->stride[a]);
+    if (v) {
+        v->ip[0] = a;
+        v->ip[1] = (int32_t)start;
+        v->ip[2] = (int32_t)length;
+    }
+    return v;
+}
+
+ts_tensor *ts_expand(ts_graph *g, ts_tensor *x, int ndim, const int64_t *shape) {
+    if (!x) return NULL;
+    if (ndim > TS_MAX_DIMS || !broadcasts_to(x, ndim, shape))
+        return fail(g, TS_ERR_SHAPE, "expand", "source does not broadcast to the target shape", x, NULL);
+    int64_t st[TS_MAX_DIMS];
+    for (int d = 0; d < ndim; d++) {
+        int xd = d - (ndim - x->ndim);
+        st[d] = (xd >= 0 && x->shape[xd] == shape[d]) ? x->stride[xd] : 0;
+    }
+    ts_tensor *v = make_view(g, TS_OP_EXPAND, x, ndim, shape, st, x->offset);
+    if (v) {
+        v->ip[0] = ndim;
+        for (int d = 0; d < ndim; d++) v->ip[1 + d] = (int32_t)shape[d];
+    }
+    return v;
+}
+
+/* ---------------------------------------------------------------- creation, movement */
+
+ts_tensor *ts_fill(ts_graph *g, ts_dtype t, int ndim, const int64_t *shape, float value) {
+    if (!g) return NULL;
+    if ((unsigned)t >= TS_DTYPE_COUNT || ndim < 0 || ndim > TS_MAX_DIMS) {
+        ts_graph_set_error(g, TS_ERR_INVALID_ARG, "fill: bad dtype or ndim");
+        return NULL;
+    }
+    for (int d = 0; d < ndim; d++)
+        if (shape[d] < 1) {
+            ts_graph_set_error(g, TS_ERR_SHAPE, "fill: dimension %d is %lld", d, (long long)shape[d]);
+            return NULL;
+        }
+    ts_tensor *n = ts_graph_add_node(g, TS_OP_FILL, t, ndim, shape, NULL, 0);
+    if (n) {
+        n->fp[0] = value;
+        n->ip[0] = (int32_t)t;
+        n->ip[1] = ndim;
+        for (int d = 0; d < ndim; d++) n->ip[2 + d] = (int32_t)shape[d];
+    }
+    return n;
+}
+
+ts_tensor *ts_zeros_like(ts_graph *g, const ts_tensor *x) {
+    return x ? ts_fill(g, x->dtype, x->ndim, x->shape, 0.0f) : NULL;
+}
+
+ts_tensor *ts_cast(ts_graph *g, ts_tensor *x, ts_dtype t) {
+    if (!x) return NULL;
+    if ((unsigned)t >= TS_DTYPE_COUNT) return fail(g, TS_ERR_DTYPE, "cast", "unknown target dtype", x, NULL);
+    if (is_packed(t) || (is_packed(x->dtype) && !ts_is_contiguous(x)))
+        return fail(g, TS_ERR_DTYPE, "cast", "packed dtypes are converted by the loader, not by cast", x, NULL);
+    ts_tensor *n = ts_graph_add_node(g, TS_OP_COPY, t, x->ndim, x->shape, &x, 1);
+    if (n) n->ip[0] = (int32_t)t;
+    return n;
+}
+
+ts_tensor *ts_cont(ts_graph *g, ts_tensor *x) { return x ? ts_cast(g, x, x->dtype) : NULL; }
+
+ts_tensor *ts_concat(ts_graph *g, ts_tensor *const *xs, int n, int axis) {
+    if (n < 1 || !xs || any_null(xs, n)) {
+        if (n < 1) ts_graph_set_error(g, TS_ERR_INVALID_ARG, "concat: needs at least one tensor");
+        return NULL;
+    }
+    if (n == 1) return xs[0];
+    if (n > TS_MAX_SRC) {
+        ts_tensor *head = ts_concat(g, xs, TS_MAX_SRC, axis);
+        ts_tensor *rest[TS_MAX_SRC];
+        int m = 0;
+        rest[m++] = head;
+        int i = TS_MAX_SRC;
+        while (i < n) {
+            for (m = 1; m < TS_MAX_SRC && i < n; m++) rest[m] = xs[i++];
+            rest[0] = ts_concat(g, rest, m, axis);
+        }
+        return rest[0];
+    }
+    ts_tensor *x0 = xs[0];
+    int a = norm_axis(g, "concat", x0, axis);
+    if (a < 0) return NULL;
+    int64_t s[TS_MAX_DIMS];
+    memcpy(s, x0->shape, sizeof s);
+    for (int i = 1; i < n; i++) {
+        ts_tensor *x = xs[i];
+        if (x->dtype != x0->dtype) return fail(g, TS_ERR_DTYPE, "concat", "dtypes differ", x0, x);
+        if (x->ndim != x0->ndim) return fail(g, TS_ERR_SHAPE, "concat", "ranks differ", x0, x);
+        for (int d = 0; d < x0->ndim; d++)
+            if (d != a && x->shape[d] != x0->shape[d])
+                return fail(g, TS_ERR_SHAPE, "concat", "shapes differ off the concat axis", x0, x);
+        s[a] += x->shape[a];
+    }
+    if (is_packed(x0->dtype)) return fail(g, TS_ERR_DTYPE, "concat", "packed dtype", x0, NULL);
+    ts_tensor *r = ts_graph_add_node(g, TS_OP_CONCAT, x0->dtype, x0->ndim, s, xs, n);
+    if (r) {
+        r->ip[0] = a;
+        r->ip[1] = n;
+    }
+    return r;
+}
+
+/* ---------------------------------------------------------------- elementwise */
+
+static ts_tensor *binary(ts_graph *g, ts_op op, ts_tensor *a, ts_tensor *b) {
+    if (!a || !b) return NULL;
+    const char *name = ts_op_name(op);
+    if (a->dtype != b->dtype) return fail(g, TS_ERR_DTYPE, name, "dtypes differ (use ts_cast)", a, b);
+    if (is_packed(a->dtype)) return fail(g, TS_ERR_DTYPE, name, "packed dtype", a, NULL);
+    int nd;
+    int64_t s[TS_MAX_DIMS];
+    if (!broadcast_shapes(a, b, &nd, s)) return fail(g, TS_ERR_SHAPE, name, "shapes do not broadcast", a, b);
+    ts_tensor *src[2] = {a, b};
+    return ts_graph_add_node(g, op, a->dtype, nd, s, src, 2);
+}
+
+ts_tensor *ts_add(ts_graph *g, ts_tensor *a, ts_tensor *b) { return binary(g, TS_OP_ADD, a, b); }
+ts_tensor *ts_sub(ts_graph *g, ts_tensor *a, ts_tensor *b) { return binary(g, TS_OP_SUB, a, b); }
+ts_tensor *ts_mul(ts_graph *g, ts_tensor *a, ts_tensor *b) { return binary(g, TS_OP_MUL, a, b); }
+ts_tensor *ts_div(ts_graph *g, ts_tensor *a, ts_tensor *b) { return binary(g, TS_OP_DIV, a, b); }
+
+static ts_tensor *unary(ts_graph *g, ts_op op, ts_tensor *x, float p0, float p1) {
+    if (!x) return NULL;
+    if (!need_float(g, ts_op_name(op), x)) return NULL;
+    ts_tensor *n = ts_graph_add_node(g, op, x->dtype, x->ndim, x->shape, &x, 1);
+    if (n) {
+        n->fp[0] = p0;
+        n->fp[1] = p1;
+    }
+    return n;
+}
+
+ts_tensor *ts_scale(ts_graph *g, ts_tensor *x, float s) { return unary(g, TS_OP_SCALE, x, s, 0); }
+ts_tensor *ts_exp(ts_graph *g, ts_tensor *x) { return unary(g, TS_OP_EXP, x, 0, 0); }
+ts_tensor *ts_log(ts_graph *g, ts_tensor *x) { return unary(g, TS_OP_LOG, x, 0, 0); }
+ts_tensor *ts_sqrt(ts_graph *g, ts_tensor *x) { return unary(g, TS_OP_SQRT, x, 0, 0); }
+ts_tensor *ts_sigmoid(ts_graph *g, ts_tensor *x) { return unary(g, TS_OP_SIGMOID, x, 0, 0); }
+ts_tensor *ts_softplus(ts_graph *g, ts_tensor *x) { return unary(g, TS_OP_SOFTPLUS, x, 0, 0); }
+ts_tensor *ts_silu(ts_graph *g, ts_tensor *x) { return unary(g, TS_OP_SILU, x, 0, 0); }
+ts_tensor *ts_relu(ts_graph *g, ts_tensor *x) { return unary(g, TS_OP_RELU, x, 0, 0); }
+ts_tensor *ts_clamp(ts_graph *g, ts_tensor *x, float min, float max) {
+    if (x && !(min <= max)) return fail(g, TS_ERR_INVALID_ARG, "clamp", "min > max or NaN bound", x, NULL);
+    return unary(g, TS_OP_CLAMP, x, min, max);
+}
+
+/* ---------------------------------------------------------------- reductions */
+
+static ts_tensor *drop_axis(ts_graph *g, ts_tensor *r, int a) {
+    int64_t s[TS_MAX_DIMS];
+    int nd = 0;
+    for (int d = 0; d < r->ndim; d++)
+        if (d != a) s[nd++] = r->shape[d];
+    return ts_reshape(g, r, nd, s);
+}
+
+static ts_tensor *reduce(ts_graph *g, ts_op op, ts_tensor *x, int axis, bool keepdim) {
+    if (!x) return NULL;
+    const char *name = ts_op_name(op);
+    if (!need_float(g, name, x)) return NULL;
+    int a = norm_axis(g, name, x, axis);
+    if (a < 0) return NULL;
+    int64_t s[TS_MAX_DIMS];
+    memcpy(s, x->shape, sizeof s);
+    s[a] = 1;
+    ts_tensor *r = ts_graph_add_node(g, op, x->dtype, x->ndim, s, &x, 1);
+    if (!r) return NULL;
+    r->ip[0] = a;
+    return keepdim ? r : drop_axis(g, r, a);
+}
+
+ts_tensor *ts_sum(ts_graph *g, ts_tensor *x, int axis, bool keepdim) { return reduce(g, TS_OP_SUM, x, axis, keepdim); }
+ts_tensor *ts_mean(ts_graph *g, ts_tensor *x, int axis, bool keepdim) { return reduce(g, TS_OP_MEAN, x, axis, keepdim); }
+ts_tensor *ts_max(ts_graph *g, ts_tensor *x, int axis, bool keepdim) { return reduce(g, TS_OP_MAX, x, axis, keepdim); }
+
+ts_tensor *ts_sum_to(ts_graph *g, ts_tensor *x, int ndim, const int64_t *shape) {
+    if (!x) return NULL;
+    if (!need_float(g, "sum_to", x)) return NULL;
+    if (ndim < 0 || ndim > x->ndim) return fail(g, TS_ERR_SHAPE, "sum_to", "target rank above source rank", x, NULL);
+    ts_tensor tmp = {.ndim = ndim};
+    for (int d = 0; d < ndim; d++) tmp.shape[d] = shape[d];
+    if (!broadcasts_to(&tmp, x->ndim, x->shape))
+        return fail(g, TS_ERR_SHAPE, "sum_to", "target shape does not broadcast to the source", x, NULL);
+    if (ndim == x->ndim && ts_same_shape(&tmp, x)) return x;
+    ts_tensor *r = ts_graph_add_node(g, TS_OP_SUM_TO, x->dtype, ndim, shape, &x, 1);
+    if (r) {
+        r->ip[0] = ndim;
+        for (int d = 0; d < ndim; d++) r->ip[1 + d] = (int32_t)shape[d];
+    }
+    return r;
+}
+
+/* ---------------------------------------------------------------- transformer ops */
+
+ts_tensor *ts_matmul(ts_graph *g, ts_tensor *a, ts_tensor *b, bool trans_a, bool trans_b) {
+    if (!a || !b) return NULL;
+    if (!need_float(g, "matmul", a) || !need_float(g, "matmul", b)) return NULL;
+    if (is_packed(a->dtype) || is_packed(b->dtype)) return fail(g, TS_ERR_DTYPE, "matmul", "packed dtype", a, b);
+    if (a->ndim < 2 || b->ndim < 2) return fail(g, TS_ERR_SHAPE, "matmul", "operands need rank >= 2", a, b);
+    int64_t M = a->shape[a->ndim - (trans_a ? 1 : 2)], Ka = a->shape[a->ndim - (trans_a ? 2 : 1)];
+    int64_t Kb = b->shape[b->ndim - (trans_b ? 1 : 2)], N = b->shape[b->ndim - (trans_b ? 2 : 1)];
+    if (Ka != Kb) return fail(g, TS_ERR_SHAPE, "matmul", "inner dimensions differ", a, b);
+    ts_tensor ba = {.ndim = a->ndim - 2}, bb = {.ndim = b->ndim - 2};
+    memcpy(ba.shape, a->shape, sizeof(int64_t) * (size_t)ba.ndim);
+    memcpy(bb.shape, b->shape, sizeof(int64_t) * (size_t)bb.ndim);
+    int nd;
+    int64_t s[TS_MAX_DIMS];
+    if (!broadcast_shapes(&ba, &bb, &nd, s)) return fail(g, TS_ERR_SHAPE, "matmul", "batch dimensions do not broadcast", a, b);
+    s[nd] = M;
+    s[nd + 1] = N;
+    ts_dtype out = a->dtype;
+    if (a->dtype != b->dtype) out = (a->dtype == TS_F64 || b->dtype == TS_F64) ? TS_F64 : TS_F32;
+    ts_tensor *src[2] = {a, b};
+    ts_tensor *r = ts_graph_add_node(g, TS_OP_MATMUL, out, nd + 2, s, src, 2);
+    if (r) {
+        r->ip[0] = trans_a;
+        r->ip[1] = trans_b;
+    }
+    return r;
+}
+
+ts_tensor *ts_softmax(ts_graph *g, ts_tensor *x, int axis, ts_tensor *mask) {
+    if (!x) return NULL;
+    if (!need_float(g, "softmax", x)) return NULL;
+    int a = norm_axis(g, "softmax", x, axis);
+    if (a < 0) return NULL;
+    ts_tensor *src[2] = {x, mask};
+    if (mask) {
+        if (!need_float(g, "softmax", mask)) return NULL;
+        if (!broadcasts_to(mask, x->ndim, x->shape)) return fail(g, TS_ERR_SHAPE, "softmax", "mask does not broadcast to the input", x, mask);
+    }
+    ts_tensor *r = ts_graph_add_node(g, TS_OP_SOFTMAX, x->dtype, x->ndim, x->shape, src, mask ? 2 : 1);
+    if (r) r->ip[0] = a;
+    return r;
+}
+
+ts_tensor *ts_rms_norm(ts_graph *g, ts_tensor *x, ts_tensor *weight, float eps) {
+    if (!x) return NULL;
+    if (!need_float(g, "rms_norm", x)) return NULL;
+    if (x->ndim < 1) return fail(g, TS_ERR_SHAPE, "rms_norm", "needs rank >= 1", x, NULL);
+    if (!(eps >= 0)) return fail(g, TS_ERR_INVALID_ARG, "rms_norm", "eps must be >= 0", x, NULL);
+    ts_tensor *src[2] = {x, weight};
+    if (weight) {
+        if (!need_float(g, "rms_norm", weight)) return NULL;
+        if (weight->ndim != 1 || weight->shape[0] != x->shape[x->ndim - 1])
+            return fail(g, TS_ERR_SHAPE, "rms_norm", "weight must be 1-D with the last dimension of x", x, weight);
+    }
+    ts_tensor *r = ts_graph_add_node(g, TS_OP_RMS_NORM, x->dtype, x->ndim, x->shape, src, weight ? 2 : 1);
+    if (r) r->fp[0] = eps;
+    return r;
+}
+
+ts_tensor *ts_rope(ts_graph *g, ts_tensor *x, ts_tensor *angles, int n_rot, bool inverse) {
+    if (!x || !angles) return NULL;
+    if (!need_float(g, "rope", x) || !need_float(g, "rope", angles)) return NULL;
+    if (x->ndim < 1) return fail(g, TS_ERR_SHAPE, "rope", "needs rank >= 1", x, NULL);
+    int64_t D = x->shape[x->ndim - 1];
+    if (n_rot < 2 || n_rot % 2 || n_rot > D) return fail(g, TS_ERR_SHAPE, "rope", "n_rot must be even, >= 2 and <= last dim", x, NULL);
+    int64_t s[TS_MAX_DIMS];
+    memcpy(s, x->shape, sizeof s);
+    s[x->ndim - 1] = n_rot / 2;
+    if (!broadcasts_to(angles, x->ndim, s))
+        return fail(g, TS_ERR_SHAPE, "rope", "angles must broadcast to x.shape[:-1] + [n_rot/2]", x, angles);
+    ts_tensor *src[2] = {x, angles};
+    ts_tensor *r = ts_graph_add_node(g, TS_OP_ROPE, x->dtype, x->ndim, x->shape, src, 2);
+    if (r) {
+        r->ip[0] = n_rot;
+        r->ip[1] = inverse;
+    }
+    return r;
+}
+
+ts_tensor *ts_get_rows(ts_graph *g, ts_tensor *table, ts_tensor *ids) {
+    if (!table || !ids) return NULL;
+    if (!need_int(g, "get_rows", ids)) return NULL;
+    if (is_packed(table->dtype)) return fail(g, TS_ERR_DTYPE, "get_rows", "packed dtype", table, NULL);
+    if (table->ndim < 1 || ids->ndim + table->ndim - 1 > TS_MAX_DIMS)
+        return fail(g, TS_ERR_SHAPE, "get_rows", "result would exceed 4 dimensions", table, ids);
+    int64_t s[TS_MAX_DIMS];
+    int nd = 0;
+    for (int d = 0; d < ids->ndim; d++) s[nd++] = ids->shape[d];
+    for (int d = 1; d < table->ndim; d++) s[nd++] = table->shape[d];
+    ts_tensor *src[2] = {table, ids};
+    return ts_graph_add_node(g, TS_OP_GET_ROWS, table->dtype, nd, s, src, 2);
+}
+
+ts_status ts_topk(ts_graph *g, ts_tensor *x, int k, ts_tensor **values, ts_tensor **indices) {
+    if (values) *values = NULL;
+    if (indices) *indices = NULL;
+    if (!x) return g ? (g->status ? g->status : TS_ERR_INVALID_ARG) : TS_ERR_INVALID_ARG;
+    if (!need_float(g, "topk", x)) return g->status;
+    if (x->ndim < 1 || k < 1 || k > x->shape[x->ndim - 1]) {
+        fail(g, TS_ERR_SHAPE, "topk", "k must be in 1..last dimension", x, NULL);
+        return g->status;
+    }
+    int64_t s[TS_MAX_DIMS];
+    memcpy(s, x->shape, sizeof s);
+    s[x->ndim - 1] = k;
+    ts_tensor *idx = ts_graph_add_node(g, TS_OP_TOPK, TS_I32, x->ndim, s, &x, 1);
+    if (!idx) return g->status;
+    idx->ip[0] = k;
+    if (indices) *indices = idx;
+    if (values) {
+        *values = ts_gather(g, x, -1, idx);
+        if (!*values) return g->status;
+    }
+    return TS_OK;
+}
+
+static bool index_shape_ok(const ts_tensor *x, const ts_tensor *idx, int axis) {
+    if (idx->ndim != x->ndim) return false;
+    for (int d = 0; d < x->ndim; d++)
+        if (d != axis && idx->shape[d] > x->shape[d]) return false;
+    return true;
+}
+
+ts_tensor *ts_gather(ts_graph *g, ts_tensor *x, int axis, ts_tensor *idx) {
+    if (!x || !idx) return NULL;
+    if (!need_int(g, "gather", idx)) return NULL;
+    if (is_packed(x->dtype)) return fail(g, TS_ERR_DTYPE, "gather", "packed dtype", x, NULL);
+    int a = norm_axis(g, "gather", x, axis);
+    if (a < 0) return NULL;
+    if (!index_shape_ok(x, idx, a))
+        return fail(g, TS_ERR_SHAPE, "gather", "index must have x's rank and no larger dims off the axis", x, idx);
+    ts_tensor *src[2] = {x, idx};
+    ts_tensor *r = ts_graph_add_node(g, TS_OP_GATHER, x->dtype, idx->ndim, idx->shape, src, 2);
+    if (r) r->ip[0] = a;
+    return r;
+}
+
+ts_tensor *ts_scatter_add(ts_graph *g, ts_tensor *base, int axis, ts_tensor *idx, ts_tensor *values) {
+    if (!base || !idx || !values) return NULL;
+    if (!need_int(g, "scatter_add", idx)) return NULL;
+    if (!need_float(g, "scatter_add", base)) return NULL;
+    if (values->dtype != base->dtype) return fail(g, TS_ERR_DTYPE, "scatter_add", "values dtype differs from base", base, values);
+    int a = norm_axis(g, "scatter_add", base, axis);
+    if (a < 0) return NULL;
+    if (!index_shape_ok(base, idx, a))
+        return fail(g, TS_ERR_SHAPE, "scatter_add", "index must have base's rank and no larger dims off the axis", base, idx);
+    if (!ts_same_shape(idx, values)) return fail(g, TS_ERR_SHAPE, "scatter_add", "values must have the index's shape", idx, values);
+    ts_tensor *src[3] = {base, idx, values};
+    ts_tensor *r = ts_graph_add_node(g, TS_OP_SCATTER_ADD, base->dtype, base->ndim, base->shape, src, 3);
+    if (r) r->ip[0] = a;
+    return r;
+}
+
+static bool cross_entropy_ok(ts_graph *g, const char *name, ts_tensor *logits, ts_tensor *targets) {
+    if (!need_float(g, name, logits) || !need_int(g, name, targets)) return false;
+    bool ok = logits->ndim >= 2 && targets->ndim == logits->ndim - 1;
+    for (int d = 0; ok && d < targets->ndim; d++) ok = targets->shape[d] == logits->shape[d];
+    if (!ok) fail(g, TS_ERR_SHAPE, name, "targets must have the shape of logits without its last axis", logits, targets);
+    return ok;
+}
+
+ts_tensor *ts_cross_entropy(ts_graph *g, ts_tensor *logits, ts_tensor *targets) {
+    if (!logits || !targets) return NULL;
+    if (!cross_entropy_ok(g, "cross_entropy", logits, targets)) return NULL;
+    int64_t one = 1;
+    ts_tensor *src[2] = {logits, targets};
+    return ts_graph_add_node(g, TS_OP_CROSS_ENTROPY, logits->dtype, 1, &one, src, 2);
+}
+
+/* ---------------------------------------------------------------- backward helpers */
+
+static ts_tensor *same_shape_back(ts_graph *g, ts_op op, ts_tensor *x, ts_tensor *dy, const float *fp) {
+    if (!x || !dy) return NULL;
+    const char *name = ts_op_name(op);
+    if (!need_float(g, name, x) || !need_float(g, name, dy)) return NULL;
+    if (!ts_same_shape(x, dy)) return fail(g, TS_ERR_SHAPE, name, "shapes differ", x, dy);
+    ts_tensor *src[2] = {x, dy};
+    ts_tensor *r = ts_graph_add_node(g, op, dy->dtype, x->ndim, x->shape, src, 2);
+    if (r && fp) {
+        r->fp[0] = fp[0];
+        r->fp[1] = fp[1];
+    }
+    return r;
+}
+
+static bool reduced_shape(const ts_tensor *x, const ts_tensor *y, int a) {
+    if (y->ndim != x->ndim) return false;
+    for (int d = 0; d < x->ndim; d++)
+        if (y->shape[d] != (d == a ? 1 : x->shape[d])) return false;
+    return true;
+}
+
+/* The generic constructor: unpacks parameters and calls the checked constructor. */
+ts_tensor *ts_op_node(ts_graph *g, ts_op op, ts_tensor *const *src, int n_src, const int32_t *ip, int n_ip,
+                      const float *fp, int n_fp) {
+    if (!g) return NULL;
+    static const int32_t zi[8];
+    static const float zf[4];
+    if (!ip || n_ip == 0) ip = zi;
+    if (!fp || n_fp == 0) fp = zf;
+    ts_tensor *s0 = n_src > 0 ? src[0] : NULL, *s1 = n_src > 1 ? src[1] : NULL, *s2 = n_src > 2 ? src[2] : NULL;
+    if (any_null(src, n_src > 2 && op == TS_OP_RMS_NORM_BACK ? 2 : n_src)) return NULL;
+    int64_t shp[TS_MAX_DIMS];
+    switch (op) {
+    case TS_OP_RESHAPE: case TS_OP_EXPAND:
+        for (int d = 0; d < ip[0] && d < TS_MAX_DIMS; d++) shp[d] = ip[1 + d];
+        return op == TS_OP_RESHAPE ? ts_reshape(g, s0, ip[0], shp) : ts_expand(g, s0, ip[0], shp);
+    case TS_OP_PERMUTE: {
+        int perm[TS_MAX_DIMS];
+        for (int d = 0; d < TS_MAX_DIMS; d++) perm[d] = ip[d];
+        return ts_permute(g, s0, perm);
+    }
+    case TS_OP_SLICE: return ts_slice(g, s0, ip[0], ip[1], ip[2]);
+    case TS_OP_FILL:
+        for (int d = 0; d < ip[1] && d < TS_MAX_DIMS; d++) shp[d] = ip[2 + d];
+        return ts_fill(g, (ts_dtype)ip[0], ip[1], shp, fp[0]);
+    case TS_OP_COPY: return ts_cast(g, s0, (ts_dtype)ip[0]);
+    case TS_OP_CONCAT: return ts_concat(g, src, n_src, ip[0]);
+    case TS_OP_ADD: return ts_add(g, s0, s1);
+    case TS_OP_SUB: return ts_sub(g, s0, s1);
+    case TS_OP_MUL: return ts_mul(g, s0, s1);
+    case TS_OP_DIV: return ts_div(g, s0, s1);
+    case TS_OP_SCALE: return ts_scale(g, s0, fp[0]);
+    case TS_OP_EXP: return ts_exp(g, s0);
+    case TS_OP_LOG: return ts_log(g, s0);
+    case TS_OP_SQRT: return ts_sqrt(g, s0);
+    case TS_OP_SIGMOID: return ts_sigmoid(g, s0);
+    case TS_OP_SOFTPLUS: return ts_softplus(g, s0);
+    case TS_OP_SILU: return ts_silu(g, s0);
+    case TS_OP_RELU: return ts_relu(g, s0);
+    case TS_OP_CLAMP: return ts_clamp(g, s0, fp[0], fp[1]);
+    case TS_OP_SUM: return ts_sum(g, s0, ip[0], true);
+    case TS_OP_MEAN: return ts_mean(g, s0, ip[0], true);
+    case TS_OP_MAX: return ts_max(g, s0, ip[0], true);
+    case TS_OP_SUM_TO:
+        for (int d = 0; d < ip[0] && d < TS_MAX_DIMS; d++) shp[d] = ip[1 + d];
+        return ts_sum_to(g, s0, ip[0], shp);
+    case TS_OP_MATMUL: return ts_matmul(g, s0, s1, ip[0], ip[1]);
+    case TS_OP_SOFTMAX: return ts_softmax(g, s0, ip[0], s1);
+    case TS_OP_RMS_NORM: return ts_rms_norm(g, s0, s1, fp[0]);
+    case TS_OP_ROPE: return ts_rope(g, s0, s1, ip[0], ip[1]);
+    case TS_OP_GET_ROWS: return ts_get_rows(g, s0, s1);
+    case TS_OP_TOPK: {
+        ts_tensor *idx = NULL;
+        ts_topk(g, s0, ip[0], NULL, &idx);
+        return idx;
+    }
+    case TS_OP_GATHER: return ts_gather(g, s0, ip[0], s1);
+    case TS_OP_SCATTER_ADD: return ts_scatter_add(g, s0, ip[0], s1, s2);
+    case TS_OP_CROSS_ENTROPY: return ts_cross_entropy(g, s0, s1);
+
+    case TS_OP_SIGMOID_BACK: case TS_OP_SILU_BACK: case TS_OP_RELU_BACK: case TS_OP_CLAMP_BACK:
+        return same_shape_back(g, op, s0, s1, fp);
+    case TS_OP_MAX_BACK: case TS_OP_SOFTMAX_BACK: {
+        ts_tensor *x = s0, *y = op == TS_OP_MAX_BACK ? s1 : s0, *dy = op == TS_OP_MAX_BACK ? s2 : s1;
+        if (!x || !y || !dy) return NULL;
+        int a = norm_axis(g, ts_op_name(op), x, ip[0]);
+        if (a < 0) return NULL;
+        if (op == TS_OP_MAX_BACK ? !(reduced_shape(x, y, a) && reduced_shape(x, dy, a)) : !ts_same_shape(y, dy))
+            return fail(g, TS_ERR_SHAPE, ts_op_name(op), "gradient shape does not match", x, dy);
+        ts_tensor *r = ts_graph_add_node(g, op, dy->dtype, x->ndim, x->shape, src, n_src);
+        if (r) r->ip[0] = a;
+        return r;
+    }
+    case TS_OP_RMS_NORM_BACK: {
+        if (!s0 || !s1) return NULL;
+        if (!ts_same_shape(s0, s1)) return fail(g, TS_ERR_SHAPE, "rms_norm_back", "shapes differ", s0, s1);
+        if (s2 && (s2->ndim != 1 || s2->shape[0] != s0->shape[s0->ndim - 1]))
+            return fail(g, TS_ERR_SHAPE, "rms_norm_back", "weight must match the last dimension", s0, s2);
+        ts_tensor *in[3] = {s0, s1, s2};
+        ts_tensor *r = ts_graph_add_node(g, op, s1->dtype, s0->ndim, s0->shape, in, s2 ? 3 : 2);
+        if (r) r->fp[0] = fp[0];
+        return r;
+    }
+    case TS_OP_GET_ROWS_BACK: {
+        /* src0 ids, src1 dy; ip[0] = number of table rows */
+        if (!need_int(g, "get_rows_back", s0)) return NULL;
+        int nd = 1 + s1->ndim - s0->ndim;
+        bool ok = ip[0] >= 1 && nd >= 1 && nd <= TS_MAX_DIMS;
+        for (int d = 0; ok && d < s0->ndim; d++) ok = s1->shape[d] == s0->shape[d];
+        if (!ok) return fail(g, TS_ERR_SHAPE, "get_rows_back", "dy must be ids.shape + row shape", s0, s1);
+        shp[0] = ip[0];
+        for (int d = 1; d < nd; d++) shp[d] = s1->shape[s0->ndim + d - 1];
+        ts_tensor *r = ts_graph_add_node(g, op, s1->dtype, nd, shp, src, 2);
+        if (r) r->ip[0] = ip[0];
+        return r;
+    }
+    case TS_OP_CROSS_ENTROPY_BACK: {
+        if (!cross_entropy_ok(g, "cross_entropy_back", s0, s1)) return NULL;
+        if (ts_nelements(s2) != 1) return fail(g, TS_ERR_SHAPE, "cross_entropy_back", "dloss must have one element", s2, NULL);
+        return ts_graph_add_node(g, op, s0->dtype, s0->ndim, s0->shape, src, 3);
+    }
+    default:
+        ts_graph_set_error(g, TS_ERR_INVALID_ARG, "op_node: %s cannot be built generically", ts_op_name(op));
+        return NULL;
+    }
+}
