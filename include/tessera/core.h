@@ -66,8 +66,8 @@ size_t ts_dtype_bytes(ts_dtype t, int64_t n);
 
 /* Scalar conversions. All float narrowing rounds to nearest, ties to even. NaN stays NaN.
  * Overflow: f16/bf16/e5m2 go to +-Inf; e4m3 (which has no Inf) and e2m1 saturate to their
- * largest finite value; e8m0 rounds the exponent and returns NaN (0xFF) for non-positive or
- * non-finite input. Subnormals are produced and consumed exactly. */
+ * largest finite value; e8m0 takes floor(log2 x) (the MX / DeepSeek ue8m0 scale convention)
+ * and returns NaN (0xFF) for non-positive or non-finite input. Subnormals are produced and consumed exactly. */
 uint16_t ts_f32_to_f16(float f);
 float ts_f16_to_f32(uint16_t h);
 uint16_t ts_f32_to_bf16(float f);

@@ -259,7 +259,7 @@ ts_tensor *ts_expand(ts_graph *g, ts_tensor *x, int ndim, const int64_t *shape) 
     if (!x) return NULL;
     if (ndim > TS_MAX_DIMS || !broadcasts_to(x, ndim, shape))
         return fail(g, TS_ERR_SHAPE, "expand", "source does not broadcast to the target shape", x, NULL);
-    int64_t st[TS_MAX_DIMS];
+    int64_t st[TS_MAX_DIMS] = {0}; /* zero-init: silences a false -Wmaybe-uninitialized at -O2 */
     for (int d = 0; d < ndim; d++) {
         int xd = d - (ndim - x->ndim);
         st[d] = (xd >= 0 && x->shape[xd] == shape[d]) ? x->stride[xd] : 0;

@@ -1,0 +1,21 @@
+/* status.c - printable names for ts_status codes. Error messages everywhere in Tessera print
+ * these, so they are the enumerator names themselves: easy to grep for in the headers. */
+#include "tessera/core.h"
+
+const char *ts_status_name(ts_status s) {
+    switch (s) {
+    case TS_OK: return "TS_OK";
+    case TS_ERR_INVALID_ARG: return "TS_ERR_INVALID_ARG";
+    case TS_ERR_SHAPE: return "TS_ERR_SHAPE";
+    case TS_ERR_DTYPE: return "TS_ERR_DTYPE";
+    case TS_ERR_OOM: return "TS_ERR_OOM";
+    case TS_ERR_IO: return "TS_ERR_IO";
+    case TS_ERR_FORMAT: return "TS_ERR_FORMAT";
+    case TS_ERR_UNSUPPORTED: return "TS_ERR_UNSUPPORTED";
+    case TS_ERR_STATE: return "TS_ERR_STATE";
+    case TS_ERR_RANGE: return "TS_ERR_RANGE";
+    case TS_ERR_INTERNAL: return "TS_ERR_INTERNAL";
+    }
+    /* Not a switch default, so -Wswitch flags a new enumerator that lacks a name here. */
+    return "TS_ERR_(unknown status)";
+}
