@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# test.sh - builds Tessera and runs every test twice: an optimized build with warnings as errors
+# (build/), then a build with AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/;
+# RelWithDebInfo, because Debug makes the larger tests too slow). Every phase runs even when an
+# earlier one failed (a test phase is skipped only when its build failed), the time of each is
+# printed, and the exit code is nonzero when anything failed. CI runs this (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+jobs="$(nproc)"
+results=()
+failed=0
+
+# phase NAME COMMAND...: runs the command, records its time and whether it passed.
+phase() {
+  local name="$1"
+  shift
+  echo
+  echo "==== $name"
+  local start end status=0
+  start="$(date +%s.%N)"
+  "$@" || status=$?
+  end="$(date +%s.%N)"
+  local secs
+  secs="$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')"
+  if [ "$status" -eq 0 ]; then
+    results+=("$(printf '%-32s %8ss  ok' "$name" "$secs")")
+  else
+    results+=("$(printf '%-32s %8ss  FAILED (exit %d)' "$name" "$secs" "$status")")
+    failed=1
+  fi
+  return "$status"
+}
+
+build() { # build DIR CMAKE_ARGS...
+  local dir="$1"
+  shift
+  cmake -S . -B "$dir" "$@" && cmake --build "$dir" -j"$jobs"
+}
+
+run_tests() { # run_tests DIR
+  (cd "$1" && ctest --output-on-failure -j"$jobs")
+}
+
+skipped() {
+  results+=("$(printf '%-32s %9s  skipped (its build failed)' "$1" "-")")
+}
+
+phase "install dependencies" scripts/install-deps.sh || true
+
+if phase "build (Release, -Werror)" build build -DCMAKE_BUILD_TYPE=Release -DTS_WERROR=ON -DTS_SANITIZE=OFF; then
+  phase "test (Release)" run_tests build || true
+else
+  skipped "test (Release)"
+fi
+
+export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+if phase "build (ASan+UBSan, -Werror)" build build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTS_WERROR=ON -DTS_SANITIZE=ON; then
+  phase "test (ASan+UBSan)" run_tests build-asan || true
+else
+  skipped "test (ASan+UBSan)"
+fi
+
+echo
+echo "==== summary"
+printf '%s\n' "${results[@]}"
+if [ "$failed" -ne 0 ]; then
+  echo "test.sh: FAILED"
+  exit 1
+fi
+echo "test.sh: all phases passed"

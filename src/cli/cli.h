@@ -1,0 +1,53 @@
+/* cli.h - what the files of the `tessera` command line share: the subcommand entry points
+ * (one file each: cli_version.c, cli_info.c, cli_ops.c, cli_demo.c) and a small declarative
+ * option parser (cli_args.c) that gives every subcommand the same --help and the same one-line
+ * errors. main.c holds the table of subcommands and dispatches to them. */
+#ifndef TS_CLI_H
+#define TS_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* Exit codes: 0 success, 1 the work itself failed, 2 the command line was wrong. */
+enum { CLI_EXIT_OK = 0, CLI_EXIT_FAILURE = 1, CLI_EXIT_USAGE = 2 };
+/* cli_parse's "carry on": the options were parsed and the command should run. */
+#define CLI_CONTINUE (-1)
+
+typedef enum { CLI_OPT_FLAG, CLI_OPT_INT, CLI_OPT_FLOAT, CLI_OPT_U64, CLI_OPT_STRING } cli_opt_kind;
+
+/* One option. `target` points at a bool / int / float / uint64_t / const char * according to
+ * kind; its value before parsing is shown as the default in --help. Numbers must lie in
+ * [min, max]. */
+typedef struct {
+    const char *name;    /* "--steps" */
+    cli_opt_kind kind;
+    void *target;
+    const char *metavar; /* "N", "NAME"; unused for flags */
+    const char *help;
+    double min, max;
+} cli_option;
+
+typedef struct {
+    const char *command; /* "demo" */
+    const char *summary; /* one line: what the command does */
+    const char *details; /* printed after the options, or NULL */
+    const cli_option *options;
+    int n_options;
+} cli_spec;
+
+/* Parses argv[1..argc-1] (argv[0] is the subcommand's name) into the option targets. Returns
+ * CLI_CONTINUE when the command should run, CLI_EXIT_OK after printing --help, or
+ * CLI_EXIT_USAGE after printing one error line to stderr. */
+int cli_parse(const cli_spec *spec, int argc, char **argv);
+void cli_print_help(const cli_spec *spec, FILE *out);
+/* Prints "tessera CMD: message" plus a pointer to --help on stderr; returns CLI_EXIT_USAGE. */
+int cli_usage_error(const char *command, const char *fmt, ...);
+
+/* Subcommands: argv[0] is the subcommand's name; the return value is the exit code. */
+int cli_version_main(int argc, char **argv);
+int cli_info_main(int argc, char **argv);
+int cli_ops_main(int argc, char **argv);
+int cli_demo_main(int argc, char **argv);
+
+#endif

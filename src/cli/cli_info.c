@@ -1,0 +1,52 @@
+/* cli_info.c - `tessera info`: what this machine offers Tessera. The CPU and its SIMD features
+ * come from run-time detection (cpu.h), the same facts optimized kernels dispatch on; the
+ * backends are those in the registry that can be created here; the build line says how the
+ * binary was compiled. Output is "key: value" lines so scripts and tests can grep it. */
+#include "cli/cli.h"
+#include "tessera/backend.h"
+#include "tessera/cpu.h"
+
+static void print_cpu(void) {
+    const ts_cpu_features *f = ts_cpu_features_get();
+    char simd[512];
+    printf("cpu:        %s (%s)\n", f->model_name, f->arch);
+    printf("cores:      %d logical\n", f->logical_cores);
+    printf("simd:       %s\n", ts_cpu_features_format(f, simd, sizeof simd));
+}
+
+/* One line per registered backend; creating it is the honest test of "available". */
+static void print_backends(void) {
+    for (int i = 0; i < ts_backend_registry_count(); i++) {
+        const ts_backend_entry *e = ts_backend_registry_get(i);
+        ts_backend *be = NULL;
+        ts_status s = e->create(0, &be);
+        if (s != TS_OK) {
+            printf("backend:    %s - unavailable (%s)\n", e->name, ts_status_name(s));
+            continue;
+        }
+        ts_backend_info info;
+        ts_backend_get_info(be, &info);
+        printf("backend:    %s - %s; %s\n", info.name, e->description, info.device);
+        ts_backend_free(be);
+    }
+}
+
+static void print_build(void) {
+    ts_build_info b = ts_build_info_get();
+    printf("build:      tessera %s, %s, %s, sanitizers %s\n", b.version, b.compiler, b.build_type,
+           b.sanitizers ? "address+undefined" : "off");
+}
+
+int cli_info_main(int argc, char **argv) {
+    const cli_spec spec = {
+        .command = "info",
+        .summary = "Describe this machine: CPU model, logical cores, SIMD features detected at run time,\n"
+                   "the backends available here, and the options this binary was built with.",
+    };
+    int rc = cli_parse(&spec, argc, argv);
+    if (rc != CLI_CONTINUE) return rc;
+    print_cpu();
+    print_backends();
+    print_build();
+    return CLI_EXIT_OK;
+}

@@ -1,0 +1,222 @@
+/* test_cli.c - runs the built `tessera` binary the way a user would and checks exit codes and
+ * the lines people and scripts rely on: --help, every subcommand's --help, version, info, ops,
+ * a short demo, and the one-line errors (exit code 2) for unknown commands and options. Also
+ * checks the run-time CPU feature detection (cpu.h) that `info` prints. The binary is found
+ * next to this test's executable (both are built into the same CMake build directory). */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "tessera/core.h"
+#include "tessera/cpu.h"
+
+static char tessera_path[4096];
+
+/* The directory of /proc/self/exe + "/tessera". */
+static bool find_tessera(void) {
+    char self[4000]; /* leaves room in tessera_path for "/tessera" */
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return false;
+    self[n] = '\0';
+    char *slash = strrchr(self, '/');
+    if (!slash) return false;
+    *slash = '\0';
+    snprintf(tessera_path, sizeof tessera_path, "%s/tessera", self);
+    return access(tessera_path, X_OK) == 0;
+}
+
+typedef struct {
+    int exit_code;   /* -1 when it did not exit normally */
+    char out[65536]; /* stdout and stderr together */
+    int n_lines;
+} run_result;
+
+/* Runs `tessera ARGS` through the shell (ARGS are simple words) and captures its output. */
+static void run(run_result *r, const char *fmt, ...) {
+    char args[1024], cmd[6000];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "'%s' %s 2>&1", tessera_path, args);
+    memset(r, 0, sizeof *r);
+    r->exit_code = -1;
+    FILE *p = popen(cmd, "r");
+    if (!p) return;
+    size_t len = fread(r->out, 1, sizeof r->out - 1, p);
+    r->out[len] = '\0';
+    int status = pclose(p);
+    if (status != -1 && WIFEXITED(status)) r->exit_code = WEXITSTATUS(status);
+    for (size_t i = 0; i < len; i++) r->n_lines += r->out[i] == '\n';
+}
+
+static bool has(const run_result *r, const char *text) { return strstr(r->out, text) != NULL; }
+
+/* The rest of the line that starts with `prefix` (copied into buf), or NULL. */
+static const char *line_starting(const run_result *r, const char *prefix, char *buf, size_t size) {
+    for (const char *line = r->out; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+        if (strncmp(line, prefix, strlen(prefix)) != 0) continue;
+        const char *v = line + strlen(prefix);
+        size_t n = strcspn(v, "\n");
+        snprintf(buf, size, "%.*s", (int)n, v);
+        return buf;
+    }
+    return NULL;
+}
+
+static void test_top_level_help(void) {
+    run_result r;
+    run(&r, "--help");
+    CHECK(r.exit_code == 0, "--help exit %d", r.exit_code);
+    CHECK(has(&r, "usage: tessera <command>"), "--help output:\n%s", r.out);
+    const char *commands[] = {"version", "info", "ops", "demo"};
+    for (int i = 0; i < 4; i++) CHECK(has(&r, commands[i]), "--help does not list %s", commands[i]);
+
+    run(&r, "");
+    CHECK(r.exit_code == 2, "no command: exit %d (want 2)", r.exit_code);
+    run(&r, "help demo");
+    CHECK(r.exit_code == 0 && has(&r, "usage: tessera demo"), "help demo: exit %d\n%s", r.exit_code, r.out);
+}
+
+static void test_every_subcommand_help(void) {
+    const char *commands[] = {"version", "info", "ops", "demo"};
+    for (int i = 0; i < 4; i++) {
+        run_result r;
+        char usage[64];
+        run(&r, "%s --help", commands[i]);
+        snprintf(usage, sizeof usage, "usage: tessera %s", commands[i]);
+        CHECK(r.exit_code == 0, "%s --help exit %d", commands[i], r.exit_code);
+        CHECK(has(&r, usage) && has(&r, "--help"), "%s --help output:\n%s", commands[i], r.out);
+    }
+    run_result r;
+    run(&r, "demo --help");
+    CHECK(has(&r, "--steps") && has(&r, "--dataset") && has(&r, "--seed"), "demo --help lacks options:\n%s", r.out);
+}
+
+static void test_version(void) {
+    run_result r;
+    char want[64], buf[256];
+    run(&r, "version");
+    snprintf(want, sizeof want, "tessera %s\n", TS_VERSION_STRING);
+    CHECK(r.exit_code == 0, "version exit %d", r.exit_code);
+    CHECK(strncmp(r.out, want, strlen(want)) == 0, "version's first line is not '%s':\n%s", want, r.out);
+    ts_build_info b = ts_build_info_get();
+    const char *compiler = line_starting(&r, "compiler:", buf, sizeof buf);
+    CHECK(compiler && strstr(compiler, b.compiler), "compiler line missing or wrong:\n%s", r.out);
+    const char *type = line_starting(&r, "build type:", buf, sizeof buf);
+    CHECK(type && strstr(type, b.build_type), "build type line missing or wrong:\n%s", r.out);
+    run(&r, "--version");
+    CHECK(r.exit_code == 0 && strncmp(r.out, want, strlen(want)) == 0, "--version:\n%s", r.out);
+}
+
+static void test_info(void) {
+    run_result r;
+    char buf[1024], want[512];
+    run(&r, "info");
+    CHECK(r.exit_code == 0, "info exit %d", r.exit_code);
+    const ts_cpu_features *f = ts_cpu_features_get();
+    const char *simd = line_starting(&r, "simd:", buf, sizeof buf);
+    ts_cpu_features_format(f, want, sizeof want);
+    CHECK(simd && strstr(simd, want), "simd line '%s' does not list '%s'", simd ? simd : "(missing)", want);
+    const char *cpu = line_starting(&r, "cpu:", buf, sizeof buf);
+    CHECK(cpu && strstr(cpu, f->model_name), "cpu line missing the model name '%s':\n%s", f->model_name, r.out);
+    const char *cores = line_starting(&r, "cores:", buf, sizeof buf);
+    CHECK(cores && atoi(cores) == ts_cpu_count(), "cores line '%s', want %d", cores ? cores : "(missing)", ts_cpu_count());
+    const char *backend = line_starting(&r, "backend:", buf, sizeof buf);
+    CHECK(backend && strstr(backend, "cpu-ref"), "no cpu-ref backend line:\n%s", r.out);
+    const char *build = line_starting(&r, "build:", buf, sizeof buf);
+    CHECK(build && strstr(build, "sanitizers"), "no build line:\n%s", r.out);
+}
+
+static void test_ops(void) {
+    run_result r;
+    run(&r, "ops");
+    CHECK(r.exit_code == 0, "ops exit %d:\n%s", r.exit_code, r.out);
+    CHECK(has(&r, "cpu-ref") && has(&r, "matmul") && has(&r, "cross_entropy"), "ops output:\n%s", r.out);
+    run(&r, "ops --backend cpu-ref");
+    CHECK(r.exit_code == 0 && has(&r, "matmul"), "ops --backend cpu-ref exit %d:\n%s", r.exit_code, r.out);
+    run(&r, "ops --backend no-such-backend");
+    CHECK(r.exit_code == 2 && r.n_lines == 1 && has(&r, "no-such-backend"), "ops --backend no-such-backend: exit %d\n%s",
+          r.exit_code, r.out);
+}
+
+/* Every mistake on the command line: exit code 2 and exactly one line that names it. */
+static void expect_usage_error(const char *args, const char *mentions) {
+    run_result r;
+    run(&r, "%s", args);
+    CHECK(r.exit_code == 2, "'tessera %s': exit %d (want 2)", args, r.exit_code);
+    CHECK(r.n_lines == 1, "'tessera %s': %d lines of output (want 1):\n%s", args, r.n_lines, r.out);
+    CHECK(has(&r, mentions), "'tessera %s': error does not mention '%s':\n%s", args, mentions, r.out);
+}
+
+static void test_usage_errors(void) {
+    expect_usage_error("frobnicate", "unknown command 'frobnicate'");
+    expect_usage_error("--frobnicate", "unknown option '--frobnicate'");
+    expect_usage_error("train", "not available yet");
+    expect_usage_error("info --bogus", "unknown option '--bogus'");
+    expect_usage_error("version extra", "unexpected argument 'extra'");
+    expect_usage_error("demo --steps", "--steps needs a value");
+    expect_usage_error("demo --steps abc", "not an integer");
+    expect_usage_error("demo --steps 0", "outside");
+    expect_usage_error("demo --dataset moons", "moons");
+    expect_usage_error("demo --backend nope", "nope");
+}
+
+/* A tiny demo run: the command works end to end and prints its summary lines. */
+static void test_short_demo(void) {
+    run_result r;
+    run(&r, "demo --steps 30 --train 120 --heldout 60 --hidden 16 --batch 30 --threads 1");
+    CHECK(r.exit_code == 0, "short demo exit %d:\n%s", r.exit_code, r.out);
+    CHECK(has(&r, "memory:   planned peak") && has(&r, "step     0  loss") && has(&r, "loss:") && has(&r, "accuracy:"),
+          "short demo output:\n%s", r.out);
+}
+
+/* Detection itself: implied features, agreement with the compiler's own cpuid probe, and the
+ * formatter's handling of small buffers. */
+static void test_cpu_features(void) {
+    ts_cpu_features f;
+    ts_cpu_features_detect(&f);
+    CHECK(f.logical_cores == ts_cpu_count(), "logical_cores %d", f.logical_cores);
+    CHECK(f.model_name[0] != '\0', "empty model name");
+#if defined(__x86_64__)
+    CHECK(strcmp(f.arch, "x86_64") == 0, "arch %s", f.arch);
+    CHECK(!f.avx2 || f.avx, "avx2 without avx");
+    CHECK(!f.avx512bw || f.avx512f, "avx512bw without avx512f");
+    __builtin_cpu_init();
+    CHECK(f.sse4_2 == (__builtin_cpu_supports("sse4.2") != 0), "sse4.2 disagrees with the compiler");
+    CHECK(f.avx == (__builtin_cpu_supports("avx") != 0), "avx disagrees with the compiler");
+    CHECK(f.avx2 == (__builtin_cpu_supports("avx2") != 0), "avx2 disagrees with the compiler");
+    CHECK(f.fma == (__builtin_cpu_supports("fma") != 0), "fma disagrees with the compiler");
+    CHECK(f.avx512f == (__builtin_cpu_supports("avx512f") != 0), "avx512f disagrees with the compiler");
+#elif defined(__aarch64__)
+    CHECK(strcmp(f.arch, "aarch64") == 0, "arch %s", f.arch);
+    CHECK(f.asimd, "aarch64 Linux always has asimd");
+#endif
+    ts_cpu_features none;
+    memset(&none, 0, sizeof none);
+    char buf[64];
+    CHECK(strcmp(ts_cpu_features_format(&none, buf, sizeof buf), "none") == 0, "no features -> '%s'", buf);
+    ts_cpu_features some = none;
+    some.avx = some.avx2 = some.fma = true;
+    CHECK(strcmp(ts_cpu_features_format(&some, buf, sizeof buf), "avx avx2 fma") == 0, "got '%s'", buf);
+    CHECK(strcmp(ts_cpu_features_format(&some, buf, 9), "avx avx2") == 0, "truncated to '%s'", buf);
+}
+
+int main(void) {
+    test_cpu_features();
+    if (!find_tessera()) {
+        CHECK(false, "the tessera binary was not found next to this test (%s)", tessera_path);
+        return check_summary("test_cli");
+    }
+    test_top_level_help();
+    test_every_subcommand_help();
+    test_version();
+    test_info();
+    test_ops();
+    test_usage_errors();
+    test_short_demo();
+    return check_summary("test_cli");
+}
