@@ -5,5 +5,6 @@
 #include "tessera/core.h"
 #include "tessera/graph.h"
 #include "tessera/backend.h"
+#include "tessera/io.h"
 
 #endif
