@@ -131,6 +131,20 @@ static void test_info(void) {
     CHECK(build && strstr(build, "sanitizers"), "no build line:\n%s", r.out);
 }
 
+/* The model report: the exact published Flash inventory, and a clean refusal of unknown models. */
+static void test_info_model(void) {
+    run_result r;
+    char buf[1024];
+    run(&r, "info --model flash");
+    CHECK(r.exit_code == 0, "info --model flash exit %d:\n%s", r.exit_code, r.out);
+    const char *total = line_starting(&r, "parameters_total:", buf, sizeof buf);
+    CHECK(total && strstr(total, " 290942289362"), "parameters_total line: %s", total ? total : "(missing)");
+    const char *active = line_starting(&r, "parameters_active:", buf, sizeof buf);
+    CHECK(active && strstr(active, " 14118225362"), "parameters_active line: %s", active ? active : "(missing)");
+    run(&r, "info --model tiny");
+    CHECK(r.exit_code == 0 && has(&r, "parameters_total: "), "info --model tiny:\n%s", r.out);
+}
+
 static void test_ops(void) {
     run_result r;
     run(&r, "ops");
@@ -163,6 +177,7 @@ static void test_usage_errors(void) {
     expect_usage_error("demo --steps 0", "outside");
     expect_usage_error("demo --dataset moons", "moons");
     expect_usage_error("demo --backend nope", "nope");
+    expect_usage_error("info --model no-such-model", "no-such-model");
 }
 
 /* A tiny demo run: the command works end to end and prints its summary lines. */
@@ -215,6 +230,7 @@ int main(void) {
     test_every_subcommand_help();
     test_version();
     test_info();
+    test_info_model();
     test_ops();
     test_usage_errors();
     test_short_demo();

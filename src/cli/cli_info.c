@@ -3,6 +3,7 @@
  * backends are those in the registry that can be created here; the build line says how the
  * binary was compiled. Output is "key: value" lines so scripts and tests can grep it. */
 #include "cli/cli.h"
+#include "cli/cli_model_info.h"
 #include "tessera/backend.h"
 #include "tessera/cpu.h"
 
@@ -38,13 +39,27 @@ static void print_build(void) {
 }
 
 int cli_info_main(int argc, char **argv) {
+    const char *model = NULL;
+    uint64_t context = 0, batch = 1, seq = 0;
+    const cli_option options[] = {
+        {"--model", CLI_OPT_STRING, &model, "CONFIG.json|PRESET",
+         "describe a model instead of the machine: parameters, FLOPs, KV cache, training memory\n"
+         "(presets: tiny, small, flash, pro, dense-tiny, dense-small)", 0, 0},
+        {"--context", CLI_OPT_U64, &context, "N", "context length for FLOPs and KV-cache figures (0: model default)", 0, 1e12},
+        {"--batch", CLI_OPT_U64, &batch, "N", "batch size for the training-memory estimate", 1, 1e9},
+        {"--seq", CLI_OPT_U64, &seq, "N", "sequence length for the training-memory estimate (0: model default)", 0, 1e12},
+    };
     const cli_spec spec = {
         .command = "info",
         .summary = "Describe this machine: CPU model, logical cores, SIMD features detected at run time,\n"
-                   "the backends available here, and the options this binary was built with.",
+                   "the backends available here, and the options this binary was built with.\n"
+                   "With --model, describe a model configuration instead.",
+        .options = options,
+        .n_options = (int)(sizeof options / sizeof options[0]),
     };
     int rc = cli_parse(&spec, argc, argv);
     if (rc != CLI_CONTINUE) return rc;
+    if (model) return ts_cli_print_model_info(model, (int64_t)context, (int64_t)batch, (int64_t)seq, stdout, stderr);
     print_cpu();
     print_backends();
     print_build();

@@ -29,13 +29,9 @@
  *  - nibble-packed outputs (f4_e2m1) are written by one thread, because two elements share
  *    a byte. */
 #include <math.h>
-#include <string.h>
 
 #include "ref_common.h"
 #include "ref_kernels.h"
-
-/* Elements (or, for row kernels, elements read) below which one thread does all the work. */
-#define REF_MIN_CHUNK 4096
 
 /* ---------------------------------------------------------------- shared helpers */
 
@@ -56,76 +52,20 @@ static ref_job job_for(ts_tensor *dst) {
     return j;
 }
 
-/* Row-major coordinates of flat index i in a tensor shaped (ndim, shape). */
-static void unravel(int ndim, const int64_t *shape, int64_t i, int64_t c[TS_MAX_DIMS]) {
-    for (int d = ndim - 1; d >= 0; d--) {
-        c[d] = i % shape[d];
-        i /= shape[d];
-    }
-}
-
-/* Storage offset of the element at coordinates c (one per dimension of t). */
-static int64_t coord_offset(const ts_tensor *t, const int64_t c[TS_MAX_DIMS]) {
-    int64_t off = 0;
-    for (int d = 0; d < t->ndim; d++) off += c[d] * t->stride[d];
-    return off;
-}
-
-static int dtype_bits(ts_dtype t) { return ts_dtype_get_info(t)->bits; }
-static bool dtype_is_float(ts_dtype t) { return ts_dtype_get_info(t)->is_float; }
-static bool dtype_is_int(ts_dtype t) { return ts_dtype_get_info(t)->is_int; }
-
-/* Runs fn over [0, n) on the backend's pool. A nibble-packed dst runs on one thread: two of
- * its elements share a byte, and concurrent read-modify-writes of that byte would race. */
-static void run_parallel(const ts_cpu_ctx *ctx, const ts_tensor *dst, int64_t n, int64_t min_chunk,
-                         ts_range_fn fn, ref_job *job) {
-    if (dtype_bits(dst->dtype) < 8) min_chunk = n;
-    ts_parallel_for(ctx->pool, n, min_chunk, fn, job);
-}
-
-/* Rows per thread chunk so that a chunk reads at least REF_MIN_CHUNK elements. */
-static int64_t rows_min_chunk(int64_t row_len) {
-    int64_t rows = REF_MIN_CHUNK / (row_len > 0 ? row_len : 1);
-    return rows > 0 ? rows : 1;
-}
-
-static ts_status fail_tensor(const ts_cpu_ctx *ctx, ts_status s, const ts_tensor *t, const char *why) {
-    char d[160];
-    return ts_graph_set_error(ctx->graph, s, "%s (reference kernel): %s: %s", ts_op_name(t->op),
-                              ts_tensor_describe(t, d, sizeof d), why);
-}
-
-/* dst and every source must have host storage (the executor guarantees it; tests may not). */
-static ts_status need_host_data(const ts_cpu_ctx *ctx, const ts_tensor *dst) {
-    if (!dst->data) return fail_tensor(ctx, TS_ERR_STATE, dst, "output has no host storage");
-    for (int i = 0; i < dst->n_src; i++)
-        if (dst->src[i] && !dst->src[i]->data) return fail_tensor(ctx, TS_ERR_STATE, dst, "an input has no host storage");
+/* The split of the per-element kernels: fn over every element of dst, REF_MIN_CHUNK at least
+ * per thread. */
+static ts_status run_per_element(const ts_cpu_ctx *ctx, ts_tensor *dst, ts_range_fn fn) {
+    ref_job job = job_for(dst);
+    ref_run_parallel(ctx, dst, ts_nelements(dst), REF_MIN_CHUNK, fn, &job);
     return TS_OK;
 }
 
-/* For ops defined only on real numbers: dst and every source must be float. */
-static ts_status need_all_float(const ts_cpu_ctx *ctx, const ts_tensor *dst) {
-    bool ok = dtype_is_float(dst->dtype);
-    for (int i = 0; ok && i < dst->n_src; i++) ok = !dst->src[i] || dtype_is_float(dst->src[i]->dtype);
-    return ok ? TS_OK : fail_tensor(ctx, TS_ERR_DTYPE, dst, "needs float input and output dtypes");
-}
-
-/* Both checks above: the usual preamble of a float kernel. */
+/* Host storage everywhere, and dst and every source float: the preamble of a float kernel. */
 static ts_status float_kernel_ready(const ts_cpu_ctx *ctx, const ts_tensor *dst) {
-    ts_status s = need_host_data(ctx, dst);
-    return s != TS_OK ? s : need_all_float(ctx, dst);
-}
-
-/* Moves one element from src to dst. Identical byte-sized dtypes copy the bytes so a plain copy
- * is exact for every value; other pairs convert through double (ts_load_f64 / ts_store_f64). */
-static void move_element(ts_tensor *dst, int64_t dst_off, const ts_tensor *src, int64_t src_off) {
-    int bits = dtype_bits(dst->dtype);
-    if (src->dtype == dst->dtype && bits >= 8) {
-        size_t size = (size_t)bits / 8;
-        memcpy((char *)dst->data + dst_off * (int64_t)size, (const char *)src->data + src_off * (int64_t)size, size);
-    } else {
-        ref_set(dst, dst_off, ref_get(src, src_off));
-    }
+    ts_status s = ts_ref_need_host_data(ctx, dst);
+    if (s == TS_OK) s = ref_need_float(ctx, dst, dst);
+    for (int i = 0; s == TS_OK && i < dst->n_src; i++) s = ref_need_float(ctx, dst, dst->src[i]);
+    return s;
 }
 
 /* ---------------------------------------------------------------- fill */
@@ -136,28 +76,24 @@ static void fill_range(void *arg, int64_t begin, int64_t end, int tid) {
 }
 
 TS_REF_KERNEL(fill) {
-    ts_status s = need_host_data(ctx, dst);
+    ts_status s = ts_ref_need_host_data(ctx, dst);
     if (s != TS_OK) return s;
-    ref_job job = job_for(dst);
-    run_parallel(ctx, dst, ts_nelements(dst), REF_MIN_CHUNK, fill_range, &job);
-    return TS_OK;
+    return run_per_element(ctx, dst, fill_range);
 }
 
 /* ---------------------------------------------------------------- copy (and cast) */
 
 static void copy_range(void *arg, int64_t begin, int64_t end, int tid) {
     ref_job *j = arg;
-    for (int64_t i = begin; i < end; i++) move_element(j->dst, i, j->src[0], ref_offset(j->src[0], i));
+    for (int64_t i = begin; i < end; i++) ts_ref_move_element(j->dst, i, j->src[0], ref_offset(j->src[0], i));
 }
 
 TS_REF_KERNEL(copy) {
-    ts_status s = need_host_data(ctx, dst);
+    ts_status s = ts_ref_need_host_data(ctx, dst);
     if (s != TS_OK) return s;
     if (dst->n_src < 1 || ts_nelements(dst->src[0]) != ts_nelements(dst))
-        return fail_tensor(ctx, TS_ERR_SHAPE, dst, "source and output sizes differ");
-    ref_job job = job_for(dst);
-    run_parallel(ctx, dst, ts_nelements(dst), REF_MIN_CHUNK, copy_range, &job);
-    return TS_OK;
+        return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "source and output sizes differ");
+    return run_per_element(ctx, dst, copy_range);
 }
 
 /* ---------------------------------------------------------------- concat */
@@ -168,25 +104,23 @@ static void concat_range(void *arg, int64_t begin, int64_t end, int tid) {
     int a = j->axis;
     int64_t c[TS_MAX_DIMS];
     for (int64_t i = begin; i < end; i++) {
-        unravel(j->dst->ndim, j->dst->shape, i, c);
+        ref_unravel(j->dst->ndim, j->dst->shape, i, c);
         int k = 0;
         while (k < j->n_src - 1 && c[a] >= j->src[k]->shape[a]) c[a] -= j->src[k++]->shape[a];
-        move_element(j->dst, i, j->src[k], coord_offset(j->src[k], c));
+        ts_ref_move_element(j->dst, i, j->src[k], ref_coord_offset(j->src[k], c));
     }
 }
 
 TS_REF_KERNEL(concat) {
-    ts_status s = need_host_data(ctx, dst);
+    ts_status s = ts_ref_need_host_data(ctx, dst);
     if (s != TS_OK) return s;
     int a = dst->ip[0], n = dst->ip[1];
     if (n < 1 || n > TS_MAX_SRC || n != dst->n_src || a < 0 || a >= dst->ndim)
-        return fail_tensor(ctx, TS_ERR_INTERNAL, dst, "bad axis or source count");
+        return ts_ref_fail(ctx, TS_ERR_INTERNAL, dst, "bad axis or source count");
     int64_t total = 0;
     for (int i = 0; i < n; i++) total += dst->src[i]->shape[a];
-    if (total != dst->shape[a]) return fail_tensor(ctx, TS_ERR_SHAPE, dst, "sources do not add up to the output");
-    ref_job job = job_for(dst);
-    run_parallel(ctx, dst, ts_nelements(dst), REF_MIN_CHUNK, concat_range, &job);
-    return TS_OK;
+    if (total != dst->shape[a]) return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "sources do not add up to the output");
+    return run_per_element(ctx, dst, concat_range);
 }
 
 /* ---------------------------------------------------------------- binary */
@@ -204,7 +138,7 @@ static double apply_binary(ts_op op, double a, double b, bool is_int) {
 static void binary_range(void *arg, int64_t begin, int64_t end, int tid) {
     ref_job *j = arg;
     const ts_tensor *a = j->src[0], *b = j->src[1];
-    bool is_int = dtype_is_int(j->dst->dtype);
+    bool is_int = ref_dtype_is_int(j->dst->dtype);
     for (int64_t i = begin; i < end; i++) {
         double va = ref_get(a, ref_bcast_offset(a, j->dst, i));
         double vb = ref_get(b, ref_bcast_offset(b, j->dst, i));
@@ -221,16 +155,14 @@ static bool has_zero(const ts_tensor *t) {
 }
 
 TS_REF_KERNEL(binary) {
-    ts_status s = need_host_data(ctx, dst);
+    ts_status s = ts_ref_need_host_data(ctx, dst);
     if (s != TS_OK) return s;
     if (dst->op != TS_OP_ADD && dst->op != TS_OP_SUB && dst->op != TS_OP_MUL && dst->op != TS_OP_DIV)
-        return fail_tensor(ctx, TS_ERR_INTERNAL, dst, "not a binary op");
-    if (dst->n_src != 2) return fail_tensor(ctx, TS_ERR_INTERNAL, dst, "binary op needs two sources");
-    if (dst->op == TS_OP_DIV && dtype_is_int(dst->dtype) && has_zero(dst->src[1]))
-        return fail_tensor(ctx, TS_ERR_RANGE, dst, "integer division by zero");
-    ref_job job = job_for(dst);
-    run_parallel(ctx, dst, ts_nelements(dst), REF_MIN_CHUNK, binary_range, &job);
-    return TS_OK;
+        return ts_ref_fail(ctx, TS_ERR_INTERNAL, dst, "not a binary op");
+    if (dst->n_src != 2) return ts_ref_fail(ctx, TS_ERR_INTERNAL, dst, "binary op needs two sources");
+    if (dst->op == TS_OP_DIV && ref_dtype_is_int(dst->dtype) && has_zero(dst->src[1]))
+        return ts_ref_fail(ctx, TS_ERR_RANGE, dst, "integer division by zero");
+    return run_per_element(ctx, dst, binary_range);
 }
 
 /* ---------------------------------------------------------------- unary */
@@ -281,11 +213,9 @@ static void unary_range(void *arg, int64_t begin, int64_t end, int tid) {
 TS_REF_KERNEL(unary) {
     ts_status s = float_kernel_ready(ctx, dst);
     if (s != TS_OK) return s;
-    if (!is_unary_op(dst->op) || dst->n_src != 1) return fail_tensor(ctx, TS_ERR_INTERNAL, dst, "not a unary op");
-    if (!ts_same_shape(dst, dst->src[0])) return fail_tensor(ctx, TS_ERR_SHAPE, dst, "input shape differs");
-    ref_job job = job_for(dst);
-    run_parallel(ctx, dst, ts_nelements(dst), REF_MIN_CHUNK, unary_range, &job);
-    return TS_OK;
+    if (!is_unary_op(dst->op) || dst->n_src != 1) return ts_ref_fail(ctx, TS_ERR_INTERNAL, dst, "not a unary op");
+    if (!ts_same_shape(dst, dst->src[0])) return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "input shape differs");
+    return run_per_element(ctx, dst, unary_range);
 }
 
 /* ---------------------------------------------------------------- reductions */
@@ -311,8 +241,8 @@ static void reduce_range(void *arg, int64_t begin, int64_t end, int tid) {
     const ts_tensor *x = j->src[0];
     int64_t c[TS_MAX_DIMS];
     for (int64_t o = begin; o < end; o++) {
-        unravel(j->dst->ndim, j->dst->shape, o, c);
-        double r = reduce_row(j->op, x, coord_offset(x, c), x->stride[j->axis], x->shape[j->axis]);
+        ref_unravel(j->dst->ndim, j->dst->shape, o, c);
+        double r = reduce_row(j->op, x, ref_coord_offset(x, c), x->stride[j->axis], x->shape[j->axis]);
         ref_set(j->dst, o, r);
     }
 }
@@ -329,11 +259,11 @@ TS_REF_KERNEL(reduce) {
     ts_status s = float_kernel_ready(ctx, dst);
     if (s != TS_OK) return s;
     if (dst->op != TS_OP_SUM && dst->op != TS_OP_MEAN && dst->op != TS_OP_MAX)
-        return fail_tensor(ctx, TS_ERR_INTERNAL, dst, "not a reduction");
+        return ts_ref_fail(ctx, TS_ERR_INTERNAL, dst, "not a reduction");
     const ts_tensor *x = dst->src[0];
-    if (!is_reduced_shape(x, dst, dst->ip[0])) return fail_tensor(ctx, TS_ERR_SHAPE, dst, "output is not the input reduced on ip[0]");
+    if (!is_reduced_shape(x, dst, dst->ip[0])) return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "output is not the input reduced on ip[0]");
     ref_job job = job_for(dst);
-    run_parallel(ctx, dst, ts_nelements(dst), rows_min_chunk(x->shape[dst->ip[0]]), reduce_range, &job);
+    ref_run_parallel(ctx, dst, ts_nelements(dst), ref_items_min_chunk(x->shape[dst->ip[0]]), reduce_range, &job);
     return TS_OK;
 }
 
@@ -353,7 +283,7 @@ static void sum_to_range(void *arg, int64_t begin, int64_t end, int tid) {
     int64_t terms = ts_nelements(x) / ts_nelements(j->dst);
     int64_t co[TS_MAX_DIMS], cx[TS_MAX_DIMS];
     for (int64_t o = begin; o < end; o++) {
-        unravel(j->dst->ndim, j->dst->shape, o, co);
+        ref_unravel(j->dst->ndim, j->dst->shape, o, co);
         double sum = 0;
         for (int64_t t = 0; t < terms; t++) {
             int64_t rest = t;
@@ -365,7 +295,7 @@ static void sum_to_range(void *arg, int64_t begin, int64_t end, int tid) {
                     cx[d] = co[d - lead];
                 }
             }
-            sum += ref_get(x, coord_offset(x, cx));
+            sum += ref_get(x, ref_coord_offset(x, cx));
         }
         ref_set(j->dst, o, sum);
     }
@@ -375,15 +305,11 @@ TS_REF_KERNEL(sum_to) {
     ts_status s = float_kernel_ready(ctx, dst);
     if (s != TS_OK) return s;
     const ts_tensor *x = dst->src[0];
-    bool ok = dst->ndim <= x->ndim;
-    for (int d = 0; ok && d < dst->ndim; d++) {
-        int64_t want = dst->shape[d], have = x->shape[d + x->ndim - dst->ndim];
-        ok = want == have || want == 1;
-    }
-    if (!ok) return fail_tensor(ctx, TS_ERR_SHAPE, dst, "output does not broadcast to the input");
+    if (!ref_broadcasts_to(dst, x))
+        return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "output does not broadcast to the input");
     ref_job job = job_for(dst);
     int64_t terms = ts_nelements(x) / ts_nelements(dst);
-    run_parallel(ctx, dst, ts_nelements(dst), rows_min_chunk(terms), sum_to_range, &job);
+    ref_run_parallel(ctx, dst, ts_nelements(dst), ref_items_min_chunk(terms), sum_to_range, &job);
     return TS_OK;
 }
 
@@ -417,12 +343,10 @@ TS_REF_KERNEL(unary_back) {
     if (s != TS_OK) return s;
     if (dst->op != TS_OP_SIGMOID_BACK && dst->op != TS_OP_SILU_BACK && dst->op != TS_OP_RELU_BACK &&
         dst->op != TS_OP_CLAMP_BACK)
-        return fail_tensor(ctx, TS_ERR_INTERNAL, dst, "not a unary backward op");
+        return ts_ref_fail(ctx, TS_ERR_INTERNAL, dst, "not a unary backward op");
     if (dst->n_src != 2 || !ts_same_shape(dst, dst->src[0]) || !ts_same_shape(dst, dst->src[1]))
-        return fail_tensor(ctx, TS_ERR_SHAPE, dst, "inputs must have the output's shape");
-    ref_job job = job_for(dst);
-    run_parallel(ctx, dst, ts_nelements(dst), REF_MIN_CHUNK, unary_back_range, &job);
-    return TS_OK;
+        return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "inputs must have the output's shape");
+    return run_per_element(ctx, dst, unary_back_range);
 }
 
 /* ---------------------------------------------------------------- max backward */
@@ -436,9 +360,9 @@ static void max_back_range(void *arg, int64_t begin, int64_t end, int tid) {
     int a = j->axis;
     int64_t n = x->shape[a], c[TS_MAX_DIMS];
     for (int64_t r = begin; r < end; r++) {
-        unravel(y->ndim, y->shape, r, c);
-        int64_t x_off = coord_offset(x, c), dx_off = coord_offset(dx, c);
-        double m = ref_get(y, coord_offset(y, c)), g = ref_get(dy, coord_offset(dy, c));
+        ref_unravel(y->ndim, y->shape, r, c);
+        int64_t x_off = ref_coord_offset(x, c), dx_off = ref_coord_offset(dx, c);
+        double m = ref_get(y, ref_coord_offset(y, c)), g = ref_get(dy, ref_coord_offset(dy, c));
         int64_t winner = -1;
         for (int64_t k = 0; k < n && winner < 0; k++) {
             double v = ref_get(x, x_off + k * x->stride[a]);
@@ -451,12 +375,12 @@ static void max_back_range(void *arg, int64_t begin, int64_t end, int tid) {
 TS_REF_KERNEL(max_back) {
     ts_status s = float_kernel_ready(ctx, dst);
     if (s != TS_OK) return s;
-    if (dst->n_src != 3) return fail_tensor(ctx, TS_ERR_INTERNAL, dst, "max_back needs x, y and dy");
+    if (dst->n_src != 3) return ts_ref_fail(ctx, TS_ERR_INTERNAL, dst, "max_back needs x, y and dy");
     const ts_tensor *x = dst->src[0];
     int a = dst->ip[0];
     if (!ts_same_shape(dst, x) || !is_reduced_shape(x, dst->src[1], a) || !is_reduced_shape(x, dst->src[2], a))
-        return fail_tensor(ctx, TS_ERR_SHAPE, dst, "y and dy must be x reduced on ip[0]");
+        return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "y and dy must be x reduced on ip[0]");
     ref_job job = job_for(dst);
-    run_parallel(ctx, dst, ts_nelements(dst->src[1]), rows_min_chunk(x->shape[a]), max_back_range, &job);
+    ref_run_parallel(ctx, dst, ts_nelements(dst->src[1]), ref_items_min_chunk(x->shape[a]), max_back_range, &job);
     return TS_OK;
 }

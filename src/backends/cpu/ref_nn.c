@@ -40,34 +40,13 @@
  *  - Nibble-packed outputs are written by one thread (two elements share a byte). */
 #include <math.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "ref_common.h"
 #include "ref_kernels.h"
 
-/* Elements (or elements read, for row kernels) below which one thread does all the work. */
-#define REF_MIN_CHUNK 4096
-
 /* ---------------------------------------------------------------- shared helpers */
 
-static int dtype_bits(ts_dtype t) { return ts_dtype_get_info(t)->bits; }
-static bool dtype_is_float(ts_dtype t) { return ts_dtype_get_info(t)->is_float; }
 static bool is_index_dtype(ts_dtype t) { return t == TS_I32 || t == TS_I64; }
-
-/* Row-major coordinates of flat index i in a tensor shaped (ndim, shape). */
-static void unravel(int ndim, const int64_t *shape, int64_t i, int64_t c[TS_MAX_DIMS]) {
-    for (int d = ndim - 1; d >= 0; d--) {
-        c[d] = i % shape[d];
-        i /= shape[d];
-    }
-}
-
-/* Storage offset of the element at coordinates c (one per dimension of t). */
-static int64_t coord_offset(const ts_tensor *t, const int64_t c[TS_MAX_DIMS]) {
-    int64_t off = 0;
-    for (int d = 0; d < t->ndim; d++) off += c[d] * t->stride[d];
-    return off;
-}
 
 /* Storage offset in t of the element that broadcasts (NumPy: aligned right, size-1 dims
  * stretched, missing leading dims) to coordinates c of a tensor of rank ndim. */
@@ -104,7 +83,7 @@ typedef struct {
 
 /* The row of t along `axis` starting at coordinates c (c[axis] = 0). */
 static ref_row row_of(ts_tensor *t, int axis, const int64_t c[TS_MAX_DIMS]) {
-    ref_row r = {t, coord_offset(t, c), t->stride[axis]};
+    ref_row r = {t, ref_coord_offset(t, c), t->stride[axis]};
     return r;
 }
 
@@ -123,61 +102,23 @@ static double row_get(ref_row r, int64_t k) { return ref_get(r.t, r.off + k * r.
 static double row_get_or(ref_row r, int64_t k, double absent) { return r.t ? row_get(r, k) : absent; }
 static void row_set(ref_row r, int64_t k, double v) { ref_set(r.t, r.off + k * r.step, v); }
 
-/* Moves one element from src to dst: identical byte-sized dtypes copy the bytes (exact for
- * every value, i64 beyond 2^53 included); other pairs convert through double. */
-static void move_element(ts_tensor *dst, int64_t dst_off, const ts_tensor *src, int64_t src_off) {
-    int bits = dtype_bits(dst->dtype);
-    if (src->dtype == dst->dtype && bits >= 8) {
-        size_t size = (size_t)bits / 8;
-        memcpy((char *)dst->data + dst_off * (int64_t)size, (const char *)src->data + src_off * (int64_t)size, size);
-    } else {
-        ref_set(dst, dst_off, ref_get(src, src_off));
-    }
-}
-
-/* Runs fn over [0, n) on the backend's pool. A nibble-packed dst runs on one thread: two of
- * its elements share a byte, and concurrent read-modify-writes of that byte would race. */
-static void run_parallel(const ts_cpu_ctx *ctx, const ts_tensor *dst, int64_t n, int64_t min_chunk,
-                         ts_range_fn fn, void *job) {
-    if (dtype_bits(dst->dtype) < 8) min_chunk = n;
-    ts_parallel_for(ctx->pool, n, min_chunk, fn, job);
-}
-
-/* Items per thread chunk so that a chunk touches at least REF_MIN_CHUNK elements. */
-static int64_t items_min_chunk(int64_t work_per_item) {
-    int64_t items = REF_MIN_CHUNK / (work_per_item > 0 ? work_per_item : 1);
-    return items > 0 ? items : 1;
-}
-
-static ts_status fail_tensor(const ts_cpu_ctx *ctx, ts_status s, const ts_tensor *t, const char *why) {
-    char d[160];
-    return ts_graph_set_error(ctx->graph, s, "%s (reference kernel): %s: %s", ts_op_name(t->op),
-                              ts_tensor_describe(t, d, sizeof d), why);
-}
-
 /* The preamble of every kernel: `n_required` sources present, host storage everywhere, and a
  * contiguous dst (its flat index is then its storage offset). */
 static ts_status kernel_ready(const ts_cpu_ctx *ctx, const ts_tensor *dst, int n_required) {
-    if (dst->n_src < n_required) return fail_tensor(ctx, TS_ERR_INTERNAL, dst, "missing inputs");
+    if (dst->n_src < n_required) return ts_ref_fail(ctx, TS_ERR_INTERNAL, dst, "missing inputs");
     for (int i = 0; i < n_required; i++)
-        if (!dst->src[i]) return fail_tensor(ctx, TS_ERR_INTERNAL, dst, "missing inputs");
-    if (!dst->data) return fail_tensor(ctx, TS_ERR_STATE, dst, "output has no host storage");
-    for (int i = 0; i < dst->n_src; i++)
-        if (dst->src[i] && !dst->src[i]->data) return fail_tensor(ctx, TS_ERR_STATE, dst, "an input has no host storage");
-    if (!ts_is_contiguous(dst)) return fail_tensor(ctx, TS_ERR_INTERNAL, dst, "output is not contiguous");
+        if (!dst->src[i]) return ts_ref_fail(ctx, TS_ERR_INTERNAL, dst, "missing inputs");
+    ts_status s = ts_ref_need_host_data(ctx, dst);
+    if (s != TS_OK) return s;
+    if (!ts_is_contiguous(dst)) return ts_ref_fail(ctx, TS_ERR_INTERNAL, dst, "output is not contiguous");
     return TS_OK;
 }
 
 /* Source i, or NULL when the op has fewer sources (optional mask / weight). */
 static ts_tensor *optional_src(const ts_tensor *dst, int i) { return i < dst->n_src ? dst->src[i] : NULL; }
 
-static ts_status need_float(const ts_cpu_ctx *ctx, const ts_tensor *dst, const ts_tensor *t) {
-    if (!t || dtype_is_float(t->dtype)) return TS_OK;
-    return fail_tensor(ctx, TS_ERR_DTYPE, dst, "needs float inputs");
-}
-
 static ts_status need_index(const ts_cpu_ctx *ctx, const ts_tensor *dst, const ts_tensor *idx) {
-    return is_index_dtype(idx->dtype) ? TS_OK : fail_tensor(ctx, TS_ERR_DTYPE, dst, "indices must be i32 or i64");
+    return is_index_dtype(idx->dtype) ? TS_OK : ts_ref_fail(ctx, TS_ERR_DTYPE, dst, "indices must be i32 or i64");
 }
 
 /* Checks every element of idx against [0, limit); negative_ok lets values < 0 through (ignored
@@ -235,11 +176,18 @@ static row_job row_job_for(ts_tensor *dst, int axis, int64_t len) {
     return j;
 }
 
+/* The split of the kernels that write dst row by row (rows along job->axis, job->len elements
+ * each): one row per item, enough rows per chunk to touch REF_MIN_CHUNK elements. */
+static ts_status run_rows(const ts_cpu_ctx *ctx, row_job *job, ts_range_fn fn) {
+    ref_run_parallel(ctx, job->dst, row_count(job->dst, job->axis), ref_items_min_chunk(job->len), fn, job);
+    return TS_OK;
+}
+
 /* Per-thread accumulators of `len` doubles each; NULL (after recording an error) when out of memory. */
 static double *alloc_scratch(const ts_cpu_ctx *ctx, const ts_tensor *dst, int64_t len) {
     size_t n = (size_t)ts_threadpool_size(ctx->pool) * (size_t)(len > 0 ? len : 1);
     double *p = malloc(n * sizeof *p);
-    if (!p) fail_tensor(ctx, TS_ERR_OOM, dst, "out of memory for accumulators");
+    if (!p) ts_ref_fail(ctx, TS_ERR_OOM, dst, "out of memory for accumulators");
     return p;
 }
 
@@ -268,7 +216,7 @@ static void matmul_range(void *arg, int64_t begin, int64_t end, int tid) {
     int64_t bc[TS_MAX_DIMS];
     for (int64_t p = begin; p < end; p++) {
         int64_t batch = p / j->M, m = p % j->M;
-        unravel(nb, j->c->shape, batch, bc);
+        ref_unravel(nb, j->c->shape, batch, bc);
         int64_t a_row = batch_offset(j->a, nb, bc) + m * j->a_sm, b_mat = batch_offset(j->b, nb, bc);
         for (int64_t n = 0; n < j->N; n++) {
             int64_t b_col = b_mat + n * j->b_sn;
@@ -292,8 +240,9 @@ TS_REF_KERNEL(matmul) {
     ts_status s = kernel_ready(ctx, dst, 2);
     if (s != TS_OK) return s;
     ts_tensor *a = dst->src[0], *b = dst->src[1];
-    if ((s = need_float(ctx, dst, a)) || (s = need_float(ctx, dst, b)) || (s = need_float(ctx, dst, dst))) return s;
-    if (a->ndim < 2 || b->ndim < 2 || dst->ndim < 2) return fail_tensor(ctx, TS_ERR_SHAPE, dst, "operands need rank >= 2");
+    if ((s = ref_need_float(ctx, dst, a)) || (s = ref_need_float(ctx, dst, b)) || (s = ref_need_float(ctx, dst, dst)))
+        return s;
+    if (a->ndim < 2 || b->ndim < 2 || dst->ndim < 2) return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "operands need rank >= 2");
     bool ta = dst->ip[0] != 0, tb = dst->ip[1] != 0;
     int ra = a->ndim - 2, rb = b->ndim - 2; /* a: [.., ra, ra+1], b likewise */
     matmul_job job = {.a = a, .b = b, .c = dst};
@@ -307,8 +256,8 @@ TS_REF_KERNEL(matmul) {
     int nb = dst->ndim - 2;
     if (b->shape[rb + (tb ? 1 : 0)] != job.K || dst->shape[nb] != job.M || dst->shape[nb + 1] != job.N ||
         !batch_broadcasts(a, dst, nb) || !batch_broadcasts(b, dst, nb))
-        return fail_tensor(ctx, TS_ERR_SHAPE, dst, "operand shapes do not match the output");
-    run_parallel(ctx, dst, ts_nelements(dst) / job.N, items_min_chunk(job.N * job.K), matmul_range, &job);
+        return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "operand shapes do not match the output");
+    ref_run_parallel(ctx, dst, ts_nelements(dst) / job.N, ref_items_min_chunk(job.N * job.K), matmul_range, &job);
     return TS_OK;
 }
 
@@ -332,28 +281,18 @@ static void softmax_range(void *arg, int64_t begin, int64_t end, int tid) {
     }
 }
 
-/* True when t broadcasts to the shape of `to` (NumPy rules). */
-static bool broadcasts_to(const ts_tensor *t, const ts_tensor *to) {
-    if (t->ndim > to->ndim) return false;
-    for (int d = 0; d < t->ndim; d++) {
-        int64_t want = to->shape[d + to->ndim - t->ndim];
-        if (t->shape[d] != want && t->shape[d] != 1) return false;
-    }
-    return true;
-}
-
 TS_REF_KERNEL(softmax) {
     ts_status s = kernel_ready(ctx, dst, 1);
     if (s != TS_OK) return s;
     ts_tensor *x = dst->src[0], *mask = optional_src(dst, 1);
-    if ((s = need_float(ctx, dst, x)) || (s = need_float(ctx, dst, mask)) || (s = need_float(ctx, dst, dst))) return s;
+    if ((s = ref_need_float(ctx, dst, x)) || (s = ref_need_float(ctx, dst, mask)) ||
+        (s = ref_need_float(ctx, dst, dst)))
+        return s;
     int a = dst->ip[0];
-    if (a < 0 || a >= dst->ndim || !ts_same_shape(x, dst) || (mask && !broadcasts_to(mask, dst)))
-        return fail_tensor(ctx, TS_ERR_SHAPE, dst, "bad axis, input or mask shape");
-    row_job job = row_job_for(dst, a, dst->shape[a]);
-    job.src[1] = mask;
-    run_parallel(ctx, dst, row_count(dst, a), items_min_chunk(job.len), softmax_range, &job);
-    return TS_OK;
+    if (a < 0 || a >= dst->ndim || !ts_same_shape(x, dst) || (mask && !ref_broadcasts_to(mask, dst)))
+        return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "bad axis, input or mask shape");
+    row_job job = row_job_for(dst, a, dst->shape[a]); /* src[1]: the mask, NULL when absent */
+    return run_rows(ctx, &job, softmax_range);
 }
 
 /* ---------------------------------------------------------------- rms_norm */
@@ -368,12 +307,18 @@ static double rms_inverse(ref_row x, int64_t n, double eps) {
     return 1.0 / sqrt(ss / (double)n + eps);
 }
 
+/* The optional weight w [D] of rms_norm(_back) as a row along the last axis (NULL: absent, read
+ * through row_get_or(.., 1.0)). */
+static ref_row weight_row(ts_tensor *w) {
+    ref_row r = {w, 0, w ? w->stride[0] : 0};
+    return r;
+}
+
 /* src0 x, src1 optional weight [D]; rows along the last axis. */
 static void rms_norm_range(void *arg, int64_t begin, int64_t end, int tid) {
     row_job *j = arg;
     int64_t c[TS_MAX_DIMS];
-    ts_tensor *w = j->src[1];
-    ref_row wr = {w, 0, w ? w->stride[0] : 0};
+    ref_row wr = weight_row(j->src[1]);
     for (int64_t r = begin; r < end; r++) {
         row_coords(j->dst, j->axis, r, c);
         ref_row x = row_of(j->src[0], j->axis, c), y = row_of(j->dst, j->axis, c);
@@ -387,19 +332,31 @@ static bool weight_fits(const ts_tensor *w, const ts_tensor *x) {
     return !w || (w->ndim == 1 && w->shape[0] == x->shape[x->ndim - 1]);
 }
 
-TS_REF_KERNEL(rms_norm) {
-    ts_status s = kernel_ready(ctx, dst, 1);
+/* The preamble shared by rms_norm (sources x, optional weight) and rms_norm_back (x, dy,
+ * optional weight): the n_data sources before the weight must be present, float and shaped
+ * like dst; the weight (src[n_data]), when present, float and weight_fits. On success *job
+ * covers the rows along the last axis, with p0 = eps. */
+static ts_status rms_norm_ready(const ts_cpu_ctx *ctx, ts_tensor *dst, int n_data, const char *shape_error,
+                                row_job *job) {
+    ts_status s = kernel_ready(ctx, dst, n_data);
     if (s != TS_OK) return s;
-    ts_tensor *x = dst->src[0], *w = optional_src(dst, 1);
-    if ((s = need_float(ctx, dst, x)) || (s = need_float(ctx, dst, w)) || (s = need_float(ctx, dst, dst))) return s;
-    if (dst->ndim < 1 || !ts_same_shape(x, dst) || !weight_fits(w, x))
-        return fail_tensor(ctx, TS_ERR_SHAPE, dst, "input or weight shape does not match the output");
+    ts_tensor *x = dst->src[0], *w = optional_src(dst, n_data);
+    for (int i = 0; i < n_data; i++)
+        if ((s = ref_need_float(ctx, dst, dst->src[i]))) return s;
+    if ((s = ref_need_float(ctx, dst, w)) || (s = ref_need_float(ctx, dst, dst))) return s;
+    bool ok = dst->ndim >= 1;
+    for (int i = 0; ok && i < n_data; i++) ok = ts_same_shape(dst->src[i], dst);
+    if (!ok || !weight_fits(w, x)) return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, shape_error);
     int a = dst->ndim - 1;
-    row_job job = row_job_for(dst, a, dst->shape[a]);
-    job.src[1] = w;
-    job.p0 = dst->fp[0];
-    run_parallel(ctx, dst, row_count(dst, a), items_min_chunk(job.len), rms_norm_range, &job);
+    *job = row_job_for(dst, a, dst->shape[a]); /* src[n_data]: the weight, NULL when absent */
+    job->p0 = dst->fp[0];
     return TS_OK;
+}
+
+TS_REF_KERNEL(rms_norm) {
+    row_job job;
+    ts_status s = rms_norm_ready(ctx, dst, 1, "input or weight shape does not match the output", &job);
+    return s != TS_OK ? s : run_rows(ctx, &job, rms_norm_range);
 }
 
 /* ---------------------------------------------------------------- rope */
@@ -440,30 +397,20 @@ TS_REF_KERNEL(rope) {
     ts_status s = kernel_ready(ctx, dst, 2);
     if (s != TS_OK) return s;
     ts_tensor *x = dst->src[0], *ang = dst->src[1];
-    if ((s = need_float(ctx, dst, x)) || (s = need_float(ctx, dst, ang)) || (s = need_float(ctx, dst, dst))) return s;
+    if ((s = ref_need_float(ctx, dst, x)) || (s = ref_need_float(ctx, dst, ang)) || (s = ref_need_float(ctx, dst, dst)))
+        return s;
     int64_t n_rot = dst->ip[0];
-    if (dst->ndim < 1 || !ts_same_shape(x, dst)) return fail_tensor(ctx, TS_ERR_SHAPE, dst, "input shape differs from the output");
+    if (dst->ndim < 1 || !ts_same_shape(x, dst)) return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "input shape differs from the output");
     int a = dst->ndim - 1;
     if (n_rot < 2 || n_rot % 2 || n_rot > dst->shape[a] || !angles_fit(ang, x, n_rot))
-        return fail_tensor(ctx, TS_ERR_SHAPE, dst, "bad n_rot or angles shape");
+        return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "bad n_rot or angles shape");
     row_job job = row_job_for(dst, a, dst->shape[a]);
     job.k = n_rot;
     job.flag = dst->ip[1] != 0;
-    run_parallel(ctx, dst, row_count(dst, a), items_min_chunk(job.len), rope_range, &job);
-    return TS_OK;
+    return run_rows(ctx, &job, rope_range);
 }
 
 /* ---------------------------------------------------------------- get_rows */
-
-/* Storage offset of flat index i over dims [first_dim, ndim) of t (the inner part of a row). */
-static int64_t inner_offset(const ts_tensor *t, int first_dim, int64_t i) {
-    int64_t off = 0;
-    for (int d = t->ndim - 1; d >= first_dim; d--) {
-        off += (i % t->shape[d]) * t->stride[d];
-        i /= t->shape[d];
-    }
-    return off;
-}
 
 /* src0 table [V, ...], src1 ids; one id (one output row of j->len elements) per item. */
 static void get_rows_range(void *arg, int64_t begin, int64_t end, int tid) {
@@ -472,7 +419,7 @@ static void get_rows_range(void *arg, int64_t begin, int64_t end, int tid) {
     for (int64_t i = begin; i < end; i++) {
         int64_t id = (int64_t)ref_get(ids, ref_offset(ids, i)); /* checked to be in [0, V) */
         int64_t row = id * table->stride[0];
-        for (int64_t e = 0; e < j->len; e++) move_element(j->dst, i * j->len + e, table, row + inner_offset(table, 1, e));
+        for (int64_t e = 0; e < j->len; e++) ts_ref_move_element(j->dst, i * j->len + e, table, row + ref_inner_offset(table, 1, e));
     }
 }
 
@@ -481,13 +428,13 @@ TS_REF_KERNEL(get_rows) {
     if (s != TS_OK) return s;
     ts_tensor *table = dst->src[0], *ids = dst->src[1];
     if ((s = need_index(ctx, dst, ids))) return s;
-    if (table->ndim < 1 || dst->dtype != table->dtype || dtype_bits(table->dtype) < 8)
-        return fail_tensor(ctx, TS_ERR_DTYPE, dst, "table must be byte-sized with the output's dtype");
+    if (table->ndim < 1 || dst->dtype != table->dtype || ref_dtype_bits(table->dtype) < 8)
+        return ts_ref_fail(ctx, TS_ERR_DTYPE, dst, "table must be byte-sized with the output's dtype");
     int64_t len = ts_nelements(table) / table->shape[0];
-    if (ts_nelements(dst) != ts_nelements(ids) * len) return fail_tensor(ctx, TS_ERR_SHAPE, dst, "output is not ids.shape + row shape");
+    if (ts_nelements(dst) != ts_nelements(ids) * len) return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "output is not ids.shape + row shape");
     if ((s = check_indices(ctx, dst, ids, table->shape[0], false, "id"))) return s;
     row_job job = row_job_for(dst, 0, len);
-    run_parallel(ctx, dst, ts_nelements(ids), items_min_chunk(len), get_rows_range, &job);
+    ref_run_parallel(ctx, dst, ts_nelements(ids), ref_items_min_chunk(len), get_rows_range, &job);
     return TS_OK;
 }
 
@@ -537,16 +484,16 @@ TS_REF_KERNEL(topk) {
     ts_status s = kernel_ready(ctx, dst, 1);
     if (s != TS_OK) return s;
     ts_tensor *x = dst->src[0];
-    if ((s = need_float(ctx, dst, x))) return s;
-    if (!is_index_dtype(dst->dtype)) return fail_tensor(ctx, TS_ERR_DTYPE, dst, "output must be i32 or i64");
+    if ((s = ref_need_float(ctx, dst, x))) return s;
+    if (!is_index_dtype(dst->dtype)) return ts_ref_fail(ctx, TS_ERR_DTYPE, dst, "output must be i32 or i64");
     int a = x->ndim - 1;
     int64_t k = dst->ip[0];
     bool ok = x->ndim >= 1 && dst->ndim == x->ndim && k >= 1 && k <= x->shape[a] && dst->shape[a] == k;
     for (int d = 0; ok && d < a; d++) ok = dst->shape[d] == x->shape[d];
-    if (!ok) return fail_tensor(ctx, TS_ERR_SHAPE, dst, "output must be x's shape with k on the last axis");
+    if (!ok) return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "output must be x's shape with k on the last axis");
     row_job job = row_job_for(dst, a, x->shape[a]);
     job.k = k;
-    run_parallel(ctx, dst, row_count(x, a), items_min_chunk(job.len * k), topk_range, &job);
+    ref_run_parallel(ctx, dst, row_count(x, a), ref_items_min_chunk(job.len * k), topk_range, &job);
     return TS_OK;
 }
 
@@ -558,9 +505,9 @@ static void gather_range(void *arg, int64_t begin, int64_t end, int tid) {
     const ts_tensor *x = j->src[0], *idx = j->src[1];
     int64_t c[TS_MAX_DIMS];
     for (int64_t i = begin; i < end; i++) {
-        unravel(idx->ndim, idx->shape, i, c);
-        c[j->axis] = (int64_t)ref_get(idx, coord_offset(idx, c)); /* checked to be in range */
-        move_element(j->dst, i, x, coord_offset(x, c));
+        ref_unravel(idx->ndim, idx->shape, i, c);
+        c[j->axis] = (int64_t)ref_get(idx, ref_coord_offset(idx, c)); /* checked to be in range */
+        ts_ref_move_element(j->dst, i, x, ref_coord_offset(x, c));
     }
 }
 
@@ -578,11 +525,11 @@ TS_REF_KERNEL(gather) {
     ts_tensor *x = dst->src[0], *idx = dst->src[1];
     int a = dst->ip[0];
     if ((s = need_index(ctx, dst, idx))) return s;
-    if (dst->dtype != x->dtype || dtype_bits(x->dtype) < 8) return fail_tensor(ctx, TS_ERR_DTYPE, dst, "x must be byte-sized with the output's dtype");
-    if (!index_fits(x, idx, a) || !ts_same_shape(dst, idx)) return fail_tensor(ctx, TS_ERR_SHAPE, dst, "bad axis or index shape");
+    if (dst->dtype != x->dtype || ref_dtype_bits(x->dtype) < 8) return ts_ref_fail(ctx, TS_ERR_DTYPE, dst, "x must be byte-sized with the output's dtype");
+    if (!index_fits(x, idx, a) || !ts_same_shape(dst, idx)) return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "bad axis or index shape");
     if ((s = check_indices(ctx, dst, idx, x->shape[a], false, "index"))) return s;
     row_job job = row_job_for(dst, a, 0);
-    run_parallel(ctx, dst, ts_nelements(dst), REF_MIN_CHUNK, gather_range, &job);
+    ref_run_parallel(ctx, dst, ts_nelements(dst), REF_MIN_CHUNK, gather_range, &job);
     return TS_OK;
 }
 
@@ -618,20 +565,20 @@ TS_REF_KERNEL(scatter_add) {
     if (s != TS_OK) return s;
     ts_tensor *base = dst->src[0], *idx = dst->src[1], *val = dst->src[2];
     int a = dst->ip[0];
-    if ((s = need_index(ctx, dst, idx)) || (s = need_float(ctx, dst, base)) || (s = need_float(ctx, dst, val)) ||
-        (s = need_float(ctx, dst, dst)))
+    if ((s = need_index(ctx, dst, idx)) || (s = ref_need_float(ctx, dst, base)) ||
+        (s = ref_need_float(ctx, dst, val)) || (s = ref_need_float(ctx, dst, dst)))
         return s;
     if (!ts_same_shape(base, dst) || !index_fits(base, idx, a) || !ts_same_shape(idx, val))
-        return fail_tensor(ctx, TS_ERR_SHAPE, dst, "bad axis, index or values shape");
+        return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "bad axis, index or values shape");
     /* In place the lines of base and dst must coincide, or one thread's stores could land on
      * input another thread has yet to read. */
     if (base->data == dst->data && !ts_is_contiguous(base))
-        return fail_tensor(ctx, TS_ERR_INTERNAL, dst, "in place over a non-contiguous base");
+        return ts_ref_fail(ctx, TS_ERR_INTERNAL, dst, "in place over a non-contiguous base");
     if ((s = check_indices(ctx, dst, idx, base->shape[a], false, "index"))) return s;
     row_job job = row_job_for(dst, a, base->shape[a]);
     job.scratch_len = job.len;
     if (!(job.scratch = alloc_scratch(ctx, dst, job.len))) return TS_ERR_OOM;
-    run_parallel(ctx, dst, row_count(base, a), items_min_chunk(job.len + idx->shape[a]), scatter_add_range, &job);
+    ref_run_parallel(ctx, dst, row_count(base, a), ref_items_min_chunk(job.len + idx->shape[a]), scatter_add_range, &job);
     free(job.scratch);
     return TS_OK;
 }
@@ -665,7 +612,7 @@ static void cross_entropy_range(void *arg, int64_t begin, int64_t end, int tid) 
     int64_t c[TS_MAX_DIMS];
     for (int64_t r = begin; r < end; r++) {
         row_coords(logits, j->axis, r, c);
-        double t = ref_get(targets, coord_offset(targets, c)); /* targets has logits' leading dims */
+        double t = ref_get(targets, ref_coord_offset(targets, c)); /* targets has logits' leading dims */
         if (t < 0) {
             j->row_values[r] = 0;
             continue;
@@ -681,16 +628,18 @@ TS_REF_KERNEL(cross_entropy) {
     ts_status s = kernel_ready(ctx, dst, 2);
     if (s != TS_OK) return s;
     ts_tensor *logits = dst->src[0], *targets = dst->src[1];
-    if ((s = need_float(ctx, dst, logits)) || (s = need_index(ctx, dst, targets)) || (s = need_float(ctx, dst, dst))) return s;
+    if ((s = ref_need_float(ctx, dst, logits)) || (s = need_index(ctx, dst, targets)) ||
+        (s = ref_need_float(ctx, dst, dst)))
+        return s;
     if (!targets_fit(logits, targets) || ts_nelements(dst) != 1)
-        return fail_tensor(ctx, TS_ERR_SHAPE, dst, "targets must be logits.shape[:-1], output one element");
+        return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "targets must be logits.shape[:-1], output one element");
     int64_t n_valid;
     if ((s = check_targets(ctx, dst, logits, targets, &n_valid))) return s;
     int a = logits->ndim - 1;
     int64_t rows = row_count(logits, a);
     row_job job = row_job_for(dst, a, logits->shape[a]);
-    if (!(job.row_values = malloc((size_t)rows * sizeof(double)))) return fail_tensor(ctx, TS_ERR_OOM, dst, "out of memory");
-    run_parallel(ctx, dst, rows, items_min_chunk(job.len), cross_entropy_range, &job);
+    if (!(job.row_values = malloc((size_t)rows * sizeof(double)))) return ts_ref_fail(ctx, TS_ERR_OOM, dst, "out of memory");
+    ref_run_parallel(ctx, dst, rows, ref_items_min_chunk(job.len), cross_entropy_range, &job);
     double total = 0; /* summed in row order, whatever the thread split was */
     for (int64_t r = 0; r < rows; r++) total += job.row_values[r];
     free(job.row_values);
@@ -717,13 +666,13 @@ TS_REF_KERNEL(softmax_back) {
     ts_status s = kernel_ready(ctx, dst, 2);
     if (s != TS_OK) return s;
     ts_tensor *y = dst->src[0], *dy = dst->src[1];
-    if ((s = need_float(ctx, dst, y)) || (s = need_float(ctx, dst, dy)) || (s = need_float(ctx, dst, dst))) return s;
+    if ((s = ref_need_float(ctx, dst, y)) || (s = ref_need_float(ctx, dst, dy)) || (s = ref_need_float(ctx, dst, dst)))
+        return s;
     int a = dst->ip[0];
     if (a < 0 || a >= dst->ndim || !ts_same_shape(y, dst) || !ts_same_shape(dy, dst))
-        return fail_tensor(ctx, TS_ERR_SHAPE, dst, "bad axis, or y / dy shape differs from the output");
+        return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "bad axis, or y / dy shape differs from the output");
     row_job job = row_job_for(dst, a, dst->shape[a]);
-    run_parallel(ctx, dst, row_count(dst, a), items_min_chunk(job.len), softmax_back_range, &job);
-    return TS_OK;
+    return run_rows(ctx, &job, softmax_back_range);
 }
 
 /* ---------------------------------------------------------------- rms_norm_back */
@@ -732,8 +681,7 @@ TS_REF_KERNEL(softmax_back) {
  * g = dy * w: dx = r * g - x * r^3 * mean(x * g). */
 static void rms_norm_back_range(void *arg, int64_t begin, int64_t end, int tid) {
     row_job *j = arg;
-    ts_tensor *w = j->src[2];
-    ref_row wr = {w, 0, w ? w->stride[0] : 0};
+    ref_row wr = weight_row(j->src[2]);
     int64_t c[TS_MAX_DIMS];
     for (int64_t r = begin; r < end; r++) {
         row_coords(j->dst, j->axis, r, c);
@@ -749,20 +697,9 @@ static void rms_norm_back_range(void *arg, int64_t begin, int64_t end, int tid) 
 }
 
 TS_REF_KERNEL(rms_norm_back) {
-    ts_status s = kernel_ready(ctx, dst, 2);
-    if (s != TS_OK) return s;
-    ts_tensor *x = dst->src[0], *dy = dst->src[1], *w = optional_src(dst, 2);
-    if ((s = need_float(ctx, dst, x)) || (s = need_float(ctx, dst, dy)) || (s = need_float(ctx, dst, w)) ||
-        (s = need_float(ctx, dst, dst)))
-        return s;
-    if (dst->ndim < 1 || !ts_same_shape(x, dst) || !ts_same_shape(dy, dst) || !weight_fits(w, x))
-        return fail_tensor(ctx, TS_ERR_SHAPE, dst, "x, dy or weight shape does not match the output");
-    int a = dst->ndim - 1;
-    row_job job = row_job_for(dst, a, dst->shape[a]);
-    job.src[2] = w;
-    job.p0 = dst->fp[0];
-    run_parallel(ctx, dst, row_count(dst, a), items_min_chunk(job.len), rms_norm_back_range, &job);
-    return TS_OK;
+    row_job job;
+    ts_status s = rms_norm_ready(ctx, dst, 2, "x, dy or weight shape does not match the output", &job);
+    return s != TS_OK ? s : run_rows(ctx, &job, rms_norm_back_range);
 }
 
 /* ---------------------------------------------------------------- get_rows_back */
@@ -789,15 +726,16 @@ TS_REF_KERNEL(get_rows_back) {
     ts_status s = kernel_ready(ctx, dst, 2);
     if (s != TS_OK) return s;
     ts_tensor *ids = dst->src[0], *dy = dst->src[1];
-    if ((s = need_index(ctx, dst, ids)) || (s = need_float(ctx, dst, dy)) || (s = need_float(ctx, dst, dst))) return s;
-    if (dst->ndim < 1) return fail_tensor(ctx, TS_ERR_SHAPE, dst, "output needs rank >= 1");
+    if ((s = need_index(ctx, dst, ids)) || (s = ref_need_float(ctx, dst, dy)) || (s = ref_need_float(ctx, dst, dst)))
+        return s;
+    if (dst->ndim < 1) return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "output needs rank >= 1");
     int64_t V = dst->shape[0], row_len = ts_nelements(dst) / V;
-    if (ts_nelements(dy) != ts_nelements(ids) * row_len) return fail_tensor(ctx, TS_ERR_SHAPE, dst, "dy is not ids.shape + row shape");
+    if (ts_nelements(dy) != ts_nelements(ids) * row_len) return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "dy is not ids.shape + row shape");
     if ((s = check_indices(ctx, dst, ids, V, false, "id"))) return s;
     row_job job = row_job_for(dst, 0, row_len);
     job.scratch_len = V;
     if (!(job.scratch = alloc_scratch(ctx, dst, V))) return TS_ERR_OOM;
-    run_parallel(ctx, dst, row_len, items_min_chunk(V + ts_nelements(ids)), get_rows_back_range, &job);
+    ref_run_parallel(ctx, dst, row_len, ref_items_min_chunk(V + ts_nelements(ids)), get_rows_back_range, &job);
     free(job.scratch);
     return TS_OK;
 }
@@ -814,7 +752,7 @@ static void cross_entropy_back_range(void *arg, int64_t begin, int64_t end, int 
     for (int64_t r = begin; r < end; r++) {
         row_coords(logits, j->axis, r, c);
         ref_row x = row_of(logits, j->axis, c), dx = row_of(j->dst, j->axis, c);
-        double t = ref_get(targets, coord_offset(targets, c));
+        double t = ref_get(targets, ref_coord_offset(targets, c));
         if (t < 0) {
             for (int64_t k = 0; k < j->len; k++) row_set(dx, k, 0.0);
             continue;
@@ -832,16 +770,15 @@ TS_REF_KERNEL(cross_entropy_back) {
     ts_status s = kernel_ready(ctx, dst, 3);
     if (s != TS_OK) return s;
     ts_tensor *logits = dst->src[0], *targets = dst->src[1], *dloss = dst->src[2];
-    if ((s = need_float(ctx, dst, logits)) || (s = need_index(ctx, dst, targets)) || (s = need_float(ctx, dst, dloss)) ||
-        (s = need_float(ctx, dst, dst)))
+    if ((s = ref_need_float(ctx, dst, logits)) || (s = need_index(ctx, dst, targets)) ||
+        (s = ref_need_float(ctx, dst, dloss)) || (s = ref_need_float(ctx, dst, dst)))
         return s;
     if (!targets_fit(logits, targets) || !ts_same_shape(logits, dst) || ts_nelements(dloss) != 1)
-        return fail_tensor(ctx, TS_ERR_SHAPE, dst, "targets must be logits.shape[:-1], dloss one element");
+        return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "targets must be logits.shape[:-1], dloss one element");
     int64_t n_valid;
     if ((s = check_targets(ctx, dst, logits, targets, &n_valid))) return s;
     int a = logits->ndim - 1;
     row_job job = row_job_for(dst, a, logits->shape[a]);
     job.p0 = n_valid ? ref_get(dloss, 0) / (double)n_valid : 0.0;
-    run_parallel(ctx, dst, row_count(logits, a), items_min_chunk(job.len), cross_entropy_back_range, &job);
-    return TS_OK;
+    return run_rows(ctx, &job, cross_entropy_back_range); /* dst has logits' shape */
 }

@@ -1,0 +1,265 @@
+/* model.h - the model layer: DeepSeek-V4 (spec ../shared/spec/deepseek-v4.md) and the dense
+ * baseline we compare against other frameworks.
+ *
+ * This part holds the configuration: one struct with every hyper-parameter of spec §1.1,
+ * parsed from and written to Hugging Face config.json (config.c), named presets from the tiny
+ * CPU model to the published Flash and Pro shapes (presets.c), and the accounting derived from
+ * the tensor inventory of spec §1.4 - parameter counts, FLOPs per token, KV-cache bytes and a
+ * training-memory estimate (accounting.c). The tensor inventory is one walk
+ * (ts_model_walk_tensors) that the checkpoint loader and the graph builder reuse, so names and
+ * shapes live in exactly one place. The graph-building part of the model comes later.
+ *
+ * Errors: functions that can fail return ts_status and, where they take (err, err_size), write
+ * one line naming the offending key into err. Nothing here exits or aborts. Status codes:
+ *   TS_ERR_IO           the file could not be opened or read
+ *   TS_ERR_FORMAT       not JSON (message has jansson's line/column), top level not an object,
+ *                       a required key missing, or a key of the wrong JSON type
+ *   TS_ERR_RANGE        a value out of range or inconsistent with another key
+ *                       (compress_ratios length, top-k > experts, heads vs o_groups, ...)
+ *   TS_ERR_UNSUPPORTED  unknown model_type, or a feature outside V4 (kv_lora_rank non-null,
+ *                       first_k_dense_replace > 0, num_key_value_heads != 1, ...)
+ *   TS_ERR_INVALID_ARG  NULL pointers, unknown preset names */
+#ifndef TESSERA_MODEL_H
+#define TESSERA_MODEL_H
+
+#include "tessera/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- configuration */
+
+/* Which architecture a config describes.
+ *  TS_MODEL_DEEPSEEK_V4: model_type "deepseek_v4" (spec §1-§2).
+ *  TS_MODEL_DENSE: model_type "tessera_dense" - our dense baseline: a pre-norm decoder with
+ *    multi-head causal attention (RoPE on the whole head, no biases), a SwiGLU FFN of width
+ *    intermediate_size, RMSNorm and a plain residual. Its config.json uses the Hugging Face
+ *    llama keys (hidden_size, num_hidden_layers, num_attention_heads, intermediate_size,
+ *    vocab_size, rms_norm_eps, rope_theta, max_position_embeddings, tie_word_embeddings; optional
+ *    head_dim = hidden_size / num_attention_heads, token ids, torch_dtype), so a llama config
+ *    with model_type changed loads as-is. The V4-only fields of ts_v4_config are zero. */
+typedef enum { TS_MODEL_DEEPSEEK_V4 = 0, TS_MODEL_DENSE = 1 } ts_model_kind;
+
+/* Router affinity (HF scoring_func / inference score_func). V4 uses sqrt(softplus). */
+typedef enum { TS_SCORE_SQRTSOFTPLUS = 0, TS_SCORE_SIGMOID, TS_SCORE_SOFTMAX } ts_score_func;
+
+/* compress_ratios holds num_hidden_layers + num_nextn_predict_layers entries. */
+#define TS_V4_MAX_COMPRESS_RATIOS 512
+/* Compress-ratio meanings (spec §1.2). 4 is the overlapping CSA compressor with an indexer;
+ * any other positive ratio is a non-overlapping HCA compressor (128 in the published models; the
+ * tiny model uses 32), which is why validation accepts powers of two >= 8 for HCA. */
+enum { TS_V4_RATIO_WINDOW = 0, TS_V4_RATIO_CSA = 4, TS_V4_RATIO_HCA = 128 };
+
+/* YaRN on the compressed layers (HF rope_scaling {type yarn, ...}; inference rope_factor,
+ * original_seq_len, beta_fast, beta_slow; original_seq_len 0 = off). */
+typedef struct {
+    bool enabled;
+    double factor;                            /* 16 */
+    int64_t original_max_position_embeddings; /* 65536 */
+    double beta_fast, beta_slow;              /* 32, 1 */
+} ts_v4_rope_scaling;
+
+/* HF quantization_config (+ the top-level expert_dtype). Absent = a full-precision checkpoint. */
+typedef struct {
+    bool fp8;                    /* quant_method "fp8", fmt "e4m3", scale_fmt "ue8m0", dynamic activations */
+    int64_t weight_block_size[2]; /* [128, 128] */
+} ts_v4_quantization;
+
+typedef struct {
+    ts_model_kind kind;
+
+    /* shared by both kinds */
+    int64_t vocab_size;              /* 129280 */
+    int64_t hidden_size;             /* d: 4096 Flash, 7168 Pro (inference key: dim) */
+    int64_t num_hidden_layers;       /* L: 43 / 61 (n_layers); MTP layers not included */
+    int64_t num_attention_heads;     /* H: 64 / 128 (n_heads) */
+    int64_t head_dim;                /* c = 512 (dense: hidden_size / heads unless given) */
+    double rms_norm_eps;             /* 1e-6 (norm_eps) */
+    double rope_theta;               /* 10000: window-only layers (dense: every layer) */
+    int64_t max_position_embeddings; /* 1048576 (max_seq_len); 0 = not stated by the config */
+    int64_t bos_token_id, eos_token_id, pad_token_id; /* 0, 1, 1 (pad -1 = none) */
+    bool tie_word_embeddings;        /* false: head.weight is its own tensor */
+    ts_dtype torch_dtype;            /* dtype of the unquantized weights in a checkpoint */
+
+    /* dense baseline only */
+    int64_t intermediate_size;       /* SwiGLU width */
+
+    /* DeepSeek-V4 only (HF keys; inference spellings in config.c's key table) */
+    int64_t num_key_value_heads;     /* 1: a single shared K=V head */
+    int64_t qk_rope_head_dim;        /* r = 64 rotary dims at the end of each head (rope_head_dim) */
+    int64_t q_lora_rank;             /* 1024 / 1536 */
+    int64_t kv_lora_rank;            /* 0: JSON null, V4 has no KV low rank */
+    int64_t o_groups;                /* g = 8 / 16 */
+    int64_t o_lora_rank;             /* d_g = 1024 */
+    int64_t n_routed_experts;        /* E = 256 / 384 */
+    int64_t n_shared_experts;        /* 1 */
+    int64_t num_experts_per_tok;     /* K = 6 (n_activated_experts) */
+    int64_t moe_intermediate_size;   /* I = 2048 / 3072 (moe_inter_dim) */
+    int64_t first_k_dense_replace;   /* 0: absent/null, every layer is MoE */
+    ts_score_func scoring_func;      /* sqrtsoftplus (score_func) */
+    bool norm_topk_prob;             /* true; topk_method is always "noaux_tc" */
+    double routed_scaling_factor;    /* 1.5 / 2.5 (route_scale) */
+    int64_t num_hash_layers;         /* 3: layers [0, n) route by tid2eid (n_hash_layers) */
+    double swiglu_limit;             /* 10 */
+    int64_t sliding_window;          /* n_win = 128 (window_size) */
+    int32_t compress_ratios[TS_V4_MAX_COMPRESS_RATIOS]; /* L + n_mtp entries; the rest 0 */
+    int64_t index_n_heads;           /* 64 */
+    int64_t index_head_dim;          /* 128 */
+    int64_t index_topk;              /* 512 / 1024 */
+    int64_t hc_mult;                 /* 4 residual streams (1 = mHC off, spec §7.3) */
+    int64_t hc_sinkhorn_iters;       /* 20 */
+    double hc_eps;                   /* 1e-6 */
+    int64_t num_nextn_predict_layers; /* MTP depth 1 (n_mtp_layers) */
+    double compress_rope_theta;      /* 160000: CSA/HCA layers */
+    ts_v4_rope_scaling rope_scaling;
+    ts_v4_quantization quantization;
+    ts_dtype expert_dtype;           /* routed experts in a checkpoint: TS_F4_E2M1 ("fp4"),
+                                      * TS_F8_E4M3 ("fp8") or torch_dtype when no expert_dtype key */
+} ts_v4_config;
+
+const char *ts_model_kind_name(ts_model_kind kind); /* "deepseek_v4", "tessera_dense" */
+const char *ts_score_func_name(ts_score_func f);     /* "sqrtsoftplus", ... */
+
+/* Parses config.json text (HF or official-inference spelling). Precedence: when both spellings
+ * of a key are present the HF key wins and the inference key is not read. A file without
+ * model_type is accepted as an inference-format V4 config when it has `dim`. Keys the spec
+ * allows to be absent take the spec's value (see config.c's key table: first_k_dense_replace 0,
+ * kv_lora_rank null, num_key_value_heads 1, topk_method noaux_tc, norm_topk_prob true,
+ * rms_norm_eps/hc_eps 1e-6, num_nextn_predict_layers 1, token ids 0/1/eos, untied, no YaRN, no
+ * quantization); every other key is required. The result is validated. `source` names the
+ * text in messages (a path, or NULL). */
+ts_status ts_v4_config_parse(const char *json_text, const char *source, ts_v4_config *cfg,
+                             char *err, size_t err_size);
+/* Reads and parses a config.json file; a directory means DIR/config.json. */
+ts_status ts_v4_config_load(const char *path, ts_v4_config *cfg, char *err, size_t err_size);
+/* Checks every constraint (the same checks the parser applies after reading). */
+ts_status ts_v4_config_validate(const ts_v4_config *cfg, char *err, size_t err_size);
+/* Writes HF-spelled JSON with keys sorted (as transformers does), two-space indent, reals with
+ * the fewest digits that read back to the same double. *out_json is malloc'd; free() it. */
+ts_status ts_v4_config_to_json(const ts_v4_config *cfg, char **out_json, char *err, size_t err_size);
+ts_status ts_v4_config_save(const ts_v4_config *cfg, const char *path, char *err, size_t err_size);
+/* Field-by-field equality (the fields the kind uses, plus kind). */
+bool ts_v4_config_equal(const ts_v4_config *a, const ts_v4_config *b);
+
+/* Number of entries of compress_ratios that are used: L + MTP layers (0 for dense). */
+int64_t ts_v4_n_layer_slots(const ts_v4_config *cfg);
+
+/* ---------------------------------------------------------------- presets */
+
+/* Names: "tiny" (spec §7.1 variant A), "small" (~100 M, every V4 feature on), "flash", "pro"
+ * (published shapes), "dense-tiny", "dense-small" (the 4.3 M GPT comparison shape).
+ * Returns TS_ERR_INVALID_ARG for an unknown name. The result always validates. */
+ts_status ts_v4_preset(const char *name, ts_v4_config *cfg);
+/* The i-th preset name, NULL past the end. */
+const char *ts_v4_preset_name(int i);
+/* A preset name, else a config.json path or checkpoint directory. */
+ts_status ts_v4_config_resolve(const char *name_or_path, ts_v4_config *cfg, char *err, size_t err_size);
+
+/* ---------------------------------------------------------------- tensor inventory */
+
+/* Who updates a tensor in training (spec §5.3; [proposal] choices noted in accounting.c). */
+typedef enum {
+    TS_OPTIM_NONE = 0, /* not trained by gradient: router bias (balancing rule), tid2eid */
+    TS_OPTIM_ADAMW,    /* embedding, head, norms, mHC base/scale, attn_sink, compressor ape */
+    TS_OPTIM_MUON      /* every other matrix */
+} ts_optim_group;
+
+#define TS_MODEL_TENSOR_NAME_MAX 80
+
+/* One tensor of a model as named in a Hugging Face checkpoint (spec §1.4, no "model." prefix).
+ * Shapes are logical: a packed FP4 weight [out, in/2] of I8 bytes is listed as [out, in]
+ * with dtype TS_F4_E2M1. Block scales are not listed as tensors: scale_block says that the
+ * checkpoint has a sibling NAME-without-".weight" + ".scale" E8M0 tensor of shape
+ * [ceil(out/b0), ceil(in/b1)]. */
+typedef struct {
+    char name[TS_MODEL_TENSOR_NAME_MAX];
+    int ndim;
+    int64_t shape[2];
+    ts_dtype dtype;            /* as stored in a checkpoint of this config */
+    int64_t scale_block[2];    /* {128,128} FP8, {1,32} FP4, {0,0} no scale tensor */
+    int layer;                 /* -1 top level, 0..L-1 main layers, L+j MTP block j */
+    int expert;                /* routed expert index, -1 otherwise */
+    bool is_param;             /* counts as a parameter (everything but tid2eid) */
+    ts_optim_group optim;
+    int matmul_uses;           /* vector-matrix products per token in a forward pass (0: none) */
+} ts_model_tensor;
+
+int64_t ts_model_tensor_numel(const ts_model_tensor *t);
+
+/* Calls visit for every tensor of the model, in checkpoint order: embed, main layers, MTP
+ * blocks, final norm, head, hc_head. A visit returning non-TS_OK stops the walk and is
+ * returned. The config must validate (else TS_ERR_INVALID_ARG). */
+typedef ts_status (*ts_model_tensor_visit)(const ts_model_tensor *t, void *user);
+ts_status ts_model_walk_tensors(const ts_v4_config *cfg, ts_model_tensor_visit visit, void *user);
+
+/* ---------------------------------------------------------------- accounting */
+
+/* Parameters (spec §1.1 notes). Scale tensors are not parameters; packed FP4 weights count
+ * their logical elements; tid2eid (an integer table) is not a parameter; the router bias is.
+ * Active per token: every non-routed-expert parameter plus num_experts_per_tok of the
+ * n_routed_experts experts of each MoE layer. The whole embedding and head count as active
+ * (the convention behind the published 13 B / 49 B), although a token reads one embedding
+ * row. The MTP block shares embed/head, so "without MTP" removes only the mtp.* tensors. */
+typedef struct {
+    int64_t total, active;                         /* including MTP */
+    int64_t total_without_mtp, active_without_mtp;
+    int64_t embedding;                             /* embed.weight */
+    int64_t routed_experts;                        /* all routed experts, MTP included */
+    int64_t n_tensors;                             /* tensors walked (scales excluded) */
+    int64_t matmul_active, matmul_active_without_mtp; /* active GEMM weights x uses per token */
+} ts_model_param_counts;
+ts_status ts_model_count_params(const ts_v4_config *cfg, ts_model_param_counts *out);
+
+/* FLOPs per token for a token that sees `context` positions (itself included), i.e. the last
+ * token of a context-long sequence:
+ *   forward = 2 x (active GEMM weights x uses, LM head included and used again by each MTP block)
+ *           + sum over attention layers of 4 x H x c x entries
+ *           + per CSA layer 2 x index_n_heads x index_head_dim x floor(context / 4)  (indexer)
+ *   entries = min(sliding_window, context) + (CSA: min(index_topk, floor(context/4)),
+ *             HCA: floor(context/ratio), window-only: 0);  dense: entries = context.
+ *   training = 3 x forward including MTP (backward ~ 2 x forward).
+ * Elementwise work (norms, mHC mixing, Sinkhorn, softmax, compressor pooling) is left out. */
+typedef struct {
+    int64_t context;
+    int64_t forward;               /* main model only: what inference costs */
+    int64_t forward_with_mtp;
+    int64_t attention;             /* the attention + indexer part of forward (main model) */
+    int64_t training;              /* 3 x forward_with_mtp */
+} ts_model_flops;
+ts_status ts_model_flops_per_token(const ts_v4_config *cfg, int64_t context, ts_model_flops *out);
+
+/* KV cache of one sequence of `context` tokens over the main layers (MTP excluded), at the
+ * spec §4.4 precision: each main-KV entry (window or compressed) is its c - r non-rope dims in
+ * FP8 E4M3 + one E8M0 scale per 64 of them + the r rope dims in BF16 (583 bytes for c = 512);
+ * each indexer key is FP4 E2M1 + one E8M0 scale per 32 (68 bytes for 128 dims). Window ring:
+ * min(window, context) entries per layer. Compressed: floor(context/ratio) entries. State: the
+ * FP32 compressor state of the incomplete block ([coff*m, coff*c] kv + score, coff = 2 for CSA,
+ * 1 for HCA; the indexer's compressor likewise) - fixed per sequence. Dense: K and V in BF16 for
+ * every position (the RPT's BF16 baseline). */
+typedef struct {
+    int64_t context;
+    int64_t window_bytes, compressed_bytes, indexer_bytes, state_bytes, total_bytes;
+    double bytes_per_token;        /* total_bytes / context */
+} ts_model_kv_cache;
+ts_status ts_model_kv_cache_bytes(const ts_v4_config *cfg, int64_t context, ts_model_kv_cache *out);
+
+/* Training memory for one step of batch x seq tokens, FP32 everywhere (spec §4.6):
+ * weights 4 B/param (+ tid2eid as int64), gradients 4 B per trained param, optimizer states
+ * 4 B (Muon momentum) or 8 B (AdamW m and v) per param as §5.3 assigns, and an activation
+ * estimate: what backward keeps per token without recomputation (layer inputs and mHC streams,
+ * Sinkhorn steps, q/kv before and after norm, attention probabilities materialized for the
+ * entries of the last token, per-token compressor/indexer projections, router logits, the
+ * K + shared expert hidden states, FP32 logits and their gradient for every head). An upper
+ * estimate; the memory planner reports the real peak. */
+typedef struct {
+    int64_t batch, seq;
+    int64_t weight_bytes, grad_bytes, optimizer_bytes, activation_bytes, total_bytes;
+} ts_model_train_memory;
+ts_status ts_model_train_memory_estimate(const ts_v4_config *cfg, int64_t batch, int64_t seq,
+                                         ts_model_train_memory *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
