@@ -9,7 +9,7 @@
  * each output difference taken before weighting, so that outputs the perturbation does not
  * touch cancel exactly and only real rounding noise remains.
  *
- * Every differentiable op is covered (RESHAPE..CROSS_ENTROPY in the op enum, except FILL,
+ * Every differentiable op is covered (RESHAPE..ATTENTION in the op enum, except FILL,
  * which has no inputs, and TOPK, whose values are a GATHER that carries the gradient). The
  * errors of ts_graph_backward (non-scalar loss, no parameter, called twice, ...) and the
  * bookkeeping of gradients (names, flags, shared nodes) are checked at the end. */
@@ -501,6 +501,68 @@ static ts_tensor *case_topk_values(gc_case *c) {
     return values;
 }
 
+/* ---------------------------------------------------------------- cases: fused attention */
+
+/* B = 2, T = S = 4, H = Hk = 2, D = 3, Dv = 4 */
+static ts_tensor *case_attention_causal(gc_case *c) {
+    ts_tensor *q = P("q", INIT_UNIFORM, 2, 4, 2, 3), *k = P("k", INIT_UNIFORM, 2, 4, 2, 3);
+    ts_tensor *v = P("v", INIT_UNIFORM, 2, 4, 2, 4);
+    ts_attention_params p = {.scale = 0.6f, .causal = true};
+    return ts_attention(c->g, q, k, v, &p);
+}
+
+/* T = S = 6, each query sees itself and one key back */
+static ts_tensor *case_attention_window(gc_case *c) {
+    ts_tensor *q = P("q", INIT_UNIFORM, 1, 6, 2, 3), *k = P("k", INIT_UNIFORM, 1, 6, 2, 3);
+    ts_tensor *v = P("v", INIT_UNIFORM, 1, 6, 2, 3);
+    ts_attention_params p = {.scale = 0.8f, .causal = true, .window = 2};
+    return ts_attention(c->g, q, k, v, &p);
+}
+
+/* a sink per head, summed over the batch */
+static ts_tensor *case_attention_sink(gc_case *c) {
+    ts_tensor *q = P("q", INIT_UNIFORM, 2, 4, 3, 3), *k = P("k", INIT_UNIFORM, 2, 4, 3, 3);
+    ts_tensor *v = P("v", INIT_UNIFORM, 2, 4, 3, 2), *sink = P("sink", INIT_UNIFORM, 3);
+    ts_attention_params p = {.scale = 0.7f, .causal = true, .sink = sink};
+    return ts_attention(c->g, q, k, v, &p);
+}
+
+/* non-causal: the window bounds keys from below only */
+static ts_tensor *case_attention_noncausal_window(gc_case *c) {
+    ts_tensor *q = P("q", INIT_UNIFORM, 1, 5, 2, 3), *k = P("k", INIT_UNIFORM, 1, 5, 2, 3);
+    ts_tensor *v = P("v", INIT_UNIFORM, 1, 5, 2, 3), *sink = P("sink", INIT_UNIFORM, 2);
+    ts_attention_params p = {.scale = 0.7f, .window = 3, .sink = sink};
+    return ts_attention(c->g, q, k, v, &p);
+}
+
+/* V4's shared K=V head: one tensor passed as k and v, Hk = 1; its two gradients add up */
+static ts_tensor *case_attention_shared_kv(gc_case *c) {
+    ts_tensor *q = P("q", INIT_UNIFORM, 1, 5, 4, 4), *kv = P("kv", INIT_UNIFORM, 1, 5, 1, 4);
+    ts_tensor *sink = P("sink", INIT_UNIFORM, 4);
+    ts_attention_params p = {.scale = 0.5f, .causal = true, .sink = sink};
+    return ts_attention(c->g, q, kv, kv, &p);
+}
+
+/* shared K=V, window 2, sink and compressed-style extra entries: -1 slots, a query without
+ * extras, an entry listed twice for one query (t = 2) */
+static ts_tensor *case_attention_extras(gc_case *c) {
+    static const int64_t idx[] = {-1, -1, -1, 0, -1, -1, 0, -1, 0, 1, 0, -1, 1, 0, 2, 2, 1, 0};
+    ts_tensor *q = P("q", INIT_UNIFORM, 1, 6, 2, 4), *kv = P("kv", INIT_UNIFORM, 1, 6, 1, 4);
+    ts_tensor *sink = P("sink", INIT_UNIFORM, 2), *extra = P("extra", INIT_UNIFORM, 1, 3, 1, 4);
+    ts_tensor *extra_idx = IDS("extra_idx", TS_I32, idx, 1, 6, 3);
+    ts_attention_params p = {.scale = 0.5f, .causal = true, .window = 2, .sink = sink, .extra = extra,
+                             .extra_idx = extra_idx};
+    return ts_attention(c->g, q, kv, kv, &p);
+}
+
+/* grouped heads (H = 4 over Hk = 2) decoding 3 queries against 6 cached keys */
+static ts_tensor *case_attention_gqa_decode(gc_case *c) {
+    ts_tensor *q = P("q", INIT_UNIFORM, 2, 3, 4, 3), *k = P("k", INIT_UNIFORM, 2, 6, 2, 3);
+    ts_tensor *v = P("v", INIT_UNIFORM, 2, 6, 2, 5);
+    ts_attention_params p = {.scale = 0.6f, .causal = true};
+    return ts_attention(c->g, q, k, v, &p);
+}
+
 /* ---------------------------------------------------------------- cases: composites */
 
 static ts_tensor *case_used_twice(gc_case *c) { /* x * x + x: three uses accumulate */
@@ -597,6 +659,13 @@ static const gc_spec cases[] = {
     LOSS_CASE("cross_entropy with ignored target", case_cross_entropy),
     LOSS_CASE("cross_entropy 2-d (i64 targets)", case_cross_entropy_2d),
     CASE("topk values (k=3 of 6)", case_topk_values),
+    CASE("attention causal", case_attention_causal),
+    CASE("attention causal window 2", case_attention_window),
+    CASE("attention causal + sink", case_attention_sink),
+    CASE("attention non-causal window 3 + sink", case_attention_noncausal_window),
+    CASE("attention shared K=V (Hk=1) + sink", case_attention_shared_kv),
+    CASE("attention shared K=V + extras, -1 slots", case_attention_extras),
+    CASE("attention GQA H=4 Hk=2 decode T<S", case_attention_gqa_decode),
     CASE("x*x + x (accumulation)", case_used_twice),
     LOSS_CASE("2-layer MLP + cross_entropy", case_mlp),
     CASE("attention head with causal mask", case_attention),

@@ -22,7 +22,7 @@ extern "C" {
 #endif
 
 #define TS_MAX_DIMS 4
-#define TS_MAX_SRC 4
+#define TS_MAX_SRC 8 /* attention_back reads 7: q, k, v, sink, extra, extra_idx, dout */
 #define TS_MAX_NAME 64
 
 typedef struct ts_graph ts_graph;
@@ -76,6 +76,10 @@ typedef enum {
     TS_OP_CROSS_ENTROPY,/* src0 logits [..., V], src1 targets (i32/i64) [...]: mean over targets
                            >= 0 of -log softmax(logits)[target]; targets < 0 are ignored.
                            Output shape [1]. */
+    TS_OP_ATTENTION,    /* fused softmax attention (see ts_attention): src q [B,T,H,D], k [B,S,Hk,D],
+                           v [B,S,Hk,Dv], then sink [H] if ip[2], then extra [B,N,Hk,D] and
+                           extra_idx [B,T,E] if ip[3]; ip[0] = causal, ip[1] = window (0: none),
+                           fp[0] = scale -> [B,T,H,Dv] */
 
     /* backward helpers (also plain ops; the conformance suite covers them) */
     TS_OP_FIRST_BACKWARD_,
@@ -89,6 +93,11 @@ typedef enum {
     TS_OP_RMS_NORM_BACK,/* src0 x, src1 dy, src2 optional weight, fp[0] = eps -> dx */
     TS_OP_GET_ROWS_BACK,/* src0 ids, src1 dy; node shape = table shape -> scatter-added rows */
     TS_OP_CROSS_ENTROPY_BACK, /* src0 logits, src1 targets, src2 dloss [1] -> dlogits */
+    TS_OP_ATTENTION_BACK, /* the sources of ATTENTION (same ip/fp) followed by dout [B,T,H,Dv] ->
+                           one flat f64 (q f64) or f32 (otherwise) buffer holding, in this order and
+                           each row-major in its source's shape, dq | dk | dv | dsink (if a sink)
+                           | dextra (if extras); every part is always present, so offsets depend
+                           on the shapes only */
 
     TS_OP_COUNT
 } ts_op;
@@ -222,6 +231,50 @@ ts_status ts_topk(ts_graph *g, ts_tensor *x, int k, ts_tensor **values, ts_tenso
 ts_tensor *ts_gather(ts_graph *g, ts_tensor *x, int axis, ts_tensor *idx);
 ts_tensor *ts_scatter_add(ts_graph *g, ts_tensor *base, int axis, ts_tensor *idx, ts_tensor *values);
 ts_tensor *ts_cross_entropy(ts_graph *g, ts_tensor *logits, ts_tensor *targets);
+
+/* Fused attention with a per-head sink, grouped (or shared) key/value heads, a sliding window
+ * and per-query extra entries - one op for V4's SWA, CSA and HCA layers and for plain causal
+ * multi-head attention (DeepSeek-V4 spec sections 2.5-2.9).
+ *
+ *   q [B, T, H, D]; k [B, S, Hk, D]; v [B, S, Hk, Dv]; H % Hk == 0. Query head h reads key/value
+ *   head h / (H / Hk) (grouped / multi-query attention). V4's shared K=V head passes the same
+ *   tensor as k and v with Hk = 1; gradients of the two roles add up through autodiff.
+ *   Query t sits at absolute position pos(t) = S - T + t (T == S in training; T < S when
+ *   decoding against a cache); key j at position j.
+ *   Key j is visible to query t when (causal: j <= pos(t)) and (window > 0: j > pos(t) - window,
+ *   i.e. the window pos-window+1 .. pos includes the query itself, spec 2.6). Without causal a
+ *   window bounds keys from below only. With causal and T > S, queries at negative positions
+ *   see no key.
+ *   sink (optional) [H]: a logit z_h joining every softmax of head h with value zero (it only
+ *   absorbs probability mass, spec 2.5 step 6). Any float dtype (V4 keeps it in f32).
+ *   extra (optional) [B, N, Hk, D] with extra_idx [B, T, E] (i32 or i64): extra entries used as
+ *   both key and value (V4's compressed entries; requires Dv == D). Query t of batch b also
+ *   attends to extra[b, extra_idx[b, t, e], h / (H / Hk)] for every slot e whose index is not
+ *   -1 (-1 = unused slot; other values must lie in [0, N)). They join the same softmax as the
+ *   visible keys: one softmax over the union (spec 2.5 / 2.9); an entry listed twice, or also
+ *   present among the window keys, counts twice, as intended. The op applies no mask to extras:
+ *   the caller builds extra_idx to be causal (HCA: every completed block; CSA: the top-k
+ *   selected completed blocks).
+ *   out[b, t, h] = sum_j p_j v_j + sum_e p_e extra_e, p = softmax over {scale * q.k_j for
+ *   visible j} U {scale * q.extra_e} U {z_h}. A row with no visible entry and no sink has no
+ *   distribution: its output (and every gradient through it) is zero, never NaN.
+ *   Output [B, T, H, Dv] in q's dtype; k, v and extra must have q's dtype.
+ *
+ * The reference kernel computes in double, one query row at a time (memory linear in T and S,
+ * never T x S). Backward is one TS_OP_ATTENTION_BACK node that recomputes each row's softmax;
+ * with p the probabilities, dp_j = <dout, v_j>, D = sum_j p_j dp_j:
+ *   dl_j = p_j (dp_j - D); dq = scale sum_j dl_j k_j; dk_j += scale dl_j q; dv_j += p_j dout;
+ *   dsink_h = -sum p_sink D; an extra entry receives both its key and its value share. */
+typedef struct {
+    float scale;             /* multiplies q.k (usually 1 / sqrt(D)) */
+    bool causal;
+    int32_t window;          /* 0: unlimited; else keys pos-window+1 .. pos */
+    ts_tensor *sink;         /* NULL or [H] */
+    ts_tensor *extra;        /* NULL or [B, N, Hk, D] */
+    ts_tensor *extra_idx;    /* with extra: [B, T, E] i32/i64, -1 = unused slot */
+} ts_attention_params;
+
+ts_tensor *ts_attention(ts_graph *g, ts_tensor *q, ts_tensor *k, ts_tensor *v, const ts_attention_params *p);
 
 /* Generic constructor used by autodiff, tests and the conformance harness: checks and infers
  * the output exactly as the named constructor would. */

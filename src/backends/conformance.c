@@ -228,6 +228,39 @@ static const variant cross_entropy_variants[] = { /* logits, targets (some -1 = 
     {.in = {FT(7, 33), TGT(TS_I64, 33, 7)}},
 };
 
+/* q, k, v [, sink] [, extra, extra_idx]; ip = causal, window, has_sink, has_extra; fp[0] = scale.
+ * Odd sizes, Dv != D, grouped heads (H = 4 over Hk = 2), V4's shared head (Hk = 1) with extra
+ * entries whose index slots hold some -1 (TGT draws about 1 in 6), decoding (T < S), a window
+ * without causality, strided q and k. */
+static const variant attention_variants[] = {
+    {.in = {F(1, 5, 1, 8), F(1, 5, 1, 8), F(1, 5, 1, 8)}, .ip = {1, 0, 0, 0}, .fp = {0.35f}, .note = "causal"},
+    {.in = {F(2, 7, 3, 5), F(2, 7, 3, 5), F(2, 7, 3, 3)}, .ip = {0, 0, 0, 0}, .fp = {0.45f}, .note = "full"},
+    {.in = {F(2, 9, 2, 4), F(2, 9, 2, 4), F(2, 9, 2, 4)}, .ip = {1, 3, 0, 0}, .fp = {0.5f}, .note = "causal window=3"},
+    {.in = {F(1, 5, 2, 4), F(1, 5, 2, 4), F(1, 5, 2, 4), F(2)}, .ip = {0, 2, 1, 0}, .fp = {0.5f},
+     .note = "window=2 sink"},
+    {.in = {F(1, 6, 4, 8), F(1, 6, 2, 8), F(1, 6, 2, 8), F(4)}, .ip = {1, 0, 1, 0}, .fp = {0.35f},
+     .note = "causal sink gqa"},
+    {.in = {F(2, 8, 4, 8), F(2, 8, 1, 8), F(2, 8, 1, 8), F(4), F(2, 3, 1, 8), TGT(TS_I32, 3, 2, 8, 4)},
+     .ip = {1, 4, 1, 1}, .fp = {0.35f}, .note = "causal window=4 sink extras"},
+    {.in = {F(2, 3, 2, 8), F(2, 11, 1, 8), F(2, 11, 1, 8), F(2, 4, 1, 8), TGT(TS_I64, 4, 2, 3, 2)},
+     .ip = {1, 5, 0, 1}, .fp = {0.35f}, .note = "decode causal window=5 extras"},
+    {.in = {FT(1, 4, 2, 8), FS(1, 4, 2, 8), F(1, 4, 2, 8)}, .ip = {1, 0, 0, 0}, .fp = {0.35f}, .note = "causal"},
+};
+
+static const variant attention_back_variants[] = { /* attention's inputs, then dout */
+    {.in = {F(1, 5, 1, 8), F(1, 5, 1, 8), F(1, 5, 1, 8), F(1, 5, 1, 8)}, .ip = {1, 0, 0, 0}, .fp = {0.35f},
+     .note = "causal"},
+    {.in = {F(2, 7, 3, 5), F(2, 7, 3, 5), F(2, 7, 3, 3), F(2, 7, 3, 3)}, .ip = {0, 2, 0, 0}, .fp = {0.45f},
+     .note = "window=2"},
+    {.in = {F(1, 6, 4, 8), F(1, 6, 2, 8), F(1, 6, 2, 8), F(4), F(1, 6, 4, 8)}, .ip = {1, 0, 1, 0}, .fp = {0.35f},
+     .note = "causal sink gqa"},
+    {.in = {F(2, 8, 4, 8), F(2, 8, 1, 8), F(2, 8, 1, 8), F(4), F(2, 3, 1, 8), TGT(TS_I32, 3, 2, 8, 4),
+            F(2, 8, 4, 8)},
+     .ip = {1, 4, 1, 1}, .fp = {0.35f}, .note = "causal window=4 sink extras"},
+    {.in = {F(2, 3, 2, 8), F(2, 11, 1, 8), F(2, 11, 1, 8), F(2, 4, 1, 8), TGT(TS_I64, 4, 2, 3, 2), FT(2, 3, 2, 8)},
+     .ip = {1, 5, 0, 1}, .fp = {0.35f}, .note = "decode causal window=5 extras"},
+};
+
 static const variant max_back_variants[] = { /* x, y = max(x), dy; ip[0] = axis */
     {.in = {F(1), F(1), F(1)}, .ip = {0}, .note = "axis=0"},
     {.in = {F(7, 33), F(7, 1), F(7, 1)}, .ip = {1}, .note = "axis=1"},
@@ -363,6 +396,7 @@ static const op_entry op_table[] = {
     OP(TS_OP_GATHER, gather_variants),
     OP(TS_OP_SCATTER_ADD, scatter_add_variants),
     OP(TS_OP_CROSS_ENTROPY, cross_entropy_variants),
+    OP(TS_OP_ATTENTION, attention_variants),
     OP(TS_OP_SIGMOID_BACK, unary_back_variants),
     OP(TS_OP_SILU_BACK, unary_back_variants),
     OP(TS_OP_RELU_BACK, unary_back_variants),
@@ -372,6 +406,7 @@ static const op_entry op_table[] = {
     OP_FP(TS_OP_RMS_NORM_BACK, rms_norm_back_variants, rms_norm_eps),
     OP(TS_OP_GET_ROWS_BACK, get_rows_back_variants),
     OP(TS_OP_CROSS_ENTROPY_BACK, cross_entropy_back_variants),
+    OP(TS_OP_ATTENTION_BACK, attention_back_variants),
 };
 
 /* f64 too: a backend that supports it must get it right; one that does not reports unsupported. */

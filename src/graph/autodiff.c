@@ -244,6 +244,29 @@ static void back_cross_entropy(ts_graph *g, ts_tensor *node, ts_tensor *dy, ts_t
     dsrc[0] = back_op(g, TS_OP_CROSS_ENTROPY_BACK, node->src[0], node->src[1], dy, NULL, 0, NULL, 0);
 }
 
+/* One ATTENTION_BACK node computes every gradient of an attention node at once (each row's
+ * softmax is recomputed there, nothing T x S is stored); its flat output holds dq | dk | dv |
+ * dsink | dextra, each row-major in its source's shape. Each source that needs a gradient
+ * gets a slice of that buffer reshaped to its shape: views, no copy. When k and v are the
+ * same tensor (V4's shared K=V head), the two slices are summed by the caller like any two
+ * uses of one tensor. extra_idx (integer) gets nothing. */
+static void back_attention(ts_graph *g, ts_tensor *node, ts_tensor *dy, ts_tensor **dsrc) {
+    ts_tensor *src[TS_MAX_SRC];
+    int n = node->n_src;
+    for (int i = 0; i < n; i++) src[i] = node->src[i];
+    src[n] = dy;
+    ts_tensor *flat = ts_op_node(g, TS_OP_ATTENTION_BACK, src, n + 1, node->ip, 4, node->fp, 1);
+    if (!flat) return;
+    int64_t offset = 0;
+    for (int i = 0; i < n; i++) {
+        ts_tensor *x = node->src[i];
+        if (!ts_dtype_get_info(x->dtype)->is_float) continue; /* extra_idx: no part in the buffer */
+        int64_t len = ts_nelements(x);
+        if (needs_grad(x)) dsrc[i] = ts_reshape(g, ts_slice(g, flat, 0, offset, len), x->ndim, x->shape);
+        offset += len;
+    }
+}
+
 /* ---------------------------------------------------------------- dispatch */
 
 /* Makes a rule's result exactly what the source needs: its dtype (mixed-dtype matmul and
@@ -299,6 +322,7 @@ ts_status ts_op_backward(ts_graph *g, ts_tensor *node, ts_tensor *dy, ts_tensor 
     case TS_OP_GATHER: back_gather(g, node, dy, dsrc); break;
     case TS_OP_SCATTER_ADD: back_scatter_add(g, node, dy, dsrc); break;
     case TS_OP_CROSS_ENTROPY: back_cross_entropy(g, node, dy, dsrc); break;
+    case TS_OP_ATTENTION: back_attention(g, node, dy, dsrc); break;
     default: {
         char dn[160];
         if (node->op >= TS_OP_FIRST_BACKWARD_ && node->op < TS_OP_COUNT)

@@ -1,5 +1,6 @@
 /* ops.c - op constructors: check shapes and dtypes, infer the output, record the node.
  * Nothing is computed here. Every check failure names the op, the tensors and their shapes. */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -40,6 +41,7 @@ static const char *const op_names[TS_OP_COUNT] = {
     [TS_OP_GATHER] = "gather",
     [TS_OP_SCATTER_ADD] = "scatter_add",
     [TS_OP_CROSS_ENTROPY] = "cross_entropy",
+    [TS_OP_ATTENTION] = "attention",
     [TS_OP_SIGMOID_BACK] = "sigmoid_back",
     [TS_OP_SILU_BACK] = "silu_back",
     [TS_OP_RELU_BACK] = "relu_back",
@@ -49,6 +51,7 @@ static const char *const op_names[TS_OP_COUNT] = {
     [TS_OP_RMS_NORM_BACK] = "rms_norm_back",
     [TS_OP_GET_ROWS_BACK] = "get_rows_back",
     [TS_OP_CROSS_ENTROPY_BACK] = "cross_entropy_back",
+    [TS_OP_ATTENTION_BACK] = "attention_back",
 };
 
 const char *ts_op_name(ts_op op) {
@@ -611,6 +614,141 @@ ts_tensor *ts_cross_entropy(ts_graph *g, ts_tensor *logits, ts_tensor *targets) 
     return ts_graph_add_node(g, TS_OP_CROSS_ENTROPY, logits->dtype, 1, &one, src, 2);
 }
 
+/* ---------------------------------------------------------------- attention */
+
+/* The tensors of one attention node; sink and extra/extra_idx may be NULL (absent). */
+typedef struct {
+    ts_tensor *q, *k, *v, *sink, *extra, *extra_idx;
+} attention_inputs;
+
+static bool dims_are(const ts_tensor *t, int ndim) { return t->ndim == ndim; }
+
+/* fail() for the checks below, which answer yes / no. */
+static bool refuse(ts_graph *g, ts_status s, const char *op, const char *what, const ts_tensor *a, const ts_tensor *b) {
+    fail(g, s, op, what, a, b);
+    return false;
+}
+
+static bool attention_qkv_ok(ts_graph *g, const char *name, const attention_inputs *in) {
+    ts_tensor *q = in->q, *k = in->k, *v = in->v;
+    if (!need_float(g, name, q)) return false;
+    if (is_packed(q->dtype)) return refuse(g, TS_ERR_DTYPE, name, "packed dtype", q, NULL);
+    if (k->dtype != q->dtype) return refuse(g, TS_ERR_DTYPE, name, "k must have q's dtype", q, k);
+    if (v->dtype != q->dtype) return refuse(g, TS_ERR_DTYPE, name, "v must have q's dtype", q, v);
+    if (!dims_are(q, 4)) return refuse(g, TS_ERR_SHAPE, name, "q must be [B, T, H, D]", q, NULL);
+    if (!dims_are(k, 4) || k->shape[0] != q->shape[0] || k->shape[3] != q->shape[3])
+        return refuse(g, TS_ERR_SHAPE, name, "k must be [B, S, Hk, D] with q's B and D", q, k);
+    if (!dims_are(v, 4) || v->shape[0] != k->shape[0] || v->shape[1] != k->shape[1] || v->shape[2] != k->shape[2])
+        return refuse(g, TS_ERR_SHAPE, name, "v must be [B, S, Hk, Dv] with k's B, S and Hk", k, v);
+    if (q->shape[2] % k->shape[2])
+        return refuse(g, TS_ERR_SHAPE, name, "q's heads H must be a multiple of k's heads Hk", q, k);
+    return true;
+}
+
+static bool attention_sink_ok(ts_graph *g, const char *name, const attention_inputs *in) {
+    ts_tensor *q = in->q, *sink = in->sink;
+    if (!sink) return true;
+    if (!need_float(g, name, sink)) return false;
+    if (is_packed(sink->dtype)) return refuse(g, TS_ERR_DTYPE, name, "packed dtype", sink, NULL);
+    if (!dims_are(sink, 1) || sink->shape[0] != q->shape[2])
+        return refuse(g, TS_ERR_SHAPE, name, "sink must be [H], one logit per query head", q, sink);
+    return true;
+}
+
+static bool attention_extra_ok(ts_graph *g, const char *name, const attention_inputs *in) {
+    ts_tensor *q = in->q, *k = in->k, *v = in->v, *extra = in->extra, *idx = in->extra_idx;
+    if (!extra && !idx) return true;
+    if (!extra || !idx) {
+        ts_graph_set_error(g, TS_ERR_INVALID_ARG, "%s: extra and extra_idx must be given together", name);
+        return false;
+    }
+    if (extra->dtype != q->dtype) return refuse(g, TS_ERR_DTYPE, name, "extra must have q's dtype", q, extra);
+    if (!dims_are(extra, 4) || extra->shape[0] != k->shape[0] || extra->shape[2] != k->shape[2] ||
+        extra->shape[3] != k->shape[3])
+        return refuse(g, TS_ERR_SHAPE, name, "extra must be [B, N, Hk, D] with k's B, Hk and D", k, extra);
+    if (v->shape[3] != k->shape[3])
+        return refuse(g, TS_ERR_SHAPE, name, "extra entries are values too, so v's Dv must equal D", v, extra);
+    if (!need_int(g, name, idx)) return false;
+    if (!dims_are(idx, 3) || idx->shape[0] != q->shape[0] || idx->shape[1] != q->shape[1])
+        return refuse(g, TS_ERR_SHAPE, name, "extra_idx must be [B, T, E] with q's B and T", q, idx);
+    return true;
+}
+
+static bool attention_params_ok(ts_graph *g, const char *name, const ts_tensor *q, int32_t window, float scale) {
+    if (window < 0) return refuse(g, TS_ERR_INVALID_ARG, name, "window must be >= 0 (0: unlimited)", q, NULL);
+    if (!isfinite(scale)) return refuse(g, TS_ERR_INVALID_ARG, name, "scale must be finite", q, NULL);
+    return true;
+}
+
+/* Records an attention node (op ATTENTION, or ATTENTION_BACK with dout) after every check.
+ * Sources are q, k, v, then the optional ones that are present; ip[2] / ip[3] say which. */
+static ts_tensor *attention_node(ts_graph *g, ts_op op, const attention_inputs *in, ts_tensor *dout, bool causal,
+                                 int32_t window, float scale) {
+    const char *name = ts_op_name(op);
+    if (!attention_qkv_ok(g, name, in) || !attention_sink_ok(g, name, in) || !attention_extra_ok(g, name, in) ||
+        !attention_params_ok(g, name, in->q, window, scale))
+        return NULL;
+    ts_tensor *q = in->q, *v = in->v;
+    int64_t out_shape[4] = {q->shape[0], q->shape[1], q->shape[2], v->shape[3]};
+    ts_tensor *src[TS_MAX_SRC] = {q, in->k, v};
+    int n = 3;
+    if (in->sink) src[n++] = in->sink;
+    if (in->extra) {
+        src[n++] = in->extra;
+        src[n++] = in->extra_idx;
+    }
+    ts_tensor *r;
+    if (op == TS_OP_ATTENTION) {
+        r = ts_graph_add_node(g, op, q->dtype, 4, out_shape, src, n);
+    } else {
+        if (!need_float(g, name, dout)) return NULL;
+        bool fits = dims_are(dout, 4);
+        for (int d = 0; fits && d < 4; d++) fits = dout->shape[d] == out_shape[d];
+        if (!fits) return fail(g, TS_ERR_SHAPE, name, "dout must be [B, T, H, Dv], the attention output's shape", q, dout);
+        src[n++] = dout;
+        int64_t total = ts_nelements(q) + ts_nelements(in->k) + ts_nelements(v); /* dq | dk | dv */
+        if (in->sink) total += ts_nelements(in->sink);                             /* | dsink */
+        if (in->extra) total += ts_nelements(in->extra);                           /* | dextra */
+        r = ts_graph_add_node(g, op, q->dtype == TS_F64 ? TS_F64 : TS_F32, 1, &total, src, n);
+    }
+    if (r) {
+        r->ip[0] = causal;
+        r->ip[1] = window;
+        r->ip[2] = in->sink != NULL;
+        r->ip[3] = in->extra != NULL;
+        r->fp[0] = scale;
+    }
+    return r;
+}
+
+ts_tensor *ts_attention(ts_graph *g, ts_tensor *q, ts_tensor *k, ts_tensor *v, const ts_attention_params *p) {
+    if (!q || !k || !v) return NULL;
+    if (!p) return fail(g, TS_ERR_INVALID_ARG, "attention", "params is NULL", q, NULL);
+    attention_inputs in = {q, k, v, p->sink, p->extra, p->extra_idx};
+    return attention_node(g, TS_OP_ATTENTION, &in, NULL, p->causal, p->window, p->scale);
+}
+
+/* ts_op_node's path: unpacks the compact source list as ip[2] (sink) and ip[3] (extras) say. */
+static ts_tensor *attention_from_sources(ts_graph *g, ts_op op, ts_tensor *const *src, int n_src, const int32_t *ip,
+                                         const float *fp) {
+    bool has_sink = ip[2] != 0, has_extra = ip[3] != 0, back = op == TS_OP_ATTENTION_BACK;
+    int want = 3 + has_sink + 2 * has_extra + back;
+    if (n_src != want) {
+        ts_graph_set_error(g, TS_ERR_INVALID_ARG, "%s: %d sources given, expected %d (q, k, v%s%s%s)", ts_op_name(op),
+                           n_src, want, has_sink ? ", sink" : "", has_extra ? ", extra, extra_idx" : "",
+                           back ? ", dout" : "");
+        return NULL;
+    }
+    attention_inputs in = {src[0], src[1], src[2], NULL, NULL, NULL};
+    int i = 3;
+    if (has_sink) in.sink = src[i++];
+    if (has_extra) {
+        in.extra = src[i++];
+        in.extra_idx = src[i++];
+    }
+    return attention_node(g, op, &in, back ? src[i] : NULL, ip[0] != 0, ip[1], fp[0]);
+}
+
 /* ---------------------------------------------------------------- backward helpers */
 
 static ts_tensor *same_shape_back(ts_graph *g, ts_op op, ts_tensor *x, ts_tensor *dy, const float *fp) {
@@ -692,6 +830,8 @@ ts_tensor *ts_op_node(ts_graph *g, ts_op op, ts_tensor *const *src, int n_src, c
     case TS_OP_GATHER: return ts_gather(g, s0, ip[0], s1);
     case TS_OP_SCATTER_ADD: return ts_scatter_add(g, s0, ip[0], s1, s2);
     case TS_OP_CROSS_ENTROPY: return ts_cross_entropy(g, s0, s1);
+    case TS_OP_ATTENTION: case TS_OP_ATTENTION_BACK:
+        return attention_from_sources(g, op, src, n_src, ip, fp);
 
     case TS_OP_SIGMOID_BACK: case TS_OP_SILU_BACK: case TS_OP_RELU_BACK: case TS_OP_CLAMP_BACK:
         return same_shape_back(g, op, s0, s1, fp);

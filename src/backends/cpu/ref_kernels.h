@@ -1,6 +1,7 @@
 /* ref_kernels.h - the reference CPU kernels, one per op (see graph.h for each op's contract).
  * ref_elementwise.c holds creation/movement, elementwise, reductions and their backward
- * helpers; ref_nn.c holds matmul, softmax, norms, rope, indexing and losses. */
+ * helpers; ref_nn.c holds matmul, softmax, norms, rope, indexing and losses; ref_attention.c
+ * holds fused attention and its backward. */
 #ifndef TS_REF_KERNELS_H
 #define TS_REF_KERNELS_H
 
@@ -33,5 +34,9 @@ TS_REF_KERNEL(softmax_back);
 TS_REF_KERNEL(rms_norm_back);
 TS_REF_KERNEL(get_rows_back);
 TS_REF_KERNEL(cross_entropy_back);
+
+/* ref_attention.c */
+TS_REF_KERNEL(attention);
+TS_REF_KERNEL(attention_back);
 
 #endif
