@@ -1,0 +1,568 @@
+/* gemm.c - driver of the CPU backend's single-precision GEMM: tier selection, workspace cache,
+ * BLIS-style cache blocking with packing, the small-M streaming path, and threading.
+ *
+ * Loop nest of the blocked path (BLIS naming), for C[M x N] += op(A)[M x K] op(B)[K x N]:
+ *
+ *   jc: N in NC-column panels
+ *     pc: K in KC-deep slices            -> pack op(B)[pc:pc+KC, jc:jc+NC] (lives in L3)
+ *       ic: M in MC-row blocks           -> pack op(A)[ic:ic+MC, pc:pc+KC] (lives in L2)
+ *         jr: NR-column micro-panels of B (one micro-panel stays in L1 across the ir loop)
+ *           ir: MR-row micro-panels of A -> micro-kernel updates one MR x NR tile of C
+ *
+ * Packing reorders both operands into the micro-kernel's layout (A k-major MR-wide, B k-major
+ * NR-wide, zero-padded to whole tiles), which is where all four transpose variants are absorbed.
+ * Threads: one fork per call; the team then walks the loop nest together, meeting at spin
+ * barriers. Members split the ic range (rows of C) when M has enough micro-tiles, packing the
+ * shared B panel cooperatively first; otherwise they split the jr range (columns) and each packs
+ * its own B micro-panels. Static partitions. Each C element is always accumulated over the same
+ * KC slices in the same order by the same micro-kernel, so the partition never changes a bit of
+ * the result; the small-M path keeps that property too (see the kernel files).
+ *
+ * Workspace: one shared B panel (MAX_KC x MAX_NC, 6 MiB) plus, per thread, one A block
+ * (MAX_MC x MAX_KC, 576 KiB) and one B micro-panel (MAX_KC x MAX_NR, 48 KiB), sized by the
+ * blocking bounds in gemm.h (so no tier switch reallocates), allocated on first use and kept in
+ * a cache of WS_SLOTS entries keyed by thread count. After warm-up a call allocates nothing; a
+ * call that finds every cached workspace busy (concurrent callers) allocates a temporary one,
+ * and a new thread count evicts an idle entry once all slots are taken. The memory stays until
+ * process exit. The small-M path needs no workspace at all. */
+#include "backends/cpu/gemm.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* ---------------------------------------------------------------- tiers */
+
+static const char *const tier_names[TS_GEMM_TIER_COUNT] = {"generic", "avx2", "avx512"};
+
+static pthread_once_t tier_once = PTHREAD_ONCE_INIT;
+static ts_gemm_tier tier_best_supported = TS_GEMM_TIER_GENERIC;
+static _Atomic int tier_active = TS_GEMM_TIER_GENERIC;
+
+static ts_gemm_tier detect_best_tier(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    /* The AVX-512 tier reuses the AVX2 small-M path, so it needs AVX2 + FMA as well. */
+    if (avx2 && __builtin_cpu_supports("avx512f")) return TS_GEMM_TIER_AVX512;
+    if (avx2) return TS_GEMM_TIER_AVX2;
+#endif
+    return TS_GEMM_TIER_GENERIC;
+}
+
+/* Reads TS_CPU_TIER; it can only lower the tier. Runs once, so its warnings print once. */
+static ts_gemm_tier tier_from_env(ts_gemm_tier best) {
+    const char *req = getenv("TS_CPU_TIER");
+    if (!req || !*req) return best;
+    for (int t = 0; t < TS_GEMM_TIER_COUNT; t++) {
+        if (strcasecmp(req, tier_names[t]) != 0) continue;
+        if (t <= (int)best) return (ts_gemm_tier)t;
+        fprintf(stderr, "tessera: TS_CPU_TIER=%s is not supported on this CPU; using %s\n", req,
+                tier_names[best]);
+        return best;
+    }
+    fprintf(stderr, "tessera: unknown TS_CPU_TIER=%s (expected generic|avx2|avx512); using %s\n", req,
+            tier_names[best]);
+    return best;
+}
+
+static void tier_init(void) {
+    tier_best_supported = detect_best_tier();
+    atomic_store(&tier_active, (int)tier_from_env(tier_best_supported));
+}
+
+static const ts_gemm_kernels *kernels_of(ts_gemm_tier t) {
+    switch (t) {
+#if defined(__x86_64__)
+    case TS_GEMM_TIER_AVX512: return &ts_gemm_kernels_avx512;
+    case TS_GEMM_TIER_AVX2: return &ts_gemm_kernels_avx2;
+#endif
+    default: return &ts_gemm_kernels_generic;
+    }
+}
+
+ts_gemm_tier ts_gemm_tier_active(void) {
+    pthread_once(&tier_once, tier_init);
+    return (ts_gemm_tier)atomic_load(&tier_active);
+}
+
+ts_gemm_tier ts_gemm_tier_best(void) {
+    pthread_once(&tier_once, tier_init);
+    return tier_best_supported;
+}
+
+bool ts_gemm_tier_set(ts_gemm_tier t) {
+    pthread_once(&tier_once, tier_init);
+    if ((int)t < 0 || t >= TS_GEMM_TIER_COUNT || t > tier_best_supported) return false;
+    atomic_store(&tier_active, (int)t);
+    return true;
+}
+
+const char *ts_gemm_tier_to_name(ts_gemm_tier t) {
+    return ((int)t >= 0 && t < TS_GEMM_TIER_COUNT) ? tier_names[t] : "?";
+}
+
+const char *ts_gemm_tier_name(void) { return tier_names[ts_gemm_tier_active()]; }
+
+ts_gemm_blocking ts_gemm_get_blocking(void) {
+    const ts_gemm_kernels *k = kernels_of(ts_gemm_tier_active());
+    return (ts_gemm_blocking){k->mr, k->nr, k->mc, k->kc, k->nc, TS_GEMM_SMALL_M};
+}
+
+/* ---------------------------------------------------------------- workspace cache */
+
+#define WS_ALIGN 64
+#define WS_SLOTS 8
+#define B_PANEL_FLOATS ((size_t)TS_GEMM_MAX_KC * TS_GEMM_MAX_NC)
+#define A_BLOCK_FLOATS ((size_t)TS_GEMM_MAX_MC * TS_GEMM_MAX_KC)
+/* B is packed FUSED_COLS columns at a time (row-major B is then read in runs of this many
+ * floats, long enough for the hardware prefetchers); on the fused column-split path the packed
+ * group is used straight away from L2. */
+#ifndef FUSED_COLS
+#define FUSED_COLS 256
+#endif
+#define B_MICRO_FLOATS ((size_t)TS_GEMM_MAX_KC * FUSED_COLS)
+#define THREAD_FLOATS (A_BLOCK_FLOATS + B_MICRO_FLOATS) /* per thread: A block, B micro-panels */
+
+typedef struct {
+    int n_threads; /* 0: empty slot */
+    bool busy;
+    bool temporary; /* not in the cache: freed on release */
+    float *b_panel;     /* shared by all threads of a call */
+    float *thread_area; /* n_threads areas of THREAD_FLOATS */
+} gemm_ws;
+
+static pthread_mutex_t ws_mu = PTHREAD_MUTEX_INITIALIZER;
+static gemm_ws ws_cache[WS_SLOTS];
+
+static bool ws_alloc(gemm_ws *ws, int n_threads) {
+    size_t floats = B_PANEL_FLOATS + THREAD_FLOATS * (size_t)n_threads;
+    float *mem = aligned_alloc(WS_ALIGN, floats * sizeof(float)); /* all counts are multiples of 16 */
+    if (!mem) return false;
+    ws->n_threads = n_threads;
+    ws->b_panel = mem;
+    ws->thread_area = mem + B_PANEL_FLOATS;
+    return true;
+}
+
+static void ws_free(gemm_ws *ws) {
+    free(ws->b_panel);
+    memset(ws, 0, sizeof *ws);
+}
+
+/* Returns a workspace for n_threads marked busy, or NULL when memory is exhausted. */
+static gemm_ws *ws_acquire(int n_threads) {
+    gemm_ws *hit = NULL, *empty = NULL, *evictable = NULL;
+    pthread_mutex_lock(&ws_mu);
+    for (int i = 0; i < WS_SLOTS && !hit; i++) {
+        gemm_ws *w = &ws_cache[i];
+        if (w->n_threads == n_threads && !w->busy) hit = w;
+        else if (w->n_threads == 0 && !empty) empty = w;
+        else if (!w->busy && !evictable) evictable = w;
+    }
+    if (!hit) {
+        gemm_ws *slot = empty ? empty : evictable;
+        if (slot) {
+            if (slot->n_threads) ws_free(slot);
+            if (ws_alloc(slot, n_threads)) hit = slot;
+        }
+    }
+    if (hit) hit->busy = true;
+    pthread_mutex_unlock(&ws_mu);
+    if (hit) return hit;
+
+    gemm_ws *tmp = calloc(1, sizeof *tmp); /* every slot busy: concurrent callers */
+    if (!tmp) return NULL;
+    if (!ws_alloc(tmp, n_threads)) {
+        free(tmp);
+        return NULL;
+    }
+    tmp->temporary = tmp->busy = true;
+    return tmp;
+}
+
+static void ws_release(gemm_ws *ws) {
+    if (ws->temporary) {
+        ws_free(ws);
+        free(ws);
+        return;
+    }
+    pthread_mutex_lock(&ws_mu);
+    ws->busy = false;
+    pthread_mutex_unlock(&ws_mu);
+}
+
+/* ---------------------------------------------------------------- portable packer */
+
+void ts_gemm_pack_generic(float *dst, const float *src, int64_t rs, int64_t cs, int rows, int w,
+                          int64_t kc) {
+    if (rs == 1) { /* the panel's rows are adjacent in memory: copy w-wide rows of k */
+        for (int64_t k = 0; k < kc; k++) {
+            const float *s = src + k * cs;
+            float *d = dst + k * w;
+            int i = 0;
+            for (; i < rows; i++) d[i] = s[i];
+            for (; i < w; i++) d[i] = 0.0f;
+        }
+        return;
+    }
+    /* Transposing gather: walk each source row along k (sequential reads), scatter into columns. */
+    for (int i = 0; i < rows; i++) {
+        const float *s = src + i * rs;
+        for (int64_t k = 0; k < kc; k++) dst[k * w + i] = s[k * cs];
+    }
+    for (int i = rows; i < w; i++)
+        for (int64_t k = 0; k < kc; k++) dst[k * w + i] = 0.0f;
+}
+
+/* ---------------------------------------------------------------- simple paths */
+
+/* C = beta * C, for K == 0 or alpha == 0 (A and B are not read). */
+static void scale_c(int64_t M, int64_t N, float beta, float *C, int64_t ldc) {
+    for (int64_t i = 0; i < M; i++) {
+        float *c = C + i * ldc;
+        if (beta == 0.0f) memset(c, 0, (size_t)N * sizeof(float));
+        else if (beta != 1.0f)
+            for (int64_t j = 0; j < N; j++) c[j] *= beta;
+    }
+}
+
+/* Unblocked triple loop: used only if the workspace cannot be allocated, so that a GEMM never
+ * fails (the API has no error return). */
+static void naive_gemm(int64_t M, int64_t N, int64_t K, float alpha, const float *a, int64_t a_rs,
+                       int64_t a_cs, const float *b, int64_t b_rs, int64_t b_cs, float beta, float *C,
+                       int64_t ldc) {
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+            float s = 0.0f;
+            for (int64_t k = 0; k < K; k++) s += a[i * a_rs + k * a_cs] * b[k * b_rs + j * b_cs];
+            float *c = &C[i * ldc + j];
+            *c = beta == 0.0f ? alpha * s : alpha * s + beta * *c;
+        }
+}
+
+/* ---------------------------------------------------------------- small-M path */
+
+typedef struct {
+    ts_gemm_small_args args;
+    ts_gemm_small_fn fn;
+    int64_t group; /* columns per parallel item */
+    int64_t n;
+} small_job;
+
+static void small_range(void *ctx, int64_t begin, int64_t end, int thread_id) {
+    (void)thread_id;
+    small_job *job = ctx;
+    int64_t n0 = begin * job->group, n1 = end * job->group;
+    if (n1 > job->n) n1 = job->n;
+    job->fn(&job->args, n0, n1);
+}
+
+/* Multiply-adds a thread must get before another one is worth its wake-up (tens of
+ * microseconds on a VM): the blocked path's threshold; the small-M path, with no barriers and
+ * one fork, uses an eighth of it. Tests lower it so small shapes exercise every thread. */
+#define DEFAULT_MIN_FMAS_PER_THREAD ((int64_t)1 << 21)
+static _Atomic int64_t min_fmas_per_thread = DEFAULT_MIN_FMAS_PER_THREAD;
+
+void ts_gemm_set_parallel_threshold(int64_t fmas) {
+    atomic_store(&min_fmas_per_thread, fmas > 0 ? fmas : DEFAULT_MIN_FMAS_PER_THREAD);
+}
+
+static void small_m_gemm(ts_threadpool *pool, const ts_gemm_kernels *kern, bool trans_b,
+                         const ts_gemm_small_args *args, int64_t N) {
+    small_job job = {.args = *args, .fn = trans_b ? kern->small_nt : kern->small_nn, .n = N};
+    /* nn vectorizes across columns: hand out whole vectors' worth so chunks stay aligned. */
+    job.group = trans_b ? 1 : 16;
+    int64_t items = (N + job.group - 1) / job.group;
+    int64_t fmas_per_item = args->m * args->k * job.group;
+    int64_t min_fmas = atomic_load(&min_fmas_per_thread) / 8;
+    int64_t min_chunk = (min_fmas + fmas_per_item - 1) / fmas_per_item;
+    ts_parallel_for(pool, items, min_chunk, small_range, &job);
+}
+
+/* ---------------------------------------------------------------- team barrier */
+
+/* The blocked path forks once per call and keeps its threads (a "team") together with this
+ * barrier between phases: waking pool workers costs tens of microseconds per fork on a VM,
+ * which a fork per KC slice would pay again and again. Waiters spin briefly, then yield, so an
+ * oversubscribed machine still makes progress. */
+typedef struct {
+    _Atomic unsigned arrived;
+    _Atomic unsigned generation;
+} spin_barrier;
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static void barrier_wait(spin_barrier *b, int team) {
+    if (team <= 1) return;
+    unsigned gen = atomic_load_explicit(&b->generation, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&b->arrived, 1, memory_order_acq_rel) == (unsigned)team - 1) {
+        atomic_store_explicit(&b->arrived, 0, memory_order_relaxed);
+        atomic_fetch_add_explicit(&b->generation, 1, memory_order_release);
+        return;
+    }
+    for (unsigned spins = 0; atomic_load_explicit(&b->generation, memory_order_acquire) == gen; spins++) {
+        if (spins < 4096) cpu_relax();
+        else sched_yield();
+    }
+}
+
+/* ---------------------------------------------------------------- blocked path */
+
+/* The call's parameters, shared read-only by the team (barrier and team size aside). */
+typedef struct {
+    const ts_gemm_kernels *kern;
+    ts_gemm_pack_fn pack_a, pack_b;
+    int mr, nr, mc;
+    int64_t m, n, k;
+    float alpha, beta;
+    const float *a;
+    int64_t a_rs, a_cs; /* op(A)(i, k) = a[i*a_rs + k*a_cs] */
+    const float *b;
+    int64_t b_rs, b_cs; /* op(B)(k, j) = b[k*b_rs + j*b_cs] */
+    float *c;
+    int64_t ldc;
+    int64_t nc_max;     /* width of the column panels (NR-aligned, at most NC) */
+    float *b_panel;     /* shared */
+    float *thread_area; /* per member */
+    int team;
+    spin_barrier barrier;
+} gemm_job;
+
+/* Where the team is: the current B panel (each member tracks it itself). */
+typedef struct {
+    int64_t jc, nc, pc, kc;
+    int64_t n_panels; /* NR-wide micro-panels in the panel */
+    float beta;       /* beta for this KC slice: the caller's for the first, 1 after */
+} gemm_block;
+
+/* Packs micro-panels [p0, p1) into consecutive slots of dst, 8 k at a time across all of them,
+ * so that row-major B is read in runs of (p1 - p0) * NR floats rather than NR. */
+static void pack_b_group(const gemm_job *job, const gemm_block *blk, int64_t p0, int64_t p1, float *dst) {
+    int64_t panel_floats = job->nr * blk->kc;
+    for (int64_t k0 = 0; k0 < blk->kc; k0 += 8) {
+        int64_t kn = blk->kc - k0 < 8 ? blk->kc - k0 : 8;
+        for (int64_t p = p0; p < p1; p++) {
+            int64_t j = blk->jc + p * job->nr;
+            int64_t cols = blk->jc + blk->nc - j < job->nr ? blk->jc + blk->nc - j : job->nr;
+            job->pack_b(dst + (p - p0) * panel_floats + k0 * job->nr,
+                        job->b + (blk->pc + k0) * job->b_rs + j * job->b_cs, job->b_cs, job->b_rs, (int)cols,
+                        job->nr, kn);
+        }
+    }
+}
+
+/* Packs micro-panels [p0, p1) into their slots of the shared B panel, a group at a time. */
+static void pack_b_panels(const gemm_job *job, const gemm_block *blk, int64_t p0, int64_t p1) {
+    int64_t group = FUSED_COLS / job->nr;
+    for (int64_t g = p0; g < p1; g += group)
+        pack_b_group(job, blk, g, g + group < p1 ? g + group : p1, job->b_panel + g * job->nr * blk->kc);
+}
+
+static void pack_a_block(const gemm_job *job, const gemm_block *blk, float *a_block, int64_t ic, int64_t mc) {
+    for (int64_t ir = 0; ir < mc; ir += job->mr) {
+        int64_t rows = mc - ir < job->mr ? mc - ir : job->mr;
+        job->pack_a(a_block + ir * blk->kc, job->a + (ic + ir) * job->a_rs + blk->pc * job->a_cs, job->a_rs,
+                    job->a_cs, (int)rows, job->mr, blk->kc);
+    }
+}
+
+/* A partial tile goes through a full-size scratch tile so the micro-kernel's arithmetic (and
+ * hence every bit of the result) is the same as for interior tiles. */
+static void edge_tile(const gemm_job *job, const gemm_block *blk, const float *ap, const float *bp, float *c,
+                      int64_t rows, int64_t cols) {
+    _Alignas(64) float tile[TS_GEMM_MAX_MR * TS_GEMM_MAX_NR];
+    int nr = job->nr;
+    if (blk->beta != 0.0f) {
+        memset(tile, 0, sizeof tile);
+        for (int64_t i = 0; i < rows; i++) memcpy(tile + i * nr, c + i * job->ldc, (size_t)cols * sizeof(float));
+    }
+    job->kern->ukernel(blk->kc, ap, bp, tile, nr, job->alpha, blk->beta);
+    for (int64_t i = 0; i < rows; i++) memcpy(c + i * job->ldc, tile + i * nr, (size_t)cols * sizeof(float));
+}
+
+/* Rows [ic, ic+mc) of C (A block packed) times the packed B micro-panel bp (micro-panel p). */
+static void micro_panel_column(const gemm_job *job, const gemm_block *blk, const float *a_block, int64_t ic,
+                               int64_t mc, int64_t p, const float *bp) {
+    int mr = job->mr, nr = job->nr;
+    int64_t j = blk->jc + p * nr;
+    int64_t cols = blk->jc + blk->nc - j < nr ? blk->jc + blk->nc - j : nr;
+    for (int64_t ir = 0; ir < mc; ir += mr) {
+        int64_t rows = mc - ir < mr ? mc - ir : mr;
+        const float *ap = a_block + ir * blk->kc;
+        float *c = job->c + (ic + ir) * job->ldc + j;
+        if (rows == mr && cols == nr) job->kern->ukernel(blk->kc, ap, bp, c, job->ldc, job->alpha, blk->beta);
+        else edge_tile(job, blk, ap, bp, c, rows, cols);
+    }
+}
+
+/* Rows [ic, ic+mc) of C times B micro-panels [p0, p1) of the shared packed B panel. */
+static void macro_kernel(const gemm_job *job, const gemm_block *blk, const float *a_block, int64_t ic, int64_t mc,
+                         int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; p++)
+        micro_panel_column(job, blk, a_block, ic, mc, p, job->b_panel + p * job->nr * blk->kc);
+}
+
+static float *member_a_block(const gemm_job *job, int rank) {
+    return job->thread_area + (size_t)rank * THREAD_FLOATS;
+}
+
+static float *member_b_micro(const gemm_job *job, int rank) { return member_a_block(job, rank) + A_BLOCK_FLOATS; }
+
+/* Member `rank`'s share [*b, *e) of n items: contiguous, sizes differing by at most one. */
+static void share(int64_t n, int team, int rank, int64_t *b, int64_t *e) {
+    *b = n * rank / team;
+    *e = n * (rank + 1) / team;
+}
+
+/* Rows split: pack a share of the B panel, wait for the whole panel, multiply a share of the
+ * micro-tile rows against all of it, wait until nobody reads the panel any more. */
+static void slice_split_rows(gemm_job *job, const gemm_block *blk, int rank) {
+    int64_t b, e;
+    share(blk->n_panels, job->team, rank, &b, &e);
+    pack_b_panels(job, blk, b, e);
+    barrier_wait(&job->barrier, job->team);
+
+    float *a_block = member_a_block(job, rank);
+    share((job->m + job->mr - 1) / job->mr, job->team, rank, &b, &e);
+    int64_t r1 = e * job->mr < job->m ? e * job->mr : job->m;
+    for (int64_t ic = b * job->mr; ic < r1; ic += job->mc) {
+        int64_t mc = r1 - ic < job->mc ? r1 - ic : job->mc;
+        pack_a_block(job, blk, a_block, ic, mc);
+        macro_kernel(job, blk, a_block, ic, mc, 0, blk->n_panels);
+    }
+    barrier_wait(&job->barrier, job->team);
+}
+
+/* Columns split (few rows): the member packs and uses only its own B micro-panels, and its own
+ * copy of the (small) A block, so no barrier is needed. With a single row block each B
+ * micro-panel is used right after it is packed, while still in L1, so B (read once per call,
+ * the dominant traffic when M is small) never goes back to memory packed. */
+static void slice_split_cols(gemm_job *job, const gemm_block *blk, int rank) {
+    int64_t p0, p1;
+    share(blk->n_panels, job->team, rank, &p0, &p1);
+    if (p0 == p1) return;
+    float *a_block = member_a_block(job, rank);
+    if (job->m <= job->mc) {
+        float *b_micro = member_b_micro(job, rank);
+        int64_t panel_floats = job->nr * blk->kc;
+        pack_a_block(job, blk, a_block, 0, job->m);
+        int64_t group = FUSED_COLS / job->nr;
+        for (int64_t g = p0; g < p1; g += group) {
+            int64_t g1 = g + group < p1 ? g + group : p1;
+            pack_b_group(job, blk, g, g1, b_micro);
+            for (int64_t p = g; p < g1; p++)
+                micro_panel_column(job, blk, a_block, 0, job->m, p, b_micro + (p - g) * panel_floats);
+        }
+        return;
+    }
+    pack_b_panels(job, blk, p0, p1);
+    for (int64_t ic = 0; ic < job->m; ic += job->mc) {
+        int64_t mc = job->m - ic < job->mc ? job->m - ic : job->mc;
+        pack_a_block(job, blk, a_block, ic, mc);
+        macro_kernel(job, blk, a_block, ic, mc, p0, p1);
+    }
+}
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* The whole loop nest as run by one team member. Every member walks the same jc/pc sequence
+ * and makes the same decisions, so they meet at the same barriers. */
+static void team_member(gemm_job *job, int rank) {
+    const ts_gemm_kernels *kern = job->kern;
+    int64_t row_tiles = ceil_div(job->m, kern->mr);
+    gemm_block blk;
+    for (blk.jc = 0; blk.jc < job->n; blk.jc += job->nc_max) {
+        blk.nc = job->n - blk.jc < job->nc_max ? job->n - blk.jc : job->nc_max;
+        blk.n_panels = ceil_div(blk.nc, kern->nr);
+        /* One row block (M <= MC): split columns, so each member streams its own part of B
+         * through L1 once (the fused path). Else split rows while each member gets many
+         * micro-tiles, and columns otherwise (balance beats re-packing the few rows of A). */
+        bool enough_panels = blk.n_panels >= 2 * (int64_t)job->team;
+        bool split_rows = job->m <= job->mc ? !enough_panels : row_tiles >= 8 * (int64_t)job->team || !enough_panels;
+        for (blk.pc = 0; blk.pc < job->k; blk.pc += kern->kc) {
+            blk.kc = job->k - blk.pc < kern->kc ? job->k - blk.pc : kern->kc;
+            blk.beta = blk.pc == 0 ? job->beta : 1.0f;
+            if (split_rows) slice_split_rows(job, &blk, rank);
+            else slice_split_cols(job, &blk, rank);
+        }
+    }
+}
+
+static void team_entry(void *ctx, int64_t begin, int64_t end, int thread_id) {
+    (void)thread_id;
+    gemm_job *job = ctx;
+    if (end - begin != 1) { /* the pool ran the job serially (nested call): one member does all */
+        job->team = 1;
+        begin = 0;
+    }
+    team_member(job, (int)begin);
+}
+
+static void blocked_gemm(ts_threadpool *pool, gemm_ws *ws, gemm_job *job) {
+    const ts_gemm_kernels *kern = job->kern;
+    /* Equal NR-aligned column panels no wider than NC (no sliver panel at the end). */
+    job->nc_max = ceil_div(ceil_div(job->n, ceil_div(job->n, kern->nc)), kern->nr) * kern->nr;
+    job->b_panel = ws->b_panel;
+    job->thread_area = ws->thread_area;
+    double fmas = (double)job->m * (double)job->n * (double)job->k;
+    double min_fmas = (double)atomic_load(&min_fmas_per_thread);
+    int team = ts_threadpool_size(pool);
+    if (fmas < min_fmas * team) team = (int)(fmas / min_fmas);
+    if (team < 1) team = 1;
+    job->team = team;
+    atomic_init(&job->barrier.arrived, 0);
+    atomic_init(&job->barrier.generation, 0);
+    if (team == 1) team_member(job, 0);
+    else ts_parallel_for(pool, team, 1, team_entry, job); /* one item per member */
+}
+
+/* ---------------------------------------------------------------- entry point */
+
+void ts_gemm_f32(ts_threadpool *pool, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+                 float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                 float *C, int64_t ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0 || alpha == 0.0f) {
+        scale_c(M, N, beta, C, ldc);
+        return;
+    }
+    const ts_gemm_kernels *kern = kernels_of(ts_gemm_tier_active());
+    int64_t a_rs = trans_a ? 1 : lda, a_cs = trans_a ? lda : 1;
+    int64_t b_rs = trans_b ? 1 : ldb, b_cs = trans_b ? ldb : 1;
+
+    /* Small M: bandwidth-bound, stream B once without packing. The dot-product form (B^T)
+     * needs op(A) contiguous along k. */
+    if (M <= TS_GEMM_SMALL_M && (!trans_b || a_cs == 1)) {
+        ts_gemm_small_args args = {.m = M, .k = K, .alpha = alpha, .beta = beta, .a = A, .a_rs = a_rs,
+                                   .a_cs = a_cs, .b = B, .ldb = ldb, .c = C, .ldc = ldc};
+        small_m_gemm(pool, kern, trans_b, &args, N);
+        return;
+    }
+
+    gemm_ws *ws = ws_acquire(ts_threadpool_size(pool));
+    if (!ws) {
+        naive_gemm(M, N, K, alpha, A, a_rs, a_cs, B, b_rs, b_cs, beta, C, ldc);
+        return;
+    }
+    gemm_job job = {.kern = kern,
+                    .pack_a = kern->pack_a ? kern->pack_a : ts_gemm_pack_generic,
+                    .pack_b = kern->pack_b ? kern->pack_b : ts_gemm_pack_generic,
+                    .mr = kern->mr, .nr = kern->nr, .mc = kern->mc,
+                    .m = M, .n = N, .k = K, .alpha = alpha, .beta = beta,
+                    .a = A, .a_rs = a_rs, .a_cs = a_cs,
+                    .b = B, .b_rs = b_rs, .b_cs = b_cs,
+                    .c = C, .ldc = ldc};
+    blocked_gemm(pool, ws, &job);
+    ws_release(ws);
+}

@@ -1,0 +1,132 @@
+/* gemm.h - the CPU backend's fast single-precision GEMM (internal API).
+ *
+ * ts_gemm_f32 computes C = alpha * op(A) * op(B) + beta * C on row-major matrices in the
+ * BLIS/GotoBLAS style: op(B) is packed in KC x NC panels, op(A) in MC x KC blocks, and a
+ * register-tiled micro-kernel of the active instruction-set tier does the arithmetic. Small M
+ * (decode, M <= TS_GEMM_SMALL_M) takes a separate streaming path without packing. The CPU
+ * backend's matmul kernel calls this; nothing outside src/backends/cpu should.
+ *
+ * The bottom half of this header is the contract between gemm.c (blocking, packing, threading,
+ * tier dispatch) and the per-tier kernel files gemm_kernels_{generic,avx2,avx512}.c. */
+#ifndef TS_CPU_GEMM_H
+#define TS_CPU_GEMM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "tessera/core.h"
+
+/* ---------------------------------------------------------------- public (internal) API */
+
+/* Row-major C[M x N] = alpha * op(A)[M x K] * op(B)[K x N] + beta * C, where op(X) = X^T when
+ * trans_x. lda/ldb/ldc are row strides in elements of the matrices as stored (A is K x M when
+ * trans_a). beta == 0 never reads C (it may hold NaN); alpha == 0 or K == 0 never reads A or B.
+ * C must not overlap A or B. pool may be NULL (runs on the caller's thread). Results are
+ * bit-identical for any thread count with a fixed tier: every C element is computed by the
+ * same sequence of operations whichever thread owns it. Thread-safe: concurrent calls each
+ * take their own workspace (but a thread pool itself runs one job at a time, so concurrent
+ * callers should not share one). */
+void ts_gemm_f32(ts_threadpool *pool, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+                 float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                 float *C, int64_t ldc);
+
+/* Instruction-set tiers, lowest first. The best one the CPU supports is picked at run time
+ * (one binary runs everywhere); TS_CPU_TIER=generic|avx2|avx512 in the environment, read once
+ * at first use, forces a lower one. Asking for an unsupported tier warns once on stderr and
+ * falls back to the best supported one. */
+typedef enum {
+    TS_GEMM_TIER_GENERIC = 0, /* portable C */
+    TS_GEMM_TIER_AVX2,        /* x86-64 AVX2 + FMA */
+    TS_GEMM_TIER_AVX512,      /* x86-64 AVX-512F */
+    TS_GEMM_TIER_COUNT
+} ts_gemm_tier;
+
+const char *ts_gemm_tier_name(void);            /* name of the active tier, e.g. "avx2" */
+const char *ts_gemm_tier_to_name(ts_gemm_tier t);
+ts_gemm_tier ts_gemm_tier_active(void);
+ts_gemm_tier ts_gemm_tier_best(void);           /* best tier this CPU (and build) supports */
+/* Switches the active tier for all later calls (tests, benchmarks). Returns false and leaves the
+ * tier unchanged when t is not supported here. Not meant to race with running GEMMs. */
+bool ts_gemm_tier_set(ts_gemm_tier t);
+
+/* Multiply-adds each thread must get before a GEMM uses another thread (<= 0 restores the
+ * default). For tests, which set 1 so that even tiny shapes run on every thread. */
+void ts_gemm_set_parallel_threshold(int64_t fmas);
+
+/* Blocking of the active tier (for tests that probe block boundaries and for reports). */
+typedef struct {
+    int mr, nr;     /* micro-tile: rows of op(A) x columns of op(B) per micro-kernel call */
+    int mc, kc, nc; /* cache blocks: A block MC x KC (L2), B panel KC x NC (L3) */
+    int small_m;    /* M at or below which the unpacked streaming path is taken */
+} ts_gemm_blocking;
+ts_gemm_blocking ts_gemm_get_blocking(void);
+
+/* ---------------------------------------------------------------- kernel contract */
+
+/* Upper bounds of every tier's blocking; the workspace is sized by them once, so switching
+ * tiers never reallocates. */
+#define TS_GEMM_MAX_MR 16
+#define TS_GEMM_MAX_NR 32
+#define TS_GEMM_MAX_MC 384
+#define TS_GEMM_MAX_KC 384
+#define TS_GEMM_MAX_NC 4096
+#define TS_GEMM_SMALL_M 8
+
+/* Micro-kernel: multiplies a packed A micro-panel (kc x MR, element (i, k) at a[k*MR + i]) by a
+ * packed B micro-panel (kc x NR, element (k, j) at b[k*NR + j]) and updates the full MR x NR tile
+ * c[i*ldc + j] = alpha * ab + beta * c, reading c only when beta != 0. B micro-panels are
+ * 64-byte aligned; A micro-panels and c only 4-byte. Edge tiles are handled by the caller through a scratch tile, so
+ * the same arithmetic runs on every element. */
+typedef void (*ts_gemm_ukernel_fn)(int64_t kc, const float *a, const float *b, float *c, int64_t ldc,
+                                   float alpha, float beta);
+
+/* Packs rows [0, rows) of a w-wide panel, w being MR (for A) or NR (for B):
+ * dst[k*w + i] = src[i*rs + k*cs] for k < kc; rows < i < w are zero-filled. Either stride may be
+ * 1. A tier may supply a faster version for its own w; NULL means the portable one. */
+typedef void (*ts_gemm_pack_fn)(float *dst, const float *src, int64_t rs, int64_t cs, int rows, int w,
+                                int64_t kc);
+
+/* Small-M streaming path, columns [n0, n1) of C. No packing: op(A) is read through strides,
+ * op(B) straight from memory. "nn" is for op(B) row-major (b[k*ldb + j], B not transposed) and
+ * vectorizes across j; "nt" is for op(B)^T row-major (b[j*ldb + k], B transposed) and runs dot
+ * products along k, so it requires a_cs == 1. Per-element arithmetic must not depend on n0/n1
+ * (thread partition) so results stay bit-identical across thread counts. */
+typedef struct {
+    int64_t m, k;
+    float alpha, beta;
+    const float *a;
+    int64_t a_rs, a_cs; /* op(A)(i, k) = a[i*a_rs + k*a_cs] */
+    const float *b;
+    int64_t ldb;
+    float *c;
+    int64_t ldc;
+} ts_gemm_small_args;
+typedef void (*ts_gemm_small_fn)(const ts_gemm_small_args *p, int64_t n0, int64_t n1);
+
+typedef struct {
+    const char *name;
+    ts_gemm_tier tier;
+    int mr, nr, mc, kc, nc; /* mc multiple of mr, nc multiple of nr, all <= TS_GEMM_MAX_* */
+    ts_gemm_ukernel_fn ukernel;
+    ts_gemm_pack_fn pack_a; /* may be NULL */
+    ts_gemm_pack_fn pack_b; /* may be NULL */
+    ts_gemm_small_fn small_nn;
+    ts_gemm_small_fn small_nt;
+} ts_gemm_kernels;
+
+/* Defined by the kernel files; the x86 ones exist only in x86-64 builds. */
+extern const ts_gemm_kernels ts_gemm_kernels_generic;
+#if defined(__x86_64__)
+extern const ts_gemm_kernels ts_gemm_kernels_avx2;
+extern const ts_gemm_kernels ts_gemm_kernels_avx512;
+/* AVX2 pieces shared by the AVX-512 tier (callable only where AVX2 + FMA run). The packer
+ * vectorizes full panels of width 6, 12, 16 and 32 and defers everything else to the portable one. */
+void ts_gemm_small_nn_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1);
+void ts_gemm_small_nt_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1);
+void ts_gemm_pack_avx2(float *dst, const float *src, int64_t rs, int64_t cs, int rows, int w, int64_t kc);
+#endif
+
+/* The portable packer (gemm.c); tier packers fall back to it for layouts they do not special-case. */
+void ts_gemm_pack_generic(float *dst, const float *src, int64_t rs, int64_t cs, int rows, int w, int64_t kc);
+
+#endif

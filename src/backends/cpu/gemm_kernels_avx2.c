@@ -1,0 +1,367 @@
+/* gemm_kernels_avx2.c - AVX2 + FMA kernels for ts_gemm_f32 (see gemm.h for the contract).
+ *
+ * Only this file's functions are compiled for AVX2/FMA (per-function target attributes), so the
+ * rest of the library stays baseline x86-64 and gemm.c calls in here only after run-time
+ * detection. The AVX-512 tier borrows the small-M path from here (it is bandwidth-bound, wider
+ * vectors buy nothing). Compiles to nothing off x86-64. */
+#if defined(__x86_64__)
+
+#include <immintrin.h>
+
+#include "backends/cpu/gemm.h"
+
+#define AVX2 __attribute__((target("avx2,fma")))
+#define AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma")))
+
+/* ---------------------------------------------------------------- micro-kernel 6 x 16 */
+
+/* 6 rows x 16 columns = 12 ymm accumulators; per k: 2 B loads, 6 broadcasts, 12 FMAs. Twelve
+ * independent FMA chains cover the 4-cycle latency of two FMA pipes (8 needed), and the 16 ymm
+ * registers hold 12 accumulators + 2 B vectors + 1 broadcast. */
+#define MR 6
+#define NR 16
+
+/* Cache blocking (see the kernel table at the end for the reasoning); overridable with -D for
+ * tuning runs. */
+#ifndef TS_GEMM_AVX2_MC
+#define TS_GEMM_AVX2_MC 144
+#endif
+#ifndef TS_GEMM_AVX2_KC
+#define TS_GEMM_AVX2_KC 256
+#endif
+#ifndef TS_GEMM_AVX2_NC
+#define TS_GEMM_AVX2_NC 4080
+#endif
+
+AVX2_INLINE void store_row(float *c, __m256 lo, __m256 hi, __m256 alpha, __m256 beta, int beta_zero) {
+    lo = _mm256_mul_ps(alpha, lo);
+    hi = _mm256_mul_ps(alpha, hi);
+    if (!beta_zero) {
+        lo = _mm256_fmadd_ps(beta, _mm256_loadu_ps(c), lo);
+        hi = _mm256_fmadd_ps(beta, _mm256_loadu_ps(c + 8), hi);
+    }
+    _mm256_storeu_ps(c, lo);
+    _mm256_storeu_ps(c + 8, hi);
+}
+
+#define FMA_ROW(r)                                          \
+    do {                                                    \
+        __m256 av = _mm256_broadcast_ss(a + (r));           \
+        c##r##0 = _mm256_fmadd_ps(av, b0, c##r##0);         \
+        c##r##1 = _mm256_fmadd_ps(av, b1, c##r##1);         \
+    } while (0)
+
+AVX2 static void avx2_ukernel_6x16(int64_t kc, const float *a, const float *b, float *c, int64_t ldc,
+                                   float alpha, float beta) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    for (int r = 0; r < MR; r++) _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
+    for (int r = 0; r < MR; r++) _mm_prefetch((const char *)(c + r * ldc + NR - 1), _MM_HINT_T0);
+#pragma GCC unroll 4
+    for (int64_t k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+        FMA_ROW(0);
+        FMA_ROW(1);
+        FMA_ROW(2);
+        FMA_ROW(3);
+        FMA_ROW(4);
+        FMA_ROW(5);
+        a += MR;
+        b += NR;
+    }
+    __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+    int bz = beta == 0.0f;
+    store_row(c + 0 * ldc, c00, c01, va, vb, bz);
+    store_row(c + 1 * ldc, c10, c11, va, vb, bz);
+    store_row(c + 2 * ldc, c20, c21, va, vb, bz);
+    store_row(c + 3 * ldc, c30, c31, va, vb, bz);
+    store_row(c + 4 * ldc, c40, c41, va, vb, bz);
+    store_row(c + 5 * ldc, c50, c51, va, vb, bz);
+}
+
+/* ---------------------------------------------------------------- packing */
+
+/* In-register 8 x 8 transpose: on return r[k] holds element k of each of the 8 input rows. */
+AVX2_INLINE void transpose8(__m256 r[8]) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+/* Loads 8 consecutive k of `n` rows (rs apart) and transposes them: r[k] = column k. */
+AVX2_INLINE void load_transposed(__m256 r[8], const float *src, int64_t rs, int n) {
+    for (int i = 0; i < 8; i++) r[i] = i < n ? _mm256_loadu_ps(src + i * rs) : _mm256_setzero_ps();
+    transpose8(r);
+}
+
+/* Stores lanes [0, n) of v, n in {4, 6, 8}. */
+AVX2_INLINE void store_lanes(float *dst, __m256 v, const int n) {
+    if (n == 8) {
+        _mm256_storeu_ps(dst, v);
+        return;
+    }
+    _mm_storeu_ps(dst, _mm256_castps256_ps128(v));
+    if (n == 6) _mm_storel_pi((__m64 *)(dst + 4), _mm256_extractf128_ps(v, 1));
+}
+
+/* Loads n floats, n in {4, 6, 8}, without touching memory past them; other lanes undefined. */
+AVX2_INLINE __m256 load_lanes(const float *src, const int n) {
+    if (n == 8) return _mm256_loadu_ps(src);
+    __m128 lo = _mm_loadu_ps(src);
+    __m128 hi = n == 6 ? _mm_loadl_pi(_mm_setzero_ps(), (const __m64 *)(src + 4)) : _mm_setzero_ps();
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+}
+
+/* Full w-wide panel (rows == w), w a constant made of 8-row groups plus one group of 4 or 6.
+ * Panel rows contiguous along k (cs == 1; row-major A, transposed B) need a transpose: 8 k of
+ * each group through registers at a time. Panel rows adjacent (rs == 1; row-major B,
+ * transposed A) are a w-float copy per k. */
+AVX2_INLINE int64_t pack_full_panel(float *dst, const float *src, int64_t rs, int64_t cs, const int w, int64_t kc) {
+    int64_t k = 0;
+    if (cs == 1) {
+        for (; k + 8 <= kc; k += 8)
+            for (int g = 0; g < w; g += 8) {
+                const int n = w - g < 8 ? w - g : 8;
+                __m256 r[8];
+                load_transposed(r, src + g * rs + k, rs, n);
+                for (int q = 0; q < 8; q++) store_lanes(dst + (k + q) * w + g, r[q], n);
+            }
+    } else if (rs == 1) {
+        for (; k < kc; k++)
+            for (int g = 0; g < w; g += 8) {
+                const int n = w - g < 8 ? w - g : 8;
+                store_lanes(dst + k * w + g, load_lanes(src + k * cs + g, n), n);
+            }
+    }
+    return k;
+}
+
+/* The packer of the AVX2 and AVX-512 tiers (contract in gemm.h): full panels of the widths
+ * those tiers use take the vector paths, edge panels and leftover k the portable one. */
+AVX2 void ts_gemm_pack_avx2(float *dst, const float *src, int64_t rs, int64_t cs, int rows, int w, int64_t kc) {
+    int64_t k = 0;
+    if (rows == w) {
+        switch (w) {
+        case 6: k = pack_full_panel(dst, src, rs, cs, 6, kc); break;
+        case 12: k = pack_full_panel(dst, src, rs, cs, 12, kc); break;
+        case 16: k = pack_full_panel(dst, src, rs, cs, 16, kc); break;
+        case 32: k = pack_full_panel(dst, src, rs, cs, 32, kc); break;
+        default: break;
+        }
+    }
+    if (k < kc) ts_gemm_pack_generic(dst + k * w, src + k * cs, rs, cs, rows, w, kc - k);
+}
+
+/* ---------------------------------------------------------------- small-M path */
+
+AVX2_INLINE __m256i tail_mask(int64_t n) { /* lanes [0, n) set, 0 < n < 8 */
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+AVX2_INLINE __m256 final_value(__m256 acc, __m256 c_old, __m256 alpha, __m256 beta, int beta_zero) {
+    acc = _mm256_mul_ps(alpha, acc);
+    return beta_zero ? acc : _mm256_fmadd_ps(beta, c_old, acc);
+}
+
+/* op(B) row-major (the GEMV y = x B): B is streamed row by row, NN_KU rows at a time, across a
+ * chunk of columns whose M rows of partial sums live in a 32 KiB stack buffer (L1), so DRAM
+ * and the prefetchers see long sequential runs (whole rows of this thread's column range for
+ * M = 1) instead of a column walk with a row-sized stride. Each element is still one FMA chain
+ * over k in order (partial sums round-trip through memory exactly), so the column grouping,
+ * chunking and thread split never change a bit. */
+#define NN_PART_FLOATS 8192 /* partial-sum buffer: M x chunk */
+#define NN_KU 4
+
+/* Chunk width for m rows: as wide as the buffer allows, a multiple of 96 (= 8*NV for every NV
+ * used below, so strips tile it exactly). */
+static inline int64_t nn_chunk(int m) { return (int64_t)(NN_PART_FLOATS / m) / 96 * 96; }
+
+AVX2_INLINE __m256 load_cols(const float *src, int masked, __m256i mask) {
+    return masked ? _mm256_maskload_ps(src, mask) : _mm256_loadu_ps(src);
+}
+
+/* Rows k0..k0+ku of B against M x (8*NV) partial sums at chunk offset jb (column j of C). */
+AVX2_INLINE void nn_step(const ts_gemm_small_args *p, float *part, int64_t j, int64_t jb, int64_t k0, int64_t ku,
+                         const int m, const int nv, int64_t n_valid) {
+    const int64_t chunk = nn_chunk(m);
+    const int masked = n_valid < 8 * nv;
+    const __m256i mask = masked ? tail_mask(n_valid) : _mm256_set1_epi32(-1);
+    __m256 acc[TS_GEMM_SMALL_M][4];
+    for (int i = 0; i < m; i++)
+        for (int v = 0; v < nv; v++)
+            acc[i][v] = k0 == 0 ? _mm256_setzero_ps() : _mm256_load_ps(part + i * chunk + jb + 8 * v);
+    const float *bk = p->b + k0 * p->ldb + j, *ak = p->a + k0 * p->a_cs;
+#pragma GCC unroll 4
+    for (int64_t kk = 0; kk < ku; kk++, bk += p->ldb, ak += p->a_cs) {
+        __m256 bv[4];
+        for (int v = 0; v < nv; v++) bv[v] = load_cols(bk + 8 * v, masked, mask);
+        for (int i = 0; i < m; i++) {
+            __m256 av = _mm256_broadcast_ss(ak + i * p->a_rs);
+            for (int v = 0; v < nv; v++) acc[i][v] = _mm256_fmadd_ps(av, bv[v], acc[i][v]);
+        }
+    }
+    for (int i = 0; i < m; i++)
+        for (int v = 0; v < nv; v++) _mm256_store_ps(part + i * chunk + jb + 8 * v, acc[i][v]);
+}
+
+/* C(:, j0..j0+w) = alpha * partial sums + beta * C. */
+AVX2_INLINE void nn_finish(const ts_gemm_small_args *p, const float *part, int64_t j0, int64_t w, const int m) {
+    __m256 va = _mm256_set1_ps(p->alpha), vb = _mm256_set1_ps(p->beta);
+    int bz = p->beta == 0.0f;
+    const int64_t chunk = nn_chunk(m);
+    for (int i = 0; i < m; i++)
+        for (int64_t jb = 0; jb < w; jb += 8) {
+            float *c = p->c + i * p->ldc + j0 + jb;
+            __m256 acc = _mm256_load_ps(part + i * chunk + jb);
+            if (w - jb < 8) {
+                __m256i mask = tail_mask(w - jb);
+                __m256 old = bz ? _mm256_setzero_ps() : _mm256_maskload_ps(c, mask);
+                _mm256_maskstore_ps(c, mask, final_value(acc, old, va, vb, bz));
+            } else {
+                __m256 old = bz ? _mm256_setzero_ps() : _mm256_loadu_ps(c);
+                _mm256_storeu_ps(c, final_value(acc, old, va, vb, bz));
+            }
+        }
+}
+
+AVX2_INLINE void nn_rows(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int m, const int nv) {
+    _Alignas(32) float part[NN_PART_FLOATS];
+    const int64_t chunk = nn_chunk(m);
+    for (int64_t j0 = n0; j0 < n1; j0 += chunk) {
+        int64_t w = n1 - j0 < chunk ? n1 - j0 : chunk;
+        for (int64_t k0 = 0; k0 < p->k; k0 += NN_KU) {
+            int64_t ku = p->k - k0 < NN_KU ? p->k - k0 : NN_KU, jb = 0;
+            for (; jb + 8 * nv <= w; jb += 8 * nv) nn_step(p, part, j0 + jb, jb, k0, ku, m, nv, 8 * nv);
+            for (; jb + 8 <= w; jb += 8) nn_step(p, part, j0 + jb, jb, k0, ku, m, 1, 8);
+            if (jb < w) nn_step(p, part, j0 + jb, jb, k0, ku, m, 1, w - jb);
+        }
+        nn_finish(p, part, j0, w, m);
+    }
+}
+
+AVX2 void ts_gemm_small_nn_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1) {
+    switch (p->m) { /* M x NV partial sums in registers, at most 12 */
+    case 1: nn_rows(p, n0, n1, 1, 4); break;
+    case 2: nn_rows(p, n0, n1, 2, 4); break;
+    case 3: nn_rows(p, n0, n1, 3, 3); break;
+    case 4: nn_rows(p, n0, n1, 4, 2); break;
+    case 5: nn_rows(p, n0, n1, 5, 2); break;
+    case 6: nn_rows(p, n0, n1, 6, 2); break;
+    case 7: nn_rows(p, n0, n1, 7, 1); break;
+    default: nn_rows(p, n0, n1, 8, 1); break;
+    }
+}
+
+/* Horizontal sum in a fixed order (part of the bit-reproducibility contract). */
+AVX2_INLINE float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* op(B)^T row-major (the GEMV y = W x with W stored N x K): MB rows of op(A) (k-contiguous)
+ * dotted with R rows of B, each dot product in NACC 8-lane partial sums. With NACC = 2 the even
+ * 8-blocks of k go to the first, odd ones and a masked tail to the second; with NACC = 1 all go
+ * to one. NACC depends only on M, and every MB/R grouping runs the same per-element
+ * arithmetic, so the column split never changes a bit. MB*R*NACC <= 8 chains keep both FMA
+ * pipes busy. */
+AVX2_INLINE void nt_block(const ts_gemm_small_args *p, int64_t i0, int64_t j, const int mb, const int r,
+                          const int nacc) {
+    __m256 acc[4][4][2];
+    for (int i = 0; i < mb; i++)
+        for (int q = 0; q < r; q++) acc[i][q][0] = acc[i][q][1] = _mm256_setzero_ps();
+    const float *a = p->a + i0 * p->a_rs, *b = p->b + j * p->ldb;
+    int64_t K = p->k, k = 0;
+    for (; k + 8 * nacc <= K; k += 8 * nacc)
+        for (int q = 0; q < r; q++)
+            for (int h = 0; h < nacc; h++) {
+                __m256 bv = _mm256_loadu_ps(b + q * p->ldb + k + 8 * h);
+                for (int i = 0; i < mb; i++)
+                    acc[i][q][h] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i * p->a_rs + k + 8 * h), bv, acc[i][q][h]);
+            }
+    if (nacc == 2 && k + 8 <= K) {
+        for (int q = 0; q < r; q++)
+            for (int i = 0; i < mb; i++)
+                acc[i][q][0] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i * p->a_rs + k),
+                                               _mm256_loadu_ps(b + q * p->ldb + k), acc[i][q][0]);
+        k += 8;
+    }
+    if (k < K) {
+        __m256i mask = tail_mask(K - k);
+        for (int q = 0; q < r; q++)
+            for (int i = 0; i < mb; i++)
+                acc[i][q][nacc - 1] = _mm256_fmadd_ps(_mm256_maskload_ps(a + i * p->a_rs + k, mask),
+                                                      _mm256_maskload_ps(b + q * p->ldb + k, mask), acc[i][q][nacc - 1]);
+    }
+    for (int i = 0; i < mb; i++)
+        for (int q = 0; q < r; q++) {
+            float *c = p->c + (i0 + i) * p->ldc + j + q;
+            __m256 sum = nacc == 2 ? _mm256_add_ps(acc[i][q][0], acc[i][q][1]) : acc[i][q][0];
+            float s = p->alpha * hsum(sum);
+            *c = p->beta == 0.0f ? s : _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(p->beta), _mm_set_ss(*c), _mm_set_ss(s)));
+        }
+}
+
+/* All rows of op(A), four at a time, against B rows j..j+r. */
+AVX2_INLINE void nt_b_rows(const ts_gemm_small_args *p, int64_t j, const int r, const int nacc) {
+    for (int64_t i0 = 0; i0 < p->m; i0 += 4) {
+        switch (p->m - i0 < 4 ? p->m - i0 : 4) {
+        case 1: nt_block(p, i0, j, 1, r, nacc); break;
+        case 2: nt_block(p, i0, j, 2, r, nacc); break;
+        case 3: nt_block(p, i0, j, 3, r, nacc); break;
+        default: nt_block(p, i0, j, 4, r, nacc); break;
+        }
+    }
+}
+
+AVX2_INLINE void nt_cols(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int r, const int nacc) {
+    int64_t j = n0;
+    for (; j + r <= n1; j += r) nt_b_rows(p, j, r, nacc);
+    for (; j < n1; j++) nt_b_rows(p, j, 1, nacc);
+}
+
+AVX2 void ts_gemm_small_nt_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1) {
+    switch (p->m) { /* (B rows at once, partial sums per element): at most 8 accumulators */
+    case 1: nt_cols(p, n0, n1, 4, 2); break;
+    case 2: nt_cols(p, n0, n1, 2, 2); break;
+    default: nt_cols(p, n0, n1, 2, 1); break; /* 4 rows of A at a time */
+    }
+}
+
+const ts_gemm_kernels ts_gemm_kernels_avx2 = {
+    .name = "avx2",
+    .tier = TS_GEMM_TIER_AVX2,
+    .mr = MR,
+    .nr = NR,
+    /* The blocking BLIS uses for its Zen 2/3 sgemm, re-checked here on Zen 3 (KC 192..384,
+     * MC 96..288 were within measurement noise of it, so the reasoned values stay): */
+    .mc = TS_GEMM_AVX2_MC, /* A block 144 x 256 x 4 B = 144 KiB: well inside a 512 KiB - 1 MiB L2 */
+    .kc = TS_GEMM_AVX2_KC, /* B micro-panel 256 x 16 x 4 B = 16 KiB: half of a 32 KiB L1, the other
+                            * half for the streaming A micro-panel (6 KiB) and C */
+    .nc = TS_GEMM_AVX2_NC, /* B panel 256 x 4080 x 4 B ~ 4 MiB: shared L3 */
+    .ukernel = avx2_ukernel_6x16,
+    .pack_a = ts_gemm_pack_avx2,
+    .pack_b = ts_gemm_pack_avx2,
+    .small_nn = ts_gemm_small_nn_avx2,
+    .small_nt = ts_gemm_small_nt_avx2,
+};
+
+#endif /* __x86_64__ */
