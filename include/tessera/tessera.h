@@ -6,5 +6,8 @@
 #include "tessera/graph.h"
 #include "tessera/backend.h"
 #include "tessera/io.h"
+#include "tessera/data.h"
+#include "tessera/model.h"
+#include "tessera/train.h"
 
 #endif

@@ -26,6 +26,8 @@ void ts_backend_free(ts_backend *be) {
 
 static const ts_backend_entry registry[] = {
     {"cpu-ref", "reference CPU kernels: plain C for every op, computed in double", ts_backend_cpu_ref_new},
+    {"cpu", "optimized CPU kernels (packed SIMD GEMM, f32 elementwise/softmax/rms_norm; reference kernels elsewhere)",
+     ts_backend_cpu_new},
 };
 
 int ts_backend_registry_count(void) { return (int)(sizeof registry / sizeof registry[0]); }

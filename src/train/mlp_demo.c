@@ -40,7 +40,7 @@ void ts_mlp_demo_default_options(ts_mlp_demo_options *o) {
     o->learning_rate = 0.5f;
     o->seed = 42;
     o->n_threads = 0;
-    o->backend = NULL;
+    o->backend = "cpu"; /* the optimized CPU kernels; "cpu-ref" is the oracle, several times slower */
 }
 
 const char *ts_mlp_dataset_name(ts_mlp_dataset d) {

@@ -1,0 +1,28 @@
+/* cpu_fast.c - the "cpu" backend: the reference CPU backend (cpu_backend.c) with the optimized
+ * kernels of fast_kernels.h swapped into its kernel table. Ops without an entry here run the
+ * reference kernel, and every fast kernel hands the layouts it does not handle to the reference
+ * kernel too, so this backend supports exactly what "cpu-ref" does; the conformance suite
+ * (tests/test_conformance.c) checks it against the reference because it is in the registry
+ * (backend.c). The GEMM picks its instruction-set tier (AVX-512, AVX2 + FMA, portable C) at
+ * run time, so one binary runs everywhere. */
+#include "backends/cpu/fast_kernels.h"
+
+static const ts_cpu_kernel fast_kernels[TS_OP_COUNT] = {
+    [TS_OP_MATMUL] = ts_fast_matmul,
+    [TS_OP_ADD] = ts_fast_binary,
+    [TS_OP_SUB] = ts_fast_binary,
+    [TS_OP_MUL] = ts_fast_binary,
+    [TS_OP_DIV] = ts_fast_binary,
+    [TS_OP_SCALE] = ts_fast_unary,
+    [TS_OP_RELU] = ts_fast_unary,
+    [TS_OP_SILU] = ts_fast_unary,
+    [TS_OP_CLAMP] = ts_fast_unary,
+    [TS_OP_RELU_BACK] = ts_fast_unary_back,
+    [TS_OP_SILU_BACK] = ts_fast_unary_back,
+    [TS_OP_SOFTMAX] = ts_fast_softmax,
+    [TS_OP_RMS_NORM] = ts_fast_rms_norm,
+};
+
+ts_status ts_backend_cpu_new(int n_threads, ts_backend **out) {
+    return ts_backend_cpu_new_with_kernels("cpu", n_threads, fast_kernels, out);
+}

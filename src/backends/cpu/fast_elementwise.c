@@ -1,0 +1,327 @@
+/* fast_elementwise.c - the "cpu" backend's f32 fast paths for the elementwise ops and row
+ * kernels that dominate an MLP or transformer step after matmul: add/sub/mul/div (same shape,
+ * or one operand repeating along the trailing dims, such as a bias row, or a scalar), scale,
+ * relu, silu, clamp and the relu/silu backward helpers, softmax and rms_norm along the last
+ * axis. Each works on contiguous f32 storage with plain loops the compiler vectorizes; anything
+ * else (other dtypes, views with odd strides, other axes, other broadcasts) goes to the
+ * reference kernel of the op (ref_elementwise.c, ref_nn.c), which also reports malformed nodes.
+ *
+ * Accuracy and determinism (the conformance suite compares with the reference at f32 nmse
+ * 1e-10): + - * / of two floats rounded once in float equal the reference's double result
+ * rounded to float (double has more than 2 * 24 + 2 bits, so the double rounding is harmless),
+ * and so do scale, relu and clamp; silu and its backward use expf, a few ulps from the
+ * reference. Row kernels sum in double, in index order, one row per thread at a time. Every
+ * element is computed by the same operations whichever thread owns it, so results are
+ * bit-identical for any thread count. Nothing is allocated. */
+#include <math.h>
+
+#include "backends/cpu/fast_kernels.h"
+#include "backends/cpu/ref_common.h"
+#include "backends/cpu/ref_kernels.h"
+
+/* Elements per thread chunk below which one thread does all the work: the ops are memory
+ * bound, and waking a worker costs about as much as streaming this many floats. */
+#define FAST_MIN_CHUNK 32768
+
+static bool is_f32_on_host(const ts_tensor *t) { return t && t->dtype == TS_F32 && t->data; }
+
+/* A contiguous f32 tensor shaped exactly like dst (the planner may let dst share its storage;
+ * each element is then read before it is overwritten). */
+static bool is_dense_like(const ts_tensor *t, const ts_tensor *dst) {
+    return is_f32_on_host(t) && ts_same_shape(t, dst) && ts_is_contiguous(t);
+}
+
+/* ---------------------------------------------------------------- binary */
+
+/* How an operand of a binary op lines up with the flat index i of the (contiguous) output: it
+ * repeats with `period` elements (i % period), period = n (same shape) or the size of the
+ * trailing dims it covers (a bias row), or 1 (a scalar, read with stride 0). */
+typedef struct {
+    const float *p;
+    int64_t period;
+} bcast_operand;
+
+/* True when t is contiguous and, leading size-1 dims dropped, has exactly the trailing dims of
+ * dst; then element i of dst reads t's element i % nelements(t). */
+static bool trailing_operand(const ts_tensor *t, const ts_tensor *dst, bcast_operand *out) {
+    if (!is_f32_on_host(t) || !ts_is_contiguous(t) || t->ndim > dst->ndim) return false;
+    int first = 0;
+    while (first < t->ndim && t->shape[first] == 1) first++;
+    int lead = dst->ndim - t->ndim;
+    for (int d = first; d < t->ndim; d++)
+        if (t->shape[d] != dst->shape[d + lead]) return false;
+    out->p = t->data;
+    out->period = ts_nelements(t);
+    return true;
+}
+
+typedef struct {
+    ts_op op;
+    float *d;
+    bcast_operand a, b;
+} binary_job;
+
+/* d[k] = a[k * sa] op b[k * sb] for k < n, strides 0 or 1; one loop per case so each one
+ * vectorizes. No restrict: the planner may give d the storage of a same-shaped a or b. */
+#define BINARY_LOOPS(OPER)                                                   \
+    do {                                                                     \
+        if (sa && sb)                                                        \
+            for (int64_t k = 0; k < n; k++) d[k] = a[k] OPER b[k];           \
+        else if (sa)                                                         \
+            for (int64_t k = 0; k < n; k++) d[k] = a[k] OPER b[0];           \
+        else if (sb)                                                         \
+            for (int64_t k = 0; k < n; k++) d[k] = a[0] OPER b[k];           \
+        else                                                                 \
+            for (int64_t k = 0; k < n; k++) d[k] = a[0] OPER b[0];           \
+    } while (0)
+
+static void binary_segment(ts_op op, float *d, const float *a, int sa, const float *b, int sb, int64_t n) {
+    switch (op) {
+    case TS_OP_ADD: BINARY_LOOPS(+); break;
+    case TS_OP_SUB: BINARY_LOOPS(-); break;
+    case TS_OP_MUL: BINARY_LOOPS(*); break;
+    case TS_OP_DIV: BINARY_LOOPS(/); break;
+    default: break; /* unreachable: plan_binary admits these four */
+    }
+}
+
+/* Walks [begin, end) in segments that stay inside one period of each repeating operand. */
+static void binary_range(void *arg, int64_t begin, int64_t end, int tid) {
+    const binary_job *j = arg;
+    for (int64_t i = begin; i < end;) {
+        int64_t ka = i % j->a.period, kb = i % j->b.period;
+        int64_t n = end - i;
+        if (j->a.period > 1 && j->a.period - ka < n) n = j->a.period - ka;
+        if (j->b.period > 1 && j->b.period - kb < n) n = j->b.period - kb;
+        binary_segment(j->op, j->d + i, j->a.p + ka, j->a.period > 1, j->b.p + kb, j->b.period > 1, n);
+        i += n;
+    }
+}
+
+static bool plan_binary(const ts_tensor *dst, binary_job *j) {
+    bool is_binary = dst->op == TS_OP_ADD || dst->op == TS_OP_SUB || dst->op == TS_OP_MUL || dst->op == TS_OP_DIV;
+    if (!is_binary || dst->n_src != 2 || !is_f32_on_host(dst) || !ts_is_contiguous(dst)) return false;
+    if (!trailing_operand(dst->src[0], dst, &j->a) || !trailing_operand(dst->src[1], dst, &j->b)) return false;
+    int64_t n = ts_nelements(dst);
+    /* one operand must span the output; the other may repeat (n is then a multiple of its size) */
+    if (j->a.period != n && j->b.period != n) return false;
+    j->op = dst->op;
+    j->d = dst->data;
+    return true;
+}
+
+TS_FAST_KERNEL(binary) {
+    binary_job j;
+    if (!plan_binary(dst, &j)) return ts_ref_binary(ctx, dst);
+    ts_parallel_for(ctx->pool, ts_nelements(dst), FAST_MIN_CHUNK, binary_range, &j);
+    return TS_OK;
+}
+
+/* ---------------------------------------------------------------- unary and unary backward */
+
+typedef struct {
+    ts_op op;
+    float *d;
+    const float *x, *dy; /* dy: backward ops only */
+    float p0, p1;
+} unary_job;
+
+/* 1 / (1 + e^-x) through e^-|x|, which never overflows (the reference's formula, in float). */
+static inline float sigmoid_f(float x) {
+    float z = expf(-fabsf(x));
+    return x >= 0 ? 1.0f / (1.0f + z) : z / (1.0f + z);
+}
+
+static void unary_range(void *arg, int64_t begin, int64_t end, int tid) {
+    const unary_job *j = arg;
+    float *d = j->d + begin;
+    const float *x = j->x + begin, *dy = j->dy ? j->dy + begin : NULL;
+    int64_t n = end - begin;
+    float p0 = j->p0, p1 = j->p1;
+    switch (j->op) {
+    case TS_OP_SCALE:
+        for (int64_t k = 0; k < n; k++) d[k] = x[k] * p0;
+        break;
+    case TS_OP_RELU: /* NaN passes through, as in the reference */
+        for (int64_t k = 0; k < n; k++) d[k] = (x[k] > 0 || isnan(x[k])) ? x[k] : 0.0f;
+        break;
+    case TS_OP_CLAMP: /* NaN fails both tests and passes through */
+        for (int64_t k = 0; k < n; k++) d[k] = x[k] < p0 ? p0 : x[k] > p1 ? p1 : x[k];
+        break;
+    case TS_OP_SILU:
+        for (int64_t k = 0; k < n; k++) d[k] = x[k] * sigmoid_f(x[k]);
+        break;
+    case TS_OP_RELU_BACK:
+        for (int64_t k = 0; k < n; k++) d[k] = x[k] > 0 ? dy[k] : 0.0f;
+        break;
+    case TS_OP_SILU_BACK: /* d/dx x s(x) = s (1 + x (1 - s)) */
+        for (int64_t k = 0; k < n; k++) {
+            float s = sigmoid_f(x[k]);
+            d[k] = dy[k] * s * (1.0f + x[k] * (1.0f - s));
+        }
+        break;
+    default: break; /* unreachable: plan_unary admits these */
+    }
+}
+
+static bool has_fast_unary(ts_op op) {
+    switch (op) {
+    case TS_OP_SCALE: case TS_OP_RELU: case TS_OP_CLAMP: case TS_OP_SILU: case TS_OP_RELU_BACK: case TS_OP_SILU_BACK:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static bool is_backward_op(ts_op op) { return op == TS_OP_RELU_BACK || op == TS_OP_SILU_BACK; }
+
+static bool plan_unary(const ts_tensor *dst, unary_job *j) {
+    int n_src = is_backward_op(dst->op) ? 2 : 1;
+    if (!has_fast_unary(dst->op) || dst->n_src != n_src || !is_f32_on_host(dst) || !ts_is_contiguous(dst)) return false;
+    for (int i = 0; i < n_src; i++)
+        if (!is_dense_like(dst->src[i], dst)) return false;
+    *j = (unary_job){.op = dst->op, .d = dst->data, .x = dst->src[0]->data, .p0 = dst->fp[0], .p1 = dst->fp[1]};
+    if (n_src == 2) j->dy = dst->src[1]->data;
+    return true;
+}
+
+static ts_status run_unary(const ts_cpu_ctx *ctx, ts_tensor *dst, const unary_job *j) {
+    ts_parallel_for(ctx->pool, ts_nelements(dst), FAST_MIN_CHUNK, unary_range, (void *)j);
+    return TS_OK;
+}
+
+TS_FAST_KERNEL(unary) {
+    unary_job j;
+    return plan_unary(dst, &j) ? run_unary(ctx, dst, &j) : ts_ref_unary(ctx, dst);
+}
+
+TS_FAST_KERNEL(unary_back) {
+    unary_job j;
+    return plan_unary(dst, &j) ? run_unary(ctx, dst, &j) : ts_ref_unary_back(ctx, dst);
+}
+
+/* ---------------------------------------------------------------- rows: softmax, rms_norm */
+
+typedef struct {
+    float *y;
+    const float *x;
+    const float *aux;      /* softmax: mask (NULL: none); rms_norm: weight (NULL: none) */
+    int64_t aux_period;    /* softmax mask: elements before it repeats; rms_norm weight: its stride */
+    int64_t len;           /* elements per row (the last axis) */
+    double eps;
+} row_job;
+
+/* Rows split so that a chunk touches at least REF_MIN_CHUNK elements. */
+static void run_rows(const ts_cpu_ctx *ctx, const ts_tensor *dst, int64_t len, ts_range_fn fn, row_job *j) {
+    int64_t rows = len > 0 ? ts_nelements(dst) / len : 0;
+    ts_parallel_for(ctx->pool, rows, ref_items_min_chunk(len), fn, j);
+}
+
+/* Softmax of one row v = x (+ mask), following the reference: subtract the max; a NaN or +inf
+ * makes the row NaN (through v - max); an all -inf row (fully masked) becomes zeros. */
+static void softmax_row(float *y, const float *x, const float *mask, int64_t n) {
+    float m = -INFINITY;
+    for (int64_t k = 0; k < n; k++) {
+        float v = mask ? x[k] + mask[k] : x[k];
+        if (v > m || isnan(v)) m = v;
+        if (isnan(m)) break;
+    }
+    if (m == -INFINITY) {
+        for (int64_t k = 0; k < n; k++) y[k] = 0.0f;
+        return;
+    }
+    double sum = 0;
+    for (int64_t k = 0; k < n; k++) {
+        float e = expf((mask ? x[k] + mask[k] : x[k]) - m);
+        y[k] = e;
+        sum += e;
+    }
+    float inv = (float)(1.0 / sum);
+    for (int64_t k = 0; k < n; k++) y[k] *= inv;
+}
+
+static void softmax_range(void *arg, int64_t begin, int64_t end, int tid) {
+    const row_job *j = arg;
+    for (int64_t r = begin; r < end; r++) {
+        const float *mask = j->aux ? j->aux + (r * j->len) % j->aux_period : NULL;
+        softmax_row(j->y + r * j->len, j->x + r * j->len, mask, j->len);
+    }
+}
+
+/* Softmax along the last axis of a contiguous x, with no mask or a contiguous mask repeating
+ * along the trailing dims (e.g. one [T, S] causal mask for every batch and head). */
+static bool plan_softmax(const ts_tensor *dst, row_job *j) {
+    if (dst->op != TS_OP_SOFTMAX || dst->n_src < 1 || dst->n_src > 2 || dst->ndim < 1) return false;
+    if (dst->ip[0] != dst->ndim - 1 || !is_f32_on_host(dst) || !ts_is_contiguous(dst)) return false;
+    if (!is_dense_like(dst->src[0], dst)) return false;
+    *j = (row_job){.y = dst->data, .x = dst->src[0]->data, .len = dst->shape[dst->ndim - 1]};
+    if (dst->n_src == 2 && dst->src[1]) {
+        bcast_operand mask;
+        /* the mask must cover whole rows so that a row reads one contiguous run of it */
+        if (!trailing_operand(dst->src[1], dst, &mask) || j->len == 0 || mask.period % j->len != 0) return false;
+        j->aux = mask.p;
+        j->aux_period = mask.period;
+    }
+    return true;
+}
+
+TS_FAST_KERNEL(softmax) {
+    row_job j;
+    if (!plan_softmax(dst, &j)) return ts_ref_softmax(ctx, dst);
+    run_rows(ctx, dst, j.len, softmax_range, &j);
+    return TS_OK;
+}
+
+/* y = x * r (* w), r = 1 / sqrt(mean(x^2) + eps), in double like the reference, rounded once. */
+static void rms_norm_range(void *arg, int64_t begin, int64_t end, int tid) {
+    const row_job *j = arg;
+    int64_t n = j->len;
+    for (int64_t r = begin; r < end; r++) {
+        const float *x = j->x + r * n;
+        float *y = j->y + r * n;
+        double ss = 0;
+        for (int64_t k = 0; k < n; k++) ss += (double)x[k] * x[k];
+        double inv = 1.0 / sqrt(ss / (double)n + j->eps);
+        if (j->aux)
+            for (int64_t k = 0; k < n; k++) y[k] = (float)(x[k] * inv * j->aux[k * j->aux_period]);
+        else
+            for (int64_t k = 0; k < n; k++) y[k] = (float)(x[k] * inv);
+    }
+}
+
+/* rms_norm of a contiguous x; the optional weight is a 1-D f32 vector of the row's length with
+ * any non-negative stride. */
+static bool plan_rms_norm(const ts_tensor *dst, row_job *j) {
+    if (dst->op != TS_OP_RMS_NORM || dst->n_src < 1 || dst->n_src > 2 || dst->ndim < 1) return false;
+    if (!is_f32_on_host(dst) || !ts_is_contiguous(dst) || !is_dense_like(dst->src[0], dst)) return false;
+    *j = (row_job){.y = dst->data, .x = dst->src[0]->data, .len = dst->shape[dst->ndim - 1], .eps = dst->fp[0]};
+    const ts_tensor *w = dst->n_src == 2 ? dst->src[1] : NULL;
+    if (w) {
+        if (!is_f32_on_host(w) || w->ndim != 1 || w->shape[0] != j->len || w->stride[0] < 0) return false;
+        j->aux = w->data;
+        j->aux_period = w->stride[0];
+    }
+    return true;
+}
+
+TS_FAST_KERNEL(rms_norm) {
+    row_job j;
+    if (!plan_rms_norm(dst, &j)) return ts_ref_rms_norm(ctx, dst);
+    run_rows(ctx, dst, j.len, rms_norm_range, &j);
+    return TS_OK;
+}
+
+/* ---------------------------------------------------------------- for tests */
+
+bool ts_fast_elementwise_applies(const ts_tensor *dst) {
+    if (!dst) return false;
+    binary_job b;
+    unary_job u;
+    row_job r;
+    switch (dst->op) {
+    case TS_OP_ADD: case TS_OP_SUB: case TS_OP_MUL: case TS_OP_DIV: return plan_binary(dst, &b);
+    case TS_OP_SOFTMAX: return plan_softmax(dst, &r);
+    case TS_OP_RMS_NORM: return plan_rms_norm(dst, &r);
+    default: return plan_unary(dst, &u);
+    }
+}

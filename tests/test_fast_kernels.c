@@ -1,0 +1,430 @@
+/* test_fast_kernels.c - the "cpu" backend's fast kernels (src/backends/cpu/fast_*.c) against the
+ * reference backend "cpu-ref", through whole graphs: the same graph, the same inputs, both
+ * backends; the outputs must agree within the conformance suite's f32 tolerance (nmse 1e-10).
+ *
+ * Matmul: odd shapes (1, 7, 33, 1000), all four trans-flag combinations with each operand
+ * stored directly or as a transposed view, broadcast and stride-0 batches, sliced operands
+ * (leading dimension wider than the matrix, still on the GEMM), and layouts the GEMM cannot
+ * address (no unit stride in the matrix, a stride-0 matrix dim, f16), which must fall back to
+ * the reference kernel: ts_fast_matmul_uses_gemm says which path a node takes. Elementwise:
+ * every fast path (bias-row and scalar broadcasts, unary ops, relu/silu backward, softmax with
+ * a repeating mask, rms_norm with a weight) and views that must fall back. Results must be
+ * bit-identical for 1, 2 and 3 threads. Finally a 512 x 512 x 512 matmul is timed on both
+ * backends (printed, not asserted: timing depends on the machine). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backends/cpu/fast_kernels.h"
+#include "backends/cpu/gemm.h"
+#include "check.h"
+#include "tessera/backend.h"
+
+#define F32_TOLERANCE 1e-10 /* ts_conformance_tolerance(TS_F32) */
+
+typedef ts_status (*backend_factory)(int n_threads, ts_backend **out);
+/* Records a graph and returns the node whose value is compared (marked output by the caller). */
+typedef ts_tensor *(*build_fn)(ts_graph *g, const void *arg);
+
+typedef struct {
+    float *out;
+    int64_t n;
+    bool fast;      /* the fast kernel took its own path (not the reference fallback) */
+    double seconds; /* of the timed compute */
+} run_result;
+
+/* Every leaf gets normal random values from a seed fixed by its position, so both backends see
+ * the same inputs. */
+static ts_status fill_leaves(ts_graph *g) {
+    for (int i = 0; i < ts_graph_n_nodes(g); i++) {
+        ts_tensor *t = ts_graph_node(g, i);
+        if (t->op != TS_OP_NONE || ts_is_view(t)) continue;
+        int64_t n = ts_nelements(t);
+        float *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
+        if (!v) return TS_ERR_OOM;
+        ts_rng rng;
+        ts_rng_seed(&rng, 1000 + (uint64_t)i);
+        for (int64_t k = 0; k < n; k++) v[k] = (float)ts_rng_normal(&rng);
+        ts_status s = ts_tensor_write_f32(t, v, n);
+        free(v);
+        if (s != TS_OK) return s;
+    }
+    return TS_OK;
+}
+
+static bool takes_fast_path(const ts_tensor *node) {
+    return node->op == TS_OP_MATMUL ? ts_fast_matmul_uses_gemm(node) : ts_fast_elementwise_applies(node);
+}
+
+/* Builds the graph on a new backend, computes it `reps` times (the last one timed) and reads the
+ * output. False (after a CHECK failure) when anything fails. */
+static bool run_graph(backend_factory make, int threads, build_fn build, const void *arg, int reps, run_result *r) {
+    memset(r, 0, sizeof *r);
+    ts_backend *be = NULL;
+    ts_graph *g = ts_graph_new();
+    ts_status s = make(threads, &be);
+    ts_tensor *node = s == TS_OK && g ? build(g, arg) : NULL;
+    if (node) ts_set_output(node);
+    if (s == TS_OK && g) s = ts_graph_status(g);
+    if (s == TS_OK) s = ts_graph_alloc(g, be, NULL, NULL);
+    if (s == TS_OK) s = fill_leaves(g);
+    for (int i = 0; i < reps && s == TS_OK; i++) {
+        r->seconds = ts_time_seconds();
+        s = ts_graph_compute(g);
+        r->seconds = ts_time_seconds() - r->seconds;
+    }
+    if (s == TS_OK) {
+        r->n = ts_nelements(node);
+        r->fast = takes_fast_path(node);
+        r->out = malloc((size_t)(r->n > 0 ? r->n : 1) * sizeof *r->out);
+        s = r->out ? ts_tensor_read_f32(node, r->out, r->n) : TS_ERR_OOM;
+    }
+    CHECK(s == TS_OK, "running a graph: %s %s", ts_status_name(s), g ? ts_graph_error(g) : "");
+    ts_graph_free(g);
+    ts_backend_free(be);
+    return s == TS_OK;
+}
+
+/* sum (x - ref)^2 / sum ref^2, the conformance suite's measure. */
+static double nmse(const float *x, const float *ref, int64_t n) {
+    double err = 0, energy = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = (double)x[i] - ref[i];
+        err += d * d;
+        energy += (double)ref[i] * ref[i];
+    }
+    return energy > 0 ? err / energy : err;
+}
+
+/* Runs the graph on both backends: outputs within tolerance, and the fast path taken exactly
+ * when expected. */
+static void compare_backends(const char *what, build_fn build, const void *arg, bool expect_fast) {
+    run_result ref = {0}, fast = {0};
+    if (run_graph(ts_backend_cpu_ref_new, 2, build, arg, 1, &ref) && run_graph(ts_backend_cpu_new, 2, build, arg, 1, &fast)) {
+        CHECK(fast.n == ref.n, "%s: %lld vs %lld elements", what, (long long)fast.n, (long long)ref.n);
+        double e = fast.n == ref.n ? nmse(fast.out, ref.out, ref.n) : INFINITY;
+        CHECK(e <= F32_TOLERANCE, "%s: nmse %.3g", what, e);
+        CHECK(fast.fast == expect_fast, "%s: fast path %s, expected %s", what, fast.fast ? "taken" : "not taken",
+              expect_fast ? "taken" : "not taken");
+    }
+    free(ref.out);
+    free(fast.out);
+}
+
+/* A leaf holding `shape` (f32), or its transpose stored contiguously and viewed back as `shape`
+ * (a transposed view: unit stride along dim 0 of the matrix). */
+static ts_tensor *matrix_leaf(ts_graph *g, int64_t rows, int64_t cols, bool as_transposed_view) {
+    if (!as_transposed_view) return ts_new_tensor_2d(g, TS_F32, rows, cols, "m");
+    return ts_transpose(g, ts_new_tensor_2d(g, TS_F32, cols, rows, "mT"), 0, 1);
+}
+
+/* ---------------------------------------------------------------- matmul: shapes and transposes */
+
+typedef struct {
+    int64_t m, n, k;
+    bool ta, tb;         /* the op's trans flags */
+    bool view_a, view_b; /* operand given as a transposed view */
+} mm_spec;
+
+static ts_tensor *build_matmul_2d(ts_graph *g, const void *arg) {
+    const mm_spec *p = arg;
+    ts_tensor *a = p->ta ? matrix_leaf(g, p->k, p->m, p->view_a) : matrix_leaf(g, p->m, p->k, p->view_a);
+    ts_tensor *b = p->tb ? matrix_leaf(g, p->n, p->k, p->view_b) : matrix_leaf(g, p->k, p->n, p->view_b);
+    return ts_matmul(g, a, b, p->ta, p->tb);
+}
+
+static void test_matmul_odd_shapes(void) {
+    static const int64_t sizes[] = {1, 7, 33};
+    char what[96];
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++)
+            for (int l = 0; l < 3; l++) {
+                mm_spec p = {.m = sizes[i], .n = sizes[j], .k = sizes[l]};
+                snprintf(what, sizeof what, "matmul %lldx%lldx%lld", (long long)p.m, (long long)p.n, (long long)p.k);
+                compare_backends(what, build_matmul_2d, &p, true);
+            }
+    static const mm_spec large[] = {{.m = 1000, .n = 7, .k = 33}, {.m = 7, .n = 1000, .k = 33},
+                                    {.m = 33, .n = 7, .k = 1000}, {.m = 1, .n = 1000, .k = 1000},
+                                    {.m = 1000, .n = 33, .k = 1, .tb = true}};
+    for (size_t i = 0; i < sizeof large / sizeof large[0]; i++) {
+        snprintf(what, sizeof what, "matmul %lldx%lldx%lld", (long long)large[i].m, (long long)large[i].n,
+                 (long long)large[i].k);
+        compare_backends(what, build_matmul_2d, &large[i], true);
+    }
+}
+
+/* Both trans flags x each operand stored directly or as a transposed view: 16 layouts, all on
+ * the GEMM. */
+static void test_matmul_transposes(void) {
+    char what[96];
+    for (int mask = 0; mask < 16; mask++) {
+        mm_spec p = {.m = 37, .n = 29, .k = 65, .ta = mask & 1, .tb = mask & 2, .view_a = mask & 4, .view_b = mask & 8};
+        snprintf(what, sizeof what, "matmul trans_a=%d trans_b=%d view_a=%d view_b=%d", p.ta, p.tb, p.view_a, p.view_b);
+        compare_backends(what, build_matmul_2d, &p, true);
+    }
+}
+
+/* ---------------------------------------------------------------- matmul: batches */
+
+/* a [3,1,7,33] x b [2,33,5] -> [3,2,7,5]: both operands broadcast a batch dim. */
+static ts_tensor *build_broadcast_batches(ts_graph *g, const void *arg) {
+    ts_tensor *a = ts_new_tensor_4d(g, TS_F32, 3, 1, 7, 33, "a");
+    ts_tensor *b = ts_new_tensor_3d(g, TS_F32, 2, 33, 5, "b");
+    return ts_matmul(g, a, b, false, false);
+}
+
+/* a [4,9,17] x b [17,6]: b shared by every batch (fewer dims). */
+static ts_tensor *build_shared_rhs(ts_graph *g, const void *arg) {
+    ts_tensor *a = ts_new_tensor_3d(g, TS_F32, 4, 9, 17, "a");
+    ts_tensor *b = ts_new_tensor_2d(g, TS_F32, 17, 6, "b");
+    return ts_matmul(g, a, b, false, false);
+}
+
+/* b [1,17,6] expanded to [4,17,6]: a stride-0 batch dim. */
+static ts_tensor *build_expanded_batch(ts_graph *g, const void *arg) {
+    ts_tensor *a = ts_new_tensor_3d(g, TS_F32, 4, 9, 17, "a");
+    ts_tensor *b = ts_new_tensor_3d(g, TS_F32, 1, 17, 6, "b");
+    const int64_t shape[3] = {4, 17, 6};
+    return ts_matmul(g, a, ts_expand(g, b, 3, shape), false, false);
+}
+
+/* a stored [9,4,17] permuted to [4,9,17]: batch stride 17, rows 68 apart, unit columns, as in
+ * attention's [T,H,D] -> [H,T,D]; b transposed through the op flag. */
+static ts_tensor *build_permuted_batch(ts_graph *g, const void *arg) {
+    ts_tensor *a = ts_new_tensor_3d(g, TS_F32, 9, 4, 17, "a");
+    ts_tensor *b = ts_new_tensor_3d(g, TS_F32, 4, 6, 17, "b");
+    const int perm[3] = {1, 0, 2};
+    return ts_matmul(g, ts_permute(g, a, perm), b, false, true);
+}
+
+static void test_matmul_batches(void) {
+    compare_backends("matmul broadcast batches [3,1,7,33]x[2,33,5]", build_broadcast_batches, NULL, true);
+    compare_backends("matmul shared rhs [4,9,17]x[17,6]", build_shared_rhs, NULL, true);
+    compare_backends("matmul expanded batch", build_expanded_batch, NULL, true);
+    compare_backends("matmul permuted batch", build_permuted_batch, NULL, true);
+}
+
+/* ---------------------------------------------------------------- matmul: slices and fallbacks */
+
+/* Columns 5..5+33 of a [7,50] leaf and rows 3..3+33 of a [40,12] leaf: the leading dimension is
+ * wider than the matrix, which the GEMM addresses directly. */
+static ts_tensor *build_sliced(ts_graph *g, const void *arg) {
+    ts_tensor *a = ts_slice(g, ts_new_tensor_2d(g, TS_F32, 7, 50, "a"), 1, 5, 33);
+    ts_tensor *b = ts_slice(g, ts_new_tensor_2d(g, TS_F32, 40, 12, "b"), 0, 3, 33);
+    return ts_matmul(g, a, b, false, false);
+}
+
+/* A slice of a transposed view: unit stride along the rows, leading dimension 50. */
+static ts_tensor *build_sliced_transposed(ts_graph *g, const void *arg) {
+    ts_tensor *at = ts_transpose(g, ts_new_tensor_2d(g, TS_F32, 50, 7, "aT"), 0, 1); /* [7,50] */
+    ts_tensor *a = ts_slice(g, at, 1, 10, 33);
+    return ts_matmul(g, a, ts_new_tensor_2d(g, TS_F32, 33, 9, "b"), false, false);
+}
+
+/* a stored [7,33,3] permuted to [3,7,33]: strides (1, 99, 3), no unit stride inside the matrix. */
+static ts_tensor *build_no_unit_stride(ts_graph *g, const void *arg) {
+    ts_tensor *a = ts_new_tensor_3d(g, TS_F32, 7, 33, 3, "a");
+    const int perm[3] = {2, 0, 1};
+    return ts_matmul(g, ts_permute(g, a, perm), ts_new_tensor_2d(g, TS_F32, 33, 5, "b"), false, false);
+}
+
+/* One row expanded to 7 (row stride 0): rows overlap, which the GEMM does not accept. */
+static ts_tensor *build_stride0_rows(ts_graph *g, const void *arg) {
+    ts_tensor *row = ts_new_tensor_2d(g, TS_F32, 1, 33, "row");
+    const int64_t shape[2] = {7, 33};
+    return ts_matmul(g, ts_expand(g, row, 2, shape), ts_new_tensor_2d(g, TS_F32, 33, 5, "b"), false, false);
+}
+
+/* Column slice of a column slice, then sliced along a batch dim: still unit stride, on the GEMM. */
+static ts_tensor *build_batch_slice(ts_graph *g, const void *arg) {
+    ts_tensor *a = ts_slice(g, ts_new_tensor_3d(g, TS_F32, 5, 7, 40, "a"), 0, 1, 3);
+    a = ts_slice(g, a, 2, 2, 33);
+    return ts_matmul(g, a, ts_new_tensor_3d(g, TS_F32, 3, 33, 4, "b"), false, false);
+}
+
+static ts_tensor *build_f16(ts_graph *g, const void *arg) {
+    ts_tensor *a = ts_new_tensor_2d(g, TS_F16, 7, 33, "a");
+    return ts_matmul(g, a, ts_new_tensor_2d(g, TS_F16, 33, 5, "b"), false, false);
+}
+
+static void test_matmul_slices_and_fallbacks(void) {
+    compare_backends("matmul sliced operands", build_sliced, NULL, true);
+    compare_backends("matmul sliced transposed view", build_sliced_transposed, NULL, true);
+    compare_backends("matmul batch-and-column sliced", build_batch_slice, NULL, true);
+    compare_backends("matmul no unit stride (falls back)", build_no_unit_stride, NULL, false);
+    compare_backends("matmul stride-0 rows (falls back)", build_stride0_rows, NULL, false);
+    compare_backends("matmul f16 (falls back)", build_f16, NULL, false);
+}
+
+/* ---------------------------------------------------------------- elementwise and rows */
+
+typedef struct {
+    ts_op op;
+    int64_t rows, cols;
+    int kind;     /* binary: see binary_operand; unary and rows: 3 = over a transposed view (falls back) */
+    float p0, p1; /* scale factor, clamp bounds */
+} ew_spec;
+
+/* Operand kinds of the binary cases: same shape, a [cols] row or a [1] scalar on the right, the
+ * same on the left, or a transposed view on the left (falls back). */
+enum { BIN_SAME, BIN_ROW_RIGHT, BIN_SCALAR_RIGHT, BIN_ROW_LEFT, BIN_SCALAR_LEFT, BIN_VIEW_LEFT, BIN_KINDS };
+
+static ts_tensor *binary_operand(ts_graph *g, const ew_spec *p, bool left) {
+    bool row = p->kind == (left ? BIN_ROW_LEFT : BIN_ROW_RIGHT);
+    bool scalar = p->kind == (left ? BIN_SCALAR_LEFT : BIN_SCALAR_RIGHT);
+    if (row) return ts_new_tensor_1d(g, TS_F32, p->cols, "row");
+    if (scalar) return ts_new_tensor_1d(g, TS_F32, 1, "scalar");
+    return matrix_leaf(g, p->rows, p->cols, left && p->kind == BIN_VIEW_LEFT);
+}
+
+static ts_tensor *build_binary(ts_graph *g, const void *arg) {
+    const ew_spec *p = arg;
+    ts_tensor *src[2] = {binary_operand(g, p, true), binary_operand(g, p, false)};
+    if (p->op == TS_OP_DIV) { /* a divisor near 3, far from zero */
+        ts_tensor *b = src[1];
+        src[1] = ts_add(g, ts_scale(g, b, 0.01f), ts_fill(g, TS_F32, b->ndim, b->shape, 3.0f));
+    }
+    return ts_op_node(g, p->op, src, 2, NULL, 0, NULL, 0);
+}
+
+static ts_tensor *build_unary(ts_graph *g, const void *arg) {
+    const ew_spec *p = arg;
+    ts_tensor *x = matrix_leaf(g, p->rows, p->cols, p->kind == 3);
+    float fp[2] = {p->p0, p->p1};
+    if (p->op == TS_OP_RELU_BACK || p->op == TS_OP_SILU_BACK) {
+        ts_tensor *src[2] = {x, ts_new_tensor_2d(g, TS_F32, p->rows, p->cols, "dy")};
+        return ts_op_node(g, p->op, src, 2, NULL, 0, NULL, 0);
+    }
+    return ts_op_node(g, p->op, &x, 1, NULL, 0, fp, 2);
+}
+
+/* softmax over the last axis of [2, rows, cols] with a [rows, cols] mask (kind 1), no mask
+ * (kind 0) or over a transposed view (kind 3, falls back). */
+static ts_tensor *build_softmax(ts_graph *g, const void *arg) {
+    const ew_spec *p = arg;
+    if (p->kind == 3) return ts_softmax(g, matrix_leaf(g, p->rows, p->cols, true), 1, NULL);
+    ts_tensor *x = ts_new_tensor_3d(g, TS_F32, 2, p->rows, p->cols, "x");
+    ts_tensor *mask = p->kind == 1 ? ts_new_tensor_2d(g, TS_F32, p->rows, p->cols, "mask") : NULL;
+    return ts_softmax(g, x, 2, mask);
+}
+
+/* rms_norm of [rows, cols] with a weight (kind 1), without (kind 0), or of a transposed view
+ * (kind 3, falls back). */
+static ts_tensor *build_rms_norm(ts_graph *g, const void *arg) {
+    const ew_spec *p = arg;
+    ts_tensor *x = matrix_leaf(g, p->rows, p->cols, p->kind == 3);
+    ts_tensor *w = p->kind == 1 ? ts_new_tensor_1d(g, TS_F32, p->cols, "w") : NULL;
+    return ts_rms_norm(g, x, w, 1e-5f);
+}
+
+static void test_elementwise(void) {
+    static const ts_op binary_ops[] = {TS_OP_ADD, TS_OP_SUB, TS_OP_MUL, TS_OP_DIV};
+    char what[96];
+    for (int i = 0; i < 4; i++)
+        for (int kind = 0; kind < BIN_KINDS; kind++) {
+            ew_spec p = {.op = binary_ops[i], .rows = 37, .cols = 1001, .kind = kind};
+            snprintf(what, sizeof what, "%s operand kind %d", ts_op_name(p.op), kind);
+            compare_backends(what, build_binary, &p, kind != BIN_VIEW_LEFT);
+        }
+    static const ew_spec unary[] = {
+        {.op = TS_OP_SCALE, .p0 = -0.37f}, {.op = TS_OP_RELU}, {.op = TS_OP_SILU},
+        {.op = TS_OP_CLAMP, .p0 = -0.5f, .p1 = 0.25f}, {.op = TS_OP_RELU_BACK}, {.op = TS_OP_SILU_BACK},
+    };
+    for (size_t i = 0; i < sizeof unary / sizeof unary[0]; i++)
+        for (int view = 0; view < 2; view++) {
+            ew_spec p = unary[i];
+            p.rows = 33;
+            p.cols = 1000;
+            p.kind = view ? 3 : 0;
+            snprintf(what, sizeof what, "%s%s", ts_op_name(p.op), view ? " transposed (falls back)" : "");
+            compare_backends(what, build_unary, &p, !view);
+        }
+    static const int row_kinds[] = {0, 1, 3};
+    for (int i = 0; i < 3; i++) {
+        ew_spec p = {.rows = 7, .cols = 1000, .kind = row_kinds[i]};
+        snprintf(what, sizeof what, "softmax kind %d", p.kind);
+        compare_backends(what, build_softmax, &p, p.kind != 3);
+        snprintf(what, sizeof what, "rms_norm kind %d", p.kind);
+        compare_backends(what, build_rms_norm, &p, p.kind != 3);
+    }
+}
+
+/* ---------------------------------------------------------------- determinism */
+
+/* The fast backend on 1, 2 and 3 threads gives the same bits (the GEMM's parallel threshold
+ * lowered so that even these shapes split across threads). */
+static void check_same_bits(const char *what, build_fn build, const void *arg) {
+    run_result one, other;
+    if (!run_graph(ts_backend_cpu_new, 1, build, arg, 1, &one)) return;
+    for (int threads = 2; threads <= 3; threads++) {
+        if (!run_graph(ts_backend_cpu_new, threads, build, arg, 1, &other)) break;
+        CHECK(other.n == one.n && memcmp(other.out, one.out, (size_t)one.n * sizeof(float)) == 0,
+              "%s: %d threads differ from 1", what, threads);
+        free(other.out);
+    }
+    free(one.out);
+}
+
+static void test_determinism(void) {
+    ts_gemm_set_parallel_threshold(1);
+    mm_spec mm = {.m = 200, .n = 150, .k = 300, .tb = true};
+    check_same_bits("matmul 200x150x300", build_matmul_2d, &mm);
+    mm_spec small_m = {.m = 3, .n = 500, .k = 70};
+    check_same_bits("matmul 3x500x70", build_matmul_2d, &small_m);
+    check_same_bits("matmul broadcast batches", build_broadcast_batches, NULL);
+    ts_gemm_set_parallel_threshold(0);
+    ew_spec bias = {.op = TS_OP_ADD, .rows = 100, .cols = 999, .kind = BIN_ROW_RIGHT};
+    check_same_bits("add bias row", build_binary, &bias);
+    ew_spec silu = {.op = TS_OP_SILU, .rows = 100, .cols = 999};
+    check_same_bits("silu", build_unary, &silu);
+    ew_spec sm = {.rows = 100, .cols = 999, .kind = 1};
+    check_same_bits("softmax", build_softmax, &sm);
+    check_same_bits("rms_norm", build_rms_norm, &sm);
+}
+
+/* ---------------------------------------------------------------- timing */
+
+static void time_matmul_512(void) {
+    mm_spec p = {.m = 512, .n = 512, .k = 512};
+    run_result ref = {0}, fast = {0};
+    if (!run_graph(ts_backend_cpu_ref_new, 0, build_matmul_2d, &p, 1, &ref)) return;
+    if (run_graph(ts_backend_cpu_new, 0, build_matmul_2d, &p, 3, &fast)) {
+        double flops = 2.0 * 512 * 512 * 512;
+        printf("matmul 512x512x512 f32, all cores: cpu-ref %.1f ms (%.2f GFLOP/s), cpu %.2f ms (%.1f GFLOP/s, GEMM tier %s): "
+               "%.0fx faster\n",
+               1e3 * ref.seconds, flops / ref.seconds * 1e-9, 1e3 * fast.seconds, flops / fast.seconds * 1e-9,
+               ts_gemm_tier_name(), ref.seconds / fast.seconds);
+        CHECK(nmse(fast.out, ref.out, ref.n) <= F32_TOLERANCE, "512^3: nmse %.3g", nmse(fast.out, ref.out, ref.n));
+        free(fast.out);
+    }
+    free(ref.out);
+}
+
+/* ---------------------------------------------------------------- registry */
+
+static void test_registry(void) {
+    const ts_backend_entry *e = ts_backend_registry_find("cpu");
+    CHECK(e && e->create == ts_backend_cpu_new, "backend 'cpu' is not registered");
+    CHECK(ts_backend_registry_count() >= 2 && strcmp(ts_backend_registry_get(0)->name, "cpu-ref") == 0,
+          "the reference backend must stay first");
+    ts_backend *be = NULL;
+    CHECK(ts_backend_cpu_new(2, &be) == TS_OK && be, "creating cpu");
+    if (!be) return;
+    ts_backend_info info;
+    ts_backend_get_info(be, &info);
+    CHECK(strcmp(info.name, "cpu") == 0 && info.n_threads == 2 && info.host_visible, "info: %s, %d threads", info.name,
+          info.n_threads);
+    ts_backend_free(be);
+}
+
+int main(void) {
+    test_registry();
+    test_matmul_odd_shapes();
+    test_matmul_transposes();
+    test_matmul_batches();
+    test_matmul_slices_and_fallbacks();
+    test_elementwise();
+    test_determinism();
+    time_matmul_512();
+    return check_summary("test_fast_kernels");
+}
