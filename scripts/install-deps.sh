@@ -13,8 +13,9 @@ readonly TOOLS=(
   "cmake cmake"
   "pkg-config pkg-config"
 )
-# Packages without a command of their own: C library headers, jansson (JSON).
-readonly LIBRARIES=(libc6-dev libjansson-dev)
+# Packages without a command of their own: C library headers, jansson (JSON), PCRE2 (the
+# tokenizer's pre-tokenizer regexes).
+readonly LIBRARIES=(libc6-dev libjansson-dev libpcre2-dev)
 # Sanitizer runtimes (Debian 12 names), needed only when a sanitized program fails to link.
 readonly SANITIZER_LIBS=(libasan8 libubsan1)
 

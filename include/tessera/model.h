@@ -259,6 +259,27 @@ typedef struct {
 ts_status ts_model_train_memory_estimate(const ts_v4_config *cfg, int64_t batch, int64_t seq,
                                          ts_model_train_memory *out);
 
+/* ---------------------------------------------------------------- initial checkpoint (init.c) */
+
+/* The config an init checkpoint of cfg is written with: cfg with torch_dtype = expert_dtype =
+ * storage (TS_F32 or TS_BF16, else TS_ERR_UNSUPPORTED) and FP8 quantization off. */
+ts_status ts_model_init_config(const ts_v4_config *cfg, ts_dtype storage, ts_v4_config *out, char *err,
+                               size_t err_size);
+/* Writes a freshly initialised checkpoint of cfg into dir (created if missing): every tensor of
+ * ts_model_walk_tensors under its Hugging Face name, values a pure function of (seed, tensor
+ * name) - the scheme is documented at the top of src/model/init.c (matrices N(0, 0.02^2),
+ * residual output projections N(0, 0.02^2/(2L)), norms 1, mHC per spec §2.3.5, sink/ape/router
+ * bias 0, tid2eid a splitmix64 hash with K distinct experts per row) - as DIR/model.safetensors
+ * (sharded with model.safetensors.index.json above 4 GiB of data), then DIR/config.json (the
+ * config of ts_model_init_config). Each file is written atomically. A non-empty dir is refused
+ * with TS_ERR_STATE unless force; an unusable dir is TS_ERR_IO. err gets one line. No
+ * tokenizer files are written. */
+ts_status ts_model_init_write(const ts_v4_config *cfg, uint64_t seed, ts_dtype storage, const char *dir, bool force,
+                              char *err, size_t err_size);
+/* Same with an explicit shard size in bytes of tensor data (0 = the 4 GiB default). */
+ts_status ts_model_init_write_sharded(const ts_v4_config *cfg, uint64_t seed, ts_dtype storage, const char *dir,
+                                      bool force, uint64_t max_shard_bytes, char *err, size_t err_size);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,5 +1,5 @@
 /* cli.h - what the files of the `tessera` command line share: the subcommand entry points
- * (one file each: cli_version.c, cli_info.c, cli_ops.c, cli_demo.c) and a small declarative
+ * (one file each: cli_version.c, cli_info.c, cli_ops.c, cli_demo.c, cli_init.c) and a small declarative
  * option parser (cli_args.c) that gives every subcommand the same --help and the same one-line
  * errors. main.c holds the table of subcommands and dispatches to them. */
 #ifndef TS_CLI_H
@@ -49,5 +49,6 @@ int cli_version_main(int argc, char **argv);
 int cli_info_main(int argc, char **argv);
 int cli_ops_main(int argc, char **argv);
 int cli_demo_main(int argc, char **argv);
+int cli_init_main(int argc, char **argv);
 
 #endif

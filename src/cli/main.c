@@ -17,10 +17,11 @@ static const cli_command commands[] = {
     {"info", "describe this machine: CPU, SIMD features, backends, build options", cli_info_main},
     {"ops", "list which ops each backend supports", cli_ops_main},
     {"demo", "train a small MLP on a generated dataset and show the loss falling", cli_demo_main},
+    {"init", "write a freshly initialised checkpoint (config.json + model.safetensors)", cli_init_main},
 };
 
 /* Roadmap commands: recognised so the error can say "not yet" rather than "unknown". */
-static const char *const planned[] = {"train", "generate", "serve", "bench", "init", "forward"};
+static const char *const planned[] = {"train", "generate", "serve", "bench", "forward"};
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 

@@ -49,4 +49,91 @@ ts_tensor *ts_mhc_post(ts_graph *g, ts_tensor *X, ts_tensor *v, ts_tensor *post,
 ts_tensor *ts_mhc_head(ts_graph *g, ts_tensor *X, ts_tensor *fn, ts_tensor *base, ts_tensor *scale,
                        float norm_eps, float eps_hc, ts_tensor **w_out);
 
+/* ================================================================ KV compressor, indexer
+ * (compressor.c), spec §2.4, §2.7-2.9, §3 items 9-10
+ *
+ * Graph builders for V4's compressed KV entries (HCA: non-overlapping blocks of m'; CSA: blocks of
+ * m = 4 overlapping the previous block through the "b" series), the lightning indexer and the
+ * host-side helpers that fill the constant leaves those graphs read (RoPE angle tables, the causal
+ * block mask, the HCA visible-block index list). Builders only record nodes; autodiff gives the
+ * backward of §3 item 9. One sequence per call: x is [T, d] (batch by calling once per row).
+ *
+ * Only COMPLETED blocks produce entries: n_blocks = floor(T / m) >= 1 is required (a graph with
+ * T < m has no compressed entry; the caller leaves the extras out), trailing tokens are ignored.
+ * Entry i is [C^comp_i] after RMSNorm (weighted, eps) and RoPE of its last n_rot dims at position
+ * i·m (block start), with the caller's angle table angles [n_blocks, n_rot/2] (fill it with
+ * ts_v4_rope_angles(..., pos_step = m)). All tensors share x's dtype. Errors as everywhere: NULL
+ * input -> NULL without a new error; bad shape / dtype -> first error recorded, NULL. */
+
+/* Compressor weights (official names attn.compressor.{wkv, wgate, ape, norm}; the indexer's own
+ * copy is attn.indexer.compressor.*). k = c (HCA) or 2c (CSA: channels [0, c) = series b, the
+ * contribution to the NEXT block, [c, 2c) = series a, its own block; the HF port calls them the
+ * other way round, Ca/Cb, reference notes item 16).
+ *   wkv [k, d], wgate [k, d], ape [m, k], norm [c]. */
+typedef struct {
+    ts_tensor *wkv, *wgate, *ape, *norm;
+} ts_v4_compressor_w;
+
+/* RoPE frequencies ω'_k, k = 0..n_rot/2-1 (spec §2.4): ω_k = base^(-2k/n_rot); when yarn is
+ * non-NULL and enabled, the YaRN warp with corr(ρ) = n_rot·ln(L_orig/(2πρ))/(2 ln base),
+ * lo = max(0, floor(corr(β_fast))), hi = min(n_rot-1, ceil(corr(β_slow))) (+0.001 if equal),
+ * γ_k = clamp((k - lo)/(hi - lo), 0, 1) over the PAIR index k (the V3 quirk, kept), ω'_k =
+ * ω_k/s·γ_k + ω_k·(1-γ_k). lo_out / hi_out (may be NULL) receive lo and hi (0 without YaRN).
+ * Returns false for n_rot not even >= 2 or base <= 1 (nothing written). */
+bool ts_v4_rope_freqs(double base, int n_rot, const ts_v4_rope_scaling *yarn, double *omega, double *lo_out,
+                      double *hi_out);
+
+/* Angle table angles[p][k] = (p·pos_step)·ω'_k for p = 0..n_pos-1, k = 0..n_rot/2-1 (row-major
+ * [n_pos, n_rot/2], double). pos_step = 1 for tokens, m for compressed entries of ratio m. */
+bool ts_v4_rope_angles(double base, int n_rot, const ts_v4_rope_scaling *yarn, int64_t n_pos, int64_t pos_step,
+                       double *angles);
+/* The same written into an allocated float leaf of shape [n_pos, n_rot/2] (any float dtype; also
+ * accepted: any shape with that many elements). */
+ts_status ts_v4_rope_angles_write(ts_tensor *leaf, double base, int n_rot, const ts_v4_rope_scaling *yarn,
+                                  int64_t pos_step);
+
+/* Number of blocks of ratio m visible to query t: min(n_blocks, floor((t+1)/m)) (spec §2.9). */
+int64_t ts_v4_visible_blocks(int64_t t, int64_t m, int64_t n_blocks);
+/* Additive causal block mask [T, n_blocks] (row-major, double): 0 where block i is visible to
+ * query t (i < floor((t+1)/m)), -inf elsewhere. The indexer reads it as a leaf of x's dtype. */
+void ts_v4_block_mask(int64_t T, int64_t m, int64_t n_blocks, double *mask);
+ts_status ts_v4_block_mask_write(ts_tensor *leaf, int64_t m); /* leaf [T, n_blocks], float dtype */
+/* HCA extra_idx for ts_attention [T, n_blocks] (i32, row-major): idx[t][i] = i when block i is
+ * complete at t ((i+1)·m - 1 <= t), else -1. */
+void ts_v4_hca_extra_idx(int64_t T, int64_t m, int64_t n_blocks, int32_t *idx);
+
+/* HCA (spec §2.7): C = x·wkvᵀ, Z = x·wgateᵀ on the first n_blocks·m tokens, viewed [n_blocks, m, c];
+ * per block and channel S = softmax over the m slots of (Z + ape); entry = Σ_slots S ⊙ C;
+ * RMSNorm(norm, eps); RoPE on the last n_rot dims by angles [n_blocks, n_rot/2].
+ * x [T, d] -> [n_blocks, c], n_blocks = floor(T / m). */
+ts_tensor *ts_v4_hca_compress(ts_graph *g, ts_tensor *x, const ts_v4_compressor_w *w, int64_t m,
+                              ts_tensor *angles, int n_rot, float eps);
+
+/* CSA (spec §2.7, m = 4 in V4; any m >= 1 accepted): per block i and channel, softmax over the 2m
+ * slots [block i-1's m tokens with series b (C^b, Z^b + ape^b) ; block i's m tokens with series a
+ * (C^a, Z^a + ape^a)]; block 0's previous half is a -inf score / zero value (weight exactly 0).
+ * Then RMSNorm(norm [c]) and RoPE as HCA. x [T, d] -> [n_blocks, c]; receptive field of entry i:
+ * tokens m(i-1) .. m(i+1)-1. */
+ts_tensor *ts_v4_csa_compress(ts_graph *g, ts_tensor *x, const ts_v4_compressor_w *w, int64_t m,
+                              ts_tensor *angles, int n_rot, float eps);
+
+/* Lightning indexer (spec §2.8) for one CSA layer.
+ *   x [T, d]; cq [T, q_lora] (the attention's query latent c^Q); wq_b [n_heads·head_dim, q_lora];
+ *   weights_proj [n_heads, d]; comp: the indexer's CSA compressor (output width head_dim);
+ *   angles_q [T, n_rot/2] (positions t), angles_k [n_blocks, n_rot/2] (positions m·i);
+ *   mask [T, n_blocks] from ts_v4_block_mask_write (x's dtype); topk = index_topk.
+ * K = CSA(x) [n_blocks, head_dim]; q = rope(cq·wq_bᵀ as [T, n_heads, head_dim]);
+ * w = x·weights_projᵀ·(head_dim^-1/2·n_heads^-1/2);
+ * scores[t, i] = Σ_h w[t,h]·ReLU(q[t,h]·K[i]) + mask[t, i]  (-inf for invisible blocks);
+ * idx = topk(scores, k = min(topk, n_blocks)) as [T, k] i32, descending, with every slot that
+ * picked an invisible block turned into -1 (in the graph: idx' = (idx+1)·exp(mask[t, idx]) - 1 in
+ * f32, then cast to i32) - ready as ts_attention's extra_idx (after a reshape to [1, T, k]).
+ * The indexer is non-differentiable (top-k; §3 item 10): gradients reach its weights only through
+ * `scores` if a caller adds a loss on them. Outputs (may be NULL): *scores [T, n_blocks], *keys
+ * [n_blocks, head_dim]. Returns idx (NULL on error). */
+ts_tensor *ts_v4_indexer(ts_graph *g, ts_tensor *x, ts_tensor *cq, ts_tensor *wq_b, ts_tensor *weights_proj,
+                         const ts_v4_compressor_w *comp, int64_t n_heads, int64_t head_dim, int64_t m,
+                         ts_tensor *angles_q, ts_tensor *angles_k, int n_rot, float eps, ts_tensor *mask,
+                         int64_t topk, ts_tensor **scores, ts_tensor **keys);
+
 #endif
