@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "train/optim_common.h"
 #include "tessera/train.h"
 
 /* Elements below which a parameter is updated on the calling thread only. */
@@ -73,18 +74,6 @@ static bool name_fits(const char *name) {
     return !name || strlen(name) + ADAMW_SUFFIX_MAX <= TS_OPTIM_STATE_NAME_MAX;
 }
 
-static char *param_name_copy(const char *name, int index) {
-    char fallback[32];
-    if (!name) {
-        snprintf(fallback, sizeof fallback, "param%d", index);
-        name = fallback;
-    }
-    size_t len = strlen(name);
-    char *copy = malloc(len + 1);
-    if (copy) memcpy(copy, name, len + 1);
-    return copy;
-}
-
 ts_status ts_adamw_new(const ts_adamw_group *groups, int n_groups, const ts_adamw_param *params,
                        int n_params, ts_adamw **out) {
     if (!out) return TS_ERR_INVALID_ARG;
@@ -115,7 +104,7 @@ ts_status ts_adamw_new(const ts_adamw_group *groups, int n_groups, const ts_adam
     float *next = opt->moments;
     for (int i = 0; i < n_params; i++) {
         adamw_param *p = &opt->params[i];
-        p->name = param_name_copy(params[i].name, i);
+        p->name = optim_param_name_copy(params[i].name, i);
         if (!p->name) {
             ts_adamw_free(opt);
             return TS_ERR_OOM;

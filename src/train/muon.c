@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "train/optim_common.h"
 #include "tessera/train.h"
 
 const double ts_muon_ns_fast[3] = {3.4445, -4.7750, 2.0315};
@@ -297,18 +298,6 @@ static bool param_is_valid(const ts_muon_param *p, int n_groups) {
            (!p->name || strlen(p->name) + MUON_SUFFIX_MAX <= TS_OPTIM_STATE_NAME_MAX);
 }
 
-static char *param_name_copy(const char *name, int index) {
-    char fallback[32];
-    if (!name) {
-        snprintf(fallback, sizeof fallback, "param%d", index);
-        name = fallback;
-    }
-    size_t len = strlen(name);
-    char *copy = malloc(len + 1);
-    if (copy) memcpy(copy, name, len + 1);
-    return copy;
-}
-
 ts_status ts_muon_new(const ts_muon_group *groups, int n_groups, const ts_muon_param *params,
                       int n_params, ts_muon **out) {
     if (!out) return TS_ERR_INVALID_ARG;
@@ -341,7 +330,7 @@ ts_status ts_muon_new(const ts_muon_group *groups, int n_groups, const ts_muon_p
     float *next = opt->momentum_all;
     for (int i = 0; i < n_params; i++) {
         muon_param *p = &opt->params[i];
-        p->name = param_name_copy(params[i].name, i);
+        p->name = optim_param_name_copy(params[i].name, i);
         if (!p->name) {
             ts_muon_free(opt);
             return TS_ERR_OOM;
