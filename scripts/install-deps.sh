@@ -12,10 +12,13 @@ readonly TOOLS=(
   "make make"
   "cmake cmake"
   "pkg-config pkg-config"
+  "aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu"
+  "qemu-aarch64 qemu-user"
 )
+# The aarch64 cross compiler and qemu-user run the conformance suite on the NEON kernels.
 # Packages without a command of their own: C library headers, jansson (JSON), PCRE2 (the
-# tokenizer's pre-tokenizer regexes).
-readonly LIBRARIES=(libc6-dev libjansson-dev libpcre2-dev)
+# tokenizer's pre-tokenizer regexes), libmicrohttpd (the HTTP server).
+readonly LIBRARIES=(libc6-dev libjansson-dev libpcre2-dev libmicrohttpd-dev libc6-dev-arm64-cross)
 # Sanitizer runtimes (Debian 12 names), needed only when a sanitized program fails to link.
 readonly SANITIZER_LIBS=(libasan8 libubsan1)
 

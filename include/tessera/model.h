@@ -7,7 +7,8 @@
  * the tensor inventory of spec §1.4 - parameter counts, FLOPs per token, KV-cache bytes and a
  * training-memory estimate (accounting.c). The tensor inventory is one walk
  * (ts_model_walk_tensors) that the checkpoint loader and the graph builder reuse, so names and
- * shapes live in exactly one place. The graph-building part of the model comes later.
+ * shapes live in exactly one place. The second part holds the weights in memory (weights.c: load,
+ * save, init) and the graph builder (model_graph.c: forward, loss, backward).
  *
  * Errors: functions that can fail return ts_status and, where they take (err, err_size), write
  * one line naming the offending key into err. Nothing here exits or aborts. Status codes:
@@ -23,6 +24,7 @@
 #define TESSERA_MODEL_H
 
 #include "tessera/core.h"
+#include "tessera/graph.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -279,6 +281,93 @@ ts_status ts_model_init_write(const ts_v4_config *cfg, uint64_t seed, ts_dtype s
 /* Same with an explicit shard size in bytes of tensor data (0 = the 4 GiB default). */
 ts_status ts_model_init_write_sharded(const ts_v4_config *cfg, uint64_t seed, ts_dtype storage, const char *dir,
                                       bool force, uint64_t max_shard_bytes, char *err, size_t err_size);
+
+/* ---------------------------------------------------------------- weights in memory (weights.c)
+ *
+ * Every tensor of ts_model_walk_tensors held in host memory, in walk order, in one compute dtype
+ * (TS_F32 for training and inference, TS_F64 for reference tests); the hash-routing tables
+ * (tid2eid) are TS_I32. The graphs of ts_model_graph_build bind their parameter leaves to these
+ * arrays, so a model loaded once serves every graph (training, evaluation, decoding). */
+typedef struct ts_model_weights ts_model_weights;
+
+/* Zero-filled weights for cfg (which must validate). dt: TS_F32 or TS_F64. */
+ts_status ts_model_weights_new(const ts_v4_config *cfg, ts_dtype dt, ts_model_weights **out, char *err,
+                               size_t err_size);
+void ts_model_weights_free(ts_model_weights *w);
+const ts_v4_config *ts_model_weights_config(const ts_model_weights *w);
+ts_dtype ts_model_weights_dtype(const ts_model_weights *w);
+int ts_model_weights_count(const ts_model_weights *w);
+const ts_model_tensor *ts_model_weights_info(const ts_model_weights *w, int i);
+void *ts_model_weights_data(const ts_model_weights *w, int i);
+/* Index of the tensor with this official name (spec §1.4, no "model." prefix), or -1. */
+int ts_model_weights_find(const ts_model_weights *w, const char *name);
+/* Fills every tensor with init.c's scheme for `seed` (the values ts_model_init_write stores). */
+ts_status ts_model_weights_init(ts_model_weights *w, uint64_t seed, char *err, size_t err_size);
+
+/* Loads a checkpoint (a directory with config.json and model.safetensors or a sharded index):
+ * reads and validates the config, then every tensor, converted exactly on load to dt (FP8 with
+ * block scales and packed MXFP4 experts included). Names accepted for each tensor: the official
+ * one (spec §1.4), the same under "model.", and the hybrid names transformers' save_pretrained
+ * writes (model.embed_tokens.weight, model.hc_head.hc_fn/base/scale, attn.norm.weight for
+ * attn.kv_norm.weight; docs/v4-reference-notes.md §4). A missing tensor, a wrong shape or dtype,
+ * or a truncated file is an error naming the tensor; nothing is returned then. Tensors of the
+ * checkpoint the model does not use (e.g. mtp.* when num_nextn_predict_layers is 0) are ignored. */
+ts_status ts_model_load(const char *dir, ts_dtype dt, ts_model_weights **out, char *err, size_t err_size);
+/* Saves config.json + model.safetensors under the official names (what ts_model_load and
+ * transformers' DeepseekV4ForCausalLM.from_pretrained read), float tensors in `storage` (TS_F32 or
+ * TS_BF16; the config's torch_dtype says which), tid2eid as I64, each file atomically. A
+ * non-empty dir is refused (TS_ERR_STATE) unless force. */
+ts_status ts_model_save(const ts_model_weights *w, const char *dir, ts_dtype storage, bool force, char *err,
+                        size_t err_size);
+
+/* ---------------------------------------------------------------- the model as a graph (model_graph.c)
+ *
+ * ts_model_graph_build records the whole forward pass of a V4 (spec §2) or dense model for a
+ * fixed batch shape [B, T] on a new graph, with the loss and, for training, the backward pass;
+ * parameter leaves are bound to the weights' arrays. Life: build -> alloc (plans memory, fills
+ * the constant tables: RoPE angles, causal block masks, HCA index lists) -> per batch: set the
+ * inputs, compute, read logits / loss / gradients. */
+typedef struct {
+    int64_t batch, seq;        /* B, T */
+    bool loss;                 /* targets input + mean cross-entropy over targets >= 0 */
+    bool backward;             /* gradients of every trained parameter (needs loss) */
+    bool mtp;                  /* MTP block(s) (V4 with num_nextn_predict_layers > 0): logits and,
+                                * with loss, the MTP cross-entropy weighted by mtp_weight */
+    float mtp_weight;          /* spec §5.1: 0.3, then 0.1 in the LR decay */
+    bool dense_csa;            /* CSA layers attend to every completed block (no indexer) */
+    bool keep_logits;          /* logits stay readable after compute (always true without loss) */
+} ts_model_graph_options;
+
+/* One built graph. Inputs are i32 leaves the caller writes before each compute. */
+typedef struct {
+    ts_graph *graph;
+    const ts_model_weights *weights;
+    ts_model_graph_options opts;
+    ts_tensor *ids;            /* [B, T] token ids */
+    ts_tensor *targets;        /* [B, T] next-token targets, < 0 ignored (with loss) */
+    ts_tensor *mtp_ids;        /* [B, T] the token at t+1 fed to the MTP block (with mtp) */
+    ts_tensor *mtp_targets;    /* [B, T] the token at t+2, < 0 ignored (with mtp and loss) */
+    ts_tensor *logits;         /* [B, T, V] */
+    ts_tensor *mtp_logits;     /* [B, T, V] or NULL */
+    ts_tensor *loss;           /* [1]: lm_loss + mtp_weight * mtp_loss */
+    ts_tensor *lm_loss, *mtp_loss;
+    ts_tensor **params;        /* [ts_model_weights_count]: the leaf of each weight (NULL if unused) */
+    ts_tensor **route_idx;     /* [layer slots]: the experts chosen per token [B*T, K] (i32/i64), MoE layers */
+    ts_tensor **index_idx;     /* [layer slots]: the CSA indexer's picks [B, T, k] or NULL */
+    void *internal;            /* constant tables to fill at alloc */
+} ts_model_graph;
+
+ts_status ts_model_graph_build(const ts_model_weights *w, const ts_model_graph_options *opts,
+                               ts_model_graph **out, char *err, size_t err_size);
+ts_status ts_model_graph_alloc(ts_model_graph *mg, ts_backend *be, ts_plan_stats *stats, char *err,
+                               size_t err_size);
+void ts_model_graph_free(ts_model_graph *mg);
+/* Gradient node of weight i (NULL when it has none: buffers, unused, no backward). For a routed
+ * expert it is the stacked [E, rows, cols] gradient of the layer's experts of that kind. */
+ts_tensor *ts_model_graph_grad(const ts_model_graph *mg, int i);
+/* Host address of weight i's own gradient after compute (inside the stacked one for experts),
+ * in the weights' dtype; NULL as above or when the backend's memory is not host-visible. */
+void *ts_model_graph_grad_data(const ts_model_graph *mg, int i);
 
 #ifdef __cplusplus
 }

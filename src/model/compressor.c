@@ -101,18 +101,19 @@ void ts_v4_hca_extra_idx(int64_t T, int64_t m, int64_t n_blocks, int32_t *idx) {
         for (int64_t i = 0; i < n_blocks; i++) idx[t * n_blocks + i] = (i + 1) * m - 1 <= t ? (int32_t)i : -1;
 }
 
-/* ---------------------------------------------------------------- compressors */
+/* ---------------------------------------------------------------- compressors
+ * x is [T, d] or [B, T, d]; axes are counted from the end so one code path serves both. */
 
-/* Checks the compressor weights against x [T, d] with k = mult·c channels; returns n_blocks (0
- * after recording an error, -1 when an input is NULL). */
+/* Checks the compressor weights against x with k = mult·c channels; returns n_blocks (0 after
+ * recording an error, -1 when an input is NULL). */
 static int64_t check_comp(ts_graph *g, const char *who, ts_tensor *x, const ts_v4_compressor_w *w, int64_t m,
                           int mult, ts_tensor *angles, int n_rot) {
     if (!x || !w || !w->wkv || !w->wgate || !w->ape || !w->norm || !angles) return -1;
-    if (x->ndim != 2) {
-        ts_graph_set_error(g, TS_ERR_SHAPE, "%s: x must be [T, d], got %d dims", who, x->ndim);
+    if (x->ndim != 2 && x->ndim != 3) {
+        ts_graph_set_error(g, TS_ERR_SHAPE, "%s: x must be [T, d] or [B, T, d], got %d dims", who, x->ndim);
         return 0;
     }
-    int64_t T = x->shape[0], d = x->shape[1];
+    int64_t T = x->shape[x->ndim - 2], d = x->shape[x->ndim - 1];
     if (m < 1 || T / m < 1) {
         ts_graph_set_error(g, TS_ERR_SHAPE, "%s: ratio %lld with T = %lld gives no completed block", who,
                            (long long)m, (long long)T);
@@ -142,21 +143,26 @@ static int64_t check_comp(ts_graph *g, const char *who, ts_tensor *x, const ts_v
     return nb;
 }
 
-/* C = x·wkvᵀ and Z = x·wgateᵀ + ape on the first nb·m tokens, as [nb, m, k]. */
+/* C = x·wkvᵀ and Z = x·wgateᵀ + ape on the first nb·m tokens, as [(B,) nb, m, k]. */
 static void project(ts_graph *g, ts_tensor *x, const ts_v4_compressor_w *w, int64_t m, int64_t nb, ts_tensor **C,
                     ts_tensor **Z) {
-    ts_tensor *xs = x->shape[0] == nb * m ? x : ts_slice(g, x, 0, 0, nb * m);
+    int tax = x->ndim - 2;
+    ts_tensor *xs = x->shape[tax] == nb * m ? x : ts_slice(g, x, tax, 0, nb * m);
     int64_t k = w->wkv->shape[0];
-    int64_t s3[3] = {nb, m, k};
-    *C = ts_reshape(g, ts_matmul(g, xs, w->wkv, false, true), 3, s3);
-    *Z = ts_add(g, ts_reshape(g, ts_matmul(g, xs, w->wgate, false, true), 3, s3), w->ape);
+    int64_t shape[4], n = 0;
+    if (x->ndim == 3) shape[n++] = x->shape[0];
+    shape[n++] = nb;
+    shape[n++] = m;
+    shape[n++] = k;
+    *C = ts_reshape(g, ts_matmul(g, xs, w->wkv, false, true), (int)n, shape);
+    *Z = ts_add(g, ts_reshape(g, ts_matmul(g, xs, w->wgate, false, true), (int)n, shape), w->ape);
 }
 
-/* softmax over slots (axis 1) of Z, weighted sum of C -> [nb, c]; RMSNorm; RoPE. */
+/* softmax over slots (axis -2) of Z, weighted sum of C -> [(B,) nb, c]; RMSNorm; RoPE. */
 static ts_tensor *pool_norm_rope(ts_graph *g, ts_tensor *C, ts_tensor *Z, const ts_v4_compressor_w *w,
                                  ts_tensor *angles, int n_rot, float eps) {
-    ts_tensor *S = ts_softmax(g, Z, 1, NULL);
-    ts_tensor *pooled = ts_sum(g, ts_mul(g, S, C), 1, false);
+    ts_tensor *S = ts_softmax(g, Z, -2, NULL);
+    ts_tensor *pooled = ts_sum(g, ts_mul(g, S, C), -2, false);
     return ts_rope(g, ts_rms_norm(g, pooled, w->norm, eps), angles, n_rot, false);
 }
 
@@ -177,18 +183,22 @@ ts_tensor *ts_v4_csa_compress(ts_graph *g, ts_tensor *x, const ts_v4_compressor_
     ts_tensor *C, *Z;
     project(g, x, w, m, nb, &C, &Z);
     /* series b = channels [0, c) (to the next block), series a = [c, 2c) (own block) */
-    ts_tensor *Cb = ts_slice(g, C, 2, 0, c), *Ca = ts_slice(g, C, 2, c, c);
-    ts_tensor *Zb = ts_slice(g, Z, 2, 0, c), *Za = ts_slice(g, Z, 2, c, c);
+    ts_tensor *Cb = ts_slice(g, C, -1, 0, c), *Ca = ts_slice(g, C, -1, c, c);
+    ts_tensor *Zb = ts_slice(g, Z, -1, 0, c), *Za = ts_slice(g, Z, -1, c, c);
     /* previous block's b series: block 0 gets a zero value and a -inf score (weight exactly 0) */
-    int64_t s1[3] = {1, m, c};
-    ts_tensor *Cprev = ts_fill(g, x->dtype, 3, s1, 0.0f), *Zprev = ts_fill(g, x->dtype, 3, s1, -INFINITY);
+    int64_t s1[4], n = 0;
+    if (x->ndim == 3) s1[n++] = x->shape[0];
+    s1[n++] = 1;
+    s1[n++] = m;
+    s1[n++] = c;
+    ts_tensor *Cprev = ts_fill(g, x->dtype, (int)n, s1, 0.0f), *Zprev = ts_fill(g, x->dtype, (int)n, s1, -INFINITY);
     if (nb > 1) {
-        ts_tensor *cp[2] = {Cprev, ts_slice(g, Cb, 0, 0, nb - 1)}, *zp[2] = {Zprev, ts_slice(g, Zb, 0, 0, nb - 1)};
-        Cprev = ts_concat(g, cp, 2, 0);
-        Zprev = ts_concat(g, zp, 2, 0);
+        ts_tensor *cp[2] = {Cprev, ts_slice(g, Cb, -3, 0, nb - 1)}, *zp[2] = {Zprev, ts_slice(g, Zb, -3, 0, nb - 1)};
+        Cprev = ts_concat(g, cp, 2, -3);
+        Zprev = ts_concat(g, zp, 2, -3);
     }
     ts_tensor *cs[2] = {Cprev, Ca}, *zs[2] = {Zprev, Za};
-    return pool_norm_rope(g, ts_concat(g, cs, 2, 1), ts_concat(g, zs, 2, 1), w, angles, n_rot, eps);
+    return pool_norm_rope(g, ts_concat(g, cs, 2, -2), ts_concat(g, zs, 2, -2), w, angles, n_rot, eps);
 }
 
 /* ---------------------------------------------------------------- indexer */
@@ -202,38 +212,45 @@ ts_tensor *ts_v4_indexer(ts_graph *g, ts_tensor *x, ts_tensor *cq, ts_tensor *wq
     if (!x || !cq || !wq_b || !weights_proj || !angles_q || !mask) return NULL;
     ts_tensor *K = ts_v4_csa_compress(g, x, comp, m, angles_k, n_rot, eps);
     if (!K) return NULL;
-    int64_t T = x->shape[0], d = x->shape[1], nb = K->shape[0];
+    bool batched = x->ndim == 3;
+    int64_t B = batched ? x->shape[0] : 1, T = x->shape[x->ndim - 2], d = x->shape[x->ndim - 1];
+    int64_t nb = K->shape[K->ndim - 2];
     const ts_tensor *ts[4] = {cq, wq_b, weights_proj, mask};
     for (int i = 0; i < 4; i++)
         if (ts[i]->dtype != x->dtype || angles_q->dtype != x->dtype) {
             ts_graph_set_error(g, TS_ERR_DTYPE, "indexer: inputs must have x's dtype");
             return NULL;
         }
-    if (K->shape[1] != head_dim || n_heads < 1 || cq->ndim != 2 || cq->shape[0] != T || wq_b->ndim != 2 ||
-        wq_b->shape[0] != n_heads * head_dim || wq_b->shape[1] != cq->shape[1] || weights_proj->ndim != 2 ||
-        weights_proj->shape[0] != n_heads || weights_proj->shape[1] != d || angles_q->ndim != 2 ||
-        angles_q->shape[0] != T || angles_q->shape[1] != n_rot / 2 || mask->ndim != 2 || mask->shape[0] != T ||
-        mask->shape[1] != nb || topk < 1) {
+    bool mask_ok = mask->shape[mask->ndim - 1] == nb && mask->shape[mask->ndim - 2] == T &&
+                   (mask->ndim == 2 || (mask->ndim == 3 && batched && mask->shape[0] == B));
+    if (K->shape[K->ndim - 1] != head_dim || n_heads < 1 || cq->ndim != x->ndim || cq->shape[cq->ndim - 2] != T ||
+        (batched && cq->shape[0] != B) || wq_b->ndim != 2 || wq_b->shape[0] != n_heads * head_dim ||
+        wq_b->shape[1] != cq->shape[cq->ndim - 1] || weights_proj->ndim != 2 || weights_proj->shape[0] != n_heads ||
+        weights_proj->shape[1] != d || angles_q->ndim != 2 || angles_q->shape[0] != T ||
+        angles_q->shape[1] != n_rot / 2 || !mask_ok || topk < 1) {
         ts_graph_set_error(g, TS_ERR_SHAPE,
-                           "indexer: want cq [T, q_lora], wq_b [n_heads·head_dim, q_lora], weights_proj "
-                           "[n_heads, d], compressor width head_dim, angles_q [T, n_rot/2], mask [T, n_blocks], "
+                           "indexer: want cq [(B,) T, q_lora], wq_b [n_heads·head_dim, q_lora], weights_proj "
+                           "[n_heads, d], compressor width head_dim, angles_q [T, n_rot/2], mask [(B,) T, n_blocks], "
                            "topk >= 1");
         return NULL;
     }
-    int64_t sq[3] = {T, n_heads, head_dim}, sa[3] = {T, 1, n_rot / 2};
-    ts_tensor *q = ts_reshape(g, ts_matmul(g, cq, wq_b, false, true), 3, sq);
+    int64_t sq[4] = {B, T, n_heads, head_dim}, sa[3] = {T, 1, n_rot / 2};
+    ts_tensor *q = ts_reshape(g, ts_matmul(g, cq, wq_b, false, true), 4, sq);
     q = ts_rope(g, q, ts_reshape(g, angles_q, 3, sa), n_rot, false);
     ts_tensor *wt = ts_scale(g, ts_matmul(g, x, weights_proj, false, true),
                              (float)(1.0 / sqrt((double)head_dim * (double)n_heads)));
-    int64_t sw[3] = {T, n_heads, 1}, sd[3] = {T, n_heads, nb};
-    ts_tensor *qk = ts_reshape(g, ts_matmul(g, ts_reshape_2d(g, q, T * n_heads, head_dim), K, false, true), 3, sd);
-    ts_tensor *sc = ts_sum(g, ts_mul(g, ts_relu(g, qk), ts_reshape(g, wt, 3, sw)), 1, false);
+    int64_t sw[4] = {B, T, n_heads, 1}, sd[4] = {B, T, n_heads, nb}, sk[3] = {B, nb, head_dim};
+    int64_t sqf[3] = {B, T * n_heads, head_dim}, sst[3] = {B, T, nb};
+    ts_tensor *qk = ts_reshape(g, ts_matmul(g, ts_reshape(g, q, 3, sqf), ts_reshape(g, K, 3, sk), false, true), 4, sd);
+    ts_tensor *sc = ts_sum(g, ts_mul(g, ts_relu(g, qk), ts_reshape(g, wt, 4, sw)), 2, false); /* [B, T, nb] */
     sc = ts_add(g, sc, mask);
+    if (!batched) sc = ts_reshape_2d(g, sc, T, nb);
     int k = (int)(topk < nb ? topk : nb);
     ts_tensor *idx = NULL;
     if (!sc || ts_topk(g, sc, k, NULL, &idx) != TS_OK) return NULL;
     /* slots that picked an invisible block (mask -inf) -> -1: (idx+1)·exp(mask[t, idx]) - 1 in f32 */
-    ts_tensor *vis = ts_exp(g, ts_cast(g, ts_gather(g, mask, -1, idx), TS_F32));
+    ts_tensor *full_mask = ts_same_shape(mask, sc) ? mask : ts_expand(g, mask, sc->ndim, batched ? sst : sst + 1);
+    ts_tensor *vis = ts_exp(g, ts_cast(g, ts_gather(g, full_mask, -1, idx), TS_F32));
     ts_tensor *fidx = ts_add(g, ts_cast(g, idx, TS_F32), ts_fill(g, TS_F32, 1, (int64_t[]){1}, 1.0f));
     ts_tensor *out = ts_cast(g, ts_sub(g, ts_mul(g, fidx, vis), ts_fill(g, TS_F32, 1, (int64_t[]){1}, 1.0f)),
                              TS_I32);

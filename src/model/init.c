@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #include "tessera/io.h"
+#include "model/model_internal.h"
 
 #define INIT_STD 0.02
 #define DEFAULT_SHARD_BYTES ((uint64_t)4 << 30) /* 4 GiB: tiny and small fit in one file */
@@ -110,6 +111,11 @@ static ts_status collect(const ts_model_tensor *t, void *user) {
 
 /* ---------------------------------------------------------------- values */
 
+typedef struct {
+    const ts_v4_config *cfg;
+    uint64_t seed;
+} init_job;
+
 typedef enum { INIT_NORMAL, INIT_CONST, INIT_HC_BASE, INIT_TID2EID } init_kind;
 
 typedef struct {
@@ -138,23 +144,24 @@ static bool rule_for(const ts_v4_config *c, const ts_model_tensor *t, init_rule 
     return true;
 }
 
+/* Values are computed in f32 and then stored, so every storage dtype holds the same numbers. */
 static void store(void *data, ts_st_dtype st, int64_t i, double v) {
-    if (st == TS_ST_F32) ((float *)data)[i] = (float)v;
-    else ((uint16_t *)data)[i] = ts_f32_to_bf16((float)v);
+    float f = (float)v;
+    if (st == TS_ST_F32) ((float *)data)[i] = f;
+    else if (st == TS_ST_F64) ((double *)data)[i] = f;
+    else ((uint16_t *)data)[i] = ts_f32_to_bf16(f);
 }
 
-/* Fills e's data (allocated here, e->nbytes bytes). */
-static ts_status fill(const ts_v4_config *c, uint64_t seed, const entry *e, void **out, char *err, size_t err_size) {
-    const ts_model_tensor *t = &e->t;
+static int64_t table_at(const void *data, ts_st_dtype st, int64_t i) {
+    return st == TS_ST_I64 ? ((const int64_t *)data)[i] : ((const int32_t *)data)[i];
+}
+
+ts_status ts_model_init_tensor(const ts_v4_config *c, uint64_t seed, const ts_model_tensor *t, ts_st_dtype st,
+                               void *data, char *err, size_t err_size) {
     init_rule r;
     if (!rule_for(c, t, &r)) {
         set_err(err, err_size, "no init rule for tensor '%s'", t->name);
         return TS_ERR_INTERNAL;
-    }
-    void *data = malloc(e->nbytes ? e->nbytes : 1);
-    if (!data) {
-        set_err(err, err_size, "out of memory for tensor '%s' (%zu bytes)", t->name, e->nbytes);
-        return TS_ERR_OOM;
     }
     int64_t numel = ts_model_tensor_numel(t);
     uint64_t tseed = mix64(seed ^ fnv1a64(t->name));
@@ -162,43 +169,48 @@ static ts_status fill(const ts_v4_config *c, uint64_t seed, const entry *e, void
     case INIT_NORMAL: {
         ts_rng rng;
         ts_rng_seed(&rng, tseed);
-        for (int64_t i = 0; i < numel; i++) store(data, e->st, i, (float)(r.value * ts_rng_normal(&rng)));
+        for (int64_t i = 0; i < numel; i++) store(data, st, i, (float)(r.value * ts_rng_normal(&rng)));
         break;
     }
     case INIT_CONST:
-        for (int64_t i = 0; i < numel; i++) store(data, e->st, i, r.value);
+        for (int64_t i = 0; i < numel; i++) store(data, st, i, r.value);
         break;
     case INIT_HC_BASE: {
         int64_t n = c->hc_mult;
         double logit = -log((double)(n - 1)); /* logit(1/n) */
-        for (int64_t i = 0; i < numel; i++) store(data, e->st, i, i < n ? logit : 0.0);
+        for (int64_t i = 0; i < numel; i++) store(data, st, i, i < n ? logit : 0.0);
         break;
     }
     case INIT_TID2EID: {
         int64_t rows = t->shape[0], k = t->shape[1];
         uint64_t E = (uint64_t)c->n_routed_experts;
-        if (t->ndim != 2 || e->st != TS_ST_I64 || k > (int64_t)E) {
-            free(data);
+        if (t->ndim != 2 || (st != TS_ST_I64 && st != TS_ST_I32) || k > (int64_t)E) {
             set_err(err, err_size, "tensor '%s': cannot choose %lld distinct experts of %llu", t->name,
                     (long long)k, (unsigned long long)E);
             return TS_ERR_INTERNAL;
         }
-        int64_t *tab = data;
         for (int64_t v = 0; v < rows; v++) {
             uint64_t x = tseed + (uint64_t)v * 0xD1B54A32D192ED03ull;
-            int64_t *row = tab + v * k;
             for (int64_t j = 0; j < k;) {
                 int64_t ex = (int64_t)(splitmix64(&x) % E);
                 bool dup = false;
-                for (int64_t q = 0; q < j; q++) dup = dup || row[q] == ex;
-                if (!dup) row[j++] = ex;
+                for (int64_t q = 0; q < j; q++) dup = dup || table_at(data, st, v * k + q) == ex;
+                if (dup) continue;
+                if (st == TS_ST_I64) ((int64_t *)data)[v * k + j] = ex;
+                else ((int32_t *)data)[v * k + j] = (int32_t)ex;
+                j++;
             }
         }
         break;
     }
     }
-    *out = data;
     return TS_OK;
+}
+
+static ts_status init_source(void *user, const ts_model_tensor *t, ts_st_dtype st, void *data, char *err,
+                             size_t err_size) {
+    const init_job *job = user;
+    return ts_model_init_tensor(job->cfg, job->seed, t, st, data, err, err_size);
 }
 
 /* ---------------------------------------------------------------- the directory */
@@ -265,8 +277,8 @@ static ts_status join(char *buf, size_t size, const char *dir, const char *file,
 static const ts_st_metadata METADATA[] = {{"format", "pt"}};
 
 /* Writes the entries of one shard (or all of them, shard < 0) to path. */
-static ts_status write_file(const ts_v4_config *c, uint64_t seed, const entry_list *l, int shard, const char *path,
-                            char *err, size_t err_size) {
+static ts_status write_file(const entry_list *l, int shard, const char *path, ts_model_tensor_source source,
+                            void *user, char *err, size_t err_size) {
     size_t n = 0;
     for (size_t i = 0; i < l->n; i++) n += shard < 0 || l->v[i].shard == shard;
     ts_st_write_tensor *wt = calloc(n ? n : 1, sizeof *wt);
@@ -277,7 +289,13 @@ static ts_status write_file(const ts_v4_config *c, uint64_t seed, const entry_li
     for (size_t i = 0; i < l->n && s == TS_OK; i++) {
         const entry *e = &l->v[i];
         if (shard >= 0 && e->shard != shard) continue;
-        s = fill(c, seed, e, &bufs[k], err, err_size);
+        bufs[k] = malloc(e->nbytes ? e->nbytes : 1);
+        if (!bufs[k]) {
+            set_err(err, err_size, "out of memory for tensor '%s' (%zu bytes)", e->t.name, e->nbytes);
+            s = TS_ERR_OOM;
+            break;
+        }
+        s = source(user, &e->t, e->st, bufs[k], err, err_size);
         if (s != TS_OK) break;
         wt[k] = (ts_st_write_tensor){e->t.name, e->st, e->t.ndim, e->t.shape, bufs[k], e->nbytes};
         k++;
@@ -356,10 +374,11 @@ ts_status ts_model_init_config(const ts_v4_config *cfg, ts_dtype storage, ts_v4_
     return ts_v4_config_validate(out, err, err_size);
 }
 
-ts_status ts_model_init_write_sharded(const ts_v4_config *cfg, uint64_t seed, ts_dtype storage, const char *dir,
-                                      bool force, uint64_t max_shard_bytes, char *err, size_t err_size) {
+ts_status ts_model_write_checkpoint(const ts_v4_config *cfg, ts_dtype storage, const char *dir, bool force,
+                                    uint64_t max_shard_bytes, ts_model_tensor_source source, void *user, char *err,
+                                    size_t err_size) {
     if (!cfg || !dir || !*dir) {
-        set_err(err, err_size, "ts_model_init_write: NULL config or empty directory");
+        set_err(err, err_size, "writing a checkpoint: NULL config or empty directory");
         return TS_ERR_INVALID_ARG;
     }
     if (max_shard_bytes == 0) max_shard_bytes = DEFAULT_SHARD_BYTES;
@@ -393,7 +412,7 @@ ts_status ts_model_init_write_sharded(const ts_v4_config *cfg, uint64_t seed, ts
             set_err(err, err_size, "cannot remove stale %s: %s", index, strerror(errno));
             s = TS_ERR_IO;
         }
-        if (s == TS_OK) s = write_file(&c, seed, &l, -1, single, err, err_size);
+        if (s == TS_OK) s = write_file(&l, -1, single, source, user, err, err_size);
     } else if (s == TS_OK) {
         if (unlink(index) != 0 && errno != ENOENT) { /* the old commit point goes first */
             set_err(err, err_size, "cannot remove stale %s: %s", index, strerror(errno));
@@ -403,7 +422,7 @@ ts_status ts_model_init_write_sharded(const ts_v4_config *cfg, uint64_t seed, ts
             char file[64];
             snprintf(file, sizeof file, "model-%05d-of-%05d.safetensors", k + 1, n_shards);
             s = join(path, sizeof path, dir, file, err, err_size);
-            if (s == TS_OK) s = write_file(&c, seed, &l, k, path, err, err_size);
+            if (s == TS_OK) s = write_file(&l, k, path, source, user, err, err_size);
         }
         if (s == TS_OK) s = write_index(&l, n_shards, total, index, err, err_size);
         if (s == TS_OK && unlink(single) != 0 && errno != ENOENT) {
@@ -415,6 +434,12 @@ ts_status ts_model_init_write_sharded(const ts_v4_config *cfg, uint64_t seed, ts
     if (s == TS_OK) s = write_config(&c, path, err, err_size);
     free(l.v);
     return s;
+}
+
+ts_status ts_model_init_write_sharded(const ts_v4_config *cfg, uint64_t seed, ts_dtype storage, const char *dir,
+                                      bool force, uint64_t max_shard_bytes, char *err, size_t err_size) {
+    init_job job = {cfg, seed};
+    return ts_model_write_checkpoint(cfg, storage, dir, force, max_shard_bytes, init_source, &job, err, err_size);
 }
 
 ts_status ts_model_init_write(const ts_v4_config *cfg, uint64_t seed, ts_dtype storage, const char *dir, bool force,

@@ -6,6 +6,34 @@
 
 #include "tessera/graph.h"
 #include "tessera/model.h"
+#include "tessera/io.h"
+
+/* ================================================================ checkpoint files (init.c)
+ * One writer for every model checkpoint: the tensors of ts_model_walk_tensors under their
+ * official names, values supplied per tensor by `source` (init rules or in-memory weights). */
+
+/* Writes the values of tensor t into data (room for t in dtype st: F32, F64, BF16, I64 or I32). */
+typedef ts_status (*ts_model_tensor_source)(void *user, const ts_model_tensor *t, ts_st_dtype st, void *data,
+                                            char *err, size_t err_size);
+/* DIR/model.safetensors (or shards + index above max_shard_bytes; 0 = 4 GiB) and DIR/config.json
+ * with the config of ts_model_init_config(cfg, storage); every file atomic. */
+ts_status ts_model_write_checkpoint(const ts_v4_config *cfg, ts_dtype storage, const char *dir, bool force,
+                                    uint64_t max_shard_bytes, ts_model_tensor_source source, void *user, char *err,
+                                    size_t err_size);
+/* The init scheme's values for one tensor (documented at the top of init.c). */
+ts_status ts_model_init_tensor(const ts_v4_config *cfg, uint64_t seed, const ts_model_tensor *t, ts_st_dtype st,
+                               void *data, char *err, size_t err_size);
+
+/* ================================================================ weights (weights.c)
+ * Routed experts are stacked per layer and kind: tensor i of expert e lives at
+ * data(stack_base(i)) + e·numel, so one [E, rows, cols] leaf covers all of them. */
+int ts_model_weights_stack_base(const ts_model_weights *w, int i); /* -1 when not a routed expert */
+ts_dtype ts_model_weights_mem_dtype(const ts_model_weights *w, int i); /* compute dtype, i32 tables */
+/* The names official tensor `name` may have in a checkpoint, most likely first (model.h,
+ * ts_model_load); returns how many were written. */
+#define TS_MODEL_NAME_CANDIDATES 8
+#define TS_MODEL_NAME_CANDIDATE_MAX (TS_MODEL_TENSOR_NAME_MAX + 16)
+int ts_model_name_candidates(const char *name, char out[][TS_MODEL_NAME_CANDIDATE_MAX]);
 
 /* ================================================================ mHC (mhc.c), spec §2.3
  *
@@ -56,7 +84,8 @@ ts_tensor *ts_mhc_head(ts_graph *g, ts_tensor *X, ts_tensor *fn, ts_tensor *base
  * m = 4 overlapping the previous block through the "b" series), the lightning indexer and the
  * host-side helpers that fill the constant leaves those graphs read (RoPE angle tables, the causal
  * block mask, the HCA visible-block index list). Builders only record nodes; autodiff gives the
- * backward of §3 item 9. One sequence per call: x is [T, d] (batch by calling once per row).
+ * backward of §3 item 9. x is one sequence [T, d] or a batch [B, T, d]; outputs then gain the same
+ * leading B (written [(B,) ...] below).
  *
  * Only COMPLETED blocks produce entries: n_blocks = floor(T / m) >= 1 is required (a graph with
  * T < m has no compressed entry; the caller leaves the extras out), trailing tokens are ignored.
@@ -105,23 +134,24 @@ void ts_v4_hca_extra_idx(int64_t T, int64_t m, int64_t n_blocks, int32_t *idx);
 /* HCA (spec §2.7): C = x·wkvᵀ, Z = x·wgateᵀ on the first n_blocks·m tokens, viewed [n_blocks, m, c];
  * per block and channel S = softmax over the m slots of (Z + ape); entry = Σ_slots S ⊙ C;
  * RMSNorm(norm, eps); RoPE on the last n_rot dims by angles [n_blocks, n_rot/2].
- * x [T, d] -> [n_blocks, c], n_blocks = floor(T / m). */
+ * x [(B,) T, d] -> [(B,) n_blocks, c], n_blocks = floor(T / m). */
 ts_tensor *ts_v4_hca_compress(ts_graph *g, ts_tensor *x, const ts_v4_compressor_w *w, int64_t m,
                               ts_tensor *angles, int n_rot, float eps);
 
 /* CSA (spec §2.7, m = 4 in V4; any m >= 1 accepted): per block i and channel, softmax over the 2m
  * slots [block i-1's m tokens with series b (C^b, Z^b + ape^b) ; block i's m tokens with series a
  * (C^a, Z^a + ape^a)]; block 0's previous half is a -inf score / zero value (weight exactly 0).
- * Then RMSNorm(norm [c]) and RoPE as HCA. x [T, d] -> [n_blocks, c]; receptive field of entry i:
+ * Then RMSNorm(norm [c]) and RoPE as HCA. x [(B,) T, d] -> [(B,) n_blocks, c]; receptive field of entry i:
  * tokens m(i-1) .. m(i+1)-1. */
 ts_tensor *ts_v4_csa_compress(ts_graph *g, ts_tensor *x, const ts_v4_compressor_w *w, int64_t m,
                               ts_tensor *angles, int n_rot, float eps);
 
 /* Lightning indexer (spec §2.8) for one CSA layer.
- *   x [T, d]; cq [T, q_lora] (the attention's query latent c^Q); wq_b [n_heads·head_dim, q_lora];
+ *   x [(B,) T, d]; cq [(B,) T, q_lora] (the attention's query latent c^Q); wq_b [n_heads·head_dim, q_lora];
  *   weights_proj [n_heads, d]; comp: the indexer's CSA compressor (output width head_dim);
  *   angles_q [T, n_rot/2] (positions t), angles_k [n_blocks, n_rot/2] (positions m·i);
- *   mask [T, n_blocks] from ts_v4_block_mask_write (x's dtype); topk = index_topk.
+ *   mask [T, n_blocks] from ts_v4_block_mask_write, or [B, T, n_blocks] (x batched), x's dtype;
+ *   topk = index_topk. Shapes below are for one sequence; a batch adds the leading B everywhere.
  * K = CSA(x) [n_blocks, head_dim]; q = rope(cq·wq_bᵀ as [T, n_heads, head_dim]);
  * w = x·weights_projᵀ·(head_dim^-1/2·n_heads^-1/2);
  * scores[t, i] = Σ_h w[t,h]·ReLU(q[t,h]·K[i]) + mask[t, i]  (-inf for invisible blocks);

@@ -1,0 +1,467 @@
+/* model_graph.c - the whole model on one graph: DeepSeek-V4 (spec §2.1-§2.12) and the dense
+ * baseline, for a fixed batch shape [B, T], with the next-token loss, the MTP loss and, for
+ * training, the backward pass (autodiff over the recorded ops).
+ *
+ * V4 reads top to bottom like spec §2.1: embed -> copy into hc_mult streams -> for each layer
+ * two mHC-wrapped sub-layers (attention §2.5-§2.9, MoE §2.10) -> hc_head -> final norm -> head.
+ * The MTP block (§2.12) continues from the final streams. The pieces are the builders of
+ * mhc.c, compressor.c and moe.c; this file wires them and owns the constant tables (RoPE
+ * angles per layer type, causal block masks, HCA index lists), which it fills at alloc.
+ * Parameter leaves are bound to the arrays of ts_model_weights (routed experts as one stacked
+ * [E, rows, cols] leaf per layer and kind). */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model_internal.h"
+#include "model/moe.h"
+
+typedef enum { CONST_ANGLES, CONST_BLOCK_MASK, CONST_BLOCK_IDX } const_kind;
+
+/* A constant leaf and how to fill it. */
+typedef struct {
+    ts_tensor *t;
+    const_kind kind;
+    double base;   /* angles: RoPE base */
+    bool yarn;     /* angles: the config's YaRN on top */
+    int64_t step;  /* angles: position step; masks / index lists: the ratio m */
+} const_leaf;
+
+typedef struct {
+    const_leaf *v;
+    int n, cap;
+} const_list;
+
+/* Build state. */
+typedef struct {
+    ts_graph *g;
+    const ts_model_weights *w;
+    const ts_v4_config *c;
+    ts_model_graph *mg;
+    const_list *consts;
+    ts_dtype dt;
+    int64_t B, T;
+    float eps;
+    ts_tensor *ids_flat; /* [B*T] */
+} builder;
+
+static void set_err(char *err, size_t err_size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void set_err(char *err, size_t err_size, const char *fmt, ...) {
+    if (!err || err_size == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, err_size, fmt, ap);
+    va_end(ap);
+}
+
+/* ---------------------------------------------------------------- leaves */
+
+/* The leaf of weight `name` (prefix + suffix), created on first use and bound to the weights.
+ * Routed experts return the stacked [E, rows, cols] leaf of expert 0's block. */
+static ts_tensor *param(builder *b, const char *prefix, const char *suffix) {
+    char name[TS_MODEL_TENSOR_NAME_MAX + 32];
+    snprintf(name, sizeof name, "%s%s", prefix, suffix);
+    int i = ts_model_weights_find(b->w, name);
+    if (i < 0) {
+        ts_graph_set_error(b->g, TS_ERR_INTERNAL, "model graph: no weight '%s'", name);
+        return NULL;
+    }
+    int base = ts_model_weights_stack_base(b->w, i);
+    int key = base >= 0 ? base : i;
+    if (b->mg->params[key]) return b->mg->params[i] = b->mg->params[key];
+    const ts_model_tensor *t = ts_model_weights_info(b->w, key);
+    int64_t shape[3];
+    int nd = 0;
+    if (base >= 0) shape[nd++] = b->c->n_routed_experts;
+    for (int d = 0; d < t->ndim; d++) shape[nd++] = t->shape[d];
+    ts_tensor *leaf = ts_new_tensor(b->g, ts_model_weights_mem_dtype(b->w, key), nd, shape, base >= 0 ? "experts" : name);
+    if (!leaf) return NULL;
+    if (base >= 0) ts_set_name(leaf, "%s(stacked)", t->name);
+    if (ts_tensor_bind_host(leaf, ts_model_weights_data(b->w, key)) != TS_OK) {
+        ts_graph_set_error(b->g, TS_ERR_INTERNAL, "model graph: cannot bind '%s'", name);
+        return NULL;
+    }
+    if (b->mg->opts.backward && t->is_param && t->optim != TS_OPTIM_NONE) ts_set_param(leaf);
+    b->mg->params[key] = leaf;
+    if (base >= 0) /* every expert's tensor of this block (walk order: 3 tensors per expert) */
+        for (int64_t e = 1; e < b->c->n_routed_experts; e++) b->mg->params[key + 3 * e] = leaf;
+    return b->mg->params[i] = leaf;
+}
+
+static ts_tensor *constant(builder *b, const_kind kind, int nd, const int64_t *shape, ts_dtype dt, double base,
+                           bool yarn, int64_t step, const char *name) {
+    for (int i = 0; i < b->consts->n; i++) { /* one table per distinct content */
+        const_leaf *k = &b->consts->v[i];
+        if (k->kind == kind && k->base == base && k->yarn == yarn && k->step == step && k->t->ndim == nd &&
+            memcmp(k->t->shape, shape, (size_t)nd * sizeof *shape) == 0)
+            return k->t;
+    }
+    if (b->consts->n == b->consts->cap) {
+        int cap = b->consts->cap ? 2 * b->consts->cap : 16;
+        const_leaf *v = realloc(b->consts->v, (size_t)cap * sizeof *v);
+        if (!v) {
+            ts_graph_set_error(b->g, TS_ERR_OOM, "model graph: out of memory");
+            return NULL;
+        }
+        b->consts->v = v;
+        b->consts->cap = cap;
+    }
+    ts_tensor *t = ts_new_tensor(b->g, dt, nd, shape, name);
+    if (!t) return NULL;
+    b->consts->v[b->consts->n++] = (const_leaf){t, kind, base, yarn, step};
+    return t;
+}
+
+/* RoPE angles [n_pos, r/2] for positions p·step. */
+static ts_tensor *angles(builder *b, bool compressed_layer, int64_t n_pos, int64_t step) {
+    int64_t shape[2] = {n_pos, b->c->qk_rope_head_dim / 2};
+    double base = compressed_layer ? b->c->compress_rope_theta : b->c->rope_theta;
+    return constant(b, CONST_ANGLES, 2, shape, b->dt, base, compressed_layer && b->c->rope_scaling.enabled, step,
+                    "rope_angles");
+}
+
+/* ---------------------------------------------------------------- V4 attention (§2.5-§2.9) */
+
+static ts_tensor *linear(builder *b, ts_tensor *x, const char *prefix, const char *name) {
+    return ts_matmul(b->g, x, param(b, prefix, name), false, true);
+}
+
+static ts_v4_compressor_w compressor_weights(builder *b, const char *prefix, const char *where) {
+    char p[TS_MODEL_TENSOR_NAME_MAX];
+    snprintf(p, sizeof p, "%s%scompressor.", prefix, where);
+    return (ts_v4_compressor_w){param(b, p, "wkv.weight"), param(b, p, "wgate.weight"), param(b, p, "ape"),
+                                param(b, p, "norm.weight")};
+}
+
+/* Compressed entries and their per-query index lists for layer slot `layer` (ratio m > 0, at
+ * least one completed block). x [B, T, d], cq [B*T, q_lora]. */
+static void compressed_entries(builder *b, int layer, const char *prefix, ts_tensor *x, ts_tensor *cq, int64_t m,
+                               ts_tensor **extra, ts_tensor **extra_idx) {
+    const ts_v4_config *c = b->c;
+    ts_graph *g = b->g;
+    int64_t nb = b->T / m, hd = c->head_dim;
+    int r = (int)c->qk_rope_head_dim;
+    ts_tensor *ang_k = angles(b, true, nb, m);
+    ts_v4_compressor_w cw = compressor_weights(b, prefix, "attn.");
+    ts_tensor *entries = m == TS_V4_RATIO_CSA ? ts_v4_csa_compress(g, x, &cw, m, ang_k, r, b->eps)
+                                              : ts_v4_hca_compress(g, x, &cw, m, ang_k, r, b->eps);
+    int64_t es[4] = {b->B, nb, 1, hd};
+    *extra = ts_reshape(g, entries, 4, es);
+    int64_t is[3] = {b->B, b->T, nb};
+    if (m != TS_V4_RATIO_CSA || b->mg->opts.dense_csa) { /* every completed block */
+        *extra_idx = constant(b, CONST_BLOCK_IDX, 3, is, TS_I32, 0, false, m, "block_idx");
+        return;
+    }
+    int64_t ms[2] = {b->T, nb}, cs[3] = {b->B, b->T, c->q_lora_rank};
+    ts_tensor *mask = constant(b, CONST_BLOCK_MASK, 2, ms, b->dt, 0, false, m, "block_mask");
+    ts_v4_compressor_w iw = compressor_weights(b, prefix, "attn.indexer.");
+    char ip[TS_MODEL_TENSOR_NAME_MAX];
+    snprintf(ip, sizeof ip, "%sattn.indexer.", prefix);
+    *extra_idx = ts_v4_indexer(g, x, ts_reshape(g, cq, 3, cs), param(b, ip, "wq_b.weight"),
+                               param(b, ip, "weights_proj.weight"), &iw, c->index_n_heads, c->index_head_dim, m,
+                               angles(b, true, b->T, 1), ang_k, r, b->eps, mask, c->index_topk, NULL, NULL);
+    b->mg->index_idx[layer] = ts_set_output(*extra_idx);
+}
+
+/* Grouped low-rank output projection (§2.5 step 8): o [B, T, H, c] -> [B, T, d]. */
+static ts_tensor *grouped_output(builder *b, const char *prefix, ts_tensor *o) {
+    const ts_v4_config *c = b->c;
+    ts_graph *g = b->g;
+    int64_t BT = b->B * b->T, grp = c->o_groups, per = c->num_attention_heads * c->head_dim / grp;
+    int64_t os[3] = {BT, grp, per}, ws[3] = {grp, c->o_lora_rank, per};
+    int perm[3] = {1, 0, 2};
+    ts_tensor *og = ts_permute(g, ts_reshape(g, o, 3, os), perm);                      /* [g, BT, per] */
+    ts_tensor *wa = ts_reshape(g, param(b, prefix, "attn.wo_a.weight"), 3, ws);        /* [g, dg, per] */
+    ts_tensor *r = ts_permute(g, ts_matmul(g, og, wa, false, true), perm);             /* [BT, g, dg] */
+    ts_tensor *v = linear(b, ts_reshape_2d(g, r, BT, grp * c->o_lora_rank), prefix, "attn.wo_b.weight");
+    int64_t vs[3] = {b->B, b->T, c->hidden_size};
+    return ts_reshape(g, v, 3, vs);
+}
+
+static ts_tensor *v4_attention(builder *b, int layer, const char *prefix, ts_tensor *x) {
+    const ts_v4_config *c = b->c;
+    ts_graph *g = b->g;
+    int64_t B = b->B, T = b->T, H = c->num_attention_heads, hd = c->head_dim, m = c->compress_ratios[layer];
+    int r = (int)c->qk_rope_head_dim;
+    ts_tensor *ang = angles(b, m > 0, T, 1);
+    int64_t as[3] = {T, 1, r / 2};
+    ts_tensor *ang3 = ts_reshape(g, ang, 3, as);
+    ts_tensor *xf = ts_reshape_2d(g, x, B * T, c->hidden_size);
+
+    ts_tensor *cq = ts_rms_norm(g, linear(b, xf, prefix, "attn.wq_a.weight"), param(b, prefix, "attn.q_norm.weight"),
+                                b->eps);
+    int64_t qs[4] = {B, T, H, hd}, ks[4] = {B, T, 1, hd};
+    ts_tensor *q = ts_reshape(g, linear(b, cq, prefix, "attn.wq_b.weight"), 4, qs);
+    q = ts_rope(g, ts_rms_norm(g, q, NULL, b->eps), ang3, r, false);
+    ts_tensor *kv = ts_rms_norm(g, linear(b, xf, prefix, "attn.wkv.weight"), param(b, prefix, "attn.kv_norm.weight"),
+                                b->eps);
+    kv = ts_rope(g, ts_reshape(g, kv, 4, ks), ang3, r, false);
+
+    ts_attention_params p = {.scale = (float)(1.0 / sqrt((double)hd)),
+                             .causal = true,
+                             .window = (int32_t)c->sliding_window,
+                             .sink = param(b, prefix, "attn.attn_sink")};
+    if (m > 0 && T >= m) compressed_entries(b, layer, prefix, x, cq, m, &p.extra, &p.extra_idx);
+    ts_tensor *o = ts_attention(g, q, kv, kv, &p);
+    o = ts_rope(g, o, ang3, r, true); /* de-rotation by -t (§2.5 step 7) */
+    return grouped_output(b, prefix, o);
+}
+
+/* ---------------------------------------------------------------- MoE (§2.10) */
+
+static ts_tensor *v4_moe(builder *b, int layer, const char *prefix, ts_tensor *x, bool is_mtp) {
+    const ts_v4_config *c = b->c;
+    ts_graph *g = b->g;
+    ts_moe_params mp = ts_moe_params_from_config(c, layer);
+    if (is_mtp) mp.hash_routing = false;
+    ts_moe_weights mw = {.w_gate = param(b, prefix, "ffn.gate.weight")};
+    if (mp.hash_routing) mw.tid2eid = param(b, prefix, "ffn.gate.tid2eid");
+    else mw.bias = param(b, prefix, "ffn.gate.bias");
+    mw.w1 = param(b, prefix, "ffn.experts.0.w1.weight");
+    mw.w2 = param(b, prefix, "ffn.experts.0.w2.weight");
+    mw.w3 = param(b, prefix, "ffn.experts.0.w3.weight");
+    if (c->n_shared_experts > 0) {
+        mw.shared_w1 = param(b, prefix, "ffn.shared_experts.w1.weight");
+        mw.shared_w2 = param(b, prefix, "ffn.shared_experts.w2.weight");
+        mw.shared_w3 = param(b, prefix, "ffn.shared_experts.w3.weight");
+    }
+    ts_moe_nodes nodes;
+    ts_tensor *xf = ts_reshape_2d(g, x, b->B * b->T, c->hidden_size);
+    ts_tensor *v = ts_moe_forward(g, xf, &mw, &mp, b->ids_flat, &nodes);
+    if (!v) return NULL;
+    b->mg->route_idx[layer] = ts_set_output(nodes.indices);
+    int64_t vs[3] = {b->B, b->T, c->hidden_size};
+    return ts_reshape(g, v, 3, vs);
+}
+
+/* ---------------------------------------------------------------- blocks (§2.11) */
+
+/* One mHC-wrapped sub-layer ("attn" / "ffn") around f(norm(u)). With hc_mult = 1 mHC is off and
+ * the sub-layer is a plain pre-norm residual (spec §7.3). X [B, T, n, d]. */
+static ts_tensor *sublayer(builder *b, int layer, const char *prefix, const char *which, ts_tensor *X, bool is_mtp) {
+    const ts_v4_config *c = b->c;
+    ts_graph *g = b->g;
+    int64_t n = c->hc_mult;
+    char name[64];
+    ts_tensor *u, *post = NULL, *comb = NULL;
+    if (n > 1) {
+        char fn[32], base[32], scale[32];
+        snprintf(fn, sizeof fn, "hc_%s_fn", which);
+        snprintf(base, sizeof base, "hc_%s_base", which);
+        snprintf(scale, sizeof scale, "hc_%s_scale", which);
+        u = ts_mhc_pre(g, X, param(b, prefix, fn), param(b, prefix, base), param(b, prefix, scale), n, b->eps,
+                       (float)c->hc_eps, (int)c->hc_sinkhorn_iters, NULL, &post, &comb, NULL);
+    } else {
+        int64_t us[3] = {b->B, b->T, c->hidden_size};
+        u = ts_reshape(g, X, 3, us);
+    }
+    snprintf(name, sizeof name, "%s_norm.weight", which);
+    ts_tensor *x = ts_rms_norm(g, u, param(b, prefix, name), b->eps);
+    ts_tensor *v = strcmp(which, "attn") == 0 ? v4_attention(b, layer, prefix, x) : v4_moe(b, layer, prefix, x, is_mtp);
+    if (n > 1) return ts_mhc_post(g, X, v, post, comb);
+    return ts_add(g, X, ts_reshape(g, v, 4, X->shape));
+}
+
+static ts_tensor *block(builder *b, int layer, const char *prefix, ts_tensor *X, bool is_mtp) {
+    X = sublayer(b, layer, prefix, "attn", X, is_mtp);
+    return sublayer(b, layer, prefix, "ffn", X, is_mtp);
+}
+
+/* hc_head (or the single stream) -> norm -> head: logits [B, T, V]. */
+static ts_tensor *head(builder *b, const char *prefix, ts_tensor *X) {
+    const ts_v4_config *c = b->c;
+    ts_graph *g = b->g;
+    ts_tensor *y;
+    if (c->hc_mult > 1) {
+        y = ts_mhc_head(g, X, param(b, prefix, "hc_head_fn"), param(b, prefix, "hc_head_base"),
+                        param(b, prefix, "hc_head_scale"), b->eps, (float)c->hc_eps, NULL);
+    } else {
+        int64_t ys[3] = {b->B, b->T, c->hidden_size};
+        y = ts_reshape(g, X, 3, ys);
+    }
+    y = ts_rms_norm(g, y, param(b, prefix, "norm.weight"), b->eps);
+    ts_tensor *w = param(b, "", c->tie_word_embeddings ? "embed.weight" : "head.weight");
+    return ts_matmul(g, y, w, false, true);
+}
+
+/* MTP block j (§2.12): streams X of the main model + the embedding of the token at t+1. */
+static ts_tensor *mtp(builder *b, int j, ts_tensor *X) {
+    const ts_v4_config *c = b->c;
+    ts_graph *g = b->g;
+    char prefix[32];
+    snprintf(prefix, sizeof prefix, "mtp.%d.", j);
+    ts_tensor *e = ts_get_rows(g, param(b, "", "embed.weight"), b->mg->mtp_ids);
+    e = linear(b, ts_rms_norm(g, e, param(b, prefix, "enorm.weight"), b->eps), prefix, "e_proj.weight");
+    ts_tensor *h = linear(b, ts_rms_norm(g, X, param(b, prefix, "hnorm.weight"), b->eps), prefix, "h_proj.weight");
+    int64_t es[4] = {b->B, b->T, 1, c->hidden_size};
+    ts_tensor *Xm = ts_add(g, h, ts_reshape(g, e, 4, es));
+    Xm = block(b, (int)c->num_hidden_layers + j, prefix, Xm, true);
+    return head(b, prefix, Xm);
+}
+
+static void build_v4(builder *b) {
+    const ts_v4_config *c = b->c;
+    ts_graph *g = b->g;
+    ts_model_graph *mg = b->mg;
+    int64_t n = c->hc_mult, d = c->hidden_size;
+    ts_tensor *e = ts_get_rows(g, param(b, "", "embed.weight"), mg->ids); /* [B, T, d] */
+    int64_t e4[4] = {b->B, b->T, 1, d}, xs[4] = {b->B, b->T, n, d};
+    ts_tensor *X = ts_cont(g, ts_expand(g, ts_reshape(g, e, 4, e4), 4, xs)); /* every stream = e (§2.1) */
+    for (int layer = 0; layer < c->num_hidden_layers; layer++) {
+        char prefix[32];
+        snprintf(prefix, sizeof prefix, "layers.%d.", layer);
+        X = block(b, layer, prefix, X, false);
+    }
+    mg->logits = head(b, "", X);
+    if (mg->opts.mtp) mg->mtp_logits = mtp(b, 0, X);
+}
+
+/* ---------------------------------------------------------------- losses and the whole graph */
+
+static ts_tensor *input_ids(builder *b, const char *name) {
+    return ts_set_name(ts_new_tensor_2d(b->g, TS_I32, b->B, b->T, name), "%s", name);
+}
+
+static void build_losses(builder *b) {
+    ts_model_graph *mg = b->mg;
+    ts_graph *g = b->g;
+    mg->targets = input_ids(b, "targets");
+    mg->lm_loss = mg->loss = ts_set_output(ts_cross_entropy(g, mg->logits, mg->targets));
+    if (mg->opts.mtp) {
+        mg->mtp_targets = input_ids(b, "mtp_targets");
+        mg->mtp_loss = ts_set_output(ts_cross_entropy(g, mg->mtp_logits, mg->mtp_targets));
+        mg->loss = ts_add(g, mg->lm_loss, ts_scale(g, mg->mtp_loss, mg->opts.mtp_weight));
+    }
+    ts_set_output(mg->loss);
+}
+
+static ts_status check_options(const ts_v4_config *c, const ts_model_graph_options *o, char *err, size_t err_size) {
+    if (o->batch < 1 || o->seq < 1) {
+        set_err(err, err_size, "model graph: batch %lld and seq %lld must be >= 1", (long long)o->batch,
+                (long long)o->seq);
+        return TS_ERR_INVALID_ARG;
+    }
+    if (o->backward && !o->loss) {
+        set_err(err, err_size, "model graph: backward needs the loss");
+        return TS_ERR_INVALID_ARG;
+    }
+    if (o->mtp && (c->kind != TS_MODEL_DEEPSEEK_V4 || c->num_nextn_predict_layers < 1)) {
+        set_err(err, err_size, "model graph: MTP asked for, but the config has no MTP block");
+        return TS_ERR_INVALID_ARG;
+    }
+    if (c->kind != TS_MODEL_DEEPSEEK_V4) {
+        set_err(err, err_size, "model graph: %s is not built yet", ts_model_kind_name(c->kind));
+        return TS_ERR_UNSUPPORTED;
+    }
+    return TS_OK;
+}
+
+void ts_model_graph_free(ts_model_graph *mg) {
+    if (!mg) return;
+    const_list *cl = mg->internal;
+    if (cl) free(cl->v);
+    free(cl);
+    free(mg->params);
+    free(mg->route_idx);
+    free(mg->index_idx);
+    ts_graph_free(mg->graph);
+    free(mg);
+}
+
+ts_status ts_model_graph_build(const ts_model_weights *w, const ts_model_graph_options *opts,
+                               ts_model_graph **out, char *err, size_t err_size) {
+    if (!w || !opts || !out) return TS_ERR_INVALID_ARG;
+    *out = NULL;
+    const ts_v4_config *c = ts_model_weights_config(w);
+    ts_status s = check_options(c, opts, err, err_size);
+    if (s != TS_OK) return s;
+    ts_model_graph *mg = calloc(1, sizeof *mg);
+    int slots = (int)(ts_v4_n_layer_slots(c) > 0 ? ts_v4_n_layer_slots(c) : 1);
+    if (mg) {
+        mg->opts = *opts;
+        mg->weights = w;
+        mg->graph = ts_graph_new();
+        mg->internal = calloc(1, sizeof(const_list));
+        mg->params = calloc((size_t)ts_model_weights_count(w), sizeof *mg->params);
+        mg->route_idx = calloc((size_t)slots, sizeof *mg->route_idx);
+        mg->index_idx = calloc((size_t)slots, sizeof *mg->index_idx);
+    }
+    if (!mg || !mg->graph || !mg->internal || !mg->params || !mg->route_idx || !mg->index_idx) {
+        ts_model_graph_free(mg);
+        set_err(err, err_size, "model graph: out of memory");
+        return TS_ERR_OOM;
+    }
+    builder b = {mg->graph, w, c, mg, mg->internal, ts_model_weights_dtype(w), opts->batch, opts->seq,
+                 (float)c->rms_norm_eps, NULL};
+    mg->ids = input_ids(&b, "ids");
+    b.ids_flat = ts_reshape(b.g, mg->ids, 1, (int64_t[]){b.B * b.T});
+    if (opts->mtp) mg->mtp_ids = input_ids(&b, "mtp_ids");
+    build_v4(&b);
+    if (opts->loss) build_losses(&b);
+    if (!opts->loss || opts->keep_logits) {
+        ts_set_output(mg->logits);
+        if (mg->mtp_logits) ts_set_output(mg->mtp_logits);
+    }
+    s = ts_graph_status(b.g);
+    if (s == TS_OK && opts->backward) s = ts_graph_backward(b.g, mg->loss);
+    if (s != TS_OK) {
+        set_err(err, err_size, "model graph: %s", ts_graph_error(b.g));
+        ts_model_graph_free(mg);
+        return s;
+    }
+    *out = mg;
+    return TS_OK;
+}
+
+/* ---------------------------------------------------------------- alloc: fill the constants */
+
+static ts_status fill_constant(const ts_v4_config *c, const const_leaf *k) {
+    ts_tensor *t = k->t;
+    switch (k->kind) {
+    case CONST_ANGLES:
+        return ts_v4_rope_angles_write(t, k->base, (int)c->qk_rope_head_dim, k->yarn ? &c->rope_scaling : NULL,
+                                       k->step);
+    case CONST_BLOCK_MASK:
+        return ts_v4_block_mask_write(t, k->step);
+    case CONST_BLOCK_IDX: {
+        int64_t B = t->shape[0], T = t->shape[1], nb = t->shape[2];
+        int32_t *idx = malloc((size_t)(B * T * nb) * sizeof *idx);
+        if (!idx) return TS_ERR_OOM;
+        for (int64_t i = 0; i < B; i++) ts_v4_hca_extra_idx(T, k->step, nb, idx + i * T * nb);
+        ts_status s = ts_tensor_write(t, idx, (size_t)(B * T * nb) * sizeof *idx);
+        free(idx);
+        return s;
+    }
+    }
+    return TS_ERR_INTERNAL;
+}
+
+ts_status ts_model_graph_alloc(ts_model_graph *mg, ts_backend *be, ts_plan_stats *stats, char *err,
+                               size_t err_size) {
+    ts_status s = ts_graph_alloc(mg->graph, be, NULL, stats);
+    if (s != TS_OK) {
+        set_err(err, err_size, "model graph: planning memory failed: %s", ts_graph_error(mg->graph));
+        return s;
+    }
+    const_list *cl = mg->internal;
+    const ts_v4_config *c = ts_model_weights_config(mg->weights);
+    for (int i = 0; s == TS_OK && i < cl->n; i++) s = fill_constant(c, &cl->v[i]);
+    if (s != TS_OK) set_err(err, err_size, "model graph: filling constant tables failed: %s", ts_status_name(s));
+    return s;
+}
+
+ts_tensor *ts_model_graph_grad(const ts_model_graph *mg, int i) {
+    if (i < 0 || i >= ts_model_weights_count(mg->weights) || !mg->params[i]) return NULL;
+    return ts_grad(mg->params[i]);
+}
+
+void *ts_model_graph_grad_data(const ts_model_graph *mg, int i) {
+    ts_tensor *gr = ts_model_graph_grad(mg, i);
+    if (!gr || !gr->data) return NULL;
+    int base = ts_model_weights_stack_base(mg->weights, i);
+    if (base < 0) return gr->data;
+    const ts_model_tensor *t = ts_model_weights_info(mg->weights, i);
+    return (char *)gr->data + ts_dtype_bytes(gr->dtype, (int64_t)t->expert * ts_model_tensor_numel(t));
+}

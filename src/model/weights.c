@@ -1,0 +1,241 @@
+/* weights.c - a model's tensors in host memory: allocation in the walk order of
+ * ts_model_walk_tensors, the init scheme, loading a Hugging Face / official checkpoint (exact
+ * conversion of FP8 and MXFP4 storage on load, three naming schemes) and saving one. The graph
+ * builder (model_graph.c) binds its parameter leaves to these arrays and the optimizers update
+ * them in place, so they are the one copy of the model.
+ *
+ * Routed experts are stored stacked: for each layer and each of w1 / w2 / w3 the E expert
+ * matrices are one contiguous [E, rows, cols] block, expert e's tensor pointing into it. The
+ * dense MoE reference builder multiplies all experts in one batched matmul over that block. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model_internal.h"
+
+struct ts_model_weights {
+    ts_v4_config cfg;
+    ts_dtype dt;
+    int n, cap;
+    ts_model_tensor *info;
+    void **data;
+    int *stack_base; /* routed experts: index of expert 0's tensor of the same kind; else -1 */
+};
+
+static void set_err(char *err, size_t err_size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void set_err(char *err, size_t err_size, const char *fmt, ...) {
+    if (!err || err_size == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, err_size, fmt, ap);
+    va_end(ap);
+}
+
+/* In-memory dtype of tensor i: the compute dtype, or i32 for the hash-routing tables. */
+static ts_dtype mem_dtype(const ts_model_weights *w, int i) {
+    return w->info[i].dtype == TS_I64 ? TS_I32 : w->dt;
+}
+
+static ts_status collect(const ts_model_tensor *t, void *user) {
+    ts_model_weights *w = user;
+    if (w->n == w->cap) {
+        int cap = w->cap ? 2 * w->cap : 256;
+        ts_model_tensor *info = realloc(w->info, (size_t)cap * sizeof *info);
+        if (!info) return TS_ERR_OOM;
+        w->info = info;
+        w->cap = cap;
+    }
+    w->info[w->n++] = *t;
+    return TS_OK;
+}
+
+/* Allocates every tensor zeroed; expert blocks at expert 0 (walk order: e0.w1, e0.w2, e0.w3, e1.w1...). */
+static ts_status allocate(ts_model_weights *w) {
+    w->data = calloc((size_t)w->n, sizeof *w->data);
+    w->stack_base = malloc((size_t)w->n * sizeof *w->stack_base);
+    if (!w->data || !w->stack_base) return TS_ERR_OOM;
+    int64_t E = w->cfg.n_routed_experts;
+    for (int i = 0; i < w->n; i++) {
+        const ts_model_tensor *t = &w->info[i];
+        size_t bytes = ts_dtype_bytes(mem_dtype(w, i), ts_model_tensor_numel(t));
+        w->stack_base[i] = -1;
+        if (t->expert > 0) {
+            int base = i - 3 * t->expert;
+            if (base < 0 || w->info[base].expert != 0 || w->info[base].layer != t->layer) return TS_ERR_INTERNAL;
+            w->stack_base[i] = base;
+            w->data[i] = (char *)w->data[base] + (size_t)t->expert * bytes;
+            continue;
+        }
+        if (t->expert == 0) {
+            w->stack_base[i] = i;
+            bytes *= (size_t)E;
+        }
+        w->data[i] = calloc(1, bytes ? bytes : 1);
+        if (!w->data[i]) return TS_ERR_OOM;
+    }
+    return TS_OK;
+}
+
+ts_status ts_model_weights_new(const ts_v4_config *cfg, ts_dtype dt, ts_model_weights **out, char *err,
+                               size_t err_size) {
+    if (!cfg || !out) return TS_ERR_INVALID_ARG;
+    *out = NULL;
+    if (dt != TS_F32 && dt != TS_F64) {
+        set_err(err, err_size, "model weights: compute dtype must be f32 or f64, not %s", ts_dtype_name(dt));
+        return TS_ERR_UNSUPPORTED;
+    }
+    ts_status s = ts_v4_config_validate(cfg, err, err_size);
+    if (s != TS_OK) return s;
+    ts_model_weights *w = calloc(1, sizeof *w);
+    if (!w) return TS_ERR_OOM;
+    w->cfg = *cfg;
+    w->dt = dt;
+    s = ts_model_walk_tensors(cfg, collect, w);
+    if (s == TS_OK) s = allocate(w);
+    if (s != TS_OK) {
+        set_err(err, err_size, "model weights: %s", s == TS_ERR_OOM ? "out of memory" : ts_status_name(s));
+        ts_model_weights_free(w);
+        return s;
+    }
+    *out = w;
+    return TS_OK;
+}
+
+void ts_model_weights_free(ts_model_weights *w) {
+    if (!w) return;
+    for (int i = 0; w->data && i < w->n; i++)
+        if (w->stack_base[i] < 0 || w->stack_base[i] == i) free(w->data[i]);
+    free(w->data);
+    free(w->stack_base);
+    free(w->info);
+    free(w);
+}
+
+const ts_v4_config *ts_model_weights_config(const ts_model_weights *w) { return &w->cfg; }
+ts_dtype ts_model_weights_dtype(const ts_model_weights *w) { return w->dt; }
+int ts_model_weights_count(const ts_model_weights *w) { return w->n; }
+const ts_model_tensor *ts_model_weights_info(const ts_model_weights *w, int i) {
+    return i >= 0 && i < w->n ? &w->info[i] : NULL;
+}
+void *ts_model_weights_data(const ts_model_weights *w, int i) { return i >= 0 && i < w->n ? w->data[i] : NULL; }
+int ts_model_weights_stack_base(const ts_model_weights *w, int i) { return w->stack_base[i]; }
+ts_dtype ts_model_weights_mem_dtype(const ts_model_weights *w, int i) { return mem_dtype(w, i); }
+
+int ts_model_weights_find(const ts_model_weights *w, const char *name) {
+    for (int i = 0; i < w->n; i++)
+        if (strcmp(w->info[i].name, name) == 0) return i;
+    return -1;
+}
+
+ts_status ts_model_weights_init(ts_model_weights *w, uint64_t seed, char *err, size_t err_size) {
+    for (int i = 0; i < w->n; i++) {
+        ts_st_dtype st = mem_dtype(w, i) == TS_I32 ? TS_ST_I32 : w->dt == TS_F64 ? TS_ST_F64 : TS_ST_F32;
+        ts_status s = ts_model_init_tensor(&w->cfg, seed, &w->info[i], st, w->data[i], err, err_size);
+        if (s != TS_OK) return s;
+    }
+    return TS_OK;
+}
+
+/* ---------------------------------------------------------------- loading */
+
+int ts_model_name_candidates(const char *name, char out[][TS_MODEL_NAME_CANDIDATE_MAX]) {
+    int n = 0;
+    snprintf(out[n++], sizeof out[0], "%s", name);
+    snprintf(out[n++], sizeof out[0], "model.%s", name);
+    if (strcmp(name, "embed.weight") == 0) snprintf(out[n++], sizeof out[0], "model.embed_tokens.weight");
+    if (strcmp(name, "head.weight") == 0) snprintf(out[n++], sizeof out[0], "lm_head.weight");
+    if (strncmp(name, "hc_head_", 8) == 0) snprintf(out[n++], sizeof out[0], "model.hc_head.hc_%s", name + 8);
+    const char *kv = strstr(name, "attn.kv_norm.weight");
+    if (kv && strcmp(kv, "attn.kv_norm.weight") == 0) {
+        int len = (int)(kv - name);
+        snprintf(out[n++], sizeof out[0], "%.*sattn.norm.weight", len, name);
+        snprintf(out[n++], sizeof out[0], "model.%.*sattn.norm.weight", len, name);
+    }
+    return n;
+}
+
+static ts_status load_tensor(ts_model_weights *w, int i, ts_checkpoint *ck, const char *path, char *err,
+                             size_t err_size) {
+    const ts_model_tensor *t = &w->info[i];
+    char names[TS_MODEL_NAME_CANDIDATES][TS_MODEL_NAME_CANDIDATE_MAX];
+    int n = ts_model_name_candidates(t->name, names), k = 0;
+    while (k < n && !ts_checkpoint_has(ck, names[k])) k++;
+    if (k == n) {
+        set_err(err, err_size, "checkpoint %s has no tensor '%s' (also looked for '%s')", path, t->name, names[1]);
+        return TS_ERR_FORMAT;
+    }
+    ts_dtype md = mem_dtype(w, i);
+    int64_t numel = ts_model_tensor_numel(t);
+    /* The loader converts to f32 at most; f64 weights are widened afterwards (exact). */
+    ts_dtype target = md == TS_F64 ? TS_F32 : md;
+    void *buf = md == TS_F64 ? malloc((size_t)(numel > 0 ? numel : 1) * sizeof(float)) : w->data[i];
+    if (!buf) return TS_ERR_OOM;
+    ts_io_error ioe;
+    ts_status s = ts_checkpoint_load(ck, names[k], t->ndim, t->shape, target, buf,
+                                     ts_dtype_bytes(target, numel), &ioe);
+    if (s != TS_OK) set_err(err, err_size, "loading '%s': %s", names[k], ioe.message);
+    if (s == TS_OK && md == TS_F64)
+        for (int64_t j = 0; j < numel; j++) ((double *)w->data[i])[j] = ((float *)buf)[j];
+    if (md == TS_F64) free(buf);
+    return s;
+}
+
+ts_status ts_model_load(const char *dir, ts_dtype dt, ts_model_weights **out, char *err, size_t err_size) {
+    if (!dir || !out) return TS_ERR_INVALID_ARG;
+    *out = NULL;
+    ts_v4_config cfg;
+    ts_status s = ts_v4_config_load(dir, &cfg, err, err_size);
+    if (s != TS_OK) return s;
+    ts_model_weights *w = NULL;
+    s = ts_model_weights_new(&cfg, dt, &w, err, err_size);
+    if (s != TS_OK) return s;
+    ts_checkpoint *ck = NULL;
+    ts_io_error ioe;
+    s = ts_checkpoint_open(dir, &ck, &ioe);
+    if (s != TS_OK) set_err(err, err_size, "%s", ioe.message);
+    for (int i = 0; s == TS_OK && i < w->n; i++) s = load_tensor(w, i, ck, dir, err, err_size);
+    ts_checkpoint_close(ck);
+    if (s != TS_OK) {
+        ts_model_weights_free(w);
+        return s;
+    }
+    *out = w;
+    return TS_OK;
+}
+
+/* ---------------------------------------------------------------- saving */
+
+static ts_status save_source(void *user, const ts_model_tensor *t, ts_st_dtype st, void *data, char *err,
+                             size_t err_size) {
+    const ts_model_weights *w = user;
+    int i = ts_model_weights_find(w, t->name);
+    if (i < 0) {
+        set_err(err, err_size, "saving: the model has no tensor '%s'", t->name);
+        return TS_ERR_INTERNAL;
+    }
+    int64_t numel = ts_model_tensor_numel(t);
+    const void *src = w->data[i];
+    for (int64_t j = 0; j < numel; j++) {
+        double v = mem_dtype(w, i) == TS_I32 ? ((const int32_t *)src)[j]
+                   : w->dt == TS_F64         ? ((const double *)src)[j]
+                                             : ((const float *)src)[j];
+        switch (st) {
+        case TS_ST_F64: ((double *)data)[j] = v; break;
+        case TS_ST_F32: ((float *)data)[j] = (float)v; break;
+        case TS_ST_BF16: ((uint16_t *)data)[j] = ts_f32_to_bf16((float)v); break;
+        case TS_ST_I64: ((int64_t *)data)[j] = (int64_t)v; break;
+        case TS_ST_I32: ((int32_t *)data)[j] = (int32_t)v; break;
+        default:
+            set_err(err, err_size, "saving '%s': unsupported storage dtype", t->name);
+            return TS_ERR_UNSUPPORTED;
+        }
+    }
+    return TS_OK;
+}
+
+ts_status ts_model_save(const ts_model_weights *w, const char *dir, ts_dtype storage, bool force, char *err,
+                        size_t err_size) {
+    if (!w) return TS_ERR_INVALID_ARG;
+    return ts_model_write_checkpoint(&w->cfg, storage, dir, force, 0, save_source, (void *)w, err, err_size);
+}
