@@ -18,35 +18,6 @@
 #include "model/model_internal.h"
 #include "model/moe.h"
 
-typedef enum { CONST_ANGLES, CONST_BLOCK_MASK, CONST_BLOCK_IDX } const_kind;
-
-/* A constant leaf and how to fill it. */
-typedef struct {
-    ts_tensor *t;
-    const_kind kind;
-    double base;   /* angles: RoPE base */
-    bool yarn;     /* angles: the config's YaRN on top */
-    int64_t step;  /* angles: position step; masks / index lists: the ratio m */
-} const_leaf;
-
-typedef struct {
-    const_leaf *v;
-    int n, cap;
-} const_list;
-
-/* Build state. */
-typedef struct {
-    ts_graph *g;
-    const ts_model_weights *w;
-    const ts_v4_config *c;
-    ts_model_graph *mg;
-    const_list *consts;
-    ts_dtype dt;
-    int64_t B, T;
-    float eps;
-    ts_tensor *ids_flat; /* [B*T] */
-} builder;
-
 static void set_err(char *err, size_t err_size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void set_err(char *err, size_t err_size, const char *fmt, ...) {
     if (!err || err_size == 0) return;
@@ -60,7 +31,7 @@ static void set_err(char *err, size_t err_size, const char *fmt, ...) {
 
 /* The leaf of weight `name` (prefix + suffix), created on first use and bound to the weights.
  * Routed experts return the stacked [E, rows, cols] leaf of expert 0's block. */
-static ts_tensor *param(builder *b, const char *prefix, const char *suffix) {
+ts_tensor *ts_mb_param(ts_model_builder *b, const char *prefix, const char *suffix) {
     char name[TS_MODEL_TENSOR_NAME_MAX + 32];
     snprintf(name, sizeof name, "%s%s", prefix, suffix);
     int i = ts_model_weights_find(b->w, name);
@@ -90,17 +61,17 @@ static ts_tensor *param(builder *b, const char *prefix, const char *suffix) {
     return b->mg->params[i] = leaf;
 }
 
-static ts_tensor *constant(builder *b, const_kind kind, int nd, const int64_t *shape, ts_dtype dt, double base,
+static ts_tensor *constant(ts_model_builder *b, ts_mb_const_kind kind, int nd, const int64_t *shape, ts_dtype dt, double base,
                            bool yarn, int64_t step, const char *name) {
     for (int i = 0; i < b->consts->n; i++) { /* one table per distinct content */
-        const_leaf *k = &b->consts->v[i];
+        ts_mb_const *k = &b->consts->v[i];
         if (k->kind == kind && k->base == base && k->yarn == yarn && k->step == step && k->t->ndim == nd &&
             memcmp(k->t->shape, shape, (size_t)nd * sizeof *shape) == 0)
             return k->t;
     }
     if (b->consts->n == b->consts->cap) {
         int cap = b->consts->cap ? 2 * b->consts->cap : 16;
-        const_leaf *v = realloc(b->consts->v, (size_t)cap * sizeof *v);
+        ts_mb_const *v = realloc(b->consts->v, (size_t)cap * sizeof *v);
         if (!v) {
             ts_graph_set_error(b->g, TS_ERR_OOM, "model graph: out of memory");
             return NULL;
@@ -110,40 +81,40 @@ static ts_tensor *constant(builder *b, const_kind kind, int nd, const int64_t *s
     }
     ts_tensor *t = ts_new_tensor(b->g, dt, nd, shape, name);
     if (!t) return NULL;
-    b->consts->v[b->consts->n++] = (const_leaf){t, kind, base, yarn, step};
+    b->consts->v[b->consts->n++] = (ts_mb_const){t, kind, base, yarn, step};
     return t;
 }
 
 /* RoPE angles [n_pos, r/2] for positions p·step. */
-static ts_tensor *angles(builder *b, bool compressed_layer, int64_t n_pos, int64_t step) {
+ts_tensor *ts_mb_angles(ts_model_builder *b, bool compressed_layer, int64_t n_pos, int64_t step) {
     int64_t shape[2] = {n_pos, b->c->qk_rope_head_dim / 2};
     double base = compressed_layer ? b->c->compress_rope_theta : b->c->rope_theta;
-    return constant(b, CONST_ANGLES, 2, shape, b->dt, base, compressed_layer && b->c->rope_scaling.enabled, step,
+    return constant(b, TS_MB_CONST_ANGLES, 2, shape, b->dt, base, compressed_layer && b->c->rope_scaling.enabled, step,
                     "rope_angles");
 }
 
 /* ---------------------------------------------------------------- V4 attention (§2.5-§2.9) */
 
-static ts_tensor *linear(builder *b, ts_tensor *x, const char *prefix, const char *name) {
-    return ts_matmul(b->g, x, param(b, prefix, name), false, true);
+ts_tensor *ts_mb_linear(ts_model_builder *b, ts_tensor *x, const char *prefix, const char *name) {
+    return ts_matmul(b->g, x, ts_mb_param(b, prefix, name), false, true);
 }
 
-static ts_v4_compressor_w compressor_weights(builder *b, const char *prefix, const char *where) {
+static ts_v4_compressor_w compressor_weights(ts_model_builder *b, const char *prefix, const char *where) {
     char p[TS_MODEL_TENSOR_NAME_MAX];
     snprintf(p, sizeof p, "%s%scompressor.", prefix, where);
-    return (ts_v4_compressor_w){param(b, p, "wkv.weight"), param(b, p, "wgate.weight"), param(b, p, "ape"),
-                                param(b, p, "norm.weight")};
+    return (ts_v4_compressor_w){ts_mb_param(b, p, "wkv.weight"), ts_mb_param(b, p, "wgate.weight"), ts_mb_param(b, p, "ape"),
+                                ts_mb_param(b, p, "norm.weight")};
 }
 
 /* Compressed entries and their per-query index lists for layer slot `layer` (ratio m > 0, at
  * least one completed block). x [B, T, d], cq [B*T, q_lora]. */
-static void compressed_entries(builder *b, int layer, const char *prefix, ts_tensor *x, ts_tensor *cq, int64_t m,
+static void compressed_entries(ts_model_builder *b, int layer, const char *prefix, ts_tensor *x, ts_tensor *cq, int64_t m,
                                ts_tensor **extra, ts_tensor **extra_idx) {
     const ts_v4_config *c = b->c;
     ts_graph *g = b->g;
     int64_t nb = b->T / m, hd = c->head_dim;
     int r = (int)c->qk_rope_head_dim;
-    ts_tensor *ang_k = angles(b, true, nb, m);
+    ts_tensor *ang_k = ts_mb_angles(b, true, nb, m);
     ts_v4_compressor_w cw = compressor_weights(b, prefix, "attn.");
     ts_tensor *entries = m == TS_V4_RATIO_CSA ? ts_v4_csa_compress(g, x, &cw, m, ang_k, r, b->eps)
                                               : ts_v4_hca_compress(g, x, &cw, m, ang_k, r, b->eps);
@@ -151,58 +122,58 @@ static void compressed_entries(builder *b, int layer, const char *prefix, ts_ten
     *extra = ts_reshape(g, entries, 4, es);
     int64_t is[3] = {b->B, b->T, nb};
     if (m != TS_V4_RATIO_CSA || b->mg->opts.dense_csa) { /* every completed block */
-        *extra_idx = constant(b, CONST_BLOCK_IDX, 3, is, TS_I32, 0, false, m, "block_idx");
+        *extra_idx = constant(b, TS_MB_CONST_BLOCK_IDX, 3, is, TS_I32, 0, false, m, "block_idx");
         return;
     }
     int64_t ms[2] = {b->T, nb}, cs[3] = {b->B, b->T, c->q_lora_rank};
-    ts_tensor *mask = constant(b, CONST_BLOCK_MASK, 2, ms, b->dt, 0, false, m, "block_mask");
+    ts_tensor *mask = constant(b, TS_MB_CONST_BLOCK_MASK, 2, ms, b->dt, 0, false, m, "block_mask");
     ts_v4_compressor_w iw = compressor_weights(b, prefix, "attn.indexer.");
     char ip[TS_MODEL_TENSOR_NAME_MAX];
     snprintf(ip, sizeof ip, "%sattn.indexer.", prefix);
-    *extra_idx = ts_v4_indexer(g, x, ts_reshape(g, cq, 3, cs), param(b, ip, "wq_b.weight"),
-                               param(b, ip, "weights_proj.weight"), &iw, c->index_n_heads, c->index_head_dim, m,
-                               angles(b, true, b->T, 1), ang_k, r, b->eps, mask, c->index_topk, NULL, NULL);
+    *extra_idx = ts_v4_indexer(g, x, ts_reshape(g, cq, 3, cs), ts_mb_param(b, ip, "wq_b.weight"),
+                               ts_mb_param(b, ip, "weights_proj.weight"), &iw, c->index_n_heads, c->index_head_dim, m,
+                               ts_mb_angles(b, true, b->T, 1), ang_k, r, b->eps, mask, c->index_topk, NULL, NULL);
     b->mg->index_idx[layer] = ts_set_output(*extra_idx);
 }
 
 /* Grouped low-rank output projection (§2.5 step 8): o [B, T, H, c] -> [B, T, d]. */
-static ts_tensor *grouped_output(builder *b, const char *prefix, ts_tensor *o) {
+static ts_tensor *grouped_output(ts_model_builder *b, const char *prefix, ts_tensor *o) {
     const ts_v4_config *c = b->c;
     ts_graph *g = b->g;
     int64_t BT = b->B * b->T, grp = c->o_groups, per = c->num_attention_heads * c->head_dim / grp;
     int64_t os[3] = {BT, grp, per}, ws[3] = {grp, c->o_lora_rank, per};
     int perm[3] = {1, 0, 2};
     ts_tensor *og = ts_permute(g, ts_reshape(g, o, 3, os), perm);                      /* [g, BT, per] */
-    ts_tensor *wa = ts_reshape(g, param(b, prefix, "attn.wo_a.weight"), 3, ws);        /* [g, dg, per] */
+    ts_tensor *wa = ts_reshape(g, ts_mb_param(b, prefix, "attn.wo_a.weight"), 3, ws);        /* [g, dg, per] */
     ts_tensor *r = ts_permute(g, ts_matmul(g, og, wa, false, true), perm);             /* [BT, g, dg] */
-    ts_tensor *v = linear(b, ts_reshape_2d(g, r, BT, grp * c->o_lora_rank), prefix, "attn.wo_b.weight");
+    ts_tensor *v = ts_mb_linear(b, ts_reshape_2d(g, r, BT, grp * c->o_lora_rank), prefix, "attn.wo_b.weight");
     int64_t vs[3] = {b->B, b->T, c->hidden_size};
     return ts_reshape(g, v, 3, vs);
 }
 
-static ts_tensor *v4_attention(builder *b, int layer, const char *prefix, ts_tensor *x) {
+static ts_tensor *v4_attention(ts_model_builder *b, int layer, const char *prefix, ts_tensor *x) {
     const ts_v4_config *c = b->c;
     ts_graph *g = b->g;
     int64_t B = b->B, T = b->T, H = c->num_attention_heads, hd = c->head_dim, m = c->compress_ratios[layer];
     int r = (int)c->qk_rope_head_dim;
-    ts_tensor *ang = angles(b, m > 0, T, 1);
+    ts_tensor *ang = ts_mb_angles(b, m > 0, T, 1);
     int64_t as[3] = {T, 1, r / 2};
     ts_tensor *ang3 = ts_reshape(g, ang, 3, as);
     ts_tensor *xf = ts_reshape_2d(g, x, B * T, c->hidden_size);
 
-    ts_tensor *cq = ts_rms_norm(g, linear(b, xf, prefix, "attn.wq_a.weight"), param(b, prefix, "attn.q_norm.weight"),
+    ts_tensor *cq = ts_rms_norm(g, ts_mb_linear(b, xf, prefix, "attn.wq_a.weight"), ts_mb_param(b, prefix, "attn.q_norm.weight"),
                                 b->eps);
     int64_t qs[4] = {B, T, H, hd}, ks[4] = {B, T, 1, hd};
-    ts_tensor *q = ts_reshape(g, linear(b, cq, prefix, "attn.wq_b.weight"), 4, qs);
+    ts_tensor *q = ts_reshape(g, ts_mb_linear(b, cq, prefix, "attn.wq_b.weight"), 4, qs);
     q = ts_rope(g, ts_rms_norm(g, q, NULL, b->eps), ang3, r, false);
-    ts_tensor *kv = ts_rms_norm(g, linear(b, xf, prefix, "attn.wkv.weight"), param(b, prefix, "attn.kv_norm.weight"),
+    ts_tensor *kv = ts_rms_norm(g, ts_mb_linear(b, xf, prefix, "attn.wkv.weight"), ts_mb_param(b, prefix, "attn.kv_norm.weight"),
                                 b->eps);
     kv = ts_rope(g, ts_reshape(g, kv, 4, ks), ang3, r, false);
 
     ts_attention_params p = {.scale = (float)(1.0 / sqrt((double)hd)),
                              .causal = true,
                              .window = (int32_t)c->sliding_window,
-                             .sink = param(b, prefix, "attn.attn_sink")};
+                             .sink = ts_mb_param(b, prefix, "attn.attn_sink")};
     if (m > 0 && T >= m) compressed_entries(b, layer, prefix, x, cq, m, &p.extra, &p.extra_idx);
     ts_tensor *o = ts_attention(g, q, kv, kv, &p);
     o = ts_rope(g, o, ang3, r, true); /* de-rotation by -t (§2.5 step 7) */
@@ -211,21 +182,21 @@ static ts_tensor *v4_attention(builder *b, int layer, const char *prefix, ts_ten
 
 /* ---------------------------------------------------------------- MoE (§2.10) */
 
-static ts_tensor *v4_moe(builder *b, int layer, const char *prefix, ts_tensor *x, bool is_mtp) {
+static ts_tensor *v4_moe(ts_model_builder *b, int layer, const char *prefix, ts_tensor *x, bool is_mtp) {
     const ts_v4_config *c = b->c;
     ts_graph *g = b->g;
     ts_moe_params mp = ts_moe_params_from_config(c, layer);
     if (is_mtp) mp.hash_routing = false;
-    ts_moe_weights mw = {.w_gate = param(b, prefix, "ffn.gate.weight")};
-    if (mp.hash_routing) mw.tid2eid = param(b, prefix, "ffn.gate.tid2eid");
-    else mw.bias = param(b, prefix, "ffn.gate.bias");
-    mw.w1 = param(b, prefix, "ffn.experts.0.w1.weight");
-    mw.w2 = param(b, prefix, "ffn.experts.0.w2.weight");
-    mw.w3 = param(b, prefix, "ffn.experts.0.w3.weight");
+    ts_moe_weights mw = {.w_gate = ts_mb_param(b, prefix, "ffn.gate.weight")};
+    if (mp.hash_routing) mw.tid2eid = ts_mb_param(b, prefix, "ffn.gate.tid2eid");
+    else mw.bias = ts_mb_param(b, prefix, "ffn.gate.bias");
+    mw.w1 = ts_mb_param(b, prefix, "ffn.experts.0.w1.weight");
+    mw.w2 = ts_mb_param(b, prefix, "ffn.experts.0.w2.weight");
+    mw.w3 = ts_mb_param(b, prefix, "ffn.experts.0.w3.weight");
     if (c->n_shared_experts > 0) {
-        mw.shared_w1 = param(b, prefix, "ffn.shared_experts.w1.weight");
-        mw.shared_w2 = param(b, prefix, "ffn.shared_experts.w2.weight");
-        mw.shared_w3 = param(b, prefix, "ffn.shared_experts.w3.weight");
+        mw.shared_w1 = ts_mb_param(b, prefix, "ffn.shared_experts.w1.weight");
+        mw.shared_w2 = ts_mb_param(b, prefix, "ffn.shared_experts.w2.weight");
+        mw.shared_w3 = ts_mb_param(b, prefix, "ffn.shared_experts.w3.weight");
     }
     ts_moe_nodes nodes;
     ts_tensor *xf = ts_reshape_2d(g, x, b->B * b->T, c->hidden_size);
@@ -240,7 +211,7 @@ static ts_tensor *v4_moe(builder *b, int layer, const char *prefix, ts_tensor *x
 
 /* One mHC-wrapped sub-layer ("attn" / "ffn") around f(norm(u)). With hc_mult = 1 mHC is off and
  * the sub-layer is a plain pre-norm residual (spec §7.3). X [B, T, n, d]. */
-static ts_tensor *sublayer(builder *b, int layer, const char *prefix, const char *which, ts_tensor *X, bool is_mtp) {
+static ts_tensor *sublayer(ts_model_builder *b, int layer, const char *prefix, const char *which, ts_tensor *X, bool is_mtp) {
     const ts_v4_config *c = b->c;
     ts_graph *g = b->g;
     int64_t n = c->hc_mult;
@@ -251,62 +222,62 @@ static ts_tensor *sublayer(builder *b, int layer, const char *prefix, const char
         snprintf(fn, sizeof fn, "hc_%s_fn", which);
         snprintf(base, sizeof base, "hc_%s_base", which);
         snprintf(scale, sizeof scale, "hc_%s_scale", which);
-        u = ts_mhc_pre(g, X, param(b, prefix, fn), param(b, prefix, base), param(b, prefix, scale), n, b->eps,
+        u = ts_mhc_pre(g, X, ts_mb_param(b, prefix, fn), ts_mb_param(b, prefix, base), ts_mb_param(b, prefix, scale), n, b->eps,
                        (float)c->hc_eps, (int)c->hc_sinkhorn_iters, NULL, &post, &comb, NULL);
     } else {
         int64_t us[3] = {b->B, b->T, c->hidden_size};
         u = ts_reshape(g, X, 3, us);
     }
     snprintf(name, sizeof name, "%s_norm.weight", which);
-    ts_tensor *x = ts_rms_norm(g, u, param(b, prefix, name), b->eps);
+    ts_tensor *x = ts_rms_norm(g, u, ts_mb_param(b, prefix, name), b->eps);
     ts_tensor *v = strcmp(which, "attn") == 0 ? v4_attention(b, layer, prefix, x) : v4_moe(b, layer, prefix, x, is_mtp);
     if (n > 1) return ts_mhc_post(g, X, v, post, comb);
     return ts_add(g, X, ts_reshape(g, v, 4, X->shape));
 }
 
-static ts_tensor *block(builder *b, int layer, const char *prefix, ts_tensor *X, bool is_mtp) {
+static ts_tensor *block(ts_model_builder *b, int layer, const char *prefix, ts_tensor *X, bool is_mtp) {
     X = sublayer(b, layer, prefix, "attn", X, is_mtp);
     return sublayer(b, layer, prefix, "ffn", X, is_mtp);
 }
 
 /* hc_head (or the single stream) -> norm -> head: logits [B, T, V]. */
-static ts_tensor *head(builder *b, const char *prefix, ts_tensor *X) {
+static ts_tensor *head(ts_model_builder *b, const char *prefix, ts_tensor *X) {
     const ts_v4_config *c = b->c;
     ts_graph *g = b->g;
     ts_tensor *y;
     if (c->hc_mult > 1) {
-        y = ts_mhc_head(g, X, param(b, prefix, "hc_head_fn"), param(b, prefix, "hc_head_base"),
-                        param(b, prefix, "hc_head_scale"), b->eps, (float)c->hc_eps, NULL);
+        y = ts_mhc_head(g, X, ts_mb_param(b, prefix, "hc_head_fn"), ts_mb_param(b, prefix, "hc_head_base"),
+                        ts_mb_param(b, prefix, "hc_head_scale"), b->eps, (float)c->hc_eps, NULL);
     } else {
         int64_t ys[3] = {b->B, b->T, c->hidden_size};
         y = ts_reshape(g, X, 3, ys);
     }
-    y = ts_rms_norm(g, y, param(b, prefix, "norm.weight"), b->eps);
-    ts_tensor *w = param(b, "", c->tie_word_embeddings ? "embed.weight" : "head.weight");
+    y = ts_rms_norm(g, y, ts_mb_param(b, prefix, "norm.weight"), b->eps);
+    ts_tensor *w = ts_mb_param(b, "", c->tie_word_embeddings ? "embed.weight" : "head.weight");
     return ts_matmul(g, y, w, false, true);
 }
 
 /* MTP block j (§2.12): streams X of the main model + the embedding of the token at t+1. */
-static ts_tensor *mtp(builder *b, int j, ts_tensor *X) {
+static ts_tensor *mtp(ts_model_builder *b, int j, ts_tensor *X) {
     const ts_v4_config *c = b->c;
     ts_graph *g = b->g;
     char prefix[32];
     snprintf(prefix, sizeof prefix, "mtp.%d.", j);
-    ts_tensor *e = ts_get_rows(g, param(b, "", "embed.weight"), b->mg->mtp_ids);
-    e = linear(b, ts_rms_norm(g, e, param(b, prefix, "enorm.weight"), b->eps), prefix, "e_proj.weight");
-    ts_tensor *h = linear(b, ts_rms_norm(g, X, param(b, prefix, "hnorm.weight"), b->eps), prefix, "h_proj.weight");
+    ts_tensor *e = ts_get_rows(g, ts_mb_param(b, "", "embed.weight"), b->mg->mtp_ids);
+    e = ts_mb_linear(b, ts_rms_norm(g, e, ts_mb_param(b, prefix, "enorm.weight"), b->eps), prefix, "e_proj.weight");
+    ts_tensor *h = ts_mb_linear(b, ts_rms_norm(g, X, ts_mb_param(b, prefix, "hnorm.weight"), b->eps), prefix, "h_proj.weight");
     int64_t es[4] = {b->B, b->T, 1, c->hidden_size};
     ts_tensor *Xm = ts_add(g, h, ts_reshape(g, e, 4, es));
     Xm = block(b, (int)c->num_hidden_layers + j, prefix, Xm, true);
     return head(b, prefix, Xm);
 }
 
-static void build_v4(builder *b) {
+static void build_v4(ts_model_builder *b) {
     const ts_v4_config *c = b->c;
     ts_graph *g = b->g;
     ts_model_graph *mg = b->mg;
     int64_t n = c->hc_mult, d = c->hidden_size;
-    ts_tensor *e = ts_get_rows(g, param(b, "", "embed.weight"), mg->ids); /* [B, T, d] */
+    ts_tensor *e = ts_get_rows(g, ts_mb_param(b, "", "embed.weight"), mg->ids); /* [B, T, d] */
     int64_t e4[4] = {b->B, b->T, 1, d}, xs[4] = {b->B, b->T, n, d};
     ts_tensor *X = ts_cont(g, ts_expand(g, ts_reshape(g, e, 4, e4), 4, xs)); /* every stream = e (§2.1) */
     for (int layer = 0; layer < c->num_hidden_layers; layer++) {
@@ -320,17 +291,17 @@ static void build_v4(builder *b) {
 
 /* ---------------------------------------------------------------- losses and the whole graph */
 
-static ts_tensor *input_ids(builder *b, const char *name) {
+ts_tensor *ts_mb_input_ids(ts_model_builder *b, const char *name) {
     return ts_set_name(ts_new_tensor_2d(b->g, TS_I32, b->B, b->T, name), "%s", name);
 }
 
-static void build_losses(builder *b) {
+static void build_losses(ts_model_builder *b) {
     ts_model_graph *mg = b->mg;
     ts_graph *g = b->g;
-    mg->targets = input_ids(b, "targets");
+    mg->targets = ts_mb_input_ids(b, "targets");
     mg->lm_loss = mg->loss = ts_set_output(ts_cross_entropy(g, mg->logits, mg->targets));
     if (mg->opts.mtp) {
-        mg->mtp_targets = input_ids(b, "mtp_targets");
+        mg->mtp_targets = ts_mb_input_ids(b, "mtp_targets");
         mg->mtp_loss = ts_set_output(ts_cross_entropy(g, mg->mtp_logits, mg->mtp_targets));
         mg->loss = ts_add(g, mg->lm_loss, ts_scale(g, mg->mtp_loss, mg->opts.mtp_weight));
     }
@@ -360,7 +331,7 @@ static ts_status check_options(const ts_v4_config *c, const ts_model_graph_optio
 
 void ts_model_graph_free(ts_model_graph *mg) {
     if (!mg) return;
-    const_list *cl = mg->internal;
+    ts_mb_const_list *cl = mg->internal;
     if (cl) free(cl->v);
     free(cl);
     free(mg->params);
@@ -383,7 +354,7 @@ ts_status ts_model_graph_build(const ts_model_weights *w, const ts_model_graph_o
         mg->opts = *opts;
         mg->weights = w;
         mg->graph = ts_graph_new();
-        mg->internal = calloc(1, sizeof(const_list));
+        mg->internal = calloc(1, sizeof(ts_mb_const_list));
         mg->params = calloc((size_t)ts_model_weights_count(w), sizeof *mg->params);
         mg->route_idx = calloc((size_t)slots, sizeof *mg->route_idx);
         mg->index_idx = calloc((size_t)slots, sizeof *mg->index_idx);
@@ -393,11 +364,11 @@ ts_status ts_model_graph_build(const ts_model_weights *w, const ts_model_graph_o
         set_err(err, err_size, "model graph: out of memory");
         return TS_ERR_OOM;
     }
-    builder b = {mg->graph, w, c, mg, mg->internal, ts_model_weights_dtype(w), opts->batch, opts->seq,
+    ts_model_builder b = {mg->graph, w, c, mg, mg->internal, ts_model_weights_dtype(w), opts->batch, opts->seq,
                  (float)c->rms_norm_eps, NULL};
-    mg->ids = input_ids(&b, "ids");
+    mg->ids = ts_mb_input_ids(&b, "ids");
     b.ids_flat = ts_reshape(b.g, mg->ids, 1, (int64_t[]){b.B * b.T});
-    if (opts->mtp) mg->mtp_ids = input_ids(&b, "mtp_ids");
+    if (opts->mtp) mg->mtp_ids = ts_mb_input_ids(&b, "mtp_ids");
     build_v4(&b);
     if (opts->loss) build_losses(&b);
     if (!opts->loss || opts->keep_logits) {
@@ -417,15 +388,15 @@ ts_status ts_model_graph_build(const ts_model_weights *w, const ts_model_graph_o
 
 /* ---------------------------------------------------------------- alloc: fill the constants */
 
-static ts_status fill_constant(const ts_v4_config *c, const const_leaf *k) {
+static ts_status fill_constant(const ts_v4_config *c, const ts_mb_const *k) {
     ts_tensor *t = k->t;
     switch (k->kind) {
-    case CONST_ANGLES:
+    case TS_MB_CONST_ANGLES:
         return ts_v4_rope_angles_write(t, k->base, (int)c->qk_rope_head_dim, k->yarn ? &c->rope_scaling : NULL,
                                        k->step);
-    case CONST_BLOCK_MASK:
+    case TS_MB_CONST_BLOCK_MASK:
         return ts_v4_block_mask_write(t, k->step);
-    case CONST_BLOCK_IDX: {
+    case TS_MB_CONST_BLOCK_IDX: {
         int64_t B = t->shape[0], T = t->shape[1], nb = t->shape[2];
         int32_t *idx = malloc((size_t)(B * T * nb) * sizeof *idx);
         if (!idx) return TS_ERR_OOM;
@@ -445,7 +416,7 @@ ts_status ts_model_graph_alloc(ts_model_graph *mg, ts_backend *be, ts_plan_stats
         set_err(err, err_size, "model graph: planning memory failed: %s", ts_graph_error(mg->graph));
         return s;
     }
-    const_list *cl = mg->internal;
+    ts_mb_const_list *cl = mg->internal;
     const ts_v4_config *c = ts_model_weights_config(mg->weights);
     for (int i = 0; s == TS_OK && i < cl->n; i++) s = fill_constant(c, &cl->v[i]);
     if (s != TS_OK) set_err(err, err_size, "model graph: filling constant tables failed: %s", ts_status_name(s));

@@ -35,6 +35,51 @@ ts_dtype ts_model_weights_mem_dtype(const ts_model_weights *w, int i); /* comput
 #define TS_MODEL_NAME_CANDIDATE_MAX (TS_MODEL_TENSOR_NAME_MAX + 16)
 int ts_model_name_candidates(const char *name, char out[][TS_MODEL_NAME_CANDIDATE_MAX]);
 
+/* ================================================================ graph building (model_graph.c)
+ * The state shared by the model builders: model_graph.c builds V4 and owns the leaves;
+ * dense_graph.c builds the dense baseline with the same helpers. */
+typedef enum { TS_MB_CONST_ANGLES, TS_MB_CONST_BLOCK_MASK, TS_MB_CONST_BLOCK_IDX } ts_mb_const_kind;
+
+/* A constant leaf and how ts_model_graph_alloc fills it. */
+typedef struct {
+    ts_tensor *t;
+    ts_mb_const_kind kind;
+    double base;   /* angles: RoPE base */
+    bool yarn;     /* angles: the config's YaRN on top */
+    int64_t step;  /* angles: position step; block masks / index lists: the ratio m */
+} ts_mb_const;
+
+typedef struct {
+    ts_mb_const *v;
+    int n, cap;
+} ts_mb_const_list;
+
+typedef struct {
+    ts_graph *g;
+    const ts_model_weights *w;
+    const ts_v4_config *c;
+    ts_model_graph *mg;
+    ts_mb_const_list *consts;
+    ts_dtype dt;
+    int64_t B, T;
+    float eps;
+    ts_tensor *ids_flat; /* [B*T] */
+} ts_model_builder;
+
+/* The leaf of weight prefix+suffix (official name), created on first use, bound to the weights,
+ * a parameter when the graph has a backward pass and the tensor is trained. Routed experts give
+ * the stacked [E, rows, cols] leaf. Missing name: error recorded, NULL. */
+ts_tensor *ts_mb_param(ts_model_builder *b, const char *prefix, const char *suffix);
+/* x · Wᵀ for weight prefix+name. */
+ts_tensor *ts_mb_linear(ts_model_builder *b, ts_tensor *x, const char *prefix, const char *name);
+/* RoPE angles [n_pos, qk_rope_head_dim/2] at positions p·step: rope_theta, or for compressed
+ * layers compress_rope_theta with the config's YaRN. Dense models: pass false. */
+ts_tensor *ts_mb_angles(ts_model_builder *b, bool compressed_layer, int64_t n_pos, int64_t step);
+/* An i32 input [B, T]. */
+ts_tensor *ts_mb_input_ids(ts_model_builder *b, const char *name);
+/* dense_graph.c: the dense baseline's logits [B, T, V] from b->mg->ids. */
+ts_tensor *ts_dense_build(ts_model_builder *b);
+
 /* ================================================================ mHC (mhc.c), spec §2.3
  *
  * Graph builders for Manifold-Constrained Hyper-Connections. They only record nodes (existing

@@ -1,9 +1,12 @@
 /* cpu_backend.c - the CPU backend: host buffers, a thread pool, and a table of kernels (one
  * per op) that compute runs node by node. The reference table is ts_cpu_reference_kernels;
- * optimized tiers and test doubles are the same backend with some entries replaced. */
+ * optimized tiers and test doubles are the same backend with some entries replaced.
+ * With TESSERA_PROFILE=1 in the environment the backend times every kernel and prints the
+ * time per op kind to stderr when it is freed (to find what to optimize next). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "graph/graph_internal.h"
 
@@ -13,7 +16,32 @@ typedef struct {
     char name[64];
     ts_threadpool *pool;
     ts_cpu_kernel kernels[TS_OP_COUNT];
+    bool profile;
+    double op_seconds[TS_OP_COUNT];
+    int64_t op_calls[TS_OP_COUNT];
 } cpu_state;
+
+static double seconds_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void print_profile(const cpu_state *st) {
+    double total = 0;
+    for (int op = 0; op < TS_OP_COUNT; op++) total += st->op_seconds[op];
+    fprintf(stderr, "profile of backend %s: %.3f s in kernels\n", st->name, total);
+    bool shown[TS_OP_COUNT] = {false};
+    for (;;) { /* descending by time */
+        int best = -1;
+        for (int op = 0; op < TS_OP_COUNT; op++)
+            if (!shown[op] && st->op_calls[op] && (best < 0 || st->op_seconds[op] > st->op_seconds[best])) best = op;
+        if (best < 0) break;
+        shown[best] = true;
+        fprintf(stderr, "  %-20s %9.3f s %5.1f %%  %8lld calls\n", ts_op_name((ts_op)best), st->op_seconds[best],
+                100 * st->op_seconds[best] / (total > 0 ? total : 1), (long long)st->op_calls[best]);
+    }
+}
 
 static void cpu_get_info(ts_backend *be, ts_backend_info *info) {
     cpu_state *st = be->impl;
@@ -74,7 +102,12 @@ static ts_status cpu_compute(ts_backend *be, ts_graph *g, int first, int last) {
             return ts_graph_set_error(g, TS_ERR_UNSUPPORTED, "%s: no kernel on backend %s for %s", ts_op_name(t->op),
                                       st->name, ts_tensor_describe(t, d, sizeof d));
         }
+        double t0 = st->profile ? seconds_now() : 0;
         ts_status s = k(&ctx, t);
+        if (st->profile) {
+            st->op_seconds[t->op] += seconds_now() - t0;
+            st->op_calls[t->op]++;
+        }
         if (s != TS_OK) {
             char d[160];
             return ts_graph_set_error(g, s, "%s failed on %s", ts_op_name(t->op), ts_tensor_describe(t, d, sizeof d));
@@ -87,6 +120,7 @@ static ts_status cpu_synchronize(ts_backend *be) { return TS_OK; }
 
 static void cpu_free(ts_backend *be) {
     cpu_state *st = be->impl;
+    if (st->profile) print_profile(st);
     ts_threadpool_free(st->pool);
     free(st);
     free(be);
@@ -122,6 +156,8 @@ ts_status ts_backend_cpu_new_with_kernels(const char *name, int n_threads, const
         return s;
     }
     snprintf(st->name, sizeof st->name, "%s", name ? name : "cpu");
+    const char *prof = getenv("TESSERA_PROFILE");
+    st->profile = prof && *prof && strcmp(prof, "0") != 0;
     for (int i = 0; i < TS_OP_COUNT; i++)
         st->kernels[i] = (kernels && kernels[i]) ? kernels[i] : ts_cpu_reference_kernels[i];
     be->iface = &cpu_iface;
