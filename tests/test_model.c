@@ -28,6 +28,7 @@
 #include "tessera/backend.h"
 #include "tessera/io.h"
 #include "tessera/model.h"
+#include "tessera/train.h"
 
 #define T_ 46
 #define V_ 64
@@ -373,6 +374,33 @@ static void test_causality(ts_model_weights *w64) {
 
 /* ---------------------------------------------------------------- 5. finite differences */
 
+/* The graph's balance loss against the host formula (ts_moe_seq_balance_loss) on the same
+ * router scores and selections. */
+static void check_balance_loss(const ts_model_graph *mg, const ts_v4_config *c, int64_t T, double alpha) {
+    double want = 0, got = 0;
+    int64_t E = c->n_routed_experts, K = c->num_experts_per_tok;
+    int layers = 0;
+    for (int64_t l = 0; l < ts_v4_n_layer_slots(c); l++) {
+        if (!mg->route_scores[l]) continue;
+        double *s64 = read_f64(mg->route_scores[l]);
+        float *s = malloc((size_t)(T * E) * sizeof *s);
+        for (int64_t i = 0; i < T * E; i++) s[i] = (float)s64[i];
+        int32_t *idx = malloc((size_t)(T * K) * sizeof *idx);
+        ts_tensor_read(mg->route_idx[l], idx, (size_t)(T * K) * sizeof *idx);
+        double lb = 0;
+        CHECK(ts_moe_seq_balance_loss(s, idx, T, (int)E, (int)K, alpha, &lb, NULL) == TS_OK, "host balance loss");
+        want += lb;
+        layers++;
+        free(s64);
+        free(s);
+        free(idx);
+    }
+    ts_tensor_read(mg->balance_loss, &got, sizeof got);
+    CHECK(layers >= 2 && fabs(got - want) <= 1e-6 * fabs(want), "balance loss %.9g vs host %.9g (%d layers)", got,
+          want, layers);
+    printf("  balance loss over %d learned-routing layers: %.9f (host formula %.9f)\n", layers, got, want);
+}
+
 /* d loss / d w[i][j] by central differences against the graph's gradient, for `count` elements
  * of every weight whose name contains one of the patterns. */
 static void fd_check(ts_model_weights *w, const char *const *patterns, int n_patterns, bool mtp) {
@@ -387,7 +415,7 @@ static void fd_check(ts_model_weights *w, const char *const *patterns, int n_pat
     }
     char err[512] = "";
     ts_model_graph *mg = NULL;
-    ts_model_graph_options o = {.batch = 1, .seq = T, .loss = true, .backward = true, .mtp = mtp, .mtp_weight = 0.3f};
+    ts_model_graph_options o = {.batch = 1, .seq = T, .loss = true, .backward = true, .mtp = mtp, .balance_alpha = mtp ? 0.5 : 0};
     ts_status s = ts_model_graph_build(w, &o, &mg, err, sizeof err);
     CHECK(s == TS_OK, "fd build: %s", err);
     if (s != TS_OK) return;
@@ -401,6 +429,7 @@ static void fd_check(ts_model_weights *w, const char *const *patterns, int n_pat
         ts_tensor_write(mg->mtp_targets, mtp_tg, sizeof mtp_tg);
     }
     ts_graph_compute(mg->graph);
+    if (o.balance_alpha > 0) check_balance_loss(mg, c, T, o.balance_alpha);
     int checked = 0, bad = 0;
     double worst = 0;
     for (int i = 0; i < ts_model_weights_count(w); i++) {
@@ -470,7 +499,7 @@ static void test_finite_differences(ts_model_weights *w64) {
     }
     static const char *const mtp_kinds[] = {"mtp.0.e_proj", "mtp.0.h_proj", "mtp.0.enorm", "mtp.0.hnorm",
                                             "mtp.0.hc_head_fn", "mtp.0.attn.wkv", "mtp.0.ffn.experts.2.w3",
-                                            "embed.weight"};
+                                            "embed.weight", "layers.2.ffn.gate.weight", "mtp.0.ffn.gate.weight"};
     fd_check(wm, mtp_kinds, (int)(sizeof mtp_kinds / sizeof *mtp_kinds), true);
     ts_model_weights_free(wm);
 }

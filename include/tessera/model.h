@@ -332,8 +332,9 @@ typedef struct {
     bool loss;                 /* targets input + mean cross-entropy over targets >= 0 */
     bool backward;             /* gradients of every trained parameter (needs loss) */
     bool mtp;                  /* MTP block(s) (V4 with num_nextn_predict_layers > 0): logits and,
-                                * with loss, the MTP cross-entropy weighted by mtp_weight */
-    float mtp_weight;          /* spec §5.1: 0.3, then 0.1 in the LR decay */
+                                * with loss, the MTP cross-entropy times the mtp_weight input */
+    double balance_alpha;      /* > 0: add the sequence-wise balance loss of every learned-routing
+                                * MoE layer (spec §5.1) times alpha to the loss */
     bool dense_csa;            /* CSA layers attend to every completed block (no indexer) */
     bool keep_logits;          /* logits stay readable after compute (always true without loss) */
 } ts_model_graph_options;
@@ -347,12 +348,16 @@ typedef struct {
     ts_tensor *targets;        /* [B, T] next-token targets, < 0 ignored (with loss) */
     ts_tensor *mtp_ids;        /* [B, T] the token at t+1 fed to the MTP block (with mtp) */
     ts_tensor *mtp_targets;    /* [B, T] the token at t+2, < 0 ignored (with mtp and loss) */
+    ts_tensor *mtp_weight;     /* [1] input in the weights' dtype: the MTP loss weight (spec §5.1:
+                                * 0.3, 0.1 once the LR decays); 0.3 after alloc */
     ts_tensor *logits;         /* [B, T, V] */
     ts_tensor *mtp_logits;     /* [B, T, V] or NULL */
-    ts_tensor *loss;           /* [1]: lm_loss + mtp_weight * mtp_loss */
+    ts_tensor *loss;           /* [1]: lm_loss + mtp_weight * mtp_loss + balance_loss */
     ts_tensor *lm_loss, *mtp_loss;
+    ts_tensor *balance_loss;   /* [1] alpha x sum over layers of the mean over sequences, or NULL */
     ts_tensor **params;        /* [ts_model_weights_count]: the leaf of each weight (NULL if unused) */
     ts_tensor **route_idx;     /* [layer slots]: the experts chosen per token [B*T, K] (i32/i64), MoE layers */
+    ts_tensor **route_scores;  /* [layer slots]: router affinities s [B*T, E] (kept with balance_alpha) */
     ts_tensor **index_idx;     /* [layer slots]: the CSA indexer's picks [B, T, k] or NULL */
     void *internal;            /* constant tables to fill at alloc */
 } ts_model_graph;

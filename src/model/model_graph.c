@@ -182,6 +182,23 @@ static ts_tensor *v4_attention(ts_model_builder *b, int layer, const char *prefi
 
 /* ---------------------------------------------------------------- MoE (§2.10) */
 
+/* Sequence-wise balance loss (spec §5.1) of one layer, averaged over the B sequences:
+ * alpha/B · Σ_b Σ_e f_be·P_be, f_be = E/(K·T)·#{t : e chosen} (a constant: the selection has no
+ * gradient), P_be = mean_t s_bte / Σ_e' s_bte'. The host version is ts_moe_seq_balance_loss. */
+static ts_tensor *balance_loss(ts_model_builder *b, const ts_moe_nodes *nodes, int64_t K) {
+    ts_graph *g = b->g;
+    int64_t E = b->c->n_routed_experts, BT = b->B * b->T;
+    int64_t bte[3] = {b->B, b->T, E}, bt_e[2] = {BT, E}, bt_k[2] = {BT, K};
+    ts_tensor *s = nodes->scores;
+    ts_tensor *P = ts_mean(g, ts_reshape(g, ts_div(g, s, ts_sum(g, s, 1, true)), 3, bte), 1, false); /* [B, E] */
+    ts_tensor *counts = ts_scatter_add(g, ts_fill(g, b->dt, 2, bt_e, 0.0f), 1, nodes->indices,
+                                       ts_fill(g, b->dt, 2, bt_k, 1.0f));
+    ts_tensor *f = ts_scale(g, ts_sum(g, ts_reshape(g, counts, 3, bte), 1, false),
+                            (float)((double)E / ((double)K * (double)b->T))); /* [B, E] */
+    ts_tensor *per_seq = ts_sum(g, ts_mul(g, f, P), 1, false);                 /* [B] */
+    return ts_scale(g, ts_sum(g, per_seq, 0, false), (float)(b->mg->opts.balance_alpha / (double)b->B));
+}
+
 static ts_tensor *v4_moe(ts_model_builder *b, int layer, const char *prefix, ts_tensor *x, bool is_mtp) {
     const ts_v4_config *c = b->c;
     ts_graph *g = b->g;
@@ -203,6 +220,11 @@ static ts_tensor *v4_moe(ts_model_builder *b, int layer, const char *prefix, ts_
     ts_tensor *v = ts_moe_forward(g, xf, &mw, &mp, b->ids_flat, &nodes);
     if (!v) return NULL;
     b->mg->route_idx[layer] = ts_set_output(nodes.indices);
+    if (b->mg->opts.balance_alpha > 0 && !mp.hash_routing) {
+        ts_tensor *l = balance_loss(b, &nodes, mp.top_k);
+        b->mg->route_scores[layer] = ts_set_output(nodes.scores);
+        b->mg->balance_loss = b->mg->balance_loss ? ts_add(g, b->mg->balance_loss, l) : l;
+    }
     int64_t vs[3] = {b->B, b->T, c->hidden_size};
     return ts_reshape(g, v, 3, vs);
 }
@@ -302,9 +324,11 @@ static void build_losses(ts_model_builder *b) {
     mg->lm_loss = mg->loss = ts_set_output(ts_cross_entropy(g, mg->logits, mg->targets));
     if (mg->opts.mtp) {
         mg->mtp_targets = ts_mb_input_ids(b, "mtp_targets");
+        mg->mtp_weight = ts_new_tensor_1d(g, b->dt, 1, "mtp_weight");
         mg->mtp_loss = ts_set_output(ts_cross_entropy(g, mg->mtp_logits, mg->mtp_targets));
-        mg->loss = ts_add(g, mg->lm_loss, ts_scale(g, mg->mtp_loss, mg->opts.mtp_weight));
+        mg->loss = ts_add(g, mg->loss, ts_mul(g, mg->mtp_loss, mg->mtp_weight));
     }
+    if (mg->balance_loss) mg->loss = ts_add(g, mg->loss, ts_set_output(mg->balance_loss));
     ts_set_output(mg->loss);
 }
 
@@ -336,6 +360,7 @@ void ts_model_graph_free(ts_model_graph *mg) {
     free(cl);
     free(mg->params);
     free(mg->route_idx);
+    free(mg->route_scores);
     free(mg->index_idx);
     ts_graph_free(mg->graph);
     free(mg);
@@ -357,9 +382,10 @@ ts_status ts_model_graph_build(const ts_model_weights *w, const ts_model_graph_o
         mg->internal = calloc(1, sizeof(ts_mb_const_list));
         mg->params = calloc((size_t)ts_model_weights_count(w), sizeof *mg->params);
         mg->route_idx = calloc((size_t)slots, sizeof *mg->route_idx);
+        mg->route_scores = calloc((size_t)slots, sizeof *mg->route_scores);
         mg->index_idx = calloc((size_t)slots, sizeof *mg->index_idx);
     }
-    if (!mg || !mg->graph || !mg->internal || !mg->params || !mg->route_idx || !mg->index_idx) {
+    if (!mg || !mg->graph || !mg->internal || !mg->params || !mg->route_idx || !mg->route_scores || !mg->index_idx) {
         ts_model_graph_free(mg);
         set_err(err, err_size, "model graph: out of memory");
         return TS_ERR_OOM;
@@ -419,6 +445,10 @@ ts_status ts_model_graph_alloc(ts_model_graph *mg, ts_backend *be, ts_plan_stats
     ts_mb_const_list *cl = mg->internal;
     const ts_v4_config *c = ts_model_weights_config(mg->weights);
     for (int i = 0; s == TS_OK && i < cl->n; i++) s = fill_constant(c, &cl->v[i]);
+    if (s == TS_OK && mg->mtp_weight) {
+        float w = 0.3f;
+        s = ts_tensor_write_f32(mg->mtp_weight, &w, 1);
+    }
     if (s != TS_OK) set_err(err, err_size, "model graph: filling constant tables failed: %s", ts_status_name(s));
     return s;
 }
