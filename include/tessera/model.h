@@ -299,6 +299,8 @@ ts_dtype ts_model_weights_dtype(const ts_model_weights *w);
 int ts_model_weights_count(const ts_model_weights *w);
 const ts_model_tensor *ts_model_weights_info(const ts_model_weights *w, int i);
 void *ts_model_weights_data(const ts_model_weights *w, int i);
+/* The dtype of tensor i in memory: the compute dtype, or TS_I32 for tid2eid. */
+ts_dtype ts_model_weights_mem_dtype(const ts_model_weights *w, int i);
 /* Index of the tensor with this official name (spec §1.4, no "model." prefix), or -1. */
 int ts_model_weights_find(const ts_model_weights *w, const char *name);
 /* Fills every tensor with init.c's scheme for `seed` (the values ts_model_init_write stores). */
@@ -373,6 +375,24 @@ ts_tensor *ts_model_graph_grad(const ts_model_graph *mg, int i);
 /* Host address of weight i's own gradient after compute (inside the stacked one for experts),
  * in the weights' dtype; NULL as above or when the backend's memory is not host-visible. */
 void *ts_model_graph_grad_data(const ts_model_graph *mg, int i);
+
+/* ---------------------------------------------------------------- greedy completion (complete.c)
+ *
+ * Greedy continuation of up to `batch` prompts at once on a forward graph of [batch, max_len]
+ * that recomputes the whole window per token (quadratic: for short texts such as the synthetic
+ * tasks' answers and run-log samples; serving uses the KV-cache decoder). */
+typedef struct ts_model_completer ts_model_completer;
+
+ts_status ts_model_completer_new(const ts_model_weights *w, ts_backend *be, int64_t batch, int64_t max_len,
+                                 ts_model_completer **out, char *err, size_t err_size);
+void ts_model_completer_free(ts_model_completer *c);
+int64_t ts_model_completer_batch(const ts_model_completer *c);
+int64_t ts_model_completer_max_len(const ts_model_completer *c);
+/* Continues prompts[0..n) (n <= batch; 1 <= prompt_lens[r] < max_len) by up to max_new tokens
+ * each, stopping a row at stop_id (not written) or at max_len; outs[r] (room for max_new ids)
+ * receives the new tokens and out_lens[r] their number. pad_id fills unused positions. */
+ts_status ts_model_complete(ts_model_completer *c, int n, const int32_t *const *prompts, const int64_t *prompt_lens,
+                            int64_t max_new, int32_t stop_id, int32_t pad_id, int32_t **outs, int64_t *out_lens);
 
 #ifdef __cplusplus
 }

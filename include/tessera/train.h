@@ -3,11 +3,15 @@
  * by `tessera demo` and tests/test_mlp_demo.c to show that the pieces learn together. Below it
  * are the DeepSeek-V4 trainer's building blocks on plain f32 arrays: the AdamW and Muon
  * optimizers with checkpointable state, learning-rate and MTP-weight schedules, gradient
- * clipping and accumulation, and the MoE balancing rules (spec §5). */
+ * clipping and accumulation, and the MoE balancing rules (spec §5); and the model trainer
+ * (trainer.c) that puts them together with a model graph and a data loader. */
 #ifndef TESSERA_TRAIN_H
 #define TESSERA_TRAIN_H
 
+#include "tessera/backend.h"
+#include "tessera/data.h"
 #include "tessera/graph.h"
+#include "tessera/model.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -284,6 +288,69 @@ ts_status ts_moe_bias_update(float *bias, const int64_t *load, int n_experts, do
 #define TS_MOE_BALANCE_ALPHA 1e-4
 ts_status ts_moe_seq_balance_loss(const float *scores, const int32_t *topk, int64_t T, int n_experts,
                                   int k, double alpha, double *loss, float *grad_scores);
+
+/* ---------------------------------------------------------------- the model trainer (trainer.c)
+ *
+ * One training step of a V4 or dense model, top to bottom: next batch from the loader -> inputs
+ * (ids, targets, MTP ids/targets) -> forward + backward on the planned graph -> global-norm
+ * clipping (a non-finite norm skips the update) -> learning rate and MTP weight from the schedule
+ * -> Muon on the matrices, AdamW on the rest (spec §5.3, model.h's optim field) -> aux-loss-free
+ * bias update from the step's expert loads (§5.2). The weights are updated in place; the graph
+ * is built and planned once. */
+
+typedef struct {
+    int64_t batch, seq;          /* B, T of every step */
+    ts_lr_schedule lr;
+    double weight_decay;         /* Muon matrices and AdamW embedding / head (0.1) */
+    double grad_clip;            /* max global norm (1.0); 0 = off */
+    bool adamw_only;             /* AdamW for every tensor (no Muon) */
+    bool mtp;                    /* train the MTP block (when the config has one) */
+    double balance_alpha;        /* sequence-wise balance loss weight (1e-4); 0 = off */
+    double bias_gamma;           /* aux-loss-free bias step (1e-3); 0 = frozen */
+    bool dense_csa;              /* CSA attends to every completed block (indexer unused) */
+} ts_trainer_options;
+
+/* The spec §7.2 recipe for total_steps steps of batch x seq. */
+void ts_trainer_default_options(ts_trainer_options *o, int64_t batch, int64_t seq, int64_t total_steps);
+
+typedef struct {
+    int64_t step;                /* the step just taken (0-based) */
+    double loss, lm_loss, mtp_loss, balance_loss;
+    double lr, grad_norm;
+    int64_t tokens;              /* non-padding input tokens of the batch */
+    double seconds;              /* wall time of the step */
+    bool skipped;                /* non-finite gradient: no update */
+} ts_train_step_stats;
+
+typedef struct ts_trainer ts_trainer;
+
+/* w must be f32 weights; train yields the batches (batch x seq). The backend runs the graph. */
+ts_status ts_trainer_new(ts_model_weights *w, ts_data_loader *train, ts_backend *be, const ts_trainer_options *o,
+                         ts_trainer **out, char *err, size_t err_size);
+void ts_trainer_free(ts_trainer *tr);
+ts_status ts_trainer_step(ts_trainer *tr, ts_train_step_stats *st, char *err, size_t err_size);
+/* Mean next-token loss over up to max_batches batches of val (a single-pass loader, rewound
+ * first), on a forward-only graph of the same shape. */
+ts_status ts_trainer_eval(ts_trainer *tr, ts_data_loader *val, int max_batches, double *loss, char *err,
+                          size_t err_size);
+int64_t ts_trainer_step_count(const ts_trainer *tr);
+/* For checkpoints: the step counter and every optimizer state buffer (AdamW then Muon, as named
+ * by ts_adamw_state_at / ts_muon_state_at). Restoring = set the step, copy saved buffers into the
+ * ones of the same name. */
+void ts_trainer_set_step(ts_trainer *tr, int64_t step);
+int ts_trainer_state_count(const ts_trainer *tr);
+ts_status ts_trainer_state_at(ts_trainer *tr, int i, ts_optim_state *out);
+/* Tokens each expert of MoE layer slot `layer` received in the last step (NULL for a layer
+ * without learned routing); n_experts entries. */
+const int64_t *ts_trainer_expert_load(const ts_trainer *tr, int layer);
+/* The planner's figures for the training graph. */
+ts_plan_stats ts_trainer_plan_stats(const ts_trainer *tr);
+
+/* Exact-answer accuracy on the first n_per_task held-out items of each synthetic task (the
+ * items ts_synth_evaluate scores), completed greedily in batches by c (synth_eval.c). The
+ * completer's max_len must hold BOS + the longest prompt + TS_SYNTH_ANSWER_CAP (80 is enough). */
+ts_status ts_synth_evaluate_model(uint64_t seed, int n_per_task, ts_model_completer *c, ts_synth_eval *out,
+                                  ts_io_error *err);
 
 #ifdef __cplusplus
 }

@@ -28,7 +28,6 @@ ts_status ts_model_init_tensor(const ts_v4_config *cfg, uint64_t seed, const ts_
  * Routed experts are stacked per layer and kind: tensor i of expert e lives at
  * data(stack_base(i)) + e·numel, so one [E, rows, cols] leaf covers all of them. */
 int ts_model_weights_stack_base(const ts_model_weights *w, int i); /* -1 when not a routed expert */
-ts_dtype ts_model_weights_mem_dtype(const ts_model_weights *w, int i); /* compute dtype, i32 tables */
 /* The names official tensor `name` may have in a checkpoint, most likely first (model.h,
  * ts_model_load); returns how many were written. */
 #define TS_MODEL_NAME_CANDIDATES 8
@@ -72,8 +71,9 @@ typedef struct {
 ts_tensor *ts_mb_param(ts_model_builder *b, const char *prefix, const char *suffix);
 /* x · Wᵀ for weight prefix+name. */
 ts_tensor *ts_mb_linear(ts_model_builder *b, ts_tensor *x, const char *prefix, const char *name);
-/* RoPE angles [n_pos, qk_rope_head_dim/2] at positions p·step: rope_theta, or for compressed
- * layers compress_rope_theta with the config's YaRN. Dense models: pass false. */
+/* RoPE angles [n_pos, r/2] at positions p·step, r = qk_rope_head_dim (V4) or head_dim (dense):
+ * rope_theta, or for compressed layers compress_rope_theta with the config's YaRN. Dense models:
+ * pass false. */
 ts_tensor *ts_mb_angles(ts_model_builder *b, bool compressed_layer, int64_t n_pos, int64_t step);
 /* An i32 input [B, T]. */
 ts_tensor *ts_mb_input_ids(ts_model_builder *b, const char *name);
