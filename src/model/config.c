@@ -833,12 +833,37 @@ static void write_table_key(json_writer *w, const config_key *k, const ts_v4_con
     }
 }
 
+/* transformers' DeepseekV4 port reads the schedule from layer_types + compress_rates and
+ * builds it from compress_ratios only for the ratios {0, 4, 128} (docs/v4-reference-notes.md
+ * item 20), so both are written too - when every HCA layer shares one ratio, the only schedule
+ * the port can express. */
+static void write_port_layer_types(json_writer *w, const ts_v4_config *cfg) {
+    int32_t hca = 0;
+    for (int64_t i = 0; i < cfg->num_hidden_layers; i++) {
+        int32_t r = cfg->compress_ratios[i];
+        if (r == TS_V4_RATIO_WINDOW || r == TS_V4_RATIO_CSA) continue;
+        if (hca && r != hca) return;
+        hca = r;
+    }
+    json_t *types = json_array();
+    for (int64_t i = 0; i < cfg->num_hidden_layers; i++) {
+        int32_t r = cfg->compress_ratios[i];
+        json_array_append_new(types, json_string(r == TS_V4_RATIO_WINDOW ? "sliding_attention"
+                                                 : r == TS_V4_RATIO_CSA  ? "compressed_sparse_attention"
+                                                                         : "heavily_compressed_attention"));
+    }
+    put(w, "layer_types", types);
+    put(w, "compress_rates", json_pack("{s:i,s:i}", "compressed_sparse_attention", TS_V4_RATIO_CSA,
+                                       "heavily_compressed_attention", hca ? hca : TS_V4_RATIO_HCA));
+}
+
 static void write_v4_extras(json_writer *w, const ts_v4_config *cfg) {
     put(w, "scoring_func", json_string(ts_score_func_name(cfg->scoring_func)));
     put(w, "topk_method", json_string("noaux_tc"));
     json_t *ratios = json_array();
     for (int64_t i = 0; i < ts_v4_n_layer_slots(cfg); i++) json_array_append_new(ratios, json_integer(cfg->compress_ratios[i]));
     put(w, "compress_ratios", ratios);
+    write_port_layer_types(w, cfg);
     const ts_v4_rope_scaling *y = &cfg->rope_scaling;
     if (y->enabled) {
         json_t *obj = json_object();
