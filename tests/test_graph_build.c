@@ -162,7 +162,28 @@ static void test_views_share_storage(void) {
     ts_backend_free(be);
 }
 
+/* ts_detach: y = sum(x·x + detach(x)·x) has dy/dx = 2x + x (the detached factor is a constant). */
+static void test_detach(void) {
+    ts_graph *g = ts_graph_new();
+    ts_tensor *x = ts_set_param(ts_new_tensor_1d(g, TS_F64, 3, "x"));
+    ts_tensor *d = ts_detach(g, x);
+    CHECK(d && !(d->flags & TS_FLAG_REQUIRES_GRAD), "detach keeps no gradient path");
+    ts_tensor *y = ts_sum(g, ts_add(g, ts_mul(g, x, x), ts_mul(g, d, x)), 0, false);
+    CHECK_OK(ts_graph_backward(g, y), g);
+    ts_backend *be = NULL;
+    CHECK_OK(ts_backend_cpu_ref_new(1, &be), NULL);
+    CHECK_OK(ts_graph_alloc(g, be, NULL, NULL), g);
+    double xv[3] = {1.5, -2, 0.25}, gv[3];
+    ts_tensor_write(x, xv, sizeof xv);
+    CHECK_OK(ts_graph_compute(g), g);
+    ts_tensor_read(ts_grad(x), gv, sizeof gv);
+    for (int i = 0; i < 3; i++) CHECK(gv[i] == 3 * xv[i], "d/dx[%d] = %g, want %g", i, gv[i], 3 * xv[i]);
+    ts_graph_free(g);
+    ts_backend_free(be);
+}
+
 int main(void) {
+    test_detach();
     test_errors();
     test_error_propagation();
     test_shape_inference();

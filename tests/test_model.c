@@ -403,7 +403,16 @@ static void check_balance_loss(const ts_model_graph *mg, const ts_v4_config *c, 
 
 /* d loss / d w[i][j] by central differences against the graph's gradient, for `count` elements
  * of every weight whose name contains one of the patterns. */
+static void fd_check_opts(ts_model_weights *w, const char *const *patterns, int n_patterns, ts_model_graph_options o);
+
 static void fd_check(ts_model_weights *w, const char *const *patterns, int n_patterns, bool mtp) {
+    ts_model_graph_options o = {.batch = 1, .seq = 20, .loss = true, .backward = true, .mtp = mtp,
+                                .balance_alpha = mtp ? 0.5 : 0};
+    fd_check_opts(w, patterns, n_patterns, o);
+}
+
+static void fd_check_opts(ts_model_weights *w, const char *const *patterns, int n_patterns, ts_model_graph_options o) {
+    bool mtp = o.mtp;
     const ts_v4_config *c = ts_model_weights_config(w);
     int64_t T = 20;
     int32_t ids[20], mtp_ids[20], tg[20], mtp_tg[20];
@@ -415,7 +424,6 @@ static void fd_check(ts_model_weights *w, const char *const *patterns, int n_pat
     }
     char err[512] = "";
     ts_model_graph *mg = NULL;
-    ts_model_graph_options o = {.batch = 1, .seq = T, .loss = true, .backward = true, .mtp = mtp, .balance_alpha = mtp ? 0.5 : 0};
     ts_status s = ts_model_graph_build(w, &o, &mg, err, sizeof err);
     CHECK(s == TS_OK, "fd build: %s", err);
     if (s != TS_OK) return;
@@ -465,8 +473,13 @@ static void fd_check(ts_model_weights *w, const char *const *patterns, int n_pat
     }
     CHECK(bad == 0, "%d of %d finite-difference checks failed", bad, checked);
     CHECK(checked >= 3 * n_patterns, "only %d elements checked", checked);
-    printf("  finite differences%s: %d elements, worst relative error %.2e\n", mtp ? " (with MTP)" : "", checked,
-           worst);
+    printf("  finite differences%s: %d elements, worst relative error %.2e\n",
+           mtp ? " (with MTP)" : o.indexer_loss ? " (indexer KL loss)" : "", checked, worst);
+    if (o.indexer_loss) {
+        double kl;
+        ts_tensor_read(mg->indexer_loss, &kl, sizeof kl);
+        CHECK(kl > 0 && isfinite(kl), "indexer KL %g", kl);
+    }
     ts_model_graph_free(mg);
     ts_backend_free(be);
 }
@@ -502,6 +515,59 @@ static void test_finite_differences(ts_model_weights *w64) {
                                             "embed.weight", "layers.2.ffn.gate.weight", "mtp.0.ffn.gate.weight"};
     fd_check(wm, mtp_kinds, (int)(sizeof mtp_kinds / sizeof *mtp_kinds), true);
     ts_model_weights_free(wm);
+}
+
+/* The indexer KL loss (dense warm-up and sparse stages): finite differences on the indexer's
+ * weights, and detachment - every other gradient is exactly what the model has without it. */
+static void test_indexer_loss(ts_model_weights *w64) {
+    static const char *const kinds[] = {"layers.1.attn.indexer.wq_b", "layers.1.attn.indexer.weights_proj",
+                                        "layers.3.attn.indexer.compressor.wkv", "layers.3.attn.indexer.compressor.ape",
+                                        "layers.1.attn.indexer.compressor.norm"};
+    for (int sparse = 0; sparse < 2; sparse++) {
+        ts_model_graph_options o = {.batch = 1, .seq = 20, .loss = true, .backward = true, .indexer_loss = true,
+                                    .dense_csa = !sparse};
+        fd_check_opts(w64, kinds, (int)(sizeof kinds / sizeof *kinds), o);
+    }
+    int64_t n;
+    int32_t *ids = fixture_ids("ids", &n);
+    for (int sparse = 0; sparse < 2; sparse++) {
+        ts_model_graph *g2[2] = {NULL, NULL};
+        ts_backend *be;
+        ts_backend_cpu_ref_new(2, &be);
+        char err[256];
+        int32_t tg[T_];
+        for (int t = 0; t < T_; t++) tg[t] = t + 1 < T_ ? ids[t + 1] : -1;
+        for (int with = 0; with < 2; with++) {
+            ts_model_graph_options o = {.batch = 1, .seq = T_, .loss = true, .backward = true,
+                                        .indexer_loss = with, .dense_csa = !sparse};
+            ts_model_graph_build(w64, &o, &g2[with], err, sizeof err);
+            ts_model_graph_alloc(g2[with], be, NULL, err, sizeof err);
+            ts_tensor_write(g2[with]->ids, ids, sizeof tg);
+            ts_tensor_write(g2[with]->targets, tg, sizeof tg);
+            ts_graph_compute(g2[with]->graph);
+        }
+        int differ = 0, indexer_grads = 0, indexer_tensors = 0;
+        for (int i = 0; i < ts_model_weights_count(w64); i++) {
+            const ts_model_tensor *t = ts_model_weights_info(w64, i);
+            const double *a = ts_model_graph_grad_data(g2[0], i), *b = ts_model_graph_grad_data(g2[1], i);
+            if (strstr(t->name, "indexer")) {
+                indexer_tensors++;
+                indexer_grads += b != NULL;
+                continue;
+            }
+            if (!a || !b) continue;
+            differ += memcmp(a, b, (size_t)ts_model_tensor_numel(t) * sizeof(double)) != 0;
+        }
+        CHECK(differ == 0, "%s stage: the indexer loss changed %d non-indexer gradients", sparse ? "sparse" : "dense",
+              differ);
+        CHECK(indexer_tensors == 12 && indexer_grads == indexer_tensors, "%s stage: %d of %d indexer tensors got a gradient",
+              sparse ? "sparse" : "dense", indexer_grads, indexer_tensors);
+        ts_model_graph_free(g2[0]);
+        ts_model_graph_free(g2[1]);
+        ts_backend_free(be);
+    }
+    printf("  indexer KL loss: detached (every other gradient unchanged) in the dense and sparse stages\n");
+    free(ids);
 }
 
 /* ---------------------------------------------------------------- 6. save / load, errors */
@@ -588,6 +654,7 @@ int main(void) {
         test_f64_parity(w64);
         test_causality(w64);
         test_finite_differences(w64);
+        test_indexer_loss(w64);
     }
     test_f32_parity();
     test_save_load(w64);

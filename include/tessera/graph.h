@@ -199,6 +199,8 @@ ts_tensor *ts_fill(ts_graph *g, ts_dtype t, int ndim, const int64_t *shape, floa
 ts_tensor *ts_zeros_like(ts_graph *g, const ts_tensor *x);
 ts_tensor *ts_cast(ts_graph *g, ts_tensor *x, ts_dtype t);
 ts_tensor *ts_cont(ts_graph *g, ts_tensor *x);  /* contiguous copy */
+/* Contiguous copy through which no gradient flows (stop-gradient: targets, detached inputs). */
+ts_tensor *ts_detach(ts_graph *g, ts_tensor *x);
 ts_tensor *ts_concat(ts_graph *g, ts_tensor *const *xs, int n, int axis);
 
 ts_tensor *ts_add(ts_graph *g, ts_tensor *a, ts_tensor *b);

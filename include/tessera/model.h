@@ -338,6 +338,9 @@ typedef struct {
     double balance_alpha;      /* > 0: add the sequence-wise balance loss of every learned-routing
                                 * MoE layer (spec §5.1) times alpha to the loss */
     bool dense_csa;            /* CSA layers attend to every completed block (no indexer) */
+    bool indexer_loss;         /* add the lightning indexer's KL loss (spec §5.1) on detached inputs:
+                                * against the dense attention with dense_csa (warm-up stage), else
+                                * restricted to its own picks (sparse stage) */
     bool keep_logits;          /* logits stay readable after compute (always true without loss) */
 } ts_model_graph_options;
 
@@ -354,9 +357,10 @@ typedef struct {
                                 * 0.3, 0.1 once the LR decays); 0.3 after alloc */
     ts_tensor *logits;         /* [B, T, V] */
     ts_tensor *mtp_logits;     /* [B, T, V] or NULL */
-    ts_tensor *loss;           /* [1]: lm_loss + mtp_weight * mtp_loss + balance_loss */
+    ts_tensor *loss;           /* [1]: lm_loss + mtp_weight * mtp_loss + balance_loss + indexer_loss */
     ts_tensor *lm_loss, *mtp_loss;
     ts_tensor *balance_loss;   /* [1] alpha x sum over layers of the mean over sequences, or NULL */
+    ts_tensor *indexer_loss;   /* [1] sum over CSA layers of the mean KL, or NULL */
     ts_tensor **params;        /* [ts_model_weights_count]: the leaf of each weight (NULL if unused) */
     ts_tensor **route_idx;     /* [layer slots]: the experts chosen per token [B*T, K] (i32/i64), MoE layers */
     ts_tensor **route_scores;  /* [layer slots]: router affinities s [B*T, E] (kept with balance_alpha) */
@@ -369,6 +373,11 @@ ts_status ts_model_graph_build(const ts_model_weights *w, const ts_model_graph_o
 ts_status ts_model_graph_alloc(ts_model_graph *mg, ts_backend *be, ts_plan_stats *stats, char *err,
                                size_t err_size);
 void ts_model_graph_free(ts_model_graph *mg);
+/* Document masking of the compressed entries (spec §2.9 + the data loader's packing):
+ * doc_start [B*T] (data.h's ts_batch.doc_start) restricts every query to CSA / HCA blocks that
+ * lie wholly in its document (a document loses the blocks straddling its start); NULL restores
+ * plain causality. Kept until the next call. */
+ts_status ts_model_graph_set_doc_start(ts_model_graph *mg, const int32_t *doc_start);
 /* Gradient node of weight i (NULL when it has none: buffers, unused, no backward). For a routed
  * expert it is the stacked [E, rows, cols] gradient of the layer's experts of that kind. */
 ts_tensor *ts_model_graph_grad(const ts_model_graph *mg, int i);

@@ -314,6 +314,14 @@ ts_tensor *ts_cast(ts_graph *g, ts_tensor *x, ts_dtype t) {
 
 ts_tensor *ts_cont(ts_graph *g, ts_tensor *x) { return x ? ts_cast(g, x, x->dtype) : NULL; }
 
+/* A copy that autodiff treats as a constant: nothing downstream of it requires a gradient
+ * through it, so backward never reaches x from here. */
+ts_tensor *ts_detach(ts_graph *g, ts_tensor *x) {
+    ts_tensor *c = ts_cont(g, x);
+    if (c) c->flags &= ~(uint32_t)TS_FLAG_REQUIRES_GRAD;
+    return c;
+}
+
 ts_tensor *ts_concat(ts_graph *g, ts_tensor *const *xs, int n, int axis) {
     if (n < 1 || !xs || any_null(xs, n)) {
         if (n < 1) ts_graph_set_error(g, TS_ERR_INVALID_ARG, "concat: needs at least one tensor");

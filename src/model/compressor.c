@@ -78,11 +78,14 @@ int64_t ts_v4_visible_blocks(int64_t t, int64_t m, int64_t n_blocks) {
     return v < n_blocks ? v : n_blocks;
 }
 
+bool ts_v4_block_usable(int64_t t, int64_t i, int64_t m, int64_t doc_start) {
+    int64_t first = m == TS_V4_RATIO_CSA && i > 0 ? (i - 1) * m : i * m;
+    return (i + 1) * m - 1 <= t && first >= doc_start;
+}
+
 void ts_v4_block_mask(int64_t T, int64_t m, int64_t n_blocks, double *mask) {
-    for (int64_t t = 0; t < T; t++) {
-        int64_t v = ts_v4_visible_blocks(t, m, n_blocks);
-        for (int64_t i = 0; i < n_blocks; i++) mask[t * n_blocks + i] = i < v ? 0.0 : -INFINITY;
-    }
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = 0; i < n_blocks; i++) mask[t * n_blocks + i] = ts_v4_block_usable(t, i, m, 0) ? 0.0 : -INFINITY;
 }
 
 ts_status ts_v4_block_mask_write(ts_tensor *leaf, int64_t m) {
@@ -98,7 +101,7 @@ ts_status ts_v4_block_mask_write(ts_tensor *leaf, int64_t m) {
 
 void ts_v4_hca_extra_idx(int64_t T, int64_t m, int64_t n_blocks, int32_t *idx) {
     for (int64_t t = 0; t < T; t++)
-        for (int64_t i = 0; i < n_blocks; i++) idx[t * n_blocks + i] = (i + 1) * m - 1 <= t ? (int32_t)i : -1;
+        for (int64_t i = 0; i < n_blocks; i++) idx[t * n_blocks + i] = ts_v4_block_usable(t, i, m, 0) ? (int32_t)i : -1;
 }
 
 /* ---------------------------------------------------------------- compressors

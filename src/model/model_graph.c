@@ -85,9 +85,12 @@ static ts_tensor *constant(ts_model_builder *b, ts_mb_const_kind kind, int nd, c
     return t;
 }
 
+/* Rotary dims per head: V4 rotates the last qk_rope_head_dim, the dense baseline the whole head. */
+static int64_t rope_dims(const ts_v4_config *c) { return c->kind == TS_MODEL_DENSE ? c->head_dim : c->qk_rope_head_dim; }
+
 /* RoPE angles [n_pos, r/2] for positions p·step. */
 ts_tensor *ts_mb_angles(ts_model_builder *b, bool compressed_layer, int64_t n_pos, int64_t step) {
-    int64_t shape[2] = {n_pos, b->c->qk_rope_head_dim / 2};
+    int64_t shape[2] = {n_pos, rope_dims(b->c) / 2};
     double base = compressed_layer ? b->c->compress_rope_theta : b->c->rope_theta;
     return constant(b, TS_MB_CONST_ANGLES, 2, shape, b->dt, base, compressed_layer && b->c->rope_scaling.enabled, step,
                     "rope_angles");
@@ -108,10 +111,54 @@ static ts_v4_compressor_w compressor_weights(ts_model_builder *b, const char *pr
 
 /* Compressed entries and their per-query index lists for layer slot `layer` (ratio m > 0, at
  * least one completed block). x [B, T, d], cq [B*T, q_lora]. */
-static void compressed_entries(ts_model_builder *b, int layer, const char *prefix, ts_tensor *x, ts_tensor *cq, int64_t m,
-                               ts_tensor **extra, ts_tensor **extra_idx) {
+/* Lightning-indexer KL loss of one CSA layer (spec §5.1: V3.2's objective on V4's compressed
+ * entries). Target p[t] = the main attention's distribution over the usable compressed entries,
+ * per head renormalised over those entries, averaged over heads (the spec sums the heads' full
+ * softmax; renormalising first keeps the target independent of the window keys, which the
+ * fused attention kernel does not expose); with `selected` (sparse stage) both distributions
+ * are restricted to the indexer's picks. Loss = mean over queries with a usable entry of
+ * KL(p[t] || softmax(I[t])). The target is detached; the caller detaches the indexer's inputs,
+ * so this loss trains the indexer only. q [B, T, H, c] (after norm + RoPE), entries [B, nb, c],
+ * scores I [B, T, nb] with -inf on unusable blocks, mask [B, T, nb] (0 / -inf), selected [B, T, k]
+ * (-1 = no pick) or NULL. */
+static ts_tensor *indexer_kl(ts_model_builder *b, ts_tensor *q, ts_tensor *entries, ts_tensor *scores, ts_tensor *mask,
+                             ts_tensor *selected) {
+    ts_graph *g = b->g;
+    int64_t B = b->B, T = b->T, H = b->c->num_attention_heads, c = b->c->head_dim, nb = entries->shape[1];
+    const float big = 1e9f; /* finite stand-in for -inf: 0 · (-1e9) = 0 where p = 0, never NaN */
+    int64_t s4[4] = {B, T, H, nb}, sq[3] = {B, T * H, c}, sm[4] = {B, T, 1, nb};
+    ts_tensor *maskf = ts_clamp(g, mask, -big, 0.0f);
+    ts_tensor *usable = ts_clamp(g, ts_sum(g, ts_exp(g, maskf), -1, true), 0.0f, 1.0f); /* [B, T, 1] */
+    if (selected) { /* 0 on picked blocks, -big elsewhere: scatter into a column per block plus one for -1 */
+        int64_t sp[3] = {B, T, nb + 1};
+        ts_tensor *one = ts_fill(g, TS_F32, 1, (int64_t[]){1}, 1.0f);
+        ts_tensor *pos = ts_cast(g, ts_add(g, ts_cast(g, selected, TS_F32), one), TS_I32);
+        ts_tensor *hits = ts_scatter_add(g, ts_fill(g, b->dt, 3, sp, 0.0f), 2, pos,
+                                         ts_fill(g, b->dt, 3, selected->shape, 1.0f));
+        ts_tensor *picked = ts_clamp(g, ts_slice(g, hits, 2, 1, nb), 0.0f, 1.0f);
+        maskf = ts_add(g, maskf, ts_scale(g, ts_sub(g, picked, ts_fill(g, b->dt, 1, (int64_t[]){1}, 1.0f)), big));
+    }
+    ts_tensor *S = ts_matmul(g, ts_reshape(g, ts_detach(g, q), 3, sq), ts_detach(g, entries), false, true);
+    S = ts_add(g, ts_scale(g, ts_reshape(g, S, 4, s4), (float)(1.0 / sqrt((double)c))), ts_reshape(g, maskf, 4, sm));
+    ts_tensor *p = ts_detach(g, ts_scale(g, ts_sum(g, ts_softmax(g, S, -1, NULL), 2, false), 1.0f / (float)H));
+    ts_tensor *I = ts_add(g, ts_clamp(g, scores, -big, INFINITY), selected ? ts_clamp(g, maskf, -big, 0.0f) : maskf);
+    ts_tensor *m = ts_detach(g, ts_max(g, I, -1, true));
+    ts_tensor *lse = ts_add(g, m, ts_log(g, ts_sum(g, ts_exp(g, ts_sub(g, I, m)), -1, true)));
+    ts_tensor *tiny = ts_fill(g, b->dt, 1, (int64_t[]){1}, 1e-30f);
+    ts_tensor *neg_entropy = ts_sum(g, ts_mul(g, p, ts_log(g, ts_add(g, p, tiny))), -1, true);
+    ts_tensor *kl = ts_add(g, ts_sub(g, lse, ts_sum(g, ts_mul(g, p, I), -1, true)), neg_entropy); /* [B, T, 1] */
+    ts_tensor *total = ts_sum(g, ts_reshape(g, ts_mul(g, kl, usable), 1, (int64_t[]){B * T}), 0, true);
+    ts_tensor *count = ts_sum(g, ts_reshape(g, usable, 1, (int64_t[]){B * T}), 0, true);
+    return ts_div(g, total, ts_clamp(g, count, 1.0f, INFINITY));
+}
+
+/* Compressed entries and their per-query index lists for layer slot `layer` (ratio m > 0, at
+ * least one completed block). x [B, T, d], cq [B*T, q_lora], q [B, T, H, c]. */
+static void compressed_entries(ts_model_builder *b, int layer, const char *prefix, ts_tensor *x, ts_tensor *cq,
+                               ts_tensor *q, int64_t m, ts_tensor **extra, ts_tensor **extra_idx) {
     const ts_v4_config *c = b->c;
     ts_graph *g = b->g;
+    const ts_model_graph_options *o = &b->mg->opts;
     int64_t nb = b->T / m, hd = c->head_dim;
     int r = (int)c->qk_rope_head_dim;
     ts_tensor *ang_k = ts_mb_angles(b, true, nb, m);
@@ -121,19 +168,28 @@ static void compressed_entries(ts_model_builder *b, int layer, const char *prefi
     int64_t es[4] = {b->B, nb, 1, hd};
     *extra = ts_reshape(g, entries, 4, es);
     int64_t is[3] = {b->B, b->T, nb};
-    if (m != TS_V4_RATIO_CSA || b->mg->opts.dense_csa) { /* every completed block */
+    bool indexer = m == TS_V4_RATIO_CSA && (!o->dense_csa || o->indexer_loss);
+    if (m != TS_V4_RATIO_CSA || o->dense_csa) /* every usable block */
         *extra_idx = constant(b, TS_MB_CONST_BLOCK_IDX, 3, is, TS_I32, 0, false, m, "block_idx");
-        return;
-    }
-    int64_t ms[2] = {b->T, nb}, cs[3] = {b->B, b->T, c->q_lora_rank};
-    ts_tensor *mask = constant(b, TS_MB_CONST_BLOCK_MASK, 2, ms, b->dt, 0, false, m, "block_mask");
+    if (!indexer) return;
+    int64_t cs[3] = {b->B, b->T, c->q_lora_rank};
+    ts_tensor *mask = constant(b, TS_MB_CONST_BLOCK_MASK, 3, is, b->dt, 0, false, m, "block_mask");
     ts_v4_compressor_w iw = compressor_weights(b, prefix, "attn.indexer.");
     char ip[TS_MODEL_TENSOR_NAME_MAX];
     snprintf(ip, sizeof ip, "%sattn.indexer.", prefix);
-    *extra_idx = ts_v4_indexer(g, x, ts_reshape(g, cq, 3, cs), ts_mb_param(b, ip, "wq_b.weight"),
-                               ts_mb_param(b, ip, "weights_proj.weight"), &iw, c->index_n_heads, c->index_head_dim, m,
-                               ts_mb_angles(b, true, b->T, 1), ang_k, r, b->eps, mask, c->index_topk, NULL, NULL);
-    b->mg->index_idx[layer] = ts_set_output(*extra_idx);
+    /* trained by its own loss only: its inputs are detached from the model (spec §5.1) */
+    ts_tensor *xi = o->indexer_loss ? ts_detach(g, x) : x, *cqi = o->indexer_loss ? ts_detach(g, cq) : cq;
+    ts_tensor *scores = NULL;
+    ts_tensor *picks = ts_v4_indexer(g, xi, ts_reshape(g, cqi, 3, cs), ts_mb_param(b, ip, "wq_b.weight"),
+                                     ts_mb_param(b, ip, "weights_proj.weight"), &iw, c->index_n_heads,
+                                     c->index_head_dim, m, ts_mb_angles(b, true, b->T, 1), ang_k, r, b->eps, mask,
+                                     c->index_topk, &scores, NULL);
+    b->mg->index_idx[layer] = ts_set_output(picks);
+    if (!o->dense_csa) *extra_idx = picks;
+    if (o->indexer_loss && picks) {
+        ts_tensor *l = indexer_kl(b, q, entries, scores, mask, o->dense_csa ? NULL : picks);
+        b->mg->indexer_loss = b->mg->indexer_loss ? ts_add(g, b->mg->indexer_loss, l) : l;
+    }
 }
 
 /* Grouped low-rank output projection (§2.5 step 8): o [B, T, H, c] -> [B, T, d]. */
@@ -174,7 +230,7 @@ static ts_tensor *v4_attention(ts_model_builder *b, int layer, const char *prefi
                              .causal = true,
                              .window = (int32_t)c->sliding_window,
                              .sink = ts_mb_param(b, prefix, "attn.attn_sink")};
-    if (m > 0 && T >= m) compressed_entries(b, layer, prefix, x, cq, m, &p.extra, &p.extra_idx);
+    if (m > 0 && T >= m) compressed_entries(b, layer, prefix, x, cq, q, m, &p.extra, &p.extra_idx);
     ts_tensor *o = ts_attention(g, q, kv, kv, &p);
     o = ts_rope(g, o, ang3, r, true); /* de-rotation by -t (§2.5 step 7) */
     return grouped_output(b, prefix, o);
@@ -329,6 +385,7 @@ static void build_losses(ts_model_builder *b) {
         mg->loss = ts_add(g, mg->loss, ts_mul(g, mg->mtp_loss, mg->mtp_weight));
     }
     if (mg->balance_loss) mg->loss = ts_add(g, mg->loss, ts_set_output(mg->balance_loss));
+    if (mg->indexer_loss) mg->loss = ts_add(g, mg->loss, ts_set_output(mg->indexer_loss));
     ts_set_output(mg->loss);
 }
 
@@ -345,10 +402,6 @@ static ts_status check_options(const ts_v4_config *c, const ts_model_graph_optio
     if (o->mtp && (c->kind != TS_MODEL_DEEPSEEK_V4 || c->num_nextn_predict_layers < 1)) {
         set_err(err, err_size, "model graph: MTP asked for, but the config has no MTP block");
         return TS_ERR_INVALID_ARG;
-    }
-    if (c->kind != TS_MODEL_DEEPSEEK_V4) {
-        set_err(err, err_size, "model graph: %s is not built yet", ts_model_kind_name(c->kind));
-        return TS_ERR_UNSUPPORTED;
     }
     return TS_OK;
 }
@@ -395,7 +448,8 @@ ts_status ts_model_graph_build(const ts_model_weights *w, const ts_model_graph_o
     mg->ids = ts_mb_input_ids(&b, "ids");
     b.ids_flat = ts_reshape(b.g, mg->ids, 1, (int64_t[]){b.B * b.T});
     if (opts->mtp) mg->mtp_ids = ts_mb_input_ids(&b, "mtp_ids");
-    build_v4(&b);
+    if (c->kind == TS_MODEL_DENSE) mg->logits = ts_dense_build(&b);
+    else build_v4(&b);
     if (opts->loss) build_losses(&b);
     if (!opts->loss || opts->keep_logits) {
         ts_set_output(mg->logits);
@@ -414,25 +468,50 @@ ts_status ts_model_graph_build(const ts_model_weights *w, const ts_model_graph_o
 
 /* ---------------------------------------------------------------- alloc: fill the constants */
 
-static ts_status fill_constant(const ts_v4_config *c, const ts_mb_const *k) {
+/* The index lists [B, T, nb] (i or -1) or additive masks (0 or -inf) of block table k. */
+static ts_status fill_blocks(const ts_mb_const *k, const int32_t *doc_start) {
     ts_tensor *t = k->t;
-    switch (k->kind) {
-    case TS_MB_CONST_ANGLES:
-        return ts_v4_rope_angles_write(t, k->base, (int)c->qk_rope_head_dim, k->yarn ? &c->rope_scaling : NULL,
-                                       k->step);
-    case TS_MB_CONST_BLOCK_MASK:
-        return ts_v4_block_mask_write(t, k->step);
-    case TS_MB_CONST_BLOCK_IDX: {
-        int64_t B = t->shape[0], T = t->shape[1], nb = t->shape[2];
-        int32_t *idx = malloc((size_t)(B * T * nb) * sizeof *idx);
-        if (!idx) return TS_ERR_OOM;
-        for (int64_t i = 0; i < B; i++) ts_v4_hca_extra_idx(T, k->step, nb, idx + i * T * nb);
-        ts_status s = ts_tensor_write(t, idx, (size_t)(B * T * nb) * sizeof *idx);
-        free(idx);
-        return s;
+    int64_t B = t->shape[0], T = t->shape[1], nb = t->shape[2], n = B * T * nb;
+    bool idx = k->kind == TS_MB_CONST_BLOCK_IDX;
+    void *v = malloc((size_t)n * (idx ? sizeof(int32_t) : sizeof(double)));
+    if (!v) return TS_ERR_OOM;
+    for (int64_t r = 0; r < B; r++)
+        for (int64_t q = 0; q < T; q++) {
+            int64_t ds = doc_start ? doc_start[r * T + q] : 0, at = (r * T + q) * nb;
+            for (int64_t i = 0; i < nb; i++) {
+                bool ok = ts_v4_block_usable(q, i, k->step, ds);
+                if (idx) ((int32_t *)v)[at + i] = ok ? (int32_t)i : -1;
+                else ((double *)v)[at + i] = ok ? 0.0 : -INFINITY;
+            }
+        }
+    ts_status s;
+    if (idx) s = ts_tensor_write(t, v, (size_t)n * sizeof(int32_t));
+    else if (t->dtype == TS_F64) s = ts_tensor_write(t, v, (size_t)n * sizeof(double));
+    else {
+        float *f = malloc((size_t)n * sizeof *f);
+        s = f ? TS_OK : TS_ERR_OOM;
+        for (int64_t i = 0; f && i < n; i++) f[i] = (float)((double *)v)[i];
+        if (f) s = ts_tensor_write_f32(t, f, n);
+        free(f);
     }
+    free(v);
+    return s;
+}
+
+static ts_status fill_constant(const ts_v4_config *c, const ts_mb_const *k) {
+    if (k->kind == TS_MB_CONST_ANGLES)
+        return ts_v4_rope_angles_write(k->t, k->base, (int)rope_dims(c), k->yarn ? &c->rope_scaling : NULL, k->step);
+    return fill_blocks(k, NULL);
+}
+
+ts_status ts_model_graph_set_doc_start(ts_model_graph *mg, const int32_t *doc_start) {
+    const ts_mb_const_list *cl = mg->internal;
+    for (int i = 0; i < cl->n; i++) {
+        if (cl->v[i].kind == TS_MB_CONST_ANGLES) continue;
+        ts_status s = fill_blocks(&cl->v[i], doc_start);
+        if (s != TS_OK) return s;
     }
-    return TS_ERR_INTERNAL;
+    return TS_OK;
 }
 
 ts_status ts_model_graph_alloc(ts_model_graph *mg, ts_backend *be, ts_plan_stats *stats, char *err,

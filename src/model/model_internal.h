@@ -168,6 +168,11 @@ ts_status ts_v4_rope_angles_write(ts_tensor *leaf, double base, int n_rot, const
 
 /* Number of blocks of ratio m visible to query t: min(n_blocks, floor((t+1)/m)) (spec §2.9). */
 int64_t ts_v4_visible_blocks(int64_t t, int64_t m, int64_t n_blocks);
+/* Whether block i of ratio m may serve query t of a document starting at doc_start: it is
+ * complete at t (spec §2.9) and everything it pooled lies in the document - tokens from i·m on
+ * (HCA), from (i-1)·m on for the overlapping CSA blocks (m = 4, i >= 1). doc_start 0 is plain
+ * causality; with document masking a document loses the blocks straddling its start. */
+bool ts_v4_block_usable(int64_t t, int64_t i, int64_t m, int64_t doc_start);
 /* Additive causal block mask [T, n_blocks] (row-major, double): 0 where block i is visible to
  * query t (i < floor((t+1)/m)), -inf elsewhere. The indexer reads it as a leaf of x's dtype. */
 void ts_v4_block_mask(int64_t T, int64_t m, int64_t n_blocks, double *mask);

@@ -239,6 +239,7 @@ static ts_status write_inputs(ts_trainer *tr, ts_model_graph *mg, const ts_batch
     if (s == TS_OK) s = ts_tensor_write(mg->targets, tr->targets, bytes);
     if (s == TS_OK && mg->mtp_ids) s = ts_tensor_write(mg->mtp_ids, tr->mtp_ids, bytes);
     if (s == TS_OK && mg->mtp_targets) s = ts_tensor_write(mg->mtp_targets, tr->mtp_targets, bytes);
+    if (s == TS_OK) s = ts_model_graph_set_doc_start(mg, b->doc_start); /* document masking */
     return s;
 }
 

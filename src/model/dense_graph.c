@@ -1,0 +1,57 @@
+/* dense_graph.c - the dense baseline (model.h, TS_MODEL_DENSE) on the graph: the model every
+ * framework comparison runs, built from the same ops and kernels as DeepSeek-V4.
+ *
+ *   x = embed[ids]
+ *   per layer:  x += wo · Attn(RoPE(wq·n), RoPE(wk·n), wv·n),  n = RMSNorm(x) · attn_norm
+ *               x += w2 · (silu(w1·n) ⊙ w3·n),                  n = RMSNorm(x) · ffn_norm
+ *   logits = (RMSNorm(x) · norm) · headᵀ   (embedᵀ when tie_word_embeddings)
+ *
+ * Attention is causal multi-head (ts_attention with Hk = H), scale 1/sqrt(head_dim), no sink,
+ * no window. RoPE (base rope_theta) rotates the whole head in interleaved pairs (2k, 2k+1) - the
+ * original Llama layout; Hugging Face's Llama rotates split halves instead, so its q/k weights
+ * are a row permutation of ours (tools/make_dense_fixture.py converts between the two).
+ * model_graph.c owns the leaves, the inputs, the loss and the backward; this file only records
+ * the forward ops through the builder helpers of model_internal.h. */
+#include <math.h>
+#include <stdio.h>
+
+#include "model/model_internal.h"
+
+/* Causal self-attention of one layer: n [B*T, d] -> [B*T, d]. ang [T, 1, head_dim/2]. */
+static ts_tensor *attention(ts_model_builder *b, const char *prefix, ts_tensor *n, ts_tensor *ang) {
+    const ts_v4_config *c = b->c;
+    ts_graph *g = b->g;
+    int64_t H = c->num_attention_heads, hd = c->head_dim;
+    int64_t hs[4] = {b->B, b->T, H, hd};
+    ts_tensor *q = ts_rope(g, ts_reshape(g, ts_mb_linear(b, n, prefix, "attn.wq.weight"), 4, hs), ang, (int)hd, false);
+    ts_tensor *k = ts_rope(g, ts_reshape(g, ts_mb_linear(b, n, prefix, "attn.wk.weight"), 4, hs), ang, (int)hd, false);
+    ts_tensor *v = ts_reshape(g, ts_mb_linear(b, n, prefix, "attn.wv.weight"), 4, hs);
+    ts_attention_params p = {.scale = (float)(1.0 / sqrt((double)hd)), .causal = true};
+    ts_tensor *o = ts_attention(g, q, k, v, &p); /* [B, T, H, hd] */
+    return ts_mb_linear(b, ts_reshape_2d(g, o, b->B * b->T, H * hd), prefix, "attn.wo.weight");
+}
+
+/* SwiGLU: n [B*T, d] -> w2 · (silu(w1 · n) ⊙ (w3 · n)). */
+static ts_tensor *swiglu(ts_model_builder *b, const char *prefix, ts_tensor *n) {
+    ts_graph *g = b->g;
+    ts_tensor *gate = ts_silu(g, ts_mb_linear(b, n, prefix, "ffn.w1.weight"));
+    return ts_mb_linear(b, ts_mul(g, gate, ts_mb_linear(b, n, prefix, "ffn.w3.weight")), prefix, "ffn.w2.weight");
+}
+
+ts_tensor *ts_dense_build(ts_model_builder *b) {
+    const ts_v4_config *c = b->c;
+    ts_graph *g = b->g;
+    int64_t as[3] = {b->T, 1, c->head_dim / 2};
+    ts_tensor *ang = ts_reshape(g, ts_mb_angles(b, false, b->T, 1), 3, as); /* broadcast over batch and heads */
+    ts_tensor *x = ts_get_rows(g, ts_mb_param(b, "", "embed.weight"), b->ids_flat); /* [B*T, d] */
+    for (int layer = 0; layer < c->num_hidden_layers; layer++) {
+        char prefix[32];
+        snprintf(prefix, sizeof prefix, "layers.%d.", layer);
+        x = ts_add(g, x, attention(b, prefix, ts_rms_norm(g, x, ts_mb_param(b, prefix, "attn_norm.weight"), b->eps), ang));
+        x = ts_add(g, x, swiglu(b, prefix, ts_rms_norm(g, x, ts_mb_param(b, prefix, "ffn_norm.weight"), b->eps)));
+    }
+    ts_tensor *y = ts_rms_norm(g, x, ts_mb_param(b, "", "norm.weight"), b->eps);
+    ts_tensor *w = ts_mb_param(b, "", c->tie_word_embeddings ? "embed.weight" : "head.weight");
+    int64_t ls[3] = {b->B, b->T, c->vocab_size};
+    return ts_reshape(g, ts_matmul(g, y, w, false, true), 3, ls);
+}
