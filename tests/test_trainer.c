@@ -5,6 +5,8 @@
  *    and below the data's unigram entropy;
  * 2. exact resume: 2N steps in one go and N steps + a restore of (weights, optimizer state, step,
  *    data position) into a fresh trainer + N steps end with bit-identical weights;
+ *    the indexer's dense warm-up stage gives way to the sparse one at 20 % of the steps, and the
+ *    resume test crosses that switch after the restore;
  * 3. the expert loads of a learned-routing layer add up to B·T·K and the balancing biases move;
  * 4. greedy completion and the synthetic-task evaluation run end to end (scores in [0, 1]). */
 #include <math.h>
@@ -51,7 +53,7 @@ typedef struct {
     ts_trainer *tr;
 } rig;
 
-static bool rig_new(rig *r, int64_t total_steps) {
+static bool rig_new(rig *r, int64_t total_steps, int64_t indexer_warmup) {
     memset(r, 0, sizeof *r);
     ts_v4_config c;
     small_config(&c);
@@ -73,6 +75,7 @@ static bool rig_new(rig *r, int64_t total_steps) {
     o.lr.warmup_steps = 5;
     o.lr.peak_lr = 3e-3;
     o.bias_gamma = 1e-2;
+    if (indexer_warmup >= 0) o.indexer_warmup = indexer_warmup;
     s = ts_trainer_new(r->w, r->loader, r->be, &o, &r->tr, err, sizeof err);
     CHECK(s == TS_OK, "trainer: %s", err);
     return s == TS_OK;
@@ -98,12 +101,14 @@ static size_t weight_bytes(const ts_model_weights *w, int i) {
 
 static void test_learns_and_loads(double unigram_bits) {
     rig r;
-    if (!rig_new(&r, STEPS)) return;
+    if (!rig_new(&r, STEPS, -1)) return;
     ts_train_step_stats st;
     double first = 0, last = 0;
     float *bias = ts_model_weights_data(r.w, ts_model_weights_find(r.w, "layers.1.ffn.gate.bias"));
     for (int i = 0; i < STEPS && step(&r, &st); i++) {
         if (i == 0) first = st.lm_loss;
+        CHECK(st.dense_csa == (i < STEPS / 5), "step %d ran the %s indexer stage", i, st.dense_csa ? "dense" : "sparse");
+        CHECK(st.indexer_loss > 0 && isfinite(st.indexer_loss), "step %d: indexer loss %g", i, st.indexer_loss);
         if (i >= STEPS - 5) last += st.lm_loss / 5;
         CHECK(isfinite(st.loss) && !st.skipped, "step %d: loss %g", i, st.loss);
     }
@@ -194,7 +199,7 @@ static void snapshot_free(snapshot *sn, int n_weights) {
 static void test_exact_resume(void) {
     const int N = 4;
     rig a, b;
-    if (!rig_new(&a, 2 * N) || !rig_new(&b, 2 * N)) return;
+    if (!rig_new(&a, 2 * N, N + 2) || !rig_new(&b, 2 * N, N + 2)) return; /* stage switch after the resume */
     ts_train_step_stats st;
     for (int i = 0; i < N; i++) step(&a, &st);
     snapshot sn;

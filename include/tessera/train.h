@@ -307,15 +307,19 @@ typedef struct {
     bool mtp;                    /* train the MTP block (when the config has one) */
     double balance_alpha;        /* sequence-wise balance loss weight (1e-4); 0 = off */
     double bias_gamma;           /* aux-loss-free bias step (1e-3); 0 = frozen */
-    bool dense_csa;              /* CSA attends to every completed block (indexer unused) */
+    bool dense_csa;              /* CSA always attends to every completed block */
+    bool indexer_loss;           /* train the lightning indexer by its KL loss (spec §5.1) */
+    int64_t indexer_warmup;      /* steps of the dense stage (CSA dense, indexer learns the dense
+                                  * attention) before CSA switches to the indexer's top-k */
 } ts_trainer_options;
 
-/* The spec §7.2 recipe for total_steps steps of batch x seq. */
+/* The spec §7.2 recipe for total_steps steps of batch x seq (indexer: dense for the first 20 %). */
 void ts_trainer_default_options(ts_trainer_options *o, int64_t batch, int64_t seq, int64_t total_steps);
 
 typedef struct {
     int64_t step;                /* the step just taken (0-based) */
-    double loss, lm_loss, mtp_loss, balance_loss;
+    double loss, lm_loss, mtp_loss, balance_loss, indexer_loss;
+    bool dense_csa;              /* the step ran the indexer's dense stage */
     double lr, grad_norm;
     int64_t tokens;              /* non-padding input tokens of the batch */
     double seconds;              /* wall time of the step */

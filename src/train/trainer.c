@@ -19,7 +19,7 @@
 typedef struct {
     int weight;       /* index into the weights */
     int64_t numel;    /* whole buffer (E x rows x cols for a stack) */
-    float *data, *grad;
+    float *data;
 } trained;
 
 struct ts_trainer {
@@ -29,6 +29,7 @@ struct ts_trainer {
     ts_backend *be;
     ts_trainer_options o;
     ts_model_graph *mg, *eval_mg;
+    bool graph_dense;               /* the stage the graphs were built for */
     ts_plan_stats plan;
     int64_t step;
 
@@ -68,12 +69,27 @@ void ts_trainer_default_options(ts_trainer_options *o, int64_t batch, int64_t se
     o->mtp = true;
     o->balance_alpha = TS_MOE_BALANCE_ALPHA;
     o->bias_gamma = TS_MOE_BIAS_GAMMA;
+    o->indexer_loss = true;
+    o->indexer_warmup = total_steps / 5;
 }
 
 /* ---------------------------------------------------------------- parameter lists */
 
 static bool decayed_by_adamw(const ts_model_tensor *t) {
     return strcmp(t->name, "embed.weight") == 0 || strcmp(t->name, "head.weight") == 0;
+}
+
+/* Points the optimizers' gradient lists at the current training graph's gradients. */
+static ts_status bind_grads(ts_trainer *tr) {
+    for (int i = 0; i < tr->n_adam + tr->n_muon; i++) {
+        const trained *t = i < tr->n_adam ? &tr->adam_t[i] : &tr->muon_t[i - tr->n_adam];
+        float *g = ts_model_graph_grad_data(tr->mg, t->weight);
+        if (!g) return TS_ERR_INTERNAL; /* the graphs of both indexer stages train the same tensors */
+        tr->all_g[i] = g;
+        if (i < tr->n_adam) tr->adam_g[i] = g;
+        else tr->muon_g[i - tr->n_adam] = g;
+    }
+    return TS_OK;
 }
 
 /* Sorts every trained tensor into the AdamW or the Muon list and creates both optimizers. */
@@ -91,7 +107,7 @@ static ts_status make_optimizers(ts_trainer *tr, char *err, size_t err_size) {
         float *grad = ts_model_graph_grad_data(tr->mg, i);
         if (!grad) continue; /* unused by this graph (e.g. MTP off, indexer) */
         int64_t E = base >= 0 ? tr->cfg->n_routed_experts : 1;
-        trained tt = {i, E * ts_model_tensor_numel(t), ts_model_weights_data(tr->w, i), grad};
+        trained tt = {i, E * ts_model_tensor_numel(t), ts_model_weights_data(tr->w, i)};
         if (t->optim == TS_OPTIM_MUON && t->ndim == 2 && !tr->o.adamw_only) {
             mp[tr->n_muon] = (ts_muon_param){t->name, E, t->shape[0], t->shape[1], 0};
             tr->muon_t[tr->n_muon++] = tt;
@@ -111,14 +127,13 @@ static ts_status make_optimizers(ts_trainer *tr, char *err, size_t err_size) {
         tr->muon_g = tr->adam_g + tr->n_adam;
         for (int i = 0; i < tr->n_adam; i++) {
             tr->adam_p[i] = tr->adam_t[i].data;
-            tr->adam_g[i] = tr->all_g[i] = tr->adam_t[i].grad;
             tr->all_numel[i] = tr->adam_t[i].numel;
         }
         for (int i = 0; i < tr->n_muon; i++) {
             tr->muon_p[i] = tr->muon_t[i].data;
-            tr->muon_g[i] = tr->all_g[tr->n_adam + i] = tr->muon_t[i].grad;
             tr->all_numel[tr->n_adam + i] = tr->muon_t[i].numel;
         }
+        s = bind_grads(tr);
         /* group 0: no weight decay (norms, sink, biases, scales); group 1: decayed matrices.
          * With adamw_only every matrix is decayed by AdamW. */
         ts_adamw_group ag[2] = {ts_adamw_group_default(0.0), ts_adamw_group_default(tr->o.weight_decay)};
@@ -135,6 +150,12 @@ static ts_status make_optimizers(ts_trainer *tr, char *err, size_t err_size) {
 
 /* ---------------------------------------------------------------- life cycle */
 
+/* Indexer protocol (spec §5.1, §7.2): until indexer_warmup CSA runs densely and the indexer
+ * learns the dense attention; then CSA attends to the indexer's picks. */
+static bool dense_stage(const ts_trainer *tr, int64_t step) {
+    return tr->o.dense_csa || (tr->o.indexer_loss && step < tr->o.indexer_warmup);
+}
+
 static ts_status build_graph(ts_trainer *tr, bool backward, ts_model_graph **out, ts_plan_stats *plan, char *err,
                              size_t err_size) {
     ts_model_graph_options go = {.batch = tr->o.batch,
@@ -143,7 +164,8 @@ static ts_status build_graph(ts_trainer *tr, bool backward, ts_model_graph **out
                                  .backward = backward,
                                  .mtp = tr->o.mtp,
                                  .balance_alpha = backward ? tr->o.balance_alpha : 0,
-                                 .dense_csa = tr->o.dense_csa};
+                                 .dense_csa = dense_stage(tr, tr->step),
+                                 .indexer_loss = backward && tr->o.indexer_loss};
     ts_status s = ts_model_graph_build(tr->w, &go, out, err, err_size);
     if (s == TS_OK) s = ts_model_graph_alloc(*out, tr->be, plan, err, err_size);
     return s;
@@ -167,6 +189,7 @@ ts_status ts_trainer_new(ts_model_weights *w, ts_data_loader *train, ts_backend 
     tr->be = be;
     tr->o = *o;
     if (tr->cfg->kind != TS_MODEL_DEEPSEEK_V4 || tr->cfg->num_nextn_predict_layers < 1) tr->o.mtp = false;
+    tr->graph_dense = dense_stage(tr, 0);
     s = build_graph(tr, true, &tr->mg, &tr->plan, err, err_size);
     if (s == TS_OK) s = make_optimizers(tr, err, err_size);
     int64_t BT = o->batch * o->seq, slots = ts_v4_n_layer_slots(tr->cfg);
@@ -269,16 +292,31 @@ static ts_status update_biases(ts_trainer *tr) {
     return TS_OK;
 }
 
+/* Rebuilds the graphs when the step crossed into the other indexer stage (also after a resume). */
+static ts_status ensure_stage(ts_trainer *tr, char *err, size_t err_size) {
+    if (dense_stage(tr, tr->step) == tr->graph_dense) return TS_OK;
+    ts_model_graph_free(tr->mg);
+    ts_model_graph_free(tr->eval_mg);
+    tr->mg = tr->eval_mg = NULL;
+    tr->graph_dense = dense_stage(tr, tr->step);
+    ts_status s = build_graph(tr, true, &tr->mg, &tr->plan, err, err_size);
+    if (s == TS_OK) s = bind_grads(tr);
+    if (s == TS_OK && tr->o.mtp) s = ts_tensor_write_f32(tr->mg->mtp_weight, (float[]){0.3f}, 1);
+    return s;
+}
+
 ts_status ts_trainer_step(ts_trainer *tr, ts_train_step_stats *st, char *err, size_t err_size) {
     double t0 = seconds_now();
     memset(st, 0, sizeof *st);
     st->step = tr->step;
+    ts_status s = ensure_stage(tr, err, err_size);
+    if (s != TS_OK) return s;
     const ts_batch *b = ts_data_loader_next(tr->train);
     if (!b) {
         set_err(err, err_size, "trainer: the training data ran out");
         return TS_ERR_STATE;
     }
-    ts_status s = write_inputs(tr, tr->mg, b);
+    s = write_inputs(tr, tr->mg, b);
     if (s == TS_OK && tr->o.mtp)
         s = ts_tensor_write_f32(tr->mg->mtp_weight, (float[]){(float)ts_mtp_loss_weight(&tr->o.lr, tr->step)}, 1);
     if (s == TS_OK) s = ts_graph_compute(tr->mg->graph);
@@ -290,6 +328,8 @@ ts_status ts_trainer_step(ts_trainer *tr, ts_train_step_stats *st, char *err, si
     st->lm_loss = read_scalar(tr->mg->lm_loss);
     st->mtp_loss = tr->mg->mtp_loss ? read_scalar(tr->mg->mtp_loss) : 0;
     st->balance_loss = tr->mg->balance_loss ? read_scalar(tr->mg->balance_loss) : 0;
+    st->indexer_loss = tr->mg->indexer_loss ? read_scalar(tr->mg->indexer_loss) : 0;
+    st->dense_csa = tr->graph_dense;
     st->tokens = b->n_tokens;
     int n_all = tr->n_adam + tr->n_muon;
     st->grad_norm = tr->o.grad_clip > 0 ? ts_grad_clip_global_norm(tr->all_g, tr->all_numel, n_all, tr->o.grad_clip)
@@ -312,6 +352,8 @@ ts_status ts_trainer_step(ts_trainer *tr, ts_train_step_stats *st, char *err, si
 
 ts_status ts_trainer_eval(ts_trainer *tr, ts_data_loader *val, int max_batches, double *loss, char *err,
                           size_t err_size) {
+    ts_status es = ensure_stage(tr, err, err_size);
+    if (es != TS_OK) return es;
     if (!tr->eval_mg) {
         ts_status s = build_graph(tr, false, &tr->eval_mg, NULL, err, err_size);
         if (s != TS_OK) return s;
