@@ -43,39 +43,14 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VENV = os.path.join(ROOT, ".venv-tools")
-REQS = os.path.join(ROOT, "tools", "requirements-fixtures.txt")
 OUT = os.path.join(ROOT, "tests", "fixtures", "v4")
 
 
-def pinned():
-    pins = {}
-    with open(REQS) as f:
-        for line in f:
-            line = line.split("#", 1)[0].strip()
-            if "==" in line:
-                name, ver = line.split("==")
-                pins[name.strip()] = ver.strip()
-    return pins
-
-
-def ensure_venv():
-    """Re-executes this script with the .venv-tools interpreter (creating it if needed)."""
-    venv_python = os.path.join(VENV, "bin", "python")
-    if os.path.realpath(sys.prefix) == os.path.realpath(VENV):
-        return
-    if not os.path.exists(venv_python):
-        subprocess.check_call([sys.executable, "-m", "venv", VENV])
-    pins = pinned()
-    probe = ("import importlib.metadata as m, sys; pins = %r; "
-             "sys.exit(0 if all(m.version(k) == v for k, v in pins.items()) else 1)" % pins)
-    if subprocess.call([venv_python, "-c", probe], stderr=subprocess.DEVNULL) != 0:
-        subprocess.check_call([venv_python, "-m", "pip", "install", "-q", "-r", REQS])
-    os.execv(venv_python, [venv_python, os.path.abspath(__file__)] + sys.argv[1:])
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fixture_venv import ensure_venv  # noqa: E402
 
 if __name__ == "__main__":
-    ensure_venv()
+    ensure_venv(__file__)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
