@@ -161,12 +161,11 @@ static void project(ts_graph *g, ts_tensor *x, const ts_v4_compressor_w *w, int6
     *Z = ts_add(g, ts_reshape(g, ts_matmul(g, xs, w->wgate, false, true), (int)n, shape), w->ape);
 }
 
-/* softmax over slots (axis -2) of Z, weighted sum of C -> [(B,) nb, c]; RMSNorm; RoPE. */
-static ts_tensor *pool_norm_rope(ts_graph *g, ts_tensor *C, ts_tensor *Z, const ts_v4_compressor_w *w,
-                                 ts_tensor *angles, int n_rot, float eps) {
+ts_tensor *ts_v4_compress_pool(ts_graph *g, ts_tensor *C, ts_tensor *Z, ts_tensor *norm, ts_tensor *angles,
+                               int n_rot, float eps) {
     ts_tensor *S = ts_softmax(g, Z, -2, NULL);
     ts_tensor *pooled = ts_sum(g, ts_mul(g, S, C), -2, false);
-    return ts_rope(g, ts_rms_norm(g, pooled, w->norm, eps), angles, n_rot, false);
+    return ts_rope(g, ts_rms_norm(g, pooled, norm, eps), angles, n_rot, false);
 }
 
 ts_tensor *ts_v4_hca_compress(ts_graph *g, ts_tensor *x, const ts_v4_compressor_w *w, int64_t m,
@@ -175,7 +174,7 @@ ts_tensor *ts_v4_hca_compress(ts_graph *g, ts_tensor *x, const ts_v4_compressor_
     if (nb <= 0) return NULL;
     ts_tensor *C, *Z;
     project(g, x, w, m, nb, &C, &Z);
-    return pool_norm_rope(g, C, Z, w, angles, n_rot, eps);
+    return ts_v4_compress_pool(g, C, Z, w->norm, angles, n_rot, eps);
 }
 
 ts_tensor *ts_v4_csa_compress(ts_graph *g, ts_tensor *x, const ts_v4_compressor_w *w, int64_t m,
@@ -201,7 +200,7 @@ ts_tensor *ts_v4_csa_compress(ts_graph *g, ts_tensor *x, const ts_v4_compressor_
         Zprev = ts_concat(g, zp, 2, -3);
     }
     ts_tensor *cs[2] = {Cprev, Ca}, *zs[2] = {Zprev, Za};
-    return pool_norm_rope(g, ts_concat(g, cs, 2, -2), ts_concat(g, zs, 2, -2), w, angles, n_rot, eps);
+    return ts_v4_compress_pool(g, ts_concat(g, cs, 2, -2), ts_concat(g, zs, 2, -2), w->norm, angles, n_rot, eps);
 }
 
 /* ---------------------------------------------------------------- indexer */
@@ -237,28 +236,46 @@ ts_tensor *ts_v4_indexer(ts_graph *g, ts_tensor *x, ts_tensor *cq, ts_tensor *wq
                            "topk >= 1");
         return NULL;
     }
-    int64_t sq[4] = {B, T, n_heads, head_dim}, sa[3] = {T, 1, n_rot / 2};
+    int64_t sa[3] = {T, 1, n_rot / 2}, x3[3] = {B, T, d}, c3[3] = {B, T, cq->shape[cq->ndim - 1]};
+    int64_t k3[3] = {B, nb, head_dim};
+    ts_tensor *idx = ts_v4_indexer_select(g, ts_reshape(g, x, 3, x3), ts_reshape(g, cq, 3, c3), wq_b, weights_proj,
+                                          ts_reshape(g, K, 3, k3), n_heads, head_dim, ts_reshape(g, angles_q, 3, sa),
+                                          n_rot, mask, topk, scores);
+    if (!idx) return NULL;
+    if (!batched) {
+        idx = ts_reshape_2d(g, idx, T, idx->shape[2]);
+        if (scores) *scores = ts_reshape_2d(g, *scores, T, nb);
+    }
+    if (keys) *keys = K;
+    return idx;
+}
+
+ts_tensor *ts_v4_indexer_select(ts_graph *g, ts_tensor *x, ts_tensor *cq, ts_tensor *wq_b, ts_tensor *weights_proj,
+                                ts_tensor *K, int64_t n_heads, int64_t head_dim, ts_tensor *angles_q, int n_rot,
+                                ts_tensor *mask, int64_t topk, ts_tensor **scores) {
+    if (scores) *scores = NULL;
+    if (!x || !cq || !wq_b || !weights_proj || !K || !angles_q || !mask) return NULL;
+    int64_t B = x->shape[0], T = x->shape[1], nb = K->shape[1];
+    int64_t sq[4] = {B, T, n_heads, head_dim};
     ts_tensor *q = ts_reshape(g, ts_matmul(g, cq, wq_b, false, true), 4, sq);
-    q = ts_rope(g, q, ts_reshape(g, angles_q, 3, sa), n_rot, false);
+    q = ts_rope(g, q, angles_q, n_rot, false);
     ts_tensor *wt = ts_scale(g, ts_matmul(g, x, weights_proj, false, true),
                              (float)(1.0 / sqrt((double)head_dim * (double)n_heads)));
-    int64_t sw[4] = {B, T, n_heads, 1}, sd[4] = {B, T, n_heads, nb}, sk[3] = {B, nb, head_dim};
+    int64_t sw[4] = {B, T, n_heads, 1}, sd[4] = {B, T, n_heads, nb};
     int64_t sqf[3] = {B, T * n_heads, head_dim}, sst[3] = {B, T, nb};
-    ts_tensor *qk = ts_reshape(g, ts_matmul(g, ts_reshape(g, q, 3, sqf), ts_reshape(g, K, 3, sk), false, true), 4, sd);
+    ts_tensor *qk = ts_reshape(g, ts_matmul(g, ts_reshape(g, q, 3, sqf), K, false, true), 4, sd);
     ts_tensor *sc = ts_sum(g, ts_mul(g, ts_relu(g, qk), ts_reshape(g, wt, 4, sw)), 2, false); /* [B, T, nb] */
     sc = ts_add(g, sc, mask);
-    if (!batched) sc = ts_reshape_2d(g, sc, T, nb);
     int k = (int)(topk < nb ? topk : nb);
     ts_tensor *idx = NULL;
     if (!sc || ts_topk(g, sc, k, NULL, &idx) != TS_OK) return NULL;
     /* slots that picked an invisible block (mask -inf) -> -1: (idx+1)·exp(mask[t, idx]) - 1 in f32 */
-    ts_tensor *full_mask = ts_same_shape(mask, sc) ? mask : ts_expand(g, mask, sc->ndim, batched ? sst : sst + 1);
+    ts_tensor *full_mask = ts_same_shape(mask, sc) ? mask : ts_expand(g, mask, 3, sst);
     ts_tensor *vis = ts_exp(g, ts_cast(g, ts_gather(g, full_mask, -1, idx), TS_F32));
     ts_tensor *fidx = ts_add(g, ts_cast(g, idx, TS_F32), ts_fill(g, TS_F32, 1, (int64_t[]){1}, 1.0f));
     ts_tensor *out = ts_cast(g, ts_sub(g, ts_mul(g, fidx, vis), ts_fill(g, TS_F32, 1, (int64_t[]){1}, 1.0f)),
                              TS_I32);
     if (!out) return NULL;
     if (scores) *scores = sc;
-    if (keys) *keys = K;
     return out;
 }

@@ -196,6 +196,20 @@ ts_tensor *ts_v4_hca_compress(ts_graph *g, ts_tensor *x, const ts_v4_compressor_
 ts_tensor *ts_v4_csa_compress(ts_graph *g, ts_tensor *x, const ts_v4_compressor_w *w, int64_t m,
                               ts_tensor *angles, int n_rot, float eps);
 
+/* The pooling step shared by both compressors and the decoder: per channel softmax over the
+ * slots (axis -2) of Z, weighted sum of C, RMSNorm(norm), RoPE of the last n_rot dims by angles
+ * (broadcastable to the result's [..., n_rot/2]). C, Z [..., slots, c] -> [..., c]. */
+ts_tensor *ts_v4_compress_pool(ts_graph *g, ts_tensor *C, ts_tensor *Z, ts_tensor *norm, ts_tensor *angles,
+                               int n_rot, float eps);
+
+/* The indexer's scoring and selection against given keys (ts_v4_indexer after its compressor;
+ * the decoder calls it with cached keys): x [B, T, d], cq [B, T, q_lora], K [B, nb, head_dim],
+ * angles_q broadcastable to [B, T, n_heads, n_rot/2], mask [T, nb] or [B, T, nb]. Returns the
+ * picks [B, T, min(topk, nb)] (-1 = an invisible block); *scores (may be NULL) [B, T, nb]. */
+ts_tensor *ts_v4_indexer_select(ts_graph *g, ts_tensor *x, ts_tensor *cq, ts_tensor *wq_b, ts_tensor *weights_proj,
+                                ts_tensor *K, int64_t n_heads, int64_t head_dim, ts_tensor *angles_q, int n_rot,
+                                ts_tensor *mask, int64_t topk, ts_tensor **scores);
+
 /* Lightning indexer (spec §2.8) for one CSA layer.
  *   x [(B,) T, d]; cq [(B,) T, q_lora] (the attention's query latent c^Q); wq_b [n_heads·head_dim, q_lora];
  *   weights_proj [n_heads, d]; comp: the indexer's CSA compressor (output width head_dim);
