@@ -403,6 +403,27 @@ int64_t ts_model_completer_max_len(const ts_model_completer *c);
 ts_status ts_model_complete(ts_model_completer *c, int n, const int32_t *const *prompts, const int64_t *prompt_lens,
                             int64_t max_new, int32_t stop_id, int32_t pad_id, int32_t **outs, int64_t *out_lens);
 
+/* ---------------------------------------------------------------- incremental decoding (decode.c)
+ *
+ * DeepSeek-V4 token by token against per-sequence caches (spec §2.13): a window ring of keys,
+ * the completed CSA/HCA entries, the compressors' pending blocks and the indexer's keys. Up to
+ * `slots` sequences step together (one graph, batch = slots); each has its own position.
+ * Decoding a sequence gives the logits of the full forward pass at every position. */
+typedef struct ts_model_decoder ts_model_decoder;
+
+/* max_len: positions per sequence. V4 configs only (TS_ERR_UNSUPPORTED otherwise). */
+ts_status ts_model_decoder_new(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
+                               ts_model_decoder **out, char *err, size_t err_size);
+void ts_model_decoder_free(ts_model_decoder *d);
+int ts_model_decoder_slots(const ts_model_decoder *d);
+int64_t ts_model_decoder_max_len(const ts_model_decoder *d);
+/* Empties a slot (a new sequence starts at position 0). */
+void ts_model_decoder_reset(ts_model_decoder *d, int slot);
+int64_t ts_model_decoder_length(const ts_model_decoder *d, int slot);
+/* Appends ids[i] to the sequence in slots[i] (n distinct slots) and writes the logits of the
+ * next token after it into logits[i * V .. (i+1) * V). TS_ERR_RANGE when a slot is full. */
+ts_status ts_model_decoder_step(ts_model_decoder *d, int n, const int *slots, const int32_t *ids, float *logits);
+
 #ifdef __cplusplus
 }
 #endif

@@ -102,7 +102,7 @@ ts_tensor *ts_mb_linear(ts_model_builder *b, ts_tensor *x, const char *prefix, c
     return ts_matmul(b->g, x, ts_mb_param(b, prefix, name), false, true);
 }
 
-static ts_v4_compressor_w compressor_weights(ts_model_builder *b, const char *prefix, const char *where) {
+ts_v4_compressor_w ts_mb_compressor_weights(ts_model_builder *b, const char *prefix, const char *where) {
     char p[TS_MODEL_TENSOR_NAME_MAX];
     snprintf(p, sizeof p, "%s%scompressor.", prefix, where);
     return (ts_v4_compressor_w){ts_mb_param(b, p, "wkv.weight"), ts_mb_param(b, p, "wgate.weight"), ts_mb_param(b, p, "ape"),
@@ -162,7 +162,7 @@ static void compressed_entries(ts_model_builder *b, int layer, const char *prefi
     int64_t nb = b->T / m, hd = c->head_dim;
     int r = (int)c->qk_rope_head_dim;
     ts_tensor *ang_k = ts_mb_angles(b, true, nb, m);
-    ts_v4_compressor_w cw = compressor_weights(b, prefix, "attn.");
+    ts_v4_compressor_w cw = ts_mb_compressor_weights(b, prefix, "attn.");
     ts_tensor *entries = m == TS_V4_RATIO_CSA ? ts_v4_csa_compress(g, x, &cw, m, ang_k, r, b->eps)
                                               : ts_v4_hca_compress(g, x, &cw, m, ang_k, r, b->eps);
     int64_t es[4] = {b->B, nb, 1, hd};
@@ -174,7 +174,7 @@ static void compressed_entries(ts_model_builder *b, int layer, const char *prefi
     if (!indexer) return;
     int64_t cs[3] = {b->B, b->T, c->q_lora_rank};
     ts_tensor *mask = constant(b, TS_MB_CONST_BLOCK_MASK, 3, is, b->dt, 0, false, m, "block_mask");
-    ts_v4_compressor_w iw = compressor_weights(b, prefix, "attn.indexer.");
+    ts_v4_compressor_w iw = ts_mb_compressor_weights(b, prefix, "attn.indexer.");
     char ip[TS_MODEL_TENSOR_NAME_MAX];
     snprintf(ip, sizeof ip, "%sattn.indexer.", prefix);
     /* trained by its own loss only: its inputs are detached from the model (spec §5.1) */
@@ -212,9 +212,9 @@ static ts_tensor *v4_attention(ts_model_builder *b, int layer, const char *prefi
     ts_graph *g = b->g;
     int64_t B = b->B, T = b->T, H = c->num_attention_heads, hd = c->head_dim, m = c->compress_ratios[layer];
     int r = (int)c->qk_rope_head_dim;
-    ts_tensor *ang = ts_mb_angles(b, m > 0, T, 1);
     int64_t as[3] = {T, 1, r / 2};
-    ts_tensor *ang3 = ts_reshape(g, ang, 3, as);
+    /* one table for every row, or (decoding) each row's own position */
+    ts_tensor *ang3 = b->dec ? ts_decode_token_angles(b, m > 0) : ts_reshape(g, ts_mb_angles(b, m > 0, T, 1), 3, as);
     ts_tensor *xf = ts_reshape_2d(g, x, B * T, c->hidden_size);
 
     ts_tensor *cq = ts_rms_norm(g, ts_mb_linear(b, xf, prefix, "attn.wq_a.weight"), ts_mb_param(b, prefix, "attn.q_norm.weight"),
@@ -230,7 +230,8 @@ static ts_tensor *v4_attention(ts_model_builder *b, int layer, const char *prefi
                              .causal = true,
                              .window = (int32_t)c->sliding_window,
                              .sink = ts_mb_param(b, prefix, "attn.attn_sink")};
-    if (m > 0 && T >= m) compressed_entries(b, layer, prefix, x, cq, q, m, &p.extra, &p.extra_idx);
+    if (b->dec) ts_decode_cache_entries(b, layer, prefix, x, cq, kv, &p.extra, &p.extra_idx);
+    else if (m > 0 && T >= m) compressed_entries(b, layer, prefix, x, cq, q, m, &p.extra, &p.extra_idx);
     ts_tensor *o = ts_attention(g, q, kv, kv, &p);
     o = ts_rope(g, o, ang3, r, true); /* de-rotation by -t (§2.5 step 7) */
     return grouped_output(b, prefix, o);
@@ -421,6 +422,11 @@ void ts_model_graph_free(ts_model_graph *mg) {
 
 ts_status ts_model_graph_build(const ts_model_weights *w, const ts_model_graph_options *opts,
                                ts_model_graph **out, char *err, size_t err_size) {
+    return ts_model_graph_build_with(w, opts, NULL, out, err, err_size);
+}
+
+ts_status ts_model_graph_build_with(const ts_model_weights *w, const ts_model_graph_options *opts, ts_decode_build *dec,
+                                    ts_model_graph **out, char *err, size_t err_size) {
     if (!w || !opts || !out) return TS_ERR_INVALID_ARG;
     *out = NULL;
     const ts_v4_config *c = ts_model_weights_config(w);
@@ -444,7 +450,7 @@ ts_status ts_model_graph_build(const ts_model_weights *w, const ts_model_graph_o
         return TS_ERR_OOM;
     }
     ts_model_builder b = {mg->graph, w, c, mg, mg->internal, ts_model_weights_dtype(w), opts->batch, opts->seq,
-                 (float)c->rms_norm_eps, NULL};
+                 (float)c->rms_norm_eps, NULL, dec};
     mg->ids = ts_mb_input_ids(&b, "ids");
     b.ids_flat = ts_reshape(b.g, mg->ids, 1, (int64_t[]){b.B * b.T});
     if (opts->mtp) mg->mtp_ids = ts_mb_input_ids(&b, "mtp_ids");

@@ -53,6 +53,8 @@ typedef struct {
     int n, cap;
 } ts_mb_const_list;
 
+typedef struct ts_decode_build ts_decode_build; /* decode.c: the caches of an incremental decoder */
+
 typedef struct {
     ts_graph *g;
     const ts_model_weights *w;
@@ -63,7 +65,20 @@ typedef struct {
     int64_t B, T;
     float eps;
     ts_tensor *ids_flat; /* [B*T] */
+    ts_decode_build *dec; /* non-NULL: a one-token decoding step over cached keys (decode.c) */
 } ts_model_builder;
+
+/* ts_model_graph_build with a decoder's caches (dec non-NULL: opts->seq must be 1). */
+ts_status ts_model_graph_build_with(const ts_model_weights *w, const ts_model_graph_options *opts, ts_decode_build *dec,
+                                    ts_model_graph **out, char *err, size_t err_size);
+/* decode.c's hooks into the V4 attention builder: the RoPE angles of each row's position
+ * ([B, 1, 1, r/2]: rope_theta, or the compressed layers' base + YaRN), and the extra entries of
+ * layer `layer` - the window ring of earlier keys, the completed compressed entries and the one
+ * this token completes - with each row's index list (the indexer's picks on CSA layers). kv is
+ * the token's own key/value [B, 1, 1, c]; the decoder reads it back after compute. */
+ts_tensor *ts_decode_token_angles(ts_model_builder *b, bool compressed_layer);
+void ts_decode_cache_entries(ts_model_builder *b, int layer, const char *prefix, ts_tensor *x, ts_tensor *cq,
+                             ts_tensor *kv, ts_tensor **extra, ts_tensor **extra_idx);
 
 /* The leaf of weight prefix+suffix (official name), created on first use, bound to the weights,
  * a parameter when the graph has a backward pass and the tensor is trained. Routed experts give
@@ -229,5 +244,9 @@ ts_tensor *ts_v4_indexer(ts_graph *g, ts_tensor *x, ts_tensor *cq, ts_tensor *wq
                          const ts_v4_compressor_w *comp, int64_t n_heads, int64_t head_dim, int64_t m,
                          ts_tensor *angles_q, ts_tensor *angles_k, int n_rot, float eps, ts_tensor *mask,
                          int64_t topk, ts_tensor **scores, ts_tensor **keys);
+
+/* model_graph.c: the weights of the compressor at prefix + where + "compressor." (where: "attn."
+ * or "attn.indexer."). */
+ts_v4_compressor_w ts_mb_compressor_weights(ts_model_builder *b, const char *prefix, const char *where);
 
 #endif
