@@ -51,6 +51,7 @@ int cli_ops_main(int argc, char **argv);
 int cli_demo_main(int argc, char **argv);
 int cli_init_main(int argc, char **argv);
 int cli_train_main(int argc, char **argv);
+int cli_generate_main(int argc, char **argv);
 int cli_forward_main(int argc, char **argv);
 
 #endif

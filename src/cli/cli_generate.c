@@ -1,0 +1,180 @@
+/* cli_generate.c - `tessera generate --model DIR --prompt TEXT`: loads a checkpoint, encodes the
+ * prompt (the directory's tokenizer.json, else the byte-level vocabulary of the tiny presets),
+ * prefills the incremental decoder (ts_model_decoder: V4 KV caches) and streams the continuation
+ * to standard output token by token; prompt and generation speeds go to standard error.
+ * Sampling: greedy at temperature 0, else softmax sampling at the given temperature, optionally
+ * restricted to the top k, with a seeded generator (same seed -> same text). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "cli/cli.h"
+#include "tessera/backend.h"
+#include "tessera/data.h"
+#include "tessera/model.h"
+#include "tessera/tokenizer.h"
+
+typedef struct {
+    ts_tokenizer *tok; /* NULL: byte-level vocabulary */
+    int32_t bos, eos;
+} text_codec;
+
+static double seconds_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int fail(const char *what, const char *detail) {
+    fprintf(stderr, "tessera generate: %s%s%s\n", what, detail ? ": " : "", detail ? detail : "");
+    return CLI_EXIT_FAILURE;
+}
+
+static int open_codec(const char *model, int64_t vocab, text_codec *tc) {
+    char path[1200];
+    struct stat sb;
+    snprintf(path, sizeof path, "%s/tokenizer.json", model);
+    tc->tok = NULL;
+    if (stat(path, &sb) == 0) {
+        ts_io_error ioe;
+        if (ts_tokenizer_load(model, &tc->tok, &ioe) != TS_OK) return fail("loading the tokenizer", ioe.message);
+        tc->bos = ts_tokenizer_bos_id(tc->tok);
+        tc->eos = ts_tokenizer_eos_id(tc->tok);
+        return 0;
+    }
+    if (vocab < TS_BYTE_OFFSET + 256) return fail("no tokenizer.json beside the model, and its vocabulary is not byte-level", NULL);
+    tc->bos = TS_BYTE_BOS;
+    tc->eos = TS_BYTE_EOS;
+    return 0;
+}
+
+static int encode(const text_codec *tc, const char *text, ts_token_ids *ids) {
+    size_t n = strlen(text);
+    if (tc->tok) {
+        ts_io_error ioe;
+        unsigned flags = TS_TOKENIZE_DEFAULT | (tc->bos >= 0 ? TS_TOKENIZE_ADD_BOS : 0);
+        if (ts_tokenizer_encode(tc->tok, text, n, flags, ids, &ioe) != TS_OK) return fail("encoding the prompt", ioe.message);
+        return 0;
+    }
+    ids->ids = malloc((n + 1) * sizeof(int32_t));
+    if (!ids->ids) return fail("out of memory", NULL);
+    ids->ids[0] = TS_BYTE_BOS;
+    for (size_t i = 0; i < n; i++) ids->ids[i + 1] = (uint8_t)text[i] + TS_BYTE_OFFSET;
+    ids->n = ids->cap = n + 1;
+    return 0;
+}
+
+/* The bytes of one generated id (specials print nothing). */
+static void emit(const text_codec *tc, int32_t id) {
+    size_t n = 0;
+    if (tc->tok) {
+        const uint8_t *b = ts_tokenizer_is_special(tc->tok, id) ? NULL : ts_tokenizer_id_to_bytes(tc->tok, id, &n);
+        if (b) fwrite(b, 1, n, stdout);
+    } else if (id >= TS_BYTE_OFFSET && id < TS_BYTE_OFFSET + 256) {
+        fputc(id - TS_BYTE_OFFSET, stdout);
+    }
+    fflush(stdout);
+}
+
+/* Greedy (temperature 0) or a draw from softmax(logits / T) over the top_k (0: all) ids. */
+static int32_t pick(const float *logits, int64_t V, float temperature, int top_k, ts_rng *rng, float *scratch) {
+    int32_t best = 0;
+    for (int64_t v = 1; v < V; v++)
+        if (logits[v] > logits[best]) best = (int32_t)v;
+    if (temperature <= 0) return best;
+    float floor = -INFINITY;
+    if (top_k > 0 && top_k < V) { /* the k-th largest logit, by repeated selection (k is small) */
+        float prev = INFINITY;
+        for (int k = 0; k < top_k; k++) {
+            float m = -INFINITY;
+            for (int64_t v = 0; v < V; v++)
+                if (logits[v] < prev && logits[v] > m) m = logits[v];
+            prev = m;
+        }
+        floor = prev;
+    }
+    double sum = 0;
+    for (int64_t v = 0; v < V; v++) {
+        scratch[v] = logits[v] >= floor ? (float)exp((logits[v] - logits[best]) / temperature) : 0.0f;
+        sum += scratch[v];
+    }
+    double u = ts_rng_uniform(rng) * sum, acc = 0;
+    for (int64_t v = 0; v < V; v++) {
+        acc += scratch[v];
+        if (u < acc) return (int32_t)v;
+    }
+    return best;
+}
+
+int cli_generate_main(int argc, char **argv) {
+    const char *model = NULL, *prompt = "", *speculative = NULL;
+    int max_tokens = 64, threads = 0, top_k = 0;
+    float temperature = 0;
+    uint64_t seed = 0;
+    const cli_option options[] = {
+        {"--model", CLI_OPT_STRING, &model, "DIR", "checkpoint directory (config.json + model.safetensors [+ tokenizer.json])", 0, 0},
+        {"--prompt", CLI_OPT_STRING, &prompt, "TEXT", "the text to continue", 0, 0},
+        {"--max-tokens", CLI_OPT_INT, &max_tokens, "N", "tokens to generate at most", 1, 1 << 20},
+        {"--temperature", CLI_OPT_FLOAT, &temperature, "T", "0: greedy; else sample from softmax(logits / T)", 0, 100},
+        {"--top-k", CLI_OPT_INT, &top_k, "K", "sample among the K most likely tokens only (0: all)", 0, 1 << 24},
+        {"--seed", CLI_OPT_U64, &seed, "S", "sampling seed (same seed, same text)", 0, 0},
+        {"--speculative", CLI_OPT_STRING, &speculative, "mtp", "speculative decoding with the MTP block as the draft", 0, 0},
+        {"--threads", CLI_OPT_INT, &threads, "N", "compute threads (0: every core)", 0, 1024},
+    };
+    const cli_spec spec = {"generate", "Continue a prompt with a trained model, streaming the text to standard output.",
+                           "Timings (prompt and generation tokens/s) are printed to standard error. Generation stops at\n"
+                           "the end-of-sequence token or after --max-tokens.",
+                           options, (int)(sizeof options / sizeof *options)};
+    int rc = cli_parse(&spec, argc, argv);
+    if (rc != CLI_CONTINUE) return rc;
+    if (!model) return cli_usage_error("generate", "--model DIR is required");
+    if (speculative) return cli_usage_error("generate", "--speculative %s: not available yet", speculative);
+
+    char err[512] = "";
+    ts_model_weights *w = NULL;
+    if (ts_model_load(model, TS_F32, &w, err, sizeof err) != TS_OK) return fail(err, NULL);
+    const ts_v4_config *c = ts_model_weights_config(w);
+    text_codec tc;
+    ts_token_ids ids = {0};
+    rc = open_codec(model, c->vocab_size, &tc);
+    if (rc == 0) rc = encode(&tc, prompt, &ids);
+    ts_backend *be = NULL;
+    ts_model_decoder *dec = NULL;
+    float *logits = malloc((size_t)c->vocab_size * 2 * sizeof(float));
+    if (rc == 0 && (!logits || ts_backend_cpu_new(threads, &be) != TS_OK)) rc = fail("out of memory", NULL);
+    if (rc == 0 && ts_model_decoder_new(w, be, 1, (int64_t)ids.n + max_tokens, &dec, err, sizeof err) != TS_OK)
+        rc = fail(err, NULL);
+    if (rc == 0) {
+        int slot = 0;
+        double t0 = seconds_now();
+        ts_status s = TS_OK;
+        for (size_t i = 0; i < ids.n && s == TS_OK; i++) s = ts_model_decoder_step(dec, 1, &slot, &ids.ids[i], logits);
+        double t1 = seconds_now();
+        ts_rng rng;
+        ts_rng_seed(&rng, seed);
+        int generated = 0;
+        fputs(prompt, stdout);
+        while (s == TS_OK && generated < max_tokens) {
+            int32_t next = pick(logits, c->vocab_size, temperature, top_k, &rng, logits + c->vocab_size);
+            if (next == tc.eos) break;
+            emit(&tc, next);
+            generated++;
+            if (generated < max_tokens) s = ts_model_decoder_step(dec, 1, &slot, &next, logits);
+        }
+        double t2 = seconds_now();
+        fputc('\n', stdout);
+        if (s != TS_OK) rc = fail("decoding failed", ts_status_name(s));
+        fprintf(stderr, "prompt: %zu tokens in %.3f s (%.1f tokens/s); generation: %d tokens in %.3f s (%.1f tokens/s)\n",
+                ids.n, t1 - t0, (double)ids.n / (t1 - t0), generated, t2 - t1, generated / (t2 - t1 > 0 ? t2 - t1 : 1));
+    }
+    ts_model_decoder_free(dec);
+    ts_backend_free(be);
+    free(logits);
+    free(ids.ids);
+    ts_tokenizer_free(tc.tok);
+    ts_model_weights_free(w);
+    return rc;
+}
