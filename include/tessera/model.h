@@ -25,6 +25,7 @@
 
 #include "tessera/core.h"
 #include "tessera/graph.h"
+#include "tessera/io.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -321,6 +322,18 @@ ts_status ts_model_load(const char *dir, ts_dtype dt, ts_model_weights **out, ch
  * non-empty dir is refused (TS_ERR_STATE) unless force. */
 ts_status ts_model_save(const ts_model_weights *w, const char *dir, ts_dtype storage, bool force, char *err,
                         size_t err_size);
+
+/* The weights as a safetensors tensor list under their official names, pointing at the
+ * weights' memory (tid2eid converted to I64 in buffers the list owns): what a training
+ * checkpoint stores. Valid until the weights change or ts_model_st_list_free. */
+typedef struct {
+    ts_st_write_tensor *tensors;
+    size_t n;
+    void **owned;
+    size_t n_owned;
+} ts_model_st_list;
+ts_status ts_model_weights_st_list(const ts_model_weights *w, ts_model_st_list *out);
+void ts_model_st_list_free(ts_model_st_list *l);
 
 /* ---------------------------------------------------------------- the model as a graph (model_graph.c)
  *

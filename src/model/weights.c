@@ -239,3 +239,48 @@ ts_status ts_model_save(const ts_model_weights *w, const char *dir, ts_dtype sto
     if (!w) return TS_ERR_INVALID_ARG;
     return ts_model_write_checkpoint(&w->cfg, storage, dir, force, 0, save_source, (void *)w, err, err_size);
 }
+
+/* ---------------------------------------------------------------- as a tensor list */
+
+ts_status ts_model_weights_st_list(const ts_model_weights *w, ts_model_st_list *out) {
+    memset(out, 0, sizeof *out);
+    out->tensors = calloc((size_t)w->n, sizeof *out->tensors);
+    out->owned = calloc((size_t)w->n, sizeof *out->owned);
+    if (!out->tensors || !out->owned) {
+        ts_model_st_list_free(out);
+        return TS_ERR_OOM;
+    }
+    for (int i = 0; i < w->n; i++) {
+        const ts_model_tensor *t = &w->info[i];
+        int64_t numel = ts_model_tensor_numel(t);
+        ts_st_write_tensor *st = &out->tensors[out->n++];
+        st->name = t->name;
+        st->ndim = t->ndim;
+        st->shape = t->shape;
+        if (mem_dtype(w, i) == TS_I32) { /* hash tables are I64 in checkpoints (spec §1.4) */
+            int64_t *v = malloc((size_t)numel * sizeof *v);
+            if (!v) {
+                ts_model_st_list_free(out);
+                return TS_ERR_OOM;
+            }
+            for (int64_t j = 0; j < numel; j++) v[j] = ((const int32_t *)w->data[i])[j];
+            out->owned[i] = v;
+            st->dtype = TS_ST_I64;
+            st->data = v;
+            st->nbytes = (size_t)numel * sizeof *v;
+        } else {
+            st->dtype = w->dt == TS_F64 ? TS_ST_F64 : TS_ST_F32;
+            st->data = w->data[i];
+            st->nbytes = ts_dtype_bytes(w->dt, numel);
+        }
+    }
+    out->n_owned = (size_t)w->n;
+    return TS_OK;
+}
+
+void ts_model_st_list_free(ts_model_st_list *l) {
+    for (size_t i = 0; l->owned && i < l->n_owned; i++) free(l->owned[i]);
+    free(l->owned);
+    free(l->tensors);
+    memset(l, 0, sizeof *l);
+}
