@@ -53,7 +53,10 @@ typedef struct {
     ts_trainer *tr;
 } rig;
 
-static bool rig_new(rig *r, int64_t total_steps, int64_t indexer_warmup) {
+static bool rig_new_accum(rig *r, int64_t total_steps, int64_t indexer_warmup, int64_t accum);
+static bool rig_new(rig *r, int64_t total_steps, int64_t indexer_warmup) { return rig_new_accum(r, total_steps, indexer_warmup, 1); }
+
+static bool rig_new_accum(rig *r, int64_t total_steps, int64_t indexer_warmup, int64_t accum) {
     memset(r, 0, sizeof *r);
     ts_v4_config c;
     small_config(&c);
@@ -76,6 +79,7 @@ static bool rig_new(rig *r, int64_t total_steps, int64_t indexer_warmup) {
     o.lr.peak_lr = 3e-3;
     o.bias_gamma = 1e-2;
     if (indexer_warmup >= 0) o.indexer_warmup = indexer_warmup;
+    o.grad_accum = accum;
     s = ts_trainer_new(r->w, r->loader, r->be, &o, &r->tr, err, sizeof err);
     CHECK(s == TS_OK, "trainer: %s", err);
     return s == TS_OK;
@@ -218,6 +222,18 @@ static void test_exact_resume(void) {
     rig_free(&b);
 }
 
+/* Gradient accumulation: a step consumes grad_accum batches and reports their mean loss. */
+static void test_accumulation(void) {
+    rig r;
+    if (!rig_new_accum(&r, 20, -1, 3)) return;
+    ts_train_step_stats st;
+    if (step(&r, &st)) {
+        CHECK(st.tokens > 2 * B_ * T_ && st.tokens <= 3 * B_ * T_, "3 micro-batches counted %lld tokens", (long long)st.tokens);
+        CHECK(isfinite(st.loss) && !st.skipped, "accumulated step: loss %g", st.loss);
+    }
+    rig_free(&r);
+}
+
 int main(void) {
     snprintf(data_dir, sizeof data_dir, "/tmp/ts_trainer_%d", (int)getpid());
     ts_synth_options so;
@@ -232,6 +248,7 @@ int main(void) {
     }
     test_learns_and_loads(ss.unigram_bits);
     test_exact_resume();
+    test_accumulation();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", data_dir);
     CHECK(system(cmd) == 0, "cleanup");

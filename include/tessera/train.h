@@ -4,9 +4,15 @@
  * are the DeepSeek-V4 trainer's building blocks on plain f32 arrays: the AdamW and Muon
  * optimizers with checkpointable state, learning-rate and MTP-weight schedules, gradient
  * clipping and accumulation, and the MoE balancing rules (spec §5); and the model trainer
- * (trainer.c) that puts them together with a model graph and a data loader. */
+ * (trainer.c) that puts them together with a model graph and a data loader. Last, what a run
+ * needs around the model: the run config (train_config.c), the run directory with its metrics
+ * log and loss plot (run_dir.c, loss_plot.c), the progress line (progress.c) and crash-proof
+ * checkpoints with the exact training state (checkpoint.c). */
 #ifndef TESSERA_TRAIN_H
 #define TESSERA_TRAIN_H
+
+#include <stdio.h>
+#include <time.h>
 
 #include "tessera/backend.h"
 #include "tessera/data.h"
@@ -305,6 +311,8 @@ typedef struct {
     double grad_clip;            /* max global norm (1.0); 0 = off */
     bool adamw_only;             /* AdamW for every tensor (no Muon) */
     bool mtp;                    /* train the MTP block (when the config has one) */
+    double mtp_weight;           /* its loss weight before the LR decay (0.3); a third of it after */
+    int64_t grad_accum;          /* micro-batches per step (1): their mean gradient is applied */
     double balance_alpha;        /* sequence-wise balance loss weight (1e-4); 0 = off */
     double bias_gamma;           /* aux-loss-free bias step (1e-3); 0 = frozen */
     bool dense_csa;              /* CSA always attends to every completed block */
@@ -354,6 +362,257 @@ ts_plan_stats ts_trainer_plan_stats(const ts_trainer *tr);
  * items ts_synth_evaluate scores), completed greedily in batches by c (synth_eval.c). The
  * completer's max_len must hold BOS + the longest prompt + TS_SYNTH_ANSWER_CAP (80 is enough). */
 ts_status ts_synth_evaluate_model(uint64_t seed, int n_per_task, ts_model_completer *c, ts_synth_eval *out,
+                                  ts_io_error *err);
+
+/* ---------------------------------------------------------------- run config (train_config.c)
+ *
+ * Every option of `tessera train` and of the recipe behind it, in one struct. A run's config is
+ * built in three layers: the defaults (the spec §7.2 tiny recipe, ts_lr_schedule_tiny), then a
+ * JSON file (--config FILE.json: an object whose keys are the field names below), then the
+ * command-line flags (the same names with '-' for '_': --save-every 100 or --save-every=100;
+ * a boolean flag alone means true). Errors name the key and are one line:
+ *   TS_ERR_IO     the JSON file cannot be read;
+ *   TS_ERR_FORMAT unknown key or flag, malformed JSON, a value of the wrong type ("steps" must be
+ *                 an integer) or that does not parse ("--steps 12x"), a flag without its value;
+ *   TS_ERR_RANGE  a value outside its bounds or not one of its choices, or two options that do
+ *                 not fit together (warmup_steps >= steps with a decaying schedule).
+ * The effective config is saved into the run directory as JSON that loads back to the same
+ * struct. */
+
+#define TS_TRAIN_TEXT_MAX 1024 /* room for a path or a prompt, NUL included */
+
+typedef enum { TS_TRAIN_OPTIM_MUON = 0, TS_TRAIN_OPTIM_ADAMW } ts_train_optimizer;
+
+typedef struct {
+    /* the CLI's options */
+    char model[TS_TRAIN_TEXT_MAX]; /* preset name or config.json path ("tiny") */
+    char data[TS_TRAIN_TEXT_MAX];  /* token shard directory; "" = the embedded synthetic tasks */
+    int64_t steps;                 /* optimizer steps (1000) */
+    int64_t batch, seq;            /* sequences per micro-batch, tokens per sequence (8 x 256) */
+    int64_t threads;               /* compute threads; 0 = every core */
+    ts_dtype precision;            /* TS_F32 or TS_BF16 compute (f32) */
+    uint64_t seed;                 /* weights, data order, synthetic data (1) */
+    int64_t save_every;            /* checkpoint every K steps; 0 = only the final one (200) */
+    char out[TS_TRAIN_TEXT_MAX];   /* run directory; "" = runs/<YYYYmmdd-HHMMSS> */
+    bool resume;                   /* continue from the run directory's latest checkpoint */
+    /* the recipe */
+    double lr;                     /* peak learning rate (1e-3) */
+    double min_lr_ratio;           /* final lr = lr * this (0.1) */
+    int64_t warmup_steps;          /* linear warm-up; -1 = min(100, steps / 10), the tiny recipe's
+                                    * 100 at 1000 steps (-1, resolved by ts_train_config_check) */
+    ts_lr_kind schedule;           /* constant | cosine | wsd (wsd) */
+    double decay_fraction;         /* wsd: last fraction of the steps spent decaying (0.2) */
+    ts_lr_decay_shape decay_shape; /* wsd: cosine | linear (cosine) */
+    double weight_decay;           /* decoupled, Muon matrices and AdamW embedding / head (0.1) */
+    double grad_clip;              /* max global gradient norm; 0 = off (1.0) */
+    int64_t grad_accum;            /* micro-batches per optimizer step (1) */
+    int64_t eval_every;            /* validation every N steps; 0 = never (100) */
+    int64_t eval_batches;          /* validation batches per evaluation (8) */
+    int64_t keep_last;             /* complete ckpt-<step>/ directories kept (3) */
+    int64_t log_every;             /* plain progress lines / metrics rows every N steps (10) */
+    ts_train_optimizer optimizer;  /* muon (Muon + AdamW, spec §5.3) | adamw (AdamW only) */
+    double mtp_weight;             /* MTP loss weight before the decay phase; 0 = off (0.3) */
+    char sample_prompt[TS_TRAIN_TEXT_MAX]; /* completed greedily at each evaluation ("" = none) */
+    int64_t sample_tokens;         /* tokens generated for it (32) */
+    bool recompute;                /* activation recomputation: less memory, more FLOPs */
+} ts_train_config;
+
+void ts_train_config_default(ts_train_config *c);
+/* Applies a JSON object's keys on top of c (keys absent from the file keep their value), then
+ * checks the whole config. On failure c may be partly updated. */
+ts_status ts_train_config_load_json(ts_train_config *c, const char *path, ts_io_error *err);
+ts_status ts_train_config_parse_json(ts_train_config *c, const char *json_text, const char *source,
+                                     ts_io_error *err);
+/* argv[0 .. argc) are the options after `tessera train`. Loads --config (wherever it stands) over
+ * c first, then applies the other flags in order, then checks the whole config. */
+ts_status ts_train_config_parse_args(ts_train_config *c, int argc, char *const *argv, ts_io_error *err);
+/* The cross-field checks the loaders end with (warmup -1 is resolved here). */
+ts_status ts_train_config_check(ts_train_config *c, ts_io_error *err);
+/* Pretty JSON of every field (malloc'd; NULL when out of memory); it parses back to c. */
+char *ts_train_config_to_json(const ts_train_config *c);
+/* Writes ts_train_config_to_json atomically to path (the run directory's train_config.json). */
+ts_status ts_train_config_save(const ts_train_config *c, const char *path, ts_io_error *err);
+/* XXH64 of the options that change the trained numbers (model, data, shapes, seed, precision,
+ * the recipe), not of those that only change logging, checkpointing or threads; stored in
+ * checkpoints so a resume can tell it continues the same run. */
+uint64_t ts_train_config_hash(const ts_train_config *c);
+/* The learning-rate schedule the config describes. */
+ts_lr_schedule ts_train_config_lr_schedule(const ts_train_config *c);
+/* The help text for every option (flag, value, default, meaning), snprintf-style: writes at
+ * most cap bytes (NUL included) and returns the full length. */
+size_t ts_train_config_help(char *buf, size_t cap);
+
+/* ---------------------------------------------------------------- run directory (run_dir.c)
+ *
+ * A run lives in one directory: train_config.json, metrics.jsonl, loss.svg, ckpt-<step>/,
+ * final/. */
+
+/* Creates the run directory and writes its path to path_out: `out` when it is non-empty
+ * (parents created as needed; an existing directory is reused), else
+ * <runs_root>/<YYYYmmdd-HHMMSS of `when`, local time> with -2, -3 ... appended when taken.
+ * Writability is proven by creating and removing a file in it. TS_ERR_IO with the path and the
+ * reason when it cannot be created or written; TS_ERR_RANGE when the path does not fit. */
+ts_status ts_run_dir_create(const char *out, const char *runs_root, time_t when, char *path_out, size_t cap,
+                            ts_io_error *err);
+
+/* metrics.jsonl: one JSON object per line, flushed per line, so a crash loses at most the line
+ * being written (a torn last line is dropped by every reader here). */
+typedef struct ts_metrics_log ts_metrics_log;
+
+/* An extra field: n == 1 writes a number, n > 1 an array (per-expert loads...). Non-finite
+ * values are written as null (JSON has no NaN). */
+typedef struct {
+    const char *key;
+    const double *values;
+    int n;
+} ts_metric_extra;
+
+/* One row; loss, lr and tokens_per_s are left out when NaN. */
+typedef struct {
+    int64_t step;
+    double loss, lr, tokens_per_s;
+    const ts_metric_extra *extras;
+    int n_extras;
+} ts_metrics_row;
+
+/* Opens <run_dir>/metrics.jsonl. keep_through_step < 0: a new, empty log. Otherwise (a resumed
+ * run) the rows with step <= keep_through_step are kept and later ones (written after the
+ * checkpoint the run resumes from) and torn lines are dropped, atomically, before appending. */
+ts_status ts_metrics_open(const char *run_dir, int64_t keep_through_step, ts_metrics_log **out, ts_io_error *err);
+ts_status ts_metrics_write(ts_metrics_log *m, const ts_metrics_row *row, ts_io_error *err);
+const char *ts_metrics_path(const ts_metrics_log *m);
+void ts_metrics_close(ts_metrics_log *m);
+
+/* Plots train loss ("loss", a line) and validation loss ("val_loss", dots) against "step" from
+ * a metrics.jsonl file into a self-contained SVG (axes, ticks, labels, legend), written
+ * atomically. A step logged twice keeps its last row; rows without the fields are skipped; with
+ * no points at all the plot says so. log_y: logarithmic loss axis (needs losses > 0; others are
+ * left out). */
+ts_status ts_loss_plot_write(const char *metrics_path, const char *svg_path, bool log_y, ts_io_error *err);
+
+/* ---------------------------------------------------------------- progress display (progress.c)
+ *
+ *   step 120/2000 | loss 2.345 | lr 3.0e-4 | 12.3k tok/s | ETA 4m12s
+ * redrawn in place with \r on a terminal, or printed as a plain line every log_every steps (and
+ * at the last step) when the stream is a file or a pipe. */
+
+typedef struct {
+    int64_t step, total_steps; /* step counts from 1 here: "step 1/2000" after the first one */
+    double loss, lr;
+    double tokens_per_s;       /* NaN: not known yet */
+    double eta_seconds;        /* NaN: not known yet */
+} ts_progress_line;
+
+/* The line above, no newline (snprintf-style return). */
+size_t ts_progress_format(const ts_progress_line *p, char *buf, size_t cap);
+/* "950", "12.3k", "4.56M", "1.2G" (3 significant digits). */
+void ts_format_si(double v, char *buf, size_t cap);
+/* "42s", "4m12s", "1h02m", "3d04h"; "--" for NaN or negative. */
+void ts_format_duration(double seconds, char *buf, size_t cap);
+
+typedef struct {
+    FILE *out;
+    bool tty;               /* redraw in place */
+    int64_t log_every;      /* plain lines: every N steps */
+    int64_t total_steps;
+    int64_t first_step;     /* steps already done when this process started (a resume) */
+    double t_start;         /* ts_time_seconds() at start */
+    double tokens;          /* since start */
+    double t_last_draw;
+    size_t last_len;        /* of the line on screen, to blank a longer previous one */
+} ts_progress;
+
+/* tty: 1 / 0 force the mode, -1 asks isatty(out). */
+void ts_progress_init(ts_progress *p, FILE *out, int tty, int64_t log_every, int64_t total_steps,
+                      int64_t first_step, double now);
+/* After step `step` (1-based, as displayed) which consumed `tokens`; now = ts_time_seconds().
+ * Throughput and ETA count only this process's steps. A terminal is redrawn at most 10 times a
+ * second (and always at the last step). */
+void ts_progress_update(ts_progress *p, int64_t step, double loss, double lr, double tokens, double now);
+/* Ends the live line (a newline on a terminal). */
+void ts_progress_finish(ts_progress *p);
+
+/* ---------------------------------------------------------------- training checkpoints (checkpoint.c)
+ *
+ * A checkpoint is a directory <run_dir>/ckpt-<step>/ (or final/):
+ *   model.safetensors           the weights (ts_st_write)
+ *   config.json                 the model config text
+ *   <tokenizer files>           optional, names chosen by the caller
+ *   training_state.safetensors  optimizer state tensors (caller-named, "<param>.exp_avg"...) and
+ *                               metadata: format_version, step, rng, data_position, lr_schedule,
+ *                               tokens_seen, config_hash, plus the caller's own strings
+ *   manifest.json               size and XXH64 of every file above; written last: the commit
+ * It is built in ckpt-<step>.tmp-<pid>/ (every file fsynced, then the directory), renamed into
+ * place and the run directory fsynced, so after a crash a ckpt-<step>/ is either complete or
+ * absent. Older ckpt-* directories beyond keep_last are deleted only after the new one is
+ * committed. One writer per run directory. */
+
+#define TS_TRAIN_CKPT_FORMAT_VERSION 1
+
+/* The training state besides tensors. */
+typedef struct {
+    int64_t step;               /* optimizer steps taken */
+    ts_rng rng;                 /* the trainer's generator */
+    ts_data_position data;      /* where the train loader is (ts_data_loader_position) */
+    ts_lr_schedule lr;          /* the schedule in force */
+    uint64_t tokens_seen;
+    uint64_t config_hash;       /* ts_train_config_hash of the run */
+} ts_train_state;
+
+/* A file stored as is (tokenizer.json, ...): a plain name, not one of the reserved ones. */
+typedef struct {
+    const char *name;
+    const void *data;
+    size_t size;
+} ts_train_ckpt_file;
+
+typedef struct {
+    const ts_st_write_tensor *weights;
+    size_t n_weights;
+    const char *config_json;
+    const ts_train_ckpt_file *files;
+    size_t n_files;
+    const ts_st_write_tensor *optim_state;
+    size_t n_optim_state;
+    const ts_st_metadata *metadata; /* the caller's strings (keys other than the reserved ones) */
+    size_t n_metadata;
+    ts_train_state state;
+} ts_train_ckpt_contents;
+
+/* Writes <run_dir>/<name>/ (name NULL: "ckpt-<state.step>"; "final" for the end of a run),
+ * replacing a committed checkpoint of the same name, then keeps the keep_last newest ckpt-*
+ * (keep_last <= 0: keeps all). path_out (may be NULL) receives the directory's path. */
+ts_status ts_train_ckpt_save(const char *run_dir, const char *name, const ts_train_ckpt_contents *c,
+                             int keep_last, char *path_out, size_t cap, ts_io_error *err);
+/* Removes the leftovers of interrupted saves and deletions (<name>.tmp-<pid>/) in run_dir; call
+ * once when a run starts, before any writer runs. */
+ts_status ts_train_ckpt_clean(const char *run_dir, ts_io_error *err);
+
+/* An opened checkpoint whose manifest verified. */
+typedef struct ts_train_ckpt ts_train_ckpt;
+
+/* Opens one checkpoint directory: checks every file against the manifest (size, XXH64), then
+ * opens the safetensors files and parses the state. TS_ERR_FORMAT (corrupt, incomplete, bad
+ * metadata) / TS_ERR_IO / TS_ERR_UNSUPPORTED (another format version), naming the file. */
+ts_status ts_train_ckpt_open(const char *dir, ts_train_ckpt **out, ts_io_error *err);
+/* Opens the newest checkpoint of run_dir (ckpt-<step>/ and final/, by step; final first on a
+ * tie) that verifies; each one that does not is skipped with a call to warn (may be NULL) saying
+ * why. *out is NULL when none is left (a fresh run). */
+typedef void (*ts_train_ckpt_warn_fn)(void *user, const char *message);
+ts_status ts_train_ckpt_open_latest(const char *run_dir, ts_train_ckpt_warn_fn warn, void *user,
+                                    ts_train_ckpt **out, ts_io_error *err);
+void ts_train_ckpt_close(ts_train_ckpt *c);
+const char *ts_train_ckpt_path(const ts_train_ckpt *c);
+const ts_train_state *ts_train_ckpt_state(const ts_train_ckpt *c);
+/* The tensors, by name (ts_checkpoint_get / ts_checkpoint_load); owned by c. */
+ts_checkpoint *ts_train_ckpt_weights(ts_train_ckpt *c);
+ts_checkpoint *ts_train_ckpt_optim_state(ts_train_ckpt *c);
+const char *ts_train_ckpt_config_json(const ts_train_ckpt *c);
+/* Any training_state metadata value (the caller's own keys included); NULL when absent. */
+const char *ts_train_ckpt_metadata(const ts_train_ckpt *c, const char *key);
+/* A stored file's bytes (malloc'd, caller frees; verified at open). TS_ERR_FORMAT when the
+ * manifest does not list it. */
+ts_status ts_train_ckpt_read_file(const ts_train_ckpt *c, const char *name, void **data, size_t *size,
                                   ts_io_error *err);
 
 #ifdef __cplusplus

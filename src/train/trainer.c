@@ -36,6 +36,8 @@ struct ts_trainer {
     trained *adam_t, *muon_t;
     int n_adam, n_muon;
     float **adam_p, **adam_g, **muon_p, **muon_g, **all_g;
+    float **graph_g;                  /* the graph's gradients (all_g unless accumulating) */
+    float **acc;                      /* grad_accum > 1: the mean gradient of the micro-batches */
     int64_t *all_numel;
     ts_adamw *adamw;
     ts_muon *muon;
@@ -67,6 +69,8 @@ void ts_trainer_default_options(ts_trainer_options *o, int64_t batch, int64_t se
     o->weight_decay = 0.1;
     o->grad_clip = 1.0;
     o->mtp = true;
+    o->mtp_weight = TS_MTP_WEIGHT;
+    o->grad_accum = 1;
     o->balance_alpha = TS_MOE_BALANCE_ALPHA;
     o->bias_gamma = TS_MOE_BIAS_GAMMA;
     o->indexer_loss = true;
@@ -85,6 +89,8 @@ static ts_status bind_grads(ts_trainer *tr) {
         const trained *t = i < tr->n_adam ? &tr->adam_t[i] : &tr->muon_t[i - tr->n_adam];
         float *g = ts_model_graph_grad_data(tr->mg, t->weight);
         if (!g) return TS_ERR_INTERNAL; /* the graphs of both indexer stages train the same tensors */
+        tr->graph_g[i] = g;
+        if (tr->acc) g = tr->acc[i];
         tr->all_g[i] = g;
         if (i < tr->n_adam) tr->adam_g[i] = g;
         else tr->muon_g[i - tr->n_adam] = g;
@@ -121,7 +127,17 @@ static ts_status make_optimizers(ts_trainer *tr, char *err, size_t err_size) {
     tr->adam_g = calloc((size_t)total + 1, sizeof(float *));
     tr->all_g = calloc((size_t)total + 1, sizeof(float *));
     tr->all_numel = calloc((size_t)total + 1, sizeof(int64_t));
-    if (s == TS_OK && (!tr->adam_p || !tr->adam_g || !tr->all_g || !tr->all_numel)) s = TS_ERR_OOM;
+    tr->graph_g = calloc((size_t)total + 1, sizeof(float *));
+    if (s == TS_OK && (!tr->adam_p || !tr->adam_g || !tr->all_g || !tr->all_numel || !tr->graph_g)) s = TS_ERR_OOM;
+    if (s == TS_OK && tr->o.grad_accum > 1) {
+        tr->acc = calloc((size_t)total + 1, sizeof(float *));
+        for (int i = 0; tr->acc && i < total; i++) {
+            const trained *t = i < tr->n_adam ? &tr->adam_t[i] : &tr->muon_t[i - tr->n_adam];
+            tr->acc[i] = malloc((size_t)t->numel * sizeof(float));
+            if (!tr->acc[i]) s = TS_ERR_OOM;
+        }
+        if (!tr->acc) s = TS_ERR_OOM;
+    }
     if (s == TS_OK) {
         tr->muon_p = tr->adam_p + tr->n_adam;
         tr->muon_g = tr->adam_g + tr->n_adam;
@@ -233,6 +249,9 @@ void ts_trainer_free(ts_trainer *tr) {
     free(tr->adam_g);
     free(tr->all_g);
     free(tr->all_numel);
+    for (int i = 0; tr->acc && i < tr->n_adam + tr->n_muon; i++) free(tr->acc[i]);
+    free(tr->acc);
+    free(tr->graph_g);
     free(tr->ids);
     free(tr->targets);
     free(tr->mtp_ids);
@@ -272,22 +291,31 @@ static double read_scalar(const ts_tensor *t) {
     return v;
 }
 
+/* Adds the micro-batch's expert loads (micro 0 starts the count). */
+static ts_status count_loads(ts_trainer *tr, int micro) {
+    int64_t slots = ts_v4_n_layer_slots(tr->cfg), E = tr->cfg->n_routed_experts;
+    int64_t here[E > 0 ? E : 1];
+    for (int64_t l = 0; l < slots; l++) {
+        if (!tr->load[l]) continue;
+        ts_status s = ts_moe_expert_load(tr->mg->route_idx[l], E, here);
+        if (s != TS_OK) return s;
+        for (int64_t e = 0; e < E; e++) tr->load[l][e] = (micro ? tr->load[l][e] : 0) + here[e];
+    }
+    return TS_OK;
+}
+
 /* Aux-loss-free balancing (§5.2): b_e += gamma·sign(mean load - load_e) per learned-routing layer. */
 static ts_status update_biases(ts_trainer *tr) {
     const ts_v4_config *c = tr->cfg;
     int64_t slots = ts_v4_n_layer_slots(c), E = c->n_routed_experts;
     for (int64_t l = 0; l < slots; l++) {
         if (!tr->load[l]) continue;
-        ts_status s = ts_moe_expert_load(tr->mg->route_idx[l], E, tr->load[l]);
-        if (s != TS_OK) return s;
         char name[64];
         snprintf(name, sizeof name, "%s%lld.ffn.gate.bias", l < c->num_hidden_layers ? "layers." : "mtp.",
                  (long long)(l < c->num_hidden_layers ? l : l - c->num_hidden_layers));
         float *bias = ts_model_weights_data(tr->w, ts_model_weights_find(tr->w, name));
-        if (tr->o.bias_gamma > 0) {
-            s = ts_moe_bias_update(bias, tr->load[l], (int)E, tr->o.bias_gamma);
-            if (s != TS_OK) return s;
-        }
+        ts_status s = tr->o.bias_gamma > 0 ? ts_moe_bias_update(bias, tr->load[l], (int)E, tr->o.bias_gamma) : TS_OK;
+        if (s != TS_OK) return s;
     }
     return TS_OK;
 }
@@ -311,27 +339,31 @@ ts_status ts_trainer_step(ts_trainer *tr, ts_train_step_stats *st, char *err, si
     st->step = tr->step;
     ts_status s = ensure_stage(tr, err, err_size);
     if (s != TS_OK) return s;
-    const ts_batch *b = ts_data_loader_next(tr->train);
-    if (!b) {
-        set_err(err, err_size, "trainer: the training data ran out");
-        return TS_ERR_STATE;
+    int n_micro = tr->o.grad_accum > 1 ? (int)tr->o.grad_accum : 1, n_all = tr->n_adam + tr->n_muon;
+    double mtp_w = tr->o.mtp_weight * ts_mtp_loss_weight(&tr->o.lr, tr->step) / TS_MTP_WEIGHT; /* 0.3 -> 0.1 */
+    for (int micro = 0; micro < n_micro; micro++) {
+        const ts_batch *b = ts_data_loader_next(tr->train);
+        if (!b) {
+            set_err(err, err_size, "trainer: the training data ran out");
+            return TS_ERR_STATE;
+        }
+        s = write_inputs(tr, tr->mg, b);
+        if (s == TS_OK && tr->o.mtp) s = ts_tensor_write_f32(tr->mg->mtp_weight, (float[]){(float)mtp_w}, 1);
+        if (s == TS_OK) s = ts_graph_compute(tr->mg->graph);
+        if (s == TS_OK) s = count_loads(tr, micro);
+        if (s != TS_OK) {
+            set_err(err, err_size, "trainer: step %lld: %s", (long long)tr->step, ts_graph_error(tr->mg->graph));
+            return s;
+        }
+        st->loss += read_scalar(tr->mg->loss) / n_micro;
+        st->lm_loss += read_scalar(tr->mg->lm_loss) / n_micro;
+        st->mtp_loss += (tr->mg->mtp_loss ? read_scalar(tr->mg->mtp_loss) : 0) / n_micro;
+        st->balance_loss += (tr->mg->balance_loss ? read_scalar(tr->mg->balance_loss) : 0) / n_micro;
+        st->indexer_loss += (tr->mg->indexer_loss ? read_scalar(tr->mg->indexer_loss) : 0) / n_micro;
+        st->tokens += b->n_tokens;
+        for (int i = 0; tr->acc && i < n_all; i++) ts_grad_accumulate(tr->acc[i], tr->graph_g[i], tr->all_numel[i], micro, n_micro);
     }
-    s = write_inputs(tr, tr->mg, b);
-    if (s == TS_OK && tr->o.mtp)
-        s = ts_tensor_write_f32(tr->mg->mtp_weight, (float[]){(float)ts_mtp_loss_weight(&tr->o.lr, tr->step)}, 1);
-    if (s == TS_OK) s = ts_graph_compute(tr->mg->graph);
-    if (s != TS_OK) {
-        set_err(err, err_size, "trainer: step %lld: %s", (long long)tr->step, ts_graph_error(tr->mg->graph));
-        return s;
-    }
-    st->loss = read_scalar(tr->mg->loss);
-    st->lm_loss = read_scalar(tr->mg->lm_loss);
-    st->mtp_loss = tr->mg->mtp_loss ? read_scalar(tr->mg->mtp_loss) : 0;
-    st->balance_loss = tr->mg->balance_loss ? read_scalar(tr->mg->balance_loss) : 0;
-    st->indexer_loss = tr->mg->indexer_loss ? read_scalar(tr->mg->indexer_loss) : 0;
     st->dense_csa = tr->graph_dense;
-    st->tokens = b->n_tokens;
-    int n_all = tr->n_adam + tr->n_muon;
     st->grad_norm = tr->o.grad_clip > 0 ? ts_grad_clip_global_norm(tr->all_g, tr->all_numel, n_all, tr->o.grad_clip)
                                         : ts_grad_global_norm(tr->all_g, tr->all_numel, n_all);
     st->lr = ts_lr_at(&tr->o.lr, tr->step);
