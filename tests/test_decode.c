@@ -80,6 +80,8 @@ static double decode_vs_full(ts_model_weights *w, ts_backend *be, int n_seq, int
     return worst;
 }
 
+static void test_completer(ts_model_weights *w, ts_backend *be, const int32_t *a, const int32_t *b);
+
 static void test_fixture(void) {
     const char *slash = strrchr(__FILE__, '/');
     char dir[1024], exp_path[1024];
@@ -134,9 +136,42 @@ static void test_fixture(void) {
     for (int i = 0; i < 49 && st == TS_OK; i++) st = ts_model_decoder_step(dec, 1, &slot, &a[i % 46], lg);
     CHECK(st == TS_ERR_RANGE && ts_model_decoder_length(dec, 0) == 48, "overflow: %s", ts_status_name(st));
     ts_model_decoder_free(dec);
+    test_completer(w, be, a, b);
     ts_backend_free(be);
     ts_st_file_close(ex);
     ts_model_weights_free(w);
+}
+
+/* The completer (decoder path: rows prefill and generate in shared steps) gives the same greedy
+ * continuations as argmax over full forward passes of the growing sequences. */
+static void test_completer(ts_model_weights *w, ts_backend *be, const int32_t *a, const int32_t *b) {
+    enum { NEW = 8 };
+    int64_t lens[2] = {5, 11};
+    const int32_t *prompts[2] = {a, b};
+    int32_t out0[NEW], out1[NEW], *outs[2] = {out0, out1};
+    int64_t out_lens[2];
+    char err[256] = "";
+    ts_model_completer *c = NULL;
+    CHECK(ts_model_completer_new(w, be, 2, 32, &c, err, sizeof err) == TS_OK, "completer: %s", err);
+    if (!c) return;
+    CHECK_OK(ts_model_complete(c, 2, prompts, lens, NEW, -1, 2, outs, out_lens), NULL);
+    for (int r = 0; r < 2; r++) {
+        int32_t seq[32];
+        memcpy(seq, prompts[r], (size_t)lens[r] * sizeof(int32_t));
+        int64_t n = lens[r];
+        int same = out_lens[r] == NEW;
+        for (int k = 0; k < NEW && same; k++) {
+            double *lg = full_logits(w, be, seq, n);
+            int best = 0;
+            for (int v = 1; v < 64; v++)
+                if (lg[(n - 1) * 64 + v] > lg[(n - 1) * 64 + best]) best = v;
+            free(lg);
+            same = outs[r][k] == best;
+            seq[n++] = best;
+        }
+        CHECK(same, "row %d: the completer's greedy continuation differs from the full passes'", r);
+    }
+    ts_model_completer_free(c);
 }
 
 static void test_tiny_f32(void) {

@@ -469,6 +469,7 @@ static void fd_check_opts(ts_model_weights *w, const char *const *patterns, int 
             }
             checked++;
         }
+        ts_graph_compute(mg->graph); /* back to the unperturbed gradients for the next tensor */
         free(gcopy);
     }
     CHECK(bad == 0, "%d of %d finite-difference checks failed", bad, checked);
