@@ -1,17 +1,23 @@
 /* test_cli.c - runs the built `tessera` binary the way a user would and checks exit codes and
  * the lines people and scripts rely on: --help, every subcommand's --help, version, info, ops,
- * a short demo, and the one-line errors (exit code 2) for unknown commands and options. Also
- * checks the run-time CPU feature detection (cpu.h) that `info` prints. The binary is found
- * next to this test's executable (both are built into the same CMake build directory). */
+ * a short demo, `forward` on the V4 reference checkpoint (logits .npy vs the port), `bench gemm
+ * --json` on tiny shapes, and the one-line errors (exit code 2) for unknown commands and options. Also checks the run-time CPU
+ * feature detection (cpu.h) that `info` prints. The binary is found next to this test's
+ * executable (both are built into the same CMake build directory). */
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
+#include "backends/cpu/gemm.h"
 #include "check.h"
 #include "tessera/core.h"
 #include "tessera/cpu.h"
+#include "tessera/io.h"
 
 static char tessera_path[4096];
 
@@ -129,6 +135,44 @@ static void test_info(void) {
     CHECK(backend && strstr(backend, "cpu-ref"), "no cpu-ref backend line:\n%s", r.out);
     const char *build = line_starting(&r, "build:", buf, sizeof buf);
     CHECK(build && strstr(build, "sanitizers"), "no build line:\n%s", r.out);
+    const char *gemm = line_starting(&r, "gemm:", buf, sizeof buf);
+    snprintf(want, sizeof want, "%s kernels", ts_gemm_tier_name()); /* same TESSERA_CPU_TIER as the child */
+    CHECK(gemm && strstr(gemm, want), "gemm line '%s' does not name '%s'", gemm ? gemm : "(missing)", want);
+}
+
+/* `tessera bench gemm --json` on tiny shapes: one machine line, then one object per shape and
+ * dtype with the documented keys; usage errors for a missing or unknown benchmark and a bad dtype. */
+static void test_bench_gemm(void) {
+    run_result r;
+    run(&r, "bench");
+    CHECK(r.exit_code == 2 && has(&r, "usage: tessera bench"), "bench: exit %d\n%s", r.exit_code, r.out);
+    run(&r, "bench nope");
+    CHECK(r.exit_code == 2 && has(&r, "unknown benchmark"), "bench nope: exit %d\n%s", r.exit_code, r.out);
+    run(&r, "bench gemm --dtypes f64");
+    CHECK(r.exit_code == 2 && has(&r, "--dtypes"), "bench gemm --dtypes f64: exit %d\n%s", r.exit_code, r.out);
+    run(&r, "bench gemm --shapes 40x24x16,1x64x48:nt --dtypes f32,bf16 --repeats 1 --threads 1 --read-mib 8 --json");
+    CHECK(r.exit_code == 0, "bench gemm --json: exit %d\n%s", r.exit_code, r.out);
+    int rows = 0, machine = 0;
+    for (char *save = NULL, *line = strtok_r(r.out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        json_t *j = json_loads(line, 0, NULL);
+        CHECK(j != NULL, "bench gemm: not JSON: %s", line);
+        const char *op = j ? json_string_value(json_object_get(j, "op")) : NULL;
+        if (op && strcmp(op, "machine") == 0) machine++;
+        else if (op) {
+            rows++;
+            json_t *peer_gf = json_object_get(j, "peer_gflops");
+            CHECK(json_string_value(json_object_get(j, "dtype")) && json_integer_value(json_object_get(j, "m")) > 0 &&
+                      json_integer_value(json_object_get(j, "n")) > 0 && json_integer_value(json_object_get(j, "k")) > 0 &&
+                      json_integer_value(json_object_get(j, "threads")) == 1 &&
+                      json_number_value(json_object_get(j, "gflops")) > 0 &&
+                      json_string_value(json_object_get(j, "peer")) && (json_is_null(peer_gf) || json_is_number(peer_gf)),
+                  "bench gemm: incomplete object %s", line);
+            if (strcmp(op, "gemv") == 0)
+                CHECK(json_number_value(json_object_get(j, "bandwidth_fraction")) > 0, "gemv without bandwidth: %s", line);
+        }
+        json_decref(j);
+    }
+    CHECK(machine == 1 && rows == 4, "bench gemm: %d machine lines, %d result lines (want 1, 4)", machine, rows);
 }
 
 /* The model report: the exact published Flash inventory, and a clean refusal of unknown models. */
@@ -169,7 +213,7 @@ static void expect_usage_error(const char *args, const char *mentions) {
 static void test_usage_errors(void) {
     expect_usage_error("frobnicate", "unknown command 'frobnicate'");
     expect_usage_error("--frobnicate", "unknown option '--frobnicate'");
-    expect_usage_error("train", "not available yet");
+    expect_usage_error("serve", "not available yet");
     expect_usage_error("info --bogus", "unknown option '--bogus'");
     expect_usage_error("version extra", "unexpected argument 'extra'");
     expect_usage_error("demo --steps", "--steps needs a value");
@@ -178,6 +222,12 @@ static void test_usage_errors(void) {
     expect_usage_error("demo --dataset moons", "moons");
     expect_usage_error("demo --backend nope", "nope");
     expect_usage_error("info --model no-such-model", "no-such-model");
+    expect_usage_error("forward --ids 1", "--model is required");
+    expect_usage_error("forward --model dense-tiny", "exactly one of --ids");
+    expect_usage_error("forward --model dense-tiny --ids 1,x", "'x' is not an integer");
+    expect_usage_error("forward --model dense-tiny --ids 1,264", "264 is outside [0, 264)");
+    expect_usage_error("forward --model dense-tiny --ids 1,2 --targets 3", "1 targets for 2 tokens");
+    expect_usage_error("forward --model no-such-model --ids 1", "no-such-model");
 }
 
 /* A tiny demo run: the command works end to end and prints its summary lines. */
@@ -187,6 +237,77 @@ static void test_short_demo(void) {
     CHECK(r.exit_code == 0, "short demo exit %d:\n%s", r.exit_code, r.out);
     CHECK(has(&r, "memory:   planned peak") && has(&r, "step     0  loss") && has(&r, "loss:") && has(&r, "accuracy:"),
           "short demo output:\n%s", r.out);
+}
+
+/* The logits of a .npy file written by `tessera forward`: checks the format 1.0 header (f32
+ * little-endian, C order, shape [rows, cols]) and returns the values (malloc'd) or NULL. */
+static float *read_npy_f32(const char *path, int64_t rows, int64_t cols) {
+    FILE *f = fopen(path, "rb");
+    CHECK(f != NULL, "cannot open %s", path);
+    if (!f) return NULL;
+    unsigned char pre[10];
+    char dict[4096] = "", want_shape[64];
+    bool ok = fread(pre, 1, 10, f) == 10 && memcmp(pre, "\x93NUMPY\x01\x00", 8) == 0;
+    size_t hlen = ok ? (size_t)pre[8] | (size_t)pre[9] << 8 : 0;
+    ok = ok && hlen < sizeof dict && (10 + hlen) % 64 == 0 && fread(dict, 1, hlen, f) == hlen && dict[hlen - 1] == '\n';
+    snprintf(want_shape, sizeof want_shape, "'shape': (%lld, %lld)", (long long)rows, (long long)cols);
+    ok = ok && strstr(dict, "'descr': '<f4'") && strstr(dict, "'fortran_order': False") && strstr(dict, want_shape);
+    CHECK(ok, "%s: not an f32 [%lld, %lld] .npy file (header '%s')", path, (long long)rows, (long long)cols, dict);
+    float *v = ok ? malloc((size_t)(rows * cols) * sizeof *v) : NULL;
+    ok = v && fread(v, sizeof *v, (size_t)(rows * cols), f) == (size_t)(rows * cols) && fgetc(f) == EOF;
+    CHECK(ok, "%s: data size", path);
+    fclose(f);
+    if (!ok) free(v);
+    return ok ? v : NULL;
+}
+
+/* `tessera forward` on the V4 reference checkpoint: the logits it writes match the transformers
+ * port's (tests/fixtures/v4/expected.safetensors) within 1e-4, and it prints their argmax and
+ * the port's loss. */
+static void test_forward(void) {
+    const char *slash = strrchr(__FILE__, '/');
+    int len = slash ? (int)(slash - __FILE__) : 1;
+    const char *base = slash ? __FILE__ : ".";
+    char model[1024], exp_path[1024], dir[] = "/tmp/ts_cli_forward_XXXXXX", npy[64];
+    snprintf(model, sizeof model, "%.*s/fixtures/v4/tiny-ref", len, base);
+    snprintf(exp_path, sizeof exp_path, "%.*s/fixtures/v4/expected.safetensors", len, base);
+    ts_st_file *exp = NULL;
+    ts_io_error ioe;
+    CHECK(ts_st_file_open(exp_path, &exp, &ioe) == TS_OK, "%s", ioe.message);
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    if (!exp) return;
+    const ts_st_tensor *ids = ts_st_file_find(exp, "ids"), *logits = ts_st_file_find(exp, "logits"),
+                       *loss = ts_st_file_find(exp, "loss_f64");
+    int64_t T = ids->shape[1], V = logits->shape[2];
+    char list[1024] = "", want_argmax[1024] = "";
+    for (int64_t t = 0; t < T; t++) {
+        const float *row = (const float *)logits->data + t * V;
+        int64_t best = 0;
+        for (int64_t v = 1; v < V; v++)
+            if (row[v] > row[best]) best = v;
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%lld", t ? "," : "",
+                 (long long)((const int64_t *)ids->data)[t]);
+        snprintf(want_argmax + strlen(want_argmax), sizeof want_argmax - strlen(want_argmax), " %lld", (long long)best);
+    }
+    snprintf(npy, sizeof npy, "%s/logits.npy", dir);
+    run_result r;
+    run(&r, "forward --model '%s' --ids %s --targets next --out %s --threads 2", model, list, npy);
+    CHECK(r.exit_code == 0, "forward exit %d:\n%s", r.exit_code, r.out);
+    char buf[1024];
+    const char *argmax = line_starting(&r, "argmax:", buf, sizeof buf);
+    CHECK(argmax && strcmp(argmax, want_argmax) == 0, "argmax line '%s', want '%s'", argmax ? argmax : "(missing)", want_argmax);
+    const char *l = line_starting(&r, "loss: ", buf, sizeof buf);
+    double want_loss = ((const double *)loss->data)[0];
+    CHECK(l && fabs(atof(l) - want_loss) < 1e-5, "loss line '%s', want %.7f", l ? l : "(missing)", want_loss);
+    float *got = read_npy_f32(npy, T, V);
+    double worst = 0;
+    for (int64_t i = 0; got && i < T * V; i++) worst = fmax(worst, fabs(got[i] - ((const float *)logits->data)[i]));
+    CHECK(got && worst <= 1e-4, "forward logits max abs error %.3e vs the port", worst);
+    free(got);
+    unlink(npy);
+    rmdir(dir);
+    ts_st_file_close(exp);
+
 }
 
 /* Detection itself: implied features, agreement with the compiler's own cpuid probe, and the
@@ -234,5 +355,7 @@ int main(void) {
     test_ops();
     test_usage_errors();
     test_short_demo();
+    test_forward();
+    test_bench_gemm();
     return check_summary("test_cli");
 }

@@ -5,12 +5,13 @@
  * Matmul: odd shapes (1, 7, 33, 1000), all four trans-flag combinations with each operand
  * stored directly or as a transposed view, broadcast and stride-0 batches, sliced operands
  * (leading dimension wider than the matrix, still on the GEMM), and layouts the GEMM cannot
- * address (no unit stride in the matrix, a stride-0 matrix dim, f16), which must fall back to
+ * address (no unit stride in the matrix, a stride-0 matrix dim, f64), which must fall back to
  * the reference kernel: ts_fast_matmul_uses_gemm says which path a node takes. Elementwise:
  * every fast path (bias-row and scalar broadcasts, unary ops, relu/silu backward, softmax with
  * a repeating mask, rms_norm with a weight) and views that must fall back. Results must be
- * bit-identical for 1, 2 and 3 threads. Finally a 512 x 512 x 512 matmul is timed on both
- * backends (printed, not asserted: timing depends on the machine). */
+ * bit-identical for 1, 2 and 3 threads. Finally a 512 x 512 x 512 matmul (128^3 with
+ * TS_TEST_QUICK=1) is timed on both backends (printed, not asserted: timing depends on the
+ * machine). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -242,9 +243,15 @@ static ts_tensor *build_batch_slice(ts_graph *g, const void *arg) {
     return ts_matmul(g, a, ts_new_tensor_3d(g, TS_F32, 3, 33, 4, "b"), false, false);
 }
 
-static ts_tensor *build_f16(ts_graph *g, const void *arg) {
-    ts_tensor *a = ts_new_tensor_2d(g, TS_F16, 7, 33, "a");
-    return ts_matmul(g, a, ts_new_tensor_2d(g, TS_F16, 33, 5, "b"), false, false);
+/* f32 activations times f16 weights (f32 output): the GEMM converts the weights while packing. */
+static ts_tensor *build_f16_weights(ts_graph *g, const void *arg) {
+    ts_tensor *a = ts_new_tensor_2d(g, TS_F32, 7, 33, "a");
+    return ts_matmul(g, a, ts_new_tensor_2d(g, TS_F16, 5, 33, "w"), false, true);
+}
+
+static ts_tensor *build_f64(ts_graph *g, const void *arg) {
+    ts_tensor *a = ts_new_tensor_2d(g, TS_F64, 7, 33, "a");
+    return ts_matmul(g, a, ts_new_tensor_2d(g, TS_F64, 33, 5, "b"), false, false);
 }
 
 static void test_matmul_slices_and_fallbacks(void) {
@@ -253,7 +260,8 @@ static void test_matmul_slices_and_fallbacks(void) {
     compare_backends("matmul batch-and-column sliced", build_batch_slice, NULL, true);
     compare_backends("matmul no unit stride (falls back)", build_no_unit_stride, NULL, false);
     compare_backends("matmul stride-0 rows (falls back)", build_stride0_rows, NULL, false);
-    compare_backends("matmul f16 (falls back)", build_f16, NULL, false);
+    compare_backends("matmul f32 x f16 weights", build_f16_weights, NULL, true);
+    compare_backends("matmul f64 (falls back)", build_f64, NULL, false);
 }
 
 /* ---------------------------------------------------------------- elementwise and rows */
@@ -384,17 +392,21 @@ static void test_determinism(void) {
 
 /* ---------------------------------------------------------------- timing */
 
-static void time_matmul_512(void) {
-    mm_spec p = {.m = 512, .n = 512, .k = 512};
+/* 512^3, or 128^3 with TS_TEST_QUICK=1 (scripts/test.sh sets it under qemu, where the reference
+ * backend alone would take most of a minute). */
+static void time_large_matmul(void) {
+    int64_t size = getenv("TS_TEST_QUICK") && strcmp(getenv("TS_TEST_QUICK"), "1") == 0 ? 128 : 512;
+    mm_spec p = {.m = size, .n = size, .k = size};
     run_result ref = {0}, fast = {0};
     if (!run_graph(ts_backend_cpu_ref_new, 0, build_matmul_2d, &p, 1, &ref)) return;
     if (run_graph(ts_backend_cpu_new, 0, build_matmul_2d, &p, 3, &fast)) {
-        double flops = 2.0 * 512 * 512 * 512;
-        printf("matmul 512x512x512 f32, all cores: cpu-ref %.1f ms (%.2f GFLOP/s), cpu %.2f ms (%.1f GFLOP/s, GEMM tier %s): "
-               "%.0fx faster\n",
-               1e3 * ref.seconds, flops / ref.seconds * 1e-9, 1e3 * fast.seconds, flops / fast.seconds * 1e-9,
-               ts_gemm_tier_name(), ref.seconds / fast.seconds);
-        CHECK(nmse(fast.out, ref.out, ref.n) <= F32_TOLERANCE, "512^3: nmse %.3g", nmse(fast.out, ref.out, ref.n));
+        double flops = 2.0 * (double)(size * size * size);
+        printf("matmul %lldx%lldx%lld f32, all cores: cpu-ref %.1f ms (%.2f GFLOP/s), "
+               "cpu %.2f ms (%.1f GFLOP/s, GEMM tier %s): %.0fx faster\n",
+               (long long)size, (long long)size, (long long)size, 1e3 * ref.seconds, flops / ref.seconds * 1e-9,
+               1e3 * fast.seconds, flops / fast.seconds * 1e-9, ts_gemm_tier_name(), ref.seconds / fast.seconds);
+        CHECK(nmse(fast.out, ref.out, ref.n) <= F32_TOLERANCE, "%lld^3: nmse %.3g", (long long)size,
+              nmse(fast.out, ref.out, ref.n));
         free(fast.out);
     }
     free(ref.out);
@@ -425,6 +437,6 @@ int main(void) {
     test_matmul_slices_and_fallbacks();
     test_elementwise();
     test_determinism();
-    time_matmul_512();
+    time_large_matmul();
     return check_summary("test_fast_kernels");
 }

@@ -178,7 +178,8 @@ static void run_shape(int64_t m, int64_t n, int64_t k) {
             }
 }
 
-static void test_shapes_for_tier(void) {
+/* Odd shapes, each dimension large in turn, and the small-M path's column chunking. */
+static void test_odd_shapes(void) {
     static const int64_t odd[] = {1, 7, 33};
     for (int i = 0; i < 3; i++)
         for (int j = 0; j < 3; j++)
@@ -191,7 +192,10 @@ static void test_shapes_for_tier(void) {
     run_shape(1, 9000, 3); /* small-M column chunks (partial-sum buffer) */
     run_shape(3, 3000, 5);
     run_shape(8, 2000, 9);
+}
 
+/* Shapes one off the active tier's blocks (most of this program's run time). */
+static void test_blocking_shapes(void) {
     ts_gemm_blocking bl = ts_gemm_get_blocking();
     int64_t m_blocked = 2 * bl.mr + 1 > bl.small_m + 1 ? 2 * bl.mr + 1 : bl.small_m + 1;
     for (int64_t dk = -1; dk <= 1; dk++) run_shape(3 * bl.mr + 1, 2 * bl.nr + 3, bl.kc + dk);
@@ -217,11 +221,9 @@ static void test_degenerate(void) {
     CHECK(d[0] == 0, "M=0 touched C");
 }
 
-#if defined(__x86_64__)
-/* The AVX2 packer serves the AVX-512 tier too (widths 12 and 32), which may not run here, so
- * every width it vectorizes is compared directly with the portable packer, bit for bit. */
-static void test_avx2_packer(void) {
-    static const int widths[] = {6, 12, 16, 32};
+/* A tier's packer against the portable one, bit for bit, for each of the 4 panel widths it
+ * vectorizes (at most 32): full, one-short and one-row panels, both layouts, several depths. */
+static void check_packer(const char *name, ts_gemm_pack_fn packer, const int widths[4]) {
     static const int64_t depths[] = {1, 7, 8, 17, 64};
     ts_rng rng;
     ts_rng_seed(&rng, 99);
@@ -236,32 +238,56 @@ static void test_avx2_packer(void) {
                     int64_t kc = depths[di], rs = layout ? 1 : ld, cs = layout ? ld : 1;
                     for (int64_t i = 0; i < w * kc; i++) want[i] = got[i] = NAN;
                     ts_gemm_pack_generic(want, src, rs, cs, rows, w, kc);
-                    ts_gemm_pack_avx2(got, src, rs, cs, rows, w, kc);
+                    packer(got, src, rs, cs, rows, w, kc);
                     CHECK(memcmp(want, got, (size_t)(w * kc) * sizeof(float)) == 0,
-                          "avx2 packer w=%d rows=%d kc=%lld rs=%lld cs=%lld differs from the portable one", w, rows,
-                          (long long)kc, (long long)rs, (long long)cs);
+                          "%s packer w=%d rows=%d kc=%lld rs=%lld cs=%lld differs from the portable one", name, w,
+                          rows, (long long)kc, (long long)rs, (long long)cs);
                 }
     free(src);
     free(want);
     free(got);
 }
+
+#if defined(__x86_64__)
+/* The AVX2 packer serves the AVX-512 tier too (widths 12 and 32), which may not run here, so
+ * every width it vectorizes is checked directly. */
+static void test_avx2_packer(void) { check_packer("avx2", ts_gemm_pack_avx2, (const int[4]){6, 12, 16, 32}); }
 #endif
 
-/* TS_CPU_TIER is read once per process, so it is checked in a child: this program re-run with
- * --print-tier. */
+/* TESSERA_CPU_TIER is read once per process, so it is checked in a child: this program re-run
+ * with --print-tier. Every tier name: a supported one is taken silently, an unsupported one
+ * (and an unknown name) warns on stderr and leaves the best tier. */
+static void run_with_tier(const char *self, const char *request, char tier[64], bool *warned) {
+    char cmd[1024], line[512];
+    const char *emulator = getenv("TS_TEST_EMULATOR"); /* cross builds run this program under qemu */
+    snprintf(cmd, sizeof cmd, "TESSERA_CPU_TIER=%s %s '%s' --print-tier 2>&1", request, emulator ? emulator : "", self);
+    tier[0] = '\0';
+    *warned = false;
+    FILE *f = popen(cmd, "r");
+    CHECK(f != NULL, "popen %s", cmd);
+    if (!f) return;
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = 0;
+        if (strstr(line, "warning") && strstr(line, "TESSERA_CPU_TIER")) *warned = true;
+        else snprintf(tier, 64, "%.63s", line);
+    }
+    pclose(f);
+}
+
 static void test_env_tier(const char *self) {
-    static const struct { const char *request, *expect; } cases[] = {{"generic", "generic"}, {"bogus", NULL}};
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char cmd[1024], out[256] = {0};
-        snprintf(cmd, sizeof cmd, "TS_CPU_TIER=%s '%s' --print-tier 2>/dev/null", cases[i].request, self);
-        FILE *f = popen(cmd, "r");
-        CHECK(f != NULL, "popen %s", cmd);
-        if (!f) continue;
-        if (!fgets(out, sizeof out, f)) out[0] = 0;
-        pclose(f);
-        out[strcspn(out, "\n")] = 0;
-        const char *expect = cases[i].expect ? cases[i].expect : ts_gemm_tier_to_name(ts_gemm_tier_best());
-        CHECK(strcmp(out, expect) == 0, "TS_CPU_TIER=%s gave tier '%s', want '%s'", cases[i].request, out, expect);
+    ts_gemm_tier here[TS_GEMM_TIER_COUNT];
+    int n_here = ts_gemm_tiers_here(here);
+    const char *best = ts_gemm_tier_to_name(ts_gemm_tier_best());
+    for (int t = 0; t <= TS_GEMM_TIER_COUNT; t++) { /* the last round asks for an unknown name */
+        const char *request = t < TS_GEMM_TIER_COUNT ? ts_gemm_tier_to_name((ts_gemm_tier)t) : "bogus";
+        bool supported = false;
+        for (int i = 0; i < n_here; i++) supported = supported || (int)here[i] == t;
+        char tier[64];
+        bool warned;
+        run_with_tier(self, request, tier, &warned);
+        const char *expect = supported ? request : best;
+        CHECK(strcmp(tier, expect) == 0, "TESSERA_CPU_TIER=%s gave tier '%s', want '%s'", request, tier, expect);
+        CHECK(warned == !supported, "TESSERA_CPU_TIER=%s: warning %s", request, warned ? "printed" : "missing");
     }
 }
 
@@ -274,23 +300,37 @@ int main(int argc, char **argv) {
         CHECK(ts_threadpool_new(pool_threads[p], &pools[p]) == TS_OK, "threadpool %d", pool_threads[p]);
 
     ts_gemm_set_parallel_threshold(1); /* every shape on every thread of the pool */
-    ts_gemm_tier best = ts_gemm_tier_best();
-    printf("gemm: best tier here: %s\n", ts_gemm_tier_to_name(best));
-    for (int t = 0; t <= (int)best; t++) {
-        CHECK(ts_gemm_tier_set((ts_gemm_tier)t), "cannot select tier %s", ts_gemm_tier_to_name((ts_gemm_tier)t));
-        CHECK(strcmp(ts_gemm_tier_name(), ts_gemm_tier_to_name((ts_gemm_tier)t)) == 0, "tier name %s",
-              ts_gemm_tier_name());
+    /* TS_TEST_QUICK=1 (scripts/test.sh sets it for the aarch64 tests, which run under qemu): the
+     * tiers below the best skip the blocking shapes, about 40% of the run; the best runs all. */
+    bool quick = getenv("TS_TEST_QUICK") && strcmp(getenv("TS_TEST_QUICK"), "1") == 0;
+    ts_gemm_tier best = ts_gemm_tier_best(), here[TS_GEMM_TIER_COUNT];
+    int n_here = ts_gemm_tiers_here(here);
+    printf("gemm: best tier here: %s%s\n", ts_gemm_tier_to_name(best),
+           quick ? " (quick: lower tiers skip the blocking shapes)" : "");
+    CHECK(here[n_here - 1] == best, "the best tier is not the last one listed");
+#if defined(__aarch64__)
+    CHECK(best == TS_GEMM_TIER_NEON, "aarch64 picked tier %s, want neon", ts_gemm_tier_to_name(best));
+#endif
+    for (int i = 0; i < n_here; i++) {
+        ts_gemm_tier t = here[i];
+        CHECK(ts_gemm_tier_set(t), "cannot select tier %s", ts_gemm_tier_to_name(t));
+        CHECK(strcmp(ts_gemm_tier_name(), ts_gemm_tier_to_name(t)) == 0, "tier name %s", ts_gemm_tier_name());
         int before = check_failed_;
-        test_shapes_for_tier();
+        test_odd_shapes();
+        if (!quick || t == best) test_blocking_shapes();
         test_degenerate();
         printf("gemm: tier %-8s %s\n", ts_gemm_tier_name(), check_failed_ == before ? "ok" : "FAILED");
     }
-    if (best + 1 < TS_GEMM_TIER_COUNT)
-        CHECK(!ts_gemm_tier_set((ts_gemm_tier)(best + 1)), "unsupported tier accepted");
+    for (int t = 0; t < TS_GEMM_TIER_COUNT; t++) {
+        bool listed = false;
+        for (int i = 0; i < n_here; i++) listed = listed || (int)here[i] == t;
+        if (!listed) CHECK(!ts_gemm_tier_set((ts_gemm_tier)t), "unsupported tier %s accepted", ts_gemm_tier_to_name((ts_gemm_tier)t));
+    }
     CHECK(ts_gemm_tier_active() == best, "failed set changed the tier");
-    ts_gemm_tier_set(best);
 #if defined(__x86_64__)
     if (best >= TS_GEMM_TIER_AVX2) test_avx2_packer();
+#elif defined(__aarch64__)
+    check_packer("neon", ts_gemm_pack_neon, (const int[4]){4, 8, 12, 16});
 #endif
     test_env_tier(argv[0]);
 

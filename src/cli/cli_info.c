@@ -1,7 +1,9 @@
 /* cli_info.c - `tessera info`: what this machine offers Tessera. The CPU and its SIMD features
- * come from run-time detection (cpu.h), the same facts optimized kernels dispatch on; the
- * backends are those in the registry that can be created here; the build line says how the
- * binary was compiled. Output is "key: value" lines so scripts and tests can grep it. */
+ * come from run-time detection (cpu.h), the same facts optimized kernels dispatch on; the gemm
+ * line names the GEMM kernel tier chosen from them; the backends are those in the registry that
+ * can be created here; the build line says how the binary was compiled. Output is "key: value"
+ * lines so scripts and tests can grep it. */
+#include "backends/cpu/gemm.h"
 #include "cli/cli.h"
 #include "cli/cli_model_info.h"
 #include "tessera/backend.h"
@@ -13,6 +15,12 @@ static void print_cpu(void) {
     printf("cpu:        %s (%s)\n", f->model_name, f->arch);
     printf("cores:      %d logical\n", f->logical_cores);
     printf("simd:       %s\n", ts_cpu_features_format(f, simd, sizeof simd));
+}
+
+/* The GEMM kernel tier chosen at start-up from those features (or lowered by TESSERA_CPU_TIER). */
+static void print_gemm_tier(void) {
+    printf("gemm:       %s kernels (best here: %s; TESSERA_CPU_TIER=<tier> forces a lower one)\n",
+           ts_gemm_tier_name(), ts_gemm_tier_to_name(ts_gemm_tier_best()));
 }
 
 /* One line per registered backend; creating it is the honest test of "available". */
@@ -61,6 +69,7 @@ int cli_info_main(int argc, char **argv) {
     if (rc != CLI_CONTINUE) return rc;
     if (model) return ts_cli_print_model_info(model, (int64_t)context, (int64_t)batch, (int64_t)seq, stdout, stderr);
     print_cpu();
+    print_gemm_tier();
     print_backends();
     print_build();
     return CLI_EXIT_OK;

@@ -19,12 +19,14 @@ static const cli_command commands[] = {
     {"demo", "train a small MLP on a generated dataset and show the loss falling", cli_demo_main},
     {"init", "write a freshly initialised checkpoint (config.json + model.safetensors)", cli_init_main},
     {"generate", "continue a prompt with a trained model (incremental decoding), streaming the text", cli_generate_main},
+    {"serve", "serve a model over HTTP: OpenAI-compatible completions and chat, continuous batching", cli_serve_main},
     {"train", "train a model (default: the tiny DeepSeek-V4 on the embedded synthetic tasks)", cli_train_main},
     {"forward", "run one forward pass over token ids: argmax per position, loss, logits as .npy", cli_forward_main},
+    {"bench", "benchmarks: 'tessera bench gemm' (GEMM/GEMV vs FMA peak, read bandwidth, OpenBLAS)", cli_bench_main},
 };
 
 /* Roadmap commands: recognised so the error can say "not yet" rather than "unknown". */
-static const char *const planned[] = {"serve", "bench"};
+static const char *const planned[] = {"chat"};
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 

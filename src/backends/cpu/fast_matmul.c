@@ -1,16 +1,24 @@
-/* fast_matmul.c - the "cpu" backend's matmul: batched f32 matmul on the packed SIMD GEMM
- * (gemm.h), everything else on the reference kernel (ref_nn.c).
+/* fast_matmul.c - the "cpu" backend's matmul: batched matmul on the packed SIMD GEMM (gemm.h),
+ * everything else on the reference kernel (ref_nn.c).
  *
- * The fast path takes f32 operands and output whose last two dims form a matrix with unit stride
+ * Operands may be f32, bf16, f16 or fp8 (e4m3, e5m2), in any mix ts_matmul accepts: the GEMM
+ * converts narrow ones exactly while packing and accumulates in f32. The output dtype is the
+ * op's (f32 for mixed inputs, else the inputs' type); a narrow output is computed in f32 rows
+ * (a scratch kept between calls) and rounded once with ts_convert.
+ *
+ * The fast path takes operands and output whose last two dims form a matrix with unit stride
  * along one of them: contiguous, row- or column-sliced, or a transposed view. Trans flags and
  * leading dimensions come from the strides, so views are multiplied where they lie, never
  * copied. Batch dims follow the reference's broadcasting (size-1 or stride-0 dims reuse one
  * matrix); batches run one after another, each GEMM using the backend's whole thread pool. Any
  * other layout (no unit stride in the matrix, a stride-0 matrix dim, negative strides), dtype,
  * an output overlapping an input, or a malformed node goes to ts_ref_matmul, which computes it
- * or reports the error. Nothing is allocated here (the GEMM keeps its packing workspace
- * between calls). GEMM results are bit-identical for any thread count (gemm.h), so this kernel
+ * or reports the error. Nothing is allocated after a node's first run (the GEMM keeps its
+ * packing workspace between calls, this file its f32 output scratch). GEMM results are bit-identical for any thread count (gemm.h), so this kernel
  * is deterministic too. */
+#include <pthread.h>
+#include <stdlib.h>
+
 #include "backends/cpu/fast_kernels.h"
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/ref_common.h"
@@ -75,7 +83,7 @@ static int64_t span_bytes(const ts_tensor *t) {
         if (t->shape[d] == 0) return 0;
         last += (t->shape[d] - 1) * t->stride[d];
     }
-    return (last + 1) * (int64_t)sizeof(float);
+    return (int64_t)ts_dtype_bytes(t->dtype, last + 1);
 }
 
 /* GEMM requires C not to overlap A or B; a planner never does that to matmul, but a caller
@@ -94,14 +102,14 @@ static bool batch_broadcasts(const ts_tensor *t, const ts_tensor *c, int nb) {
     return true;
 }
 
-static bool is_f32_on_host(const ts_tensor *t) { return t && t->dtype == TS_F32 && t->data; }
+static bool on_gemm(const ts_tensor *t) { return t && ts_gemm_dtype_supported(t->dtype) && t->data; }
 
 /* Fills *p when dst can run on the GEMM; false sends it to the reference kernel. The shape
  * checks mirror ts_ref_matmul's so that a malformed node is never multiplied here. */
 static bool plan_gemm(const ts_tensor *dst, gemm_plan *p) {
     if (dst->op != TS_OP_MATMUL || dst->n_src < 2) return false;
     const ts_tensor *a = dst->src[0], *b = dst->src[1];
-    if (!is_f32_on_host(dst) || !is_f32_on_host(a) || !is_f32_on_host(b)) return false;
+    if (!on_gemm(dst) || !on_gemm(a) || !on_gemm(b)) return false;
     if (a->ndim < 2 || b->ndim < 2 || dst->ndim < 2 || !ts_is_contiguous(dst)) return false;
     if (!strides_nonnegative(a) || !strides_nonnegative(b)) return false;
     bool ta = dst->ip[0] != 0, tb = dst->ip[1] != 0;
@@ -132,13 +140,81 @@ static int64_t batch_offset(const ts_tensor *t, const ts_tensor *c, int64_t batc
     return off;
 }
 
-static void run_gemm(const ts_cpu_ctx *ctx, const gemm_plan *p, ts_tensor *dst) {
-    const float *a = p->a.t->data, *b = p->b.t->data;
-    float *c = dst->data;
-    for (int64_t batch = 0; batch < p->n_batch; batch++) {
-        ts_gemm_f32(ctx->pool, p->a.trans, p->b.trans, p->M, p->N, p->K, 1.0f, a + batch_offset(p->a.t, dst, batch),
-                    p->a.ld, b + batch_offset(p->b.t, dst, batch), p->b.ld, 0.0f, c + batch * p->M * p->N, p->N);
+/* ---------------------------------------------------------------- narrow outputs */
+
+/* A narrow output is computed OUT_CHUNK_FLOATS (or one row) of f32 at a time in a scratch kept
+ * between calls, so a graph's matmuls allocate only on their first run. A second concurrent
+ * caller (another graph on another thread) gets a temporary buffer. */
+#define OUT_CHUNK_FLOATS ((int64_t)1 << 20)
+
+static pthread_mutex_t out_scratch_mu = PTHREAD_MUTEX_INITIALIZER;
+static float *out_scratch;
+static int64_t out_scratch_floats;
+static bool out_scratch_busy;
+
+/* n floats, or NULL when memory is exhausted; *temporary says to free it after use. */
+static float *out_scratch_acquire(int64_t n, bool *temporary) {
+    pthread_mutex_lock(&out_scratch_mu);
+    *temporary = out_scratch_busy;
+    if (!out_scratch_busy && out_scratch_floats < n) {
+        free(out_scratch);
+        out_scratch = malloc((size_t)n * sizeof(float));
+        out_scratch_floats = out_scratch ? n : 0;
     }
+    float *p = *temporary ? NULL : out_scratch;
+    if (p) out_scratch_busy = true;
+    pthread_mutex_unlock(&out_scratch_mu);
+    return *temporary ? malloc((size_t)n * sizeof(float)) : p;
+}
+
+static void out_scratch_release(float *p, bool temporary) {
+    if (temporary) {
+        free(p);
+        return;
+    }
+    pthread_mutex_lock(&out_scratch_mu);
+    out_scratch_busy = false;
+    pthread_mutex_unlock(&out_scratch_mu);
+}
+
+/* ---------------------------------------------------------------- run */
+
+/* Address of element `off` of t's storage. */
+static const void *elem_ptr(const ts_tensor *t, int64_t off) {
+    return (const char *)t->data + ts_dtype_bytes(t->dtype, off);
+}
+
+/* Rows [i0, i0 + rows) of output batch `batch` into c (ldc = N). */
+static void gemm_rows(const ts_cpu_ctx *ctx, const gemm_plan *p, const ts_tensor *dst, int64_t batch, int64_t i0,
+                      int64_t rows, float *c) {
+    const gemm_operand *a = &p->a, *b = &p->b;
+    int64_t a_row = i0 * (a->trans ? 1 : a->ld); /* op(A) row i0 */
+    ts_gemm(ctx->pool, a->trans, b->trans, rows, p->N, p->K, 1.0f,
+            elem_ptr(a->t, batch_offset(a->t, dst, batch) + a_row), a->t->dtype, a->ld,
+            elem_ptr(b->t, batch_offset(b->t, dst, batch)), b->t->dtype, b->ld, 0.0f, c, p->N);
+}
+
+static ts_status run_gemm(const ts_cpu_ctx *ctx, const gemm_plan *p, ts_tensor *dst) {
+    if (dst->dtype == TS_F32) {
+        for (int64_t batch = 0; batch < p->n_batch; batch++)
+            gemm_rows(ctx, p, dst, batch, 0, p->M, (float *)dst->data + batch * p->M * p->N);
+        return TS_OK;
+    }
+    int64_t chunk_rows = OUT_CHUNK_FLOATS / p->N > 0 ? OUT_CHUNK_FLOATS / p->N : 1;
+    if (chunk_rows > p->M) chunk_rows = p->M;
+    bool temporary;
+    float *scratch = out_scratch_acquire(chunk_rows * p->N, &temporary);
+    if (!scratch) return ts_ref_fail(ctx, TS_ERR_OOM, dst, "out of memory for the f32 rows of a narrow output");
+    ts_status s = TS_OK;
+    for (int64_t batch = 0; batch < p->n_batch && s == TS_OK; batch++)
+        for (int64_t i0 = 0; i0 < p->M && s == TS_OK; i0 += chunk_rows) {
+            int64_t rows = p->M - i0 < chunk_rows ? p->M - i0 : chunk_rows;
+            gemm_rows(ctx, p, dst, batch, i0, rows, scratch);
+            s = ts_convert((char *)dst->data + ts_dtype_bytes(dst->dtype, (batch * p->M + i0) * p->N), dst->dtype,
+                           scratch, TS_F32, rows * p->N);
+        }
+    out_scratch_release(scratch, temporary);
+    return s == TS_OK ? TS_OK : ts_ref_fail(ctx, s, dst, "converting the f32 result to the output dtype");
 }
 
 bool ts_fast_matmul_uses_gemm(const ts_tensor *dst) {
@@ -149,6 +225,5 @@ bool ts_fast_matmul_uses_gemm(const ts_tensor *dst) {
 TS_FAST_KERNEL(matmul) {
     gemm_plan p;
     if (!plan_gemm(dst, &p)) return ts_ref_matmul(ctx, dst);
-    run_gemm(ctx, &p, dst);
-    return TS_OK;
+    return run_gemm(ctx, &p, dst);
 }

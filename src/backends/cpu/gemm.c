@@ -24,7 +24,8 @@
  * a cache of WS_SLOTS entries keyed by thread count. After warm-up a call allocates nothing; a
  * call that finds every cached workspace busy (concurrent callers) allocates a temporary one,
  * and a new thread count evicts an idle entry once all slots are taken. The memory stays until
- * process exit. The small-M path needs no workspace at all. */
+ * process exit. The small-M path needs a workspace only for narrow operands (per-thread areas
+ * hold their f32 conversions); on f32 it needs none. */
 #include "backends/cpu/gemm.h"
 
 #include <pthread.h>
@@ -35,81 +36,111 @@
 #include <string.h>
 #include <strings.h>
 
+#include "tessera/cpu.h"
+
 /* ---------------------------------------------------------------- tiers */
 
-static const char *const tier_names[TS_GEMM_TIER_COUNT] = {"generic", "avx2", "avx512"};
+static bool runs_everywhere(void) { return true; }
 
-static pthread_once_t tier_once = PTHREAD_ONCE_INIT;
-static ts_gemm_tier tier_best_supported = TS_GEMM_TIER_GENERIC;
-static _Atomic int tier_active = TS_GEMM_TIER_GENERIC;
-
-static ts_gemm_tier detect_best_tier(void) {
 #if defined(__x86_64__)
-    __builtin_cpu_init();
-    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    /* The AVX-512 tier reuses the AVX2 small-M path, so it needs AVX2 + FMA as well. */
-    if (avx2 && __builtin_cpu_supports("avx512f")) return TS_GEMM_TIER_AVX512;
-    if (avx2) return TS_GEMM_TIER_AVX2;
-#endif
-    return TS_GEMM_TIER_GENERIC;
+/* The AVX2 tier's converting packer uses F16C for f16 (every AVX2 CPU has it). */
+static bool cpu_runs_avx2(void) {
+    const ts_cpu_features *f = ts_cpu_features_get();
+    return f->avx2 && f->fma && f->f16c;
 }
 
-/* Reads TS_CPU_TIER; it can only lower the tier. Runs once, so its warnings print once. */
-static ts_gemm_tier tier_from_env(ts_gemm_tier best) {
-    const char *req = getenv("TS_CPU_TIER");
-    if (!req || !*req) return best;
-    for (int t = 0; t < TS_GEMM_TIER_COUNT; t++) {
-        if (strcasecmp(req, tier_names[t]) != 0) continue;
-        if (t <= (int)best) return (ts_gemm_tier)t;
-        fprintf(stderr, "tessera: TS_CPU_TIER=%s is not supported on this CPU; using %s\n", req,
-                tier_names[best]);
-        return best;
+/* The AVX-512 tier reuses the AVX2 small-M path and packers, so it needs those as well. */
+static bool cpu_runs_avx512(void) { return cpu_runs_avx2() && ts_cpu_features_get()->avx512f; }
+#endif
+
+/* The tiers this build has, lowest first: adding one (NEON, say) is one more row here, its
+ * kernel file and its enum value. */
+static const struct {
+    const ts_gemm_kernels *kernels;
+    bool (*runs_here)(void);
+} tier_table[] = {
+    {&ts_gemm_kernels_generic, runs_everywhere},
+#if defined(__x86_64__)
+    {&ts_gemm_kernels_avx2, cpu_runs_avx2},
+    {&ts_gemm_kernels_avx512, cpu_runs_avx512},
+#elif defined(__aarch64__)
+    {&ts_gemm_kernels_neon, runs_everywhere}, /* ASIMD is part of the AArch64 base architecture */
+#endif
+};
+#define N_BUILT_TIERS ((int)(sizeof tier_table / sizeof tier_table[0]))
+
+static pthread_once_t tier_once = PTHREAD_ONCE_INIT;
+static int best_row;            /* tier_table row of the best tier this CPU runs */
+static _Atomic int active_row;  /* tier_table row in use */
+
+/* Row of tier t in tier_table, or -1 when this build lacks it. */
+static int row_of(ts_gemm_tier t) {
+    for (int r = 0; r < N_BUILT_TIERS; r++)
+        if (tier_table[r].kernels->tier == t) return r;
+    return -1;
+}
+
+/* Reads TESSERA_CPU_TIER; it can only lower the tier. Runs once, so its warnings print once. */
+static int row_from_env(void) {
+    const char *req = getenv("TESSERA_CPU_TIER");
+    if (!req || !*req) return best_row;
+    for (int r = 0; r < N_BUILT_TIERS; r++) {
+        if (strcasecmp(req, tier_table[r].kernels->name) != 0) continue;
+        if (r <= best_row) return r;
+        break;
     }
-    fprintf(stderr, "tessera: unknown TS_CPU_TIER=%s (expected generic|avx2|avx512); using %s\n", req,
-            tier_names[best]);
-    return best;
+    for (int t = 0; t < TS_GEMM_TIER_COUNT; t++)
+        if (strcasecmp(req, ts_gemm_tier_to_name((ts_gemm_tier)t)) == 0) {
+            fprintf(stderr, "tessera: warning: TESSERA_CPU_TIER=%s is not supported by this CPU; using %s\n", req,
+                    tier_table[best_row].kernels->name);
+            return best_row;
+        }
+    fprintf(stderr, "tessera: warning: unknown TESSERA_CPU_TIER=%s (expected generic|avx2|avx512|neon); using %s\n", req,
+            tier_table[best_row].kernels->name);
+    return best_row;
 }
 
 static void tier_init(void) {
-    tier_best_supported = detect_best_tier();
-    atomic_store(&tier_active, (int)tier_from_env(tier_best_supported));
+    for (int r = 0; r < N_BUILT_TIERS; r++)
+        if (tier_table[r].runs_here()) best_row = r;
+    atomic_store(&active_row, row_from_env());
 }
 
-static const ts_gemm_kernels *kernels_of(ts_gemm_tier t) {
-    switch (t) {
-#if defined(__x86_64__)
-    case TS_GEMM_TIER_AVX512: return &ts_gemm_kernels_avx512;
-    case TS_GEMM_TIER_AVX2: return &ts_gemm_kernels_avx2;
-#endif
-    default: return &ts_gemm_kernels_generic;
-    }
-}
-
-ts_gemm_tier ts_gemm_tier_active(void) {
+static const ts_gemm_kernels *active_kernels(void) {
     pthread_once(&tier_once, tier_init);
-    return (ts_gemm_tier)atomic_load(&tier_active);
+    return tier_table[atomic_load(&active_row)].kernels;
 }
+
+ts_gemm_tier ts_gemm_tier_active(void) { return active_kernels()->tier; }
 
 ts_gemm_tier ts_gemm_tier_best(void) {
     pthread_once(&tier_once, tier_init);
-    return tier_best_supported;
+    return tier_table[best_row].kernels->tier;
+}
+
+int ts_gemm_tiers_here(ts_gemm_tier out[TS_GEMM_TIER_COUNT]) {
+    pthread_once(&tier_once, tier_init);
+    for (int r = 0; r <= best_row; r++) out[r] = tier_table[r].kernels->tier;
+    return best_row + 1;
 }
 
 bool ts_gemm_tier_set(ts_gemm_tier t) {
     pthread_once(&tier_once, tier_init);
-    if ((int)t < 0 || t >= TS_GEMM_TIER_COUNT || t > tier_best_supported) return false;
-    atomic_store(&tier_active, (int)t);
+    int r = row_of(t);
+    if (r < 0 || r > best_row) return false;
+    atomic_store(&active_row, r);
     return true;
 }
 
 const char *ts_gemm_tier_to_name(ts_gemm_tier t) {
-    return ((int)t >= 0 && t < TS_GEMM_TIER_COUNT) ? tier_names[t] : "?";
+    static const char *const names[TS_GEMM_TIER_COUNT] = {"generic", "avx2", "avx512", "neon"};
+    return ((int)t >= 0 && t < TS_GEMM_TIER_COUNT) ? names[t] : "?";
 }
 
-const char *ts_gemm_tier_name(void) { return tier_names[ts_gemm_tier_active()]; }
+const char *ts_gemm_tier_name(void) { return active_kernels()->name; }
 
 ts_gemm_blocking ts_gemm_get_blocking(void) {
-    const ts_gemm_kernels *k = kernels_of(ts_gemm_tier_active());
+    const ts_gemm_kernels *k = active_kernels();
     return (ts_gemm_blocking){k->mr, k->nr, k->mc, k->kc, k->nc, TS_GEMM_SMALL_M};
 }
 
@@ -219,6 +250,62 @@ void ts_gemm_pack_generic(float *dst, const float *src, int64_t rs, int64_t cs, 
         for (int64_t k = 0; k < kc; k++) dst[k * w + i] = 0.0f;
 }
 
+/* ---------------------------------------------------------------- narrow operands */
+
+bool ts_gemm_dtype_supported(ts_dtype t) {
+    return t == TS_F32 || t == TS_BF16 || t == TS_F16 || t == TS_F8_E4M3 || t == TS_F8_E5M2;
+}
+
+static float fp8_tables[2][256];
+static pthread_once_t fp8_once = PTHREAD_ONCE_INIT;
+
+static void fp8_init(void) {
+    for (int c = 0; c < 256; c++) {
+        fp8_tables[0][c] = ts_e4m3_to_f32((uint8_t)c);
+        fp8_tables[1][c] = ts_e5m2_to_f32((uint8_t)c);
+    }
+}
+
+/* f32 value of each of the 256 codes of an fp8 type, built once from core/dtype.c's conversions. */
+static const float *fp8_table(ts_dtype type) {
+    pthread_once(&fp8_once, fp8_init);
+    return fp8_tables[type == TS_F8_E5M2];
+}
+
+/* One operand as stored, seen as the rows of its packed panels: element (r, k) lies at
+ * data + (r*rs + k*cs) elements of `type`. r is a row of op(A), or a column of op(B). */
+typedef struct {
+    const void *data;
+    ts_dtype type;
+    int64_t rs, cs;
+} gemm_src;
+
+static size_t elem_bytes(ts_dtype t) { return (size_t)ts_dtype_get_info(t)->bits / 8; }
+
+/* Element i (not a byte offset) of a supported type, as f32. */
+static float element_f32(const void *data, ts_dtype type, int64_t i) {
+    switch (type) {
+    case TS_BF16: return ts_bf16_to_f32(((const uint16_t *)data)[i]);
+    case TS_F16: return ts_f16_to_f32(((const uint16_t *)data)[i]);
+    case TS_F8_E4M3:
+    case TS_F8_E5M2: return fp8_table(type)[((const uint8_t *)data)[i]];
+    default: return ((const float *)data)[i];
+    }
+}
+
+static float src_at(const gemm_src *s, int64_t r, int64_t k) { return element_f32(s->data, s->type, r * s->rs + k * s->cs); }
+
+/* Address of element (r, k) of s. */
+static const void *src_ptr(const gemm_src *s, int64_t r, int64_t k) {
+    return (const char *)s->data + (size_t)(r * s->rs + k * s->cs) * elem_bytes(s->type);
+}
+
+void ts_gemm_pack_cvt_generic(float *dst, const void *src, ts_dtype type, int64_t rs, int64_t cs, int rows, int w,
+                              int64_t kc) {
+    for (int64_t k = 0; k < kc; k++)
+        for (int i = 0; i < w; i++) dst[k * w + i] = i < rows ? element_f32(src, type, i * rs + k * cs) : 0.0f;
+}
+
 /* ---------------------------------------------------------------- simple paths */
 
 /* C = beta * C, for K == 0 or alpha == 0 (A and B are not read). */
@@ -232,35 +319,19 @@ static void scale_c(int64_t M, int64_t N, float beta, float *C, int64_t ldc) {
 }
 
 /* Unblocked triple loop: used only if the workspace cannot be allocated, so that a GEMM never
- * fails (the API has no error return). */
-static void naive_gemm(int64_t M, int64_t N, int64_t K, float alpha, const float *a, int64_t a_rs,
-                       int64_t a_cs, const float *b, int64_t b_rs, int64_t b_cs, float beta, float *C,
-                       int64_t ldc) {
+ * fails (the API has no error return). b is seen as panel rows (columns of op(B)). */
+static void naive_gemm(int64_t M, int64_t N, int64_t K, float alpha, const gemm_src *a, const gemm_src *b, float beta,
+                       float *C, int64_t ldc) {
     for (int64_t i = 0; i < M; i++)
         for (int64_t j = 0; j < N; j++) {
             float s = 0.0f;
-            for (int64_t k = 0; k < K; k++) s += a[i * a_rs + k * a_cs] * b[k * b_rs + j * b_cs];
+            for (int64_t k = 0; k < K; k++) s += src_at(a, i, k) * src_at(b, j, k);
             float *c = &C[i * ldc + j];
             *c = beta == 0.0f ? alpha * s : alpha * s + beta * *c;
         }
 }
 
 /* ---------------------------------------------------------------- small-M path */
-
-typedef struct {
-    ts_gemm_small_args args;
-    ts_gemm_small_fn fn;
-    int64_t group; /* columns per parallel item */
-    int64_t n;
-} small_job;
-
-static void small_range(void *ctx, int64_t begin, int64_t end, int thread_id) {
-    (void)thread_id;
-    small_job *job = ctx;
-    int64_t n0 = begin * job->group, n1 = end * job->group;
-    if (n1 > job->n) n1 = job->n;
-    job->fn(&job->args, n0, n1);
-}
 
 /* Multiply-adds a thread must get before another one is worth its wake-up (tens of
  * microseconds on a VM): the blocked path's threshold; the small-M path, with no barriers and
@@ -272,16 +343,111 @@ void ts_gemm_set_parallel_threshold(int64_t fmas) {
     atomic_store(&min_fmas_per_thread, fmas > 0 ? fmas : DEFAULT_MIN_FMAS_PER_THREAD);
 }
 
-static void small_m_gemm(ts_threadpool *pool, const ts_gemm_kernels *kern, bool trans_b,
-                         const ts_gemm_small_args *args, int64_t N) {
-    small_job job = {.args = *args, .fn = trans_b ? kern->small_nt : kern->small_nn, .n = N};
+/* The small-M kernels read f32 only. A narrow op(A) is converted whole (M x K, row-major) into
+ * each thread's scratch; a narrow op(B) a strip of columns at a time: NT_STRIP_MAX rows of the
+ * stored N x K matrix, or NN_STRIP columns of the stored K x N one (a 32-wide panel the tier's
+ * converting packer vectorizes), each used right after conversion while it is in L1/L2. The
+ * kernels' per-element arithmetic does not depend on which columns a call gets, so the result
+ * is the f32 path's on the converted values, whatever the strips or threads. */
+#define NT_STRIP_MAX 8
+#define NN_STRIP 32
+
+typedef struct {
+    ts_gemm_small_args args; /* f32 operands; a narrow one is replaced per thread */
+    ts_gemm_small_fn fn;
+    ts_gemm_pack_cvt_fn cvt;
+    bool trans_b;
+    int64_t group; /* columns per parallel item: a whole strip when B is narrow */
+    int64_t n;
+    gemm_src a, b;    /* as stored (b: rows are columns of op(B)) */
+    float *scratch;   /* per-thread areas of THREAD_FLOATS, when an operand is narrow */
+} small_job;
+
+/* n contiguous narrow elements to f32: the bulk as a 32-wide panel with adjacent rows (the
+ * layout a tier's converting packer vectorizes), the tail element by element. */
+static void convert_run(ts_gemm_pack_cvt_fn cvt, float *dst, const void *src, ts_dtype type, int64_t n) {
+    int64_t bulk = n / 32 * 32;
+    if (bulk) cvt(dst, src, type, 1, 32, 32, 32, bulk / 32);
+    for (int64_t i = bulk; i < n; i++) dst[i] = element_f32(src, type, i);
+}
+
+/* Columns [j0, j0 + w) of narrow op(B) into f32 scratch; returns the f32 view's ldb. */
+static int64_t convert_b_strip(const small_job *job, float *dst, int64_t j0, int64_t w) {
+    int64_t K = job->args.k;
+    if (job->trans_b) { /* w rows of the stored N x K matrix, each contiguous along k */
+        for (int64_t j = 0; j < w; j++) convert_run(job->cvt, dst + j * K, src_ptr(&job->b, j0 + j, 0), job->b.type, K);
+        return K;
+    }
+    /* K rows of w adjacent columns: a w-wide panel, rows (columns of op(B)) adjacent */
+    job->cvt(dst, src_ptr(&job->b, j0, 0), job->b.type, 1, job->b.cs, (int)w, NN_STRIP, K);
+    return NN_STRIP;
+}
+
+static void small_range(void *ctx, int64_t begin, int64_t end, int thread_id) {
+    small_job *job = ctx;
+    int64_t n0 = begin * job->group, n1 = end * job->group;
+    if (n1 > job->n) n1 = job->n;
+    if (!job->scratch) {
+        job->fn(&job->args, n0, n1);
+        return;
+    }
+    ts_gemm_small_args args = job->args;
+    float *scratch = job->scratch + (size_t)thread_id * THREAD_FLOATS;
+    if (job->a.type != TS_F32) {
+        for (int64_t i = 0; i < args.m; i++) {
+            if (job->a.cs == 1) convert_run(job->cvt, scratch + i * args.k, src_ptr(&job->a, i, 0), job->a.type, args.k);
+            else
+                for (int64_t k = 0; k < args.k; k++) scratch[i * args.k + k] = src_at(&job->a, i, k);
+        }
+        args.a = scratch;
+        args.a_rs = args.k;
+        args.a_cs = 1;
+        scratch += args.m * args.k;
+    }
+    if (job->b.type == TS_F32) {
+        job->fn(&args, n0, n1);
+        return;
+    }
+    float *c = args.c;
+    for (int64_t j0 = n0; j0 < n1; j0 += job->group) {
+        int64_t w = n1 - j0 < job->group ? n1 - j0 : job->group;
+        args.ldb = convert_b_strip(job, scratch, j0, w);
+        args.b = scratch;
+        args.c = c + j0;
+        job->fn(&args, 0, w);
+    }
+}
+
+/* Strip width for a narrow op(B) (columns per strip), or 0 when even the narrowest strip does
+ * not fit a thread's scratch beside the converted A (then the blocked path takes the call). */
+static int64_t narrow_b_strip(const small_job *job) {
+    int64_t room = (int64_t)THREAD_FLOATS - (job->a.type != TS_F32 ? job->args.m * job->args.k : 0);
+    if (job->trans_b) {
+        int64_t rows = room / job->args.k;
+        return rows < NT_STRIP_MAX ? (rows > 0 ? rows : 0) : NT_STRIP_MAX;
+    }
+    return room >= NN_STRIP * job->args.k ? NN_STRIP : 0;
+}
+
+/* False (nothing done) when the call does not fit the small-M path's scratch. */
+static bool small_m_gemm(ts_threadpool *pool, const ts_gemm_kernels *kern, small_job *job) {
+    job->fn = job->trans_b ? kern->small_nt : kern->small_nn;
+    job->cvt = kern->pack_cvt ? kern->pack_cvt : ts_gemm_pack_cvt_generic;
     /* nn vectorizes across columns: hand out whole vectors' worth so chunks stay aligned. */
-    job.group = trans_b ? 1 : 16;
-    int64_t items = (N + job.group - 1) / job.group;
-    int64_t fmas_per_item = args->m * args->k * job.group;
+    job->group = job->trans_b ? 1 : 16;
+    bool narrow = job->a.type != TS_F32 || job->b.type != TS_F32;
+    if (job->a.type != TS_F32 && job->args.m * job->args.k > (int64_t)THREAD_FLOATS) return false;
+    if (job->b.type != TS_F32 && !(job->group = narrow_b_strip(job))) return false;
+    gemm_ws *ws = narrow ? ws_acquire(ts_threadpool_size(pool)) : NULL;
+    if (narrow && !ws) return false;
+    job->scratch = ws ? ws->thread_area : NULL;
+    int64_t items = (job->n + job->group - 1) / job->group;
+    int64_t fmas_per_item = job->args.m * job->args.k * job->group;
     int64_t min_fmas = atomic_load(&min_fmas_per_thread) / 8;
     int64_t min_chunk = (min_fmas + fmas_per_item - 1) / fmas_per_item;
-    ts_parallel_for(pool, items, min_chunk, small_range, &job);
+    ts_parallel_for(pool, items, min_chunk, small_range, job);
+    if (ws) ws_release(ws);
+    return true;
 }
 
 /* ---------------------------------------------------------------- team barrier */
@@ -323,13 +489,12 @@ static void barrier_wait(spin_barrier *b, int team) {
 typedef struct {
     const ts_gemm_kernels *kern;
     ts_gemm_pack_fn pack_a, pack_b;
+    ts_gemm_pack_cvt_fn pack_cvt; /* for narrow operands */
     int mr, nr, mc;
     int64_t m, n, k;
     float alpha, beta;
-    const float *a;
-    int64_t a_rs, a_cs; /* op(A)(i, k) = a[i*a_rs + k*a_cs] */
-    const float *b;
-    int64_t b_rs, b_cs; /* op(B)(k, j) = b[k*b_rs + j*b_cs] */
+    gemm_src a;         /* op(A)(i, k) = element (i, k) */
+    gemm_src b;         /* op(B)(k, j) = element (j, k) */
     float *c;
     int64_t ldc;
     int64_t nc_max;     /* width of the column panels (NR-aligned, at most NC) */
@@ -338,6 +503,13 @@ typedef struct {
     int team;
     spin_barrier barrier;
 } gemm_job;
+
+/* Packs panel rows [r0, r0 + rows) x depth [k0, k0 + kc) of s into a w-wide panel at dst. */
+static void pack_panel(const gemm_job *job, ts_gemm_pack_fn pack_f32, const gemm_src *s, float *dst, int64_t r0,
+                       int64_t k0, int rows, int w, int64_t kc) {
+    if (s->type == TS_F32) pack_f32(dst, src_ptr(s, r0, k0), s->rs, s->cs, rows, w, kc);
+    else job->pack_cvt(dst, src_ptr(s, r0, k0), s->type, s->rs, s->cs, rows, w, kc);
+}
 
 /* Where the team is: the current B panel (each member tracks it itself). */
 typedef struct {
@@ -355,9 +527,8 @@ static void pack_b_group(const gemm_job *job, const gemm_block *blk, int64_t p0,
         for (int64_t p = p0; p < p1; p++) {
             int64_t j = blk->jc + p * job->nr;
             int64_t cols = blk->jc + blk->nc - j < job->nr ? blk->jc + blk->nc - j : job->nr;
-            job->pack_b(dst + (p - p0) * panel_floats + k0 * job->nr,
-                        job->b + (blk->pc + k0) * job->b_rs + j * job->b_cs, job->b_cs, job->b_rs, (int)cols,
-                        job->nr, kn);
+            pack_panel(job, job->pack_b, &job->b, dst + (p - p0) * panel_floats + k0 * job->nr, j, blk->pc + k0,
+                       (int)cols, job->nr, kn);
         }
     }
 }
@@ -372,8 +543,7 @@ static void pack_b_panels(const gemm_job *job, const gemm_block *blk, int64_t p0
 static void pack_a_block(const gemm_job *job, const gemm_block *blk, float *a_block, int64_t ic, int64_t mc) {
     for (int64_t ir = 0; ir < mc; ir += job->mr) {
         int64_t rows = mc - ir < job->mr ? mc - ir : job->mr;
-        job->pack_a(a_block + ir * blk->kc, job->a + (ic + ir) * job->a_rs + blk->pc * job->a_cs, job->a_rs,
-                    job->a_cs, (int)rows, job->mr, blk->kc);
+        pack_panel(job, job->pack_a, &job->a, a_block + ir * blk->kc, ic + ir, blk->pc, (int)rows, job->mr, blk->kc);
     }
 }
 
@@ -529,40 +699,44 @@ static void blocked_gemm(ts_threadpool *pool, gemm_ws *ws, gemm_job *job) {
 
 /* ---------------------------------------------------------------- entry point */
 
-void ts_gemm_f32(ts_threadpool *pool, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
-                 float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
-                 float *C, int64_t ldc) {
+void ts_gemm(ts_threadpool *pool, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+             const void *A, ts_dtype a_type, int64_t lda, const void *B, ts_dtype b_type, int64_t ldb, float beta,
+             float *C, int64_t ldc) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0 || alpha == 0.0f) {
         scale_c(M, N, beta, C, ldc);
         return;
     }
-    const ts_gemm_kernels *kern = kernels_of(ts_gemm_tier_active());
-    int64_t a_rs = trans_a ? 1 : lda, a_cs = trans_a ? lda : 1;
-    int64_t b_rs = trans_b ? 1 : ldb, b_cs = trans_b ? ldb : 1;
+    const ts_gemm_kernels *kern = active_kernels();
+    gemm_src a = {.data = A, .type = a_type, .rs = trans_a ? 1 : lda, .cs = trans_a ? lda : 1};
+    gemm_src b = {.data = B, .type = b_type, .rs = trans_b ? ldb : 1, .cs = trans_b ? 1 : ldb};
 
     /* Small M: bandwidth-bound, stream B once without packing. The dot-product form (B^T)
-     * needs op(A) contiguous along k. */
-    if (M <= TS_GEMM_SMALL_M && (!trans_b || a_cs == 1)) {
-        ts_gemm_small_args args = {.m = M, .k = K, .alpha = alpha, .beta = beta, .a = A, .a_rs = a_rs,
-                                   .a_cs = a_cs, .b = B, .ldb = ldb, .c = C, .ldc = ldc};
-        small_m_gemm(pool, kern, trans_b, &args, N);
-        return;
+     * needs op(A) contiguous along k (narrow A is converted so that it is). */
+    if (M <= TS_GEMM_SMALL_M && (!trans_b || a.cs == 1 || a_type != TS_F32)) {
+        small_job job = {.args = {.m = M, .k = K, .alpha = alpha, .beta = beta, .a = A, .a_rs = a.rs, .a_cs = a.cs,
+                                  .b = B, .ldb = ldb, .c = C, .ldc = ldc},
+                         .trans_b = trans_b, .n = N, .a = a, .b = b};
+        if (small_m_gemm(pool, kern, &job)) return;
     }
 
     gemm_ws *ws = ws_acquire(ts_threadpool_size(pool));
     if (!ws) {
-        naive_gemm(M, N, K, alpha, A, a_rs, a_cs, B, b_rs, b_cs, beta, C, ldc);
+        naive_gemm(M, N, K, alpha, &a, &b, beta, C, ldc);
         return;
     }
     gemm_job job = {.kern = kern,
                     .pack_a = kern->pack_a ? kern->pack_a : ts_gemm_pack_generic,
                     .pack_b = kern->pack_b ? kern->pack_b : ts_gemm_pack_generic,
+                    .pack_cvt = kern->pack_cvt ? kern->pack_cvt : ts_gemm_pack_cvt_generic,
                     .mr = kern->mr, .nr = kern->nr, .mc = kern->mc,
                     .m = M, .n = N, .k = K, .alpha = alpha, .beta = beta,
-                    .a = A, .a_rs = a_rs, .a_cs = a_cs,
-                    .b = B, .b_rs = b_rs, .b_cs = b_cs,
-                    .c = C, .ldc = ldc};
+                    .a = a, .b = b, .c = C, .ldc = ldc};
     blocked_gemm(pool, ws, &job);
     ws_release(ws);
+}
+
+void ts_gemm_f32(ts_threadpool *pool, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                 const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+    ts_gemm(pool, trans_a, trans_b, M, N, K, alpha, A, TS_F32, lda, B, TS_F32, ldb, beta, C, ldc);
 }

@@ -1,13 +1,16 @@
-/* gemm.h - the CPU backend's fast single-precision GEMM (internal API).
+/* gemm.h - the CPU backend's fast GEMM with f32 accumulation (internal API).
  *
  * ts_gemm_f32 computes C = alpha * op(A) * op(B) + beta * C on row-major matrices in the
  * BLIS/GotoBLAS style: op(B) is packed in KC x NC panels, op(A) in MC x KC blocks, and a
  * register-tiled micro-kernel of the active instruction-set tier does the arithmetic. Small M
- * (decode, M <= TS_GEMM_SMALL_M) takes a separate streaming path without packing. The CPU
- * backend's matmul kernel calls this; nothing outside src/backends/cpu should.
+ * (decode, M <= TS_GEMM_SMALL_M) takes a separate streaming path without packing. ts_gemm is the
+ * same with A and B stored in a narrower float type (bf16, f16, fp8 weights and activations):
+ * they are converted exactly to f32 while being packed, so the micro-kernels, the accumulation
+ * and the result are those of ts_gemm_f32 on the converted values. The CPU backend's matmul
+ * kernel and the benchmarks call these; nothing outside src/backends/cpu and bench/ should.
  *
  * The bottom half of this header is the contract between gemm.c (blocking, packing, threading,
- * tier dispatch) and the per-tier kernel files gemm_kernels_{generic,avx2,avx512}.c. */
+ * tier dispatch) and the per-tier kernel files gemm_kernels_{generic,avx2,avx512,neon}.c. */
 #ifndef TS_CPU_GEMM_H
 #define TS_CPU_GEMM_H
 
@@ -30,14 +33,31 @@ void ts_gemm_f32(ts_threadpool *pool, bool trans_a, bool trans_b, int64_t M, int
                  float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
                  float *C, int64_t ldc);
 
+/* Whether ts_gemm reads operands of type t: f32, bf16, f16, f8_e4m3, f8_e5m2. */
+bool ts_gemm_dtype_supported(ts_dtype t);
+
+/* ts_gemm_f32 with A of type a_type and B of type b_type (each ts_gemm_dtype_supported; lda and
+ * ldb in elements). Narrow operands are converted exactly (core/dtype.c's conversions) as they
+ * are packed; C, alpha, beta and all arithmetic stay f32. The result equals ts_gemm_f32's on the
+ * converted matrices bit for bit whenever both take the same path: always for M >
+ * TS_GEMM_SMALL_M; for small M the narrow call converts op(A) (making it k-contiguous) and strips
+ * of op(B) into a per-thread scratch of about 1 MiB, and takes the blocked path when they do not
+ * fit (K beyond ~7600 for B [K,N], ~245000 for B [N,K]), so its path can differ from the f32
+ * call's there (both stay within the f32 accumulation bound). Same threading, determinism and
+ * thread-safety contract. */
+void ts_gemm(ts_threadpool *pool, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+             const void *A, ts_dtype a_type, int64_t lda, const void *B, ts_dtype b_type, int64_t ldb, float beta,
+             float *C, int64_t ldc);
+
 /* Instruction-set tiers, lowest first. The best one the CPU supports is picked at run time
- * (one binary runs everywhere); TS_CPU_TIER=generic|avx2|avx512 in the environment, read once
- * at first use, forces a lower one. Asking for an unsupported tier warns once on stderr and
+ * (one binary runs everywhere); TESSERA_CPU_TIER=generic|avx2|avx512|neon in the environment, read
+ * once at first use, forces a lower one. Asking for an unsupported tier warns once on stderr and
  * falls back to the best supported one. */
 typedef enum {
     TS_GEMM_TIER_GENERIC = 0, /* portable C */
-    TS_GEMM_TIER_AVX2,        /* x86-64 AVX2 + FMA */
+    TS_GEMM_TIER_AVX2,        /* x86-64 AVX2 + FMA + F16C */
     TS_GEMM_TIER_AVX512,      /* x86-64 AVX-512F */
+    TS_GEMM_TIER_NEON,        /* aarch64 Advanced SIMD (baseline there, so the best on every aarch64 CPU) */
     TS_GEMM_TIER_COUNT
 } ts_gemm_tier;
 
@@ -45,6 +65,8 @@ const char *ts_gemm_tier_name(void);            /* name of the active tier, e.g.
 const char *ts_gemm_tier_to_name(ts_gemm_tier t);
 ts_gemm_tier ts_gemm_tier_active(void);
 ts_gemm_tier ts_gemm_tier_best(void);           /* best tier this CPU (and build) supports */
+/* The tiers this CPU and build support, lowest first, into out; returns how many (>= 1). */
+int ts_gemm_tiers_here(ts_gemm_tier out[TS_GEMM_TIER_COUNT]);
 /* Switches the active tier for all later calls (tests, benchmarks). Returns false and leaves the
  * tier unchanged when t is not supported here. Not meant to race with running GEMMs. */
 bool ts_gemm_tier_set(ts_gemm_tier t);
@@ -86,6 +108,11 @@ typedef void (*ts_gemm_ukernel_fn)(int64_t kc, const float *a, const float *b, f
 typedef void (*ts_gemm_pack_fn)(float *dst, const float *src, int64_t rs, int64_t cs, int rows, int w,
                                 int64_t kc);
 
+/* The same for a narrow source (type != TS_F32, ts_gemm_dtype_supported; src points at element
+ * (0, 0), strides in elements): dst[k*w + i] = f32 value of src[i*rs + k*cs], converted exactly. */
+typedef void (*ts_gemm_pack_cvt_fn)(float *dst, const void *src, ts_dtype type, int64_t rs, int64_t cs, int rows,
+                                    int w, int64_t kc);
+
 /* Small-M streaming path, columns [n0, n1) of C. No packing: op(A) is read through strides,
  * op(B) straight from memory. "nn" is for op(B) row-major (b[k*ldb + j], B not transposed) and
  * vectorizes across j; "nt" is for op(B)^T row-major (b[j*ldb + k], B transposed) and runs dot
@@ -112,6 +139,7 @@ typedef struct {
     ts_gemm_pack_fn pack_b; /* may be NULL */
     ts_gemm_small_fn small_nn;
     ts_gemm_small_fn small_nt;
+    ts_gemm_pack_cvt_fn pack_cvt; /* may be NULL (the portable converting packer) */
 } ts_gemm_kernels;
 
 /* Defined by the kernel files; the x86 ones exist only in x86-64 builds. */
@@ -124,9 +152,20 @@ extern const ts_gemm_kernels ts_gemm_kernels_avx512;
 void ts_gemm_small_nn_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1);
 void ts_gemm_small_nt_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1);
 void ts_gemm_pack_avx2(float *dst, const float *src, int64_t rs, int64_t cs, int rows, int w, int64_t kc);
+/* Converting packer of the AVX2 and AVX-512 tiers (needs F16C too, which the AVX2 tier requires). */
+void ts_gemm_pack_cvt_avx2(float *dst, const void *src, ts_dtype type, int64_t rs, int64_t cs, int rows, int w,
+                           int64_t kc);
+#endif
+
+#if defined(__aarch64__)
+extern const ts_gemm_kernels ts_gemm_kernels_neon;
+/* The NEON tier's packer: vectorizes full k-contiguous panels of a width divisible by 4. */
+void ts_gemm_pack_neon(float *dst, const float *src, int64_t rs, int64_t cs, int rows, int w, int64_t kc);
 #endif
 
 /* The portable packer (gemm.c); tier packers fall back to it for layouts they do not special-case. */
 void ts_gemm_pack_generic(float *dst, const float *src, int64_t rs, int64_t cs, int rows, int w, int64_t kc);
+void ts_gemm_pack_cvt_generic(float *dst, const void *src, ts_dtype type, int64_t rs, int64_t cs, int rows, int w,
+                              int64_t kc);
 
 #endif

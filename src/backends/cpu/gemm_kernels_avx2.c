@@ -7,6 +7,8 @@
 #if defined(__x86_64__)
 
 #include <immintrin.h>
+#include <math.h>
+#include <string.h>
 
 #include "backends/cpu/gemm.h"
 
@@ -167,6 +169,98 @@ AVX2 void ts_gemm_pack_avx2(float *dst, const float *src, int64_t rs, int64_t cs
         }
     }
     if (k < kc) ts_gemm_pack_generic(dst + k * w, src + k * cs, rs, cs, rows, w, kc - k);
+}
+
+/* ---------------------------------------------------------------- converting packer */
+
+#define AVX2_CVT_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
+
+/* n (4, 6 or 8) consecutive elements of a narrow type as f32 lanes [0, n), the other lanes 0;
+ * reads no memory past them. All exact: bf16 is the upper half of an f32; f16 is F16C's
+ * widening; e5m2 is the upper byte of an f16; e4m3 (bias 7) placed in an f16's exponent and
+ * mantissa fields (bias 15) is its value times 2^-8, so the widened f16 is scaled by 2^8, and
+ * its NaN code (S.1111.111, no infinities) is mapped to NaN. */
+AVX2_CVT_INLINE __m256 load_cvt(const void *src, const ts_dtype type, const int n) {
+    const int bytes = type == TS_BF16 || type == TS_F16 ? 2 : 1;
+    __m128i raw;
+    if (n == 8 && bytes == 2) raw = _mm_loadu_si128((const __m128i *)src);
+    else if (n == 8) raw = _mm_loadl_epi64((const __m128i *)src);
+    else {
+        _Alignas(16) unsigned char buf[16] = {0};
+        memcpy(buf, src, (size_t)(n * bytes));
+        raw = _mm_load_si128((const __m128i *)buf);
+    }
+    switch (type) {
+    case TS_BF16: return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+    case TS_F16: return _mm256_cvtph_ps(raw);
+    case TS_F8_E5M2: return _mm256_cvtph_ps(_mm_slli_epi16(_mm_cvtepu8_epi16(raw), 8));
+    default: { /* e4m3 */
+        __m128i x = _mm_cvtepu8_epi16(raw), mag = _mm_and_si128(x, _mm_set1_epi16(0x7F));
+        __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(x, _mm_set1_epi16(0x80)), 8), _mm_slli_epi16(mag, 7));
+        __m256 v = _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0f));
+        __m256 nan = _mm256_castsi256_ps(_mm256_cvtepi16_epi32(_mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7F))));
+        return _mm256_blendv_ps(v, _mm256_set1_ps(NAN), nan);
+    }
+    }
+}
+
+/* pack_full_panel for a narrow source: the same two layouts, converting as it loads. */
+AVX2_CVT_INLINE int64_t pack_cvt_full_panel(float *dst, const void *src, const ts_dtype type, int64_t rs, int64_t cs,
+                                            const int w, int64_t kc) {
+    const size_t bytes = type == TS_BF16 || type == TS_F16 ? 2 : 1;
+    const char *s = src;
+    int64_t k = 0;
+    if (cs == 1) {
+        for (; k + 8 <= kc; k += 8)
+            for (int g = 0; g < w; g += 8) {
+                const int n = w - g < 8 ? w - g : 8;
+                __m256 r[8];
+                for (int i = 0; i < 8; i++)
+                    r[i] = i < n ? load_cvt(s + ((g + i) * rs + k) * bytes, type, 8) : _mm256_setzero_ps();
+                transpose8(r);
+                for (int q = 0; q < 8; q++) store_lanes(dst + (k + q) * w + g, r[q], n);
+            }
+    } else if (rs == 1) {
+        for (; k < kc; k++)
+            for (int g = 0; g < w; g += 8) {
+                const int n = w - g < 8 ? w - g : 8;
+                store_lanes(dst + k * w + g, load_cvt(s + (k * cs + g) * bytes, type, n), n);
+            }
+    }
+    return k;
+}
+
+AVX2_CVT_INLINE int64_t pack_cvt_width(float *dst, const void *src, const ts_dtype type, int64_t rs, int64_t cs, int w,
+                                       int64_t kc) {
+    switch (w) {
+    case 6: return pack_cvt_full_panel(dst, src, type, rs, cs, 6, kc);
+    case 12: return pack_cvt_full_panel(dst, src, type, rs, cs, 12, kc);
+    case 16: return pack_cvt_full_panel(dst, src, type, rs, cs, 16, kc);
+    case 32: return pack_cvt_full_panel(dst, src, type, rs, cs, 32, kc);
+    default: return 0;
+    }
+}
+
+/* The converting packer of the AVX2 and AVX-512 tiers (contract in gemm.h): full panels of
+ * their widths take the vector paths, edge panels and leftover k the portable one. */
+__attribute__((target("avx2,fma,f16c"))) void ts_gemm_pack_cvt_avx2(float *dst, const void *src, ts_dtype type,
+                                                                     int64_t rs, int64_t cs, int rows, int w,
+                                                                     int64_t kc) {
+    int64_t k = 0;
+    if (rows == w) {
+        switch (type) {
+        case TS_BF16: k = pack_cvt_width(dst, src, TS_BF16, rs, cs, w, kc); break;
+        case TS_F16: k = pack_cvt_width(dst, src, TS_F16, rs, cs, w, kc); break;
+        case TS_F8_E4M3: k = pack_cvt_width(dst, src, TS_F8_E4M3, rs, cs, w, kc); break;
+        case TS_F8_E5M2: k = pack_cvt_width(dst, src, TS_F8_E5M2, rs, cs, w, kc); break;
+        default: break;
+        }
+    }
+    if (k < kc) {
+        size_t bytes = (size_t)ts_dtype_get_info(type)->bits / 8;
+        ts_gemm_pack_cvt_generic(dst + k * w, (const char *)src + (size_t)(k * cs) * bytes, type, rs, cs, rows, w,
+                                 kc - k);
+    }
 }
 
 /* ---------------------------------------------------------------- small-M path */
@@ -362,6 +456,7 @@ const ts_gemm_kernels ts_gemm_kernels_avx2 = {
     .pack_b = ts_gemm_pack_avx2,
     .small_nn = ts_gemm_small_nn_avx2,
     .small_nt = ts_gemm_small_nt_avx2,
+    .pack_cvt = ts_gemm_pack_cvt_avx2,
 };
 
 #endif /* __x86_64__ */

@@ -1,7 +1,7 @@
 /* gemm_kernels_avx512.c - AVX-512F kernels for ts_gemm_f32 (see gemm.h for the contract).
  *
- * Only the micro-kernel is AVX-512 here: 12 rows x 32 columns (two zmm per row). Packing and
- * the bandwidth-bound small-M path are borrowed from the AVX2 tier. Functions carry their own target
+ * Only the micro-kernel is AVX-512 here: 12 rows x 32 columns (two zmm per row). Packing (f32
+ * and converting) and the bandwidth-bound small-M path are borrowed from the AVX2 tier. Functions carry their own target
  * attribute so the library stays baseline x86-64; gemm.c selects this tier only after
  * run-time detection. Compiles to nothing off x86-64. */
 #if defined(__x86_64__)
@@ -96,6 +96,7 @@ const ts_gemm_kernels ts_gemm_kernels_avx512 = {
     .pack_b = ts_gemm_pack_avx2,
     .small_nn = ts_gemm_small_nn_avx2,
     .small_nt = ts_gemm_small_nt_avx2,
+    .pack_cvt = ts_gemm_pack_cvt_avx2,
 };
 
 #endif /* __x86_64__ */

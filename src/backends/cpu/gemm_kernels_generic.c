@@ -1,6 +1,6 @@
 /* gemm_kernels_generic.c - portable C kernels for ts_gemm_f32 (see gemm.h for the contract).
  *
- * The fallback tier on every CPU, and the only one on non-x86 builds until NEON kernels exist.
+ * The fallback tier on every CPU, and the only one on builds for neither x86-64 nor aarch64.
  * The micro-kernel uses GCC/Clang vector types (4 floats, one SSE or NEON register), which map
  * to whatever the baseline ISA offers without any target flags: the 4 x 8 tile is 8 vector
  * accumulators, leaving room for the two B vectors and a broadcast in the 16 registers of

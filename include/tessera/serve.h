@@ -1,0 +1,178 @@
+/* serve.h - the HTTP layer of `tessera serve`: an OpenAI-compatible server (libmicrohttpd +
+ * jansson) that turns requests into token streams from an inference engine it knows only
+ * through the ts_engine table below.
+ *
+ * Endpoints: POST /v1/completions and /v1/chat/completions (JSON, or SSE with "stream": true
+ * ending in "data: [DONE]"), GET /v1/models, /health, /metrics (Prometheus text), and / (a
+ * self-contained chat page). Every failure is an OpenAI-shaped JSON error
+ * {"error": {"message", "type", "param", "code"}} with a 4xx/5xx status; the server never prints.
+ *
+ * How to plug an engine in
+ * ------------------------
+ * Fill a ts_engine with your object in `self` and five functions:
+ *   tokenize    text -> ids, appended to a ts_token_ids (ts_tokenizer_encode with
+ *               TS_TOKENIZE_PARSE_SPECIAL, plus TS_TOKENIZE_ADD_BOS when add_bos);
+ *   detokenize  one id -> its bytes, appended (ts_tokenizer_decode of that one id; the server
+ *               concatenates tokens' bytes, which is exact for byte-level BPE, and holds back
+ *               incomplete UTF-8 while streaming);
+ *   submit      start generating for a ts_gen_request (copy the prompt: it is the caller's).
+ *               The engine's own worker thread (continuous batching) then calls
+ *               req->sink.token(user, id) for each generated id, in order, at most max_tokens
+ *               times, and finally req->sink.done(user, end) exactly once; after done it
+ *               never touches the request again. The stop token itself (EOS / end of turn) is
+ *               not passed to token(): the engine ends with TS_GEN_STOP_TOKEN. Both callbacks
+ *               only append under a mutex and signal; they never block on the network.
+ *               Return TS_OK (done will follow), TS_ERR_STATE when the engine is full and
+ *               cannot queue more (HTTP 503; the caller retries later), TS_ERR_RANGE when the
+ *               request can never fit (prompt + max_tokens beyond the context, an id outside
+ *               the vocabulary: HTTP 400). On any error done must not be called.
+ *   cancel      stop request `id` soon (client gone, stop string matched, timeout, shutdown):
+ *               the engine frees its KV cache and calls done(TS_GEN_CANCELLED) - or whichever
+ *               end came first - promptly, from its thread. An unknown or finished id is a
+ *               no-op. Called from HTTP threads, possibly while token() runs.
+ *   stats       KV-cache use and queue length for /metrics; may be called at any time.
+ * All five are called concurrently from several HTTP threads. Sampling happens in the engine
+ * (one ts_sampler per sequence, infer.h) with the ts_sampling_params the request carries.
+ * tests/test_serve.c holds a small fake engine that follows this contract.
+ *
+ * Chat template: messages are turned into prompt text by options.chat_template, by default
+ * ts_chat_template_deepseek (DeepSeek-V3's format, below); the text is then tokenized with
+ * add_bos false, since the template writes the BOS token itself. A template read from a
+ * tokenizer_config.json can later be plugged into the same hook. Completions prompts are
+ * tokenized with add_bos true. */
+#ifndef TESSERA_SERVE_H
+#define TESSERA_SERVE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tessera/backend.h"
+#include "tessera/core.h"
+#include "tessera/infer.h"
+#include "tessera/model.h"
+#include "tessera/io.h"
+#include "tessera/tokenizer.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- engine interface */
+
+typedef enum {
+    TS_GEN_STOP_TOKEN = 0, /* the model produced a stop token: finish_reason "stop" */
+    TS_GEN_LENGTH,         /* max_tokens reached, or the context is full: "length" */
+    TS_GEN_CANCELLED,      /* cancel() was called */
+    TS_GEN_ERROR           /* the engine failed this request (HTTP 500 / an SSE error event) */
+} ts_gen_end;
+
+typedef struct {
+    void *user;
+    void (*token)(void *user, int32_t id);
+    void (*done)(void *user, ts_gen_end end);
+} ts_gen_sink;
+
+typedef struct {
+    uint64_t id;              /* unique per server; the key for cancel */
+    const int32_t *prompt;    /* valid during submit only */
+    size_t n_prompt;          /* >= 1 */
+    int32_t max_tokens;       /* >= 1 */
+    ts_sampling_params sampling;
+    ts_gen_sink sink;
+} ts_gen_request;
+
+typedef struct {
+    double kv_cache_usage; /* fraction of the KV-cache pool in use, [0, 1] */
+    int64_t queued;        /* requests waiting for admission */
+    int64_t running;       /* sequences in the running batch */
+} ts_engine_stats;
+
+typedef struct {
+    void *self;
+    ts_status (*tokenize)(void *self, const char *text, size_t len, bool add_bos, ts_token_ids *out);
+    ts_status (*detokenize)(void *self, int32_t id, ts_token_bytes *out);
+    ts_status (*submit)(void *self, const ts_gen_request *req);
+    void (*cancel)(void *self, uint64_t id);
+    void (*stats)(void *self, ts_engine_stats *out);
+} ts_engine;
+
+/* ---------------------------------------------------------------- chat template */
+
+typedef struct {
+    const char *role;    /* "system", "user" or "assistant" ("developer" arrives as "system") */
+    const char *content; /* text parts joined */
+} ts_chat_message;
+
+/* Returns the prompt text for the conversation, ending with the assistant's turn opened,
+ * as a malloc'd NUL-terminated string (NULL: out of memory). */
+typedef char *(*ts_chat_template_fn)(void *user, const ts_chat_message *msgs, size_t n);
+
+/* DeepSeek-V3's template: "<｜begin▁of▁sentence｜>" + the system messages joined by "\n\n", then
+ * per turn "<｜User｜>" + text, or "<｜Assistant｜>" + text + "<｜end▁of▁sentence｜>", and a final
+ * "<｜Assistant｜>". `user` is unused. */
+char *ts_chat_template_deepseek(void *user, const ts_chat_message *msgs, size_t n);
+
+/* ---------------------------------------------------------------- server */
+
+typedef struct {
+    const char *host;            /* numeric address or name to bind; default "127.0.0.1" */
+    int port;                    /* 0: an ephemeral port (see ts_server_port) */
+    const char *model_name;      /* the one model id served; required */
+    const char *api_key;         /* NULL or "": no authentication; else /v1/ routes need
+                                    "Authorization: Bearer <key>" (401 otherwise); /, /health and
+                                    /metrics stay open */
+    size_t max_body_bytes;       /* larger request bodies: 413 (default 1 MiB) */
+    int32_t max_prompt_tokens;   /* longer prompts: 400 (default 4096) */
+    int32_t max_output_tokens;   /* max_tokens above it: 400; also the default (default 1024) */
+    int max_concurrent;          /* generation requests in flight at once; one more is answered
+                                    429 at once, not queued (the engine has its own queue, and a
+                                    full one is 503) (default 64) */
+    double request_timeout_s;    /* a generation running longer is cancelled: 504, or an SSE
+                                    error event when streaming; 0: none (default 600) */
+    ts_chat_template_fn chat_template; /* NULL: ts_chat_template_deepseek */
+    void *chat_template_user;
+} ts_server_options;
+
+ts_server_options ts_server_defaults(void);
+
+typedef struct ts_server ts_server;
+
+/* Binds, listens and starts serving on libmicrohttpd's threads (one per connection); returns
+ * once the socket accepts connections, so the caller can print the address. The engine table
+ * is copied; the engine itself must outlive the server. Errors: TS_ERR_INVALID_ARG (bad
+ * options), TS_ERR_IO (cannot bind), TS_ERR_OOM; err says which. */
+ts_status ts_server_start(const ts_server_options *opt, const ts_engine *engine, ts_server **out, ts_io_error *err);
+
+/* The bound port (the actual one when options.port was 0). */
+int ts_server_port(const ts_server *srv);
+
+/* Graceful shutdown, then frees the server: stops accepting connections, answers new requests
+ * on open connections 503, lets in-flight generations finish for up to grace_s seconds,
+ * cancels the rest (their clients get a 503 error, or an SSE error event and [DONE]), waits
+ * for the engine to confirm every cancellation, closes all connections and returns. Not
+ * async-signal-safe: from a SIGTERM handler, set a flag and call this from a normal thread. */
+void ts_server_shutdown(ts_server *srv, double grace_s);
+
+/* ---------------------------------------------------------------- the model engine (model_engine.c)
+ *
+ * The ts_engine of a DeepSeek-V4 model: continuous batching over the incremental decoder.
+ * `slots` sequences run at once, each up to max_len positions (prompt + output; the KV-cache
+ * budget is fixed here), up to max_queue more wait for a slot (a full queue: submit returns
+ * TS_ERR_STATE, HTTP 503). Every step advances each running sequence by one token - a prompt
+ * token while it prefills, then its sampled token - in one batched forward pass. tok NULL: the
+ * byte-level vocabulary of the tiny presets (0 BOS, 1 EOS, bytes at 3..258). The weights, the
+ * tokenizer and the backend must outlive the engine. */
+typedef struct ts_model_engine ts_model_engine;
+
+ts_status ts_model_engine_new(const ts_model_weights *w, ts_tokenizer *tok, ts_backend *be, int slots,
+                              int64_t max_len, int max_queue, ts_model_engine **out, char *err, size_t err_size);
+/* Stops the worker: running and queued requests end with TS_GEN_CANCELLED. */
+void ts_model_engine_free(ts_model_engine *e);
+/* The table to hand to ts_server_start (or to call directly). */
+void ts_model_engine_table(ts_model_engine *e, ts_engine *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

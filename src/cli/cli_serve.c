@@ -1,0 +1,108 @@
+/* cli_serve.c - `tessera serve --model DIR`: the OpenAI-compatible HTTP server (serve.h) over
+ * the model engine (continuous batching on the incremental V4 decoder). Prints
+ * "listening on http://HOST:PORT" once it accepts connections; SIGTERM or SIGINT shuts it down
+ * gracefully (in-flight requests get a few seconds to finish, the rest are cancelled), exit 0. */
+#include <libgen.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli/cli.h"
+#include "tessera/backend.h"
+#include "tessera/serve.h"
+
+static int fail(const char *what, const char *detail) {
+    fprintf(stderr, "tessera serve: %s%s%s\n", what, detail ? ": " : "", detail ? detail : "");
+    return CLI_EXIT_FAILURE;
+}
+
+int cli_serve_main(int argc, char **argv) {
+    const char *model = NULL, *host = "127.0.0.1", *api_key = NULL, *model_name = NULL;
+    int port = 8080, max_concurrent = 16, slots = 4, context = 1024, threads = 0, max_queue = 64;
+    int max_prompt = 0, max_output = 256;
+    float timeout = 600, grace = 5;
+    const cli_option options[] = {
+        {"--model", CLI_OPT_STRING, &model, "DIR", "checkpoint directory (config.json + model.safetensors [+ tokenizer.json])", 0, 0},
+        {"--host", CLI_OPT_STRING, &host, "H", "address to listen on", 0, 0},
+        {"--port", CLI_OPT_INT, &port, "P", "port (0: any free port)", 0, 65535},
+        {"--api-key", CLI_OPT_STRING, &api_key, "K", "require 'Authorization: Bearer K' on /v1/", 0, 0},
+        {"--model-name", CLI_OPT_STRING, &model_name, "NAME", "model id in the API (default: the directory's name)", 0, 0},
+        {"--max-concurrent", CLI_OPT_INT, &max_concurrent, "N", "requests in flight at once (one more: HTTP 429)", 1, 1 << 16},
+        {"--slots", CLI_OPT_INT, &slots, "N", "sequences decoded together (continuous batching)", 1, 1024},
+        {"--context", CLI_OPT_INT, &context, "T", "positions per sequence (prompt + output): the KV-cache budget", 2, 1 << 24},
+        {"--max-queue", CLI_OPT_INT, &max_queue, "N", "requests waiting for a slot (more: HTTP 503)", 1, 1 << 20},
+        {"--max-prompt-tokens", CLI_OPT_INT, &max_prompt, "N", "longest prompt (0: context - 1)", 0, 1 << 24},
+        {"--max-output-tokens", CLI_OPT_INT, &max_output, "N", "largest max_tokens, and its default", 1, 1 << 24},
+        {"--timeout", CLI_OPT_FLOAT, &timeout, "S", "per-request time limit in seconds (0: none)", 0, 1e7},
+        {"--grace", CLI_OPT_FLOAT, &grace, "S", "on SIGTERM, seconds in-flight requests may still run", 0, 3600},
+        {"--threads", CLI_OPT_INT, &threads, "N", "compute threads (0: every core)", 0, 1024},
+    };
+    const cli_spec spec = {"serve", "Serve a model over HTTP with an OpenAI-compatible API.",
+                           "Endpoints: POST /v1/completions, POST /v1/chat/completions (\"stream\": true for SSE),\n"
+                           "GET /v1/models, /health, /metrics (Prometheus), / (a chat page).",
+                           options, (int)(sizeof options / sizeof *options)};
+    int rc = cli_parse(&spec, argc, argv);
+    if (rc != CLI_CONTINUE) return rc;
+    if (!model) return cli_usage_error("serve", "--model DIR is required");
+    rc = 0;
+
+    /* SIGTERM / SIGINT are taken synchronously below, so block them before any thread starts */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    char err[512] = "", name[512];
+    ts_model_weights *w = NULL;
+    if (ts_model_load(model, TS_F32, &w, err, sizeof err) != TS_OK) return fail(err, NULL);
+    ts_tokenizer *tok = NULL;
+    char tok_path[1200];
+    struct stat sb;
+    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", model);
+    ts_io_error ioe;
+    if (stat(tok_path, &sb) == 0 && ts_tokenizer_load(model, &tok, &ioe) != TS_OK) rc = fail("loading the tokenizer", ioe.message);
+    ts_backend *be = NULL;
+    ts_model_engine *engine = NULL;
+    if (rc == 0 && ts_backend_cpu_new(threads, &be) != TS_OK) rc = fail("cannot create the CPU backend", NULL);
+    if (rc == 0 && ts_model_engine_new(w, tok, be, slots, context, max_queue, &engine, err, sizeof err) != TS_OK)
+        rc = fail(err, NULL);
+    ts_server *srv = NULL;
+    if (rc == 0) {
+        snprintf(name, sizeof name, "%s", model);
+        size_t n = strlen(name);
+        while (n > 1 && name[n - 1] == '/') name[--n] = '\0';
+        ts_server_options o = ts_server_defaults();
+        o.host = host;
+        o.port = port;
+        o.model_name = model_name ? model_name : basename(name);
+        o.api_key = api_key;
+        o.max_concurrent = max_concurrent;
+        o.max_prompt_tokens = max_prompt > 0 ? max_prompt : context - 1;
+        o.max_output_tokens = max_output;
+        o.request_timeout_s = timeout;
+        ts_engine table;
+        ts_model_engine_table(engine, &table);
+        if (ts_server_start(&o, &table, &srv, &ioe) != TS_OK) rc = fail(ioe.message, NULL);
+        else {
+            printf("serving %s (%s) with %d slots of %d positions\nlistening on http://%s:%d\n", o.model_name, model,
+                   slots, context, host, ts_server_port(srv));
+            fflush(stdout);
+        }
+    }
+    if (rc == 0) {
+        int sig = 0;
+        sigwait(&sigs, &sig);
+        fprintf(stderr, "tessera serve: %s: shutting down\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        ts_server_shutdown(srv, grace);
+    }
+    ts_model_engine_free(engine);
+    ts_backend_free(be);
+    ts_tokenizer_free(tok);
+    ts_model_weights_free(w);
+    return rc;
+}
