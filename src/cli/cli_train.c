@@ -45,6 +45,8 @@ typedef struct {
     ts_metrics_log *metrics;
     ts_train_ckpt *resume_from;
     uint64_t tokens_seen;
+    double loads[64][512];     /* metrics rows: per-expert loads of up to 64 layers of 512 experts */
+    char load_names[64][32];
 } run;
 
 static int fail(const char *msg) {
@@ -303,12 +305,24 @@ static int eval_tasks(run *r) {
 
 /* ---------------------------------------------------------------- the loop */
 
-static int write_metrics(run *r, const ts_train_step_stats *st, double val) {
+/* One row per step: the losses, and at log steps the per-expert token loads of every
+ * learned-routing layer ("load_layer_<i>": one count per expert). */
+static int write_metrics(run *r, const ts_train_step_stats *st, double val, bool with_loads) {
+    enum { MAX_EXTRA = 6 + 64, MAX_E = 512 };
     double extra_v[6] = {st->lm_loss, st->mtp_loss, st->balance_loss, st->indexer_loss, st->grad_norm, val};
-    ts_metric_extra ex[6] = {{"lm_loss", &extra_v[0], 1},   {"mtp_loss", &extra_v[1], 1},
-                             {"balance_loss", &extra_v[2], 1}, {"indexer_loss", &extra_v[3], 1},
-                             {"grad_norm", &extra_v[4], 1}, {"val_loss", &extra_v[5], 1}};
-    ts_metrics_row row = {st->step + 1, st->loss, st->lr, (double)st->tokens / st->seconds, ex, isnan(val) ? 5 : 6};
+    ts_metric_extra ex[MAX_EXTRA] = {{"lm_loss", &extra_v[0], 1},   {"mtp_loss", &extra_v[1], 1},
+                                     {"balance_loss", &extra_v[2], 1}, {"indexer_loss", &extra_v[3], 1},
+                                     {"grad_norm", &extra_v[4], 1}, {"val_loss", &extra_v[5], 1}};
+    int n = isnan(val) ? 5 : 6;
+    const ts_v4_config *c = ts_model_weights_config(r->w);
+    for (int l = 0; with_loads && l < ts_v4_n_layer_slots(c) && l < 64 && c->n_routed_experts <= MAX_E; l++) {
+        const int64_t *load = ts_trainer_expert_load(r->tr, l);
+        if (!load) continue;
+        for (int64_t e = 0; e < c->n_routed_experts; e++) r->loads[l][e] = (double)load[e];
+        snprintf(r->load_names[l], sizeof r->load_names[l], "load_layer_%d", l);
+        ex[n++] = (ts_metric_extra){r->load_names[l], r->loads[l], (int)c->n_routed_experts};
+    }
+    ts_metrics_row row = {st->step + 1, st->loss, st->lr, (double)st->tokens / st->seconds, ex, n};
     ts_io_error ioe;
     return ts_metrics_write(r->metrics, &row, &ioe) == TS_OK ? 0 : fail(ioe.message);
 }
@@ -330,7 +344,7 @@ static int train_loop(run *r) {
         double val = NAN;
         bool eval = c->eval_every > 0 && ((i + 1) % c->eval_every == 0 || i + 1 == c->steps);
         if (eval && eval_loss(r, &val) != 0) return CLI_EXIT_FAILURE;
-        if (write_metrics(r, &st, val) != 0) return CLI_EXIT_FAILURE;
+        if (write_metrics(r, &st, val, (i + 1) % c->log_every == 0) != 0) return CLI_EXIT_FAILURE;
         if (eval) {
             ts_progress_finish(&prog);
             printf("eval:     step %lld, validation loss %.4f (%.3f bits/token)\n", (long long)(i + 1), val, val / log(2.0));
