@@ -213,7 +213,7 @@ static void expect_usage_error(const char *args, const char *mentions) {
 static void test_usage_errors(void) {
     expect_usage_error("frobnicate", "unknown command 'frobnicate'");
     expect_usage_error("--frobnicate", "unknown option '--frobnicate'");
-    expect_usage_error("serve", "not available yet");
+    expect_usage_error("chat", "not available yet");
     expect_usage_error("info --bogus", "unknown option '--bogus'");
     expect_usage_error("version extra", "unexpected argument 'extra'");
     expect_usage_error("demo --steps", "--steps needs a value");
