@@ -1,21 +1,28 @@
 /* test_attention.c - checks the fused attention op (ts_attention, TS_OP_ATTENTION and its
- * backward TS_OP_ATTENTION_BACK) on the reference CPU backend against a naive implementation
- * written here: materialized T x (S + E) score matrices, explicit masks, a softmax with the sink
- * as one more column, weighted sums, and the backward through the materialized probabilities.
+ * backward TS_OP_ATTENTION_BACK) on the reference CPU backend and on the flash-style f32 kernel
+ * of the optimized "cpu" backend (every instruction-set tier this machine has) against a naive
+ * implementation written here: materialized T x (S + E) score matrices, explicit masks, a
+ * softmax with the sink as one more column, weighted sums, and the backward through the
+ * materialized probabilities.
  *
  * Covered: causal / non-causal, sliding windows, sinks, grouped heads, V4's shared K=V head
  * (one tensor as k and v), extra entries with -1 slots and duplicates (HCA- and CSA-like index
- * patterns), decoding (T < S), queries at negative positions (T > S, fully masked rows give
- * zeros), f64 and f32 inputs, forward and every gradient. Then properties: causality (a future
- * key does not change earlier outputs), bit-identical results for 1, 2 and 3 threads, memory
- * linear in T (planner arena and process peak RSS at T = S = 2048: no T x S buffer anywhere),
- * and the constructor's error messages. Finite-difference checks of the gradients live in
- * test_gradcheck.c; the conformance suite runs the op on every backend. */
+ * patterns), document masks (key_start: packed documents, arbitrary bounds), decoding (T < S),
+ * queries at negative positions (T > S, fully masked rows give zeros), lengths spanning several
+ * kernel tiles, f64 and f32 inputs, forward and every gradient. Then properties: key_start over
+ * packed documents equals running each document as its own sequence, causality (a future key
+ * does not change earlier outputs), bit-identical results for 1, 2 and 3 threads (both
+ * backends), memory linear in T (planner arena and process peak RSS at T = S = 2048: no T x S
+ * buffer anywhere), that the fast kernel really runs on f32 (and not on f64 or transposed
+ * views), and the constructor's error messages. Finite-difference checks of the gradients live
+ * in test_gradcheck.c; the conformance suite runs the op on every backend. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 
+#include "backends/cpu/fast_kernels.h"
+#include "backends/cpu/gemm.h"
 #include "check.h"
 #include "tessera/backend.h"
 #include "tessera/graph.h"
@@ -30,6 +37,12 @@ typedef enum {
 
 #define BLOCK 4
 
+typedef enum {
+    DOCS_NONE,
+    DOCS_PACKED, /* key_start: packed documents of random lengths (the data loader's doc_start) */
+    DOCS_BOUNDS, /* key_start: arbitrary values in [-2, S + 2), some rows left without keys */
+} docs_kind;
+
 typedef struct {
     const char *name;
     int64_t B, T, S, H, Hk, D, Dv;
@@ -40,12 +53,14 @@ typedef struct {
     extras_kind extras;
     int64_t N, E;    /* extra rows and index slots per query */
     float scale;
+    docs_kind docs;
 } attn_config;
 
 /* The inputs of one configuration as f64 host arrays, row-major. */
 typedef struct {
     double *q, *k, *v, *sink, *extra, *w; /* w: loss weights, shaped like the output */
     int64_t *idx;
+    int64_t *key_start;                   /* [B, T] or NULL */
 } attn_data;
 
 /* Gradients (or the forward output) as host arrays; NULL where the input is absent. */
@@ -86,6 +101,19 @@ static void fill_indices(const attn_config *c, ts_rng *r, int64_t *idx) {
         }
 }
 
+/* Query t's key lower bound: its document's first position (DOCS_PACKED; a document starts at
+ * each position with probability 1/4) or an arbitrary value (DOCS_BOUNDS). */
+static void fill_key_start(const attn_config *c, ts_rng *r, int64_t *ks) {
+    for (int64_t b = 0; b < c->B; b++) {
+        int64_t start = 0;
+        for (int64_t t = 0; t < c->T; t++) {
+            int64_t pos = c->S - c->T + t;
+            if (pos > 0 && ts_rng_uniform(r) < 0.25) start = pos;
+            ks[b * c->T + t] = c->docs == DOCS_PACKED ? start : (int64_t)(ts_rng_next(r) % (uint64_t)(c->S + 4)) - 2;
+        }
+    }
+}
+
 static attn_data make_data(const attn_config *c, uint64_t seed, bool as_f32) {
     ts_rng r;
     ts_rng_seed(&r, seed);
@@ -99,6 +127,10 @@ static attn_data make_data(const attn_config *c, uint64_t seed, bool as_f32) {
         x.idx = malloc((size_t)(n_idx(c) > 0 ? n_idx(c) : 1) * sizeof *x.idx);
         fill_indices(c, &r, x.idx);
     }
+    if (c->docs != DOCS_NONE) {
+        x.key_start = malloc((size_t)(c->B * c->T > 0 ? c->B * c->T : 1) * sizeof *x.key_start);
+        fill_key_start(c, &r, x.key_start);
+    }
     x.w = uniform_array(&r, n_out(c), -1, 1, as_f32);
     return x;
 }
@@ -110,6 +142,7 @@ static void free_data(const attn_config *c, attn_data *x) {
     free(x->sink);
     free(x->extra);
     free(x->idx);
+    free(x->key_start);
     free(x->w);
 }
 
@@ -131,7 +164,8 @@ static bool naive_entry(const attn_config *c, const attn_data *x, int64_t b, int
                         const double **key, const double **val) {
     int64_t pos = c->S - c->T + t;
     if (i < c->S) {
-        bool visible = (!c->causal || i <= pos) && (c->window == 0 || i > pos - c->window);
+        bool visible = (!c->causal || i <= pos) && (c->window == 0 || i > pos - c->window) &&
+                       (!x->key_start || i >= x->key_start[b * c->T + t]);
         *key = x->k + ((b * c->S + i) * c->Hk + g) * c->D;
         *val = x->v + ((b * c->S + i) * c->Hk + g) * c->Dv;
         return visible;
@@ -224,7 +258,7 @@ static attn_result naive_attention(const attn_config *c, const attn_data *x) {
 
 typedef struct {
     ts_graph *g;
-    ts_tensor *q, *k, *v, *sink, *extra, *idx, *w, *out;
+    ts_tensor *q, *k, *v, *sink, *extra, *idx, *key_start, *w, *out;
 } attn_graph;
 
 static ts_tensor *leaf4(ts_graph *g, ts_dtype t, int64_t a, int64_t b, int64_t c, int64_t d, const char *name,
@@ -253,6 +287,7 @@ static attn_graph build_graph(const attn_config *c, ts_dtype dt, bool backward) 
         p.extra = ag.extra;
         p.extra_idx = ag.idx;
     }
+    if (c->docs != DOCS_NONE) p.key_start = ag.key_start = ts_new_tensor_2d(g, TS_I32, c->B, c->T, "key_start");
     ag.out = ts_set_output(ts_attention(g, ag.q, ag.k, ag.v, &p));
     if (backward && ag.out) {
         ag.w = leaf4(g, dt, c->B, c->T, c->H, c->Dv, "w", false);
@@ -307,6 +342,7 @@ static ts_status write_inputs(attn_graph *ag, const attn_data *x) {
     if (!s) s = write_doubles(ag->sink, x->sink);
     if (!s) s = write_doubles(ag->extra, x->extra);
     if (!s) s = write_indices(ag->idx, x->idx);
+    if (!s) s = write_indices(ag->key_start, x->key_start);
     if (!s) s = write_doubles(ag->w, x->w);
     return s;
 }
@@ -358,9 +394,9 @@ static double compare(const char *config, const char *what, const double *got, c
     return e;
 }
 
-static void test_against_naive(const attn_config *c, ts_dtype dt, ts_backend *be) {
+/* tol: normwise, for f32 or f64 as dt says */
+static void test_against_naive(const attn_config *c, ts_dtype dt, ts_backend *be, double tol) {
     bool f32 = dt == TS_F32;
-    double tol = f32 ? 2e-6 : 1e-12; /* f32: one rounding of each result (the op computes in double) */
     attn_data x = make_data(c, 0xA77E ^ (uint64_t)c->T * 131 ^ (uint64_t)c->S, f32);
     attn_result want = naive_attention(c, &x), got = run_op(c, &x, dt, true, be);
     double worst = 0;
@@ -396,6 +432,22 @@ static const attn_config configs[] = {
      .causal = true, .window = 8, .extras = EXTRAS_HCA, .N = 5, .E = 5, .scale = 0.5f},
     {.name = "T=6 > S=3: masked rows, extras only", .B = 1, .T = 6, .S = 3, .H = 2, .Hk = 2, .D = 4, .Dv = 4,
      .causal = true, .extras = EXTRAS_CSA, .N = 3, .E = 2, .scale = 0.5f},
+    {.name = "doc mask: packed docs, sink, GQA", .B = 2, .T = 24, .S = 24, .H = 4, .Hk = 2, .D = 8, .Dv = 8,
+     .causal = true, .sink = true, .scale = 0.4f, .docs = DOCS_PACKED},
+    {.name = "doc mask + window 6 + shared K=V + HCA", .B = 1, .T = 20, .S = 20, .H = 4, .Hk = 1, .D = 8, .Dv = 8,
+     .causal = true, .window = 6, .sink = true, .shared_kv = true, .extras = EXTRAS_HCA, .N = 5, .E = 5,
+     .scale = 0.35f, .docs = DOCS_PACKED},
+    {.name = "key bounds, non-causal, empty rows", .B = 1, .T = 7, .S = 9, .H = 2, .Hk = 2, .D = 4, .Dv = 3,
+     .scale = 0.5f, .docs = DOCS_BOUNDS},
+    {.name = "key bounds, decode T=4 S=12 + sink", .B = 2, .T = 4, .S = 12, .H = 2, .Hk = 1, .D = 4, .Dv = 4,
+     .causal = true, .sink = true, .scale = 0.5f, .docs = DOCS_BOUNDS},
+    {.name = "tiles: causal T=S=150 D=24 Dv=16 + sink", .B = 1, .T = 150, .S = 150, .H = 2, .Hk = 2, .D = 24,
+     .Dv = 16, .causal = true, .sink = true, .scale = 0.2f},
+    {.name = "tiles: window 40 + docs + K=V + CSA", .B = 2, .T = 130, .S = 130, .H = 4, .Hk = 1, .D = 16, .Dv = 16,
+     .causal = true, .window = 40, .sink = true, .shared_kv = true, .extras = EXTRAS_CSA, .N = 9, .E = 3,
+     .scale = 0.25f, .docs = DOCS_PACKED},
+    {.name = "tiles: full T=70 S=90 + decode shift", .B = 1, .T = 70, .S = 90, .H = 3, .Hk = 3, .D = 9, .Dv = 5,
+     .scale = 0.3f},
 };
 
 /* ---------------------------------------------------------------- properties */
@@ -415,12 +467,12 @@ static bool all_finite(const double *a, int64_t n) {
 /* Queries at negative positions (T > S, causal) see no key: without extras and sink their rows
  * have no distribution and give exact zeros, in the output and in dq, never NaN. With a sink the
  * sink takes all the mass and the output is zero too. */
-static void test_fully_masked_rows(ts_backend *be) {
+static void test_fully_masked_rows(ts_backend *be, ts_dtype dt) {
     for (int with_sink = 0; with_sink <= 1; with_sink++) {
         attn_config c = {.name = "masked", .B = 1, .T = 5, .S = 2, .H = 2, .Hk = 1, .D = 3, .Dv = 3,
                          .causal = true, .sink = with_sink, .scale = 0.5f};
-        attn_data x = make_data(&c, 77 + (uint64_t)with_sink, false);
-        attn_result r = run_op(&c, &x, TS_F64, true, be);
+        attn_data x = make_data(&c, 77 + (uint64_t)with_sink, dt == TS_F32);
+        attn_result r = run_op(&c, &x, dt, true, be);
         int64_t masked = c.T - c.S, row = c.H * c.Dv; /* queries 0..2 sit at positions -3..-1 */
         CHECK(r.out && all_zero(r.out, masked * row), "sink=%d: fully masked rows are not zero", with_sink);
         CHECK(r.out && !all_zero(r.out + masked * row, (c.T - masked) * row), "sink=%d: visible rows are zero",
@@ -500,10 +552,10 @@ static long peak_rss_kb(void) {
     return u.ru_maxrss; /* kilobytes on Linux */
 }
 
-/* The planned arena of forward + backward at T = S = t (H = 1, D = 16, f64). */
-static size_t planned_arena(ts_backend *be, int64_t t) {
+/* The planned arena of forward + backward at T = S = t (H = 1, D = 16). */
+static size_t planned_arena(ts_backend *be, ts_dtype dt, int64_t t) {
     attn_config c = {.B = 1, .T = t, .S = t, .H = 1, .Hk = 1, .D = 16, .Dv = 16, .causal = true, .scale = 0.25f};
-    attn_graph ag = build_graph(&c, TS_F64, true);
+    attn_graph ag = build_graph(&c, dt, true);
     ts_plan_stats st = {0};
     CHECK_OK(ts_graph_alloc(ag.g, be, NULL, &st), ag.g);
     ts_graph_free(ag.g);
@@ -512,20 +564,21 @@ static size_t planned_arena(ts_backend *be, int64_t t) {
 
 /* Memory stays linear in T: the planned arena doubles (not quadruples) with T, and computing
  * forward + backward at T = S = 2048 raises the process peak by about the arena, far below one
- * T x S matrix of doubles (32 MiB). Runs first, so that earlier tests do not hide the peak. */
-static void test_memory_is_linear(ts_backend *be) {
+ * T x S matrix (16 MiB in f32, 32 MiB in f64). Runs first (the f32 one before the f64 one), so
+ * that earlier tests do not hide the peak. */
+static void test_memory_is_linear(ts_backend *be, ts_dtype dt) {
     const int64_t T = 2048, D = 16;
-    size_t half = planned_arena(be, T / 2), full = planned_arena(be, T);
+    size_t half = planned_arena(be, dt, T / 2), full = planned_arena(be, dt, T);
     double ratio = (double)full / (double)half;
-    size_t txs = (size_t)(T * T) * sizeof(double);
+    size_t txs = ts_dtype_bytes(dt, T * T);
     CHECK(ratio < 2.2, "arena grows %.2fx when T doubles (%zu -> %zu bytes): not linear", ratio, half, full);
     CHECK(full < txs / 8, "arena %zu bytes at T = S = %lld is not far below a T x S matrix (%zu)", full, (long long)T,
           txs);
 
     attn_config c = {.name = "memory", .B = 1, .T = T, .S = T, .H = 1, .Hk = 1, .D = D, .Dv = D, .causal = true,
                      .scale = 0.25f};
-    attn_data x = make_data(&c, 5, false);
-    attn_graph ag = build_graph(&c, TS_F64, true);
+    attn_data x = make_data(&c, 5, dt == TS_F32);
+    attn_graph ag = build_graph(&c, dt, true);
     CHECK_OK(ts_graph_alloc(ag.g, be, NULL, NULL), ag.g);
     CHECK_OK(write_inputs(&ag, &x), ag.g);
     long before = peak_rss_kb();
@@ -535,11 +588,50 @@ static void test_memory_is_linear(ts_backend *be) {
     long grown_kb = peak_rss_kb() - before, limit_kb = (long)(full / 1024) + 8 * 1024;
     CHECK(grown_kb < limit_kb, "computing T = S = %lld raised the peak RSS by %ld KiB (limit %ld KiB: arena + 8 MiB)",
           (long long)T, grown_kb, limit_kb);
-    printf("  memory: arena %zu KiB at T = S = %lld (%.2fx of T/2), peak RSS +%ld KiB during compute "
-           "(a T x S f64 matrix: %zu KiB); forward + backward %.2f s\n",
-           full / 1024, (long long)T, ratio, grown_kb, txs / 1024, seconds);
+    printf("  memory %s: arena %zu KiB at T = S = %lld (%.2fx of T/2), peak RSS +%ld KiB during compute "
+           "(a T x S matrix: %zu KiB); forward + backward %.2f s\n",
+           ts_dtype_name(dt), full / 1024, (long long)T, ratio, grown_kb, txs / 1024, seconds);
     ts_graph_free(ag.g);
     free_data(&c, &x);
+}
+
+/* A document mask is the same as running each document as its own sequence: key_start set to
+ * the segment starts of a packed row must give, on each segment's rows, the output and the q, k,
+ * v gradients of that segment computed alone (T = S = its length, no key_start), and dsink must
+ * be the sum of the segments' dsinks. Segments of 13, 1, 17 and 9 positions; causal, window 7,
+ * sink, GQA. */
+static void test_segments_are_sequences(ts_backend *be, ts_dtype dt, double tol, const char *label) {
+    static const int64_t bounds[] = {0, 13, 14, 31, 40};
+    const int n_seg = 4;
+    attn_config whole = {.name = "segments", .B = 1, .T = 40, .S = 40, .H = 4, .Hk = 2, .D = 8, .Dv = 6,
+                         .causal = true, .window = 7, .sink = true, .scale = 0.4f, .docs = DOCS_PACKED};
+    attn_data x = make_data(&whole, 4242, dt == TS_F32);
+    for (int sg = 0; sg < n_seg; sg++)
+        for (int64_t t = bounds[sg]; t < bounds[sg + 1]; t++) x.key_start[t] = bounds[sg];
+    attn_result all = run_op(&whole, &x, dt, true, be);
+    double *dsink_sum = calloc((size_t)whole.H, sizeof(double)), worst = 0;
+    for (int sg = 0; sg < n_seg && all.out; sg++) {
+        int64_t a = bounds[sg], len = bounds[sg + 1] - a;
+        attn_config c = whole;
+        c.T = c.S = len;
+        c.docs = DOCS_NONE;
+        attn_data part = {.q = x.q + a * c.H * c.D, .k = x.k + a * c.Hk * c.D, .v = x.v + a * c.Hk * c.Dv,
+                          .sink = x.sink, .w = x.w + a * c.H * c.Dv};
+        attn_result r = run_op(&c, &part, dt, true, be);
+        char what[64];
+        snprintf(what, sizeof what, "%s segment [%lld, %lld)", label, (long long)a, (long long)(a + len));
+        worst = fmax(worst, compare(what, "output", r.out, all.out + a * c.H * c.Dv, n_out(&c), tol));
+        worst = fmax(worst, compare(what, "dq", r.dq, all.dq + a * c.H * c.D, n_q(&c), tol));
+        worst = fmax(worst, compare(what, "dk", r.dk, all.dk + a * c.Hk * c.D, n_k(&c), tol));
+        worst = fmax(worst, compare(what, "dv", r.dv, all.dv + a * c.Hk * c.Dv, n_v(&c), tol));
+        for (int64_t h = 0; h < c.H && r.dsink; h++) dsink_sum[h] += r.dsink[h];
+        free_result(&r);
+    }
+    worst = fmax(worst, compare(label, "dsink (sum over segments)", dsink_sum, all.dsink, whole.H, tol));
+    printf("  key_start = separate sequences, %-12s %s  max normwise error %.1e\n", label, ts_dtype_name(dt), worst);
+    free(dsink_sum);
+    free_result(&all);
+    free_data(&whole, &x);
 }
 
 /* ---------------------------------------------------------------- constructor errors */
@@ -635,20 +727,138 @@ static void test_constructor_errors(ts_backend *be) {
     ts_graph_free(g);
 }
 
-int main(void) {
-    ts_backend *be = NULL;
-    CHECK(ts_backend_cpu_ref_new(2, &be) == TS_OK, "reference CPU backend");
-    if (!be) return check_summary("test_attention");
-    test_memory_is_linear(be);
-    printf("attention vs a naive implementation (forward and all gradients):\n");
-    for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++) {
-        test_against_naive(&configs[i], TS_F64, be);
-        test_against_naive(&configs[i], TS_F32, be);
+/* ---------------------------------------------------------------- the optimized "cpu" backend */
+
+static const attn_config *config_named(const char *name) {
+    for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++)
+        if (!strcmp(configs[i].name, name)) return &configs[i];
+    return NULL;
+}
+
+/* The flash-style kernel must really run on f32 graphs (else every comparison with it would
+ * compare the reference with itself), and hand f64 and transposed views to the reference. It
+ * also checks extra_idx values, so the inputs are written first. */
+static void test_fast_path_taken(ts_backend *fast) {
+    const attn_config *c = config_named("tiles: window 40 + docs + K=V + CSA");
+    for (int f64 = 0; f64 <= 1 && c; f64++) {
+        attn_data x = make_data(c, 11, !f64);
+        attn_graph ag = build_graph(c, f64 ? TS_F64 : TS_F32, true);
+        CHECK_OK(ts_graph_alloc(ag.g, fast, NULL, NULL), ag.g);
+        CHECK_OK(write_inputs(&ag, &x), ag.g);
+        free_data(c, &x);
+        int seen = 0;
+        for (int i = 0; i < ts_graph_n_nodes(ag.g); i++) {
+            ts_tensor *n = ts_graph_node(ag.g, i);
+            if (n->op != TS_OP_ATTENTION && n->op != TS_OP_ATTENTION_BACK) continue;
+            seen++;
+            CHECK(ts_fast_attention_applies(n) == !f64, "%s %s: fast path %s", ts_op_name(n->op), f64 ? "f64" : "f32",
+                  f64 ? "taken" : "not taken");
+        }
+        CHECK(seen == 2, "expected attention and attention_back nodes, saw %d", seen);
+        ts_graph_free(ag.g);
     }
-    test_fully_masked_rows(be);
+    ts_graph *g = ts_graph_new(); /* q as a transposed view: no unit stride on its last axis */
+    ts_tensor *qt = ts_new_tensor_4d(g, TS_F32, 1, 4, 8, 2, "q^T"), *k = ts_new_tensor_4d(g, TS_F32, 1, 4, 2, 8, "k");
+    ts_attention_params p = {.scale = 0.5f, .causal = true};
+    ts_tensor *out = ts_set_output(ts_attention(g, ts_transpose(g, qt, -1, -2), k, k, &p));
+    CHECK_OK(ts_graph_alloc(g, fast, NULL, NULL), g);
+    CHECK(out && !ts_fast_attention_applies(out), "a transposed q takes the fast path");
+    ts_graph_free(g);
+}
+
+/* Every instruction-set tier of the flash-style kernel (AVX2 + FMA and plain C here) against
+ * the naive implementation; f32 accumulation, so a looser bound than the reference's (seen:
+ * below 1e-6). */
+static void test_fast_against_naive(ts_backend *fast) {
+    ts_gemm_tier tiers[TS_GEMM_TIER_COUNT], saved = ts_gemm_tier_active();
+    int n = ts_gemm_tiers_here(tiers);
+    for (int i = 0; i < n; i++) {
+        CHECK(ts_gemm_tier_set(tiers[i]), "cannot select tier %s", ts_gemm_tier_to_name(tiers[i]));
+        printf("flash-style kernel of the cpu backend, tier %s, vs the naive implementation:\n",
+               ts_gemm_tier_to_name(tiers[i]));
+        for (size_t c = 0; c < sizeof configs / sizeof configs[0]; c++)
+            test_against_naive(&configs[c], TS_F32, fast, 1e-5);
+        test_segments_are_sequences(fast, TS_F32, 1e-5, "cpu f32");
+    }
+    ts_gemm_tier_set(saved);
+}
+
+/* Items are handed to threads dynamically, but each output element has one owner and a fixed
+ * summation order: 1, 2 and 3 threads must agree bit for bit. */
+static void test_fast_thread_count_invariance(void) {
+    const attn_config *c = config_named("tiles: window 40 + docs + K=V + CSA");
+    attn_data x = make_data(c, 4321, true);
+    attn_result base = {0};
+    for (int threads = 1; threads <= 3 && c; threads++) {
+        ts_backend *be = NULL;
+        CHECK(ts_backend_cpu_new(threads, &be) == TS_OK, "cpu backend with %d threads", threads);
+        if (!be) continue;
+        attn_result r = run_op(c, &x, TS_F32, true, be);
+        if (threads == 1) {
+            base = r;
+        } else {
+            bool same = same_array(r.out, base.out, n_out(c)) && same_array(r.dq, base.dq, n_q(c)) &&
+                        same_array(r.dk, base.dk, n_k(c)) && same_array(r.dsink, base.dsink, c->H) &&
+                        same_array(r.dextra, base.dextra, n_extra(c));
+            CHECK(same, "cpu backend: %d threads give results different from 1 thread", threads);
+            free_result(&r);
+        }
+        ts_backend_free(be);
+    }
+    free_result(&base);
+    free_data(c, &x);
+}
+
+/* key_start's constructor checks: integer dtype and shape [B, T], each named. */
+static void test_key_start_errors(void) {
+    static const struct {
+        const char *what;
+        ts_dtype type;
+        int ndim;
+        int64_t shape[2];
+        ts_status want;
+        const char *needle;
+    } cases[] = {
+        {"float key_start", TS_F32, 2, {1, 4}, TS_ERR_DTYPE, "'key_start' f32[1,4]"},
+        {"key_start of another T", TS_I32, 2, {1, 5}, TS_ERR_SHAPE, "key_start must be [B, T]"},
+        {"1-D key_start", TS_I64, 1, {4}, TS_ERR_SHAPE, "'key_start' i64[4]"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ts_graph *g = ts_graph_new();
+        ts_tensor *q = ts_new_tensor_4d(g, TS_F32, 1, 4, 2, 8, "q"), *k = ts_new_tensor_4d(g, TS_F32, 1, 4, 1, 8, "k");
+        ts_tensor *ks = ts_new_tensor(g, cases[i].type, cases[i].ndim, cases[i].shape, "key_start");
+        ts_attention_params p = {.scale = 0.5f, .causal = true, .key_start = ks};
+        ts_tensor *out = ts_attention(g, q, k, k, &p);
+        CHECK(out == NULL && ts_graph_status(g) == cases[i].want && has(ts_graph_error(g), cases[i].needle),
+              "%s: got %s (%s)", cases[i].what, ts_status_name(ts_graph_status(g)), ts_graph_error(g));
+        ts_graph_free(g);
+    }
+}
+
+int main(void) {
+    ts_backend *be = NULL, *fast = NULL;
+    CHECK(ts_backend_cpu_ref_new(2, &be) == TS_OK, "reference CPU backend");
+    CHECK(ts_backend_cpu_new(2, &fast) == TS_OK, "optimized CPU backend");
+    if (!be || !fast) return check_summary("test_attention");
+    test_memory_is_linear(fast, TS_F32);
+    test_memory_is_linear(be, TS_F64);
+    printf("reference kernel vs a naive implementation (forward and all gradients):\n");
+    for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++) {
+        test_against_naive(&configs[i], TS_F64, be, 1e-12);
+        test_against_naive(&configs[i], TS_F32, be, 2e-6); /* one rounding of each result (double inside) */
+    }
+    test_segments_are_sequences(be, TS_F64, 1e-12, "cpu-ref f64");
+    test_fully_masked_rows(be, TS_F64);
     test_causality(be);
     test_thread_count_invariance();
     test_constructor_errors(be);
+    test_key_start_errors();
+
+    test_fast_path_taken(fast);
+    test_fast_against_naive(fast);
+    test_fully_masked_rows(fast, TS_F32);
+    test_fast_thread_count_invariance();
+    ts_backend_free(fast);
     ts_backend_free(be);
     return check_summary("test_attention");
 }

@@ -563,6 +563,17 @@ static ts_tensor *case_attention_gqa_decode(gc_case *c) {
     return ts_attention(c->g, q, k, v, &p);
 }
 
+/* a document mask (key_start = the data loader's doc_start): two packed documents in batch 0
+ * (positions 0-2 and 3-5), three in batch 1 (0, 1-3, 4-5); with a sink */
+static ts_tensor *case_attention_key_start(gc_case *c) {
+    static const int64_t starts[] = {0, 0, 0, 3, 3, 3, 0, 1, 1, 1, 4, 4};
+    ts_tensor *q = P("q", INIT_UNIFORM, 2, 6, 2, 3), *k = P("k", INIT_UNIFORM, 2, 6, 1, 3);
+    ts_tensor *v = P("v", INIT_UNIFORM, 2, 6, 1, 4), *sink = P("sink", INIT_UNIFORM, 2);
+    ts_attention_params p = {.scale = 0.7f, .causal = true, .sink = sink,
+                             .key_start = IDS("key_start", TS_I32, starts, 2, 6)};
+    return ts_attention(c->g, q, k, v, &p);
+}
+
 /* ---------------------------------------------------------------- cases: composites */
 
 static ts_tensor *case_used_twice(gc_case *c) { /* x * x + x: three uses accumulate */
@@ -666,6 +677,7 @@ static const gc_spec cases[] = {
     CASE("attention shared K=V (Hk=1) + sink", case_attention_shared_kv),
     CASE("attention shared K=V + extras, -1 slots", case_attention_extras),
     CASE("attention GQA H=4 Hk=2 decode T<S", case_attention_gqa_decode),
+    CASE("attention doc mask (key_start) + sink", case_attention_key_start),
     CASE("x*x + x (accumulation)", case_used_twice),
     LOSS_CASE("2-layer MLP + cross_entropy", case_mlp),
     CASE("attention head with causal mask", case_attention),

@@ -79,8 +79,9 @@ extern const ts_cpu_kernel ts_cpu_reference_kernels[TS_OP_COUNT];
 /* The reference CPU backend with n_threads workers (<= 0: all cores). */
 ts_status ts_backend_cpu_ref_new(int n_threads, ts_backend **out);
 /* The optimized CPU backend ("cpu"): the reference backend with fast kernels swapped in
- * (packed SIMD GEMM for f32 matmul; f32 paths for common elementwise ops, softmax and rms_norm),
- * each falling back to the reference kernel for layouts and dtypes it does not handle. */
+ * (packed SIMD GEMM for f32 matmul; f32 paths for common elementwise ops, softmax and rms_norm;
+ * flash-style tiled f32 attention), each falling back to the reference kernel for layouts and
+ * dtypes it does not handle. */
 ts_status ts_backend_cpu_new(int n_threads, ts_backend **out);
 /* A CPU backend that runs `kernels` (copied; NULL entries fall back to the reference) -
  * how optimized CPU tiers and test doubles plug in. */

@@ -22,7 +22,7 @@ extern "C" {
 #endif
 
 #define TS_MAX_DIMS 4
-#define TS_MAX_SRC 8 /* attention_back reads 7: q, k, v, sink, extra, extra_idx, dout */
+#define TS_MAX_SRC 8 /* attention_back reads up to 8: q, k, v, sink, extra, extra_idx, key_start, dout */
 #define TS_MAX_NAME 64
 
 typedef struct ts_graph ts_graph;
@@ -78,7 +78,8 @@ typedef enum {
                            Output shape [1]. */
     TS_OP_ATTENTION,    /* fused softmax attention (see ts_attention): src q [B,T,H,D], k [B,S,Hk,D],
                            v [B,S,Hk,Dv], then sink [H] if ip[2], then extra [B,N,Hk,D] and
-                           extra_idx [B,T,E] if ip[3]; ip[0] = causal, ip[1] = window (0: none),
+                           extra_idx [B,T,E] if ip[3], then key_start [B,T] if ip[4] (only the
+                           present ones, in this order); ip[0] = causal, ip[1] = window (0: none),
                            fp[0] = scale -> [B,T,H,Dv] */
 
     /* backward helpers (also plain ops; the conformance suite covers them) */
@@ -97,7 +98,7 @@ typedef enum {
                            one flat f64 (q f64) or f32 (otherwise) buffer holding, in this order and
                            each row-major in its source's shape, dq | dk | dv | dsink (if a sink)
                            | dextra (if extras); every part is always present, so offsets depend
-                           on the shapes only */
+                           on the shapes only; the integer extra_idx and key_start get none) */
 
     TS_OP_COUNT
 } ts_op;
@@ -244,9 +245,14 @@ ts_tensor *ts_cross_entropy(ts_graph *g, ts_tensor *logits, ts_tensor *targets);
  *   Query t sits at absolute position pos(t) = S - T + t (T == S in training; T < S when
  *   decoding against a cache); key j at position j.
  *   Key j is visible to query t when (causal: j <= pos(t)) and (window > 0: j > pos(t) - window,
- *   i.e. the window pos-window+1 .. pos includes the query itself, spec 2.6). Without causal a
- *   window bounds keys from below only. With causal and T > S, queries at negative positions
- *   see no key.
+ *   i.e. the window pos-window+1 .. pos includes the query itself, spec 2.6) and (key_start
+ *   given: j >= key_start[b, t]). Without causal a window bounds keys from below only. With
+ *   causal and T > S, queries at negative positions see no key.
+ *   key_start (optional) [B, T] (i32 or i64): a per-query lower bound on the visible keys - the
+ *   document mask of packed training rows, i.e. the data loader's doc_start (tessera/data.h:
+ *   t attends to s iff doc_start[t] <= s <= t, which is causal + key_start). Any value is
+ *   allowed (<= 0: no bound; beyond pos(t): no visible key). It bounds keys only, never extras
+ *   (the caller builds extra_idx and leaves out what a document must not see).
  *   sink (optional) [H]: a logit z_h joining every softmax of head h with value zero (it only
  *   absorbs probability mass, spec 2.5 step 6). Any float dtype (V4 keeps it in f32).
  *   extra (optional) [B, N, Hk, D] with extra_idx [B, T, E] (i32 or i64): extra entries used as
@@ -263,8 +269,10 @@ ts_tensor *ts_cross_entropy(ts_graph *g, ts_tensor *logits, ts_tensor *targets);
  *   Output [B, T, H, Dv] in q's dtype; k, v and extra must have q's dtype.
  *
  * The reference kernel computes in double, one query row at a time (memory linear in T and S,
- * never T x S). Backward is one TS_OP_ATTENTION_BACK node that recomputes each row's softmax;
- * with p the probabilities, dp_j = <dout, v_j>, D = sum_j p_j dp_j:
+ * never T x S); the optimized "cpu" backend runs f32 through a flash-style tiled kernel
+ * (src/backends/cpu/fast_attention.c), also linear in T. Backward is one TS_OP_ATTENTION_BACK
+ * node that recomputes each row's softmax; with p the probabilities, dp_j = <dout, v_j>,
+ * D = sum_j p_j dp_j:
  *   dl_j = p_j (dp_j - D); dq = scale sum_j dl_j k_j; dk_j += scale dl_j q; dv_j += p_j dout;
  *   dsink_h = -sum p_sink D; an extra entry receives both its key and its value share. */
 typedef struct {
@@ -274,6 +282,7 @@ typedef struct {
     ts_tensor *sink;         /* NULL or [H] */
     ts_tensor *extra;        /* NULL or [B, N, Hk, D] */
     ts_tensor *extra_idx;    /* with extra: [B, T, E] i32/i64, -1 = unused slot */
+    ts_tensor *key_start;    /* NULL or [B, T] i32/i64: keys j < key_start[b, t] are hidden */
 } ts_attention_params;
 
 ts_tensor *ts_attention(ts_graph *g, ts_tensor *q, ts_tensor *k, ts_tensor *v, const ts_attention_params *p);

@@ -44,6 +44,9 @@ typedef enum {
     GEN_CAUSAL_MASK,     /* 0 on and below the diagonal of the last two axes, -inf above */
     GEN_INDEX,           /* integers in [0, hi) */
     GEN_TARGET,          /* integers in [0, hi), about 1 in 6 replaced by -1 (an ignored target) */
+    GEN_DOC_START,       /* [B, T] attention key_start of packed documents over hi = S keys: query t
+                            (position hi - T + t) gets the start of its document (random lengths) */
+    GEN_KEY_BOUND,       /* integers in [-2, hi + 2): arbitrary key lower bounds, empty rows included */
 } value_gen;
 
 /* How an input reaches the op: as its leaf, or as a non-contiguous view of a leaf. */
@@ -86,6 +89,8 @@ typedef struct {
 #define FG(g, ...) {SHAPE(__VA_ARGS__), .gen = (g)}                 /* float input, explicit values */
 #define IDX(t, h, ...) {SHAPE(__VA_ARGS__), .gen = GEN_INDEX, .index_dtype = (t), .hi = (h)}
 #define TGT(t, h, ...) {SHAPE(__VA_ARGS__), .gen = GEN_TARGET, .index_dtype = (t), .hi = (h)}
+#define DOC(t, h, ...) {SHAPE(__VA_ARGS__), .gen = GEN_DOC_START, .index_dtype = (t), .hi = (h)}
+#define BOUND(t, h, ...) {SHAPE(__VA_ARGS__), .gen = GEN_KEY_BOUND, .index_dtype = (t), .hi = (h)}
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 /* ================================================================ 2. the case table */
@@ -228,10 +233,12 @@ static const variant cross_entropy_variants[] = { /* logits, targets (some -1 = 
     {.in = {FT(7, 33), TGT(TS_I64, 33, 7)}},
 };
 
-/* q, k, v [, sink] [, extra, extra_idx]; ip = causal, window, has_sink, has_extra; fp[0] = scale.
- * Odd sizes, Dv != D, grouped heads (H = 4 over Hk = 2), V4's shared head (Hk = 1) with extra
- * entries whose index slots hold some -1 (TGT draws about 1 in 6), decoding (T < S), a window
- * without causality, strided q and k. */
+/* q, k, v [, sink] [, extra, extra_idx] [, key_start]; ip = causal, window, has_sink, has_extra,
+ * has_key_start; fp[0] = scale. Odd sizes, Dv != D, grouped heads (H = 4 over Hk = 2), V4's
+ * shared head (Hk = 1) with extra entries whose index slots hold some -1 (TGT draws about 1 in
+ * 6), decoding (T < S, T = 1), a window without causality, document masks (key_start: packed
+ * documents, and arbitrary bounds that leave some rows empty), strided q and k, and lengths past
+ * the optimized kernel's tiles (33, 100, 257: several query and key tiles, ragged last ones). */
 static const variant attention_variants[] = {
     {.in = {F(1, 5, 1, 8), F(1, 5, 1, 8), F(1, 5, 1, 8)}, .ip = {1, 0, 0, 0}, .fp = {0.35f}, .note = "causal"},
     {.in = {F(2, 7, 3, 5), F(2, 7, 3, 5), F(2, 7, 3, 3)}, .ip = {0, 0, 0, 0}, .fp = {0.45f}, .note = "full"},
@@ -245,6 +252,22 @@ static const variant attention_variants[] = {
     {.in = {F(2, 3, 2, 8), F(2, 11, 1, 8), F(2, 11, 1, 8), F(2, 4, 1, 8), TGT(TS_I64, 4, 2, 3, 2)},
      .ip = {1, 5, 0, 1}, .fp = {0.35f}, .note = "decode causal window=5 extras"},
     {.in = {FT(1, 4, 2, 8), FS(1, 4, 2, 8), F(1, 4, 2, 8)}, .ip = {1, 0, 0, 0}, .fp = {0.35f}, .note = "causal"},
+    {.in = {FS(1, 33, 2, 8), F(1, 33, 2, 8), FS(1, 33, 2, 8)}, .ip = {1, 0, 0, 0}, .fp = {0.35f}, .note = "causal"},
+    {.in = {F(2, 13, 2, 8), F(2, 13, 2, 8), F(2, 13, 2, 8), DOC(TS_I32, 13, 2, 13)}, .ip = {1, 0, 0, 0, 1},
+     .fp = {0.35f}, .note = "causal key_start"},
+    {.in = {F(1, 33, 4, 16), F(1, 33, 2, 16), F(1, 33, 2, 16), F(4), DOC(TS_I64, 33, 1, 33)}, .ip = {1, 4, 1, 0, 1},
+     .fp = {0.25f}, .note = "causal window=4 sink gqa key_start"},
+    {.in = {F(2, 8, 4, 8), F(2, 8, 1, 8), F(2, 8, 1, 8), F(4), F(2, 3, 1, 8), TGT(TS_I32, 3, 2, 8, 4),
+            DOC(TS_I32, 8, 2, 8)},
+     .ip = {1, 0, 1, 1, 1}, .fp = {0.35f}, .note = "causal sink extras key_start"},
+    {.in = {F(1, 7, 2, 8), F(1, 9, 2, 8), F(1, 9, 2, 5), BOUND(TS_I32, 9, 1, 7)}, .ip = {0, 0, 0, 0, 1},
+     .fp = {0.35f}, .note = "key bounds"},
+    {.in = {F(1, 1, 4, 16), F(1, 70, 2, 16), F(1, 70, 2, 16), F(4)}, .ip = {1, 0, 1, 0}, .fp = {0.25f},
+     .note = "decode T=1 causal sink"},
+    {.in = {F(1, 100, 2, 16), F(1, 100, 1, 16), F(1, 100, 1, 16), F(2)}, .ip = {1, 40, 1, 0}, .fp = {0.25f},
+     .note = "causal window=40 sink"},
+    {.in = {F(1, 257, 2, 8), F(1, 257, 2, 8), F(1, 257, 2, 8), DOC(TS_I32, 257, 1, 257)}, .ip = {1, 0, 0, 0, 1},
+     .fp = {0.35f}, .note = "causal key_start"},
 };
 
 static const variant attention_back_variants[] = { /* attention's inputs, then dout */
@@ -259,6 +282,17 @@ static const variant attention_back_variants[] = { /* attention's inputs, then d
      .ip = {1, 4, 1, 1}, .fp = {0.35f}, .note = "causal window=4 sink extras"},
     {.in = {F(2, 3, 2, 8), F(2, 11, 1, 8), F(2, 11, 1, 8), F(2, 4, 1, 8), TGT(TS_I64, 4, 2, 3, 2), FT(2, 3, 2, 8)},
      .ip = {1, 5, 0, 1}, .fp = {0.35f}, .note = "decode causal window=5 extras"},
+    {.in = {F(2, 13, 2, 8), F(2, 13, 2, 8), F(2, 13, 2, 8), DOC(TS_I32, 13, 2, 13), F(2, 13, 2, 8)},
+     .ip = {1, 0, 0, 0, 1}, .fp = {0.35f}, .note = "causal key_start"},
+    {.in = {F(2, 8, 4, 8), F(2, 8, 1, 8), F(2, 8, 1, 8), F(4), F(2, 3, 1, 8), TGT(TS_I32, 3, 2, 8, 4),
+            DOC(TS_I64, 8, 2, 8), F(2, 8, 4, 8)},
+     .ip = {1, 4, 1, 1, 1}, .fp = {0.35f}, .note = "causal window=4 sink extras key_start"},
+    {.in = {F(1, 7, 2, 8), F(1, 9, 2, 8), F(1, 9, 2, 5), F(2), BOUND(TS_I32, 9, 1, 7), FS(1, 7, 2, 5)},
+     .ip = {0, 0, 1, 0, 1}, .fp = {0.35f}, .note = "sink key bounds"},
+    {.in = {F(1, 100, 4, 16), F(1, 100, 2, 16), F(1, 100, 2, 16), F(4), F(1, 100, 4, 16)}, .ip = {1, 40, 1, 0},
+     .fp = {0.25f}, .note = "causal window=40 sink gqa"},
+    {.in = {F(1, 257, 2, 8), F(1, 257, 1, 8), F(1, 257, 1, 8), DOC(TS_I32, 257, 1, 257), F(1, 257, 2, 8)},
+     .ip = {1, 0, 0, 0, 1}, .fp = {0.35f}, .note = "causal key_start"},
 };
 
 static const variant max_back_variants[] = { /* x, y = max(x), dy; ip[0] = axis */
@@ -447,7 +481,9 @@ typedef struct {
     char name[160];
 } conf_case;
 
-static bool is_index_gen(value_gen g) { return g == GEN_INDEX || g == GEN_TARGET; }
+static bool is_index_gen(value_gen g) {
+    return g == GEN_INDEX || g == GEN_TARGET || g == GEN_DOC_START || g == GEN_KEY_BOUND;
+}
 
 static int variant_n_inputs(const variant *v) {
     int n = 0;
@@ -573,6 +609,7 @@ static double draw(ts_rng *r, value_gen g, int64_t hi) {
     case GEN_UNIQUE_MAX: return uniform(r, -2.0, 2.0);
     case GEN_INDEX: return (double)random_below(r, hi);
     case GEN_TARGET: return random_below(r, 6) == 0 ? -1.0 : (double)random_below(r, hi);
+    case GEN_KEY_BOUND: return (double)(random_below(r, hi + 4) - 2);
     default: return ts_rng_normal(r);
     }
 }
@@ -607,6 +644,22 @@ static void causal_mask(double *m, const input_spec *in) {
     }
 }
 
+/* Packed documents over the hi keys of each batch row (a new one starts at a key with
+ * probability 1/5; the first at 0), and each query's document start: query t sits at position
+ * hi - T + t (decoding against a cache when T < hi). */
+static void doc_starts(ts_rng *r, double *x, const input_spec *in) {
+    int64_t B = in->shape[0], T = in->shape[1], S = in->hi;
+    for (int64_t i = 0; i < B * T; i++) x[i] = 0; /* queries before the first key (T > hi) */
+    for (int64_t b = 0; b < B; b++) {
+        int64_t start = 0;
+        for (int64_t pos = 0; pos < S; pos++) {
+            if (pos > 0 && random_below(r, 5) == 0) start = pos;
+            int64_t t = pos - (S - T);
+            if (t >= 0) x[b * T + t] = (double)start;
+        }
+    }
+}
+
 /* Fills the logical values of input i (inputs before it are already drawn: max_back reads x). */
 static void generate_input(const conf_case *c, int i, ts_rng *r, case_data *d) {
     const input_spec *in = &c->var->in[i];
@@ -618,6 +671,8 @@ static void generate_input(const conf_case *c, int i, ts_rng *r, case_data *d) {
         max_along_axis(d->logical[0], &c->var->in[0], axis, x);
     } else if (g == GEN_CAUSAL_MASK) {
         causal_mask(x, in);
+    } else if (g == GEN_DOC_START) {
+        doc_starts(r, x, in);
     } else {
         for (int64_t k = 0; k < n; k++) x[k] = draw(r, g, in->hi);
         if (g == GEN_UNIQUE_MAX) make_max_unique(r, x, in, axis);

@@ -249,13 +249,13 @@ static void back_cross_entropy(ts_graph *g, ts_tensor *node, ts_tensor *dy, ts_t
  * dsink | dextra, each row-major in its source's shape. Each source that needs a gradient
  * gets a slice of that buffer reshaped to its shape: views, no copy. When k and v are the
  * same tensor (V4's shared K=V head), the two slices are summed by the caller like any two
- * uses of one tensor. extra_idx (integer) gets nothing. */
+ * uses of one tensor. extra_idx and key_start (integers) get nothing. */
 static void back_attention(ts_graph *g, ts_tensor *node, ts_tensor *dy, ts_tensor **dsrc) {
     ts_tensor *src[TS_MAX_SRC];
     int n = node->n_src;
     for (int i = 0; i < n; i++) src[i] = node->src[i];
     src[n] = dy;
-    ts_tensor *flat = ts_op_node(g, TS_OP_ATTENTION_BACK, src, n + 1, node->ip, 4, node->fp, 1);
+    ts_tensor *flat = ts_op_node(g, TS_OP_ATTENTION_BACK, src, n + 1, node->ip, 5, node->fp, 1);
     if (!flat) return;
     int64_t offset = 0;
     for (int i = 0; i < n; i++) {

@@ -624,9 +624,9 @@ ts_tensor *ts_cross_entropy(ts_graph *g, ts_tensor *logits, ts_tensor *targets) 
 
 /* ---------------------------------------------------------------- attention */
 
-/* The tensors of one attention node; sink and extra/extra_idx may be NULL (absent). */
+/* The tensors of one attention node; sink, extra/extra_idx and key_start may be NULL (absent). */
 typedef struct {
-    ts_tensor *q, *k, *v, *sink, *extra, *extra_idx;
+    ts_tensor *q, *k, *v, *sink, *extra, *extra_idx, *key_start;
 } attention_inputs;
 
 static bool dims_are(const ts_tensor *t, int ndim) { return t->ndim == ndim; }
@@ -682,6 +682,15 @@ static bool attention_extra_ok(ts_graph *g, const char *name, const attention_in
     return true;
 }
 
+static bool attention_key_start_ok(ts_graph *g, const char *name, const attention_inputs *in) {
+    ts_tensor *q = in->q, *ks = in->key_start;
+    if (!ks) return true;
+    if (!need_int(g, name, ks)) return false;
+    if (!dims_are(ks, 2) || ks->shape[0] != q->shape[0] || ks->shape[1] != q->shape[1])
+        return refuse(g, TS_ERR_SHAPE, name, "key_start must be [B, T] with q's B and T", q, ks);
+    return true;
+}
+
 static bool attention_params_ok(ts_graph *g, const char *name, const ts_tensor *q, int32_t window, float scale) {
     if (window < 0) return refuse(g, TS_ERR_INVALID_ARG, name, "window must be >= 0 (0: unlimited)", q, NULL);
     if (!isfinite(scale)) return refuse(g, TS_ERR_INVALID_ARG, name, "scale must be finite", q, NULL);
@@ -689,12 +698,12 @@ static bool attention_params_ok(ts_graph *g, const char *name, const ts_tensor *
 }
 
 /* Records an attention node (op ATTENTION, or ATTENTION_BACK with dout) after every check.
- * Sources are q, k, v, then the optional ones that are present; ip[2] / ip[3] say which. */
+ * Sources are q, k, v, then the optional ones that are present; ip[2] / ip[3] / ip[4] say which. */
 static ts_tensor *attention_node(ts_graph *g, ts_op op, const attention_inputs *in, ts_tensor *dout, bool causal,
                                  int32_t window, float scale) {
     const char *name = ts_op_name(op);
     if (!attention_qkv_ok(g, name, in) || !attention_sink_ok(g, name, in) || !attention_extra_ok(g, name, in) ||
-        !attention_params_ok(g, name, in->q, window, scale))
+        !attention_key_start_ok(g, name, in) || !attention_params_ok(g, name, in->q, window, scale))
         return NULL;
     ts_tensor *q = in->q, *v = in->v;
     int64_t out_shape[4] = {q->shape[0], q->shape[1], q->shape[2], v->shape[3]};
@@ -705,6 +714,7 @@ static ts_tensor *attention_node(ts_graph *g, ts_op op, const attention_inputs *
         src[n++] = in->extra;
         src[n++] = in->extra_idx;
     }
+    if (in->key_start) src[n++] = in->key_start;
     ts_tensor *r;
     if (op == TS_OP_ATTENTION) {
         r = ts_graph_add_node(g, op, q->dtype, 4, out_shape, src, n);
@@ -724,6 +734,7 @@ static ts_tensor *attention_node(ts_graph *g, ts_op op, const attention_inputs *
         r->ip[1] = window;
         r->ip[2] = in->sink != NULL;
         r->ip[3] = in->extra != NULL;
+        r->ip[4] = in->key_start != NULL;
         r->fp[0] = scale;
     }
     return r;
@@ -732,28 +743,32 @@ static ts_tensor *attention_node(ts_graph *g, ts_op op, const attention_inputs *
 ts_tensor *ts_attention(ts_graph *g, ts_tensor *q, ts_tensor *k, ts_tensor *v, const ts_attention_params *p) {
     if (!q || !k || !v) return NULL;
     if (!p) return fail(g, TS_ERR_INVALID_ARG, "attention", "params is NULL", q, NULL);
-    attention_inputs in = {q, k, v, p->sink, p->extra, p->extra_idx};
+    attention_inputs in = {q, k, v, p->sink, p->extra, p->extra_idx, p->key_start};
     return attention_node(g, TS_OP_ATTENTION, &in, NULL, p->causal, p->window, p->scale);
 }
 
-/* ts_op_node's path: unpacks the compact source list as ip[2] (sink) and ip[3] (extras) say. */
-static ts_tensor *attention_from_sources(ts_graph *g, ts_op op, ts_tensor *const *src, int n_src, const int32_t *ip,
-                                         const float *fp) {
-    bool has_sink = ip[2] != 0, has_extra = ip[3] != 0, back = op == TS_OP_ATTENTION_BACK;
-    int want = 3 + has_sink + 2 * has_extra + back;
+/* ts_op_node's path: unpacks the compact source list as ip[2] (sink), ip[3] (extras) and ip[4]
+ * (key_start) say; parameters past n_ip count as 0 (callers from before key_start pass 4). */
+static ts_tensor *attention_from_sources(ts_graph *g, ts_op op, ts_tensor *const *src, int n_src,
+                                         const int32_t *given_ip, int n_ip, const float *fp) {
+    int32_t ip[5] = {0};
+    memcpy(ip, given_ip, (size_t)(n_ip < 0 ? 0 : n_ip < 5 ? n_ip : 5) * sizeof ip[0]);
+    bool has_sink = ip[2] != 0, has_extra = ip[3] != 0, has_key_start = ip[4] != 0, back = op == TS_OP_ATTENTION_BACK;
+    int want = 3 + has_sink + 2 * has_extra + has_key_start + back;
     if (n_src != want) {
-        ts_graph_set_error(g, TS_ERR_INVALID_ARG, "%s: %d sources given, expected %d (q, k, v%s%s%s)", ts_op_name(op),
-                           n_src, want, has_sink ? ", sink" : "", has_extra ? ", extra, extra_idx" : "",
-                           back ? ", dout" : "");
+        ts_graph_set_error(g, TS_ERR_INVALID_ARG, "%s: %d sources given, expected %d (q, k, v%s%s%s%s)",
+                           ts_op_name(op), n_src, want, has_sink ? ", sink" : "", has_extra ? ", extra, extra_idx" : "",
+                           has_key_start ? ", key_start" : "", back ? ", dout" : "");
         return NULL;
     }
-    attention_inputs in = {src[0], src[1], src[2], NULL, NULL, NULL};
+    attention_inputs in = {src[0], src[1], src[2], NULL, NULL, NULL, NULL};
     int i = 3;
     if (has_sink) in.sink = src[i++];
     if (has_extra) {
         in.extra = src[i++];
         in.extra_idx = src[i++];
     }
+    if (has_key_start) in.key_start = src[i++];
     return attention_node(g, op, &in, back ? src[i] : NULL, ip[0] != 0, ip[1], fp[0]);
 }
 
@@ -839,7 +854,7 @@ ts_tensor *ts_op_node(ts_graph *g, ts_op op, ts_tensor *const *src, int n_src, c
     case TS_OP_SCATTER_ADD: return ts_scatter_add(g, s0, ip[0], s1, s2);
     case TS_OP_CROSS_ENTROPY: return ts_cross_entropy(g, s0, s1);
     case TS_OP_ATTENTION: case TS_OP_ATTENTION_BACK:
-        return attention_from_sources(g, op, src, n_src, ip, fp);
+        return attention_from_sources(g, op, src, n_src, ip, n_ip, fp);
 
     case TS_OP_SIGMOID_BACK: case TS_OP_SILU_BACK: case TS_OP_RELU_BACK: case TS_OP_CLAMP_BACK:
         return same_shape_back(g, op, s0, s1, fp);

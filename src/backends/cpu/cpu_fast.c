@@ -21,6 +21,8 @@ static const ts_cpu_kernel fast_kernels[TS_OP_COUNT] = {
     [TS_OP_SILU_BACK] = ts_fast_unary_back,
     [TS_OP_SOFTMAX] = ts_fast_softmax,
     [TS_OP_RMS_NORM] = ts_fast_rms_norm,
+    [TS_OP_ATTENTION] = ts_fast_attention,
+    [TS_OP_ATTENTION_BACK] = ts_fast_attention_back,
 };
 
 ts_status ts_backend_cpu_new(int n_threads, ts_backend **out) {

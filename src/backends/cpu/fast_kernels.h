@@ -3,7 +3,7 @@
  * for the layouts it was written for (f32, strides it can address directly) and otherwise calls
  * the reference kernel of the same op, so it accepts every node the reference accepts and fails
  * the same way on bad input. fast_matmul.c holds matmul; fast_elementwise.c the elementwise,
- * softmax and rms_norm paths. */
+ * softmax and rms_norm paths; fast_attention.c fused attention and its backward. */
 #ifndef TS_FAST_KERNELS_H
 #define TS_FAST_KERNELS_H
 
@@ -25,5 +25,11 @@ TS_FAST_KERNEL(softmax);
 TS_FAST_KERNEL(rms_norm);
 /* Whether the fast elementwise / row kernel for dst's op takes its own f32 path (tests). */
 bool ts_fast_elementwise_applies(const ts_tensor *dst);
+
+/* fast_attention.c: flash-style f32 attention and its backward */
+TS_FAST_KERNEL(attention);
+TS_FAST_KERNEL(attention_back);
+/* Whether dst (an attention or attention_back node) takes the tiled f32 path (tests). */
+bool ts_fast_attention_applies(const ts_tensor *dst);
 
 #endif

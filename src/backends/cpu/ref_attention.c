@@ -10,8 +10,9 @@
  * gradients) - so nothing T x S ever exists. Scratch per thread: a few vectors of D doubles,
  * and backward the double accumulators of one (batch, kv head)'s dk, dv and dextra rows.
  *
- * The entries of a row are its visible keys j in [key_lo, key_hi) in ascending order, then its
- * extra slots e = 0..E-1 in order (slots holding -1 skipped). Sums run in that order.
+ * The entries of a row are its visible keys j in [key_lo, key_hi) in ascending order (causal,
+ * window and key_start only narrow that range), then its extra slots e = 0..E-1 in order (slots
+ * holding -1 skipped). Sums run in that order.
  *
  * Determinism: forward splits the output rows among threads. Backward splits (batch, kv head)
  * pairs: a pair owns the dk / dv / dextra rows of its kv head and the dq rows of its query heads,
@@ -35,7 +36,7 @@
 
 /* Everything both kernels read from the node: inputs (NULL when absent), sizes, parameters. */
 typedef struct {
-    const ts_tensor *q, *k, *v, *sink, *extra, *idx, *dout;
+    const ts_tensor *q, *k, *v, *sink, *extra, *idx, *key_start, *dout;
     int64_t B, T, S, H, Hk, D, Dv, N, E;
     int64_t group;  /* query heads per kv head: query head h reads kv head h / group */
     double scale;
@@ -43,12 +44,13 @@ typedef struct {
     int64_t window; /* 0: unlimited */
 } attn_problem;
 
-/* Unpacks the compact source list (q, k, v, [sink], [extra, extra_idx], [dout]) of dst. */
+/* Unpacks the compact source list (q, k, v, [sink], [extra, extra_idx], [key_start], [dout]) of
+ * dst. */
 static ts_status read_problem(const ts_cpu_ctx *ctx, const ts_tensor *dst, bool back, attn_problem *p) {
     memset(p, 0, sizeof *p);
-    bool has_sink = dst->ip[2] != 0, has_extra = dst->ip[3] != 0;
-    int want = 3 + has_sink + 2 * has_extra + back;
-    if (dst->n_src != want) return ts_ref_fail(ctx, TS_ERR_INTERNAL, dst, "sources do not match ip[2] / ip[3]");
+    bool has_sink = dst->ip[2] != 0, has_extra = dst->ip[3] != 0, has_key_start = dst->ip[4] != 0;
+    int want = 3 + has_sink + 2 * has_extra + has_key_start + back;
+    if (dst->n_src != want) return ts_ref_fail(ctx, TS_ERR_INTERNAL, dst, "sources do not match ip[2..4]");
     for (int i = 0; i < want; i++)
         if (!dst->src[i]) return ts_ref_fail(ctx, TS_ERR_INTERNAL, dst, "missing inputs");
     int i = 3;
@@ -60,6 +62,7 @@ static ts_status read_problem(const ts_cpu_ctx *ctx, const ts_tensor *dst, bool 
         p->extra = dst->src[i++];
         p->idx = dst->src[i++];
     }
+    if (has_key_start) p->key_start = dst->src[i++];
     if (back) p->dout = dst->src[i];
     p->B = p->q->shape[0];
     p->T = p->q->shape[1];
@@ -96,6 +99,11 @@ static ts_status check_problem(const ts_cpu_ctx *ctx, const ts_tensor *dst, cons
         return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "extra must be [B,N,Hk,D] (Dv == D), extra_idx [B,T,E]");
     if (p->idx && p->idx->dtype != TS_I32 && p->idx->dtype != TS_I64)
         return ts_ref_fail(ctx, TS_ERR_DTYPE, dst, "extra_idx must be i32 or i64");
+    const ts_tensor *ks = p->key_start;
+    if (ks && (ks->dtype != TS_I32 && ks->dtype != TS_I64))
+        return ts_ref_fail(ctx, TS_ERR_DTYPE, dst, "key_start must be i32 or i64");
+    if (ks && (ks->ndim != 2 || ks->shape[0] != p->B || ks->shape[1] != p->T))
+        return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "key_start must be [B, T]");
     if (p->sink && (p->sink->ndim != 1 || p->sink->shape[0] != p->H))
         return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "sink must be [H]");
     if (p->window < 0) return ts_ref_fail(ctx, TS_ERR_INVALID_ARG, dst, "window must be >= 0");
@@ -141,12 +149,18 @@ typedef struct {
 } attn_row;
 
 /* Keys visible to query t at position pos = S - T + t: causal keeps j <= pos; a window keeps
- * j > pos - window (so the window of size w is pos-w+1 .. pos, the query's own key included). */
+ * j > pos - window (so the window of size w is pos-w+1 .. pos, the query's own key included);
+ * key_start keeps j >= key_start[b, t]. */
 static attn_row make_row(const attn_problem *p, int64_t b, int64_t t, int64_t h, double *q_buf) {
     attn_row r = {.b = b, .t = t, .h = h, .kv = h / p->group, .key_lo = 0, .key_hi = p->S, .q = q_buf};
     int64_t pos = p->S - p->T + t;
     if (p->causal && pos + 1 < r.key_hi) r.key_hi = pos + 1 > 0 ? pos + 1 : 0;
     if (p->window > 0 && pos - p->window + 1 > r.key_lo) r.key_lo = pos - p->window + 1;
+    if (p->key_start) {
+        const ts_tensor *ks = p->key_start;
+        double lo = ref_get(ks, b * ks->stride[0] + t * ks->stride[1]);
+        if (lo > (double)r.key_lo) r.key_lo = lo < (double)p->S ? (int64_t)lo : p->S;
+    }
     if (r.key_lo > r.key_hi) r.key_lo = r.key_hi;
     r.sink = p->sink ? ref_get(p->sink, r.h * p->sink->stride[0]) : -INFINITY;
     int64_t off = row_start(p->q, b, t, h);
