@@ -372,6 +372,47 @@ static void test_causality(ts_model_weights *w64) {
     free(ids);
 }
 
+/* Document masking: with a second document starting at s, logits at positions >= s do not
+ * change when tokens of the first document change (window keys via the attention's key_start,
+ * compressed blocks via the block tables); without the mask they do. */
+static void test_doc_mask(ts_model_weights *w64) {
+    int64_t n;
+    int32_t *ids = fixture_ids("ids", &n);
+    run r;
+    ts_backend *be;
+    ts_backend_cpu_ref_new(2, &be);
+    if (!run_model(&r, w64, be, ids, 1, T_, false)) {
+        run_free(&r);
+        free(ids);
+        return;
+    }
+    const int s = 19;
+    int32_t starts[T_], mod[T_];
+    for (int t = 0; t < T_; t++) starts[t] = t < s ? 0 : s;
+    memcpy(mod, ids, sizeof mod);
+    for (int t = 0; t < s; t++) mod[t] = (mod[t] + 5) % V_;
+    double *outs[2][2];
+    for (int masked = 0; masked < 2; masked++)
+        for (int changed = 0; changed < 2; changed++) {
+            CHECK_OK(ts_model_graph_set_doc_start(r.mg, masked ? starts : NULL), r.mg->graph);
+            ts_tensor_write(r.mg->ids, changed ? mod : ids, sizeof mod);
+            ts_graph_compute(r.mg->graph);
+            outs[masked][changed] = read_f64(r.mg->logits);
+        }
+    int leaked_masked = 0, leaked_plain = 0;
+    for (int t = s; t < T_; t++)
+        for (int v = 0; v < V_; v++) {
+            leaked_masked += outs[1][0][t * V_ + v] != outs[1][1][t * V_ + v];
+            leaked_plain += outs[0][0][t * V_ + v] != outs[0][1][t * V_ + v];
+        }
+    CHECK(leaked_masked == 0, "document mask: %d logits of the second document depend on the first", leaked_masked);
+    CHECK(leaked_plain > 0, "without the mask the second document should see the first");
+    printf("  document mask: the second document (from position %d) is independent of the first\n", s);
+    for (int i = 0; i < 4; i++) free(outs[i / 2][i % 2]);
+    run_free(&r);
+    free(ids);
+}
+
 /* ---------------------------------------------------------------- 5. finite differences */
 
 /* The graph's balance loss against the host formula (ts_moe_seq_balance_loss) on the same
@@ -654,6 +695,7 @@ int main(void) {
     if (s == TS_OK) {
         test_f64_parity(w64);
         test_causality(w64);
+        test_doc_mask(w64);
         test_finite_differences(w64);
         test_indexer_loss(w64);
     }

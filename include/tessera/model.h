@@ -366,6 +366,7 @@ typedef struct {
     ts_tensor *targets;        /* [B, T] next-token targets, < 0 ignored (with loss) */
     ts_tensor *mtp_ids;        /* [B, T] the token at t+1 fed to the MTP block (with mtp) */
     ts_tensor *mtp_targets;    /* [B, T] the token at t+2, < 0 ignored (with mtp and loss) */
+    ts_tensor *doc_start;      /* [B, T] document starts (ts_model_graph_set_doc_start), T > 1 only */
     ts_tensor *mtp_weight;     /* [1] input in the weights' dtype: the MTP loss weight (spec §5.1:
                                 * 0.3, 0.1 once the LR decays); 0.3 after alloc */
     ts_tensor *logits;         /* [B, T, V] */
@@ -386,10 +387,10 @@ ts_status ts_model_graph_build(const ts_model_weights *w, const ts_model_graph_o
 ts_status ts_model_graph_alloc(ts_model_graph *mg, ts_backend *be, ts_plan_stats *stats, char *err,
                                size_t err_size);
 void ts_model_graph_free(ts_model_graph *mg);
-/* Document masking of the compressed entries (spec §2.9 + the data loader's packing):
- * doc_start [B*T] (data.h's ts_batch.doc_start) restricts every query to CSA / HCA blocks that
- * lie wholly in its document (a document loses the blocks straddling its start); NULL restores
- * plain causality. Kept until the next call. */
+/* Document masking (the data loader's packing): doc_start [B*T] (data.h's ts_batch.doc_start)
+ * restricts every query to the window keys of its own document (the attention's key_start) and
+ * to CSA / HCA blocks that lie wholly in it (a document loses the blocks straddling its start);
+ * NULL restores plain causality (the state after alloc). Kept until the next call. */
 ts_status ts_model_graph_set_doc_start(ts_model_graph *mg, const int32_t *doc_start);
 /* Gradient node of weight i (NULL when it has none: buffers, unused, no backward). For a routed
  * expert it is the stacked [E, rows, cols] gradient of the layer's experts of that kind. */

@@ -26,7 +26,7 @@ static ts_tensor *attention(ts_model_builder *b, const char *prefix, ts_tensor *
     ts_tensor *q = ts_rope(g, ts_reshape(g, ts_mb_linear(b, n, prefix, "attn.wq.weight"), 4, hs), ang, (int)hd, false);
     ts_tensor *k = ts_rope(g, ts_reshape(g, ts_mb_linear(b, n, prefix, "attn.wk.weight"), 4, hs), ang, (int)hd, false);
     ts_tensor *v = ts_reshape(g, ts_mb_linear(b, n, prefix, "attn.wv.weight"), 4, hs);
-    ts_attention_params p = {.scale = (float)(1.0 / sqrt((double)hd)), .causal = true};
+    ts_attention_params p = {.scale = (float)(1.0 / sqrt((double)hd)), .causal = true, .key_start = b->mg->doc_start};
     ts_tensor *o = ts_attention(g, q, k, v, &p); /* [B, T, H, hd] */
     return ts_mb_linear(b, ts_reshape_2d(g, o, b->B * b->T, H * hd), prefix, "attn.wo.weight");
 }

@@ -229,7 +229,8 @@ static ts_tensor *v4_attention(ts_model_builder *b, int layer, const char *prefi
     ts_attention_params p = {.scale = (float)(1.0 / sqrt((double)hd)),
                              .causal = true,
                              .window = (int32_t)c->sliding_window,
-                             .sink = ts_mb_param(b, prefix, "attn.attn_sink")};
+                             .sink = ts_mb_param(b, prefix, "attn.attn_sink"),
+                             .key_start = b->mg->doc_start};
     if (b->dec) ts_decode_cache_entries(b, layer, prefix, x, cq, kv, &p.extra, &p.extra_idx);
     else if (m > 0 && T >= m) compressed_entries(b, layer, prefix, x, cq, q, m, &p.extra, &p.extra_idx);
     ts_tensor *o = ts_attention(g, q, kv, kv, &p);
@@ -452,6 +453,7 @@ ts_status ts_model_graph_build_with(const ts_model_weights *w, const ts_model_gr
     ts_model_builder b = {mg->graph, w, c, mg, mg->internal, ts_model_weights_dtype(w), opts->batch, opts->seq,
                  (float)c->rms_norm_eps, NULL, dec};
     mg->ids = ts_mb_input_ids(&b, "ids");
+    if (!dec && opts->seq > 1) mg->doc_start = ts_mb_input_ids(&b, "doc_start");
     b.ids_flat = ts_reshape(b.g, mg->ids, 1, (int64_t[]){b.B * b.T});
     if (opts->mtp) mg->mtp_ids = ts_mb_input_ids(&b, "mtp_ids");
     if (c->kind == TS_MODEL_DENSE) mg->logits = ts_dense_build(&b);
@@ -512,6 +514,17 @@ static ts_status fill_constant(const ts_v4_config *c, const ts_mb_const *k) {
 
 ts_status ts_model_graph_set_doc_start(ts_model_graph *mg, const int32_t *doc_start) {
     const ts_mb_const_list *cl = mg->internal;
+    if (mg->doc_start) { /* the window keys' lower bound (NULL: 0, no bound) */
+        size_t n = (size_t)ts_nelements(mg->doc_start);
+        ts_status s;
+        if (doc_start) s = ts_tensor_write(mg->doc_start, doc_start, n * sizeof(int32_t));
+        else {
+            int32_t *z = calloc(n, sizeof *z);
+            s = z ? ts_tensor_write(mg->doc_start, z, n * sizeof *z) : TS_ERR_OOM;
+            free(z);
+        }
+        if (s != TS_OK) return s;
+    }
     for (int i = 0; i < cl->n; i++) {
         if (cl->v[i].kind == TS_MB_CONST_ANGLES) continue;
         ts_status s = fill_blocks(&cl->v[i], doc_start);
@@ -530,6 +543,7 @@ ts_status ts_model_graph_alloc(ts_model_graph *mg, ts_backend *be, ts_plan_stats
     ts_mb_const_list *cl = mg->internal;
     const ts_v4_config *c = ts_model_weights_config(mg->weights);
     for (int i = 0; s == TS_OK && i < cl->n; i++) s = fill_constant(c, &cl->v[i]);
+    if (s == TS_OK) s = ts_model_graph_set_doc_start(mg, NULL);
     if (s == TS_OK && mg->mtp_weight) {
         float w = 0.3f;
         s = ts_tensor_write_f32(mg->mtp_weight, &w, 1);
