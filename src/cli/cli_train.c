@@ -21,13 +21,13 @@
  * The spec's full tiny recipe (8 x 256 tokens, 1000 steps) is --batch 8 --seq 256 --steps 1000. */
 static void quick_defaults(ts_train_config *c) {
     ts_train_config_default(c);
-    c->steps = 200;
+    c->steps = 120;
     c->batch = 4;
     c->seq = 128;
     c->lr = 2e-3;
-    c->eval_every = 50;
+    c->eval_every = 40;
     c->eval_batches = 4;
-    c->save_every = 100;
+    c->save_every = 60;
     c->log_every = 10;
     snprintf(c->sample_prompt, sizeof c->sample_prompt, "rev kqzt=");
     c->sample_tokens = 12;
@@ -396,8 +396,8 @@ static void print_help(void) {
         fputs(text, stdout);
         free(text);
     }
-    printf("\nA bare `tessera train` uses --steps 200 --batch 4 --seq 128 --lr 0.002 --eval-every 50\n"
-           "--save-every 100; the spec's tiny recipe is --batch 8 --seq 256 --steps 1000 --lr 0.001.\n"
+    printf("\nA bare `tessera train` uses --steps 120 --batch 4 --seq 128 --lr 0.002 --eval-every 40\n"
+           "--save-every 60; the spec's tiny recipe is --batch 8 --seq 256 --steps 1000 --lr 0.001.\n"
            "The run directory gets train_config.json, metrics.jsonl (one JSON object per step: step, loss,\n"
            "lr, tokens_per_s, ..., val_loss at evaluations), loss.svg, ckpt-<step>/ and final/ (config.json,\n"
            "model.safetensors, training_state.safetensors, manifest.json), loadable by 'tessera generate'.\n");
