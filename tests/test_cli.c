@@ -1,13 +1,15 @@
 /* test_cli.c - runs the built `tessera` binary the way a user would and checks exit codes and
  * the lines people and scripts rely on: --help, every subcommand's --help, version, info, ops,
  * a short demo, `forward` on the V4 reference checkpoint (logits .npy vs the port), `bench gemm
- * --json` on tiny shapes, and the one-line errors (exit code 2) for unknown commands and options. Also checks the run-time CPU
- * feature detection (cpu.h) that `info` prints. The binary is found next to this test's
- * executable (both are built into the same CMake build directory). */
+ * --json` on tiny shapes, `tokenizer train/encode/decode` and `data prepare/synth/info` on
+ * generated files, and the one-line errors (exit code 2 for command-line mistakes, 1 for failed
+ * work). Also checks the run-time CPU feature detection (cpu.h) that `info` prints. The binary
+ * is found next to this test's executable (both are built into the same CMake build directory). */
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,7 +19,9 @@
 #include "check.h"
 #include "tessera/core.h"
 #include "tessera/cpu.h"
+#include "tessera/data.h"
 #include "tessera/io.h"
+#include "tessera/tokenizer.h"
 
 static char tessera_path[4096];
 
@@ -310,6 +314,286 @@ static void test_forward(void) {
 
 }
 
+/* ---------------------------------------------------------------- tokenizer and data commands */
+
+/* Writes len bytes to dir/name; returns the path in buf. */
+static const char *write_file(const char *dir, const char *name, const void *data, size_t len, char *buf, size_t size) {
+    snprintf(buf, size, "%s/%s", dir, name);
+    FILE *f = fopen(buf, "wb");
+    bool ok = f && fwrite(data, 1, len, f) == len;
+    if (f) ok = fclose(f) == 0 && ok;
+    CHECK(ok, "cannot write %s", buf);
+    return buf;
+}
+
+/* The whole of a small file (malloc'd) and its size; NULL if it cannot be read. */
+static char *slurp(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = malloc(1 << 16);
+    *len = buf ? fread(buf, 1, 1 << 16, f) : 0;
+    fclose(f);
+    return buf;
+}
+
+/* The number after `prefix` on the line starting with it, or -1. */
+static double number_after(const run_result *r, const char *prefix) {
+    char buf[256];
+    const char *v = line_starting(r, prefix, buf, sizeof buf);
+    return v ? atof(v) : -1;
+}
+
+/* A failed run (not a command-line mistake): exit code 1 and one line naming the problem. */
+static void expect_work_failure(const char *args, const char *mentions) {
+    run_result r;
+    run(&r, "%s", args);
+    CHECK(r.exit_code == 1, "'tessera %s': exit %d (want 1)\n%s", args, r.exit_code, r.out);
+    CHECK(r.n_lines == 1, "'tessera %s': %d lines of output (want 1):\n%s", args, r.n_lines, r.out);
+    CHECK(has(&r, mentions), "'tessera %s': error does not mention '%s':\n%s", args, mentions, r.out);
+}
+
+/* ~5 KB of generated English-like text: words drawn from a small list by an LCG. */
+static size_t make_corpus(char *buf, size_t cap) {
+    static const char *const words[] = {"the", "cat", "sat", "on", "mat", "and", "dog", "ran", "far", "quick", "fox"};
+    uint32_t s = 12345;
+    size_t n = 0;
+    for (int w = 0; n + 16 < cap && w < 1200; w++) {
+        s = s * 1664525u + 1013904223u;
+        n += (size_t)snprintf(buf + n, cap - n, "%s%s", words[(s >> 16) % 11], w % 20 == 19 ? ".\n\n" : " ");
+    }
+    return n;
+}
+
+/* `tessera tokenizer`: training on generated text, the counts it reports, encode / decode round
+ * trips (invalid UTF-8 and NUL bytes included, compared byte for byte through a file), special
+ * tokens, and its errors. */
+static void test_tokenizer_commands(const char *dir) {
+    char corpus[8192], path[1024], bad_path[1024], out_path[1024], args[4096];
+    size_t corpus_len = make_corpus(corpus, sizeof corpus);
+    write_file(dir, "corpus.txt", corpus, corpus_len, path, sizeof path);
+    run_result r;
+    run(&r, "tokenizer --help");
+    CHECK(r.exit_code == 0 && has(&r, "train") && has(&r, "encode") && has(&r, "decode"), "tokenizer --help:\n%s", r.out);
+    run(&r, "tokenizer train --input %s --vocab-size 280 --out %s/tok --special '<s>' '</s>'", path, dir);
+    CHECK(r.exit_code == 0, "tokenizer train: exit %d\n%s", r.exit_code, r.out);
+    /* Every merge adds one token: 280 = 256 bytes + 2 special + 22 merges (the corpus has more). */
+    CHECK(number_after(&r, "vocab_size: ") == 280 && number_after(&r, "merges: ") == 22, "train counts:\n%s", r.out);
+    CHECK(has(&r, "bos: 0 <s>\n") && has(&r, "eos: 1 </s>\n"), "train bos/eos:\n%s", r.out);
+    char buf[256];
+    const char *text = line_starting(&r, "training_text: ", buf, sizeof buf);
+    unsigned long long files = 0, bytes = 0, tokens = 0;
+    CHECK(text && sscanf(text, "%llu files, %llu bytes, %llu tokens", &files, &bytes, &tokens) == 3 && files == 1 &&
+              bytes == corpus_len,
+          "training_text line '%s' (want %zu bytes)", text ? text : "(missing)", corpus_len);
+    CHECK(tokens > 0 && fabs(number_after(&r, "bytes_per_token: ") - (double)bytes / (double)tokens) < 1e-3 &&
+              tokens * 2 < bytes,
+          "bytes_per_token %g for %llu bytes / %llu tokens", number_after(&r, "bytes_per_token: "), bytes, tokens);
+    snprintf(path, sizeof path, "%s/tok/tokenizer.json", dir);
+    json_t *saved = json_load_file(path, 0, NULL); /* the model's vocab lists the specials too, as the reference's does */
+    json_t *vocab = json_object_get(json_object_get(saved, "model"), "vocab");
+    CHECK(json_object_size(vocab) == 280 && json_array_size(json_object_get(saved, "added_tokens")) == 2,
+          "%s: %zu vocab entries (want 280) and 2 added tokens", path, json_object_size(vocab));
+    json_decref(saved);
+    snprintf(path, sizeof path, "%s/tok/tokenizer_config.json", dir);
+    CHECK(access(path, R_OK) == 0, "no %s", path);
+
+    /* The training text encodes to as many ids as train counted. */
+    run(&r, "tokenizer encode --tokenizer %s/tok --file %s/corpus.txt --ids-only", dir, dir);
+    unsigned long long n_ids = r.out[0] ? 1 : 0;
+    for (const char *p = r.out; *p; p++) n_ids += *p == ',';
+    CHECK(r.exit_code == 0 && n_ids == tokens, "encode of the training text: %llu ids, train said %llu", n_ids, tokens);
+
+    /* Invalid UTF-8 (a cut multi-byte sequence, stray continuation bytes, 0xff) and a NUL. */
+    static const char bad[] = "caf\xc3 the \xff\xfe cat\x80\x80 \xe2\x82 sat\0on";
+    write_file(dir, "bad.bin", bad, sizeof bad - 1, bad_path, sizeof bad_path);
+    run(&r, "tokenizer encode --tokenizer %s/tok --file %s --ids-only", dir, bad_path);
+    CHECK(r.exit_code == 0 && r.n_lines == 1, "encode invalid UTF-8: exit %d\n%s", r.exit_code, r.out);
+    snprintf(args, sizeof args, "%.*s", (int)strcspn(r.out, "\n"), r.out);
+    snprintf(out_path, sizeof out_path, "%s/decoded.bin", dir);
+    run(&r, "tokenizer decode --tokenizer %s/tok --ids %s > %s", dir, args, out_path);
+    size_t got_len = 0;
+    char *got = slurp(out_path, &got_len);
+    CHECK(r.exit_code == 0 && got && got_len == sizeof bad - 1 && memcmp(got, bad, got_len) == 0,
+          "decode(encode(invalid UTF-8)): exit %d, %zu bytes back of %zu", r.exit_code, got_len, sizeof bad - 1);
+    free(got);
+
+    /* Special tokens: recognised in the text by default, plain text with --no-special. */
+    run(&r, "tokenizer encode --tokenizer %s/tok --text '<s>the cat'", dir);
+    CHECK(r.exit_code == 0 && strncmp(r.out, "ids: 0,", 7) == 0 && has(&r, "       0  <s>\n") && has(&r, "tokens: "),
+          "encode with a special token:\n%s", r.out);
+    run(&r, "tokenizer encode --tokenizer %s/tok --text '<s>the cat' --ids-only --no-special --eos", dir);
+    CHECK(r.exit_code == 0 && r.out[0] != '0' && strstr(r.out, ",1\n") && r.n_lines == 1, "encode --no-special --eos:\n%s", r.out);
+    run(&r, "tokenizer decode --tokenizer %s/tok/tokenizer.json --ids 0,1 --skip-special", dir);
+    CHECK(r.exit_code == 0 && r.out[0] == '\0', "decode --skip-special of specials printed '%s'", r.out);
+
+    snprintf(args, sizeof args, "tokenizer decode --tokenizer %s/tok --ids 5,280", dir);
+    expect_usage_error(args, "280 is outside [0, 280)");
+    snprintf(args, sizeof args, "tokenizer decode --tokenizer %s/tok --ids 5,x", dir);
+    expect_usage_error(args, "'x' is not an integer");
+    snprintf(args, sizeof args, "tokenizer encode --tokenizer %s/tok --text a --file %s", dir, bad_path);
+    expect_usage_error(args, "exactly one of --text and --file");
+    snprintf(args, sizeof args, "tokenizer train --input %s --out %s/t2 --vocab-size 257 --special a b", bad_path, dir);
+    expect_usage_error(args, "--vocab-size 257");
+    snprintf(args, sizeof args, "tokenizer train --input %s --out %s/t2 --special a --bos b", bad_path, dir);
+    expect_usage_error(args, "--bos 'b'");
+    expect_usage_error("tokenizer frobnicate", "unknown subcommand 'frobnicate'");
+    snprintf(args, sizeof args, "tokenizer encode --tokenizer %s --text a", bad_path);
+    expect_work_failure(args, "bad.bin");
+    snprintf(args, sizeof args, "tokenizer encode --tokenizer %s/no-such-dir --text a", dir);
+    expect_work_failure(args, "no-such-dir");
+    snprintf(args, sizeof args, "tokenizer train --input %s/no-such-file --out %s/t2", dir, dir);
+    expect_work_failure(args, "no-such-file");
+    snprintf(args, sizeof args, "tokenizer train --input %s --out %s/tok", bad_path, dir);
+    expect_work_failure(args, "already exists");
+}
+
+/* Entropy in bits of the targets of a byte-level shard: every token but each document's first
+ * (BOS), counted straight from the file. */
+static double shard_target_entropy(const char *path) {
+    ts_shard *s = NULL;
+    ts_io_error ioe;
+    if (ts_shard_open(path, 0, &s, &ioe) != TS_OK) return -1;
+    const ts_shard_info *info = ts_shard_get_info(s);
+    double counts[1024] = {0}, n = 0;
+    for (uint64_t d = 0; d < info->n_docs; d++)
+        for (uint64_t i = ts_shard_doc_start(s, d) + 1; i < ts_shard_doc_start(s, d + 1); i++, n++)
+            counts[ts_shard_token(s, i) % 1024]++;
+    ts_shard_close(s);
+    double h = 0;
+    for (int v = 0; v < 1024; v++)
+        if (counts[v] > 0) h -= counts[v] / n * log2(counts[v] / n);
+    return h;
+}
+
+/* `tessera data`: prepare on text + JSONL with counts checked against the documents written,
+ * the hash split, a forced format, a BPE tokenizer, `info` on good and corrupt shards, synth's
+ * entropy against the shard it wrote, and the errors. */
+static void test_data_commands(const char *dir) {
+    static const char text[] = "alpha beta\n\n\ngamma\ndelta\n\n  \t\nepsilon\n";
+    static const char jsonl[] = "{\"text\": \"one\"}\n{\"text\": \"caf\\u00e9\"}\nnot json\n{\"other\": 1}\n\n";
+    const char *docs[] = {"alpha beta", "gamma\ndelta", "epsilon", "one", "caf\xc3\xa9"};
+    char txt_path[1024], jsonl_path[1024], lines_path[1024], shard[1024], args[4096];
+    write_file(dir, "a.txt", text, sizeof text - 1, txt_path, sizeof txt_path);
+    write_file(dir, "b.jsonl", jsonl, sizeof jsonl - 1, jsonl_path, sizeof jsonl_path);
+    write_file(dir, "c.txt", "{\"text\": \"zz\"}\n", 15, lines_path, sizeof lines_path);
+    uint64_t want_tokens = 0;
+    for (int i = 0; i < 5; i++) want_tokens += strlen(docs[i]) + 2; /* BOS + bytes + EOS */
+
+    run_result r;
+    run(&r, "data prepare --input %s %s --out %s/sh --val-fraction 0", txt_path, jsonl_path, dir);
+    CHECK(r.exit_code == 0 && has(&r, "documents: train 5, val 0\n") && has(&r, "2 bad JSONL lines"),
+          "data prepare: exit %d\n%s", r.exit_code, r.out);
+    char want[128];
+    snprintf(want, sizeof want, "tokens: train %llu, val 0\n", (unsigned long long)want_tokens);
+    CHECK(has(&r, want) && has(&r, "shards: train 1, val 1"), "data prepare wants '%s':\n%s", want, r.out);
+    CHECK(has(&r, "b.jsonl:3"), "the bad JSONL line is not reported:\n%s", r.out);
+    snprintf(shard, sizeof shard, "%s/sh/train-00000.tshard", dir);
+    ts_shard *s = NULL;
+    ts_io_error ioe;
+    CHECK(ts_shard_open(shard, 0, &s, &ioe) == TS_OK, "%s", ioe.message);
+    if (s) { /* document 0 is BOS, the bytes of "alpha beta" + 3, EOS */
+        bool same = ts_shard_token(s, 0) == 0 && ts_shard_token(s, 11) == 1 && ts_shard_doc_start(s, 1) == 12;
+        for (int i = 0; i < 10; i++) same = same && ts_shard_token(s, 1 + (uint64_t)i) == (uint32_t)docs[0][i] + 3;
+        CHECK(same, "%s: the first document is not BOS 'alpha beta' EOS", shard);
+        ts_shard_close(s);
+    }
+    run(&r, "data info %s/sh", dir);
+    snprintf(want, sizeof want, "tokens: %llu\n", (unsigned long long)want_tokens);
+    CHECK(r.exit_code == 0 && has(&r, want) && has(&r, "documents: 5 ") && has(&r, "documents: 0\n") &&
+              has(&r, "vocab_size: 264 (2-byte tokens)") && has(&r, "checksums: ok"),
+          "data info: exit %d\n%s", r.exit_code, r.out);
+
+    /* The split: a document is held out iff XXH64(text, seed) / 2^64 < fraction. */
+    int want_val = 0;
+    for (int i = 0; i < 5; i++) want_val += (double)ts_xxh64(docs[i], strlen(docs[i]), 7) / 18446744073709551616.0 < 0.5;
+    run(&r, "data prepare --input %s %s --out %s/sh --val-fraction 0.5 --seed 7 --overwrite", txt_path, jsonl_path, dir);
+    snprintf(want, sizeof want, "documents: train %d, val %d\n", 5 - want_val, want_val);
+    CHECK(r.exit_code == 0 && has(&r, want), "split with seed 7 wants '%s':\n%s", want, r.out);
+    /* --format jsonl reads a .txt file as JSON Lines; auto would take it as one text document. */
+    run(&r, "data prepare --input %s --out %s/fmt --format jsonl --val-fraction 0", lines_path, dir);
+    CHECK(r.exit_code == 0 && has(&r, "tokens: train 4, val 0\n"), "--format jsonl:\n%s", r.out);
+    run(&r, "data prepare --input %s --out %s/fmt --val-fraction 0 --overwrite", lines_path, dir);
+    CHECK(r.exit_code == 0 && has(&r, "tokens: train 16, val 0\n"), "--format auto on a .txt:\n%s", r.out);
+    /* Through the BPE tokenizer trained above: its vocabulary, its BOS / EOS, and per document
+     * as many tokens as the tokenizer gives the text (specials in it being plain text). */
+    char tok_dir[1024];
+    snprintf(tok_dir, sizeof tok_dir, "%s/tok", dir);
+    ts_tokenizer *tok = NULL;
+    CHECK(ts_tokenizer_load(tok_dir, &tok, &ioe) == TS_OK, "%s", ioe.message);
+    uint64_t bpe_tokens = 0;
+    ts_token_ids ids = {0};
+    for (int i = 0; tok && i < 5; i++) {
+        ts_token_ids_clear(&ids);
+        CHECK(ts_tokenizer_encode(tok, docs[i], strlen(docs[i]), 0, &ids, &ioe) == TS_OK, "%s", ioe.message);
+        bpe_tokens += ids.n + 2;
+    }
+    ts_token_ids_free(&ids);
+    ts_tokenizer_free(tok);
+    run(&r, "data prepare --input %s %s --out %s/bpe --tokenizer %s --val-fraction 0", txt_path, jsonl_path, dir, tok_dir);
+    snprintf(want, sizeof want, "tokens: train %llu, val 0\n", (unsigned long long)bpe_tokens);
+    CHECK(r.exit_code == 0 && has(&r, "(vocab 280, bos 0, eos 1)") && has(&r, want) && bpe_tokens < want_tokens,
+          "data prepare --tokenizer wants '%s' (byte-level: %llu):\n%s", want, (unsigned long long)want_tokens, r.out);
+
+    /* A flipped payload byte: info still shows the header, then fails on the checksum. */
+    snprintf(shard, sizeof shard, "%s/sh/val-00000.tshard", dir);
+    FILE *f = fopen(shard, "r+b");
+    int c = f && fseek(f, 70, SEEK_SET) == 0 ? fgetc(f) : EOF;
+    CHECK(c != EOF && fseek(f, 70, SEEK_SET) == 0 && fputc(c ^ 0x40, f) != EOF, "cannot corrupt %s", shard);
+    if (f) fclose(f);
+    run(&r, "data info %s", shard);
+    CHECK(r.exit_code == 1 && has(&r, "checksums: FAILED") && has(&r, "payload checksum mismatch"),
+          "data info on a corrupt shard: exit %d\n%s", r.exit_code, r.out);
+
+    run(&r, "data synth --out %s/syn --train-docs 300 --val-docs 40 --seed 5", dir);
+    CHECK(r.exit_code == 0 && has(&r, "documents: train 300, val 40\n"), "data synth: exit %d\n%s", r.exit_code, r.out);
+    snprintf(shard, sizeof shard, "%s/syn/train-00000.tshard", dir);
+    double h = shard_target_entropy(shard), printed = number_after(&r, "unigram_entropy: ");
+    CHECK(h > 1 && fabs(printed - h) < 1e-5, "synth entropy printed %.6f, the shard's targets give %.6f", printed, h);
+    run(&r, "data info %s", shard);
+    CHECK(r.exit_code == 0 && has(&r, "documents: 300 ") && has(&r, "checksums: ok"), "data info synth:\n%s", r.out);
+
+    expect_usage_error("data prepare --input x", "--out is required");
+    snprintf(args, sizeof args, "data prepare --input %s --out %s/o --val-fraction 1", txt_path, dir);
+    expect_usage_error(args, "--val-fraction must be below 1");
+    snprintf(args, sizeof args, "data prepare --input %s --out %s/o --format csv", txt_path, dir);
+    expect_usage_error(args, "csv");
+    expect_usage_error("data synth --out x --train-docs 0", "must be >= 1");
+    expect_usage_error("data info", "give a shard");
+    expect_usage_error("data frobnicate", "unknown subcommand 'frobnicate'");
+    snprintf(args, sizeof args, "data prepare --input %s/no-such-file --out %s/o", dir, dir);
+    expect_work_failure(args, "no-such-file");
+    snprintf(args, sizeof args, "data prepare --input %s --out %s/o --tokenizer %s", txt_path, dir, jsonl_path);
+    expect_work_failure(args, "b.jsonl");
+    snprintf(args, sizeof args, "data prepare --input %s --out %s", txt_path, txt_path);
+    expect_work_failure(args, "not a directory");
+    snprintf(args, sizeof args, "data prepare --input %s --out %s/sh", txt_path, dir);
+    expect_work_failure(args, "--overwrite");
+    snprintf(args, sizeof args, "%s/empty", dir);
+    mkdir(args, 0777);
+    snprintf(args, sizeof args, "data prepare --input %s/empty --out %s/o", dir, dir);
+    run(&r, "%s", args);
+    CHECK(r.exit_code == 1 && has(&r, "no documents"), "prepare on an empty directory: exit %d\n%s", r.exit_code, r.out);
+    if (geteuid() != 0) { /* root reads any directory */
+        snprintf(args, sizeof args, "%s/locked", dir);
+        mkdir(args, 0);
+        snprintf(args, sizeof args, "data prepare --input %s/locked --out %s/o", dir, dir);
+        expect_work_failure(args, "locked");
+    }
+    snprintf(args, sizeof args, "data info %s/no-such-file", dir);
+    expect_work_failure(args, "no-such-file");
+    snprintf(args, sizeof args, "data info %s", txt_path);
+    expect_work_failure(args, "not a token shard");
+}
+
+static void test_tokenizer_and_data(void) {
+    char dir[] = "/tmp/ts_cli_tok_XXXXXX", cmd[256];
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    test_tokenizer_commands(dir);
+    test_data_commands(dir);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0, "%s", cmd);
+}
+
 /* Detection itself: implied features, agreement with the compiler's own cpuid probe, and the
  * formatter's handling of small buffers. */
 static void test_cpu_features(void) {
@@ -357,5 +641,6 @@ int main(void) {
     test_short_demo();
     test_forward();
     test_bench_gemm();
+    test_tokenizer_and_data();
     return check_summary("test_cli");
 }

@@ -153,7 +153,7 @@ size_t ts_byte_decode(const int32_t *ids, size_t n, char *out, size_t cap);
  * prepare`). Inputs are files or directories (a directory contributes its regular files, in
  * name order, not recursively, skipping names that start with '.'). Files are read in the order
  * given. A file whose name ends in ".jsonl" or ".ndjson" is JSON Lines; every other file is
- * plain UTF-8 (or any bytes) text:
+ * plain UTF-8 (or any bytes) text (`input_format` can force one or the other for every file):
  *  - plain text, TS_TEXT_DOC_PER_BLOCK (default): documents are separated by one or more blank
  *    lines (lines holding only spaces, tabs, \r, \f, \v); a document is its lines joined with
  *    "\n", without the final line break ("\r\n" is read as "\n").
@@ -183,6 +183,12 @@ typedef enum {
     TS_TEXT_DOC_PER_FILE,
 } ts_text_split;
 
+typedef enum {
+    TS_INPUT_AUTO = 0, /* by name: ".jsonl" / ".ndjson" are JSON Lines, the rest text */
+    TS_INPUT_TEXT,
+    TS_INPUT_JSONL,
+} ts_input_format;
+
 /* Receives each non-fatal problem (a skipped JSONL line), already formatted. */
 typedef void (*ts_prepare_warn_fn)(void *user, const char *message);
 
@@ -197,6 +203,7 @@ typedef struct {
     double val_fraction;        /* [0, 1); default 0.05 */
     uint64_t split_seed;        /* default 0 */
     ts_text_split text_split;
+    ts_input_format input_format; /* default TS_INPUT_AUTO */
     const char *jsonl_field;    /* default "text" */
     bool jsonl_strict;          /* default false: skip bad lines */
     uint64_t max_shard_tokens;  /* default 64 Mi; 0: no limit */

@@ -14,11 +14,21 @@ enum { CLI_EXIT_OK = 0, CLI_EXIT_FAILURE = 1, CLI_EXIT_USAGE = 2 };
 /* cli_parse's "carry on": the options were parsed and the command should run. */
 #define CLI_CONTINUE (-1)
 
-typedef enum { CLI_OPT_FLAG, CLI_OPT_INT, CLI_OPT_FLOAT, CLI_OPT_U64, CLI_OPT_STRING } cli_opt_kind;
+typedef enum { CLI_OPT_FLAG, CLI_OPT_INT, CLI_OPT_FLOAT, CLI_OPT_U64, CLI_OPT_STRING, CLI_OPT_LIST } cli_opt_kind;
 
-/* One option. `target` points at a bool / int / float / uint64_t / const char * according to
- * kind; its value before parsing is shown as the default in --help. Numbers must lie in
- * [min, max]. */
+/* The values of a CLI_OPT_LIST option (all the words after it up to the next "-..." word, and
+ * again each time it is repeated: --input a b --input c) or a command's positional arguments.
+ * The items point into argv; a fixed capacity keeps parsing free of allocation. */
+#define CLI_LIST_MAX 256
+typedef struct {
+    const char *items[CLI_LIST_MAX];
+    int n;
+} cli_list;
+
+/* One option. `target` points at a bool / int / float / uint64_t / const char * / cli_list
+ * according to kind; its value before parsing is shown as the default in --help. Numbers must lie in
+ * [min, max]. A CLI_OPT_LIST whose name does not start with '-' ("PATH...") receives the
+ * command's positional words; without one, a positional word is an error. */
 typedef struct {
     const char *name;    /* "--steps" */
     cli_opt_kind kind;
@@ -43,6 +53,22 @@ int cli_parse(const cli_spec *spec, int argc, char **argv);
 void cli_print_help(const cli_spec *spec, FILE *out);
 /* Prints "tessera CMD: message" plus a pointer to --help on stderr; returns CLI_EXIT_USAGE. */
 int cli_usage_error(const char *command, const char *fmt, ...);
+/* Prints "tessera CMD: message" on stderr; returns CLI_EXIT_FAILURE (the work itself failed). */
+int cli_failure(const char *command, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Commands with subcommands ("tessera data prepare ..."): a table of these, and a dispatcher
+ * that runs the row named by argv[1] with argv + 1 (so the subcommand sees its own name as
+ * argv[0]); with no name or --help it lists the table. */
+typedef struct {
+    const char *name;
+    const char *summary;
+    int (*run)(int argc, char **argv);
+} cli_subcommand;
+int cli_dispatch(const char *command, const cli_subcommand *subs, int n_subs, int argc, char **argv);
 
 /* Subcommands: argv[0] is the subcommand's name; the return value is the exit code. */
 int cli_version_main(int argc, char **argv);
@@ -55,5 +81,7 @@ int cli_generate_main(int argc, char **argv);
 int cli_serve_main(int argc, char **argv);
 int cli_forward_main(int argc, char **argv);
 int cli_bench_main(int argc, char **argv);
+int cli_tokenizer_main(int argc, char **argv);
+int cli_data_main(int argc, char **argv);
 
 #endif

@@ -23,6 +23,8 @@ static const cli_command commands[] = {
     {"train", "train a model (default: the tiny DeepSeek-V4 on the embedded synthetic tasks)", cli_train_main},
     {"forward", "run one forward pass over token ids: argmax per position, loss, logits as .npy", cli_forward_main},
     {"bench", "benchmarks: 'tessera bench gemm' (GEMM/GEMV vs FMA peak, read bandwidth, OpenBLAS)", cli_bench_main},
+    {"tokenizer", "byte-level BPE: train a vocabulary (tokenizer.json), encode text, decode ids", cli_tokenizer_main},
+    {"data", "training data: prepare token shards from text/JSONL, write the synthetic set, inspect a shard", cli_data_main},
 };
 
 /* Roadmap commands: recognised so the error can say "not yet" rather than "unknown". */

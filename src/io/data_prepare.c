@@ -61,6 +61,8 @@ static ts_status check_options(const ts_prepare_options *o, ts_io_error *err) {
                                (long long)o->bos_id, (long long)o->eos_id, o->vocab_size);
     if (o->text_split != TS_TEXT_DOC_PER_BLOCK && o->text_split != TS_TEXT_DOC_PER_FILE)
         return ts_io_set_error(err, TS_ERR_INVALID_ARG, "prepare: unknown text_split %d", (int)o->text_split);
+    if (o->input_format != TS_INPUT_AUTO && o->input_format != TS_INPUT_TEXT && o->input_format != TS_INPUT_JSONL)
+        return ts_io_set_error(err, TS_ERR_INVALID_ARG, "prepare: unknown input_format %d", (int)o->input_format);
     return TS_OK;
 }
 
@@ -112,7 +114,7 @@ static ts_status list_directory(const char *dir, string_list *files, ts_io_error
         }
     }
     closedir(d);
-    qsort(names.items, names.n, sizeof *names.items, compare_strings);
+    if (names.n) qsort(names.items, names.n, sizeof *names.items, compare_strings); /* an empty dir has no array */
     for (size_t i = 0; st == TS_OK && i < names.n; i++) {
         struct stat sb;
         if (stat(names.items[i], &sb) != 0 || !S_ISREG(sb.st_mode)) continue;
@@ -145,7 +147,10 @@ static bool has_suffix(const char *s, const char *suffix) {
     return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
-static bool is_jsonl(const char *path) { return has_suffix(path, ".jsonl") || has_suffix(path, ".ndjson"); }
+static bool is_jsonl(const ts_prepare_options *o, const char *path) {
+    if (o->input_format != TS_INPUT_AUTO) return o->input_format == TS_INPUT_JSONL;
+    return has_suffix(path, ".jsonl") || has_suffix(path, ".ndjson");
+}
 
 static bool is_blank(const char *s, size_t n) {
     for (size_t i = 0; i < n; i++)
@@ -423,7 +428,7 @@ static ts_status read_input(prep_run *r, const char *path) {
     FILE *f = fopen(path, "rb");
     if (!f) return ts_io_set_error(r->err, TS_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     ts_status st;
-    if (is_jsonl(path))
+    if (is_jsonl(r->opts, path))
         st = read_jsonl(r, path, f);
     else if (r->opts->text_split == TS_TEXT_DOC_PER_FILE)
         st = read_text_file(r, path, f);
