@@ -335,17 +335,22 @@ static void test_f32_parity(void) {
 
 /* ---------------------------------------------------------------- 4. causality */
 
-static void test_causality(ts_model_weights *w64) {
+/* The fixture sequence through a forward-only f64 graph on the reference backend. */
+static bool forward_fixture(ts_model_weights *w64, run *r, int32_t **ids) {
     int64_t n;
-    int32_t *ids = fixture_ids("ids", &n);
-    run r;
+    *ids = fixture_ids("ids", &n);
     ts_backend *be;
     ts_backend_cpu_ref_new(2, &be);
-    if (!run_model(&r, w64, be, ids, 1, T_, false)) {
-        run_free(&r);
-        free(ids);
-        return;
-    }
+    if (run_model(r, w64, be, *ids, 1, T_, false)) return true;
+    run_free(r);
+    free(*ids);
+    return false;
+}
+
+static void test_causality(ts_model_weights *w64) {
+    int32_t *ids;
+    run r;
+    if (!forward_fixture(w64, &r, &ids)) return;
     double *base = read_f64(r.mg->logits);
     const int changes[] = {3, 4, 7, 8, 9, 15, 16, 17, 24, 31, 32, 40, 45};
     for (size_t k = 0; k < sizeof changes / sizeof *changes; k++) {
@@ -376,16 +381,9 @@ static void test_causality(ts_model_weights *w64) {
  * change when tokens of the first document change (window keys via the attention's key_start,
  * compressed blocks via the block tables); without the mask they do. */
 static void test_doc_mask(ts_model_weights *w64) {
-    int64_t n;
-    int32_t *ids = fixture_ids("ids", &n);
+    int32_t *ids;
     run r;
-    ts_backend *be;
-    ts_backend_cpu_ref_new(2, &be);
-    if (!run_model(&r, w64, be, ids, 1, T_, false)) {
-        run_free(&r);
-        free(ids);
-        return;
-    }
+    if (!forward_fixture(w64, &r, &ids)) return;
     const int s = 19;
     int32_t starts[T_], mod[T_];
     for (int t = 0; t < T_; t++) starts[t] = t < s ? 0 : s;
