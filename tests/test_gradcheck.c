@@ -9,7 +9,7 @@
  * each output difference taken before weighting, so that outputs the perturbation does not
  * touch cancel exactly and only real rounding noise remains.
  *
- * Every differentiable op is covered (RESHAPE..ATTENTION in the op enum, except FILL,
+ * Every differentiable op is covered (RESHAPE..SINKHORN in the op enum, except FILL,
  * which has no inputs, and TOPK, whose values are a GATHER that carries the gradient). The
  * errors of ts_graph_backward (non-scalar loss, no parameter, called twice, ...) and the
  * bookkeeping of gradients (names, flags, shared nodes) are checked at the end. */
@@ -574,6 +574,13 @@ static ts_tensor *case_attention_key_start(gc_case *c) {
     return ts_attention(c->g, q, k, v, &p);
 }
 
+/* mHC's shape (n = 4, 20 iterations, eps 1e-6), and a larger eps with few iterations fed a
+ * transposed view (so rows and columns of the logits trade places) */
+static ts_tensor *case_sinkhorn(gc_case *c) { return ts_sinkhorn(c->g, P("x", INIT_UNIFORM, 3, 4, 4), 20, 1e-6f); }
+static ts_tensor *case_sinkhorn_transposed(gc_case *c) {
+    return ts_sinkhorn(c->g, ts_transpose(c->g, P("x", INIT_UNIFORM, 2, 5, 5), 1, 2), 3, 0.05f);
+}
+
 /* ---------------------------------------------------------------- cases: composites */
 
 static ts_tensor *case_used_twice(gc_case *c) { /* x * x + x: three uses accumulate */
@@ -678,6 +685,8 @@ static const gc_spec cases[] = {
     CASE("attention shared K=V + extras, -1 slots", case_attention_extras),
     CASE("attention GQA H=4 Hk=2 decode T<S", case_attention_gqa_decode),
     CASE("attention doc mask (key_start) + sink", case_attention_key_start),
+    CASE("sinkhorn [3,4,4] 20 iterations", case_sinkhorn),
+    CASE("sinkhorn of transpose, 3 iterations, eps 0.05", case_sinkhorn_transposed),
     CASE("x*x + x (accumulation)", case_used_twice),
     LOSS_CASE("2-layer MLP + cross_entropy", case_mlp),
     CASE("attention head with causal mask", case_attention),

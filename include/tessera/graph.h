@@ -81,6 +81,8 @@ typedef enum {
                            extra_idx [B,T,E] if ip[3], then key_start [B,T] if ip[4] (only the
                            present ones, in this order); ip[0] = causal, ip[1] = window (0: none),
                            fp[0] = scale -> [B,T,H,Dv] */
+    TS_OP_SINKHORN,     /* src0 logits [..., n, n] (n <= TS_SINKHORN_MAX_N), ip[0] = iters,
+                           fp[0] = eps -> doubly stochastic [..., n, n] (see ts_sinkhorn) */
 
     /* backward helpers (also plain ops; the conformance suite covers them) */
     TS_OP_FIRST_BACKWARD_,
@@ -99,6 +101,8 @@ typedef enum {
                            each row-major in its source's shape, dq | dk | dv | dsink (if a sink)
                            | dextra (if extras); every part is always present, so offsets depend
                            on the shapes only; the integer extra_idx and key_start get none) */
+    TS_OP_SINKHORN_BACK, /* src0 logits, src1 dy, ip[0]/fp[0] as in SINKHORN -> dlogits (recomputes
+                           the iterations) */
 
     TS_OP_COUNT
 } ts_op;
@@ -286,6 +290,16 @@ typedef struct {
 } ts_attention_params;
 
 ts_tensor *ts_attention(ts_graph *g, ts_tensor *q, ts_tensor *k, ts_tensor *v, const ts_attention_params *p);
+
+/* The Sinkhorn projection of mHC's residual mix (DeepSeek-V4 spec section 2.3.1 step 6) on
+ * each n x n matrix of x [..., n, n] (axis -2 = i, axis -1 = j), n <= TS_SINKHORN_MAX_N:
+ *   K = softmax over j of x, plus eps; then K_ij /= (sum_i K_ij + eps) (columns); then iters - 1
+ *   times: K_ij /= (sum_j K_ij + eps) (rows), then the column step again.
+ * iters in 1..TS_SINKHORN_MAX_ITERS, eps >= 0 and finite. One fused node instead of ~6 * iters
+ * small ones; its backward (TS_OP_SINKHORN_BACK) recomputes the iterations per matrix. */
+#define TS_SINKHORN_MAX_N 16
+#define TS_SINKHORN_MAX_ITERS 100
+ts_tensor *ts_sinkhorn(ts_graph *g, ts_tensor *x, int iters, float eps);
 
 /* Generic constructor used by autodiff, tests and the conformance harness: checks and infers
  * the output exactly as the named constructor would. */

@@ -123,6 +123,8 @@ static const variant binary_variants[] = {
     {.in = {F(7, 33), F(33)}},
     {.in = {F(7, 1), F(1, 33)}},
     {.in = {F(2, 7, 33), F(7, 1)}},
+    {.in = {F(2, 7, 33), F(2, 7, 1)}},
+    {.in = {F(3, 1, 1), F(3, 7, 33)}},
     {.in = {F(3, 1000), F(3, 1000)}},
     {.in = {FT(7, 33), F(7, 33)}},
     {.in = {F(7, 33), FS(7, 33)}},
@@ -135,6 +137,8 @@ static const variant reduce_variants[] = { /* ip[0] = axis */
     {.in = {F(7, 33)}, .ip = {0}, .note = "axis=0"},
     {.in = {F(3, 1000)}, .ip = {1}, .note = "axis=1"},
     {.in = {F(2, 7, 33)}, .ip = {1}, .note = "axis=1"},
+    {.in = {F(2, 3, 300)}, .ip = {1}, .note = "axis=1"},
+    {.in = {F(2, 3, 5, 7)}, .ip = {3}, .note = "axis=3"},
     {.in = {FT(7, 33)}, .ip = {1}, .note = "axis=1"},
     {.in = {FS(7, 33)}, .ip = {0}, .note = "axis=0"},
 };
@@ -144,6 +148,11 @@ static const variant sum_to_variants[] = { /* ip = target ndim, shape */
     {.in = {F(7, 33)}, .ip = {1, 33}, .note = "to [33]"},
     {.in = {F(2, 7, 33)}, .ip = {2, 7, 1}, .note = "to [7,1]"},
     {.in = {F(3, 1000)}, .ip = {1, 1}, .note = "to [1]"},
+    {.in = {F(7, 33)}, .ip = {2, 7, 1}, .note = "to [7,1]"},
+    {.in = {F(4, 5, 6)}, .ip = {3, 4, 1, 6}, .note = "to [4,1,6]"},
+    {.in = {F(2, 3, 5, 7)}, .ip = {3, 3, 1, 7}, .note = "to [3,1,7]"},
+    {.in = {F(2, 3, 4, 5)}, .ip = {4, 2, 1, 4, 1}, .note = "to [2,1,4,1]"},
+    {.in = {F(5, 2, 300)}, .ip = {2, 2, 300}, .note = "to [2,300]"},
     {.in = {FT(7, 33)}, .ip = {2, 1, 33}, .note = "to [1,33]"},
 };
 
@@ -190,6 +199,7 @@ static const variant rope_variants[] = { /* x, angles; ip = n_rot, inverse */
     {.in = {F(2, 7, 33), F(7, 16)}, .ip = {32, 0}, .note = "n_rot=32"},
     {.in = {F(2, 7, 16), F(7, 4)}, .ip = {8, 1}, .note = "n_rot=8 inverse"},
     {.in = {F(3, 7, 16), F(3, 7, 8)}, .ip = {16, 0}, .note = "n_rot=16"},
+    {.in = {F(2, 7, 3, 12), F(7, 1, 4)}, .ip = {8, 1}, .note = "n_rot=8 inverse"},
     {.in = {FT(7, 16), F(7, 8)}, .ip = {16, 0}, .note = "n_rot=16"},
 };
 
@@ -295,6 +305,27 @@ static const variant attention_back_variants[] = { /* attention's inputs, then d
      .ip = {1, 0, 0, 0, 1}, .fp = {0.35f}, .note = "causal key_start"},
 };
 
+/* x [..., n, n]; ip[0] = iters, fp[0] = eps. mHC's shape (n = 4, 20 iterations, eps 1e-6) over
+ * many tokens, n = 1 and the largest n, a large eps, and strided x. */
+static const variant sinkhorn_variants[] = {
+    {.in = {F(4, 4)}, .ip = {20}, .fp = {1e-6f}, .note = "iters=20"},
+    {.in = {F(2, 33, 4, 4)}, .ip = {20}, .fp = {1e-6f}, .note = "iters=20"},
+    {.in = {F(5, 1, 1)}, .ip = {3}, .fp = {1e-6f}, .note = "iters=3"},
+    {.in = {F(3, 16, 16)}, .ip = {4}, .fp = {0.05f}, .note = "iters=4 eps=0.05"},
+    {.in = {F(2, 7, 7)}, .ip = {1}, .fp = {0}, .note = "iters=1 eps=0"},
+    {.in = {FT(6, 4, 4)}, .ip = {20}, .fp = {1e-6f}, .note = "iters=20"},
+    {.in = {FS(6, 3, 3)}, .ip = {7}, .fp = {1e-3f}, .note = "iters=7"},
+};
+
+static const variant sinkhorn_back_variants[] = { /* x, dy; as sinkhorn */
+    {.in = {F(4, 4), F(4, 4)}, .ip = {20}, .fp = {1e-6f}, .note = "iters=20"},
+    {.in = {F(2, 33, 4, 4), F(2, 33, 4, 4)}, .ip = {20}, .fp = {1e-6f}, .note = "iters=20"},
+    {.in = {F(5, 1, 1), F(5, 1, 1)}, .ip = {3}, .fp = {1e-6f}, .note = "iters=3"},
+    {.in = {F(3, 16, 16), F(3, 16, 16)}, .ip = {4}, .fp = {0.05f}, .note = "iters=4 eps=0.05"},
+    {.in = {FT(6, 4, 4), F(6, 4, 4)}, .ip = {20}, .fp = {1e-6f}, .note = "iters=20"},
+    {.in = {F(6, 3, 3), FS(6, 3, 3)}, .ip = {7}, .fp = {1e-3f}, .note = "iters=7"},
+};
+
 static const variant max_back_variants[] = { /* x, y = max(x), dy; ip[0] = axis */
     {.in = {F(1), F(1), F(1)}, .ip = {0}, .note = "axis=0"},
     {.in = {F(7, 33), F(7, 1), F(7, 1)}, .ip = {1}, .note = "axis=1"},
@@ -317,6 +348,7 @@ static const variant rms_norm_back_variants[] = { /* x, dy, optional weight */
     {.in = {F(7, 33), F(7, 33), F(33)}},
     {.in = {F(7, 33), F(7, 33)}},
     {.in = {F(3, 1000), F(3, 1000), F(1000)}},
+    {.in = {F(2, 7, 33), FS(2, 7, 33), FS(33)}},
     {.in = {FT(7, 33), F(7, 33), F(33)}},
 };
 
@@ -350,6 +382,8 @@ static const variant copy_variants[] = { /* ip[0] = target dtype */
     {.in = {F(7, 33)}, .ip = {TS_BF16}, .note = "to bf16"},
     {.in = {F(7, 33)}, .ip = {TS_F64}, .note = "to f64"},
     {.in = {FT(7, 33)}, .ip = {TS_BF16}, .note = "to bf16"},
+    {.in = {FT(2, 7, 33)}, .ip = {TS_F32}, .note = "to f32"},
+    {.in = {FS(2, 3, 300)}, .ip = {TS_F16}, .note = "to f16"},
 };
 
 static const variant concat_variants[] = { /* ip[0] = axis */
@@ -431,6 +465,7 @@ static const op_entry op_table[] = {
     OP(TS_OP_SCATTER_ADD, scatter_add_variants),
     OP(TS_OP_CROSS_ENTROPY, cross_entropy_variants),
     OP(TS_OP_ATTENTION, attention_variants),
+    OP(TS_OP_SINKHORN, sinkhorn_variants),
     OP(TS_OP_SIGMOID_BACK, unary_back_variants),
     OP(TS_OP_SILU_BACK, unary_back_variants),
     OP(TS_OP_RELU_BACK, unary_back_variants),
@@ -441,6 +476,7 @@ static const op_entry op_table[] = {
     OP(TS_OP_GET_ROWS_BACK, get_rows_back_variants),
     OP(TS_OP_CROSS_ENTROPY_BACK, cross_entropy_back_variants),
     OP(TS_OP_ATTENTION_BACK, attention_back_variants),
+    OP(TS_OP_SINKHORN_BACK, sinkhorn_back_variants),
 };
 
 /* f64 too: a backend that supports it must get it right; one that does not reports unsupported. */

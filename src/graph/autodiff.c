@@ -267,6 +267,11 @@ static void back_attention(ts_graph *g, ts_tensor *node, ts_tensor *dy, ts_tenso
     }
 }
 
+/* One SINKHORN_BACK node recomputes the iterations of each matrix and runs them backwards. */
+static void back_sinkhorn(ts_graph *g, ts_tensor *node, ts_tensor *dy, ts_tensor **dsrc) {
+    dsrc[0] = back_op(g, TS_OP_SINKHORN_BACK, node->src[0], dy, NULL, node->ip, 1, node->fp, 1);
+}
+
 /* ---------------------------------------------------------------- dispatch */
 
 /* Makes a rule's result exactly what the source needs: its dtype (mixed-dtype matmul and
@@ -323,6 +328,7 @@ ts_status ts_op_backward(ts_graph *g, ts_tensor *node, ts_tensor *dy, ts_tensor 
     case TS_OP_SCATTER_ADD: back_scatter_add(g, node, dy, dsrc); break;
     case TS_OP_CROSS_ENTROPY: back_cross_entropy(g, node, dy, dsrc); break;
     case TS_OP_ATTENTION: back_attention(g, node, dy, dsrc); break;
+    case TS_OP_SINKHORN: back_sinkhorn(g, node, dy, dsrc); break;
     default: {
         char dn[160];
         if (node->op >= TS_OP_FIRST_BACKWARD_ && node->op < TS_OP_COUNT)

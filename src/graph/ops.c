@@ -42,6 +42,7 @@ static const char *const op_names[TS_OP_COUNT] = {
     [TS_OP_SCATTER_ADD] = "scatter_add",
     [TS_OP_CROSS_ENTROPY] = "cross_entropy",
     [TS_OP_ATTENTION] = "attention",
+    [TS_OP_SINKHORN] = "sinkhorn",
     [TS_OP_SIGMOID_BACK] = "sigmoid_back",
     [TS_OP_SILU_BACK] = "silu_back",
     [TS_OP_RELU_BACK] = "relu_back",
@@ -52,6 +53,7 @@ static const char *const op_names[TS_OP_COUNT] = {
     [TS_OP_GET_ROWS_BACK] = "get_rows_back",
     [TS_OP_CROSS_ENTROPY_BACK] = "cross_entropy_back",
     [TS_OP_ATTENTION_BACK] = "attention_back",
+    [TS_OP_SINKHORN_BACK] = "sinkhorn_back",
 };
 
 const char *ts_op_name(ts_op op) {
@@ -772,6 +774,41 @@ static ts_tensor *attention_from_sources(ts_graph *g, ts_op op, ts_tensor *const
     return attention_node(g, op, &in, back ? src[i] : NULL, ip[0] != 0, ip[1], fp[0]);
 }
 
+/* ---------------------------------------------------------------- sinkhorn */
+
+/* SINKHORN (dy NULL) or SINKHORN_BACK after its checks: x [..., n, n] float, n small enough for
+ * the kernels' per-matrix registers, iters and eps in range, dy (backward) shaped like x. */
+static ts_tensor *sinkhorn_node(ts_graph *g, ts_op op, ts_tensor *x, ts_tensor *dy, int iters, float eps) {
+    const char *name = ts_op_name(op);
+    if (!need_float(g, name, x) || (dy && !need_float(g, name, dy))) return NULL;
+    if (is_packed(x->dtype)) return fail(g, TS_ERR_DTYPE, name, "packed dtype", x, NULL);
+    if (x->ndim < 2 || x->shape[x->ndim - 1] != x->shape[x->ndim - 2])
+        return fail(g, TS_ERR_SHAPE, name, "x must be [..., n, n]", x, NULL);
+    if (x->shape[x->ndim - 1] > TS_SINKHORN_MAX_N) {
+        char m[64];
+        snprintf(m, sizeof m, "n must be <= %d", TS_SINKHORN_MAX_N);
+        return fail(g, TS_ERR_SHAPE, name, m, x, NULL);
+    }
+    if (iters < 1 || iters > TS_SINKHORN_MAX_ITERS) {
+        char m[64];
+        snprintf(m, sizeof m, "iters %d outside 1..%d", iters, TS_SINKHORN_MAX_ITERS);
+        return fail(g, TS_ERR_INVALID_ARG, name, m, x, NULL);
+    }
+    if (!(eps >= 0) || !isfinite(eps)) return fail(g, TS_ERR_INVALID_ARG, name, "eps must be finite and >= 0", x, NULL);
+    if (dy && !ts_same_shape(x, dy)) return fail(g, TS_ERR_SHAPE, name, "dy must have the shape of x", x, dy);
+    ts_tensor *src[2] = {x, dy};
+    ts_tensor *r = ts_graph_add_node(g, op, dy ? dy->dtype : x->dtype, x->ndim, x->shape, src, dy ? 2 : 1);
+    if (r) {
+        r->ip[0] = iters;
+        r->fp[0] = eps;
+    }
+    return r;
+}
+
+ts_tensor *ts_sinkhorn(ts_graph *g, ts_tensor *x, int iters, float eps) {
+    return x ? sinkhorn_node(g, TS_OP_SINKHORN, x, NULL, iters, eps) : NULL;
+}
+
 /* ---------------------------------------------------------------- backward helpers */
 
 static ts_tensor *same_shape_back(ts_graph *g, ts_op op, ts_tensor *x, ts_tensor *dy, const float *fp) {
@@ -855,6 +892,13 @@ ts_tensor *ts_op_node(ts_graph *g, ts_op op, ts_tensor *const *src, int n_src, c
     case TS_OP_CROSS_ENTROPY: return ts_cross_entropy(g, s0, s1);
     case TS_OP_ATTENTION: case TS_OP_ATTENTION_BACK:
         return attention_from_sources(g, op, src, n_src, ip, n_ip, fp);
+    case TS_OP_SINKHORN: return ts_sinkhorn(g, s0, ip[0], fp[0]);
+    case TS_OP_SINKHORN_BACK:
+        if (n_src != 2) {
+            ts_graph_set_error(g, TS_ERR_INVALID_ARG, "sinkhorn_back: %d sources given, expected 2 (x, dy)", n_src);
+            return NULL;
+        }
+        return sinkhorn_node(g, op, s0, s1, ip[0], fp[0]);
 
     case TS_OP_SIGMOID_BACK: case TS_OP_SILU_BACK: case TS_OP_RELU_BACK: case TS_OP_CLAMP_BACK:
         return same_shape_back(g, op, s0, s1, fp);

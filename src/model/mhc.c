@@ -1,7 +1,7 @@
 /* mhc.c - graph builders for mHC, DeepSeek-V4's Manifold-Constrained Hyper-Connections (spec
  * §2.3): hc_pre (coefficients, Sinkhorn, collapse), hc_post (write-back) and hc_head (final
- * collapse). Built from existing graph ops only, so autodiff supplies the backward (spec §3
- * items 2-6); the model builders call these around every attention / MoE sub-layer. Declared,
+ * collapse). Built from graph ops only (the Sinkhorn projection is one fused op, ts_sinkhorn),
+ * so autodiff supplies the backward (spec §3 items 2-6); the model builders call these around every attention / MoE sub-layer. Declared,
  * with the tensor layout, in model_internal.h. */
 #include "model/model_internal.h"
 
@@ -68,18 +68,6 @@ static ts_tensor *collapse(ts_graph *g, ts_tensor *w, ts_tensor *Xf) {
     return ts_reshape_2d(g, y, T, d);
 }
 
-/* Sinkhorn of spec §2.3.1 step 6 on M0 [T, n, n] (axis 1 = i = source, axis 2 = j = destination). */
-static ts_tensor *sinkhorn(ts_graph *g, ts_tensor *M0, float eps, int iters) {
-    ts_tensor *e = scalar_const(g, M0->dtype, eps);
-    ts_tensor *K = ts_add(g, ts_softmax(g, M0, 2, NULL), e);
-    for (int it = 0; it < iters; it++) {
-        if (it > 0) /* row normalise: over j */
-            K = ts_div(g, K, ts_add(g, ts_sum(g, K, 2, true), e));
-        K = ts_div(g, K, ts_add(g, ts_sum(g, K, 1, true), e)); /* column normalise: over i */
-    }
-    return K;
-}
-
 ts_tensor *ts_mhc_pre(ts_graph *g, ts_tensor *X, ts_tensor *fn, ts_tensor *base, ts_tensor *scale,
                       int64_t n, float norm_eps, float eps_hc, int sinkhorn_iters,
                       ts_tensor **u, ts_tensor **post, ts_tensor **comb, ts_tensor **pre) {
@@ -119,7 +107,7 @@ ts_tensor *ts_mhc_pre(ts_graph *g, ts_tensor *X, ts_tensor *fn, ts_tensor *base,
     ts_tensor *pre_t = ts_add(g, ts_sigmoid(g, la), scalar_const(g, dt, eps_hc)); /* [T, n] */
     ts_tensor *post_t = ts_scale(g, ts_sigmoid(g, lp), 2.0f);                    /* [T, n] */
     int64_t ms[3] = {T, n, n};
-    ts_tensor *comb_t = sinkhorn(g, ts_reshape(g, lm, 3, ms), eps_hc, sinkhorn_iters); /* [T, n, n] */
+    ts_tensor *comb_t = ts_sinkhorn(g, ts_reshape(g, lm, 3, ms), sinkhorn_iters, eps_hc); /* [T, n, n] */
     ts_tensor *u_t = collapse(g, pre_t, Xf);                                      /* [T, d] */
 
     int64_t tail_n[1] = {n}, tail_nn[2] = {n, n}, tail_d[1] = {d};

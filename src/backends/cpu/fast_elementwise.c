@@ -1,18 +1,21 @@
 /* fast_elementwise.c - the "cpu" backend's f32 fast paths for the elementwise ops and row
  * kernels that dominate an MLP or transformer step after matmul: add/sub/mul/div (same shape,
- * or one operand repeating along the trailing dims, such as a bias row, or a scalar), scale,
- * relu, silu, clamp and the relu/silu backward helpers, softmax and rms_norm along the last
- * axis. Each works on contiguous f32 storage with plain loops the compiler vectorizes; anything
- * else (other dtypes, views with odd strides, other axes, other broadcasts) goes to the
- * reference kernel of the op (ref_elementwise.c, ref_nn.c), which also reports malformed nodes.
+ * or one operand repeating along the trailing dims, such as a bias row, or a scalar, or held
+ * along them, such as a per-row scale [.., T, 1]), scale, relu, silu, clamp, exp, log, sqrt,
+ * sigmoid, softplus and the relu/silu/sigmoid/clamp backward helpers, softmax and rms_norm
+ * along the last axis. Each works on contiguous f32 storage with plain loops the compiler
+ * vectorizes; anything else (other dtypes, views with odd strides, other axes, other
+ * broadcasts) goes to the reference kernel of the op (ref_elementwise.c, ref_nn.c), which also
+ * reports malformed nodes.
  *
  * Accuracy and determinism (the conformance suite compares with the reference at f32 nmse
  * 1e-10): + - * / of two floats rounded once in float equal the reference's double result
  * rounded to float (double has more than 2 * 24 + 2 bits, so the double rounding is harmless),
- * and so do scale, relu and clamp; silu and its backward use expf, a few ulps from the
- * reference. Row kernels sum in double, in index order, one row per thread at a time. Every
- * element is computed by the same operations whichever thread owns it, so results are
- * bit-identical for any thread count. Nothing is allocated. */
+ * and so do scale, relu, clamp and clamp's backward; silu, sigmoid, softplus and their
+ * backwards, exp, log and sqrt use libm's float functions, a few ulps from the reference. Row
+ * kernels sum in double, in index order, one row per thread at a time. Every element is
+ * computed by the same operations whichever thread owns it, so results are bit-identical for
+ * any thread count. Nothing is allocated. */
 #include <math.h>
 
 #include "backends/cpu/fast_kernels.h"
@@ -34,25 +37,36 @@ static bool is_dense_like(const ts_tensor *t, const ts_tensor *dst) {
 /* ---------------------------------------------------------------- binary */
 
 /* How an operand of a binary op lines up with the flat index i of the (contiguous) output: it
- * repeats with `period` elements (i % period), period = n (same shape) or the size of the
- * trailing dims it covers (a bias row), or 1 (a scalar, read with stride 0). */
+ * reads element (i / inner) % period. inner = 1: it repeats every `period` elements, period = n
+ * (same shape) or the size of the trailing dims it covers (a bias row), or 1 (a scalar, read
+ * with stride 0). inner > 1: it covers a window of dst's dims followed by size-1 dims (a
+ * per-row scale [.., T, 1] against [.., T, D]), each element held for `inner` outputs. */
 typedef struct {
     const float *p;
-    int64_t period;
+    int64_t period, inner;
 } bcast_operand;
 
-/* True when t is contiguous and, leading size-1 dims dropped, has exactly the trailing dims of
- * dst; then element i of dst reads t's element i % nelements(t). */
-static bool trailing_operand(const ts_tensor *t, const ts_tensor *dst, bcast_operand *out) {
+/* True when t is contiguous and, leading and trailing size-1 dims dropped, has exactly a
+ * window of consecutive dims of dst; the trailing 1s must line up with dst's last dims. */
+static bool window_operand(const ts_tensor *t, const ts_tensor *dst, bcast_operand *out) {
     if (!is_f32_on_host(t) || !ts_is_contiguous(t) || t->ndim > dst->ndim) return false;
-    int first = 0;
+    int first = 0, last = t->ndim;
     while (first < t->ndim && t->shape[first] == 1) first++;
+    while (last > first && t->shape[last - 1] == 1) last--;
     int lead = dst->ndim - t->ndim;
-    for (int d = first; d < t->ndim; d++)
+    for (int d = first; d < last; d++)
         if (t->shape[d] != dst->shape[d + lead]) return false;
     out->p = t->data;
     out->period = ts_nelements(t);
+    out->inner = 1;
+    for (int d = last; d < t->ndim; d++) out->inner *= dst->shape[d + lead];
     return true;
+}
+
+/* window_operand without the trailing size-1 dims (inner = 1): the operand repeats along the
+ * trailing dims, as a softmax mask must. */
+static bool trailing_operand(const ts_tensor *t, const ts_tensor *dst, bcast_operand *out) {
+    return window_operand(t, dst, out) && out->inner == 1;
 }
 
 typedef struct {
@@ -85,15 +99,29 @@ static void binary_segment(ts_op op, float *d, const float *a, int sa, const flo
     }
 }
 
-/* Walks [begin, end) in segments that stay inside one period of each repeating operand. */
+/* Where operand o is read for output i, whether it advances with i (stride 1) or holds (0),
+ * and *n shortened to the run over which that stays true. */
+static const float *operand_run(const bcast_operand *o, int64_t i, int64_t *n, int *stride) {
+    if (o->inner > 1) { /* held for the rest of its inner block */
+        int64_t left = o->inner - i % o->inner;
+        if (left < *n) *n = left;
+        *stride = 0;
+        return o->p + (i / o->inner) % o->period;
+    }
+    int64_t k = i % o->period;
+    if (o->period > 1 && o->period - k < *n) *n = o->period - k;
+    *stride = o->period > 1;
+    return o->p + k;
+}
+
+/* Walks [begin, end) in segments over which each operand advances or holds steadily. */
 static void binary_range(void *arg, int64_t begin, int64_t end, int tid) {
     const binary_job *j = arg;
     for (int64_t i = begin; i < end;) {
-        int64_t ka = i % j->a.period, kb = i % j->b.period;
         int64_t n = end - i;
-        if (j->a.period > 1 && j->a.period - ka < n) n = j->a.period - ka;
-        if (j->b.period > 1 && j->b.period - kb < n) n = j->b.period - kb;
-        binary_segment(j->op, j->d + i, j->a.p + ka, j->a.period > 1, j->b.p + kb, j->b.period > 1, n);
+        int sa, sb;
+        const float *a = operand_run(&j->a, i, &n, &sa), *b = operand_run(&j->b, i, &n, &sb);
+        binary_segment(j->op, j->d + i, a, sa, b, sb, n);
         i += n;
     }
 }
@@ -101,10 +129,7 @@ static void binary_range(void *arg, int64_t begin, int64_t end, int tid) {
 static bool plan_binary(const ts_tensor *dst, binary_job *j) {
     bool is_binary = dst->op == TS_OP_ADD || dst->op == TS_OP_SUB || dst->op == TS_OP_MUL || dst->op == TS_OP_DIV;
     if (!is_binary || dst->n_src != 2 || !is_f32_on_host(dst) || !ts_is_contiguous(dst)) return false;
-    if (!trailing_operand(dst->src[0], dst, &j->a) || !trailing_operand(dst->src[1], dst, &j->b)) return false;
-    int64_t n = ts_nelements(dst);
-    /* one operand must span the output; the other may repeat (n is then a multiple of its size) */
-    if (j->a.period != n && j->b.period != n) return false;
+    if (!window_operand(dst->src[0], dst, &j->a) || !window_operand(dst->src[1], dst, &j->b)) return false;
     j->op = dst->op;
     j->d = dst->data;
     return true;
@@ -151,6 +176,21 @@ static void unary_range(void *arg, int64_t begin, int64_t end, int tid) {
     case TS_OP_SILU:
         for (int64_t k = 0; k < n; k++) d[k] = x[k] * sigmoid_f(x[k]);
         break;
+    case TS_OP_EXP:
+        for (int64_t k = 0; k < n; k++) d[k] = expf(x[k]);
+        break;
+    case TS_OP_LOG:
+        for (int64_t k = 0; k < n; k++) d[k] = logf(x[k]);
+        break;
+    case TS_OP_SQRT:
+        for (int64_t k = 0; k < n; k++) d[k] = sqrtf(x[k]);
+        break;
+    case TS_OP_SIGMOID:
+        for (int64_t k = 0; k < n; k++) d[k] = sigmoid_f(x[k]);
+        break;
+    case TS_OP_SOFTPLUS: /* max(x, 0) + log1p(e^-|x|), the reference's overflow-free form */
+        for (int64_t k = 0; k < n; k++) d[k] = (x[k] > 0 ? x[k] : 0.0f) + log1pf(expf(-fabsf(x[k])));
+        break;
     case TS_OP_RELU_BACK:
         for (int64_t k = 0; k < n; k++) d[k] = x[k] > 0 ? dy[k] : 0.0f;
         break;
@@ -160,20 +200,30 @@ static void unary_range(void *arg, int64_t begin, int64_t end, int tid) {
             d[k] = dy[k] * s * (1.0f + x[k] * (1.0f - s));
         }
         break;
+    case TS_OP_SIGMOID_BACK: /* x holds y = sigmoid: y (1 - y) */
+        for (int64_t k = 0; k < n; k++) d[k] = dy[k] * x[k] * (1.0f - x[k]);
+        break;
+    case TS_OP_CLAMP_BACK: /* bounds included (PyTorch); NaN x fails both tests: 0 */
+        for (int64_t k = 0; k < n; k++) d[k] = (x[k] >= p0 && x[k] <= p1) ? dy[k] : 0.0f;
+        break;
     default: break; /* unreachable: plan_unary admits these */
     }
 }
 
 static bool has_fast_unary(ts_op op) {
     switch (op) {
-    case TS_OP_SCALE: case TS_OP_RELU: case TS_OP_CLAMP: case TS_OP_SILU: case TS_OP_RELU_BACK: case TS_OP_SILU_BACK:
+    case TS_OP_SCALE: case TS_OP_RELU: case TS_OP_CLAMP: case TS_OP_SILU: case TS_OP_EXP: case TS_OP_LOG:
+    case TS_OP_SQRT: case TS_OP_SIGMOID: case TS_OP_SOFTPLUS:
+    case TS_OP_RELU_BACK: case TS_OP_SILU_BACK: case TS_OP_SIGMOID_BACK: case TS_OP_CLAMP_BACK:
         return true;
     default:
         return false;
     }
 }
 
-static bool is_backward_op(ts_op op) { return op == TS_OP_RELU_BACK || op == TS_OP_SILU_BACK; }
+static bool is_backward_op(ts_op op) {
+    return op == TS_OP_RELU_BACK || op == TS_OP_SILU_BACK || op == TS_OP_SIGMOID_BACK || op == TS_OP_CLAMP_BACK;
+}
 
 static bool plan_unary(const ts_tensor *dst, unary_job *j) {
     int n_src = is_backward_op(dst->op) ? 2 : 1;

@@ -3,7 +3,9 @@
  * for the layouts it was written for (f32, strides it can address directly) and otherwise calls
  * the reference kernel of the same op, so it accepts every node the reference accepts and fails
  * the same way on bad input. fast_matmul.c holds matmul; fast_elementwise.c the elementwise,
- * softmax and rms_norm paths; fast_attention.c fused attention and its backward. */
+ * softmax and rms_norm paths; fast_attention.c fused attention and its backward; fast_reduce.c
+ * sum_to, sum / mean / max and copy; fast_rows.c rms_norm_back, softmax_back and rope;
+ * fast_sinkhorn.c the Sinkhorn projection and its backward. */
 #ifndef TS_FAST_KERNELS_H
 #define TS_FAST_KERNELS_H
 
@@ -19,8 +21,8 @@ bool ts_fast_matmul_uses_gemm(const ts_tensor *dst);
 
 /* fast_elementwise.c */
 TS_FAST_KERNEL(binary);     /* add, sub, mul, div */
-TS_FAST_KERNEL(unary);      /* scale, relu, silu (others: reference) */
-TS_FAST_KERNEL(unary_back); /* relu_back, silu_back (others: reference) */
+TS_FAST_KERNEL(unary);      /* scale, exp, log, sqrt, sigmoid, softplus, silu, relu, clamp */
+TS_FAST_KERNEL(unary_back); /* sigmoid_back, silu_back, relu_back, clamp_back */
 TS_FAST_KERNEL(softmax);
 TS_FAST_KERNEL(rms_norm);
 /* Whether the fast elementwise / row kernel for dst's op takes its own f32 path (tests). */
@@ -31,5 +33,24 @@ TS_FAST_KERNEL(attention);
 TS_FAST_KERNEL(attention_back);
 /* Whether dst (an attention or attention_back node) takes the tiled f32 path (tests). */
 bool ts_fast_attention_applies(const ts_tensor *dst);
+
+/* fast_reduce.c: reductions planned as [s0, k0, s1, k1, s2] -> [k0, k1], and strided copies / casts */
+TS_FAST_KERNEL(sum_to);
+TS_FAST_KERNEL(reduce); /* sum, mean, max over one axis */
+TS_FAST_KERNEL(copy);   /* strided f32 -> contiguous, casts f32 <-> f16 / bf16 / f64 */
+/* Whether a sum_to / sum / mean / max / copy node takes its f32 path (tests). */
+bool ts_fast_reduce_applies(const ts_tensor *dst);
+
+/* fast_rows.c: row kernels along the last axis */
+TS_FAST_KERNEL(rms_norm_back);
+TS_FAST_KERNEL(softmax_back);
+TS_FAST_KERNEL(rope);
+/* Whether an rms_norm_back / softmax_back / rope node takes its f32 path (tests). */
+bool ts_fast_rows_applies(const ts_tensor *dst);
+
+/* fast_sinkhorn.c: mHC's Sinkhorn projection and its backward on contiguous f32 matrices */
+TS_FAST_KERNEL(sinkhorn);
+TS_FAST_KERNEL(sinkhorn_back);
+bool ts_fast_sinkhorn_applies(const ts_tensor *dst);
 
 #endif

@@ -1,7 +1,7 @@
 /* ref_kernels.h - the reference CPU kernels, one per op (see graph.h for each op's contract).
  * ref_elementwise.c holds creation/movement, elementwise, reductions and their backward
  * helpers; ref_nn.c holds matmul, softmax, norms, rope, indexing and losses; ref_attention.c
- * holds fused attention and its backward. */
+ * holds fused attention and its backward; ref_sinkhorn.c mHC's Sinkhorn projection and its backward. */
 #ifndef TS_REF_KERNELS_H
 #define TS_REF_KERNELS_H
 
@@ -38,5 +38,14 @@ TS_REF_KERNEL(cross_entropy_back);
 /* ref_attention.c */
 TS_REF_KERNEL(attention);
 TS_REF_KERNEL(attention_back);
+
+/* ref_sinkhorn.c: the kernels and the per-matrix arithmetic, in double, of one row-major n x n
+ * matrix (n <= TS_SINKHORN_MAX_N, iters <= TS_SINKHORN_MAX_ITERS), which fast_sinkhorn.c reuses */
+TS_REF_KERNEL(sinkhorn);
+TS_REF_KERNEL(sinkhorn_back);
+/* k: the logits in, the projection out */
+void ts_sinkhorn_matrix(double *k, int n, int iters, double eps);
+/* x: the logits; g: d loss / d projection in, d loss / d logits out */
+void ts_sinkhorn_matrix_back(const double *x, double *g, int n, int iters, double eps);
 
 #endif

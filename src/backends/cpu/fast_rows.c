@@ -1,0 +1,182 @@
+/* fast_rows.c - the "cpu" backend's f32 row kernels of the backward pass and of position
+ * encoding: rms_norm_back and softmax_back along the last axis, and rope (forward and
+ * inverse). Each row is computed with the reference's formula, in double, in the same order
+ * (ref_nn.c), and rounded once, straight from contiguous f32 storage; other dtypes, strided
+ * inputs and other axes go to the reference kernel, which also reports malformed nodes. Rows
+ * are split over threads in static chunks, one thread per row: bit-identical for any thread
+ * count. Nothing is allocated. */
+#include <math.h>
+#include <string.h>
+
+#include "backends/cpu/fast_kernels.h"
+#include "backends/cpu/ref_common.h"
+#include "backends/cpu/ref_kernels.h"
+
+/* A contiguous f32 tensor on the host shaped exactly like dst. */
+static bool is_dense_like(const ts_tensor *t, const ts_tensor *dst) {
+    return t && t->dtype == TS_F32 && t->data && ts_is_contiguous(t) && ts_same_shape(t, dst);
+}
+
+typedef struct {
+    float *out;
+    const float *a, *b;    /* rms_norm_back: x, dy; softmax_back: y, dy; rope: x, angles */
+    const float *w;        /* rms_norm_back: weight or NULL; rope: unused */
+    int64_t w_stride;
+    int64_t len;           /* elements per row (the last axis) */
+    double eps;            /* rms_norm_back */
+    int64_t n_rot;         /* rope: rotated trailing dims */
+    double sign;           /* rope: +1, or -1 for the inverse */
+    int outer_ndim;        /* rope: dims of x before the last */
+    int64_t outer_shape[TS_MAX_DIMS], angle_stride[TS_MAX_DIMS]; /* rope: angles' stride per outer dim (0: broadcast) */
+} row_job;
+
+static void run_rows(const ts_cpu_ctx *ctx, const ts_tensor *dst, ts_range_fn fn, row_job *j) {
+    ts_parallel_for(ctx->pool, ts_nelements(dst) / j->len, ref_items_min_chunk(j->len), fn, j);
+}
+
+/* ---------------------------------------------------------------- rms_norm_back */
+
+/* With r = 1 / sqrt(mean(x^2) + eps) and g = dy * w: dx = r * g - x * r^3 * mean(x * g). */
+static void rms_norm_back_range(void *arg, int64_t begin, int64_t end, int tid) {
+    const row_job *j = arg;
+    int64_t n = j->len;
+    for (int64_t r = begin; r < end; r++) {
+        const float *x = j->a + r * n, *dy = j->b + r * n;
+        float *dx = j->out + r * n;
+        double ss = 0, xg = 0;
+        for (int64_t k = 0; k < n; k++) ss += (double)x[k] * x[k];
+        double inv = 1.0 / sqrt(ss / (double)n + j->eps);
+        if (j->w) {
+            for (int64_t k = 0; k < n; k++) xg += (double)x[k] * dy[k] * j->w[k * j->w_stride];
+            double coef = inv * inv * inv * xg / (double)n;
+            for (int64_t k = 0; k < n; k++) dx[k] = (float)(inv * ((double)dy[k] * j->w[k * j->w_stride]) - x[k] * coef);
+        } else {
+            for (int64_t k = 0; k < n; k++) xg += (double)x[k] * dy[k];
+            double coef = inv * inv * inv * xg / (double)n;
+            for (int64_t k = 0; k < n; k++) dx[k] = (float)(inv * dy[k] - x[k] * coef);
+        }
+    }
+}
+
+/* x, dy contiguous f32 like dst; the optional weight 1-D f32 of the row's length, any stride >= 0. */
+static bool plan_rms_norm_back(const ts_tensor *dst, row_job *j) {
+    if (dst->op != TS_OP_RMS_NORM_BACK || dst->n_src < 2 || dst->n_src > 3 || dst->ndim < 1) return false;
+    if (!is_dense_like(dst, dst) || !is_dense_like(dst->src[0], dst) || !is_dense_like(dst->src[1], dst)) return false;
+    *j = (row_job){.out = dst->data, .a = dst->src[0]->data, .b = dst->src[1]->data, .len = dst->shape[dst->ndim - 1],
+                   .eps = dst->fp[0]};
+    const ts_tensor *w = dst->n_src == 3 ? dst->src[2] : NULL;
+    if (w) {
+        if (w->dtype != TS_F32 || !w->data || w->ndim != 1 || w->shape[0] != j->len || w->stride[0] < 0) return false;
+        j->w = w->data;
+        j->w_stride = w->stride[0];
+    }
+    return true;
+}
+
+TS_FAST_KERNEL(rms_norm_back) {
+    row_job j;
+    if (!plan_rms_norm_back(dst, &j)) return ts_ref_rms_norm_back(ctx, dst);
+    run_rows(ctx, dst, rms_norm_back_range, &j);
+    return TS_OK;
+}
+
+/* ---------------------------------------------------------------- softmax_back */
+
+/* dx = y * (dy - sum(dy * y)) along each row. */
+static void softmax_back_range(void *arg, int64_t begin, int64_t end, int tid) {
+    const row_job *j = arg;
+    int64_t n = j->len;
+    for (int64_t r = begin; r < end; r++) {
+        const float *y = j->a + r * n, *dy = j->b + r * n;
+        float *dx = j->out + r * n;
+        double dot = 0;
+        for (int64_t k = 0; k < n; k++) dot += (double)dy[k] * y[k];
+        for (int64_t k = 0; k < n; k++) dx[k] = (float)(y[k] * (dy[k] - dot));
+    }
+}
+
+/* Along the last axis of contiguous f32 y and dy. */
+static bool plan_softmax_back(const ts_tensor *dst, row_job *j) {
+    if (dst->op != TS_OP_SOFTMAX_BACK || dst->n_src != 2 || dst->ndim < 1 || dst->ip[0] != dst->ndim - 1) return false;
+    if (!is_dense_like(dst, dst) || !is_dense_like(dst->src[0], dst) || !is_dense_like(dst->src[1], dst)) return false;
+    *j = (row_job){.out = dst->data, .a = dst->src[0]->data, .b = dst->src[1]->data, .len = dst->shape[dst->ndim - 1]};
+    return true;
+}
+
+TS_FAST_KERNEL(softmax_back) {
+    row_job j;
+    if (!plan_softmax_back(dst, &j)) return ts_ref_softmax_back(ctx, dst);
+    run_rows(ctx, dst, softmax_back_range, &j);
+    return TS_OK;
+}
+
+/* ---------------------------------------------------------------- rope */
+
+/* Pair p of the trailing n_rot dims, (re, im) = (x[first + 2p], x[first + 2p + 1]), times
+ * e^{+-i theta_p}; the first D - n_rot dims are copied. */
+static void rope_range(void *arg, int64_t begin, int64_t end, int tid) {
+    const row_job *j = arg;
+    int64_t n = j->len, first = n - j->n_rot, c[TS_MAX_DIMS];
+    for (int64_t r = begin; r < end; r++) {
+        const float *x = j->a + r * n;
+        float *y = j->out + r * n;
+        ref_unravel(j->outer_ndim, j->outer_shape, r, c);
+        const float *ang = j->b;
+        for (int d = 0; d < j->outer_ndim; d++) ang += c[d] * j->angle_stride[d];
+        memcpy(y, x, (size_t)first * sizeof *y);
+        for (int64_t p = 0; p < j->n_rot / 2; p++) {
+            int64_t i = first + 2 * p;
+            double re = x[i], im = x[i + 1], theta = j->sign * ang[p];
+            double cs = cos(theta), sn = sin(theta);
+            y[i] = (float)(re * cs - im * sn);
+            y[i + 1] = (float)(re * sn + im * cs);
+        }
+    }
+}
+
+/* x contiguous f32 like dst; angles f32, contiguous along their last axis (n_rot / 2 values),
+ * broadcasting over x's other dims with any strides. */
+static bool plan_rope(const ts_tensor *dst, row_job *j) {
+    if (dst->op != TS_OP_ROPE || dst->n_src != 2 || dst->ndim < 1) return false;
+    if (!is_dense_like(dst, dst) || !is_dense_like(dst->src[0], dst)) return false;
+    const ts_tensor *ang = dst->src[1];
+    int64_t D = dst->shape[dst->ndim - 1], n_rot = dst->ip[0];
+    if (!ang || ang->dtype != TS_F32 || !ang->data || ang->ndim < 1 || ang->ndim > dst->ndim) return false;
+    if (n_rot < 2 || n_rot % 2 || n_rot > D || ang->shape[ang->ndim - 1] != n_rot / 2) return false;
+    if (n_rot > 2 && ang->stride[ang->ndim - 1] != 1) return false;
+    *j = (row_job){.out = dst->data, .a = dst->src[0]->data, .b = ang->data, .len = D, .n_rot = n_rot,
+                   .sign = dst->ip[1] ? -1.0 : 1.0, .outer_ndim = dst->ndim - 1};
+    int lead = dst->ndim - ang->ndim;
+    for (int d = 0; d < dst->ndim - 1; d++) {
+        j->outer_shape[d] = dst->shape[d];
+        int ad = d - lead;
+        if (ad < 0 || ang->shape[ad] == 1) {
+            j->angle_stride[d] = 0;
+        } else if (ang->shape[ad] == dst->shape[d]) {
+            j->angle_stride[d] = ang->stride[ad];
+        } else {
+            return false; /* does not broadcast: the reference reports it */
+        }
+    }
+    return true;
+}
+
+TS_FAST_KERNEL(rope) {
+    row_job j;
+    if (!plan_rope(dst, &j)) return ts_ref_rope(ctx, dst);
+    run_rows(ctx, dst, rope_range, &j);
+    return TS_OK;
+}
+
+/* ---------------------------------------------------------------- for tests */
+
+bool ts_fast_rows_applies(const ts_tensor *dst) {
+    row_job j;
+    if (!dst) return false;
+    switch (dst->op) {
+    case TS_OP_RMS_NORM_BACK: return plan_rms_norm_back(dst, &j);
+    case TS_OP_SOFTMAX_BACK: return plan_softmax_back(dst, &j);
+    case TS_OP_ROPE: return plan_rope(dst, &j);
+    default: return false;
+    }
+}
