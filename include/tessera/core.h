@@ -32,6 +32,10 @@ typedef enum {
 
 const char *ts_status_name(ts_status s);
 
+/* The one-line error messages of functions taking (char *err, size_t err_size): formats into
+ * err when it is non-NULL and err_size > 0, else does nothing. */
+void ts_error_printf(char *err, size_t err_size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* ---------------------------------------------------------------- dtypes */
 
 /* Room is left in this enum for block-scaled types; TS_DTYPE_COUNT must stay last. */

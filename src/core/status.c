@@ -1,6 +1,18 @@
-/* status.c - printable names for ts_status codes. Error messages everywhere in Tessera print
- * these, so they are the enumerator names themselves: easy to grep for in the headers. */
+/* status.c - printable names for ts_status codes (error messages everywhere in Tessera print
+ * these, so they are the enumerator names themselves: easy to grep for in the headers), and the
+ * formatter of the (err, err_size) one-line messages. */
+#include <stdarg.h>
+#include <stdio.h>
+
 #include "tessera/core.h"
+
+void ts_error_printf(char *err, size_t err_size, const char *fmt, ...) {
+    if (!err || err_size == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, err_size, fmt, ap);
+    va_end(ap);
+}
 
 const char *ts_status_name(ts_status s) {
     switch (s) {

@@ -5,7 +5,6 @@
  * window: one forward graph of a fixed [B, T] shape; each step writes every row's tokens so far
  * (padded), computes, and appends the argmax at each row's last position (causality makes the
  * padding irrelevant; quadratic in the length). */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,15 +18,6 @@ struct ts_model_completer {
     int32_t *ids;  /* [B, T] */
     float *row;    /* [V] */
 };
-
-static void set_err(char *err, size_t err_size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t err_size, const char *fmt, ...) {
-    if (!err || err_size == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_size, fmt, ap);
-    va_end(ap);
-}
 
 ts_status ts_model_completer_new(const ts_model_weights *w, ts_backend *be, int64_t batch, int64_t max_len,
                                  ts_model_completer **out, char *err, size_t err_size) {
@@ -49,7 +39,7 @@ ts_status ts_model_completer_new(const ts_model_weights *w, ts_backend *be, int6
     c->ids = malloc((size_t)(batch * max_len) * sizeof *c->ids);
     c->row = malloc((size_t)(batch * c->V) * sizeof *c->row);
     if (s == TS_OK && (!c->ids || !c->row)) {
-        set_err(err, err_size, "completer: out of memory");
+        ts_error_printf(err, err_size, "completer: out of memory");
         s = TS_ERR_OOM;
     }
     if (s != TS_OK) {

@@ -19,7 +19,6 @@
  * the ordinary per-token graph. Decoding a sequence step by step gives the full forward's
  * logits (tests/test_decode.c). */
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,15 +66,6 @@ struct ts_model_decoder {
     int32_t *ids;         /* [B] */
     double *omega_main, *omega_comp;
 };
-
-static void set_err(char *err, size_t err_size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t err_size, const char *fmt, ...) {
-    if (!err || err_size == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_size, fmt, ap);
-    va_end(ap);
-}
 
 /* ---------------------------------------------------------------- graph hooks */
 
@@ -259,7 +249,7 @@ ts_status ts_model_decoder_new(const ts_model_weights *w, ts_backend *be, int sl
     *out = NULL;
     const ts_v4_config *c = ts_model_weights_config(w);
     if (c->kind != TS_MODEL_DEEPSEEK_V4) {
-        set_err(err, err_size, "decoder: incremental decoding is implemented for DeepSeek-V4 models only");
+        ts_error_printf(err, err_size, "decoder: incremental decoding is implemented for DeepSeek-V4 models only");
         return TS_ERR_UNSUPPORTED;
     }
     ts_model_decoder *dec = calloc(1, sizeof *dec);

@@ -35,7 +35,6 @@
 #include <jansson.h>
 #include <math.h>
 #include <dirent.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,15 +46,6 @@
 
 #define INIT_STD 0.02
 #define DEFAULT_SHARD_BYTES ((uint64_t)4 << 30) /* 4 GiB: tiny and small fit in one file */
-
-static void set_err(char *err, size_t err_size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t err_size, const char *fmt, ...) {
-    if (!err || err_size == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_size, fmt, ap);
-    va_end(ap);
-}
 
 static uint64_t mix64(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -160,7 +150,7 @@ ts_status ts_model_init_tensor(const ts_v4_config *c, uint64_t seed, const ts_mo
                                void *data, char *err, size_t err_size) {
     init_rule r;
     if (!rule_for(c, t, &r)) {
-        set_err(err, err_size, "no init rule for tensor '%s'", t->name);
+        ts_error_printf(err, err_size, "no init rule for tensor '%s'", t->name);
         return TS_ERR_INTERNAL;
     }
     int64_t numel = ts_model_tensor_numel(t);
@@ -185,7 +175,7 @@ ts_status ts_model_init_tensor(const ts_v4_config *c, uint64_t seed, const ts_mo
         int64_t rows = t->shape[0], k = t->shape[1];
         uint64_t E = (uint64_t)c->n_routed_experts;
         if (t->ndim != 2 || (st != TS_ST_I64 && st != TS_ST_I32) || k > (int64_t)E) {
-            set_err(err, err_size, "tensor '%s': cannot choose %lld distinct experts of %llu", t->name,
+            ts_error_printf(err, err_size, "tensor '%s': cannot choose %lld distinct experts of %llu", t->name,
                     (long long)k, (unsigned long long)E);
             return TS_ERR_INTERNAL;
         }
@@ -220,12 +210,12 @@ static ts_status prepare_dir(const char *dir, bool force, char *err, size_t err_
     struct stat sb;
     if (stat(dir, &sb) == 0) {
         if (!S_ISDIR(sb.st_mode)) {
-            set_err(err, err_size, "%s exists and is not a directory", dir);
+            ts_error_printf(err, err_size, "%s exists and is not a directory", dir);
             return TS_ERR_IO;
         }
         DIR *d = opendir(dir);
         if (!d) {
-            set_err(err, err_size, "cannot read directory %s: %s", dir, strerror(errno));
+            ts_error_printf(err, err_size, "cannot read directory %s: %s", dir, strerror(errno));
             return TS_ERR_IO;
         }
         bool empty = true;
@@ -234,31 +224,31 @@ static ts_status prepare_dir(const char *dir, bool force, char *err, size_t err_
             if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) empty = false;
         closedir(d);
         if (!empty && !force) {
-            set_err(err, err_size, "%s exists and is not empty (use --force to write into it)", dir);
+            ts_error_printf(err, err_size, "%s exists and is not empty (use --force to write into it)", dir);
             return TS_ERR_STATE;
         }
     } else {
         char path[4096];
         if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path) {
-            set_err(err, err_size, "directory path too long");
+            ts_error_printf(err, err_size, "directory path too long");
             return TS_ERR_INVALID_ARG;
         }
         for (char *p = path + 1; *p; p++) { /* mkdir -p */
             if (*p != '/') continue;
             *p = '\0';
             if (mkdir(path, 0777) != 0 && errno != EEXIST) {
-                set_err(err, err_size, "cannot create directory %s: %s", path, strerror(errno));
+                ts_error_printf(err, err_size, "cannot create directory %s: %s", path, strerror(errno));
                 return TS_ERR_IO;
             }
             *p = '/';
         }
         if (mkdir(path, 0777) != 0 && errno != EEXIST) {
-            set_err(err, err_size, "cannot create directory %s: %s", dir, strerror(errno));
+            ts_error_printf(err, err_size, "cannot create directory %s: %s", dir, strerror(errno));
             return TS_ERR_IO;
         }
     }
     if (access(dir, W_OK | X_OK) != 0) {
-        set_err(err, err_size, "cannot write to directory %s: %s", dir, strerror(errno));
+        ts_error_printf(err, err_size, "cannot write to directory %s: %s", dir, strerror(errno));
         return TS_ERR_IO;
     }
     return TS_OK;
@@ -266,7 +256,7 @@ static ts_status prepare_dir(const char *dir, bool force, char *err, size_t err_
 
 static ts_status join(char *buf, size_t size, const char *dir, const char *file, char *err, size_t err_size) {
     if (snprintf(buf, size, "%s/%s", dir, file) >= (int)size) {
-        set_err(err, err_size, "path too long: %s/%s", dir, file);
+        ts_error_printf(err, err_size, "path too long: %s/%s", dir, file);
         return TS_ERR_INVALID_ARG;
     }
     return TS_OK;
@@ -284,14 +274,14 @@ static ts_status write_file(const entry_list *l, int shard, const char *path, ts
     ts_st_write_tensor *wt = calloc(n ? n : 1, sizeof *wt);
     void **bufs = calloc(n ? n : 1, sizeof *bufs);
     ts_status s = wt && bufs ? TS_OK : TS_ERR_OOM;
-    if (s != TS_OK) set_err(err, err_size, "out of memory");
+    if (s != TS_OK) ts_error_printf(err, err_size, "out of memory");
     size_t k = 0;
     for (size_t i = 0; i < l->n && s == TS_OK; i++) {
         const entry *e = &l->v[i];
         if (shard >= 0 && e->shard != shard) continue;
         bufs[k] = malloc(e->nbytes ? e->nbytes : 1);
         if (!bufs[k]) {
-            set_err(err, err_size, "out of memory for tensor '%s' (%zu bytes)", e->t.name, e->nbytes);
+            ts_error_printf(err, err_size, "out of memory for tensor '%s' (%zu bytes)", e->t.name, e->nbytes);
             s = TS_ERR_OOM;
             break;
         }
@@ -303,7 +293,7 @@ static ts_status write_file(const entry_list *l, int shard, const char *path, ts
     if (s == TS_OK) {
         ts_io_error ioe;
         s = ts_st_write(path, wt, n, METADATA, 1, &ioe);
-        if (s != TS_OK) set_err(err, err_size, "%s", ioe.message);
+        if (s != TS_OK) ts_error_printf(err, err_size, "%s", ioe.message);
     }
     for (size_t i = 0; bufs && i < n; i++) free(bufs[i]);
     free(bufs);
@@ -328,13 +318,13 @@ static ts_status write_index(const entry_list *l, int n_shards, uint64_t total, 
     json_decref(map);
     json_decref(root);
     if (!text) {
-        set_err(err, err_size, "out of memory building %s", path);
+        ts_error_printf(err, err_size, "out of memory building %s", path);
         return TS_ERR_OOM;
     }
     ts_io_error ioe;
     ts_status s = ts_atomic_write_file(path, text, strlen(text), &ioe);
     free(text);
-    if (s != TS_OK) set_err(err, err_size, "%s", ioe.message);
+    if (s != TS_OK) ts_error_printf(err, err_size, "%s", ioe.message);
     return s;
 }
 
@@ -346,7 +336,7 @@ static ts_status write_config(const ts_v4_config *c, const char *path, char *err
     char *text = malloc(n + 2);
     if (!text) {
         free(json);
-        set_err(err, err_size, "out of memory");
+        ts_error_printf(err, err_size, "out of memory");
         return TS_ERR_OOM;
     }
     memcpy(text, json, n);
@@ -356,7 +346,7 @@ static ts_status write_config(const ts_v4_config *c, const char *path, char *err
     ts_io_error ioe;
     s = ts_atomic_write_file(path, text, n + 1, &ioe);
     free(text);
-    if (s != TS_OK) set_err(err, err_size, "%s", ioe.message);
+    if (s != TS_OK) ts_error_printf(err, err_size, "%s", ioe.message);
     return s;
 }
 
@@ -364,7 +354,7 @@ ts_status ts_model_init_config(const ts_v4_config *cfg, ts_dtype storage, ts_v4_
                                size_t err_size) {
     if (!cfg || !out) return TS_ERR_INVALID_ARG;
     if (storage != TS_F32 && storage != TS_BF16) {
-        set_err(err, err_size, "init storage dtype must be f32 or bf16 (got %s)", ts_dtype_name(storage));
+        ts_error_printf(err, err_size, "init storage dtype must be f32 or bf16 (got %s)", ts_dtype_name(storage));
         return TS_ERR_UNSUPPORTED;
     }
     *out = *cfg;
@@ -378,7 +368,7 @@ ts_status ts_model_write_checkpoint(const ts_v4_config *cfg, ts_dtype storage, c
                                     uint64_t max_shard_bytes, ts_model_tensor_source source, void *user, char *err,
                                     size_t err_size) {
     if (!cfg || !dir || !*dir) {
-        set_err(err, err_size, "writing a checkpoint: NULL config or empty directory");
+        ts_error_printf(err, err_size, "writing a checkpoint: NULL config or empty directory");
         return TS_ERR_INVALID_ARG;
     }
     if (max_shard_bytes == 0) max_shard_bytes = DEFAULT_SHARD_BYTES;
@@ -387,7 +377,7 @@ ts_status ts_model_write_checkpoint(const ts_v4_config *cfg, ts_dtype storage, c
     if (s != TS_OK) return s;
     entry_list l = {NULL, 0, 0, storage};
     s = ts_model_walk_tensors(&c, collect, &l);
-    if (s != TS_OK) set_err(err, err_size, "listing the model's tensors failed: %s", ts_status_name(s));
+    if (s != TS_OK) ts_error_printf(err, err_size, "listing the model's tensors failed: %s", ts_status_name(s));
     if (s == TS_OK) s = prepare_dir(dir, force, err, err_size);
 
     /* Shards: greedy in walk order; a tensor larger than a shard gets one of its own. */
@@ -409,13 +399,13 @@ ts_status ts_model_write_checkpoint(const ts_v4_config *cfg, ts_dtype storage, c
     if (s == TS_OK && n_shards <= 1) {
         /* A stale index (from --force over a sharded checkpoint) would shadow the new file. */
         if (unlink(index) != 0 && errno != ENOENT) {
-            set_err(err, err_size, "cannot remove stale %s: %s", index, strerror(errno));
+            ts_error_printf(err, err_size, "cannot remove stale %s: %s", index, strerror(errno));
             s = TS_ERR_IO;
         }
         if (s == TS_OK) s = write_file(&l, -1, single, source, user, err, err_size);
     } else if (s == TS_OK) {
         if (unlink(index) != 0 && errno != ENOENT) { /* the old commit point goes first */
-            set_err(err, err_size, "cannot remove stale %s: %s", index, strerror(errno));
+            ts_error_printf(err, err_size, "cannot remove stale %s: %s", index, strerror(errno));
             s = TS_ERR_IO;
         }
         for (int k = 0; s == TS_OK && k < n_shards; k++) {
@@ -426,7 +416,7 @@ ts_status ts_model_write_checkpoint(const ts_v4_config *cfg, ts_dtype storage, c
         }
         if (s == TS_OK) s = write_index(&l, n_shards, total, index, err, err_size);
         if (s == TS_OK && unlink(single) != 0 && errno != ENOENT) {
-            set_err(err, err_size, "cannot remove stale %s: %s", single, strerror(errno));
+            ts_error_printf(err, err_size, "cannot remove stale %s: %s", single, strerror(errno));
             s = TS_ERR_IO;
         }
     }

@@ -10,22 +10,12 @@
  * Parameter leaves are bound to the arrays of ts_model_weights (routed experts as one stacked
  * [E, rows, cols] leaf per layer and kind). */
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "model/model_internal.h"
 #include "model/moe.h"
-
-static void set_err(char *err, size_t err_size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t err_size, const char *fmt, ...) {
-    if (!err || err_size == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_size, fmt, ap);
-    va_end(ap);
-}
 
 /* ---------------------------------------------------------------- leaves */
 
@@ -393,16 +383,16 @@ static void build_losses(ts_model_builder *b) {
 
 static ts_status check_options(const ts_v4_config *c, const ts_model_graph_options *o, char *err, size_t err_size) {
     if (o->batch < 1 || o->seq < 1) {
-        set_err(err, err_size, "model graph: batch %lld and seq %lld must be >= 1", (long long)o->batch,
+        ts_error_printf(err, err_size, "model graph: batch %lld and seq %lld must be >= 1", (long long)o->batch,
                 (long long)o->seq);
         return TS_ERR_INVALID_ARG;
     }
     if (o->backward && !o->loss) {
-        set_err(err, err_size, "model graph: backward needs the loss");
+        ts_error_printf(err, err_size, "model graph: backward needs the loss");
         return TS_ERR_INVALID_ARG;
     }
     if (o->mtp && (c->kind != TS_MODEL_DEEPSEEK_V4 || c->num_nextn_predict_layers < 1)) {
-        set_err(err, err_size, "model graph: MTP asked for, but the config has no MTP block");
+        ts_error_printf(err, err_size, "model graph: MTP asked for, but the config has no MTP block");
         return TS_ERR_INVALID_ARG;
     }
     return TS_OK;
@@ -447,7 +437,7 @@ ts_status ts_model_graph_build_with(const ts_model_weights *w, const ts_model_gr
     }
     if (!mg || !mg->graph || !mg->internal || !mg->params || !mg->route_idx || !mg->route_scores || !mg->index_idx) {
         ts_model_graph_free(mg);
-        set_err(err, err_size, "model graph: out of memory");
+        ts_error_printf(err, err_size, "model graph: out of memory");
         return TS_ERR_OOM;
     }
     ts_model_builder b = {mg->graph, w, c, mg, mg->internal, ts_model_weights_dtype(w), opts->batch, opts->seq,
@@ -466,7 +456,7 @@ ts_status ts_model_graph_build_with(const ts_model_weights *w, const ts_model_gr
     s = ts_graph_status(b.g);
     if (s == TS_OK && opts->backward) s = ts_graph_backward(b.g, mg->loss);
     if (s != TS_OK) {
-        set_err(err, err_size, "model graph: %s", ts_graph_error(b.g));
+        ts_error_printf(err, err_size, "model graph: %s", ts_graph_error(b.g));
         ts_model_graph_free(mg);
         return s;
     }
@@ -537,7 +527,7 @@ ts_status ts_model_graph_alloc(ts_model_graph *mg, ts_backend *be, ts_plan_stats
                                size_t err_size) {
     ts_status s = ts_graph_alloc(mg->graph, be, NULL, stats);
     if (s != TS_OK) {
-        set_err(err, err_size, "model graph: planning memory failed: %s", ts_graph_error(mg->graph));
+        ts_error_printf(err, err_size, "model graph: planning memory failed: %s", ts_graph_error(mg->graph));
         return s;
     }
     ts_mb_const_list *cl = mg->internal;
@@ -548,7 +538,7 @@ ts_status ts_model_graph_alloc(ts_model_graph *mg, ts_backend *be, ts_plan_stats
         float w = 0.3f;
         s = ts_tensor_write_f32(mg->mtp_weight, &w, 1);
     }
-    if (s != TS_OK) set_err(err, err_size, "model graph: filling constant tables failed: %s", ts_status_name(s));
+    if (s != TS_OK) ts_error_printf(err, err_size, "model graph: filling constant tables failed: %s", ts_status_name(s));
     return s;
 }
 

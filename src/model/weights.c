@@ -7,7 +7,6 @@
  * Routed experts are stored stacked: for each layer and each of w1 / w2 / w3 the E expert
  * matrices are one contiguous [E, rows, cols] block, expert e's tensor pointing into it. The
  * dense MoE reference builder multiplies all experts in one batched matmul over that block. */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,15 +21,6 @@ struct ts_model_weights {
     void **data;
     int *stack_base; /* routed experts: index of expert 0's tensor of the same kind; else -1 */
 };
-
-static void set_err(char *err, size_t err_size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t err_size, const char *fmt, ...) {
-    if (!err || err_size == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_size, fmt, ap);
-    va_end(ap);
-}
 
 /* In-memory dtype of tensor i: the compute dtype, or i32 for the hash-routing tables. */
 static ts_dtype mem_dtype(const ts_model_weights *w, int i) {
@@ -82,7 +72,7 @@ ts_status ts_model_weights_new(const ts_v4_config *cfg, ts_dtype dt, ts_model_we
     if (!cfg || !out) return TS_ERR_INVALID_ARG;
     *out = NULL;
     if (dt != TS_F32 && dt != TS_F64) {
-        set_err(err, err_size, "model weights: compute dtype must be f32 or f64, not %s", ts_dtype_name(dt));
+        ts_error_printf(err, err_size, "model weights: compute dtype must be f32 or f64, not %s", ts_dtype_name(dt));
         return TS_ERR_UNSUPPORTED;
     }
     ts_status s = ts_v4_config_validate(cfg, err, err_size);
@@ -94,7 +84,7 @@ ts_status ts_model_weights_new(const ts_v4_config *cfg, ts_dtype dt, ts_model_we
     s = ts_model_walk_tensors(cfg, collect, w);
     if (s == TS_OK) s = allocate(w);
     if (s != TS_OK) {
-        set_err(err, err_size, "model weights: %s", s == TS_ERR_OOM ? "out of memory" : ts_status_name(s));
+        ts_error_printf(err, err_size, "model weights: %s", s == TS_ERR_OOM ? "out of memory" : ts_status_name(s));
         ts_model_weights_free(w);
         return s;
     }
@@ -162,7 +152,7 @@ static ts_status load_tensor(ts_model_weights *w, int i, ts_checkpoint *ck, cons
     int n = ts_model_name_candidates(t->name, names), k = 0;
     while (k < n && !ts_checkpoint_has(ck, names[k])) k++;
     if (k == n) {
-        set_err(err, err_size, "checkpoint %s has no tensor '%s' (also looked for '%s')", path, t->name, names[1]);
+        ts_error_printf(err, err_size, "checkpoint %s has no tensor '%s' (also looked for '%s')", path, t->name, names[1]);
         return TS_ERR_FORMAT;
     }
     ts_dtype md = mem_dtype(w, i);
@@ -174,7 +164,7 @@ static ts_status load_tensor(ts_model_weights *w, int i, ts_checkpoint *ck, cons
     ts_io_error ioe;
     ts_status s = ts_checkpoint_load(ck, names[k], t->ndim, t->shape, target, buf,
                                      ts_dtype_bytes(target, numel), &ioe);
-    if (s != TS_OK) set_err(err, err_size, "loading '%s': %s", names[k], ioe.message);
+    if (s != TS_OK) ts_error_printf(err, err_size, "loading '%s': %s", names[k], ioe.message);
     if (s == TS_OK && md == TS_F64)
         for (int64_t j = 0; j < numel; j++) ((double *)w->data[i])[j] = ((float *)buf)[j];
     if (md == TS_F64) free(buf);
@@ -193,7 +183,7 @@ ts_status ts_model_load(const char *dir, ts_dtype dt, ts_model_weights **out, ch
     ts_checkpoint *ck = NULL;
     ts_io_error ioe;
     s = ts_checkpoint_open(dir, &ck, &ioe);
-    if (s != TS_OK) set_err(err, err_size, "%s", ioe.message);
+    if (s != TS_OK) ts_error_printf(err, err_size, "%s", ioe.message);
     for (int i = 0; s == TS_OK && i < w->n; i++) s = load_tensor(w, i, ck, dir, err, err_size);
     ts_checkpoint_close(ck);
     if (s != TS_OK) {
@@ -211,7 +201,7 @@ static ts_status save_source(void *user, const ts_model_tensor *t, ts_st_dtype s
     const ts_model_weights *w = user;
     int i = ts_model_weights_find(w, t->name);
     if (i < 0) {
-        set_err(err, err_size, "saving: the model has no tensor '%s'", t->name);
+        ts_error_printf(err, err_size, "saving: the model has no tensor '%s'", t->name);
         return TS_ERR_INTERNAL;
     }
     int64_t numel = ts_model_tensor_numel(t);
@@ -227,7 +217,7 @@ static ts_status save_source(void *user, const ts_model_tensor *t, ts_st_dtype s
         case TS_ST_I64: ((int64_t *)data)[j] = (int64_t)v; break;
         case TS_ST_I32: ((int32_t *)data)[j] = (int32_t)v; break;
         default:
-            set_err(err, err_size, "saving '%s': unsupported storage dtype", t->name);
+            ts_error_printf(err, err_size, "saving '%s': unsupported storage dtype", t->name);
             return TS_ERR_UNSUPPORTED;
         }
     }

@@ -11,7 +11,6 @@
  * slots x max_len positions of cache; a request that cannot be admitted waits in a bounded
  * queue, and a full queue is refused (HTTP 503). */
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,15 +56,6 @@ struct ts_model_engine {
     int32_t *step_ids;
     float *logits;
 };
-
-static void set_err(char *err, size_t err_size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t err_size, const char *fmt, ...) {
-    if (!err || err_size == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_size, fmt, ap);
-    va_end(ap);
-}
 
 /* ---------------------------------------------------------------- the worker */
 
@@ -255,7 +245,7 @@ ts_status ts_model_engine_new(const ts_model_weights *w, ts_tokenizer *tok, ts_b
     *out = NULL;
     const ts_v4_config *c = ts_model_weights_config(w);
     if (!tok && c->vocab_size < TS_BYTE_OFFSET + 256) {
-        set_err(err, err_size, "engine: no tokenizer, and the model's vocabulary (%lld) is not byte-level",
+        ts_error_printf(err, err_size, "engine: no tokenizer, and the model's vocabulary (%lld) is not byte-level",
                 (long long)c->vocab_size);
         return TS_ERR_INVALID_ARG;
     }
@@ -275,14 +265,14 @@ ts_status ts_model_engine_new(const ts_model_weights *w, ts_tokenizer *tok, ts_b
     e->logits = calloc((size_t)slots * (size_t)e->vocab, sizeof *e->logits);
     ts_status s = e->slots && e->queue && e->step_slots && e->step_ids && e->logits ? TS_OK : TS_ERR_OOM;
     for (int i = 0; s == TS_OK && i < slots; i++) s = ts_sampler_new(e->vocab, &e->slots[i].sampler);
-    if (s != TS_OK) set_err(err, err_size, "engine: out of memory");
+    if (s != TS_OK) ts_error_printf(err, err_size, "engine: out of memory");
     if (s == TS_OK) s = ts_model_decoder_new(w, be, slots, max_len, &e->dec, err, err_size);
     if (s == TS_OK) {
         pthread_mutex_init(&e->mu, NULL);
         pthread_cond_init(&e->wake, NULL);
         e->started = pthread_create(&e->worker, NULL, worker_main, e) == 0;
         if (!e->started) {
-            set_err(err, err_size, "engine: cannot start the worker thread");
+            ts_error_printf(err, err_size, "engine: cannot start the worker thread");
             s = TS_ERR_INTERNAL;
         }
     }

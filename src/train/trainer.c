@@ -5,7 +5,6 @@
  * [E, rows, cols] over the contiguous block weights.c keeps them in. The CLI (`tessera train`)
  * adds data preparation, evaluation, checkpoints and logging around this. */
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,15 +44,6 @@ struct ts_trainer {
     int32_t *ids, *targets, *mtp_ids, *mtp_targets; /* [B*T] staging */
     int64_t **load;                                 /* [layer slots][E] */
 };
-
-static void set_err(char *err, size_t err_size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t err_size, const char *fmt, ...) {
-    if (!err || err_size == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_size, fmt, ap);
-    va_end(ap);
-}
 
 static double seconds_now(void) {
     struct timespec ts;
@@ -158,7 +148,7 @@ static ts_status make_optimizers(ts_trainer *tr, char *err, size_t err_size) {
         s = ts_adamw_new(ag, 2, ap, tr->n_adam, &tr->adamw);
         if (s == TS_OK && tr->n_muon) s = ts_muon_new(&mg, 1, mp, tr->n_muon, &tr->muon);
     }
-    if (s != TS_OK) set_err(err, err_size, "trainer: creating the optimizers failed: %s", ts_status_name(s));
+    if (s != TS_OK) ts_error_printf(err, err_size, "trainer: creating the optimizers failed: %s", ts_status_name(s));
     free(ap);
     free(mp);
     return s;
@@ -192,7 +182,7 @@ ts_status ts_trainer_new(ts_model_weights *w, ts_data_loader *train, ts_backend 
     if (!w || !train || !be || !o || !out) return TS_ERR_INVALID_ARG;
     *out = NULL;
     if (ts_model_weights_dtype(w) != TS_F32) {
-        set_err(err, err_size, "trainer: the weights must be f32");
+        ts_error_printf(err, err_size, "trainer: the weights must be f32");
         return TS_ERR_UNSUPPORTED;
     }
     ts_status s = ts_lr_schedule_validate(&o->lr, err, err_size);
@@ -227,7 +217,7 @@ ts_status ts_trainer_new(ts_model_weights *w, ts_data_loader *train, ts_backend 
             if (!tr->load[l]) s = TS_ERR_OOM;
         }
         if (s == TS_OK && tr->o.mtp) s = ts_tensor_write_f32(tr->mg->mtp_weight, (float[]){0.3f}, 1);
-        if (s != TS_OK) set_err(err, err_size, "trainer: out of memory");
+        if (s != TS_OK) ts_error_printf(err, err_size, "trainer: out of memory");
     }
     if (s != TS_OK) {
         ts_trainer_free(tr);
@@ -344,7 +334,7 @@ ts_status ts_trainer_step(ts_trainer *tr, ts_train_step_stats *st, char *err, si
     for (int micro = 0; micro < n_micro; micro++) {
         const ts_batch *b = ts_data_loader_next(tr->train);
         if (!b) {
-            set_err(err, err_size, "trainer: the training data ran out");
+            ts_error_printf(err, err_size, "trainer: the training data ran out");
             return TS_ERR_STATE;
         }
         s = write_inputs(tr, tr->mg, b);
@@ -352,7 +342,7 @@ ts_status ts_trainer_step(ts_trainer *tr, ts_train_step_stats *st, char *err, si
         if (s == TS_OK) s = ts_graph_compute(tr->mg->graph);
         if (s == TS_OK) s = count_loads(tr, micro);
         if (s != TS_OK) {
-            set_err(err, err_size, "trainer: step %lld: %s", (long long)tr->step, ts_graph_error(tr->mg->graph));
+            ts_error_printf(err, err_size, "trainer: step %lld: %s", (long long)tr->step, ts_graph_error(tr->mg->graph));
             return s;
         }
         st->loss += read_scalar(tr->mg->loss) / n_micro;
@@ -373,7 +363,7 @@ ts_status ts_trainer_step(ts_trainer *tr, ts_train_step_stats *st, char *err, si
         if (s == TS_OK && tr->muon) s = ts_muon_step(tr->muon, tr->muon_p, (const float *const *)tr->muon_g, st->lr, NULL);
         if (s == TS_OK) s = update_biases(tr);
         if (s != TS_OK) {
-            set_err(err, err_size, "trainer: update at step %lld failed: %s", (long long)tr->step, ts_status_name(s));
+            ts_error_printf(err, err_size, "trainer: update at step %lld failed: %s", (long long)tr->step, ts_status_name(s));
             return s;
         }
     }
@@ -397,14 +387,14 @@ ts_status ts_trainer_eval(ts_trainer *tr, ts_data_loader *val, int max_batches, 
         const ts_batch *b = ts_data_loader_next(val);
         if (!b) break;
         if (b->batch != tr->o.batch || b->seq_len != tr->o.seq) {
-            set_err(err, err_size, "trainer: the validation batches must be %lld x %lld", (long long)tr->o.batch,
+            ts_error_printf(err, err_size, "trainer: the validation batches must be %lld x %lld", (long long)tr->o.batch,
                     (long long)tr->o.seq);
             return TS_ERR_SHAPE;
         }
         ts_status s = write_inputs(tr, tr->eval_mg, b);
         if (s == TS_OK) s = ts_graph_compute(tr->eval_mg->graph);
         if (s != TS_OK) {
-            set_err(err, err_size, "trainer: evaluation: %s", ts_graph_error(tr->eval_mg->graph));
+            ts_error_printf(err, err_size, "trainer: evaluation: %s", ts_graph_error(tr->eval_mg->graph));
             return s;
         }
         double l = read_scalar(tr->eval_mg->lm_loss);
