@@ -425,7 +425,8 @@ ts_status ts_model_complete(ts_model_completer *c, int n, const int32_t *const *
  * Decoding a sequence gives the logits of the full forward pass at every position. */
 typedef struct ts_model_decoder ts_model_decoder;
 
-/* max_len: positions per sequence. V4 configs only (TS_ERR_UNSUPPORTED otherwise). */
+/* max_len: positions per sequence. TS_ERR_UNSUPPORTED for a model kind without an
+ * implementation (src/model/decoder_impl.h). */
 ts_status ts_model_decoder_new(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
                                ts_model_decoder **out, char *err, size_t err_size);
 void ts_model_decoder_free(ts_model_decoder *d);
@@ -437,6 +438,18 @@ int64_t ts_model_decoder_length(const ts_model_decoder *d, int slot);
 /* Appends ids[i] to the sequence in slots[i] (n distinct slots) and writes the logits of the
  * next token after it into logits[i * V .. (i+1) * V). TS_ERR_RANGE when a slot is full. */
 ts_status ts_model_decoder_step(ts_model_decoder *d, int n, const int *slots, const int32_t *ids, float *logits);
+/* Appends ids[0..n) to the sequence in one slot - a prompt chunk (prefill) or a draft to verify -
+ * in as few forward passes as the model's implementation allows, and writes the logits after
+ * each of the last logit_rows (1..n) tokens into logits[r * V .. (r+1) * V). TS_ERR_RANGE when
+ * the slot would pass max_len (nothing appended). */
+ts_status ts_model_decoder_extend(ts_model_decoder *d, int slot, const int32_t *ids, int64_t n, float *logits,
+                                  int64_t logit_rows);
+/* Shortens a slot's sequence to its first len tokens (rejecting a speculative draft, reusing a
+ * cached prefix). len = 0 always works (a reset); otherwise TS_ERR_UNSUPPORTED, slot unchanged,
+ * when the model's state cannot rewind that far. */
+ts_status ts_model_decoder_truncate(ts_model_decoder *d, int slot, int64_t len);
+/* Host memory held by all slots' caches, in bytes. */
+size_t ts_model_decoder_state_bytes(const ts_model_decoder *d);
 
 #ifdef __cplusplus
 }

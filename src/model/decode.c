@@ -1,5 +1,6 @@
-/* decode.c - incremental decoding of DeepSeek-V4 (spec §2.13): one token per sequence per step,
- * for up to `slots` sequences at once, against per-sequence caches instead of the whole prefix.
+/* decode.c - incremental decoding of DeepSeek-V4 (spec §2.13), the V4 implementation of
+ * decoder_impl.h: one token per sequence per step, for up to `slots` sequences at once, against
+ * per-sequence caches instead of the whole prefix.
  *
  * Per layer and slot the host keeps (in the weights' dtype, bound to graph leaves):
  *   cache   [R + NB, c]  a ring of the last R = window - 1 keys (K = V, after norm and RoPE), then
@@ -23,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/decoder_impl.h"
 #include "model/model_internal.h"
 
 /* One host array bound to a graph leaf. */
@@ -56,16 +58,17 @@ struct ts_decode_build {
     int64_t B, max_len;
     dec_layer *layers;
     bound ang_main, ang_comp; /* [B, 1, 1, r/2] */
+    size_t state_bytes;       /* host memory of every cache above */
 };
 
-struct ts_model_decoder {
+typedef struct v4_decoder {
     ts_decode_build d;
     const ts_model_weights *w;
     ts_model_graph *mg;
     int64_t *len;         /* [B] tokens so far */
     int32_t *ids;         /* [B] */
     double *omega_main, *omega_comp;
-};
+} v4_decoder;
 
 /* ---------------------------------------------------------------- graph hooks */
 
@@ -75,6 +78,7 @@ static ts_tensor *bound_leaf(ts_model_builder *b, bound *bd, ts_dtype dt, int nd
     int64_t n = 1;
     for (int i = 0; i < nd; i++) n *= shape[i];
     bd->data = calloc((size_t)(n > 0 ? n : 1), ts_dtype_bytes(dt, 1));
+    b->dec->state_bytes += (size_t)n * ts_dtype_bytes(dt, 1);
     bd->leaf = ts_new_tensor(b->g, dt, nd, shape, name);
     if (!bd->data || !bd->leaf || ts_tensor_bind_host(bd->leaf, bd->data) != TS_OK) {
         ts_graph_set_error(b->g, TS_ERR_OOM, "decoder: out of memory for %s", name);
@@ -182,7 +186,8 @@ static void free_comp(comp_state *c) {
     free_bound(&c->prev_z);
 }
 
-void ts_model_decoder_free(ts_model_decoder *dec) {
+static void v4_free(void *impl) {
+    v4_decoder *dec = impl;
     if (!dec) return;
     ts_decode_build *d = &dec->d;
     for (int64_t l = 0; d->layers && l < d->c->num_hidden_layers; l++) {
@@ -231,7 +236,8 @@ static void reset_comp(const ts_decode_build *d, const dec_layer *L, const comp_
     }
 }
 
-void ts_model_decoder_reset(ts_model_decoder *dec, int slot) {
+static void v4_reset(void *impl, int slot) {
+    v4_decoder *dec = impl;
     ts_decode_build *d = &dec->d;
     if (slot < 0 || slot >= d->B) return;
     dec->len[slot] = 0;
@@ -243,62 +249,10 @@ void ts_model_decoder_reset(ts_model_decoder *dec, int slot) {
     }
 }
 
-ts_status ts_model_decoder_new(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
-                               ts_model_decoder **out, char *err, size_t err_size) {
-    if (!w || !be || !out || slots < 1 || max_len < 1) return TS_ERR_INVALID_ARG;
-    *out = NULL;
-    const ts_v4_config *c = ts_model_weights_config(w);
-    if (c->kind != TS_MODEL_DEEPSEEK_V4) {
-        ts_error_printf(err, err_size, "decoder: incremental decoding is implemented for DeepSeek-V4 models only");
-        return TS_ERR_UNSUPPORTED;
-    }
-    ts_model_decoder *dec = calloc(1, sizeof *dec);
-    if (!dec) return TS_ERR_OOM;
-    ts_decode_build *d = &dec->d;
-    d->c = c;
-    d->dt = ts_model_weights_dtype(w);
-    d->esz = ts_dtype_bytes(d->dt, 1);
-    d->B = slots;
-    d->max_len = max_len;
-    dec->w = w;
-    int half = (int)c->qk_rope_head_dim / 2;
-    d->layers = calloc((size_t)c->num_hidden_layers, sizeof *d->layers);
-    dec->len = calloc((size_t)slots, sizeof *dec->len);
-    dec->ids = calloc((size_t)slots, sizeof *dec->ids);
-    dec->omega_main = calloc((size_t)half, sizeof(double));
-    dec->omega_comp = calloc((size_t)half, sizeof(double));
-    if (!d->layers || !dec->len || !dec->ids || !dec->omega_main || !dec->omega_comp) {
-        ts_model_decoder_free(dec);
-        return TS_ERR_OOM;
-    }
-    ts_v4_rope_freqs(c->rope_theta, 2 * half, NULL, dec->omega_main, NULL, NULL);
-    ts_v4_rope_freqs(c->compress_rope_theta, 2 * half, &c->rope_scaling, dec->omega_comp, NULL, NULL);
-    for (int64_t l = 0; l < c->num_hidden_layers; l++) {
-        dec_layer *L = &d->layers[l];
-        L->m = c->compress_ratios[l];
-        L->csa = L->m == TS_V4_RATIO_CSA;
-        L->R = c->sliding_window - 1;
-        L->NB = L->m > 0 ? max_len / L->m : 0;
-        L->c = c->head_dim;
-    }
-    ts_model_graph_options o = {.batch = slots, .seq = 1};
-    ts_status s = ts_model_graph_build_with(w, &o, d, &dec->mg, err, err_size);
-    if (s == TS_OK) s = ts_model_graph_alloc(dec->mg, be, NULL, err, err_size);
-    if (s != TS_OK) {
-        ts_model_decoder_free(dec);
-        return s;
-    }
-    for (int i = 0; i < slots; i++) ts_model_decoder_reset(dec, i);
-    *out = dec;
-    return TS_OK;
+static int64_t v4_length(const void *impl, int slot) {
+    const v4_decoder *dec = impl;
+    return dec->len[slot];
 }
-
-int64_t ts_model_decoder_length(const ts_model_decoder *dec, int slot) {
-    return slot >= 0 && slot < dec->d.B ? dec->len[slot] : -1;
-}
-
-int ts_model_decoder_slots(const ts_model_decoder *dec) { return (int)dec->d.B; }
-int64_t ts_model_decoder_max_len(const ts_model_decoder *dec) { return dec->d.max_len; }
 
 static void write_angles(const ts_decode_build *d, const bound *a, const double *omega, int slot, int64_t pos) {
     int half = (int)d->c->qk_rope_head_dim / 2;
@@ -306,7 +260,7 @@ static void write_angles(const ts_decode_build *d, const bound *a, const double 
 }
 
 /* The host inputs of row `slot` at position p (see the file comment). */
-static void prepare_row(ts_model_decoder *dec, int slot, int64_t p) {
+static void prepare_row(v4_decoder *dec, int slot, int64_t p) {
     ts_decode_build *d = &dec->d;
     if (d->ang_main.data) write_angles(d, &d->ang_main, dec->omega_main, slot, p);
     if (d->ang_comp.data) write_angles(d, &d->ang_comp, dec->omega_comp, slot, p);
@@ -333,7 +287,7 @@ static void prepare_row(ts_model_decoder *dec, int slot, int64_t p) {
 }
 
 /* A row that takes no part in this step: every entry masked, its outputs ignored. */
-static void idle_row(ts_model_decoder *dec, int slot) {
+static void idle_row(v4_decoder *dec, int slot) {
     ts_decode_build *d = &dec->d;
     for (int64_t l = 0; l < d->c->num_hidden_layers; l++) {
         dec_layer *L = &d->layers[l];
@@ -360,7 +314,7 @@ static void commit_comp(const ts_decode_build *d, const dec_layer *L, const comp
     }
 }
 
-static void commit_row(ts_model_decoder *dec, int slot, int64_t p) {
+static void commit_row(v4_decoder *dec, int slot, int64_t p) {
     ts_decode_build *d = &dec->d;
     for (int64_t l = 0; l < d->c->num_hidden_layers; l++) {
         dec_layer *L = &d->layers[l];
@@ -376,7 +330,8 @@ static void commit_row(ts_model_decoder *dec, int slot, int64_t p) {
     }
 }
 
-ts_status ts_model_decoder_step(ts_model_decoder *dec, int n, const int *slots, const int32_t *ids, float *logits) {
+static ts_status v4_step(void *impl, int n, const int *slots, const int32_t *ids, float *logits) {
+    v4_decoder *dec = impl;
     ts_decode_build *d = &dec->d;
     if (n < 1 || n > d->B || !slots || !ids || !logits) return TS_ERR_INVALID_ARG;
     bool active[d->B];
@@ -407,5 +362,64 @@ ts_status ts_model_decoder_step(ts_model_decoder *dec, int n, const int *slots, 
             logits[i * V + v] = d->dt == TS_F64 ? (float)((const double *)dec->mg->logits->data)[s * V + v]
                                                 : ((const float *)dec->mg->logits->data)[s * V + v];
     }
+    return TS_OK;
+}
+
+static size_t v4_state_bytes(const void *impl) {
+    const v4_decoder *dec = impl;
+    return dec->d.state_bytes;
+}
+
+static const ts_decoder_ops v4_ops = {
+    .free = v4_free,
+    .reset = v4_reset,
+    .length = v4_length,
+    .step = v4_step,
+    .state_bytes = v4_state_bytes,
+};
+
+ts_status ts_v4_decoder_new(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
+                            const ts_decoder_ops **ops, void **out, char *err, size_t err_size) {
+    *out = NULL;
+    *ops = &v4_ops;
+    const ts_v4_config *c = ts_model_weights_config(w);
+    v4_decoder *dec = calloc(1, sizeof *dec);
+    if (!dec) return TS_ERR_OOM;
+    ts_decode_build *d = &dec->d;
+    d->c = c;
+    d->dt = ts_model_weights_dtype(w);
+    d->esz = ts_dtype_bytes(d->dt, 1);
+    d->B = slots;
+    d->max_len = max_len;
+    dec->w = w;
+    int half = (int)c->qk_rope_head_dim / 2;
+    d->layers = calloc((size_t)c->num_hidden_layers, sizeof *d->layers);
+    dec->len = calloc((size_t)slots, sizeof *dec->len);
+    dec->ids = calloc((size_t)slots, sizeof *dec->ids);
+    dec->omega_main = calloc((size_t)half, sizeof(double));
+    dec->omega_comp = calloc((size_t)half, sizeof(double));
+    if (!d->layers || !dec->len || !dec->ids || !dec->omega_main || !dec->omega_comp) {
+        v4_free(dec);
+        return TS_ERR_OOM;
+    }
+    ts_v4_rope_freqs(c->rope_theta, 2 * half, NULL, dec->omega_main, NULL, NULL);
+    ts_v4_rope_freqs(c->compress_rope_theta, 2 * half, &c->rope_scaling, dec->omega_comp, NULL, NULL);
+    for (int64_t l = 0; l < c->num_hidden_layers; l++) {
+        dec_layer *L = &d->layers[l];
+        L->m = c->compress_ratios[l];
+        L->csa = L->m == TS_V4_RATIO_CSA;
+        L->R = c->sliding_window - 1;
+        L->NB = L->m > 0 ? max_len / L->m : 0;
+        L->c = c->head_dim;
+    }
+    ts_model_graph_options o = {.batch = slots, .seq = 1};
+    ts_status s = ts_model_graph_build_with(w, &o, d, &dec->mg, err, err_size);
+    if (s == TS_OK) s = ts_model_graph_alloc(dec->mg, be, NULL, err, err_size);
+    if (s != TS_OK) {
+        v4_free(dec);
+        return s;
+    }
+    for (int i = 0; i < slots; i++) v4_reset(dec, i);
+    *out = dec;
     return TS_OK;
 }

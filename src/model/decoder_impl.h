@@ -1,0 +1,35 @@
+/* decoder_impl.h - what a model family implements to be decoded incrementally. decoder.c owns
+ * the public ts_model_decoder (model.h): it checks every argument, then calls one of these
+ * tables - decode.c for DeepSeek-V4 (window ring, compressed caches, compressor state) and
+ * decode_dense.c for the dense baseline (a plain KV cache). Slots and lengths reaching an
+ * implementation are valid: 0 <= slot < slots, distinct slots in a step, no sequence pushed
+ * past max_len, truncation only to len <= length. */
+#ifndef TS_MODEL_DECODER_IMPL_H
+#define TS_MODEL_DECODER_IMPL_H
+
+#include "tessera/model.h"
+
+typedef struct {
+    void (*free)(void *impl);
+    void (*reset)(void *impl, int slot);
+    int64_t (*length)(const void *impl, int slot);
+    /* One token for each of n slots; logits [n, V]. */
+    ts_status (*step)(void *impl, int n, const int *slots, const int32_t *ids, float *logits);
+    /* n tokens of one slot in as few passes as the implementation can; the logits after each of
+     * the last logit_rows tokens [logit_rows, V]. NULL: decoder.c feeds them through step. */
+    ts_status (*extend)(void *impl, int slot, const int32_t *ids, int64_t n, float *logits, int64_t logit_rows);
+    /* Forget the tokens after the first len. NULL, or TS_ERR_UNSUPPORTED with the slot
+     * unchanged: the state cannot rewind that far. */
+    ts_status (*truncate)(void *impl, int slot, int64_t len);
+    /* Host memory of all slots' caches. */
+    size_t (*state_bytes)(const void *impl);
+} ts_decoder_ops;
+
+typedef ts_status (*ts_decoder_new_fn)(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
+                                       const ts_decoder_ops **ops, void **impl, char *err, size_t err_size);
+
+/* decode.c: DeepSeek-V4 configs. */
+ts_status ts_v4_decoder_new(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
+                            const ts_decoder_ops **ops, void **impl, char *err, size_t err_size);
+
+#endif
