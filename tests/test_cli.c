@@ -17,6 +17,7 @@
 
 #include "backends/cpu/gemm.h"
 #include "check.h"
+#include "files.h"
 #include "tessera/core.h"
 #include "tessera/cpu.h"
 #include "tessera/data.h"
@@ -326,16 +327,6 @@ static const char *write_file(const char *dir, const char *name, const void *dat
     return buf;
 }
 
-/* The whole of a small file (malloc'd) and its size; NULL if it cannot be read. */
-static char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char *buf = malloc(1 << 16);
-    *len = buf ? fread(buf, 1, 1 << 16, f) : 0;
-    fclose(f);
-    return buf;
-}
-
 /* The number after `prefix` on the line starting with it, or -1. */
 static double number_after(const run_result *r, const char *prefix) {
     char buf[256];
@@ -412,7 +403,7 @@ static void test_tokenizer_commands(const char *dir) {
     snprintf(out_path, sizeof out_path, "%s/decoded.bin", dir);
     run(&r, "tokenizer decode --tokenizer %s/tok --ids %s > %s", dir, args, out_path);
     size_t got_len = 0;
-    char *got = slurp(out_path, &got_len);
+    char *got = test_read_file(out_path, &got_len);
     CHECK(r.exit_code == 0 && got && got_len == sizeof bad - 1 && memcmp(got, bad, got_len) == 0,
           "decode(encode(invalid UTF-8)): exit %d, %zu bytes back of %zu", r.exit_code, got_len, sizeof bad - 1);
     free(got);

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "files.h"
 #include "tessera/data.h"
 
 /* ================================================================ helpers */
@@ -40,30 +41,7 @@ static const char *tmp_path(const char *name) {
     return p;
 }
 
-static unsigned char *read_bytes(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
-
-static void write_bytes(const char *path, const void *data, size_t len) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return;
-    if (len) fwrite(data, 1, len, f);
-    fclose(f);
-}
-
-static void write_text(const char *path, const char *text) { write_bytes(path, text, strlen(text)); }
+static void write_text(const char *path, const char *text) { test_write_file(path, text, strlen(text)); }
 
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
     (void)st, (void)flag, (void)ftw;
@@ -171,7 +149,7 @@ static void check_round_trip(const char *name, uint32_t vocab, uint32_t token_by
     CHECK(strcmp(ts_shard_path(s), path) == 0, "path");
     ts_shard_close(s);
     size_t len = 0;
-    unsigned char *img = read_bytes(path, &len);
+    unsigned char *img = (unsigned char *)test_read_file(path, &len);
     size_t index_at = (64 + 9 * token_bytes + 7) / 8 * 8;
     CHECK(img && len == index_at + 4 * 8, "%s file size %zu", name, len);
     CHECK(img && memcmp(img, "TSSHARD", 8) == 0, "magic");
@@ -211,50 +189,50 @@ static void test_shard_corruption(void) {
     const char *good = tmp_path("good.tshard");
     CHECK(write_shard(good, 264, ids, lens, 3) == TS_OK, "write");
     size_t len = 0;
-    unsigned char *img = read_bytes(good, &len);
+    unsigned char *img = (unsigned char *)test_read_file(good, &len);
     if (!img) return;
     unsigned char *bad = malloc(len + 16);
     const char *path = tmp_path("bad.tshard");
 
     expect_open_fails(tmp_path("missing.tshard"), TS_ERR_IO, "cannot open");
-    write_bytes(path, "", 0);
+    test_write_file(path, "", 0);
     expect_open_fails(path, TS_ERR_FORMAT, "bad magic");
 
     memcpy(bad, img, len);
     bad[0] = 'X';
-    write_bytes(path, bad, len);
+    test_write_file(path, bad, len);
     expect_open_fails(path, TS_ERR_FORMAT, "bad magic");
 
     memcpy(bad, img, len);
     put_le(bad + 8, 2, 4); /* a future version, header checksum made consistent */
     fix_checksums(bad, len);
-    write_bytes(path, bad, len);
+    test_write_file(path, bad, len);
     expect_open_fails(path, TS_ERR_UNSUPPORTED, "version 2 is newer");
 
     memcpy(bad, img, len);
     bad[20] ^= 1; /* vocab size changed, header checksum not updated */
-    write_bytes(path, bad, len);
+    test_write_file(path, bad, len);
     expect_open_fails(path, TS_ERR_FORMAT, "header checksum mismatch");
 
-    write_bytes(path, img, 40);
+    test_write_file(path, img, 40);
     expect_open_fails(path, TS_ERR_FORMAT, "truncated");
-    write_bytes(path, img, len - 8);
+    test_write_file(path, img, len - 8);
     expect_open_fails(path, TS_ERR_FORMAT, "truncated");
 
     memcpy(bad, img, len);
     memset(bad + len, 0, 8);
-    write_bytes(path, bad, len + 8);
+    test_write_file(path, bad, len + 8);
     expect_open_fails(path, TS_ERR_FORMAT, "trailing data");
 
     memcpy(bad, img, len);
     put_le(bad + 24, (uint64_t)1 << 60, 8); /* absurd token count, checksums consistent */
     fix_checksums(bad, len);
-    write_bytes(path, bad, len);
+    test_write_file(path, bad, len);
     expect_open_fails(path, TS_ERR_FORMAT, "truncated");
 
     memcpy(bad, img, len);
     bad[64 + 2 * 7] ^= 0x40; /* one token byte flipped */
-    write_bytes(path, bad, len);
+    test_write_file(path, bad, len);
     expect_open_fails(path, TS_ERR_FORMAT, "payload checksum mismatch");
     /* Skipping the scan trusts the payload (structure still checked). */
     ts_io_error err = {0};
@@ -265,7 +243,7 @@ static void test_shard_corruption(void) {
     memcpy(bad, img, len);
     put_le(bad + 64 + 2 * 7, 300, 2); /* token 7 = 300 >= 264, checksums consistent */
     fix_checksums(bad, len);
-    write_bytes(path, bad, len);
+    test_write_file(path, bad, len);
     expect_open_fails(path, TS_ERR_RANGE, "token 300 at position 7 is out of range for vocab size 264");
 
     size_t index_at = (64 + 9 * 2 + 7) / 8 * 8;
@@ -273,19 +251,19 @@ static void test_shard_corruption(void) {
     put_le(bad + index_at + 8 * 1, 3, 8); /* documents [0, 3), [3, 3) (empty), [3, 9) */
     put_le(bad + index_at + 8 * 2, 3, 8);
     fix_checksums(bad, len);
-    write_bytes(path, bad, len);
+    test_write_file(path, bad, len);
     expect_open_fails(path, TS_ERR_FORMAT, "document 1 spans tokens [3, 3)");
 
     memcpy(bad, img, len);
     put_le(bad + index_at + 8 * 3, 8, 8); /* documents end before the tokens do */
     fix_checksums(bad, len);
-    write_bytes(path, bad, len);
+    test_write_file(path, bad, len);
     expect_open_fails(path, TS_ERR_FORMAT, "documents end at token 8");
 
     memcpy(bad, img, len);
     put_le(bad + 16, 3, 4); /* token width 3 */
     fix_checksums(bad, len);
-    write_bytes(path, bad, len);
+    test_write_file(path, bad, len);
     expect_open_fails(path, TS_ERR_FORMAT, "token width 3");
 
     free(bad);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "files.h"
 #include "tessera/io.h"
 #include "tessera/model.h"
 
@@ -22,27 +23,10 @@ static void path_of(char *buf, size_t size, const char *sub, const char *file) {
     snprintf(buf, size, "%s/%s%s%s", base, sub, file ? "/" : "", file ? file : "");
 }
 
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) buf[n] = '\0';
-    *len = (size_t)n;
-    return buf;
-}
-
 /* 1 identical, 0 different, -1 unreadable. */
 static int same_file(const char *a, const char *b) {
     size_t na, nb;
-    char *x = read_all(a, &na), *y = read_all(b, &nb);
+    char *x = test_read_file(a, &na), *y = test_read_file(b, &nb);
     int r = (!x || !y) ? -1 : (na == nb && memcmp(x, y, na) == 0);
     free(x);
     free(y);

@@ -6,6 +6,7 @@
  * counts. Fixtures live in tests/fixtures/configs: valid HF and inference-format configs written
  * from §1.1 / §7.1, and invalid_*.json files that each break one rule. */
 #include "check.h"
+#include "files.h"
 #include "tessera/model.h"
 
 /* The CLI's sources are not part of the library; the model report is compiled in here. */
@@ -15,15 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Fixture directory, found from this file's path (CMake compiles tests by absolute path). */
-static const char *fixture(const char *name) {
-    static char path[4096];
-    const char *file = __FILE__;
-    const char *slash = strrchr(file, '/');
-    int dir_len = slash ? (int)(slash - file) : 1;
-    snprintf(path, sizeof path, "%.*s/fixtures/configs/%s", dir_len, slash ? file : ".", name);
-    return path;
-}
+static const char *fixture(const char *name) { return test_fixture_path("configs", name); }
 
 static ts_model_param_counts counts_of(const ts_v4_config *cfg) {
     ts_model_param_counts p;

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "files.h"
 #include "tessera/core.h"
 #include "tessera/io.h"
 
@@ -36,23 +37,10 @@
 #define CHECK_MSG(err, needle)                                                                               \
     CHECK(strstr((err).message, (needle)) != NULL, "message lacks \"%s\": %s", (needle), (err).message)
 
-static char fixture_dir[1024];
 static char tmp_dir[256];
 
 /* The fixtures sit beside this source file; __FILE__ is absolute in CMake builds. */
-static void find_fixtures(void) {
-    const char *slash = strrchr(__FILE__, '/');
-    int len = slash ? (int)(slash - __FILE__) : 1;
-    snprintf(fixture_dir, sizeof fixture_dir, "%.*s/fixtures/safetensors", len, slash ? __FILE__ : ".");
-}
-
-static const char *fixture(const char *name) {
-    static char buf[4][1400];
-    static int next;
-    char *p = buf[next++ % 4];
-    snprintf(p, sizeof buf[0], "%s/%s", fixture_dir, name);
-    return p;
-}
+static const char *fixture(const char *name) { return test_fixture_path("safetensors", name); }
 
 static const char *tmp_path(const char *name) {
     static char buf[8][600];
@@ -60,29 +48,6 @@ static const char *tmp_path(const char *name) {
     char *p = buf[next++ % 8];
     snprintf(p, sizeof buf[0], "%s/%s", tmp_dir, name);
     return p;
-}
-
-static unsigned char *read_bytes(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
-
-static void write_bytes(const char *path, const void *data, size_t len) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return;
-    if (len) fwrite(data, 1, len, f);
-    fclose(f);
 }
 
 static bool file_exists(const char *path) {
@@ -214,7 +179,7 @@ static void rewrite_and_compare(const char *src_path, const char *dst_name) {
     const char *dst = tmp_path(dst_name);
     CHECK_STATUS(ts_st_write(dst, w, n, meta, n_meta, &err), TS_OK, err);
     size_t len_a = 0, len_b = 0;
-    unsigned char *a = read_bytes(src_path, &len_a), *b = read_bytes(dst, &len_b);
+    unsigned char *a = (unsigned char *)test_read_file(src_path, &len_a), *b = (unsigned char *)test_read_file(dst, &len_b);
     CHECK(a && b && len_a == len_b && memcmp(a, b, len_a) == 0,
           "%s rewritten differs from the reference (%zu vs %zu bytes)", src_path, len_a, len_b);
     free(a);
@@ -528,8 +493,8 @@ static void test_sharded_threads(void) {
 
 static void copy_file(const char *from, const char *to) {
     size_t n = 0;
-    unsigned char *b = read_bytes(from, &n);
-    if (b) write_bytes(to, b, n);
+    unsigned char *b = (unsigned char *)test_read_file(from, &n);
+    if (b) test_write_file(to, b, n);
     free(b);
 }
 
@@ -554,7 +519,7 @@ static void test_sharded_errors(void) {
     /* shards open lazily: a corrupt shard 2 only fails the lookups that need it */
     char s2[700];
     snprintf(s2, sizeof s2, "%s/model-00002-of-00002.safetensors", dir);
-    write_bytes(s2, "garbage!garbage!", 16);
+    test_write_file(s2, "garbage!garbage!", 16);
     CHECK_STATUS(ts_checkpoint_open(dir, &ck, &err), TS_OK, err);
     if (ck) {
         const ts_st_tensor *t = NULL;
@@ -568,7 +533,7 @@ static void test_sharded_errors(void) {
     /* a name mapped to a shard that lacks it: found at lookup */
     const char *ghost = "{\"weight_map\": {\"embed.weight\": \"model-00001-of-00002.safetensors\", "
                         "\"ghost\": \"model-00001-of-00002.safetensors\"}}";
-    write_bytes(idx, ghost, strlen(ghost));
+    test_write_file(idx, ghost, strlen(ghost));
     CHECK_STATUS(ts_checkpoint_open(dir, &ck, &err), TS_OK, err);
     if (ck) {
         const ts_st_tensor *t = NULL;
@@ -581,14 +546,14 @@ static void test_sharded_errors(void) {
         ts_checkpoint_close(ck);
     }
     const char *escape = "{\"weight_map\": {\"x\": \"../outside.safetensors\"}}";
-    write_bytes(idx, escape, strlen(escape));
+    test_write_file(idx, escape, strlen(escape));
     CHECK_STATUS(ts_checkpoint_open(idx, &ck, &err), TS_ERR_FORMAT, err);
     CHECK_MSG(err, "'x'");
     const char *no_map = "{\"metadata\": {}}";
-    write_bytes(idx, no_map, strlen(no_map));
+    test_write_file(idx, no_map, strlen(no_map));
     CHECK_STATUS(ts_checkpoint_open(idx, &ck, &err), TS_ERR_FORMAT, err);
     CHECK_MSG(err, "weight_map");
-    write_bytes(idx, "{\"weight_map\": ", 15);
+    test_write_file(idx, "{\"weight_map\": ", 15);
     CHECK_STATUS(ts_checkpoint_open(idx, &ck, &err), TS_ERR_FORMAT, err);
     CHECK_MSG(err, "not valid JSON");
 
@@ -638,7 +603,7 @@ static void test_writer_roundtrip(void) {
     CHECK_STATUS(ts_st_write(path, t, n, meta, 2, &err), TS_OK, err);
     CHECK(!dir_has_prefix(tmp_dir, "roundtrip.safetensors.tmp."), "temporary file left behind");
     size_t len = 0;
-    unsigned char *raw = read_bytes(path, &len);
+    unsigned char *raw = (unsigned char *)test_read_file(path, &len);
     uint64_t header_len = 0;
     for (int i = 7; raw && i >= 0; i--) header_len = header_len << 8 | raw[i];
     CHECK(raw && header_len % 8 == 0 && raw[8] == '{', "header padded to 8 bytes (%llu)",
@@ -722,7 +687,7 @@ static const char *make_file(const char *name, const char *header, size_t data_l
     for (int i = 0; i < 8; i++) b[i] = (unsigned char)((uint64_t)hl >> (8 * i));
     memcpy(b + 8, header, hl);
     const char *path = tmp_path(name);
-    write_bytes(path, b, total);
+    test_write_file(path, b, total);
     free(b);
     return path;
 }
@@ -747,7 +712,7 @@ static void test_corrupt_files(void) {
     const char *good = tmp_path("good.safetensors");
     CHECK_STATUS(ts_st_write(good, t, 2, NULL, 0, &err), TS_OK, err);
     size_t len = 0;
-    unsigned char *raw = read_bytes(good, &len);
+    unsigned char *raw = (unsigned char *)test_read_file(good, &len);
     if (!raw) return;
     uint64_t hl = 0;
     for (int i = 7; i >= 0; i--) hl = hl << 8 | raw[i];
@@ -755,19 +720,19 @@ static void test_corrupt_files(void) {
         0, 1, 7, 8, 9, 8 + (size_t)hl / 2, 8 + (size_t)hl, 8 + (size_t)hl + 1, 8 + (size_t)hl + 16, len - 1};
     for (size_t k = 0; k < sizeof cuts / sizeof cuts[0]; k++) {
         const char *p = tmp_path("cut.safetensors");
-        write_bytes(p, raw, cuts[k]);
+        test_write_file(p, raw, cuts[k]);
         const char *needle = cuts[k] < 8 ? "truncated" : cuts[k] < 8 + hl ? "exceeds" : "truncated: tensor";
         expect_open_fails(p, TS_ERR_FORMAT, needle, NULL);
     }
     /* the cut inside the data area names the tensor it cuts */
-    write_bytes(tmp_path("cut.safetensors"), raw, len - 1);
+    test_write_file(tmp_path("cut.safetensors"), raw, len - 1);
     expect_open_fails(tmp_path("cut.safetensors"), TS_ERR_FORMAT, "'beta'", NULL);
 
     /* header length beyond the file */
     unsigned char big[16];
     memcpy(big, raw, 16);
     big[5] = 1; /* 2^40-ish */
-    write_bytes(tmp_path("biglen.safetensors"), big, 16);
+    test_write_file(tmp_path("biglen.safetensors"), big, 16);
     expect_open_fails(tmp_path("biglen.safetensors"), TS_ERR_FORMAT, "header length", "exceeds");
     free(raw);
 
@@ -852,7 +817,7 @@ static void test_atomic_files(void) {
     const char *path = tmp_path("atomic.bin");
     CHECK_STATUS(ts_atomic_write_file(path, "first", 5, &err), TS_OK, err);
     size_t len = 0;
-    unsigned char *b = read_bytes(path, &len);
+    unsigned char *b = (unsigned char *)test_read_file(path, &len);
     CHECK(b && len == 5 && memcmp(b, "first", 5) == 0, "atomic write content");
     free(b);
     CHECK(!dir_has_prefix(tmp_dir, "atomic.bin.tmp."), "tmp file left after success");
@@ -874,12 +839,12 @@ static void test_atomic_files(void) {
             ts_atomic_file_abort(other);
         }
         CHECK_STATUS(ts_atomic_file_write(af, "second ", 7, &err), TS_OK, err);
-        b = read_bytes(path, &len);
+        b = (unsigned char *)test_read_file(path, &len);
         CHECK(b && len == 5 && memcmp(b, "first", 5) == 0, "target unchanged before commit");
         free(b);
         CHECK_STATUS(ts_atomic_file_write(af, "version", 7, &err), TS_OK, err);
         CHECK_STATUS(ts_atomic_file_commit(af, &err), TS_OK, err);
-        b = read_bytes(path, &len);
+        b = (unsigned char *)test_read_file(path, &len);
         CHECK(b && len == 14 && memcmp(b, "second version", 14) == 0, "committed content");
         free(b);
     }
@@ -891,7 +856,7 @@ static void test_atomic_files(void) {
         CHECK(file_exists(ts_atomic_file_tmp_path(af)), "tmp exists while writing");
         ts_atomic_file_abort(af);
     }
-    b = read_bytes(path, &len);
+    b = (unsigned char *)test_read_file(path, &len);
     CHECK(b && len == 14 && memcmp(b, "second version", 14) == 0, "abort keeps the old file");
     free(b);
     CHECK(!dir_has_prefix(tmp_dir, "atomic.bin.tmp."), "tmp file left after abort");
@@ -933,7 +898,6 @@ static void test_st_dtypes(void) {
 }
 
 int main(void) {
-    find_fixtures();
     snprintf(tmp_dir, sizeof tmp_dir, "/tmp/ts_safetensors_XXXXXX");
     if (!mkdtemp(tmp_dir)) {
         perror("mkdtemp");

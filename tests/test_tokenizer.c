@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "files.h"
 #include "io/tokenizer_internal.h"
 #include "tessera/core.h"
 #include "tessera/tokenizer.h"
@@ -41,7 +42,6 @@
 #define SANITIZED 0
 #endif
 
-static char fixture_dir[1024];
 static char tmp_dir[256];
 static json_t *expected;
 
@@ -53,36 +53,7 @@ static json_t *expected;
 
 /* ---------------------------------------------------------------- helpers */
 
-static void find_fixtures(void) {
-    const char *slash = strrchr(__FILE__, '/');
-    int len = slash ? (int)(slash - __FILE__) : 1;
-    snprintf(fixture_dir, sizeof fixture_dir, "%.*s/fixtures/tokenizer", len, slash ? __FILE__ : ".");
-}
-
-static const char *fixture(const char *name) {
-    static char buf[4][1400];
-    static int next;
-    char *p = buf[next++ % 4];
-    snprintf(p, sizeof buf[0], "%s/%s", fixture_dir, name);
-    return p;
-}
-
-static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) buf[n] = 0;
-    *len = (size_t)n;
-    return buf;
-}
+static const char *fixture(const char *name) { return test_fixture_path("tokenizer", name); }
 
 static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
     (void)sb, (void)flag, (void)ftw;
@@ -671,7 +642,7 @@ static void compare_with_reference(const ts_tokenizer *tok, const char *name) {
             CHECK(json_equal(json_object_get(ours, "added_tokens"), json_object_get(ref, "added_tokens")),
                   "%s: added tokens differ", name);
             size_t ref_len;
-            char *ref_text = read_file(fixture(file), &ref_len);
+            char *ref_text = test_read_file(fixture(file), &ref_len);
             CHECK(ref_text && strlen(ours_text) == ref_len && memcmp(ours_text, ref_text, ref_len) == 0,
                   "%s: our tokenizer.json is not byte-identical to the reference's", name);
             free(ref_text);
@@ -774,7 +745,6 @@ static void test_training(void) {
 /* ---------------------------------------------------------------- main */
 
 int main(void) {
-    find_fixtures();
     snprintf(tmp_dir, sizeof tmp_dir, "/tmp/ts_tokenizer_XXXXXX");
     if (!mkdtemp(tmp_dir)) {
         perror("mkdtemp");

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "files.h"
 #include "tessera/model.h"
 #include "tessera/train.h"
 
@@ -79,25 +80,13 @@ static int train(const char *out, int steps, const char *const *extra) {
 
 #define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
 
-static void *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void *d = malloc((size_t)len + 1);
-    *n = fread(d, 1, (size_t)len, f);
-    fclose(f);
-    return d;
-}
-
 /* Whether dir_a/file and dir_b/file are byte-identical. */
 static bool same_file(const char *a, const char *b, const char *file) {
     char pa[512], pb[512];
     snprintf(pa, sizeof pa, "%s/%s", a, file);
     snprintf(pb, sizeof pb, "%s/%s", b, file);
     size_t na = 0, nb = 0;
-    void *da = slurp(pa, &na), *db = slurp(pb, &nb);
+    void *da = test_read_file(pa, &na), *db = test_read_file(pb, &nb);
     bool same = da && db && na == nb && memcmp(da, db, na) == 0;
     free(da);
     free(db);

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "files.h"
 #include "tessera/train.h"
 
 static char tmp_root[64];
@@ -32,20 +33,6 @@ static void write_text(const char *path, const char *text) {
         fputs(text, f);
         fclose(f);
     }
-}
-
-static char *slurp(const char *path, size_t *size) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    fclose(f);
-    buf[got] = '\0';
-    if (size) *size = got;
-    return buf;
 }
 
 static void remove_all(const char *path) {
@@ -346,12 +333,12 @@ static void test_metrics(void) {
         if (s == 7) row.loss = NAN;
         CHECK(ts_metrics_write(m, &row, &err) == TS_OK, "write: %s", err.message);
         /* flushed per line: the file holds every row at once */
-        char *now = slurp(path, NULL);
+        char *now = test_read_file(path, NULL);
         CHECK(now && count_lines(now) == s, "after row %d the file has %d lines", s, now ? count_lines(now) : -1);
         free(now);
     }
     ts_metrics_close(m);
-    char *text = slurp(path, NULL);
+    char *text = test_read_file(path, NULL);
     json_t *r5 = line_json(text, 4), *r7 = line_json(text, 6), *r10 = line_json(text, 9);
     CHECK(r5 && json_integer_value(json_object_get(r5, "step")) == 5, "row 5");
     CHECK(fabs(json_number_value(json_object_get(r5, "loss")) - 0.8) < 1e-12 &&
@@ -377,7 +364,7 @@ static void test_metrics(void) {
     ts_metrics_row row = {.step = 7, .loss = 9, .lr = NAN, .tokens_per_s = NAN};
     CHECK(ts_metrics_write(m, &row, &err) == TS_OK, "append: %s", err.message);
     ts_metrics_close(m);
-    text = slurp(path, NULL);
+    text = test_read_file(path, NULL);
     CHECK(count_lines(text) == 7, "after resume: %d lines", count_lines(text));
     for (int i = 0; i < 7; i++) {
         json_t *r = line_json(text, i);
@@ -420,7 +407,7 @@ static double train_loss_at(int s) { return 4.0 * exp(-s / 25.0) + 1.0; }
 static void check_plot(const char *svg_path, bool log_y) {
     enum { N = 100 };
     size_t size;
-    char *svg = slurp(svg_path, &size);
+    char *svg = test_read_file(svg_path, &size);
     CHECK(svg && !strncmp(svg, "<?xml", 5) && strstr(svg, "<svg xmlns=\"http://www.w3.org/2000/svg\"") &&
               size > 7 && !strcmp(svg + size - 7, "</svg>\n"),
           "not a complete SVG document");
@@ -487,7 +474,7 @@ static void test_loss_plot(void) {
 
     write_text(metrics, "");
     CHECK(ts_loss_plot_write(metrics, svg, false, &err) == TS_OK, "empty plot: %s", err.message);
-    char *text = slurp(svg, NULL);
+    char *text = test_read_file(svg, NULL);
     CHECK(text && strstr(text, "no data yet") && strstr(text, "</svg>"), "empty plot text");
     free(text);
     char missing[300];
@@ -862,7 +849,7 @@ static void test_ckpt_corruption(void) {
     snprintf(p, sizeof p, "%s/ckpt-2/manifest.json", run);
     unlink(p);
     snprintf(p, sizeof p, "%s/ckpt-1/manifest.json", run);
-    char *text = slurp(p, NULL);
+    char *text = test_read_file(p, NULL);
     char *hex = text ? strstr(text, "\"xxh64\": \"") : NULL;
     if (hex) hex[12] = hex[12] == '0' ? '1' : '0';
     write_text(p, text);
