@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "model_fixture.h"
 #include "tessera/backend.h"
 #include "tessera/io.h"
 #include "tessera/model.h"
@@ -25,67 +26,11 @@
 #define T_ 24
 #define V_ 64
 
-static char fixture_dir[1024], expected_path[1100];
-static ts_st_file *expected;
-
-static void fixture_paths(void) {
-    const char *slash = strrchr(__FILE__, '/');
-    int len = slash ? (int)(slash - __FILE__) : 1;
-    const char *base = slash ? __FILE__ : ".";
-    snprintf(fixture_dir, sizeof fixture_dir, "%.*s/fixtures/dense/tiny-ref", len, base);
-    snprintf(expected_path, sizeof expected_path, "%.*s/fixtures/dense/expected.safetensors", len, base);
-}
-
-/* An expected tensor as doubles (malloc'd), NULL when absent. */
-static double *expect(const char *name, int64_t *numel) {
-    const ts_st_tensor *t = ts_st_file_find(expected, name);
-    if (!t) return NULL;
-    int64_t n = 1;
-    for (int d = 0; d < t->ndim; d++) n *= t->shape[d];
-    double *v = malloc((size_t)n * sizeof *v);
-    for (int64_t i = 0; i < n; i++) {
-        switch (t->dtype) {
-        case TS_ST_F64: v[i] = ((const double *)t->data)[i]; break;
-        case TS_ST_F32: v[i] = ((const float *)t->data)[i]; break;
-        case TS_ST_I64: v[i] = (double)((const int64_t *)t->data)[i]; break;
-        default: v[i] = NAN;
-        }
-    }
-    if (numel) *numel = n;
-    return v;
-}
-
-static int32_t *fixture_ids(const char *name, int64_t *n) {
-    double *d = expect(name, n);
-    int32_t *ids = malloc((size_t)*n * sizeof *ids);
-    for (int64_t i = 0; i < *n; i++) ids[i] = (int32_t)d[i];
-    free(d);
-    return ids;
-}
-
-static double *read_f64(const ts_tensor *t) {
-    int64_t n = ts_nelements(t);
-    double *v = malloc((size_t)n * sizeof *v);
-    if (t->dtype == TS_F64) ts_tensor_read(t, v, (size_t)n * sizeof *v);
-    else {
-        float *f = malloc((size_t)n * sizeof *f);
-        ts_tensor_read_f32(t, f, n);
-        for (int64_t i = 0; i < n; i++) v[i] = f[i];
-        free(f);
-    }
-    return v;
-}
 
 static double read_loss(const ts_model_graph *mg) {
     double *v = read_f64(mg->loss), l = v[0];
     free(v);
     return l;
-}
-
-static double max_abs_diff(const double *a, const double *b, int64_t n) {
-    double m = 0;
-    for (int64_t i = 0; i < n; i++) m = fmax(m, fabs(a[i] - b[i]));
-    return m;
 }
 
 /* A built, allocated and computed graph (loss; backward when asked) for ids [B, T]. */
@@ -394,12 +339,7 @@ static void test_save_load(void) {
 }
 
 int main(void) {
-    fixture_paths();
-    ts_io_error ioe;
-    if (ts_st_file_open(expected_path, &expected, &ioe) != TS_OK) {
-        fprintf(stderr, "cannot open %s: %s\n", expected_path, ioe.message);
-        return 1;
-    }
+    if (!fixture_open("dense")) return 1;
     char err[512] = "";
     ts_model_weights *w64 = NULL;
     ts_status s = ts_model_load(fixture_dir, TS_F64, &w64, err, sizeof err);

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "model_fixture.h"
 #include "model/model_internal.h"
 #include "tessera/backend.h"
 #include "tessera/io.h"
@@ -33,35 +34,6 @@
 #define T_ 46
 #define V_ 64
 
-static char fixture_dir[1024], expected_path[1100];
-static ts_st_file *expected;
-
-static void fixture_paths(void) {
-    const char *slash = strrchr(__FILE__, '/');
-    snprintf(fixture_dir, sizeof fixture_dir, "%.*s/fixtures/v4/tiny-ref", slash ? (int)(slash - __FILE__) : 1,
-             slash ? __FILE__ : ".");
-    snprintf(expected_path, sizeof expected_path, "%.*s/fixtures/v4/expected.safetensors",
-             slash ? (int)(slash - __FILE__) : 1, slash ? __FILE__ : ".");
-}
-
-/* An expected tensor as doubles (malloc'd), NULL when absent. */
-static double *expect(const char *name, int64_t *numel) {
-    const ts_st_tensor *t = ts_st_file_find(expected, name);
-    if (!t) return NULL;
-    int64_t n = 1;
-    for (int d = 0; d < t->ndim; d++) n *= t->shape[d];
-    double *v = malloc((size_t)n * sizeof *v);
-    for (int64_t i = 0; i < n; i++) {
-        switch (t->dtype) {
-        case TS_ST_F64: v[i] = ((const double *)t->data)[i]; break;
-        case TS_ST_F32: v[i] = ((const float *)t->data)[i]; break;
-        case TS_ST_I64: v[i] = (double)((const int64_t *)t->data)[i]; break;
-        default: v[i] = NAN;
-        }
-    }
-    if (numel) *numel = n;
-    return v;
-}
 
 typedef struct {
     ts_model_weights *w;
@@ -96,34 +68,6 @@ static bool run_model(run *r, ts_model_weights *w, ts_backend *be, const int32_t
     s = ts_graph_compute(r->mg->graph);
     CHECK(s == TS_OK, "compute: %s", ts_graph_error(r->mg->graph));
     return s == TS_OK;
-}
-
-static double *read_f64(const ts_tensor *t) {
-    int64_t n = ts_nelements(t);
-    double *v = malloc((size_t)n * sizeof *v);
-    if (t->dtype == TS_F64) ts_tensor_read(t, v, (size_t)n * sizeof *v);
-    else {
-        float *f = malloc((size_t)n * sizeof *f);
-        ts_tensor_read_f32(t, f, n);
-        for (int64_t i = 0; i < n; i++) v[i] = f[i];
-        free(f);
-    }
-    return v;
-}
-
-static int32_t *fixture_ids(const char *name, int64_t *n) {
-    double *d = expect(name, n);
-    int32_t *ids = malloc((size_t)*n * sizeof *ids);
-    for (int64_t i = 0; i < *n; i++) ids[i] = (int32_t)d[i];
-    free(d);
-    return ids;
-}
-
-/* max |a - b| over n values. */
-static double max_abs_diff(const double *a, const double *b, int64_t n) {
-    double m = 0;
-    for (int64_t i = 0; i < n; i++) m = fmax(m, fabs(a[i] - b[i]));
-    return m;
 }
 
 /* Compares the gradient of every weight with the fixture's grad.<file name>; returns how many
@@ -680,12 +624,7 @@ static void test_save_load(ts_model_weights *w64) {
 }
 
 int main(void) {
-    fixture_paths();
-    ts_io_error ioe;
-    if (ts_st_file_open(expected_path, &expected, &ioe) != TS_OK) {
-        fprintf(stderr, "cannot open %s: %s\n", expected_path, ioe.message);
-        return 1;
-    }
+    if (!fixture_open("v4")) return 1;
     char err[512] = "";
     ts_model_weights *w64 = NULL;
     ts_status s = ts_model_load(fixture_dir, TS_F64, &w64, err, sizeof err);
