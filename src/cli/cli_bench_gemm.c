@@ -9,12 +9,9 @@
  * threads, and B rotates through enough copies (256 MiB) that it comes from DRAM, as in a
  * decode step.
  *
- * The peer is OpenBLAS, loaded with dlopen("libopenblas.so.0") at run time so that neither the
- * engine nor this binary links it: cblas_sgemm / cblas_sgemv for f32, cblas_sbgemm for bf16 when
- * the library has it; "none" otherwise. Its idle threads spin for a while after each call, so the
- * two are timed in alternating blocks with a pause after each peer block, never interleaved run
- * by run. TESSERA_CPU_TIER selects a lower kernel tier, as for the library. */
-#include <dlfcn.h>
+ * The peers are OpenBLAS and oneDNN (cli_bench_peers.h), each loaded at run time when present,
+ * on the same operands; each is timed in its own blocks, never interleaved run by run with
+ * ours. TESSERA_CPU_TIER selects a lower kernel tier, as for the library. */
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +19,7 @@
 #include "backends/cpu/gemm.h"
 #include "cli/cli.h"
 #include "cli/cli_bench.h"
+#include "cli/cli_bench_peers.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -195,45 +193,13 @@ static double read_bandwidth_gbs(const bench_opts *o) {
     return (double)n * sizeof(float) / t * 1e-9;
 }
 
-/* ---------------------------------------------------------------- OpenBLAS, at run time */
-
-enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_TRANS = 112 };
-
-typedef struct {
-    void *lib;
-    void (*set_threads)(int);
-    void (*sgemm)(int, int, int, int, int, int, float, const float *, int, const float *, int, float, float *, int);
-    void (*sgemv)(int, int, int, int, float, const float *, int, const float *, int, float, float *, int);
-    void (*sbgemm)(int, int, int, int, int, int, float, const uint16_t *, int, const uint16_t *, int, float, float *,
-                   int);
-} openblas;
-
-static void openblas_load(openblas *ob, int threads) {
-    memset(ob, 0, sizeof *ob);
-    ob->lib = dlopen("libopenblas.so.0", RTLD_NOW | RTLD_LOCAL);
-    if (!ob->lib) return;
-    /* POSIX lets a void * from dlsym become a function pointer; ISO C needs the detour. */
-    *(void **)&ob->set_threads = dlsym(ob->lib, "openblas_set_num_threads");
-    *(void **)&ob->sgemm = dlsym(ob->lib, "cblas_sgemm");
-    *(void **)&ob->sgemv = dlsym(ob->lib, "cblas_sgemv");
-    *(void **)&ob->sbgemm = dlsym(ob->lib, "cblas_sbgemm");
-    if (!ob->sgemm || !ob->sgemv) {
-        dlclose(ob->lib);
-        memset(ob, 0, sizeof *ob);
-        return;
-    }
-    if (ob->set_threads) ob->set_threads(threads);
-}
-
-static bool openblas_has(const openblas *ob, ts_dtype t) {
-    return ob->lib && (t == TS_F32 || (t == TS_BF16 && ob->sbgemm));
-}
-
 /* ---------------------------------------------------------------- one case */
+
+#define MAX_PEERS 2
 
 typedef struct {
     const bench_opts *o;
-    const openblas *ob;
+    bench_peer *peer; /* the one being timed */
     shape s;
     ts_dtype dtype;
     void *a;
@@ -258,15 +224,8 @@ static void run_ours(void *ctx) {
 
 static void run_peer(void *ctx) {
     gemm_ctx *g = ctx;
-    const openblas *ob = g->ob;
-    int m = (int)g->s.m, n = (int)g->s.n, k = (int)g->s.k, ldb = g->s.b_nk ? k : n;
-    int tb = g->s.b_nk ? CBLAS_TRANS : CBLAS_NO_TRANS;
-    const void *b = next_b(g);
-    if (g->dtype == TS_BF16) ob->sbgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, tb, m, n, k, 1.0f, g->a, k, b, ldb, 0.0f, g->c, n);
-    else if (m == 1) /* y = op(B)^T x: the call an OpenBLAS user makes for this */
-        ob->sgemv(CBLAS_ROW_MAJOR, g->s.b_nk ? CBLAS_NO_TRANS : CBLAS_TRANS, g->s.b_nk ? n : k, g->s.b_nk ? k : n, 1.0f,
-                  b, ldb, g->a, 1, 0.0f, g->c, 1);
-    else ob->sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, tb, m, n, k, 1.0f, g->a, k, b, ldb, 0.0f, g->c, n);
+    bench_gemm_case c = {g->s.m, g->s.n, g->s.k, g->s.b_nk, g->dtype, g->a, g->c};
+    bench_peer_run(g->peer, &c, next_b(g));
 }
 
 /* n random values in [-1, 1) stored as t. */
@@ -287,14 +246,17 @@ static void *random_matrix(int64_t n, ts_dtype t, uint64_t seed) {
 }
 
 typedef struct {
-    double ours, peer; /* median GFLOP/s; peer < 0: none */
+    double ours, peer[MAX_PEERS]; /* median GFLOP/s; peer < 0: that peer cannot run the case */
 } gemm_result;
 
 static bool small_m(const shape *s) { return s->m <= TS_GEMM_SMALL_M; }
 
-/* Median GFLOP/s of ours and the peer over o->reps runs each, in two alternating blocks. */
-static bool bench_case(const bench_opts *o, const openblas *ob, const shape *s, ts_dtype dtype, gemm_result *res) {
-    gemm_ctx g = {.o = o, .ob = ob, .s = *s, .dtype = dtype};
+/* Median GFLOP/s of ours and of each peer over o->reps runs each, timed in alternating blocks
+ * (ours, peer 1, peer 2, ours, ...) with a pause after each peer block: OpenBLAS's and OpenMP's
+ * idle threads spin for a while after a call, and must not steal the next one's cores. */
+static bool bench_case(const bench_opts *o, bench_peer *const *peers, int n_peers, const shape *s, ts_dtype dtype,
+                       gemm_result *res) {
+    gemm_ctx g = {.o = o, .s = *s, .dtype = dtype};
     double b_bytes = (double)ts_dtype_bytes(dtype, s->k * s->n);
     g.n_copies = small_m(s) ? (int)(256.0 * (1 << 20) / b_bytes + 0.999) : 1;
     g.n_copies = g.n_copies < 1 ? 1 : g.n_copies > 16 ? 16 : g.n_copies;
@@ -303,24 +265,31 @@ static bool bench_case(const bench_opts *o, const openblas *ob, const shape *s, 
     bool ok = g.a && g.c;
     for (int i = 0; i < g.n_copies; i++) ok = (g.b_copies[i] = random_matrix(s->k * s->n, dtype, 3 + (uint64_t)i)) && ok;
     if (ok) {
-        cli_bench_fn fns[2] = {run_ours, openblas_has(ob, dtype) ? run_peer : NULL};
         enum { BLOCKS = 2, MAX_RUNS = 64 };
         int per_block = (o->reps + BLOCKS - 1) / BLOCKS;
-        double t[2][MAX_RUNS];
+        double t[1 + MAX_PEERS][MAX_RUNS];
+        bench_gemm_case c = {s->m, s->n, s->k, s->b_nk, dtype, g.a, g.c};
+        bool runs[1 + MAX_PEERS] = {true};
+        for (int p = 0; p < n_peers; p++) runs[1 + p] = bench_peer_prepare(peers[p], &c);
         for (int blk = 0; blk < BLOCKS; blk++)
-            for (int f = 0; f < 2; f++) {
-                if (!fns[f]) continue;
-                fns[f](&g); /* warm-up: workspaces, page faults, caches, threads awake */
+            for (int f = 0; f <= n_peers; f++) {
+                if (!runs[f]) continue;
+                g.peer = f ? peers[f - 1] : NULL;
+                cli_bench_fn fn = f ? run_peer : run_ours;
+                fn(&g); /* warm-up: workspaces, page faults, caches, threads awake */
                 for (int r = 0; r < per_block; r++) {
                     double t0 = ts_time_seconds();
-                    fns[f](&g);
+                    fn(&g);
                     t[f][blk * per_block + r] = ts_time_seconds() - t0;
                 }
-                if (f == 1) cli_bench_sleep(0.3); /* let OpenBLAS's spinning threads go idle */
+                if (f) cli_bench_sleep(0.3);
             }
         double flops = 2.0 * (double)s->m * (double)s->n * (double)s->k;
         res->ours = flops / cli_bench_median(t[0], BLOCKS * per_block) * 1e-9;
-        res->peer = fns[1] ? flops / cli_bench_median(t[1], BLOCKS * per_block) * 1e-9 : -1.0;
+        for (int p = 0; p < n_peers; p++) {
+            res->peer[p] = runs[1 + p] ? flops / cli_bench_median(t[1 + p], BLOCKS * per_block) * 1e-9 : -1.0;
+            bench_peer_release(peers[p]);
+        }
     }
     free(g.a);
     free(g.c);
@@ -344,43 +313,60 @@ static double b_gbs(const shape *s, ts_dtype t, double gflops) {
     return (double)ts_dtype_bytes(t, s->k * s->n) * gflops / flops;
 }
 
-static void print_json(const bench_opts *o, const machine *mc, const shape *s, ts_dtype t,
-                       const gemm_result *r) {
-    json_t *j = json_pack("{s:s, s:s, s:I, s:I, s:I, s:s, s:i, s:s, s:f, s:f, s:f}", "op", s->m == 1 ? "gemv" : "gemm",
-                          "dtype", dtype_label(t), "m", (json_int_t)s->m, "n", (json_int_t)s->n, "k", (json_int_t)s->k,
-                          "b_layout", s->b_nk ? "nk" : "kn", "threads", o->threads, "tier", ts_gemm_tier_name(),
-                          "gflops", r->ours, "fma_peak_gflops", mc->peak_gflops, "peak_fraction",
-                          r->ours / mc->peak_gflops);
-    bool peer = r->peer >= 0;
-    json_object_set_new(j, "peer", json_string(peer ? (t == TS_BF16 ? "openblas-sbgemm" : "openblas") : "none"));
-    json_object_set_new(j, "peer_gflops", peer ? json_real(r->peer) : json_null());
-    if (small_m(s) && mc->read_gbs > 0) {
-        double gbs = b_gbs(s, t, r->ours);
-        json_object_set_new(j, "gbs", json_real(gbs));
-        json_object_set_new(j, "read_gbs", json_real(mc->read_gbs));
-        json_object_set_new(j, "bandwidth_fraction", json_real(gbs / mc->read_gbs));
+/* One object per peer (each self-contained: our figure, the peer's and the ratio), or one with
+ * peer "none" when no peer runs the case. */
+static void print_json(const bench_opts *o, const machine *mc, bench_peer *const *peers, int n_peers, const shape *s,
+                       ts_dtype t, const gemm_result *r) {
+    int printed = 0;
+    for (int p = -1; p < n_peers; p++) {
+        if (p < 0 ? false : r->peer[p] < 0) continue;
+        if (p < 0) { /* the "none" line, only when no peer will print */
+            bool any = false;
+            for (int q = 0; q < n_peers; q++) any = any || r->peer[q] >= 0;
+            if (any) continue;
+        }
+        json_t *j = json_pack("{s:s, s:s, s:I, s:I, s:I, s:s, s:i, s:s, s:f, s:f, s:f}", "op",
+                              s->m == 1 ? "gemv" : "gemm", "dtype", dtype_label(t), "m", (json_int_t)s->m, "n",
+                              (json_int_t)s->n, "k", (json_int_t)s->k, "b_layout", s->b_nk ? "nk" : "kn", "threads",
+                              o->threads, "tier", ts_gemm_tier_name(), "gflops", r->ours, "fma_peak_gflops",
+                              mc->peak_gflops, "peak_fraction", r->ours / mc->peak_gflops);
+        json_object_set_new(j, "peer", json_string(p < 0 ? "none" : bench_peer_name(peers[p])));
+        json_object_set_new(j, "peer_routine", p < 0 ? json_null() : json_string(bench_peer_routine(peers[p], t)));
+        json_object_set_new(j, "peer_gflops", p < 0 ? json_null() : json_real(r->peer[p]));
+        json_object_set_new(j, "ratio", p < 0 ? json_null() : json_real(r->ours / r->peer[p]));
+        if (small_m(s) && mc->read_gbs > 0) {
+            double gbs = b_gbs(s, t, r->ours);
+            json_object_set_new(j, "gbs", json_real(gbs));
+            json_object_set_new(j, "read_gbs", json_real(mc->read_gbs));
+            json_object_set_new(j, "bandwidth_fraction", json_real(gbs / mc->read_gbs));
+        }
+        char *line = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+        if (line) printf("%s\n", line);
+        free(line);
+        json_decref(j);
+        printed++;
     }
-    char *line = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
-    if (line) printf("%s\n", line);
-    free(line);
-    json_decref(j);
     fflush(stdout);
 }
 
-static void print_row(const machine *mc, const shape *s, ts_dtype t, const gemm_result *r) {
-    char label[64], peer[32] = "-", ratio[32] = "-", note[64] = "";
+static void print_row(const machine *mc, int n_peers, const shape *s, ts_dtype t, const gemm_result *r) {
+    char label[64], note[64] = "";
     snprintf(label, sizeof label, "%lldx%lldx%lld B[%s]", (long long)s->m, (long long)s->n, (long long)s->k,
              s->b_nk ? "N,K" : "K,N");
-    if (r->peer >= 0) {
-        snprintf(peer, sizeof peer, "%.1f", r->peer);
-        snprintf(ratio, sizeof ratio, "%.2fx", r->ours / r->peer);
+    printf("%-26s %-6s %9.1f", label, dtype_label(t), r->ours);
+    for (int p = 0; p < n_peers; p++) {
+        char peer[32] = "-", ratio[32] = "-";
+        if (r->peer[p] >= 0) {
+            snprintf(peer, sizeof peer, "%.1f", r->peer[p]);
+            snprintf(ratio, sizeof ratio, "%.2fx", r->ours / r->peer[p]);
+        }
+        printf(" %9s %7s", peer, ratio);
     }
     if (small_m(s) && mc->read_gbs > 0) {
         double gbs = b_gbs(s, t, r->ours);
         snprintf(note, sizeof note, "%.1f GB/s = %.0f%% of read bw", gbs, 100.0 * gbs / mc->read_gbs);
     }
-    printf("%-26s %-6s %9.1f %9s %7s %7.0f%%  %s\n", label, dtype_label(t), r->ours, peer, ratio,
-           100.0 * r->ours / mc->peak_gflops, note);
+    printf(" %7.0f%%  %s\n", 100.0 * r->ours / mc->peak_gflops, note);
     fflush(stdout);
 }
 
@@ -412,7 +398,7 @@ int cli_bench_gemm_main(int argc, char **argv) {
         .command = "bench gemm",
         .summary = "Time the CPU backend's GEMM per shape and dtype: GFLOP/s, fraction of this machine's FMA peak\n"
                    "(measured in the same run), for small M the fraction of its streaming-read bandwidth,\n"
-                   "and OpenBLAS on the same shapes when libopenblas.so.0 can be loaded.",
+                   "and OpenBLAS and oneDNN on the same shapes when their libraries can be loaded.",
         .details = "TESSERA_CPU_TIER=generic|avx2|avx512 forces a lower kernel tier.",
         .options = options,
         .n_options = (int)(sizeof options / sizeof options[0]),
@@ -426,39 +412,47 @@ int cli_bench_gemm_main(int argc, char **argv) {
         fprintf(stderr, "tessera bench gemm: cannot start %d threads\n", o.threads);
         return CLI_EXIT_FAILURE;
     }
-    openblas ob;
-    openblas_load(&ob, o.threads);
+    bench_peer *peers[MAX_PEERS];
+    int n_peers = 0;
+    const char *why_ob = NULL, *why_dn = NULL;
+    if ((peers[n_peers] = bench_peer_openblas(o.threads, &why_ob))) n_peers++;
+    if ((peers[n_peers] = bench_peer_onednn(o.threads, &why_dn))) n_peers++;
 
     machine mc = {.peak_gflops = fma_peak_gflops(&o), .read_gbs = any_small_m(&o) ? read_bandwidth_gbs(&o) : -1};
     ts_gemm_blocking bl = ts_gemm_get_blocking();
     if (o.json) {
         printf("{\"op\":\"machine\",\"tier\":\"%s\",\"threads\":%d,\"fma_peak_gflops\":%.2f,\"read_gbs\":%.2f,"
-               "\"peer\":\"%s\"}\n",
-               ts_gemm_tier_name(), o.threads, mc.peak_gflops, mc.read_gbs, ob.lib ? "openblas" : "none");
+               "\"peers\":[",
+               ts_gemm_tier_name(), o.threads, mc.peak_gflops, mc.read_gbs);
+        for (int p = 0; p < n_peers; p++) printf("%s\"%s\"", p ? "," : "", bench_peer_name(peers[p]));
+        printf("]}\n");
     } else {
-        printf("tier %s (best here %s), %d threads, median of %d runs per case; peer %s\n", ts_gemm_tier_name(),
-               ts_gemm_tier_to_name(ts_gemm_tier_best()), o.threads, 2 * ((o.reps + 1) / 2),
-               ob.lib ? "OpenBLAS (libopenblas.so.0)" : "none (libopenblas.so.0 not found)");
+        printf("tier %s (best here %s), %d threads, median of %d runs per case\n", ts_gemm_tier_name(),
+               ts_gemm_tier_to_name(ts_gemm_tier_best()), o.threads, 2 * ((o.reps + 1) / 2));
+        printf("peers: OpenBLAS %s, oneDNN %s\n", why_ob ? why_ob : "(libopenblas.so.0)",
+               why_dn ? why_dn : "(libdnnl.so.2)");
         printf("blocking MRxNR %dx%d, MC %d, KC %d, NC %d; small-M path for M <= %d\n", bl.mr, bl.nr, bl.mc, bl.kc, bl.nc,
                bl.small_m);
         printf("register-only FMA peak: %.1f GFLOP/s\n", mc.peak_gflops);
         if (mc.read_gbs > 0) printf("streaming read, %lld MiB: %.1f GB/s\n", (long long)o.read_mib, mc.read_gbs);
-        printf("\n%-26s %-6s %9s %9s %7s %8s\n", "MxNxK", "dtype", "GFLOP/s", "peer", "ratio", "of peak");
+        printf("\n%-26s %-6s %9s", "MxNxK", "dtype", "GFLOP/s");
+        for (int p = 0; p < n_peers; p++) printf(" %9s %7s", bench_peer_name(peers[p]), "ratio");
+        printf(" %8s\n", "of peak");
     }
     int status = CLI_EXIT_OK;
     for (int i = 0; i < o.n_shapes; i++)
         for (int d = 0; d < o.n_dtypes; d++) {
             gemm_result r = {0};
-            if (!bench_case(&o, &ob, &o.shapes[i], o.dtypes[d], &r)) {
+            if (!bench_case(&o, peers, n_peers, &o.shapes[i], o.dtypes[d], &r)) {
                 fprintf(stderr, "tessera bench gemm: out of memory for %lldx%lldx%lld\n", (long long)o.shapes[i].m,
                         (long long)o.shapes[i].n, (long long)o.shapes[i].k);
                 status = CLI_EXIT_FAILURE;
                 continue;
             }
-            if (o.json) print_json(&o, &mc, &o.shapes[i], o.dtypes[d], &r);
-            else print_row(&mc, &o.shapes[i], o.dtypes[d], &r);
+            if (o.json) print_json(&o, &mc, peers, n_peers, &o.shapes[i], o.dtypes[d], &r);
+            else print_row(&mc, n_peers, &o.shapes[i], o.dtypes[d], &r);
         }
-    if (ob.lib) dlclose(ob.lib);
+    for (int p = 0; p < n_peers; p++) bench_peer_free(peers[p]);
     ts_threadpool_free(o.pool);
     return status;
 }
