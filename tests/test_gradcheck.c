@@ -9,7 +9,7 @@
  * each output difference taken before weighting, so that outputs the perturbation does not
  * touch cancel exactly and only real rounding noise remains.
  *
- * Every differentiable op is covered (RESHAPE..SINKHORN in the op enum, except FILL,
+ * Every differentiable op is covered (RESHAPE..MATMUL_ID in the op enum, except FILL,
  * which has no inputs, and TOPK, whose values are a GATHER that carries the gradient). The
  * errors of ts_graph_backward (non-scalar loss, no parameter, called twice, ...) and the
  * bookkeeping of gradients (names, flags, shared nodes) are checked at the end. */
@@ -581,6 +581,40 @@ static ts_tensor *case_sinkhorn_transposed(gc_case *c) {
     return ts_sinkhorn(c->g, ts_transpose(c->g, P("x", INIT_UNIFORM, 2, 5, 5), 1, 2), 3, 0.05f);
 }
 
+/* ---------------------------------------------------------------- cases: mixture-of-experts matmul */
+
+/* 4 tokens x 2 slots over 3 experts, x one row per token: token 1 names expert 2 twice (its
+ * two products add up in dx), expert 1 serves one pair only */
+static ts_tensor *case_matmul_id_token_rows(gc_case *c) {
+    static const int64_t ids[] = {0, 2, 2, 2, 1, 0, 0, 2};
+    ts_tensor *w = P("w", INIT_UNIFORM, 3, 5, 4), *x = P("x", INIT_UNIFORM, 4, 4);
+    return ts_matmul_id(c->g, w, x, IDS("ids", TS_I32, ids, 4, 2));
+}
+/* a row per slot, i64 ids, expert 2 of 4 unused (its gradient must be exactly the zero the
+ * finite differences see) */
+static ts_tensor *case_matmul_id_slot_rows(gc_case *c) {
+    static const int64_t ids[] = {3, 0, 0, 1, 3, 3};
+    ts_tensor *w = P("w", INIT_UNIFORM, 4, 3, 5), *x = P("x", INIT_UNIFORM, 2, 3, 5);
+    return ts_matmul_id(c->g, w, x, IDS("ids", TS_I64, ids, 2, 3));
+}
+/* the transposed form (ip[0] = 1: w [E, K, N]) that dx is built from, reached through ts_op_node */
+static ts_tensor *case_matmul_id_transposed(gc_case *c) {
+    static const int64_t ids[] = {1, 0, 1, 1, 0, 1};
+    ts_tensor *src[3] = {P("w", INIT_UNIFORM, 2, 4, 3), P("x", INIT_UNIFORM, 3, 2, 4), NULL};
+    src[2] = IDS("ids", TS_I32, ids, 3, 2);
+    int32_t trans = 1;
+    return ts_op_node(c->g, TS_OP_MATMUL_ID, src, 3, &trans, 1, NULL, 0);
+}
+/* routed experts as the MoE layer runs them: sum_k gate[t, k] * W2_e silu(W1_e x_t) */
+static ts_tensor *case_matmul_id_experts(gc_case *c) {
+    static const int64_t ids[] = {0, 1, 2, 0, 1, 1};
+    ts_graph *g = c->g;
+    ts_tensor *x = P("x", INIT_UNIFORM, 3, 4), *id = IDS("ids", TS_I32, ids, 3, 2);
+    ts_tensor *h = ts_silu(g, ts_matmul_id(g, P("w1", INIT_UNIFORM, 3, 5, 4), x, id)); /* [3, 2, 5] */
+    ts_tensor *y = ts_matmul_id(g, P("w2", INIT_UNIFORM, 3, 4, 5), h, id);              /* [3, 2, 4] */
+    return ts_sum(g, ts_mul(g, y, P("gates", INIT_UNIFORM, 3, 2, 1)), 1, false);          /* [3, 4] */
+}
+
 /* ---------------------------------------------------------------- cases: composites */
 
 static ts_tensor *case_used_twice(gc_case *c) { /* x * x + x: three uses accumulate */
@@ -687,6 +721,10 @@ static const gc_spec cases[] = {
     CASE("attention doc mask (key_start) + sink", case_attention_key_start),
     CASE("sinkhorn [3,4,4] 20 iterations", case_sinkhorn),
     CASE("sinkhorn of transpose, 3 iterations, eps 0.05", case_sinkhorn_transposed),
+    CASE("matmul_id x [T,K], repeated ids (i32)", case_matmul_id_token_rows),
+    CASE("matmul_id x [T,Kk,K], unused expert (i64)", case_matmul_id_slot_rows),
+    CASE("matmul_id w transposed (ip[0] = 1)", case_matmul_id_transposed),
+    CASE("matmul_id routed experts + gates", case_matmul_id_experts),
     CASE("x*x + x (accumulation)", case_used_twice),
     LOSS_CASE("2-layer MLP + cross_entropy", case_mlp),
     CASE("attention head with causal mask", case_attention),

@@ -1,23 +1,33 @@
 /* test_moe.c - the DeepSeekMoE sub-layer builders of src/model/moe.c (spec §2.10, §3 items
- * 11-12, §5.2), in f64 on the reference CPU backend.
+ * 11-12, §5.2) and the sparse expert matmul they run on (ts_matmul_id), in f64 on the reference
+ * CPU backend unless said otherwise.
  *
  * 1. Forward: the graph's scores, indices, gates and output against an independent C
  *    implementation written from the spec (double loops: per token top-K of s + b, gates
  *    normalised over the selected s and scaled, per-expert clamped SwiGLU, shared expert), for
  *    learned routing (with and without a selection-changing bias, and with a constant bias that
- *    must change nothing) and hash routing. Tolerance 1e-12 absolute. Also once in f32 (1e-5).
+ *    must change nothing) and hash routing, in both formulations (sparse dispatch, the default,
+ *    and the dense reference). Tolerance 1e-12 absolute. Also once in f32 (1e-5).
  * 2. Gradients: central finite differences (h = 1e-6, relative tolerance 1e-6 against
  *    max(|analytic|, |numeric|, 1e-3), as in test_gradcheck.c) w.r.t. x, w_gate, w1, w2, w3 and
- *    the shared weights, learned and hash routing; inputs are redrawn until every selection has
- *    a margin and every pre-activation sits away from the clamp bounds, with some beyond them.
- *    bias and tid2eid get no gradient.
- * 3. Clamp: rows of w1 / w3 whose pre-activations lie beyond the limit get exactly zero gradient.
- * 4. Host helpers (expert load), config mapping and builder errors. */
+ *    the shared weights, learned and hash routing, sparse; inputs are redrawn until every
+ *    selection has a margin and every pre-activation sits away from the clamp bounds, with some
+ *    beyond them. bias and tid2eid get no gradient.
+ * 3. Sparse against dense: output and every gradient agree to 1e-12 (relative to the largest
+ *    element) in f64, learned and hash routing; with an expert no token selects, its stacked
+ *    w1 / w2 / w3 gradient is exactly zero in both. The optimized "cpu" backend's f32 sparse
+ *    graph (whose matmul_id nodes must take the grouped-GEMM path) agrees with the f64 dense
+ *    reference to 1e-5.
+ * 4. Clamp: rows of w1 / w3 whose pre-activations lie beyond the limit get exactly zero gradient.
+ * 5. Host helpers (expert load), config mapping, builder errors and ts_matmul_id's errors (shapes
+ *    and dtypes at construction, an expert id out of range at compute on both backends); bf16
+ *    expert weights with f32 activations on the optimized backend against the reference. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "backends/cpu/fast_kernels.h"
 #include "check.h"
 #include "model/moe.h"
 #include "tessera/backend.h"
@@ -40,8 +50,10 @@
 #define FLOOR 1e-3
 #define MARGIN 1e-3 /* selection and clamp margins required of gradient-check inputs */
 
-static ts_backend *be;
-static ts_dtype leaf_dtype = TS_F64; /* float leaves of build(); f64 except in test_forward_f32 */
+static ts_backend *be;               /* what build() allocates on: the reference backend, except in
+                                        test_fast_f32 */
+static ts_dtype leaf_dtype = TS_F64; /* float leaves of build(); f64 except in the f32 tests */
+static bool dense_moe;               /* build() the dense reference formulation instead of sparse */
 
 /* ---------------------------------------------------------------- data */
 
@@ -220,7 +232,7 @@ static bool build(moe_graph *mg, bool hash, bool with_bias, bool params, ts_rng 
                         .w3 = mg->leaf[L_W3], .shared_w1 = mg->leaf[L_SW1], .shared_w2 = mg->leaf[L_SW2],
                         .shared_w3 = mg->leaf[L_SW3]};
     ts_moe_params p = {.top_k = K_, .route_scale = (float)ROUTE_SCALE, .swiglu_limit = (float)LIMIT,
-                       .hash_routing = hash};
+                       .hash_routing = hash, .dense = dense_moe};
     ts_tensor *v = ts_moe_forward(g, mg->leaf[L_X], &w, &p, mg->leaf[L_TOK], &mg->n);
     CHECK(v != NULL, "build failed: %s", ts_graph_error(g));
     if (!v) return false;
@@ -230,7 +242,7 @@ static bool build(moe_graph *mg, bool hash, bool with_bias, bool params, ts_rng 
     ts_set_output(mg->n.gates);
     ts_set_output(mg->n.gate_matrix);
     if (params) {
-        ts_tensor *lw = ts_new_tensor_2d(g, TS_F64, T_, D_, "loss_w");
+        ts_tensor *lw = ts_new_tensor_2d(g, leaf_dtype, T_, D_, "loss_w");
         fill_u(rng, mg->lw, T_ * D_, -1, 1);
         int64_t n = T_ * D_;
         mg->loss = ts_sum(g, ts_reshape(g, ts_mul(g, v, lw), 1, &n), 0, true);
@@ -238,7 +250,9 @@ static bool build(moe_graph *mg, bool hash, bool with_bias, bool params, ts_rng 
         CHECK_OK(ts_graph_backward(g, mg->loss), g);
         CHECK_OK(ts_graph_alloc(g, be, NULL, NULL), g);
         if (ts_graph_status(g) != TS_OK) return false;
-        CHECK_OK(ts_tensor_write(lw, mg->lw, sizeof mg->lw), g);
+        float lw32[T_ * D_];
+        for (int i = 0; i < T_ * D_; i++) lw32[i] = (float)mg->lw[i];
+        CHECK_OK(lw->dtype == TS_F64 ? ts_tensor_write(lw, mg->lw, sizeof mg->lw) : ts_tensor_write_f32(lw, lw32, T_ * D_), g);
     } else {
         CHECK_OK(ts_graph_alloc(g, be, NULL, NULL), g);
     }
@@ -271,6 +285,7 @@ static double max_abs_diff(const double *a, const double *b, int n) {
 typedef struct {
     double s[T_ * E_], gates[T_ * K_], v[T_ * D_], G[T_ * E_];
     int32_t idx[T_ * K_];
+    bool has_G; /* the dense reference exposes its gate matrix */
 } moe_out;
 
 static bool run_forward(moe_data *m, bool hash, const double *bias, moe_out *o) {
@@ -286,7 +301,10 @@ static bool run_forward(moe_data *m, bool hash, const double *bias, moe_out *o) 
             CHECK_OK(ts_tensor_read(mg.n.out, o->v, sizeof o->v), mg.g);
             CHECK_OK(ts_tensor_read(mg.n.scores, o->s, sizeof o->s), mg.g);
             CHECK_OK(ts_tensor_read(mg.n.gates, o->gates, sizeof o->gates), mg.g);
-            CHECK_OK(ts_tensor_read(mg.n.gate_matrix, o->G, sizeof o->G), mg.g);
+            o->has_G = mg.n.gate_matrix != NULL;
+            CHECK(o->has_G == dense_moe, "gate matrix %s in the %s formulation", o->has_G ? "present" : "missing",
+                  dense_moe ? "dense" : "sparse");
+            if (o->has_G) CHECK_OK(ts_tensor_read(mg.n.gate_matrix, o->G, sizeof o->G), mg.g);
             CHECK_OK(ts_tensor_read(mg.n.indices, o->idx, sizeof o->idx), mg.g);
             int64_t load[E_], want[E_] = {0};
             CHECK_OK(ts_moe_expert_load(mg.n.indices, E_, load), NULL);
@@ -309,11 +327,11 @@ static double compare(const char *name, const moe_out *o, const moe_ref *r) {
     double G[T_ * E_] = {0};
     for (int t = 0; t < T_; t++)
         for (int k = 0; k < K_; k++) G[t * E_ + r->idx[t * K_ + k]] += r->gates[t * K_ + k];
-    double eG = max_abs_diff(o->G, G, T_ * E_);
+    double eG = o->has_G ? max_abs_diff(o->G, G, T_ * E_) : 0;
     double worst = fmax(fmax(ev, eg), fmax(es, eG));
     CHECK(worst <= FWD_TOL, "%s: max abs err out %.2e gates %.2e scores %.2e gate matrix %.2e", name, ev, eg, es, eG);
-    printf("  forward %-28s out %.1e gates %.1e scores %.1e G %.1e  %s\n", name, ev, eg, es, eG,
-           worst <= FWD_TOL && same_idx ? "ok" : "FAIL");
+    printf("  forward %-6s %-28s out %.1e gates %.1e scores %.1e G %.1e  %s\n", dense_moe ? "dense" : "sparse", name,
+           ev, eg, es, eG, worst <= FWD_TOL && same_idx ? "ok" : "FAIL");
     return worst;
 }
 
@@ -493,6 +511,157 @@ static void gradcheck(const char *name, bool hash, uint64_t seed) {
     ts_graph_free(g);
 }
 
+/* ---------------------------------------------------------------- sparse against dense */
+
+#define SPARSE_TOL_F64 1e-12 /* largest difference over the largest element, per tensor */
+#define SPARSE_TOL_F32 1e-5
+
+typedef struct {
+    double v[T_ * D_];
+    double grad[L_SW3 + 1][E_ * I_ * D_]; /* x, w_gate, w1, w2, w3, shared_w1, shared_w2, shared_w3 */
+} moe_result;
+
+static void read_doubles(const ts_tensor *t, double *dst) {
+    int64_t n = ts_nelements(t);
+    if (t->dtype == TS_F64) {
+        CHECK_OK(ts_tensor_read(t, dst, (size_t)n * sizeof(double)), NULL);
+        return;
+    }
+    float buf[E_ * I_ * D_];
+    CHECK_OK(ts_tensor_read_f32(t, buf, n), NULL);
+    for (int64_t i = 0; i < n; i++) dst[i] = buf[i];
+}
+
+/* The fast kernel really ran: every matmul_id / matmul_id_grad_w node of g takes its GEMM path. */
+static int count_fast_moe_nodes(ts_graph *g, const char *name) {
+    int n = 0;
+    for (int i = 0; i < ts_graph_n_nodes(g); i++) {
+        const ts_tensor *t = ts_graph_node(g, i);
+        if (t->op != TS_OP_MATMUL_ID && t->op != TS_OP_MATMUL_ID_GRAD_W) continue;
+        CHECK(ts_fast_moe_applies(t), "%s: %s node %d falls back to the reference kernel", name, ts_op_name(t->op), i);
+        n++;
+    }
+    return n;
+}
+
+/* Output and every float leaf's gradient with the current backend, leaf dtype and formulation;
+ * the loss weights come from one fixed seed, so runs are comparable. */
+static bool run_grads(const char *name, moe_data *m, bool hash, moe_result *res) {
+    ts_rng lw_rng;
+    ts_rng_seed(&lw_rng, 99);
+    moe_graph mg;
+    bool ok = build(&mg, hash, true, true, &lw_rng);
+    if (ok) {
+        CHECK_OK(write_leaves(&mg, m), mg.g);
+        CHECK_OK(ts_graph_compute(mg.g), mg.g);
+        ok = ts_graph_status(mg.g) == TS_OK;
+    }
+    if (ok && leaf_dtype == TS_F32) CHECK(count_fast_moe_nodes(mg.g, name) == 3 + 6, "%s: expected 3 matmul_id "
+                                          "forward and 6 backward nodes", name);
+    for (int li = L_X; ok && li <= L_SW3; li++) {
+        ts_tensor *d = ts_grad(mg.leaf[li]);
+        CHECK(d != NULL, "%s: %s has no gradient", name, leaf_names[li]);
+        if (d) read_doubles(d, res->grad[li]);
+        ok = d != NULL;
+    }
+    if (ok) read_doubles(mg.n.out, res->v);
+    ts_graph_free(mg.g);
+    return ok;
+}
+
+/* max |a - b| / max |b| */
+static double rel_diff(const double *a, const double *b, int64_t n) {
+    double scale = 0;
+    for (int64_t i = 0; i < n; i++) scale = fmax(scale, fabs(b[i]));
+    return max_abs_diff(a, b, (int)n) / fmax(scale, 1e-300);
+}
+
+static int64_t leaf_size(int li) {
+    switch (li) {
+    case L_X: return T_ * D_;
+    case L_WG: return E_ * D_;
+    case L_W1: case L_W2: case L_W3: return E_ * I_ * D_;
+    default: return IS_ * D_;
+    }
+}
+
+/* Compares two runs; returns the worst relative difference over the output and the gradients. */
+static double compare_results(const char *name, const moe_result *got, const moe_result *want, double tol) {
+    double worst = rel_diff(got->v, want->v, T_ * D_);
+    CHECK(worst <= tol, "%s: output differs by %.2e", name, worst);
+    for (int li = L_X; li <= L_SW3; li++) {
+        double e = rel_diff(got->grad[li], want->grad[li], leaf_size(li));
+        CHECK(e <= tol, "%s: d/d%s differs by %.2e (relative to its largest element)", name, leaf_names[li], e);
+        worst = fmax(worst, e);
+    }
+    return worst;
+}
+
+static bool expert_grad_zero(const moe_result *r, int e) {
+    for (int li = L_W1; li <= L_W3; li++)
+        for (int j = 0; j < I_ * D_; j++)
+            if (r->grad[li][e * I_ * D_ + j] != 0.0) return false;
+    return true;
+}
+
+/* f64, reference backend: the sparse sub-layer reproduces the dense one, forward and backward.
+ * Both compute every expert product with the same k-ascending double sums, and the dense one's
+ * extra terms are exact zeros, so with K = 2 (a sum of two terms is the same in either order)
+ * they typically agree bit for bit; the tolerance allows for other summation orders. */
+static void test_sparse_vs_dense(const char *name, bool hash, bool leave_expert_unused, uint64_t seed) {
+    ts_rng rng;
+    ts_rng_seed(&rng, seed);
+    moe_data m;
+    draw_data(&rng, &m);
+    if (leave_expert_unused) /* hash routing over experts 0..E-2 only (each row's two ids stay distinct) */
+        for (int i = 0; i < V_ * K_; i++)
+            if (m.tid2eid[i] == E_ - 1) m.tid2eid[i] = (m.tid2eid[i ^ 1] + 1) % (E_ - 1);
+    static moe_result sparse, dense;
+    dense_moe = false;
+    bool ok = run_grads(name, &m, hash, &sparse);
+    dense_moe = true;
+    ok = run_grads(name, &m, hash, &dense) && ok;
+    dense_moe = false;
+    if (!ok) return;
+    double worst = compare_results(name, &sparse, &dense, SPARSE_TOL_F64);
+    if (leave_expert_unused) {
+        CHECK(expert_grad_zero(&sparse, E_ - 1) && expert_grad_zero(&dense, E_ - 1),
+              "%s: the unused expert's w1 / w2 / w3 gradients are not exactly zero", name);
+        CHECK(!expert_grad_zero(&sparse, 0), "%s: a used expert has a zero gradient", name);
+    }
+    printf("  sparse vs dense f64 %-22s out + 8 gradients: max rel diff %.1e%s  %s\n", name, worst,
+           leave_expert_unused ? ", unused expert's gradient exactly 0" : "", worst <= SPARSE_TOL_F64 ? "ok" : "FAIL");
+}
+
+/* f32 on the optimized backend (grouped-GEMM matmul_id) against the f64 dense reference. */
+static void test_fast_f32(void) {
+    ts_rng rng;
+    ts_rng_seed(&rng, 4343);
+    moe_data m;
+    moe_ref r;
+    do { /* selections and clamp decisions far from f32 rounding */
+        draw_data(&rng, &m);
+        reference(&m, false, m.bias, &r);
+    } while (r.sel_margin < 1e-3 || r.clamp_margin < 1e-3);
+    static moe_result fast, want;
+    dense_moe = true;
+    bool ok = run_grads("dense f64", &m, false, &want);
+    dense_moe = false;
+    ts_backend *ref_be = be, *fast_be = NULL;
+    CHECK_OK(ts_backend_cpu_new(2, &fast_be), NULL);
+    if (!fast_be || !ok) return;
+    be = fast_be;
+    leaf_dtype = TS_F32;
+    ok = run_grads("fast f32", &m, false, &fast);
+    leaf_dtype = TS_F64;
+    be = ref_be;
+    ts_backend_free(fast_be);
+    if (!ok) return;
+    double worst = compare_results("fast f32 sparse vs f64 dense", &fast, &want, SPARSE_TOL_F32);
+    printf("  sparse f32 on cpu (grouped GEMM) vs dense f64: out + 8 gradients max rel diff %.1e  %s\n", worst,
+           worst <= SPARSE_TOL_F32 ? "ok" : "FAIL");
+}
+
 /* ---------------------------------------------------------------- clamp */
 
 /* Shared-expert-shaped SwiGLU on 2 tokens with positive inputs: w1 row 0 drives a above the
@@ -532,6 +701,131 @@ static void test_clamp(void) {
         printf("  clamp: zero gradient beyond the limit for w1 row 0, w3 rows 1-2  ok\n");
     }
     ts_graph_free(g);
+}
+
+/* ---------------------------------------------------------------- matmul_id errors */
+
+/* ts_matmul_id on f32 w, x and ids of the given shapes and ids dtype: the graph's status, and
+ * NULL returned exactly when it is an error. */
+static ts_status matmul_id_build(int w_nd, const int64_t *w_shape, int x_nd, const int64_t *x_shape, ts_dtype id_type,
+                                 int id_nd, const int64_t *id_shape) {
+    ts_graph *g = ts_graph_new();
+    ts_tensor *w = ts_new_tensor(g, TS_F32, w_nd, w_shape, "w"), *x = ts_new_tensor(g, TS_F32, x_nd, x_shape, "x");
+    ts_tensor *y = ts_matmul_id(g, w, x, ts_new_tensor(g, id_type, id_nd, id_shape, "ids"));
+    ts_status s = ts_graph_status(g);
+    CHECK((y == NULL) == (s != TS_OK), "matmul_id: result %s with status %s", y ? "set" : "NULL", ts_status_name(s));
+    CHECK(!y || (y->ndim == 3 && y->shape[0] == id_shape[0] && y->shape[1] == id_shape[1] && y->shape[2] == w_shape[1]),
+          "matmul_id: output is not [T, Kk, N]");
+    ts_graph_free(g);
+    return s;
+}
+
+/* Computes w [3, 4, 5] x [2, 5] with ids {0, 3, 1, 2} (3 is no expert) on bk: TS_ERR_RANGE naming the id. */
+static void check_id_out_of_range(ts_backend *bk, const char *be_name) {
+    ts_graph *g = ts_graph_new();
+    ts_tensor *w = ts_new_tensor_3d(g, TS_F32, 3, 4, 5, "w"), *x = ts_new_tensor_2d(g, TS_F32, 2, 5, "x");
+    ts_tensor *ids = ts_new_tensor_2d(g, TS_I64, 2, 2, "ids");
+    ts_tensor *y = ts_set_output(ts_matmul_id(g, w, x, ids));
+    CHECK_OK(ts_graph_alloc(g, bk, NULL, NULL), g);
+    if (y && ts_graph_status(g) == TS_OK) {
+        float zeros[60] = {0};
+        int64_t id[4] = {0, 3, 1, 2};
+        CHECK_OK(ts_tensor_write_f32(w, zeros, 60), g);
+        CHECK_OK(ts_tensor_write_f32(x, zeros, 10), g);
+        CHECK_OK(ts_tensor_write(ids, id, sizeof id), g);
+        ts_status s = ts_graph_compute(g);
+        CHECK(s == TS_ERR_RANGE && strstr(ts_graph_error(g), "expert id 3"), "%s: id out of range gave %s: %s", be_name,
+              ts_status_name(s), ts_graph_error(g));
+    }
+    ts_graph_free(g);
+}
+
+/* bf16 expert weights with f32 activations (the GEMM converts the weights while packing): the
+ * optimized backend's grouped path against the reference kernel, same bf16 values. */
+#define MIX_T 6
+#define MIX_E 3
+#define MIX_N 8
+#define MIX_K 16
+static bool matmul_id_mixed_on(ts_backend *bk, float *out) {
+    ts_graph *g = ts_graph_new();
+    ts_tensor *w = ts_new_tensor_3d(g, TS_BF16, MIX_E, MIX_N, MIX_K, "w");
+    ts_tensor *x = ts_new_tensor_2d(g, TS_F32, MIX_T, MIX_K, "x"), *ids = ts_new_tensor_2d(g, TS_I32, MIX_T, 2, "ids");
+    ts_tensor *y = ts_set_output(ts_matmul_id(g, w, x, ids));
+    CHECK(y && y->dtype == TS_F32, "bf16 w x f32 x: %s", ts_graph_error(g));
+    CHECK_OK(ts_graph_alloc(g, bk, NULL, NULL), g);
+    bool ok = ts_graph_status(g) == TS_OK;
+    if (ok) {
+        CHECK(bk == be || ts_fast_moe_applies(y), "bf16 weights fall back to the reference kernel");
+        ts_rng rng;
+        ts_rng_seed(&rng, 31);
+        float wv[MIX_E * MIX_N * MIX_K], xv[MIX_T * MIX_K];
+        for (int i = 0; i < MIX_E * MIX_N * MIX_K; i++) wv[i] = (float)unif(&rng, -1, 1);
+        for (int i = 0; i < MIX_T * MIX_K; i++) xv[i] = (float)unif(&rng, -1, 1);
+        int32_t id[MIX_T * 2] = {0, 2, 2, 2, 1, 0, 0, 0, 2, 1, 1, 2};
+        CHECK_OK(ts_tensor_write_f32(w, wv, MIX_E * MIX_N * MIX_K), g);
+        CHECK_OK(ts_tensor_write_f32(x, xv, MIX_T * MIX_K), g);
+        CHECK_OK(ts_tensor_write(ids, id, sizeof id), g);
+        CHECK_OK(ts_graph_compute(g), g);
+        CHECK_OK(ts_tensor_read_f32(y, out, MIX_T * 2 * MIX_N), g);
+        ok = ts_graph_status(g) == TS_OK;
+    }
+    ts_graph_free(g);
+    return ok;
+}
+
+static void test_matmul_id_mixed_dtypes(void) {
+    float want[MIX_T * 2 * MIX_N], got[MIX_T * 2 * MIX_N];
+    ts_backend *fast = NULL;
+    CHECK_OK(ts_backend_cpu_new(2, &fast), NULL);
+    if (!fast || !matmul_id_mixed_on(be, want) || !matmul_id_mixed_on(fast, got)) {
+        ts_backend_free(fast);
+        return;
+    }
+    ts_backend_free(fast);
+    double worst = 0, scale = 0;
+    for (int i = 0; i < MIX_T * 2 * MIX_N; i++) {
+        worst = fmax(worst, fabs((double)got[i] - want[i]));
+        scale = fmax(scale, fabs((double)want[i]));
+    }
+    CHECK(worst <= 1e-6 * scale, "bf16 weights: fast vs reference max abs diff %.2e (scale %.2e)", worst, scale);
+    printf("  matmul_id bf16 weights, f32 x: cpu vs cpu-ref max rel diff %.1e  %s\n", worst / scale,
+           worst <= 1e-6 * scale ? "ok" : "FAIL");
+}
+
+static void test_matmul_id_errors(void) {
+    int failures_before = check_failed_;
+    const int64_t w[3] = {3, 4, 5}, w2d[2] = {4, 5}, x[2] = {2, 5}, x_wide[2] = {2, 6}, x_rows[2] = {3, 5};
+    const int64_t x_slots[3] = {2, 3, 5}, ids[2] = {2, 2}, ids3[3] = {2, 2, 1};
+    CHECK_OK(matmul_id_build(3, w, 2, x, TS_I32, 2, ids), NULL);
+    CHECK_OK(matmul_id_build(3, w, 3, (const int64_t[]){2, 2, 5}, TS_I64, 2, ids), NULL);
+    CHECK(matmul_id_build(3, w, 2, x_wide, TS_I32, 2, ids) == TS_ERR_SHAPE, "x rows of the wrong length accepted");
+    CHECK(matmul_id_build(3, w, 2, x_rows, TS_I32, 2, ids) == TS_ERR_SHAPE, "x with another T accepted");
+    CHECK(matmul_id_build(3, w, 3, x_slots, TS_I32, 2, ids) == TS_ERR_SHAPE, "x with another Kk accepted");
+    CHECK(matmul_id_build(2, w2d, 2, x, TS_I32, 2, ids) == TS_ERR_SHAPE, "2-D w accepted");
+    CHECK(matmul_id_build(3, w, 2, x, TS_F32, 2, ids) == TS_ERR_DTYPE, "float ids accepted");
+    CHECK(matmul_id_build(3, w, 2, x, TS_I32, 3, ids3) == TS_ERR_SHAPE, "3-D ids accepted");
+
+    ts_graph *g = ts_graph_new();
+    ts_tensor *src[3] = {ts_new_tensor_3d(g, TS_F32, 3, 4, 5, "a"), ts_new_tensor_2d(g, TS_F32, 2, 5, "b"),
+                         ts_new_tensor_2d(g, TS_I32, 2, 2, "ids")};
+    CHECK(!ts_op_node(g, TS_OP_MATMUL_ID, src, 2, NULL, 0, NULL, 0) && ts_graph_status(g) == TS_ERR_INVALID_ARG,
+          "matmul_id with two sources accepted");
+    ts_graph_free(g);
+    g = ts_graph_new();
+    ts_tensor *gw[3] = {ts_new_tensor_3d(g, TS_F32, 2, 2, 4, "a"), ts_new_tensor_2d(g, TS_F32, 2, 5, "b"),
+                        ts_new_tensor_2d(g, TS_I32, 2, 2, "ids")};
+    int32_t no_experts = 0;
+    CHECK(!ts_op_node(g, TS_OP_MATMUL_ID_GRAD_W, gw, 3, &no_experts, 1, NULL, 0) &&
+              ts_graph_status(g) == TS_ERR_INVALID_ARG, "matmul_id_grad_w with 0 experts accepted");
+    ts_graph_free(g);
+
+    ts_backend *fast = NULL;
+    CHECK_OK(ts_backend_cpu_new(2, &fast), NULL);
+    check_id_out_of_range(be, "cpu-ref");
+    if (fast) check_id_out_of_range(fast, "cpu");
+    ts_backend_free(fast);
+    printf("  matmul_id: shape / dtype errors at construction, id out of range at compute  %s\n",
+           check_failed_ == failures_before ? "ok" : "FAIL");
 }
 
 /* ---------------------------------------------------------------- helpers, config, errors */
@@ -584,9 +878,17 @@ int main(void) {
         return 1;
     }
     test_forward();
+    dense_moe = true;
+    test_forward();
+    dense_moe = false;
     test_forward_f32();
     gradcheck("learned", false, 777);
     gradcheck("hash", true, 778);
+    test_sparse_vs_dense("learned", false, false, 901);
+    test_sparse_vs_dense("hash, expert unused", true, true, 902);
+    test_fast_f32();
+    test_matmul_id_errors();
+    test_matmul_id_mixed_dtypes();
     test_clamp();
     test_helpers();
     ts_backend_free(be);

@@ -83,6 +83,9 @@ typedef enum {
                            fp[0] = scale -> [B,T,H,Dv] */
     TS_OP_SINKHORN,     /* src0 logits [..., n, n] (n <= TS_SINKHORN_MAX_N), ip[0] = iters,
                            fp[0] = eps -> doubly stochastic [..., n, n] (see ts_sinkhorn) */
+    TS_OP_MATMUL_ID,    /* src0 w [E, N, K], src1 x [T, K] or [T, Kk, K], src2 ids [T, Kk] (i32/i64)
+                           -> [T, Kk, N]: out[t, k] = w[ids[t, k]] . x[t] (or x[t, k]); ip[0] = 1
+                           uses each w[e] transposed (w [E, K, N]). See ts_matmul_id */
 
     /* backward helpers (also plain ops; the conformance suite covers them) */
     TS_OP_FIRST_BACKWARD_,
@@ -103,6 +106,10 @@ typedef enum {
                            on the shapes only; the integer extra_idx and key_start get none) */
     TS_OP_SINKHORN_BACK, /* src0 logits, src1 dy, ip[0]/fp[0] as in SINKHORN -> dlogits (recomputes
                            the iterations) */
+    TS_OP_MATMUL_ID_GRAD_W, /* src0 a [T, Kk, N] or [T, N], src1 b [T, Kk, K] or [T, K], src2 ids
+                           [T, Kk], ip[0] = E -> [E, N, K]: out[e] = sum over the (t, k) with
+                           ids[t, k] = e of a[t, k] (x) b[t, k] (outer product; a 2-D operand's
+                           row t serves every k); experts no id names get zeros */
 
     TS_OP_COUNT
 } ts_op;
@@ -300,6 +307,18 @@ ts_tensor *ts_attention(ts_graph *g, ts_tensor *q, ts_tensor *k, ts_tensor *v, c
 #define TS_SINKHORN_MAX_N 16
 #define TS_SINKHORN_MAX_ITERS 100
 ts_tensor *ts_sinkhorn(ts_graph *g, ts_tensor *x, int iters, float eps);
+
+/* Sparse mixture-of-experts matmul (ggml's mul_mat_id): each (token, slot) pair is multiplied by
+ * the expert matrix its id names, and only those products are computed.
+ *   w [E, N, K]: E expert matrices; x [T, K] (one row per token, shared by its Kk slots) or
+ *   [T, Kk, K] (one row per slot); ids [T, Kk] (i32 or i64, each in [0, E); repeats allowed).
+ *   out [T, Kk, N], out[t, k, :] = w[ids[t, k]] . x_row(t, k), i.e. sum_j w[e, n, j] x_row[j].
+ * Output dtype as ts_matmul's (mixed float inputs give f32, or f64 when either is f64). An id
+ * outside [0, E) is a TS_ERR_RANGE error at compute time. Backward: dx by the same op with each
+ * w[e] transposed (ip[0] = 1 through ts_op_node; summed over Kk for a 2-D x), dw by
+ * TS_OP_MATMUL_ID_GRAD_W (rows grouped by expert; zeros for experts no id names); ids get none.
+ * The optimized CPU kernel sorts the pairs by expert and runs one GEMM per expert that is used. */
+ts_tensor *ts_matmul_id(ts_graph *g, ts_tensor *w, ts_tensor *x, ts_tensor *ids);
 
 /* Generic constructor used by autodiff, tests and the conformance harness: checks and infers
  * the output exactly as the named constructor would. */

@@ -326,6 +326,34 @@ static const variant sinkhorn_back_variants[] = { /* x, dy; as sinkhorn */
     {.in = {F(6, 3, 3), FS(6, 3, 3)}, .ip = {7}, .fp = {1e-3f}, .note = "iters=7"},
 };
 
+/* w [E, N, K], x [T, K] (a row per token) or [T, Kk, K] (a row per slot), ids [T, Kk]; ip[0] = w
+ * used transposed ([E, K, N]). T = 1, 7, 33; E = 1 (every id the same); Kk = 1..4; ids drawn at
+ * random, so tokens pick one expert twice and some experts none; strided x and w (sliced views
+ * are read in place by the optimized kernel, a transposed w falls back to the reference). */
+static const variant matmul_id_variants[] = {
+    {.in = {F(4, 8, 16), F(1, 16), IDX(TS_I32, 4, 1, 2)}, .note = "decode"},
+    {.in = {F(3, 7, 5), F(7, 5), IDX(TS_I64, 3, 7, 1)}, .note = "Kk=1"},
+    {.in = {F(1, 9, 6), F(7, 3, 6), IDX(TS_I32, 1, 7, 3)}, .note = "E=1"},
+    {.in = {F(5, 33, 17), F(33, 4, 17), IDX(TS_I32, 5, 33, 4)}, .note = "Kk=4"},
+    {.in = {F(8, 12, 64), F(33, 64), IDX(TS_I64, 8, 33, 2)}, .note = "Kk=2"},
+    {.in = {F(4, 16, 8), F(7, 2, 16), IDX(TS_I32, 4, 7, 2)}, .ip = {1}, .note = "trans_w"},
+    {.in = {FS(3, 7, 5), FS(7, 2, 5), IDX(TS_I32, 3, 7, 2)}, .note = "Kk=2"},
+    {.in = {FT(3, 7, 5), F(7, 5), IDX(TS_I32, 3, 7, 2)}, .note = "Kk=2"},
+};
+
+/* a [T, Kk, N] or [T, N], b [T, Kk, K] or [T, K], ids [T, Kk]; ip[0] = E. As matmul_id, plus more
+ * experts than pairs (most gradients all zero). */
+static const variant matmul_id_grad_w_variants[] = {
+    {.in = {F(1, 2, 8), F(1, 16), IDX(TS_I32, 4, 1, 2)}, .ip = {4}, .note = "E=4 decode"},
+    {.in = {F(1, 2, 8), F(1, 16), IDX(TS_I64, 9, 1, 2)}, .ip = {9}, .note = "E=9 unused experts"},
+    {.in = {F(7, 1, 5), F(7, 9), IDX(TS_I64, 3, 7, 1)}, .ip = {3}, .note = "E=3 Kk=1"},
+    {.in = {F(7, 3, 6), F(7, 3, 4), IDX(TS_I32, 1, 7, 3)}, .ip = {1}, .note = "E=1"},
+    {.in = {F(33, 4, 17), F(33, 4, 12), IDX(TS_I32, 5, 33, 4)}, .ip = {5}, .note = "E=5 Kk=4"},
+    {.in = {F(33, 2, 12), F(33, 64), IDX(TS_I64, 8, 33, 2)}, .ip = {8}, .note = "E=8"},
+    {.in = {FS(7, 2, 5), FS(7, 2, 6), IDX(TS_I32, 3, 7, 2)}, .ip = {3}, .note = "E=3"},
+    {.in = {FT(7, 2, 5), F(7, 6), IDX(TS_I32, 3, 7, 2)}, .ip = {3}, .note = "E=3"},
+};
+
 static const variant max_back_variants[] = { /* x, y = max(x), dy; ip[0] = axis */
     {.in = {F(1), F(1), F(1)}, .ip = {0}, .note = "axis=0"},
     {.in = {F(7, 33), F(7, 1), F(7, 1)}, .ip = {1}, .note = "axis=1"},
@@ -466,6 +494,7 @@ static const op_entry op_table[] = {
     OP(TS_OP_CROSS_ENTROPY, cross_entropy_variants),
     OP(TS_OP_ATTENTION, attention_variants),
     OP(TS_OP_SINKHORN, sinkhorn_variants),
+    OP(TS_OP_MATMUL_ID, matmul_id_variants),
     OP(TS_OP_SIGMOID_BACK, unary_back_variants),
     OP(TS_OP_SILU_BACK, unary_back_variants),
     OP(TS_OP_RELU_BACK, unary_back_variants),
@@ -477,6 +506,7 @@ static const op_entry op_table[] = {
     OP(TS_OP_CROSS_ENTROPY_BACK, cross_entropy_back_variants),
     OP(TS_OP_ATTENTION_BACK, attention_back_variants),
     OP(TS_OP_SINKHORN_BACK, sinkhorn_back_variants),
+    OP(TS_OP_MATMUL_ID_GRAD_W, matmul_id_grad_w_variants),
 };
 
 /* f64 too: a backend that supports it must get it right; one that does not reports unsupported. */

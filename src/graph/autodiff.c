@@ -272,6 +272,25 @@ static void back_sinkhorn(ts_graph *g, ts_tensor *node, ts_tensor *dy, ts_tensor
     dsrc[0] = back_op(g, TS_OP_SINKHORN_BACK, node->src[0], dy, NULL, node->ip, 1, node->fp, 1);
 }
 
+/* out[t, k] = W_e x_row with W_e = w[ids[t, k]] (transposed when ip[0]). dx_row = W_e^T dy[t, k]
+ * is the same op with the flag flipped, summed over the slots when x holds one row per token;
+ * dw[e] sums dy (x) x (x (x) dy when transposed) over the pairs routed to e, experts without a
+ * pair getting zeros: one MATMUL_ID_GRAD_W node. ids get nothing. */
+static void back_matmul_id(ts_graph *g, ts_tensor *node, ts_tensor *dy, ts_tensor **dsrc) {
+    ts_tensor *w = node->src[0], *x = node->src[1], *ids = node->src[2];
+    bool trans = node->ip[0] != 0;
+    if (needs_grad(x)) {
+        int32_t flipped = !trans;
+        ts_tensor *src[3] = {w, dy, ids};
+        ts_tensor *dx = ts_op_node(g, TS_OP_MATMUL_ID, src, 3, &flipped, 1, NULL, 0);
+        dsrc[1] = x->ndim == 2 ? ts_sum(g, dx, 1, false) : dx;
+    }
+    if (needs_grad(w)) {
+        int32_t n_experts = (int32_t)w->shape[0];
+        dsrc[0] = back_op(g, TS_OP_MATMUL_ID_GRAD_W, trans ? x : dy, trans ? dy : x, ids, &n_experts, 1, NULL, 0);
+    }
+}
+
 /* ---------------------------------------------------------------- dispatch */
 
 /* Makes a rule's result exactly what the source needs: its dtype (mixed-dtype matmul and
@@ -329,6 +348,7 @@ ts_status ts_op_backward(ts_graph *g, ts_tensor *node, ts_tensor *dy, ts_tensor 
     case TS_OP_CROSS_ENTROPY: back_cross_entropy(g, node, dy, dsrc); break;
     case TS_OP_ATTENTION: back_attention(g, node, dy, dsrc); break;
     case TS_OP_SINKHORN: back_sinkhorn(g, node, dy, dsrc); break;
+    case TS_OP_MATMUL_ID: back_matmul_id(g, node, dy, dsrc); break;
     default: {
         char dn[160];
         if (node->op >= TS_OP_FIRST_BACKWARD_ && node->op < TS_OP_COUNT)

@@ -43,6 +43,7 @@ static const char *const op_names[TS_OP_COUNT] = {
     [TS_OP_CROSS_ENTROPY] = "cross_entropy",
     [TS_OP_ATTENTION] = "attention",
     [TS_OP_SINKHORN] = "sinkhorn",
+    [TS_OP_MATMUL_ID] = "matmul_id",
     [TS_OP_SIGMOID_BACK] = "sigmoid_back",
     [TS_OP_SILU_BACK] = "silu_back",
     [TS_OP_RELU_BACK] = "relu_back",
@@ -54,6 +55,7 @@ static const char *const op_names[TS_OP_COUNT] = {
     [TS_OP_CROSS_ENTROPY_BACK] = "cross_entropy_back",
     [TS_OP_ATTENTION_BACK] = "attention_back",
     [TS_OP_SINKHORN_BACK] = "sinkhorn_back",
+    [TS_OP_MATMUL_ID_GRAD_W] = "matmul_id_grad_w",
 };
 
 const char *ts_op_name(ts_op op) {
@@ -456,6 +458,12 @@ ts_tensor *ts_sum_to(ts_graph *g, ts_tensor *x, int ndim, const int64_t *shape) 
 
 /* ---------------------------------------------------------------- transformer ops */
 
+/* The result dtype of a product of a and b: theirs when equal, else f64 when either is, else f32. */
+static ts_dtype product_dtype(ts_dtype a, ts_dtype b) {
+    if (a == b) return a;
+    return (a == TS_F64 || b == TS_F64) ? TS_F64 : TS_F32;
+}
+
 ts_tensor *ts_matmul(ts_graph *g, ts_tensor *a, ts_tensor *b, bool trans_a, bool trans_b) {
     if (!a || !b) return NULL;
     if (!need_float(g, "matmul", a) || !need_float(g, "matmul", b)) return NULL;
@@ -472,10 +480,8 @@ ts_tensor *ts_matmul(ts_graph *g, ts_tensor *a, ts_tensor *b, bool trans_a, bool
     if (!broadcast_shapes(&ba, &bb, &nd, s)) return fail(g, TS_ERR_SHAPE, "matmul", "batch dimensions do not broadcast", a, b);
     s[nd] = M;
     s[nd + 1] = N;
-    ts_dtype out = a->dtype;
-    if (a->dtype != b->dtype) out = (a->dtype == TS_F64 || b->dtype == TS_F64) ? TS_F64 : TS_F32;
     ts_tensor *src[2] = {a, b};
-    ts_tensor *r = ts_graph_add_node(g, TS_OP_MATMUL, out, nd + 2, s, src, 2);
+    ts_tensor *r = ts_graph_add_node(g, TS_OP_MATMUL, product_dtype(a->dtype, b->dtype), nd + 2, s, src, 2);
     if (r) {
         r->ip[0] = trans_a;
         r->ip[1] = trans_b;
@@ -809,6 +815,79 @@ ts_tensor *ts_sinkhorn(ts_graph *g, ts_tensor *x, int iters, float eps) {
     return x ? sinkhorn_node(g, TS_OP_SINKHORN, x, NULL, iters, eps) : NULL;
 }
 
+/* ---------------------------------------------------------------- matmul_id */
+
+/* ids of matmul_id / matmul_id_grad_w: i32 or i64, [T, Kk]. */
+static bool pair_ids_ok(ts_graph *g, const char *name, const ts_tensor *ids) {
+    if (!need_int(g, name, ids)) return false;
+    return ids->ndim == 2 || refuse(g, TS_ERR_SHAPE, name, "ids must be [T, Kk]", ids, NULL);
+}
+
+/* The row length L of a per-pair operand: t is [T, L] (one row per token, shared by its slots)
+ * or [T, Kk, L] (one row per slot) for ids [T, Kk]; -1 (error recorded) otherwise. */
+static int64_t pair_row_len(ts_graph *g, const char *name, const ts_tensor *t, const ts_tensor *ids) {
+    if (!need_float(g, name, t)) return -1;
+    if (is_packed(t->dtype)) {
+        refuse(g, TS_ERR_DTYPE, name, "packed dtype", t, NULL);
+        return -1;
+    }
+    bool ok = (t->ndim == 2 || t->ndim == 3) && t->shape[0] == ids->shape[0] &&
+              (t->ndim == 2 || t->shape[1] == ids->shape[1]);
+    if (!ok) {
+        refuse(g, TS_ERR_SHAPE, name, "operand must be [T, L] or [T, Kk, L] with the T, Kk of ids [T, Kk]", t, ids);
+        return -1;
+    }
+    return t->shape[t->ndim - 1];
+}
+
+/* MATMUL_ID after its checks: w [E, N, K] (trans_w: [E, K, N]), x rows of K, ids [T, Kk]. */
+static ts_tensor *matmul_id_node(ts_graph *g, ts_tensor *w, ts_tensor *x, ts_tensor *ids, bool trans_w) {
+    const char *name = "matmul_id";
+    if (!pair_ids_ok(g, name, ids) || !need_float(g, name, w)) return NULL;
+    if (is_packed(w->dtype)) return fail(g, TS_ERR_DTYPE, name, "packed dtype", w, NULL);
+    if (w->ndim != 3) return fail(g, TS_ERR_SHAPE, name, "w must be [E, N, K]", w, NULL);
+    int64_t len = pair_row_len(g, name, x, ids);
+    if (len < 0) return NULL;
+    int64_t k_in = w->shape[trans_w ? 1 : 2], n_out = w->shape[trans_w ? 2 : 1];
+    if (len != k_in)
+        return fail(g, TS_ERR_SHAPE, name, trans_w ? "x's rows must have the length of w's dim 1 (w transposed)"
+                                                   : "x's rows must have the length of w's last dim", w, x);
+    int64_t shape[3] = {ids->shape[0], ids->shape[1], n_out};
+    ts_tensor *src[3] = {w, x, ids};
+    ts_tensor *r = ts_graph_add_node(g, TS_OP_MATMUL_ID, product_dtype(w->dtype, x->dtype), 3, shape, src, 3);
+    if (r) r->ip[0] = trans_w;
+    return r;
+}
+
+ts_tensor *ts_matmul_id(ts_graph *g, ts_tensor *w, ts_tensor *x, ts_tensor *ids) {
+    return w && x && ids ? matmul_id_node(g, w, x, ids, false) : NULL;
+}
+
+/* MATMUL_ID_GRAD_W after its checks: a rows of N, b rows of K, ids [T, Kk], E >= 1 experts. */
+static ts_tensor *matmul_id_grad_w_node(ts_graph *g, ts_tensor *a, ts_tensor *b, ts_tensor *ids, int32_t n_experts) {
+    const char *name = "matmul_id_grad_w";
+    if (!pair_ids_ok(g, name, ids)) return NULL;
+    int64_t N = pair_row_len(g, name, a, ids), K = N < 0 ? -1 : pair_row_len(g, name, b, ids);
+    if (N < 0 || K < 0) return NULL;
+    if (n_experts < 1) return fail(g, TS_ERR_INVALID_ARG, name, "the expert count ip[0] must be >= 1", ids, NULL);
+    int64_t shape[3] = {n_experts, N, K};
+    ts_tensor *src[3] = {a, b, ids};
+    ts_tensor *r = ts_graph_add_node(g, TS_OP_MATMUL_ID_GRAD_W, product_dtype(a->dtype, b->dtype), 3, shape, src, 3);
+    if (r) r->ip[0] = n_experts;
+    return r;
+}
+
+/* ts_op_node's path for both: exactly three sources. */
+static ts_tensor *matmul_id_from_sources(ts_graph *g, ts_op op, ts_tensor *const *src, int n_src, const int32_t *ip) {
+    if (n_src != 3) {
+        ts_graph_set_error(g, TS_ERR_INVALID_ARG, "%s: %d sources given, expected 3 (%s, ids)", ts_op_name(op), n_src,
+                           op == TS_OP_MATMUL_ID ? "w, x" : "a, b");
+        return NULL;
+    }
+    return op == TS_OP_MATMUL_ID ? matmul_id_node(g, src[0], src[1], src[2], ip[0] != 0)
+                                 : matmul_id_grad_w_node(g, src[0], src[1], src[2], ip[0]);
+}
+
 /* ---------------------------------------------------------------- backward helpers */
 
 static ts_tensor *same_shape_back(ts_graph *g, ts_op op, ts_tensor *x, ts_tensor *dy, const float *fp) {
@@ -899,6 +978,8 @@ ts_tensor *ts_op_node(ts_graph *g, ts_op op, ts_tensor *const *src, int n_src, c
             return NULL;
         }
         return sinkhorn_node(g, op, s0, s1, ip[0], fp[0]);
+    case TS_OP_MATMUL_ID: case TS_OP_MATMUL_ID_GRAD_W:
+        return matmul_id_from_sources(g, op, src, n_src, ip);
 
     case TS_OP_SIGMOID_BACK: case TS_OP_SILU_BACK: case TS_OP_RELU_BACK: case TS_OP_CLAMP_BACK:
         return same_shape_back(g, op, s0, s1, fp);

@@ -1,8 +1,9 @@
 /* moe.c - graph builders for one DeepSeekMoE sub-layer (spec §2.10): the sqrt-softplus router
- * with bias-only-for-selection or hash routing, the clamped-SwiGLU experts evaluated densely over
- * an expert axis (reference formulation, see moe.h), the gate-weighted combine and the shared
- * expert; plus the host-side per-expert load count that aux-loss-free balancing (§5.2) feeds
- * to ts_moe_bias_update (src/train/moe_balance.c).
+ * with bias-only-for-selection or hash routing, the clamped-SwiGLU routed experts - sparse (only
+ * each token's K selected experts run, through ts_matmul_id) or, as the reference the tests
+ * compare against, dense over an expert axis (see moe.h) - the gate-weighted combine and the
+ * shared expert; plus the host-side per-expert load count that aux-loss-free balancing (§5.2)
+ * feeds to ts_moe_bias_update (src/train/moe_balance.c).
  * Only nodes are recorded here; the backward pass comes from the graph's autodiff. */
 #include "model/moe.h"
 
@@ -70,16 +71,35 @@ ts_status ts_moe_router(ts_graph *g, ts_tensor *x, ts_tensor *w_gate, ts_tensor 
     return ts_graph_status(g);
 }
 
-ts_tensor *ts_moe_swiglu(ts_graph *g, ts_tensor *x, ts_tensor *w1, ts_tensor *w3, ts_tensor *w2, float limit) {
-    if (!g || !x || !w1 || !w3 || !w2) return NULL;
-    ts_tensor *a = ts_matmul(g, x, w1, false, true);  /* [.., T, I] */
-    ts_tensor *b = ts_matmul(g, x, w3, false, true);
+/* h = silu(min(a, limit)) ⊙ clamp(b, -limit, limit); limit <= 0: no clamp. */
+static ts_tensor *clamped_glu(ts_graph *g, ts_tensor *a, ts_tensor *b, float limit) {
     if (limit > 0) {
         a = ts_clamp(g, a, -INFINITY, limit);
         b = ts_clamp(g, b, -limit, limit);
     }
-    ts_tensor *h = ts_mul(g, ts_silu(g, a), b);
-    return ts_matmul(g, h, w2, false, true);           /* [.., T, d] */
+    return ts_mul(g, ts_silu(g, a), b);
+}
+
+ts_tensor *ts_moe_swiglu(ts_graph *g, ts_tensor *x, ts_tensor *w1, ts_tensor *w3, ts_tensor *w2, float limit) {
+    if (!g || !x || !w1 || !w3 || !w2) return NULL;
+    ts_tensor *a = ts_matmul(g, x, w1, false, true); /* [.., T, I] */
+    ts_tensor *b = ts_matmul(g, x, w3, false, true);
+    return ts_matmul(g, clamped_glu(g, a, b, limit), w2, false, true); /* [.., T, d] */
+}
+
+ts_tensor *ts_moe_swiglu_routed(ts_graph *g, ts_tensor *x, ts_tensor *w1, ts_tensor *w3, ts_tensor *w2,
+                                ts_tensor *indices, float limit) {
+    if (!g || !x || !w1 || !w3 || !w2 || !indices) return NULL;
+    ts_tensor *a = ts_matmul_id(g, w1, x, indices); /* [T, K, I] */
+    ts_tensor *b = ts_matmul_id(g, w3, x, indices);
+    return ts_matmul_id(g, w2, clamped_glu(g, a, b, limit), indices); /* [T, K, d] */
+}
+
+/* v[t] = Σ_k gates[t, k] · slot_out[t, k] ([T, d]) for slot_out [T, K, d]. */
+static ts_tensor *combine_slots(ts_graph *g, ts_tensor *slot_out, ts_tensor *gates) {
+    if (!slot_out || !gates) return NULL;
+    int64_t g3[3] = {gates->shape[0], gates->shape[1], 1};
+    return ts_sum(g, ts_mul(g, slot_out, ts_reshape(g, gates, 3, g3)), 1, false);
 }
 
 ts_tensor *ts_moe_combine(ts_graph *g, ts_tensor *expert_out, ts_tensor *indices, ts_tensor *gates,
@@ -133,11 +153,15 @@ ts_tensor *ts_moe_forward(ts_graph *g, ts_tensor *x, const ts_moe_weights *w, co
                       token_ids, p->top_k, p->route_scale, &s, &idx, &gk) != TS_OK)
         return NULL;
 
-    /* dense reference: all E experts on all T tokens, unselected ones weighted by exact zeros */
-    ts_tensor *eo = ts_moe_swiglu(g, x, w->w1, w->w3, w->w2, p->swiglu_limit); /* [E, T, d] */
+    ts_tensor *eo, *v, *G = NULL;
+    if (p->dense) { /* reference: all E experts on all T tokens, unselected ones weighted by exact zeros */
+        eo = ts_moe_swiglu(g, x, w->w1, w->w3, w->w2, p->swiglu_limit); /* [E, T, d] */
+        v = ts_moe_combine(g, eo, idx, gk, &G);
+    } else { /* sparse: each token's K selected experts only */
+        eo = ts_moe_swiglu_routed(g, x, w->w1, w->w3, w->w2, idx, p->swiglu_limit); /* [T, K, d] */
+        v = combine_slots(g, eo, gk);
+    }
     ts_set_name(eo, "moe.expert_out");
-    ts_tensor *G = NULL;
-    ts_tensor *v = ts_moe_combine(g, eo, idx, gk, &G);
     ts_tensor *sh = NULL;
     if (has_shared) {
         sh = ts_moe_swiglu(g, x, w->shared_w1, w->shared_w3, w->shared_w2, p->swiglu_limit); /* unweighted */

@@ -20,19 +20,27 @@
  *   indices   [T, K]      i32 from topk (learned) or tid2eid's dtype (hash); descending by s + b
  *                         for learned routing, ties to the lower expert id
  *   gates     [T, K]      g_k = route_scale · s_{e_k} / Σ_k' s_{e_k'}
- *   gate_matrix [T, E]    G[t, e] = Σ_k [e_k = e] g_k (dense scatter of the gates)
- *   expert_out  [E, T, d] every routed expert applied to every token
- *   out v     [T, d]      Σ_e G[:, e] ⊙ expert_out[e] + Shared(x)
+ *   expert_out  [T, K, d] expert e_k applied to token t, per slot (sparse, the default);
+ *               [E, T, d] every routed expert applied to every token (dense reference)
+ *   gate_matrix [T, E]    dense reference only: G[t, e] = Σ_k [e_k = e] g_k (scatter of the gates)
+ *   out v     [T, d]      Σ_k g_k ⊙ expert_out[:, k] (dense: Σ_e G[:, e] ⊙ expert_out[e]) + Shared(x)
  * All float tensors must share one dtype (the spec keeps the router in FP32; an f64 graph is
  * used for the reference tests).
  *
- * DENSE REFERENCE FORMULATION: the routed experts are evaluated for every token with one
- * batched matmul over the expert axis, and the unselected experts are multiplied by a gate of
- * exactly 0. This is numerically the spec's sparse sum (zero gates contribute exact zeros, and
- * their backward contributes exact zeros), but it costs E/K times the FLOPs and E·T·max(I, d)
- * activation memory of the sparse computation. It is meant for correctness tests and tiny
- * models; a sparse dispatch kernel (gather the tokens per expert, grouped GEMM, scatter back)
- * is future work and must reproduce this builder's results.
+ * SPARSE DISPATCH (the default): the routed experts run through ts_matmul_id (tessera/graph.h),
+ * so each token pays for its K selected experts only: w1 / w3 map x [T, d] to [T, K, I], the
+ * clamped SwiGLU acts per slot, w2 maps back to [T, K, d], and the gates weight the slots. The
+ * optimized CPU kernel groups the (token, slot) pairs by expert and runs one GEMM per used
+ * expert; backward (autodiff of matmul_id) gives dx through the transposed experts and the
+ * stacked [E, rows, cols] weight gradients with exact zeros for experts no token chose - the
+ * layout the trainer reads through ts_model_graph_grad.
+ *
+ * DENSE REFERENCE FORMULATION (ts_moe_params.dense): the routed experts are evaluated for every
+ * token with one batched matmul over the expert axis, and the unselected experts are multiplied
+ * by a gate of exactly 0. Numerically this is the same sum (zero gates contribute exact zeros,
+ * and their backward contributes exact zeros), at E/K times the FLOPs and E·T·max(I, d)
+ * activation memory. It is the oracle tests/test_moe.c checks the sparse path against (forward
+ * and every gradient, f64).
  *
  * Gradients: x, w_gate, w1, w2, w3 and the shared weights receive gradients through autodiff
  * (the selection itself is piecewise constant: topk indices are not differentiated, the gate
@@ -53,9 +61,11 @@ typedef struct {
     float route_scale;   /* routed_scaling_factor: 1.5 Flash, 2.5 Pro */
     float swiglu_limit;  /* 10: a <- min(a, limit), b <- clamp(b, -limit, limit); <= 0 disables */
     bool hash_routing;   /* layer id < num_hash_layers: indices = tid2eid[token_ids] */
+    bool dense;          /* evaluate every routed expert on every token (the reference
+                            formulation above); false (sparse dispatch) everywhere but tests */
 } ts_moe_params;
 
-/* The parameters for layer `layer` of cfg (hash routing for layer < num_hash_layers). */
+/* The parameters for layer `layer` of cfg (hash routing for layer < num_hash_layers; sparse). */
 ts_moe_params ts_moe_params_from_config(const ts_v4_config *cfg, int64_t layer);
 
 /* The leaves of one MoE sub-layer (see the layout above). bias is used (and may be NULL: no
@@ -76,8 +86,8 @@ typedef struct {
     ts_tensor *scores;       /* s [T, E] */
     ts_tensor *indices;      /* [T, K] */
     ts_tensor *gates;        /* [T, K] */
-    ts_tensor *gate_matrix;  /* [T, E] */
-    ts_tensor *expert_out;   /* [E, T, d] */
+    ts_tensor *gate_matrix;  /* [T, E] (dense reference) or NULL (sparse) */
+    ts_tensor *expert_out;   /* [T, K, d] (sparse) or [E, T, d] (dense reference) */
     ts_tensor *shared_out;   /* [T, d] or NULL */
 } ts_moe_nodes;
 
@@ -93,6 +103,12 @@ ts_status ts_moe_router(ts_graph *g, ts_tensor *x, ts_tensor *w_gate, ts_tensor 
  * (shared expert) the result is [T, d]; with w1, w3 [E, I, d], w2 [E, d, I] every expert runs on
  * every token: [E, T, d]. limit <= 0 disables the clamp. */
 ts_tensor *ts_moe_swiglu(ts_graph *g, ts_tensor *x, ts_tensor *w1, ts_tensor *w3, ts_tensor *w2, float limit);
+
+/* The routed experts named by indices [T, K] on x [T, d], sparse: w1, w3 [E, I, d], w2 [E, d, I];
+ * only the selected experts run (ts_matmul_id). Returns the per-slot outputs [T, K, d]
+ * (ungated); limit as in ts_moe_swiglu. */
+ts_tensor *ts_moe_swiglu_routed(ts_graph *g, ts_tensor *x, ts_tensor *w1, ts_tensor *w3, ts_tensor *w2,
+                                ts_tensor *indices, float limit);
 
 /* Dense combine: G = scatter_add(zeros [T, E], axis 1, indices, gates) and
  * v = Σ_e G[:, e] ⊙ expert_out[e] ([T, d]). *gate_matrix (may be NULL) receives G. */

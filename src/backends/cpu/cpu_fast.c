@@ -40,6 +40,8 @@ static const ts_cpu_kernel fast_kernels[TS_OP_COUNT] = {
     [TS_OP_ATTENTION_BACK] = ts_fast_attention_back,
     [TS_OP_SINKHORN] = ts_fast_sinkhorn,
     [TS_OP_SINKHORN_BACK] = ts_fast_sinkhorn_back,
+    [TS_OP_MATMUL_ID] = ts_fast_matmul_id,
+    [TS_OP_MATMUL_ID_GRAD_W] = ts_fast_matmul_id_grad_w,
 };
 
 ts_status ts_backend_cpu_new(int n_threads, ts_backend **out) {

@@ -5,7 +5,8 @@
  * the same way on bad input. fast_matmul.c holds matmul; fast_elementwise.c the elementwise,
  * softmax and rms_norm paths; fast_attention.c fused attention and its backward; fast_reduce.c
  * sum_to, sum / mean / max and copy; fast_rows.c rms_norm_back, softmax_back and rope;
- * fast_sinkhorn.c the Sinkhorn projection and its backward. */
+ * fast_sinkhorn.c the Sinkhorn projection and its backward; fast_moe.c the mixture-of-experts
+ * matmul_id and its weight gradient. */
 #ifndef TS_FAST_KERNELS_H
 #define TS_FAST_KERNELS_H
 
@@ -52,5 +53,11 @@ bool ts_fast_rows_applies(const ts_tensor *dst);
 TS_FAST_KERNEL(sinkhorn);
 TS_FAST_KERNEL(sinkhorn_back);
 bool ts_fast_sinkhorn_applies(const ts_tensor *dst);
+
+/* fast_moe.c: mixture-of-experts matmul_id and its weight gradient, grouped per expert on the GEMM */
+TS_FAST_KERNEL(matmul_id);
+TS_FAST_KERNEL(matmul_id_grad_w);
+/* Whether a matmul_id / matmul_id_grad_w node takes the grouped GEMM path (tests). */
+bool ts_fast_moe_applies(const ts_tensor *dst);
 
 #endif

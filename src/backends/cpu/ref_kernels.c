@@ -33,6 +33,7 @@ const ts_cpu_kernel ts_cpu_reference_kernels[TS_OP_COUNT] = {
     [TS_OP_CROSS_ENTROPY] = ts_ref_cross_entropy,
     [TS_OP_ATTENTION] = ts_ref_attention,
     [TS_OP_SINKHORN] = ts_ref_sinkhorn,
+    [TS_OP_MATMUL_ID] = ts_ref_matmul_id,
     [TS_OP_SIGMOID_BACK] = ts_ref_unary_back,
     [TS_OP_SILU_BACK] = ts_ref_unary_back,
     [TS_OP_RELU_BACK] = ts_ref_unary_back,
@@ -44,4 +45,5 @@ const ts_cpu_kernel ts_cpu_reference_kernels[TS_OP_COUNT] = {
     [TS_OP_CROSS_ENTROPY_BACK] = ts_ref_cross_entropy_back,
     [TS_OP_ATTENTION_BACK] = ts_ref_attention_back,
     [TS_OP_SINKHORN_BACK] = ts_ref_sinkhorn_back,
+    [TS_OP_MATMUL_ID_GRAD_W] = ts_ref_matmul_id_grad_w,
 };

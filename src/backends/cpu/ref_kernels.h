@@ -1,7 +1,8 @@
 /* ref_kernels.h - the reference CPU kernels, one per op (see graph.h for each op's contract).
  * ref_elementwise.c holds creation/movement, elementwise, reductions and their backward
- * helpers; ref_nn.c holds matmul, softmax, norms, rope, indexing and losses; ref_attention.c
- * holds fused attention and its backward; ref_sinkhorn.c mHC's Sinkhorn projection and its backward. */
+ * helpers; ref_nn.c holds matmul, softmax, norms, rope, indexing, losses and the mixture-of-
+ * experts matmul_id (+ its weight gradient); ref_attention.c holds fused attention and its
+ * backward; ref_sinkhorn.c mHC's Sinkhorn projection and its backward. */
 #ifndef TS_REF_KERNELS_H
 #define TS_REF_KERNELS_H
 
@@ -34,6 +35,8 @@ TS_REF_KERNEL(softmax_back);
 TS_REF_KERNEL(rms_norm_back);
 TS_REF_KERNEL(get_rows_back);
 TS_REF_KERNEL(cross_entropy_back);
+TS_REF_KERNEL(matmul_id);
+TS_REF_KERNEL(matmul_id_grad_w);
 
 /* ref_attention.c */
 TS_REF_KERNEL(attention);

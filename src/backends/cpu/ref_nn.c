@@ -1,6 +1,7 @@
 /* ref_nn.c - reference CPU kernels for the transformer ops: matmul, softmax, rms_norm, rope, the
- * indexing ops (get_rows, topk, gather, scatter_add), cross-entropy, and the backward helpers
- * softmax_back, rms_norm_back, get_rows_back and cross_entropy_back. Like ref_elementwise.c they
+ * indexing ops (get_rows, topk, gather, scatter_add), cross-entropy, the mixture-of-experts
+ * matmul_id, and the backward helpers softmax_back, rms_norm_back, get_rows_back,
+ * cross_entropy_back and matmul_id_grad_w. Like ref_elementwise.c they
  * are entries of ts_cpu_reference_kernels (ref_kernels.c) and therefore the oracle every
  * optimized kernel and every other backend is checked against: plain loops, every element read
  * through ref_get and written through ref_set (ref_common.h), arithmetic in double, any input
@@ -14,7 +15,9 @@
  * bit-identical for any thread count.
  *
  * Conventions (documented here because other backends must match them):
- *  - matmul accumulates a[m,k] * b[k,n] in double for k ascending and rounds once.
+ *  - matmul accumulates a[m,k] * b[k,n] in double for k ascending and rounds once; so does
+ *    matmul_id per (token, slot) pair; matmul_id_grad_w sums each expert's pairs in ascending
+ *    flat pair order (zeros for an expert without pairs).
  *  - softmax subtracts the row max. A row whose inputs (x + mask) are all -inf has no
  *    probability distribution; it yields all zeros (NaN-free, so fully masked attention rows
  *    contribute nothing). A NaN anywhere in a row, or a +inf input, makes the row NaN.
@@ -781,4 +784,104 @@ TS_REF_KERNEL(cross_entropy_back) {
     row_job job = row_job_for(dst, a, logits->shape[a]);
     job.p0 = n_valid ? ref_get(dloss, 0) / (double)n_valid : 0.0;
     return run_rows(ctx, &job, cross_entropy_back_range); /* dst has logits' shape */
+}
+
+/* ---------------------------------------------------------------- matmul_id, matmul_id_grad_w */
+
+/* Both ops read per-pair rows: pair p = t * Kk + k of ids [T, Kk] takes row t of a [T, L]
+ * operand (shared by the token's slots) or row (t, k) of a [T, Kk, L] one. */
+static bool pair_operand_fits(const ts_tensor *t, const ts_tensor *ids, int64_t len) {
+    return (t->ndim == 2 || (t->ndim == 3 && t->shape[1] == ids->shape[1])) && t->shape[0] == ids->shape[0] &&
+           t->shape[t->ndim - 1] == len;
+}
+
+static int64_t pair_row_offset(const ts_tensor *t, int64_t pair, int64_t Kk) {
+    int64_t off = (pair / Kk) * t->stride[0];
+    return t->ndim == 3 ? off + (pair % Kk) * t->stride[1] : off;
+}
+
+typedef struct {
+    ts_tensor *dst, *w, *ids;
+    ts_tensor *a, *b;        /* matmul_id: a = x; grad_w: the two row operands */
+    int64_t Kk, N, K;        /* matmul_id: rows of K in, rows of N out; grad_w: dst [E, N, K] */
+    int64_t w_sn, w_sk;      /* matmul_id: strides of w[e] along n and k (after the optional transpose) */
+    double *scratch;         /* grad_w: K doubles per thread */
+} matmul_id_job;
+
+static int64_t expert_of(const matmul_id_job *j, int64_t pair) {
+    return (int64_t)ref_get(j->ids, ref_offset(j->ids, pair)); /* checked to be in [0, E) */
+}
+
+/* One pair per item: dst[pair, n] = sum_k w[e, n, k] * x_row[k], k ascending, rounded once. */
+static void matmul_id_range(void *arg, int64_t begin, int64_t end, int tid) {
+    const matmul_id_job *j = arg;
+    int64_t x_sk = j->a->stride[j->a->ndim - 1];
+    for (int64_t p = begin; p < end; p++) {
+        int64_t w_mat = expert_of(j, p) * j->w->stride[0], x_row = pair_row_offset(j->a, p, j->Kk);
+        for (int64_t n = 0; n < j->N; n++) {
+            int64_t w_row = w_mat + n * j->w_sn;
+            double acc = 0;
+            for (int64_t k = 0; k < j->K; k++)
+                acc += ref_get(j->w, w_row + k * j->w_sk) * ref_get(j->a, x_row + k * x_sk);
+            ref_set(j->dst, p * j->N + n, acc);
+        }
+    }
+}
+
+TS_REF_KERNEL(matmul_id) {
+    ts_status s = kernel_ready(ctx, dst, 3);
+    if (s != TS_OK) return s;
+    ts_tensor *w = dst->src[0], *x = dst->src[1], *ids = dst->src[2];
+    if ((s = ref_need_float(ctx, dst, w)) || (s = ref_need_float(ctx, dst, x)) || (s = ref_need_float(ctx, dst, dst)) ||
+        (s = need_index(ctx, dst, ids)))
+        return s;
+    if (w->ndim != 3 || ids->ndim != 2 || dst->ndim != 3) return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "need w [E, N, K] and ids [T, Kk]");
+    bool tw = dst->ip[0] != 0;
+    matmul_id_job job = {.dst = dst, .w = w, .ids = ids, .a = x, .Kk = ids->shape[1], .N = w->shape[tw ? 2 : 1],
+                         .K = w->shape[tw ? 1 : 2], .w_sn = w->stride[tw ? 2 : 1], .w_sk = w->stride[tw ? 1 : 2]};
+    if (!pair_operand_fits(x, ids, job.K) || dst->shape[0] != ids->shape[0] || dst->shape[1] != job.Kk ||
+        dst->shape[2] != job.N)
+        return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "operand shapes do not match the output");
+    if ((s = check_indices(ctx, dst, ids, w->shape[0], false, "expert id"))) return s;
+    ref_run_parallel(ctx, dst, ts_nelements(ids), ref_items_min_chunk(job.N * job.K), matmul_id_range, &job);
+    return TS_OK;
+}
+
+/* One row (e, n) of dst per item: dst[e, n, :] = sum over the pairs p routed to e, ascending, of
+ * a_row(p)[n] * b_row(p)[:], accumulated in double and rounded once (zeros when none is). */
+static void matmul_id_grad_w_range(void *arg, int64_t begin, int64_t end, int tid) {
+    const matmul_id_job *j = arg;
+    double *acc = j->scratch + (int64_t)tid * j->K;
+    int64_t n_pairs = ts_nelements(j->ids), a_sn = j->a->stride[j->a->ndim - 1], b_sk = j->b->stride[j->b->ndim - 1];
+    for (int64_t r = begin; r < end; r++) {
+        int64_t e = r / j->N, n = r % j->N;
+        for (int64_t k = 0; k < j->K; k++) acc[k] = 0;
+        for (int64_t p = 0; p < n_pairs; p++) {
+            if (expert_of(j, p) != e) continue;
+            double av = ref_get(j->a, pair_row_offset(j->a, p, j->Kk) + n * a_sn);
+            int64_t b_row = pair_row_offset(j->b, p, j->Kk);
+            for (int64_t k = 0; k < j->K; k++) acc[k] += av * ref_get(j->b, b_row + k * b_sk);
+        }
+        for (int64_t k = 0; k < j->K; k++) ref_set(j->dst, r * j->K + k, acc[k]);
+    }
+}
+
+TS_REF_KERNEL(matmul_id_grad_w) {
+    ts_status s = kernel_ready(ctx, dst, 3);
+    if (s != TS_OK) return s;
+    ts_tensor *a = dst->src[0], *b = dst->src[1], *ids = dst->src[2];
+    if ((s = ref_need_float(ctx, dst, a)) || (s = ref_need_float(ctx, dst, b)) || (s = ref_need_float(ctx, dst, dst)) ||
+        (s = need_index(ctx, dst, ids)))
+        return s;
+    if (ids->ndim != 2 || dst->ndim != 3 || dst->shape[0] != dst->ip[0] || dst->ip[0] < 1)
+        return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "need ids [T, Kk] and an output [E, N, K] with E = ip[0]");
+    matmul_id_job job = {.dst = dst, .ids = ids, .a = a, .b = b, .Kk = ids->shape[1], .N = dst->shape[1], .K = dst->shape[2]};
+    if (!pair_operand_fits(a, ids, job.N) || !pair_operand_fits(b, ids, job.K))
+        return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "operand shapes do not match the output");
+    if ((s = check_indices(ctx, dst, ids, dst->shape[0], false, "expert id"))) return s;
+    if (!(job.scratch = alloc_scratch(ctx, dst, job.K))) return TS_ERR_OOM;
+    ref_run_parallel(ctx, dst, dst->shape[0] * job.N, ref_items_min_chunk(ts_nelements(ids) * (job.K + 1)),
+                     matmul_id_grad_w_range, &job);
+    free(job.scratch);
+    return TS_OK;
 }
