@@ -5,8 +5,19 @@
  *    is ~1e-7 here), across 11 CSA and 5 HCA block completions.
  * 2. Two sequences in two slots at different positions in the same steps (the second starts 5
  *    tokens later; then one slot is reset and reused): each matches its own full forward pass.
- * 3. f32 on the optimized backend: the scaled-down tiny preset (more heads, top-16 indexer over
- *    longer sequences, MTP present but unused) matches within 1e-4. */
+ *    Eight sequences in eight slots, starting at different steps and each sitting out a
+ *    different subset of steps (so passes of 1, 2, 4 and 8 rows run and the slots' state rows
+ *    move): each matches its own full forward pass.
+ * 3. extend: a sequence fed in chunks of many sizes (one pass per 64, 32, .., 1 tokens), mixed
+ *    with single steps, gives the full pass's logits after every token (logit_rows = chunk),
+ *    and only the last rows when logit_rows is smaller.
+ * 4. truncate: A, then B, truncated back to A, then C gives the logits of A + C, for cuts on and
+ *    across CSA / HCA block boundaries and B of 1..16 tokens, by steps and by extend; a rewind
+ *    past the bound is TS_ERR_UNSUPPORTED and leaves the slot as it was.
+ * 5. f32 on the optimized backend: the scaled-down tiny preset (more heads, top-16 indexer over
+ *    longer sequences, MTP present but unused, HCA blocks of 32) matches within 1e-4 stepped
+ *    and fed in chunks; one slot stepping alone in an 8-slot decoder gives the logits of a
+ *    1-slot decoder. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,10 +52,11 @@ static double *full_logits(ts_model_weights *w, ts_backend *be, const int32_t *i
     return out;
 }
 
-/* Decodes seqs[k] (lengths lens[k]) in slots k, sequence k starting at step starts[k], and
- * returns the worst |decoded - full| over every position of every sequence. */
+/* Decodes seqs[k] (lengths lens[k]) in slots k, sequence k starting at step starts[k] and
+ * sitting out the steps with (step + k) % pause == 0 (pause 0: none), and returns the worst
+ * |decoded - full| over every position of every sequence. */
 static double decode_vs_full(ts_model_weights *w, ts_backend *be, int n_seq, int32_t *const *seqs,
-                             const int64_t *lens, const int64_t *starts, int64_t max_len) {
+                             const int64_t *lens, const int64_t *starts, int pause, int64_t max_len) {
     char err[256] = "";
     ts_model_decoder *dec = NULL;
     ts_status s = ts_model_decoder_new(w, be, n_seq, max_len, &dec, err, sizeof err);
@@ -55,16 +67,15 @@ static double decode_vs_full(ts_model_weights *w, ts_backend *be, int n_seq, int
     for (int k = 0; k < n_seq; k++) full[k] = full_logits(w, be, seqs[k], lens[k]);
     float *logits = malloc((size_t)(n_seq * V) * sizeof *logits);
     double worst = 0;
-    int64_t last = 0;
-    for (int k = 0; k < n_seq; k++) last = starts[k] + lens[k] > last ? starts[k] + lens[k] : last;
-    for (int64_t step = 0; step < last; step++) {
+    for (int64_t step = 0, left = n_seq; left > 0; step++) {
         int slots[8], n = 0;
         int32_t ids[8];
         for (int k = 0; k < n_seq; k++) {
-            int64_t p = step - starts[k];
-            if (p < 0 || p >= lens[k]) continue;
+            int64_t p = ts_model_decoder_length(dec, k);
+            if (step < starts[k] || p >= lens[k] || (pause && (step + k) % pause == 0)) continue;
             slots[n] = k;
             ids[n++] = seqs[k][p];
+            left -= p + 1 == lens[k];
         }
         if (n == 0) continue;
         CHECK_OK(ts_model_decoder_step(dec, n, slots, ids, logits), NULL);
@@ -78,6 +89,121 @@ static double decode_vs_full(ts_model_weights *w, ts_backend *be, int n_seq, int
     for (int k = 0; k < n_seq; k++) free(full[k]);
     ts_model_decoder_free(dec);
     return worst;
+}
+
+/* Feeds ids[0..n) to `slot` in pieces of pieces[0], pieces[1], .. tokens (cycling; 1 = a step,
+ * more = one extend with a row of logits per token) and writes the logits after each token into
+ * out [n, V]. */
+static void feed(ts_model_decoder *dec, int slot, const int32_t *ids, int64_t n, const int *pieces, int n_pieces,
+                 int64_t V, float *out) {
+    for (int64_t at = 0, i = 0; at < n; i++) {
+        int64_t k = pieces[i % n_pieces] < n - at ? pieces[i % n_pieces] : n - at;
+        if (k == 1) CHECK_OK(ts_model_decoder_step(dec, 1, &slot, &ids[at], out + at * V), NULL);
+        else CHECK_OK(ts_model_decoder_extend(dec, slot, &ids[at], k, out + at * V, k), NULL);
+        at += k;
+    }
+}
+
+static double worst_diff(const float *a, const double *b, int64_t n) {
+    double worst = 0;
+    for (int64_t i = 0; i < n; i++) worst = fmax(worst, fabs(a[i] - b[i]));
+    return worst;
+}
+
+/* Feeding ids in each piece pattern gives the full pass's logits within tol; so do the last
+ * rows of one extend with fewer logit rows. */
+static void check_extend(ts_model_weights *w, ts_backend *be, const int32_t *ids, int64_t n, const int *const *patterns,
+                         const int *n_pieces, int n_patterns, double tol, const char *what) {
+    int64_t V = ts_model_weights_config(w)->vocab_size;
+    char err[256] = "";
+    ts_model_decoder *dec = NULL;
+    CHECK(ts_model_decoder_new(w, be, 2, n, &dec, err, sizeof err) == TS_OK, "decoder: %s", err);
+    if (!dec) return;
+    double *full = full_logits(w, be, ids, n), worst = 0;
+    float *lg = malloc((size_t)(n * V) * sizeof *lg);
+    for (int k = 0; k < n_patterns; k++) {
+        ts_model_decoder_reset(dec, k % 2);
+        feed(dec, k % 2, ids, n, patterns[k], n_pieces[k], V, lg);
+        double d = worst_diff(lg, full, n * V);
+        CHECK(d <= tol && ts_model_decoder_length(dec, k % 2) == n, "%s: pattern %d differs by %.3e", what, k, d);
+        worst = fmax(worst, d);
+    }
+    int64_t head = n / 3, rows = 3; /* extend the rest with the last 3 rows of logits only */
+    ts_model_decoder_reset(dec, 1);
+    feed(dec, 1, ids, head, (const int[]){1}, 1, V, lg);
+    CHECK_OK(ts_model_decoder_extend(dec, 1, ids + head, n - head, lg, rows), NULL);
+    double d = worst_diff(lg, full + (n - rows) * V, rows * V);
+    CHECK(d <= tol, "%s: the last %lld logit rows differ by %.3e", what, (long long)rows, d);
+    printf("  %s: %lld tokens in %d chunk patterns, max |logit difference| %.2e (last rows only: %.2e)\n", what,
+           (long long)n, n_patterns, worst, d);
+    free(lg);
+    free(full);
+    ts_model_decoder_free(dec);
+}
+
+/* A = a[0..na), then B = b[0..nb), truncated back to na, then a[na..n) gives a's logits over
+ * a[na..n); pieces: how A and the rest are fed (see feed). */
+static double rewind_case(ts_model_decoder *dec, const int32_t *a, const int32_t *b, const double *full, int64_t n,
+                          int64_t na, int64_t nb, const int *pieces, int n_pieces, int64_t V, float *lg) {
+    ts_model_decoder_reset(dec, 0);
+    feed(dec, 0, a, na, pieces, n_pieces, V, lg);
+    feed(dec, 0, b, nb, pieces, n_pieces, V, lg + na * V);
+    CHECK_OK(ts_model_decoder_truncate(dec, 0, na), NULL);
+    CHECK(ts_model_decoder_length(dec, 0) == na, "truncate sets the length");
+    feed(dec, 0, a + na, n - na, pieces, n_pieces, V, lg + na * V);
+    return worst_diff(lg + na * V, full + na * V, (n - na) * V);
+}
+
+static void test_truncate(ts_model_weights *w, ts_backend *be, const int32_t *a, const int32_t *b) {
+    enum { N = 46, V = 64 };
+    char err[256] = "";
+    ts_model_decoder *dec = NULL;
+    CHECK(ts_model_decoder_new(w, be, 1, 48, &dec, err, sizeof err) == TS_OK, "decoder: %s", err);
+    if (!dec) return;
+    double *full = full_logits(w, be, a, N), worst = 0;
+    float lg[N * V];
+    static const int steps[] = {1}, chunks[] = {5, 3, 16};
+    const int64_t cuts[] = {7, 8, 12, 15, 16, 23, 30}, drafts[] = {1, 5, 16};
+    int cases = 0;
+    for (int i = 0; i < 7; i++)
+        for (int j = 0; j < 3; j++) {
+            bool by_steps = (i + j) % 2 == 0;
+            double d = rewind_case(dec, a, b, full, N, cuts[i], drafts[j], by_steps ? steps : chunks, by_steps ? 1 : 3,
+                                   V, lg);
+            CHECK(d <= 1e-6, "A = %lld tokens, B = %lld: differs by %.3e", (long long)cuts[i], (long long)drafts[j], d);
+            worst = fmax(worst, d);
+            cases++;
+        }
+    /* two rewinds within reach: a[0..20) b[0..8) -> 20, a[20..24) b[0..6) -> 24, then the rest */
+    ts_model_decoder_reset(dec, 0);
+    feed(dec, 0, a, 20, steps, 1, V, lg);
+    feed(dec, 0, b, 8, chunks, 3, V, lg + 20 * V);
+    CHECK_OK(ts_model_decoder_truncate(dec, 0, 20), NULL);
+    feed(dec, 0, a + 20, 4, steps, 1, V, lg + 20 * V);
+    feed(dec, 0, b, 6, steps, 1, V, lg + 24 * V);
+    CHECK_OK(ts_model_decoder_truncate(dec, 0, 24), NULL);
+    feed(dec, 0, a + 24, N - 24, chunks, 3, V, lg + 24 * V);
+    double d2 = worst_diff(lg + 20 * V, full + 20 * V, (N - 20) * V);
+    CHECK(d2 <= 1e-6, "two rewinds: differs by %.3e", d2);
+    /* past the bound: refused, the slot unchanged; 16 back still works */
+    int32_t spliced[N];
+    memcpy(spliced, a, sizeof spliced);
+    spliced[12] = b[0];
+    double *full_s = full_logits(w, be, spliced, N);
+    ts_model_decoder_reset(dec, 0);
+    feed(dec, 0, a, 12, chunks, 3, V, lg);
+    feed(dec, 0, b, 17, steps, 1, V, lg + 12 * V);
+    ts_status st = ts_model_decoder_truncate(dec, 0, 12);
+    CHECK(st == TS_ERR_UNSUPPORTED && ts_model_decoder_length(dec, 0) == 29, "17 back: %s", ts_status_name(st));
+    CHECK_OK(ts_model_decoder_truncate(dec, 0, 13), NULL);
+    feed(dec, 0, a + 13, N - 13, steps, 1, V, lg + 13 * V);
+    double d3 = worst_diff(lg + 13 * V, full_s + 13 * V, (N - 13) * V);
+    CHECK(d3 <= 1e-6, "after a refused rewind: differs by %.3e", d3);
+    printf("  truncate: %d rewinds of 1..16 tokens over block boundaries, max |logit difference| %.2e; two in a "
+           "row %.2e; 17 back refused, 16 back %.2e\n", cases, worst, d2, d3);
+    free(full_s);
+    free(full);
+    ts_model_decoder_free(dec);
 }
 
 static void test_completer(ts_model_weights *w, ts_backend *be, const int32_t *a, const int32_t *b);
@@ -105,15 +231,32 @@ static void test_fixture(void) {
     ts_backend_cpu_ref_new(2, &be);
     int32_t *one[1] = {a};
     int64_t len1[1] = {46}, start1[1] = {0};
-    double d1 = decode_vs_full(w, be, 1, one, len1, start1, 48);
+    double d1 = decode_vs_full(w, be, 1, one, len1, start1, 0, 48);
     CHECK(d1 <= 1e-6, "fixture: decoded logits differ from the full pass by %.3e", d1);
     printf("  fixture (f64): 46 tokens decoded one by one, max |logit difference| %.2e\n", d1);
 
     int32_t *two[2] = {a, b};
     int64_t len2[2] = {46, 40}, start2[2] = {0, 5};
-    double d2 = decode_vs_full(w, be, 2, two, len2, start2, 48);
+    double d2 = decode_vs_full(w, be, 2, two, len2, start2, 0, 48);
     CHECK(d2 <= 1e-6, "two slots: max difference %.3e", d2);
     printf("  two sequences in two slots, offset by 5 steps: max |logit difference| %.2e\n", d2);
+
+    int32_t rot[8][46], *eight[8];
+    int64_t len8[8], start8[8];
+    for (int k = 0; k < 8; k++) {
+        for (int i = 0; i < 46; i++) rot[k][i] = (k % 2 ? b : a)[(i + 3 * k) % 46];
+        eight[k] = rot[k];
+        len8[k] = 30 + 2 * k;
+        start8[k] = (k * 5) % 11;
+    }
+    double d8 = decode_vs_full(w, be, 8, eight, len8, start8, 3, 48);
+    CHECK(d8 <= 1e-6, "eight slots with pauses: max difference %.3e", d8);
+    printf("  eight sequences in eight slots, staggered and pausing: max |logit difference| %.2e\n", d8);
+
+    static const int p1[] = {46}, p2[] = {3, 17, 1, 25}, p3[] = {5}, p4[] = {1, 13, 2, 33}, p5[] = {8, 4};
+    const int *pats[] = {p1, p2, p3, p4, p5}, np[] = {1, 4, 1, 4, 2};
+    check_extend(w, be, a, 46, pats, np, 5, 1e-6, "extend (f64 fixture)");
+    test_truncate(w, be, a, b);
 
     /* reset and reuse a slot */
     ts_model_decoder *dec = NULL;
@@ -174,6 +317,36 @@ static void test_completer(ts_model_weights *w, ts_backend *be, const int32_t *a
     ts_model_completer_free(c);
 }
 
+/* One slot stepping alone among eight (a 1-row pass after 8-row ones) gives the logits of a
+ * 1-slot decoder fed the same tokens. */
+static void test_alone(ts_model_weights *w, ts_backend *be, const int32_t *ids, int64_t T) {
+    int64_t V = ts_model_weights_config(w)->vocab_size;
+    char err[256] = "";
+    ts_model_decoder *many = NULL, *one = NULL;
+    CHECK(ts_model_decoder_new(w, be, 8, T, &many, err, sizeof err) == TS_OK, "decoder: %s", err);
+    CHECK(ts_model_decoder_new(w, be, 1, T, &one, err, sizeof err) == TS_OK, "decoder: %s", err);
+    if (!many || !one) return;
+    float *lg = malloc((size_t)(8 * V) * sizeof *lg), *ref = malloc((size_t)V * sizeof *ref);
+    int slots[8] = {7, 6, 5, 4, 3, 2, 1, 0}, zero = 0;
+    int32_t tok[8];
+    double worst = 0;
+    for (int64_t p = 0; p < 40; p++) {
+        int n = p < 20 ? 8 : 1; /* all eight, then slot 4 alone (slots 7 and 4 trade state rows) */
+        for (int i = 0; i < 8; i++) tok[i] = ids[(p + 5 * i) % T];
+        const int *sl = n == 8 ? slots : &slots[3];
+        const int32_t *tk = n == 8 ? tok : &tok[3];
+        CHECK_OK(ts_model_decoder_step(many, n, sl, tk, lg), NULL);
+        CHECK_OK(ts_model_decoder_step(one, 1, &zero, &tok[3], ref), NULL);
+        for (int64_t v = 0; v < V; v++) worst = fmax(worst, fabs(lg[(n == 8 ? 3 : 0) * V + v] - ref[v]));
+    }
+    CHECK(worst <= 1e-5, "one slot among eight differs from a 1-slot decoder by %.3e", worst);
+    printf("  one slot stepping alone among eight vs a 1-slot decoder: max |logit difference| %.2e\n", worst);
+    free(lg);
+    free(ref);
+    ts_model_decoder_free(many);
+    ts_model_decoder_free(one);
+}
+
 static void test_tiny_f32(void) {
     ts_v4_config c;
     ts_v4_preset("tiny", &c);
@@ -200,9 +373,13 @@ static void test_tiny_f32(void) {
     ts_backend_cpu_new(2, &be);
     int32_t *one[1] = {ids};
     int64_t len[1] = {T}, start[1] = {0};
-    double d = decode_vs_full(w, be, 1, one, len, start, T);
+    double d = decode_vs_full(w, be, 1, one, len, start, 0, T);
     CHECK(d <= 1e-4, "tiny f32: max difference %.3e", d);
     printf("  tiny preset (hidden 64, f32, optimized backend): %d tokens, max |logit difference| %.2e\n", T, d);
+    static const int p1[] = {100}, p2[] = {31, 33, 36}, p3[] = {1, 64, 2, 33}, p4[] = {7};
+    const int *pats[] = {p1, p2, p3, p4}, np[] = {1, 3, 4, 1};
+    check_extend(w, be, ids, T, pats, np, 4, 1e-4, "extend (tiny f32)");
+    test_alone(w, be, ids, T);
     ts_backend_free(be);
     ts_model_weights_free(w);
 }

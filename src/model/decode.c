@@ -1,24 +1,43 @@
 /* decode.c - incremental decoding of DeepSeek-V4 (spec §2.13), the V4 implementation of
- * decoder_impl.h: one token per sequence per step, for up to `slots` sequences at once, against
- * per-sequence caches instead of the whole prefix.
+ * decoder_impl.h: sequences in `slots` slots advance by one token per step (any subset of the
+ * slots together) or by a chunk of tokens of one slot per pass (extend), against per-sequence
+ * caches instead of the whole prefix, and can be rewound by a few tokens (truncate).
  *
- * Per layer and slot the host keeps (in the weights' dtype, bound to graph leaves):
- *   cache   [R + NB, c]  a ring of the last R = window - 1 keys (K = V, after norm and RoPE), then
- *                        the completed compressed entries (NB = max_len / m; m = 0: none);
- *   pending [m, k]       the compressor's projections C and gate scores Z (+ ape) of the tokens
- *                        of the current block (k = c for HCA, 2c for CSA: series b | a);
- *   prev    [m, c]       CSA: the previous block's series b (block 0: C = 0, Z = -inf);
- * and for CSA layers the same for the indexer (its own compressor, head_dim wide) plus its
- * compressed keys [NB, index_head_dim].
- * The step graph is the V4 graph of model_graph.c with T = 1 and two hooks (declared in
- * model_internal.h): RoPE angles per row, and the attention's extra entries = [cache | the entry
- * this token would complete], with a per-row index list: the valid ring slots, then the usable
- * compressed entries (HCA: all completed; CSA: the indexer's top-k over the cached keys plus the
- * key this token would complete). After compute the host files the token's key into the ring
- * and its projections into the pending block, and when (pos + 1) % m == 0 the new entry (rotated
- * at the block start) into the cache. Everything else - mHC, MoE, hash routing, the head - is
- * the ordinary per-token graph. Decoding a sequence step by step gives the full forward's
- * logits (tests/test_decode.c). */
+ * State: per layer, host arrays of one row per sequence (in the weights' dtype), indexed by
+ * POSITION so that nothing has to be undone to rewind:
+ *   cache  [Rc + NB, c]  a ring of the last Rc = R + V4_REWIND keys (K = V, after norm and
+ *                        RoPE; R = window - 1 are visible to a query) at position % Rc, then the
+ *                        completed compressed entries (NB = max_len / m; block i at Rc + i);
+ *   proj   [P + 2, k] x 2  the compressor's projections C and Z (without ape) of the last P
+ *                        positions at position % P, P a multiple of m covering the current block,
+ *                        (CSA) the previous one whose series b it overlaps, and V4_REWIND more;
+ *                        then two constant rows: zero, and "void" (Z = -inf: what precedes
+ *                        block 0, weight exactly 0);
+ * and on CSA layers the indexer's own projections [P + 2, 2·index_head_dim] x 2 and compressed
+ * keys [NB, index_head_dim]. k = c for HCA, 2c for CSA (series b | a). A block's entry is pooled
+ * inside the pass that completes it: each of its slots is gathered from the ring (positions
+ * before the pass, or a constant row) plus a 0/1 selection (a matmul, exact) of the pass's own
+ * projections; entries are filed into the cache after compute. Rewinding to len only needs
+ * len >= (furthest length reached since the last reset) - V4_REWIND: the ring and the projection
+ * rings still hold those positions, and stale entries past len are invisible until recomputed.
+ *
+ * Passes: a graph per shape [b rows, T tokens] - the V4 graph of model_graph.c with two hooks
+ * (model_internal.h): each row's RoPE angles, and the attention's extra entries = [cache | the
+ * entries of the blocks this pass may complete], with per-query index lists: the visible ring
+ * positions, then the usable compressed entries (HCA: all completed; CSA: the indexer's top-k
+ * over the cached keys and the pass's new ones). The pass's own tokens are the attention's
+ * ordinary keys (causal, window). A one-token pass leaves the cache as the extras uncopied and
+ * puts the entry its token may complete in front of the token's key instead, hidden by
+ * key_start unless the token completes the block (HCA) or the indexer picks it (CSA): appending
+ * to the cache would copy every row's whole cache each step. Steps use T = 1 and the smallest b
+ * in 1, 2, 4, .., slots that holds the stepping slots; extend runs chunks of T = 64, 32, .., 1
+ * on b = 1, whose head computes the logits of the last token only unless more are asked for.
+ * Graphs are built on first use and bound to the same state arrays: a graph of b rows sees the
+ * first b rows, so a step first swaps the state rows of its slots into rows [0, b) (slot <->
+ * row maps; nothing moves while the set of active slots stays put). An idle row inside b is
+ * masked, its outputs ignored. Everything else - mHC, MoE, hash routing, the head - is the ordinary per-token graph.
+ * Decoding a sequence in steps, chunks or both gives the full forward's logits
+ * (tests/test_decode.c). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,226 +46,479 @@
 #include "model/decoder_impl.h"
 #include "model/model_internal.h"
 
-/* One host array bound to a graph leaf. */
-typedef struct {
-    void *data;
-    ts_tensor *leaf;
-} bound;
+#define V4_REWIND 16    /* tokens truncate can always take back behind the furthest length */
+#define V4_CHUNK 64     /* tokens per extend pass at most */
+#define V4_MAX_GRAPHS 64 /* step shapes (<= 32 row counts) + extend shapes (7 x 2) */
 
 typedef struct {
-    bound pend_c, pend_z, prev_c, prev_z; /* [B, m, k] x2, CSA [B, m, c] x2 */
-    ts_tensor *out_c, *out_z, *entry;      /* the token's C, Z + ape [B, 1, k]; would-be entry [B, c] */
-} comp_state;
+    void *data;       /* [B rows, row_elems] */
+    size_t row_bytes;
+} state_array;
 
 typedef struct {
-    int64_t m, R, NB, c;
+    int64_t m;        /* compression ratio; 0: window only (also when no block fits in max_len) */
     bool csa;
-    bound cache;          /* [B, R + NB, 1, c] */
-    bound idx;            /* [B, 1, R (+ NB + 1 for HCA)] i32: the host-built part of the index list */
-    bound onehot;         /* [B, m, 1]: the token's slot in its block */
-    bound block_angles;   /* [B, r/2]: RoPE of the block's start */
-    ts_tensor *kv;        /* the token's key [B, 1, 1, c] */
-    comp_state comp, icomp;
-    bound ikeys;          /* CSA: [B, NB, index_head_dim] */
-    bound imask;          /* CSA: [B, 1, NB + 1] (0 / -inf) */
+    int64_t R, Rc;    /* visible ring keys (window - 1) and ring capacity (0 without a window) */
+    int64_t NB, P;    /* compressed entries; projection ring positions */
+    void *cache;      /* [B, Rc + NB, 1, c] */
+    void *proj_c, *proj_z;   /* [B, P + 2, k] */
+    void *iproj_c, *iproj_z; /* CSA: [B, P + 2, 2·ihd] */
+    void *ikeys;             /* CSA: [B, NB, ihd] */
 } dec_layer;
 
+/* One layer of a pass graph: its host-written inputs and the outputs read after compute. */
+typedef struct {
+    int64_t nb;             /* blocks the pass may complete: ceil(T / m) */
+    int64_t E;              /* host-built index slots per query */
+    bool lead;              /* T = 1: the new entry leads the keys instead of joining the extras */
+    int32_t *key_start;     /* lead, HCA: [b, 1]: 0 when the token completes its block, else 1 */
+    int32_t *idx;           /* [b, T, E]: visible ring positions (+ HCA entries) */
+    int32_t *ring_rows;     /* [b, nb·S]: the blocks' slots (S = m, CSA 2m) in the ring ... */
+    void *pass_pick;        /* [b, nb·S, T]: ... plus 1 at the pass's token that fills a slot */
+    void *block_angles;     /* [b, nb, r/2]: RoPE of each block's start */
+    void *imask;            /* CSA: [b, T, NB + nb] (0 / -inf) */
+    ts_tensor *kv;          /* the tokens' keys [b, T, 1, c] */
+    ts_tensor *out_c, *out_z, *entry;    /* projections [b, T, k], entries [b, nb, c] */
+    ts_tensor *iout_c, *iout_z, *ientry; /* the indexer's */
+} pass_layer;
+
+typedef struct v4_decoder v4_decoder;
+
+/* A pass graph (the builder's opaque dec while it is recorded). */
 struct ts_decode_build {
+    v4_decoder *dec;
+    int64_t b, T, R;        /* rows, tokens per row, logit rows per row (the last R tokens) */
+    ts_model_graph *mg;
+    pass_layer *layers;
+    void *angles[2];        /* [b, T, 1, r/2]: rope_theta, compressed layers' base + YaRN */
+    ts_tensor *angle_leaf[2];
+};
+typedef struct ts_decode_build pass;
+
+struct v4_decoder {
     const ts_v4_config *c;
+    const ts_model_weights *w;
+    ts_backend *be;
     ts_dtype dt;
     size_t esz;
-    int64_t B, max_len;
+    int64_t B, max_len, half;
     dec_layer *layers;
-    bound ang_main, ang_comp; /* [B, 1, 1, r/2] */
-    size_t state_bytes;       /* host memory of every cache above */
+    state_array *arrays;    /* every dec_layer array, for row swaps */
+    int n_arrays;
+    size_t state_bytes;
+    void *swap_tmp;         /* one row of the widest array */
+    int64_t *len, *reach;   /* [slot]: tokens now, the furthest length since the last reset */
+    int *row_of, *slot_of;  /* slot <-> state row */
+    bool *stepping;         /* [slot] scratch of a step */
+    int32_t *ids;           /* [max(B, V4_CHUNK)] */
+    double *omega[2];       /* RoPE frequencies: main, compressed */
+    pass *passes[V4_MAX_GRAPHS];
+    int n_passes;
 };
-
-typedef struct v4_decoder {
-    ts_decode_build d;
-    const ts_model_weights *w;
-    ts_model_graph *mg;
-    int64_t *len;         /* [B] tokens so far */
-    int32_t *ids;         /* [B] */
-    double *omega_main, *omega_comp;
-} v4_decoder;
 
 /* ---------------------------------------------------------------- graph hooks */
 
-/* A leaf of the given shape bound to a new zeroed host array. */
-static ts_tensor *bound_leaf(ts_model_builder *b, bound *bd, ts_dtype dt, int nd, const int64_t *shape,
-                             const char *name) {
-    int64_t n = 1;
-    for (int i = 0; i < nd; i++) n *= shape[i];
-    bd->data = calloc((size_t)(n > 0 ? n : 1), ts_dtype_bytes(dt, 1));
-    b->dec->state_bytes += (size_t)n * ts_dtype_bytes(dt, 1);
-    bd->leaf = ts_new_tensor(b->g, dt, nd, shape, name);
-    if (!bd->data || !bd->leaf || ts_tensor_bind_host(bd->leaf, bd->data) != TS_OK) {
-        ts_graph_set_error(b->g, TS_ERR_OOM, "decoder: out of memory for %s", name);
+static ts_tensor *bound(ts_model_builder *b, void *host, ts_dtype dt, int nd, const int64_t *shape, const char *name) {
+    ts_tensor *t = ts_new_tensor(b->g, dt, nd, shape, name);
+    if (t && ts_tensor_bind_host(t, host) != TS_OK) {
+        ts_graph_set_error(b->g, TS_ERR_INTERNAL, "decoder: cannot bind %s", name);
         return NULL;
     }
-    return bd->leaf;
+    return t;
 }
+
+/* A new zeroed host array of the pass, bound to a new leaf (*leaf; NULL on error). */
+static void *input(ts_model_builder *b, ts_dtype dt, int nd, const int64_t *shape, const char *name, ts_tensor **leaf) {
+    int64_t n = 1;
+    for (int i = 0; i < nd; i++) n *= shape[i];
+    void *host = calloc((size_t)(n > 0 ? n : 1), ts_dtype_bytes(dt, 1));
+    *leaf = host ? bound(b, host, dt, nd, shape, name) : NULL;
+    if (!host) ts_graph_set_error(b->g, TS_ERR_OOM, "decoder: out of memory for %s", name);
+    return host;
+}
+
+int64_t ts_decode_logit_rows(const ts_model_builder *b) { return b->dec->R; }
 
 ts_tensor *ts_decode_token_angles(ts_model_builder *b, bool compressed_layer) {
-    ts_decode_build *d = b->dec;
-    bound *a = compressed_layer ? &d->ang_comp : &d->ang_main;
-    if (!a->leaf) {
-        int64_t s[4] = {b->B, 1, 1, b->c->qk_rope_head_dim / 2};
-        bound_leaf(b, a, b->dt, 4, s, compressed_layer ? "decode_angles_compressed" : "decode_angles");
+    pass *p = b->dec;
+    int k = compressed_layer;
+    if (!p->angle_leaf[k]) {
+        int64_t s[4] = {b->B, b->T, 1, p->dec->half};
+        p->angles[k] = input(b, b->dt, 4, s, k ? "decode_angles_compressed" : "decode_angles", &p->angle_leaf[k]);
     }
-    return a->leaf;
+    return p->angle_leaf[k];
 }
 
-/* The would-be compressed entry of a block, from the pending projections and the token's own:
- * C_t = x·wkvᵀ, Z_t = x·wgateᵀ + ape[slot]; the block = pending with the token at its slot;
- * CSA pools [prev series b ; block series a]. Returns the entry [B, c]. */
-static ts_tensor *would_be_entry(ts_model_builder *b, dec_layer *L, comp_state *cs, const ts_v4_compressor_w *w,
-                                 ts_tensor *x, int64_t c, const char *name) {
+/* Where each block slot comes from: ring row + selection · the pass's projections. */
+typedef struct {
+    ts_tensor *ring_rows, *pass_pick;
+} slot_gather;
+
+/* CSA block slots [B, nb, 2m, 2c] -> [B, nb, 2m, c]: the previous block's series b (channels
+ * [0, c) of slots [0, m)), then this block's series a (channels [c, 2c) of slots [m, 2m)). */
+static ts_tensor *csa_series(ts_graph *g, ts_tensor *X, int64_t m, int64_t c) {
+    ts_tensor *parts[2] = {ts_slice(g, ts_slice(g, X, 2, 0, m), 3, 0, c),
+                           ts_slice(g, ts_slice(g, X, 2, m, m), 3, c, c)};
+    return ts_concat(g, parts, 2, 2);
+}
+
+/* The entries [b, nb, c] of the blocks the pass may complete; CSA blocks read slots [0, m) (the
+ * previous block) for series b and [m, 2m) for series a. The pass's projections (without ape,
+ * as the ring keeps them) go to *out_c / *out_z. */
+static ts_tensor *pass_entries(ts_model_builder *b, const dec_layer *L, const pass_layer *G, const slot_gather *sg,
+                               ts_tensor *angles, const ts_v4_compressor_w *w, ts_tensor *x, int64_t c, void *ring_c,
+                               void *ring_z, ts_tensor **out_c, ts_tensor **out_z) {
     ts_graph *g = b->g;
-    int64_t m = L->m, k = L->csa ? 2 * c : c;
-    int64_t ps[3] = {b->B, m, k}, pv[3] = {b->B, m, c};
-    ts_tensor *pc = bound_leaf(b, &cs->pend_c, b->dt, 3, ps, name);
-    ts_tensor *pz = bound_leaf(b, &cs->pend_z, b->dt, 3, ps, name);
-    ts_tensor *oh = L->onehot.leaf;
-    ts_tensor *ape_j = ts_sum(g, ts_mul(g, w->ape, oh), 1, true); /* [B, 1, k] */
-    cs->out_c = ts_set_output(ts_matmul(g, x, w->wkv, false, true));
-    cs->out_z = ts_set_output(ts_add(g, ts_matmul(g, x, w->wgate, false, true), ape_j));
-    ts_tensor *one = ts_fill(g, b->dt, 1, (int64_t[]){1}, 1.0f), *keep = ts_sub(g, one, oh);
-    ts_tensor *C = ts_add(g, ts_mul(g, pc, keep), ts_mul(g, cs->out_c, oh));
-    ts_tensor *Z = ts_add(g, ts_mul(g, pz, keep), ts_mul(g, cs->out_z, oh));
+    int64_t B = b->B, m = L->m, k = L->csa ? 2 * c : c, S = L->csa ? 2 * m : m;
+    int64_t rs[2] = {B * (L->P + 2), k}, s4[4] = {B, G->nb, S, k};
+    *out_c = ts_set_output(ts_matmul(g, x, w->wkv, false, true));
+    *out_z = ts_set_output(ts_matmul(g, x, w->wgate, false, true));
+    ts_tensor *rc = bound(b, ring_c, b->dt, 2, rs, "decode_proj_c");
+    ts_tensor *rz = bound(b, ring_z, b->dt, 2, rs, "decode_proj_z");
+    ts_tensor *C = ts_add(g, ts_get_rows(g, rc, sg->ring_rows), ts_matmul(g, sg->pass_pick, *out_c, false, false));
+    ts_tensor *Z = ts_add(g, ts_get_rows(g, rz, sg->ring_rows), ts_matmul(g, sg->pass_pick, *out_z, false, false));
+    C = ts_reshape(g, C, 4, s4);
+    Z = ts_reshape(g, Z, 4, s4);
+    ts_tensor *ape = w->ape;
     if (L->csa) {
-        ts_tensor *qc = bound_leaf(b, &cs->prev_c, b->dt, 3, pv, name), *qz = bound_leaf(b, &cs->prev_z, b->dt, 3, pv, name);
-        ts_tensor *cc[2] = {qc, ts_slice(g, C, 2, c, c)}, *zz[2] = {qz, ts_slice(g, Z, 2, c, c)};
-        C = ts_concat(g, cc, 2, 1);
-        Z = ts_concat(g, zz, 2, 1);
+        ts_tensor *aa[2] = {ts_slice(g, ape, 1, 0, c), ts_slice(g, ape, 1, c, c)};
+        C = csa_series(g, C, m, c);
+        Z = csa_series(g, Z, m, c);
+        ape = ts_concat(g, aa, 2, 0);
     }
-    cs->entry = ts_set_output(ts_v4_compress_pool(g, C, Z, w->norm, L->block_angles.leaf, (int)b->c->qk_rope_head_dim,
-                                                  b->eps));
-    return cs->entry;
+    return ts_v4_compress_pool(g, C, ts_add(g, Z, ape), w->norm, angles, (int)b->c->qk_rope_head_dim, b->eps);
 }
 
-void ts_decode_cache_entries(ts_model_builder *b, int layer, const char *prefix, ts_tensor *x, ts_tensor *cq,
-                             ts_tensor *kv, ts_tensor **extra, ts_tensor **extra_idx) {
-    ts_decode_build *d = b->dec;
-    dec_layer *L = &d->layers[layer];
+/* CSA: the indexer's picks among the cached keys and the pass's new ones, as extra entries
+ * (pick i -> Rc + i: the cache's entry i, or for i >= NB the pass's entry i - NB; -1 stays).
+ * G->lead: picks of the new entry (i = NB) become -1 and *key_start [B, 1] = 0 when there is
+ * one, else 1 (picks never exceed NB there, so i - (NB - 1) is 1 for it and <= 0 otherwise). */
+static ts_tensor *indexer_picks(ts_model_builder *b, int layer, const char *prefix, const dec_layer *L, pass_layer *G,
+                                const slot_gather *sg, ts_tensor *bang, ts_tensor *x, ts_tensor *cq,
+                                ts_tensor **key_start) {
     const ts_v4_config *c = b->c;
     ts_graph *g = b->g;
-    int64_t B = b->B, hd = c->head_dim;
-    L->kv = ts_set_output(kv);
-    int64_t cs[4] = {B, L->R + L->NB, 1, hd};
-    ts_tensor *cache = L->R + L->NB > 0 ? bound_leaf(b, &L->cache, b->dt, 4, cs, "decode_cache") : NULL;
-    int64_t n_host = L->R + (L->m > 0 && !L->csa ? L->NB + 1 : 0);
-    int64_t is[3] = {B, 1, n_host};
-    ts_tensor *idx = n_host > 0 ? bound_leaf(b, &L->idx, TS_I32, 3, is, "decode_idx") : NULL;
-    *extra = cache;
-    *extra_idx = idx;
-    if (L->m == 0) return;
-
-    int64_t os[3] = {B, L->m, 1}, as[2] = {B, c->qk_rope_head_dim / 2};
-    bound_leaf(b, &L->onehot, b->dt, 3, os, "decode_onehot");
-    bound_leaf(b, &L->block_angles, b->dt, 2, as, "decode_block_angles");
-    ts_v4_compressor_w w = ts_mb_compressor_weights(b, prefix, "attn.");
-    ts_tensor *entry = would_be_entry(b, L, &L->comp, &w, x, hd, "decode_pending");
-    int64_t e4[4] = {B, 1, 1, hd};
-    ts_tensor *ex[2] = {cache, ts_reshape(g, entry, 4, e4)};
-    *extra = ts_concat(g, ex, 2, 1); /* [B, R + NB + 1, 1, c]: the new entry last */
-    if (!L->csa) return;
-
-    /* CSA: the indexer picks among the cached keys and the one this token would complete */
-    int64_t ihd = c->index_head_dim, ks[3] = {B, L->NB, ihd}, ms[3] = {B, 1, L->NB + 1};
+    int64_t B = b->B, T = b->T, ihd = c->index_head_dim;
+    int64_t ks[3] = {B, L->NB, ihd}, ms[3] = {B, T, L->NB + G->nb}, c3[3] = {B, T, c->q_lora_rank};
     ts_v4_compressor_w iw = ts_mb_compressor_weights(b, prefix, "attn.indexer.");
-    ts_tensor *ikey = would_be_entry(b, L, &L->icomp, &iw, x, ihd, "decode_index_pending");
-    ts_tensor *kk[2] = {bound_leaf(b, &L->ikeys, b->dt, 3, ks, "decode_index_keys"),
-                        ts_reshape(g, ikey, 3, (int64_t[]){B, 1, ihd})};
-    ts_tensor *mask = bound_leaf(b, &L->imask, b->dt, 3, ms, "decode_index_mask");
+    G->ientry = ts_set_output(
+        pass_entries(b, L, G, sg, bang, &iw, x, ihd, L->iproj_c, L->iproj_z, &G->iout_c, &G->iout_z));
+    ts_tensor *kk[2] = {bound(b, L->ikeys, b->dt, 3, ks, "decode_index_keys"), G->ientry};
+    ts_tensor *mask;
+    G->imask = input(b, b->dt, 3, ms, "decode_index_mask", &mask);
     char ip[TS_MODEL_TENSOR_NAME_MAX];
     snprintf(ip, sizeof ip, "%sattn.indexer.", prefix);
-    int64_t c3[3] = {B, 1, c->q_lora_rank};
     ts_tensor *picks = ts_v4_indexer_select(g, x, ts_reshape(g, cq, 3, c3), ts_mb_param(b, ip, "wq_b.weight"),
                                             ts_mb_param(b, ip, "weights_proj.weight"), ts_concat(g, kk, 2, 1),
                                             c->index_n_heads, ihd, ts_decode_token_angles(b, true),
                                             (int)c->qk_rope_head_dim, mask, c->index_topk, NULL);
     b->mg->index_idx[layer] = ts_set_output(picks);
-    /* pick i -> extra entry R + i (the new key, i = NB, is the new entry); -1 stays -1 */
     ts_tensor *one = ts_fill(g, TS_F32, 1, (int64_t[]){1}, 1.0f), *fp = ts_cast(g, picks, TS_F32);
     ts_tensor *valid = ts_clamp(g, ts_add(g, fp, one), 0.0f, 1.0f);
-    ts_tensor *mapped = ts_cast(g, ts_add(g, fp, ts_scale(g, valid, (float)L->R)), TS_I32);
+    if (G->lead) {
+        ts_tensor *below = ts_fill(g, TS_F32, 1, (int64_t[]){1}, (float)(1 - L->NB));
+        ts_tensor *hit = ts_clamp(g, ts_add(g, fp, below), 0.0f, 1.0f);
+        valid = ts_sub(g, valid, hit);
+        *key_start = ts_cast(g, ts_sub(g, one, ts_sum(g, hit, -1, false)), TS_I32);
+    }
+    /* valid · (pick + Rc + 1) - 1 */
+    ts_tensor *shifted = ts_add(g, fp, ts_fill(g, TS_F32, 1, (int64_t[]){1}, (float)(L->Rc + 1)));
+    return ts_cast(g, ts_sub(g, ts_mul(g, valid, shifted), one), TS_I32);
+}
+
+void ts_decode_cache_entries(ts_model_builder *b, int layer, const char *prefix, ts_tensor *x, ts_tensor *cq,
+                             ts_tensor **kv, ts_attention_params *ap) {
+    pass *p = b->dec;
+    const dec_layer *L = &p->dec->layers[layer];
+    pass_layer *G = &p->layers[layer];
+    ts_graph *g = b->g;
+    int64_t B = b->B, T = b->T, hd = b->c->head_dim;
+    ts_tensor **extra = &ap->extra, **extra_idx = &ap->extra_idx;
+    G->kv = ts_set_output(*kv);
+    G->nb = L->m > 0 ? (T + L->m - 1) / L->m : 0;
+    G->lead = L->m > 0 && T == 1 && b->c->sliding_window >= 2; /* the window must reach the lead key */
+    G->E = L->R + (L->m > 0 && !L->csa ? L->NB + (G->lead ? 0 : G->nb) : 0);
+    int64_t cs[4] = {B, L->Rc + L->NB, 1, hd}, is[3] = {B, T, G->E};
+    ts_tensor *cache = L->Rc + L->NB > 0 ? bound(b, L->cache, b->dt, 4, cs, "decode_cache") : NULL;
+    ts_tensor *idx = NULL;
+    if (G->E > 0) G->idx = input(b, TS_I32, 3, is, "decode_idx", &idx);
+    *extra = cache;
+    *extra_idx = idx;
+    if (L->m == 0) return;
+
+    int64_t n_slots = G->nb * (L->csa ? 2 : 1) * L->m;
+    int64_t gs[2] = {B, n_slots}, ps[3] = {B, n_slots, T}, as[3] = {B, G->nb, p->dec->half};
+    slot_gather sg;
+    ts_tensor *bang;
+    G->ring_rows = input(b, TS_I32, 2, gs, "decode_ring_rows", &sg.ring_rows);
+    G->pass_pick = input(b, b->dt, 3, ps, "decode_pass_pick", &sg.pass_pick);
+    G->block_angles = input(b, b->dt, 3, as, "decode_block_angles", &bang);
+    ts_v4_compressor_w w = ts_mb_compressor_weights(b, prefix, "attn.");
+    G->entry = ts_set_output(pass_entries(b, L, G, &sg, bang, &w, x, hd, L->proj_c, L->proj_z, &G->out_c, &G->out_z));
+    int64_t e4[4] = {B, G->nb, 1, hd}, ks[2] = {B, 1};
+    ts_tensor *ex[2] = {cache, ts_reshape(g, G->entry, 4, e4)};
+    if (G->lead) { /* [entry, token]: the token at position 1, the entry visible from key_start 0 */
+        ts_tensor *keys[2] = {ex[1], *kv};
+        *kv = ts_concat(g, keys, 2, 1);
+        if (!L->csa) G->key_start = input(b, TS_I32, 2, ks, "decode_key_start", &ap->key_start);
+    } else {
+        *extra = ts_concat(g, ex, 2, 1); /* [B, Rc + NB + nb, 1, c]: the pass's entries last */
+    }
+    if (!L->csa) return;
+    ts_tensor *mapped = indexer_picks(b, layer, prefix, L, G, &sg, bang, x, cq, &ap->key_start);
     ts_tensor *parts[2] = {idx, mapped};
     *extra_idx = idx ? ts_concat(g, parts, 2, 2) : mapped;
 }
 
-/* ---------------------------------------------------------------- host side */
+/* ---------------------------------------------------------------- passes */
 
-static void free_bound(bound *b) { free(b->data); }
-
-static void free_comp(comp_state *c) {
-    free_bound(&c->pend_c);
-    free_bound(&c->pend_z);
-    free_bound(&c->prev_c);
-    free_bound(&c->prev_z);
+static void free_pass(pass *p, int64_t n_layers) {
+    if (!p) return;
+    for (int64_t l = 0; p->layers && l < n_layers; l++) {
+        pass_layer *G = &p->layers[l];
+        free(G->idx);
+        free(G->key_start);
+        free(G->ring_rows);
+        free(G->pass_pick);
+        free(G->block_angles);
+        free(G->imask);
+    }
+    free(p->layers);
+    free(p->angles[0]);
+    free(p->angles[1]);
+    ts_model_graph_free(p->mg);
+    free(p);
 }
+
+static ts_status build_pass(v4_decoder *dec, int64_t b, int64_t T, int64_t R, pass **out, char *err,
+                            size_t err_size) {
+    pass *p = calloc(1, sizeof *p);
+    if (p) p->layers = calloc((size_t)dec->c->num_hidden_layers, sizeof *p->layers);
+    if (!p || !p->layers || dec->n_passes == V4_MAX_GRAPHS) {
+        free_pass(p, dec->c->num_hidden_layers);
+        ts_error_printf(err, err_size, "decoder: out of memory for a pass graph");
+        return TS_ERR_OOM;
+    }
+    p->dec = dec;
+    p->b = b;
+    p->T = T;
+    p->R = R;
+    ts_model_graph_options o = {.batch = b, .seq = T};
+    ts_status s = ts_model_graph_build_with(dec->w, &o, p, &p->mg, err, err_size);
+    if (s == TS_OK) s = ts_model_graph_alloc(p->mg, dec->be, NULL, err, err_size);
+    if (s != TS_OK) {
+        free_pass(p, dec->c->num_hidden_layers);
+        return s;
+    }
+    dec->passes[dec->n_passes++] = p;
+    *out = p;
+    return TS_OK;
+}
+
+/* The graph of b rows x T tokens with R logit rows, built on first use. */
+static ts_status get_pass(v4_decoder *dec, int64_t b, int64_t T, int64_t R, pass **out) {
+    for (int i = 0; i < dec->n_passes; i++) {
+        const pass *p = dec->passes[i];
+        if (p->b == b && p->T == T && p->R == R) {
+            *out = dec->passes[i];
+            return TS_OK;
+        }
+    }
+    char err[256];
+    return build_pass(dec, b, T, R, out, err, sizeof err);
+}
+
+/* ---------------------------------------------------------------- state rows */
+
+static void *state_alloc(v4_decoder *dec, int64_t row_elems) {
+    size_t row = (size_t)row_elems * dec->esz;
+    void *p = calloc((size_t)dec->B, row > 0 ? row : 1);
+    if (p) {
+        dec->arrays[dec->n_arrays++] = (state_array){p, row};
+        dec->state_bytes += (size_t)dec->B * row;
+    }
+    return p;
+}
+
+static void swap_rows(v4_decoder *dec, int r1, int r2) {
+    for (int i = 0; i < dec->n_arrays; i++) {
+        const state_array *a = &dec->arrays[i];
+        char *x = (char *)a->data + (size_t)r1 * a->row_bytes, *y = (char *)a->data + (size_t)r2 * a->row_bytes;
+        memcpy(dec->swap_tmp, x, a->row_bytes);
+        memcpy(x, y, a->row_bytes);
+        memcpy(y, dec->swap_tmp, a->row_bytes);
+    }
+    int s1 = dec->slot_of[r1], s2 = dec->slot_of[r2];
+    dec->slot_of[r1] = s2;
+    dec->slot_of[r2] = s1;
+    dec->row_of[s1] = r2;
+    dec->row_of[s2] = r1;
+}
+
+/* Moves the state of the n slots marked in dec->stepping into rows [0, b), swapping with rows
+ * of slots that sit this pass out. */
+static void place_rows(v4_decoder *dec, int n, const int *slots, int64_t b) {
+    int free_row = 0;
+    for (int i = 0; i < n; i++) {
+        int s = slots[i];
+        if (dec->row_of[s] < b) continue;
+        while (dec->stepping[dec->slot_of[free_row]]) free_row++;
+        swap_rows(dec, dec->row_of[s], free_row);
+    }
+}
+
+/* ---------------------------------------------------------------- host inputs and commits */
+
+static void put(const v4_decoder *dec, void *base, int64_t i, double v) {
+    if (dec->dt == TS_F64) ((double *)base)[i] = v;
+    else ((float *)base)[i] = (float)v;
+}
+
+static void copy_elems(const v4_decoder *dec, void *dst, int64_t dst_i, const void *src, int64_t src_i, int64_t n) {
+    memcpy((char *)dst + (size_t)dst_i * dec->esz, (const char *)src + (size_t)src_i * dec->esz, (size_t)n * dec->esz);
+}
+
+/* Where slot `at` (position q) comes from in a pass of T tokens from position p, for row r:
+ * its ring row (a constant row when the pass fills it), and a 1 at the pass's token if any. */
+static void slot_source(const v4_decoder *dec, const dec_layer *L, const pass_layer *G, int64_t r, int64_t T,
+                        int64_t p, int64_t q, int64_t at) {
+    int64_t ring = L->P; /* the zero row, nothing from the pass */
+    bool in_pass = false;
+    if (q < 0) ring = L->P + 1;
+    else if (q < p) ring = q % L->P;
+    else in_pass = q < p + T;
+    G->ring_rows[at] = (int32_t)(r * (L->P + 2) + ring);
+    for (int64_t t = 0; t < T; t++) put(dec, G->pass_pick, at * T + t, in_pass && t == q - p ? 1.0 : 0.0);
+}
+
+/* Compressed-layer inputs of row r: which slots make up each block the pass may complete, the
+ * blocks' RoPE, and which entries each query may use (HCA: in its index list; CSA: the
+ * indexer's mask). p < 0: an idle row (every entry masked). */
+static void prepare_blocks(const v4_decoder *dec, const dec_layer *L, const pass_layer *G, int64_t r, int64_t T,
+                           int64_t p) {
+    int64_t m = L->m, S = L->csa ? 2 * m : m, done = p > 0 ? p / m : 0;
+    for (int64_t k = 0; k < G->nb; k++) {
+        int64_t first = (done + k) * m - (L->csa ? m : 0);
+        for (int64_t s = 0; s < S; s++) /* an idle row reads zero rows only */
+            slot_source(dec, L, G, r, T, p, p < 0 ? INT64_MAX : first + s, (r * G->nb + k) * S + s);
+        for (int64_t j = 0; j < dec->half; j++)
+            put(dec, G->block_angles, (r * G->nb + k) * dec->half + j, (double)((done + k) * m) * dec->omega[1][j]);
+    }
+    for (int64_t t = 0; t < T; t++) {
+        int64_t pos = p + t, row = r * T + t;
+        for (int64_t i = 0; i < L->NB + G->nb; i++) {
+            /* cached entries completed before the pass, then the pass's own once complete */
+            bool ok = p >= 0 && (i < L->NB ? i < done : (done + i - L->NB + 1) * m - 1 <= pos);
+            int32_t at = (int32_t)(L->Rc + i);
+            if (L->csa) put(dec, G->imask, row * (L->NB + G->nb) + i, ok ? 0.0 : -INFINITY);
+            else if (i < L->NB || !G->lead) G->idx[row * G->E + L->R + i] = ok ? at : -1;
+            else G->key_start[r] = ok ? 0 : 1;
+        }
+    }
+}
+
+/* The host inputs of row r for T tokens from position p (p < 0: an idle row). */
+static void prepare_row(const v4_decoder *dec, const pass *ps, int64_t r, int64_t p) {
+    int64_t T = ps->T;
+    for (int k = 0; k < 2; k++)
+        for (int64_t t = 0; ps->angles[k] && t < T; t++)
+            for (int64_t j = 0; j < dec->half; j++)
+                put(dec, ps->angles[k], (r * T + t) * dec->half + j, p < 0 ? 0.0 : (double)(p + t) * dec->omega[k][j]);
+    for (int64_t l = 0; l < dec->c->num_hidden_layers; l++) {
+        const dec_layer *L = &dec->layers[l];
+        const pass_layer *G = &ps->layers[l];
+        for (int64_t t = 0; t < T && L->R > 0; t++) { /* the ring positions a query sees before the pass */
+            int32_t *idx = G->idx + (r * T + t) * G->E;
+            int64_t q = p + t - L->R < 0 ? 0 : p + t - L->R, e = 0;
+            for (; p >= 0 && q < p; q++) idx[e++] = (int32_t)(q % L->Rc);
+            while (e < L->R) idx[e++] = -1;
+        }
+        if (L->m > 0) prepare_blocks(dec, L, G, r, T, p);
+    }
+}
+
+/* Files the pass's projections of one compressor into the ring and each block it completed
+ * into `entries` (row stride entries_row elements, block i at entry entries_at + i). */
+static void commit_comp(const v4_decoder *dec, const dec_layer *L, int64_t r, int64_t T, int64_t p, int64_t c,
+                        void *ring_c, void *ring_z, const ts_tensor *out_c, const ts_tensor *out_z,
+                        const ts_tensor *entry, int64_t nb, void *entries, int64_t entries_row, int64_t entries_at) {
+    int64_t k = L->csa ? 2 * c : c;
+    for (int64_t t = 0; t < T; t++) {
+        int64_t pos = p + t, at = (r * (L->P + 2) + pos % L->P) * k;
+        copy_elems(dec, ring_c, at, out_c->data, (r * T + t) * k, k);
+        copy_elems(dec, ring_z, at, out_z->data, (r * T + t) * k, k);
+        int64_t blk = pos / L->m;
+        if ((pos + 1) % L->m == 0 && blk < L->NB)
+            copy_elems(dec, entries, r * entries_row + (entries_at + blk) * c, entry->data,
+                       (r * nb + blk - p / L->m) * c, c);
+    }
+}
+
+static void commit_row(const v4_decoder *dec, const pass *ps, int64_t r, int64_t p) {
+    int64_t T = ps->T, hd = dec->c->head_dim, ihd = dec->c->index_head_dim;
+    for (int64_t l = 0; l < dec->c->num_hidden_layers; l++) {
+        const dec_layer *L = &dec->layers[l];
+        const pass_layer *G = &ps->layers[l];
+        int64_t row = (L->Rc + L->NB) * hd;
+        for (int64_t t = 0; t < T && L->Rc > 0; t++)
+            copy_elems(dec, L->cache, r * row + ((p + t) % L->Rc) * hd, G->kv->data, (r * T + t) * hd, hd);
+        if (L->m == 0) continue;
+        commit_comp(dec, L, r, T, p, hd, L->proj_c, L->proj_z, G->out_c, G->out_z, G->entry, G->nb, L->cache, row,
+                    L->Rc);
+        if (L->csa)
+            commit_comp(dec, L, r, T, p, ihd, L->iproj_c, L->iproj_z, G->iout_c, G->iout_z, G->ientry, G->nb, L->ikeys,
+                        L->NB * ihd, 0);
+    }
+}
+
+/* The logits after token t (one of the last R) of row r of the last compute, as f32. */
+static void read_logits(const v4_decoder *dec, const pass *ps, int64_t r, int64_t t, float *out) {
+    int64_t V = dec->c->vocab_size, at = (r * ps->R + t - (ps->T - ps->R)) * V;
+    const void *src = ps->mg->logits->data;
+    for (int64_t v = 0; v < V; v++)
+        out[v] = dec->dt == TS_F64 ? (float)((const double *)src)[at + v] : ((const float *)src)[at + v];
+}
+
+/* Runs pass ps on the ids staged in dec->ids and files every row whose slot is stepping. */
+static ts_status run_pass(v4_decoder *dec, pass *ps) {
+    ts_status s = ts_tensor_write(ps->mg->ids, dec->ids, (size_t)(ps->b * ps->T) * sizeof(int32_t));
+    if (s == TS_OK) s = ts_graph_compute(ps->mg->graph);
+    if (s != TS_OK) return s;
+    for (int64_t r = 0; r < ps->b; r++) {
+        int slot = dec->slot_of[r];
+        if (!dec->stepping[slot]) continue;
+        commit_row(dec, ps, r, dec->len[slot]);
+        dec->len[slot] += ps->T;
+        if (dec->len[slot] > dec->reach[slot]) dec->reach[slot] = dec->len[slot];
+    }
+    return TS_OK;
+}
+
+/* ---------------------------------------------------------------- the ops table */
 
 static void v4_free(void *impl) {
     v4_decoder *dec = impl;
     if (!dec) return;
-    ts_decode_build *d = &dec->d;
-    for (int64_t l = 0; d->layers && l < d->c->num_hidden_layers; l++) {
-        dec_layer *L = &d->layers[l];
-        free_bound(&L->cache);
-        free_bound(&L->idx);
-        free_bound(&L->onehot);
-        free_bound(&L->block_angles);
-        free_bound(&L->ikeys);
-        free_bound(&L->imask);
-        free_comp(&L->comp);
-        free_comp(&L->icomp);
-    }
-    free(d->layers);
-    free_bound(&d->ang_main);
-    free_bound(&d->ang_comp);
-    ts_model_graph_free(dec->mg);
+    for (int i = 0; i < dec->n_passes; i++) free_pass(dec->passes[i], dec->c->num_hidden_layers);
+    for (int i = 0; i < dec->n_arrays; i++) free(dec->arrays[i].data);
+    free(dec->arrays);
+    free(dec->layers);
+    free(dec->swap_tmp);
     free(dec->len);
+    free(dec->reach);
+    free(dec->row_of);
+    free(dec->slot_of);
+    free(dec->stepping);
     free(dec->ids);
-    free(dec->omega_main);
-    free(dec->omega_comp);
+    free(dec->omega[0]);
+    free(dec->omega[1]);
     free(dec);
 }
 
-/* Element access in the weights' dtype. */
-static void put(const ts_decode_build *d, void *base, int64_t i, double v) {
-    if (d->dt == TS_F64) ((double *)base)[i] = v;
-    else ((float *)base)[i] = (float)v;
-}
-
-static void copy_rows(const ts_decode_build *d, void *dst, int64_t dst_i, const void *src, int64_t src_i, int64_t n) {
-    memcpy((char *)dst + (size_t)dst_i * d->esz, (const char *)src + (size_t)src_i * d->esz, (size_t)n * d->esz);
-}
-
-/* An empty compressor state: nothing pending, block 0's "previous" series weightless. */
-static void reset_comp(const ts_decode_build *d, const dec_layer *L, const comp_state *cs, int64_t c, int slot) {
-    int64_t k = L->csa ? 2 * c : c;
-    for (int64_t i = 0; i < L->m * k; i++) {
-        put(d, cs->pend_c.data, slot * L->m * k + i, 0);
-        put(d, cs->pend_z.data, slot * L->m * k + i, 0);
-    }
-    if (!L->csa) return;
-    for (int64_t i = 0; i < L->m * c; i++) {
-        put(d, cs->prev_c.data, slot * L->m * c + i, 0);
-        put(d, cs->prev_z.data, slot * L->m * c + i, -INFINITY);
-    }
-}
-
+/* Positions are all the state has: an empty slot ignores whatever its rows still hold. */
 static void v4_reset(void *impl, int slot) {
     v4_decoder *dec = impl;
-    ts_decode_build *d = &dec->d;
-    if (slot < 0 || slot >= d->B) return;
-    dec->len[slot] = 0;
-    for (int64_t l = 0; l < d->c->num_hidden_layers; l++) {
-        dec_layer *L = &d->layers[l];
-        if (L->m == 0) continue;
-        reset_comp(d, L, &L->comp, L->c, slot);
-        if (L->csa) reset_comp(d, L, &L->icomp, d->c->index_head_dim, slot);
-    }
+    dec->len[slot] = dec->reach[slot] = 0;
 }
 
 static int64_t v4_length(const void *impl, int slot) {
@@ -254,120 +526,72 @@ static int64_t v4_length(const void *impl, int slot) {
     return dec->len[slot];
 }
 
-static void write_angles(const ts_decode_build *d, const bound *a, const double *omega, int slot, int64_t pos) {
-    int half = (int)d->c->qk_rope_head_dim / 2;
-    for (int k = 0; k < half; k++) put(d, a->data, slot * half + k, (double)pos * omega[k]);
-}
-
-/* The host inputs of row `slot` at position p (see the file comment). */
-static void prepare_row(v4_decoder *dec, int slot, int64_t p) {
-    ts_decode_build *d = &dec->d;
-    if (d->ang_main.data) write_angles(d, &d->ang_main, dec->omega_main, slot, p);
-    if (d->ang_comp.data) write_angles(d, &d->ang_comp, dec->omega_comp, slot, p);
-    for (int64_t l = 0; l < d->c->num_hidden_layers; l++) {
-        dec_layer *L = &d->layers[l];
-        int64_t n_host = L->R + (L->m > 0 && !L->csa ? L->NB + 1 : 0);
-        int32_t *idx = L->idx.data ? (int32_t *)L->idx.data + slot * n_host : NULL;
-        for (int64_t q = 0; q < L->R; q++) idx[q] = -1;
-        for (int64_t q = p - L->R < 0 ? 0 : p - L->R; q < p; q++) idx[q % L->R] = (int32_t)(q % L->R);
-        if (L->m == 0) continue;
-        int64_t done = p / L->m; /* blocks completed before this token */
-        bool completes = (p + 1) % L->m == 0;
-        if (!L->csa)
-            for (int64_t i = 0; i <= L->NB; i++)
-                idx[L->R + i] = i < done || (i == L->NB && completes) ? (int32_t)(L->R + i) : -1;
-        else
-            for (int64_t i = 0; i <= L->NB; i++)
-                put(d, L->imask.data, slot * (L->NB + 1) + i, i < done || (i == L->NB && completes) ? 0.0 : -INFINITY);
-        for (int64_t j = 0; j < L->m; j++) put(d, L->onehot.data, slot * L->m + j, j == p % L->m ? 1.0 : 0.0);
-        int half = (int)d->c->qk_rope_head_dim / 2;
-        for (int k = 0; k < half; k++)
-            put(d, L->block_angles.data, slot * half + k, (double)(done * L->m) * dec->omega_comp[k]);
-    }
-}
-
-/* A row that takes no part in this step: every entry masked, its outputs ignored. */
-static void idle_row(v4_decoder *dec, int slot) {
-    ts_decode_build *d = &dec->d;
-    for (int64_t l = 0; l < d->c->num_hidden_layers; l++) {
-        dec_layer *L = &d->layers[l];
-        int64_t n_host = L->R + (L->m > 0 && !L->csa ? L->NB + 1 : 0);
-        for (int64_t q = 0; q < n_host; q++) ((int32_t *)L->idx.data)[slot * n_host + q] = -1;
-        if (L->csa)
-            for (int64_t i = 0; i <= L->NB; i++) put(d, L->imask.data, slot * (L->NB + 1) + i, -INFINITY);
-    }
-}
-
-/* Files the token's projections into its block; when the block completes, its entry into the
- * cache and (CSA) its series b into prev. */
-static void commit_comp(const ts_decode_build *d, const dec_layer *L, const comp_state *cs, int64_t c, void *entries,
-                        int64_t entries_row, int64_t entries_at, int slot, int64_t p) {
-    int64_t m = L->m, k = L->csa ? 2 * c : c, j = p % m;
-    copy_rows(d, cs->pend_c.data, (slot * m + j) * k, cs->out_c->data, slot * k, k);
-    copy_rows(d, cs->pend_z.data, (slot * m + j) * k, cs->out_z->data, slot * k, k);
-    if ((p + 1) % m != 0) return;
-    copy_rows(d, entries, slot * entries_row + entries_at, cs->entry->data, slot * c, c);
-    if (!L->csa) return;
-    for (int64_t s = 0; s < m; s++) { /* the b series of this block feeds the next one */
-        copy_rows(d, cs->prev_c.data, (slot * m + s) * c, cs->pend_c.data, (slot * m + s) * k, c);
-        copy_rows(d, cs->prev_z.data, (slot * m + s) * c, cs->pend_z.data, (slot * m + s) * k, c);
-    }
-}
-
-static void commit_row(v4_decoder *dec, int slot, int64_t p) {
-    ts_decode_build *d = &dec->d;
-    for (int64_t l = 0; l < d->c->num_hidden_layers; l++) {
-        dec_layer *L = &d->layers[l];
-        int64_t row = (L->R + L->NB) * L->c;
-        if (L->R > 0) copy_rows(d, L->cache.data, slot * row + (p % L->R) * L->c, L->kv->data, slot * L->c, L->c);
-        if (L->m == 0) continue;
-        int64_t blk = p / L->m;
-        if (blk < L->NB) commit_comp(d, L, &L->comp, L->c, L->cache.data, row, (L->R + blk) * L->c, slot, p);
-        if (L->csa && blk < L->NB) {
-            int64_t ihd = d->c->index_head_dim;
-            commit_comp(d, L, &L->icomp, ihd, L->ikeys.data, L->NB * ihd, blk * ihd, slot, p);
-        }
-    }
+/* The smallest pass row count (1, 2, 4, .., B) holding n rows. */
+static int64_t rows_for(const v4_decoder *dec, int n) {
+    int64_t b = 1;
+    while (b < n) b *= 2;
+    return b < dec->B ? b : dec->B;
 }
 
 static ts_status v4_step(void *impl, int n, const int *slots, const int32_t *ids, float *logits) {
     v4_decoder *dec = impl;
-    ts_decode_build *d = &dec->d;
-    if (n < 1 || n > d->B || !slots || !ids || !logits) return TS_ERR_INVALID_ARG;
-    bool active[d->B];
-    memset(active, 0, sizeof active);
+    int64_t b = rows_for(dec, n);
+    pass *ps;
+    ts_status s = get_pass(dec, b, 1, 1, &ps);
+    if (s != TS_OK) return s;
+    for (int i = 0; i < n; i++) dec->stepping[slots[i]] = true;
+    place_rows(dec, n, slots, b);
+    for (int64_t r = 0; r < b; r++) dec->ids[r] = 0;
+    for (int i = 0; i < n; i++) dec->ids[dec->row_of[slots[i]]] = ids[i];
+    for (int64_t r = 0; r < b; r++) {
+        int slot = dec->slot_of[r];
+        prepare_row(dec, ps, r, dec->stepping[slot] ? dec->len[slot] : -1);
+    }
+    s = run_pass(dec, ps);
     for (int i = 0; i < n; i++) {
-        int s = slots[i];
-        if (s < 0 || s >= d->B || active[s]) return TS_ERR_INVALID_ARG;
-        if (dec->len[s] >= d->max_len) return TS_ERR_RANGE;
-        active[s] = true;
-        dec->ids[s] = ids[i];
+        if (s == TS_OK) read_logits(dec, ps, dec->row_of[slots[i]], 0, logits + i * dec->c->vocab_size);
+        dec->stepping[slots[i]] = false;
     }
-    for (int s = 0; s < d->B; s++) {
-        if (active[s]) prepare_row(dec, s, dec->len[s]);
-        else {
-            idle_row(dec, s);
-            dec->ids[s] = 0;
-        }
+    return s;
+}
+
+/* Chunks of V4_CHUNK tokens, then the powers of two of the rest, each one pass on row 0 that
+ * computes the logits of its last token only, or of every token when more are asked for. A
+ * failed pass leaves the slot with the chunks before it (its length says how many). */
+static ts_status v4_extend(void *impl, int slot, const int32_t *ids, int64_t n, float *logits, int64_t logit_rows) {
+    v4_decoder *dec = impl;
+    int64_t V = dec->c->vocab_size;
+    ts_status s = TS_OK;
+    dec->stepping[slot] = true;
+    place_rows(dec, 1, &slot, 1);
+    for (int64_t done = 0, T; s == TS_OK && done < n; done += T) {
+        for (T = V4_CHUNK; T > n - done; T /= 2) {}
+        int64_t first = n - logit_rows - done; /* the chunk's first token with logits out */
+        pass *ps;
+        s = get_pass(dec, 1, T, first >= T - 1 ? 1 : T, &ps);
+        if (s != TS_OK) break;
+        memcpy(dec->ids, ids + done, (size_t)T * sizeof(int32_t));
+        prepare_row(dec, ps, 0, dec->len[slot]);
+        s = run_pass(dec, ps);
+        for (int64_t t = first > 0 ? first : 0; s == TS_OK && t < T; t++)
+            read_logits(dec, ps, 0, t, logits + (done + t - (n - logit_rows)) * V);
     }
-    ts_status st = ts_tensor_write(dec->mg->ids, dec->ids, (size_t)d->B * sizeof(int32_t));
-    if (st == TS_OK) st = ts_graph_compute(dec->mg->graph);
-    if (st != TS_OK) return st;
-    int64_t V = d->c->vocab_size;
-    for (int i = 0; i < n; i++) {
-        int s = slots[i];
-        commit_row(dec, s, dec->len[s]);
-        dec->len[s]++;
-        for (int64_t v = 0; v < V; v++)
-            logits[i * V + v] = d->dt == TS_F64 ? (float)((const double *)dec->mg->logits->data)[s * V + v]
-                                                : ((const float *)dec->mg->logits->data)[s * V + v];
-    }
+    dec->stepping[slot] = false;
+    return s;
+}
+
+/* Rewinding keeps every array as it is (see the file comment); only how far back the rings
+ * still hold the positions bounds it. */
+static ts_status v4_truncate(void *impl, int slot, int64_t len) {
+    v4_decoder *dec = impl;
+    if (len < dec->reach[slot] - V4_REWIND) return TS_ERR_UNSUPPORTED;
+    dec->len[slot] = len;
     return TS_OK;
 }
 
 static size_t v4_state_bytes(const void *impl) {
     const v4_decoder *dec = impl;
-    return dec->d.state_bytes;
+    return dec->state_bytes;
 }
 
 static const ts_decoder_ops v4_ops = {
@@ -375,8 +599,66 @@ static const ts_decoder_ops v4_ops = {
     .reset = v4_reset,
     .length = v4_length,
     .step = v4_step,
+    .extend = v4_extend,
+    .truncate = v4_truncate,
     .state_bytes = v4_state_bytes,
 };
+
+/* ---------------------------------------------------------------- construction */
+
+/* A Z ring [B, P + 2, k]: its void rows (P + 1) -inf, everything else 0. */
+static void *ring_z_alloc(v4_decoder *dec, int64_t P, int64_t k) {
+    void *z = state_alloc(dec, (P + 2) * k);
+    for (int64_t r = 0; z && r < dec->B; r++)
+        for (int64_t i = 0; i < k; i++) put(dec, z, (r * (P + 2) + P + 1) * k + i, -INFINITY);
+    return z;
+}
+
+/* Shapes of layer l's state (file comment) and its arrays. */
+static bool init_layer(v4_decoder *dec, int64_t l) {
+    const ts_v4_config *c = dec->c;
+    dec_layer *L = &dec->layers[l];
+    int64_t m = c->compress_ratios[l], hd = c->head_dim, ihd = c->index_head_dim;
+    L->m = m > 0 && dec->max_len / m > 0 ? m : 0;
+    L->csa = L->m == TS_V4_RATIO_CSA;
+    L->R = c->sliding_window - 1;
+    L->Rc = L->R > 0 ? L->R + V4_REWIND : 0;
+    L->NB = L->m > 0 ? dec->max_len / L->m : 0;
+    L->P = L->m > 0 ? ((L->csa ? 2 * L->m : L->m) + V4_REWIND + L->m - 1) / L->m * L->m : 0;
+    if (L->Rc + L->NB > 0 && !(L->cache = state_alloc(dec, (L->Rc + L->NB) * hd))) return false;
+    if (L->m == 0) return true;
+    int64_t k = L->csa ? 2 * hd : hd;
+    if (!(L->proj_c = state_alloc(dec, (L->P + 2) * k)) || !(L->proj_z = ring_z_alloc(dec, L->P, k))) return false;
+    if (!L->csa) return true;
+    return (L->iproj_c = state_alloc(dec, (L->P + 2) * 2 * ihd)) && (L->iproj_z = ring_z_alloc(dec, L->P, 2 * ihd)) &&
+           (L->ikeys = state_alloc(dec, L->NB * ihd));
+}
+
+static bool alloc_host(v4_decoder *dec) {
+    const ts_v4_config *c = dec->c;
+    size_t B = (size_t)dec->B;
+    dec->layers = calloc((size_t)c->num_hidden_layers, sizeof *dec->layers);
+    dec->arrays = calloc((size_t)c->num_hidden_layers * 6, sizeof *dec->arrays); /* init_layer: <= 6 each */
+    dec->len = calloc(B, sizeof *dec->len);
+    dec->reach = calloc(B, sizeof *dec->reach);
+    dec->row_of = calloc(B, sizeof *dec->row_of);
+    dec->slot_of = calloc(B, sizeof *dec->slot_of);
+    dec->stepping = calloc(B, sizeof *dec->stepping);
+    dec->ids = calloc(B > V4_CHUNK ? B : V4_CHUNK, sizeof *dec->ids);
+    dec->omega[0] = calloc((size_t)dec->half, sizeof(double));
+    dec->omega[1] = calloc((size_t)dec->half, sizeof(double));
+    if (!dec->layers || !dec->arrays || !dec->len || !dec->reach || !dec->row_of || !dec->slot_of || !dec->stepping ||
+        !dec->ids || !dec->omega[0] || !dec->omega[1])
+        return false;
+    for (int64_t l = 0; l < c->num_hidden_layers; l++)
+        if (!init_layer(dec, l)) return false;
+    size_t widest = 1;
+    for (int i = 0; i < dec->n_arrays; i++)
+        if (dec->arrays[i].row_bytes > widest) widest = dec->arrays[i].row_bytes;
+    if (!(dec->swap_tmp = malloc(widest))) return false;
+    for (int i = 0; i < dec->B; i++) dec->row_of[i] = dec->slot_of[i] = i;
+    return true;
+}
 
 ts_status ts_v4_decoder_new(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
                             const ts_decoder_ops **ops, void **out, char *err, size_t err_size) {
@@ -385,41 +667,27 @@ ts_status ts_v4_decoder_new(const ts_model_weights *w, ts_backend *be, int slots
     const ts_v4_config *c = ts_model_weights_config(w);
     v4_decoder *dec = calloc(1, sizeof *dec);
     if (!dec) return TS_ERR_OOM;
-    ts_decode_build *d = &dec->d;
-    d->c = c;
-    d->dt = ts_model_weights_dtype(w);
-    d->esz = ts_dtype_bytes(d->dt, 1);
-    d->B = slots;
-    d->max_len = max_len;
+    dec->c = c;
     dec->w = w;
-    int half = (int)c->qk_rope_head_dim / 2;
-    d->layers = calloc((size_t)c->num_hidden_layers, sizeof *d->layers);
-    dec->len = calloc((size_t)slots, sizeof *dec->len);
-    dec->ids = calloc((size_t)slots, sizeof *dec->ids);
-    dec->omega_main = calloc((size_t)half, sizeof(double));
-    dec->omega_comp = calloc((size_t)half, sizeof(double));
-    if (!d->layers || !dec->len || !dec->ids || !dec->omega_main || !dec->omega_comp) {
+    dec->be = be;
+    dec->dt = ts_model_weights_dtype(w);
+    dec->esz = ts_dtype_bytes(dec->dt, 1);
+    dec->B = slots;
+    dec->max_len = max_len;
+    dec->half = c->qk_rope_head_dim / 2;
+    if (!alloc_host(dec)) {
         v4_free(dec);
+        ts_error_printf(err, err_size, "decoder: out of memory for the caches");
         return TS_ERR_OOM;
     }
-    ts_v4_rope_freqs(c->rope_theta, 2 * half, NULL, dec->omega_main, NULL, NULL);
-    ts_v4_rope_freqs(c->compress_rope_theta, 2 * half, &c->rope_scaling, dec->omega_comp, NULL, NULL);
-    for (int64_t l = 0; l < c->num_hidden_layers; l++) {
-        dec_layer *L = &d->layers[l];
-        L->m = c->compress_ratios[l];
-        L->csa = L->m == TS_V4_RATIO_CSA;
-        L->R = c->sliding_window - 1;
-        L->NB = L->m > 0 ? max_len / L->m : 0;
-        L->c = c->head_dim;
-    }
-    ts_model_graph_options o = {.batch = slots, .seq = 1};
-    ts_status s = ts_model_graph_build_with(w, &o, d, &dec->mg, err, err_size);
-    if (s == TS_OK) s = ts_model_graph_alloc(dec->mg, be, NULL, err, err_size);
+    ts_v4_rope_freqs(c->rope_theta, 2 * (int)dec->half, NULL, dec->omega[0], NULL, NULL);
+    ts_v4_rope_freqs(c->compress_rope_theta, 2 * (int)dec->half, &c->rope_scaling, dec->omega[1], NULL, NULL);
+    pass *first; /* the one-token graph checks the config now; the others come on first use */
+    ts_status s = build_pass(dec, 1, 1, 1, &first, err, err_size);
     if (s != TS_OK) {
         v4_free(dec);
         return s;
     }
-    for (int i = 0; i < slots; i++) v4_reset(dec, i);
     *out = dec;
     return TS_OK;
 }

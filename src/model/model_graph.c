@@ -221,7 +221,7 @@ static ts_tensor *v4_attention(ts_model_builder *b, int layer, const char *prefi
                              .window = (int32_t)c->sliding_window,
                              .sink = ts_mb_param(b, prefix, "attn.attn_sink"),
                              .key_start = b->mg->doc_start};
-    if (b->dec) ts_decode_cache_entries(b, layer, prefix, x, cq, kv, &p.extra, &p.extra_idx);
+    if (b->dec) ts_decode_cache_entries(b, layer, prefix, x, cq, &kv, &p);
     else if (m > 0 && T >= m) compressed_entries(b, layer, prefix, x, cq, q, m, &p.extra, &p.extra_idx);
     ts_tensor *o = ts_attention(g, q, kv, kv, &p);
     o = ts_rope(g, o, ang3, r, true); /* de-rotation by -t (§2.5 step 7) */
@@ -310,7 +310,7 @@ static ts_tensor *block(ts_model_builder *b, int layer, const char *prefix, ts_t
     return sublayer(b, layer, prefix, "ffn", X, is_mtp);
 }
 
-/* hc_head (or the single stream) -> norm -> head: logits [B, T, V]. */
+/* hc_head (or the single stream) -> norm -> head: X [B, T', n, d] -> logits [B, T', V]. */
 static ts_tensor *head(ts_model_builder *b, const char *prefix, ts_tensor *X) {
     const ts_v4_config *c = b->c;
     ts_graph *g = b->g;
@@ -319,7 +319,7 @@ static ts_tensor *head(ts_model_builder *b, const char *prefix, ts_tensor *X) {
         y = ts_mhc_head(g, X, ts_mb_param(b, prefix, "hc_head_fn"), ts_mb_param(b, prefix, "hc_head_base"),
                         ts_mb_param(b, prefix, "hc_head_scale"), b->eps, (float)c->hc_eps, NULL);
     } else {
-        int64_t ys[3] = {b->B, b->T, c->hidden_size};
+        int64_t ys[3] = {b->B, X->shape[1], c->hidden_size};
         y = ts_reshape(g, X, 3, ys);
     }
     y = ts_rms_norm(g, y, ts_mb_param(b, prefix, "norm.weight"), b->eps);
@@ -355,7 +355,8 @@ static void build_v4(ts_model_builder *b) {
         snprintf(prefix, sizeof prefix, "layers.%d.", layer);
         X = block(b, layer, prefix, X, false);
     }
-    mg->logits = head(b, "", X);
+    int64_t R = b->dec ? ts_decode_logit_rows(b) : b->T; /* decoding: only the last R tokens' logits */
+    mg->logits = head(b, "", R < b->T ? ts_slice(g, X, 1, b->T - R, R) : X);
     if (mg->opts.mtp) mg->mtp_logits = mtp(b, 0, X);
 }
 

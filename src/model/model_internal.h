@@ -65,20 +65,24 @@ typedef struct {
     int64_t B, T;
     float eps;
     ts_tensor *ids_flat; /* [B*T] */
-    ts_decode_build *dec; /* non-NULL: a one-token decoding step over cached keys (decode.c) */
+    ts_decode_build *dec; /* non-NULL: a decoding pass of T new tokens per row over cached state */
 } ts_model_builder;
 
-/* ts_model_graph_build with a decoder's caches (dec non-NULL: opts->seq must be 1). */
+/* ts_model_graph_build with a decoder's caches (dec non-NULL: [batch, seq] = [rows, new tokens]). */
 ts_status ts_model_graph_build_with(const ts_model_weights *w, const ts_model_graph_options *opts, ts_decode_build *dec,
                                     ts_model_graph **out, char *err, size_t err_size);
-/* decode.c's hooks into the V4 attention builder: the RoPE angles of each row's position
- * ([B, 1, 1, r/2]: rope_theta, or the compressed layers' base + YaRN), and the extra entries of
- * layer `layer` - the window ring of earlier keys, the completed compressed entries and the one
- * this token completes - with each row's index list (the indexer's picks on CSA layers). kv is
- * the token's own key/value [B, 1, 1, c]; the decoder reads it back after compute. */
+/* decode.c's hooks into the V4 attention builder: the RoPE angles of each new token's position
+ * ([B, T, 1, r/2]: rope_theta, or the compressed layers' base + YaRN), and what layer `layer`'s
+ * attention sees besides the new tokens' own keys/values *kv [B, T, 1, c] (read back after
+ * compute): p->extra, p->extra_idx - the window ring of earlier keys and the completed
+ * compressed entries, with each query's index list (the indexer's picks on CSA layers) - and the
+ * entries the pass's tokens complete, either among the extras or (one-token passes) in front of
+ * the token's key in *kv, hidden by p->key_start unless used. */
 ts_tensor *ts_decode_token_angles(ts_model_builder *b, bool compressed_layer);
+/* How many of each row's last tokens get logits (1..T): the graph's logits are [B, R, V]. */
+int64_t ts_decode_logit_rows(const ts_model_builder *b);
 void ts_decode_cache_entries(ts_model_builder *b, int layer, const char *prefix, ts_tensor *x, ts_tensor *cq,
-                             ts_tensor *kv, ts_tensor **extra, ts_tensor **extra_idx);
+                             ts_tensor **kv, ts_attention_params *p);
 
 /* The leaf of weight prefix+suffix (official name), created on first use, bound to the weights,
  * a parameter when the graph has a backward pass and the tensor is trained. Routed experts give
@@ -94,6 +98,19 @@ ts_tensor *ts_mb_angles(ts_model_builder *b, bool compressed_layer, int64_t n_po
 ts_tensor *ts_mb_input_ids(ts_model_builder *b, const char *name);
 /* dense_graph.c: the dense baseline's logits [B, T, V] from b->mg->ids. */
 ts_tensor *ts_dense_build(ts_model_builder *b);
+
+/* ================================================================ dense decoding (decode_dense.c)
+ * A dense decoding graph (T >= 1 new tokens per row over a KV cache): decode_dense.c passes its
+ * own state as ts_model_graph_build_with's dec, which model_graph.c only forwards, and
+ * dense_graph.c calls these hooks. Angles: each row's RoPE angles [B, T, 1, head_dim/2].
+ * Attention: q, k, v [B, T, H, hd] of the new tokens (after RoPE) and the plain forward's
+ * params -> [B, T, H, hd], each row attending to its slot's cached prefix and causally to its
+ * own new tokens; k and v are kept for the decoder to file into the cache after compute.
+ * Logit rows: R in 1..T, the graph's logits are [B, R, V], those of each row's last R tokens. */
+ts_tensor *ts_dense_decode_angles(ts_model_builder *b);
+ts_tensor *ts_dense_decode_attention(ts_model_builder *b, int layer, ts_tensor *q, ts_tensor *k, ts_tensor *v,
+                                     const ts_attention_params *p);
+int64_t ts_dense_decode_logit_rows(const ts_model_builder *b);
 
 /* ================================================================ mHC (mhc.c), spec §2.3
  *
