@@ -401,9 +401,9 @@ void *ts_model_graph_grad_data(const ts_model_graph *mg, int i);
 
 /* ---------------------------------------------------------------- greedy completion (complete.c)
  *
- * Greedy continuation of up to `batch` prompts at once on a forward graph of [batch, max_len]
- * that recomputes the whole window per token (quadratic: for short texts such as the synthetic
- * tasks' answers and run-log samples; serving uses the KV-cache decoder). */
+ * Greedy continuation of up to `batch` prompts at once (the synthetic tasks' answers, run-log
+ * samples) on the incremental decoder below, one slot per prompt: the rows prefill and generate
+ * in shared steps. */
 typedef struct ts_model_completer ts_model_completer;
 
 ts_status ts_model_completer_new(const ts_model_weights *w, ts_backend *be, int64_t batch, int64_t max_len,
@@ -413,7 +413,7 @@ int64_t ts_model_completer_batch(const ts_model_completer *c);
 int64_t ts_model_completer_max_len(const ts_model_completer *c);
 /* Continues prompts[0..n) (n <= batch; 1 <= prompt_lens[r] < max_len) by up to max_new tokens
  * each, stopping a row at stop_id (not written) or at max_len; outs[r] (room for max_new ids)
- * receives the new tokens and out_lens[r] their number. pad_id fills unused positions. */
+ * receives the new tokens and out_lens[r] their number. pad_id is unused (nothing is padded). */
 ts_status ts_model_complete(ts_model_completer *c, int n, const int32_t *const *prompts, const int64_t *prompt_lens,
                             int64_t max_new, int32_t stop_id, int32_t pad_id, int32_t **outs, int64_t *out_lens);
 
@@ -422,7 +422,8 @@ ts_status ts_model_complete(ts_model_completer *c, int n, const int32_t *const *
  * DeepSeek-V4 token by token against per-sequence caches (spec §2.13): a window ring of keys,
  * the completed CSA/HCA entries, the compressors' pending blocks and the indexer's keys. Up to
  * `slots` sequences step together (one graph, batch = slots); each has its own position.
- * Decoding a sequence gives the logits of the full forward pass at every position. */
+ * Decoding a sequence gives the logits of the full forward pass at every position. The dense
+ * baseline (decode_dense.c) keeps a plain KV cache per layer and slot. */
 typedef struct ts_model_decoder ts_model_decoder;
 
 /* max_len: positions per sequence. TS_ERR_UNSUPPORTED for a model kind without an

@@ -1,7 +1,8 @@
 /* cli_generate.c - `tessera generate --model DIR --prompt TEXT`: loads a checkpoint, encodes the
  * prompt (the directory's tokenizer.json, else the byte-level vocabulary of the tiny presets),
- * prefills the incremental decoder (ts_model_decoder: V4 KV caches) and streams the continuation
- * to standard output token by token; prompt and generation speeds go to standard error.
+ * feeds it to the incremental decoder (ts_model_decoder, any model kind) in one extend call
+ * and streams the continuation to standard output token by token; prompt and generation speeds
+ * go to standard error.
  * Sampling: greedy at temperature 0, else softmax sampling at the given temperature, optionally
  * restricted to the top k, with a seeded generator (same seed -> same text). */
 #include <math.h>
@@ -141,6 +142,7 @@ int cli_generate_main(int argc, char **argv) {
     ts_token_ids ids = {0};
     rc = open_codec(model, c->vocab_size, &tc);
     if (rc == 0) rc = encode(&tc, prompt, &ids);
+    if (rc == 0 && ids.n == 0) rc = fail("the prompt encodes to no token (give a --prompt)", NULL);
     ts_backend *be = NULL;
     ts_model_decoder *dec = NULL;
     float *logits = malloc((size_t)c->vocab_size * 2 * sizeof(float));
@@ -150,8 +152,7 @@ int cli_generate_main(int argc, char **argv) {
     if (rc == 0) {
         int slot = 0;
         double t0 = seconds_now();
-        ts_status s = TS_OK;
-        for (size_t i = 0; i < ids.n && s == TS_OK; i++) s = ts_model_decoder_step(dec, 1, &slot, &ids.ids[i], logits);
+        ts_status s = ts_model_decoder_extend(dec, slot, ids.ids, (int64_t)ids.n, logits, 1);
         double t1 = seconds_now();
         ts_rng rng;
         ts_rng_seed(&rng, seed);

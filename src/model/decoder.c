@@ -19,6 +19,7 @@ ts_status ts_model_decoder_new(const ts_model_weights *w, ts_backend *be, int sl
     const ts_v4_config *c = ts_model_weights_config(w);
     ts_decoder_new_fn make = NULL;
     if (c->kind == TS_MODEL_DEEPSEEK_V4) make = ts_v4_decoder_new;
+    if (c->kind == TS_MODEL_DENSE) make = ts_dense_decoder_new;
     if (!make) {
         ts_error_printf(err, err_size, "decoder: no incremental decoding for this model kind");
         return TS_ERR_UNSUPPORTED;

@@ -32,4 +32,8 @@ typedef ts_status (*ts_decoder_new_fn)(const ts_model_weights *w, ts_backend *be
 ts_status ts_v4_decoder_new(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
                             const ts_decoder_ops **ops, void **impl, char *err, size_t err_size);
 
+/* decode_dense.c: dense baseline configs. */
+ts_status ts_dense_decoder_new(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
+                               const ts_decoder_ops **ops, void **impl, char *err, size_t err_size);
+
 #endif
