@@ -1,11 +1,22 @@
 /* test_engine.c - the model engine behind `tessera serve` (src/serve/model_engine.c):
- * continuous batching over the incremental V4 decoder.
- * 1. Five greedy requests with different prompt lengths through 3 slots (two wait in the queue
- *    and join as others leave; prefills and decodes share steps): each gets exactly the tokens
- *    that greedy completion of its prompt alone gives.
+ * continuous batching over the incremental V4 decoder, chunked prefill, prefix cache, sizing.
+ * The oracle for every greedy output is ts_model_complete (the full forward graph, recomputed
+ * per token) on the request's prompt alone, on a backend of its own (the engine's worker
+ * computes on the engine's backend at any moment, and a backend runs one graph at a time).
+ * 1. Chunked prefill: five greedy requests, prompts of 5 to 19 tokens in chunks of 3, through 3
+ *    slots; two join while the first ones are generating, others wait in the queue: each gets
+ *    exactly the oracle's tokens; prefilled + reused tokens = the prompts' tokens.
  * 2. Sampling: the same seed gives the same tokens twice; another seed gives other tokens.
  * 3. Cancel ends a request with TS_GEN_CANCELLED; a full queue is refused (TS_ERR_STATE), a
- *    request that cannot fit the context is TS_ERR_RANGE; freeing the engine ends queued work. */
+ *    request that cannot fit the context is TS_ERR_RANGE; freeing the engine ends queued work.
+ * 4. Prefix reuse, as a chat resends its conversation: turn 2 = turn 1 + its reply + more reuses
+ *    exactly the cached tokens; a prompt inside the cache reuses all but its last token when the
+ *    decoder can rewind that far (probed), else nothing; a diverging prompt still answers right.
+ *    Outputs equal the oracle's, and an engine without the cache (one chunk per prompt) gives the
+ *    same tokens with no reuse counted.
+ * 5. Sizing from a memory budget: ts_model_engine_fit's slots x one slot's bytes fits the budget
+ *    and one more does not; the engine's reported pool memory is slots x one slot's; too small a
+ *    budget is TS_ERR_RANGE. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,10 +26,12 @@
 #include "tessera/data.h"
 #include "tessera/serve.h"
 
+enum { MAX_LEN = 48, MAX_OUT = 64 };
+
 typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int32_t tokens[64];
+    int32_t tokens[MAX_OUT];
     int n;
     bool done;
     ts_gen_end end;
@@ -27,7 +40,8 @@ typedef struct {
 static void on_token(void *user, int32_t id) {
     collector *c = user;
     pthread_mutex_lock(&c->mu);
-    if (c->n < 64) c->tokens[c->n++] = id;
+    if (c->n < MAX_OUT) c->tokens[c->n++] = id;
+    pthread_cond_signal(&c->cv);
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -46,11 +60,14 @@ static void collector_init(collector *c) {
     pthread_cond_init(&c->cv, NULL);
 }
 
-static void wait_done(collector *c) {
+/* Waits until c has n tokens or is done. */
+static void wait_tokens(collector *c, int n) {
     pthread_mutex_lock(&c->mu);
-    while (!c->done) pthread_cond_wait(&c->cv, &c->mu);
+    while (!c->done && c->n < n) pthread_cond_wait(&c->cv, &c->mu);
     pthread_mutex_unlock(&c->mu);
 }
+
+static void wait_done(collector *c) { wait_tokens(c, MAX_OUT + 1); }
 
 static ts_gen_request request(uint64_t id, const int32_t *prompt, size_t n, int32_t max_tokens, collector *c) {
     ts_gen_request r = {id, prompt, n, max_tokens, ts_sampling_defaults(), {c, on_token, on_done}};
@@ -82,63 +99,99 @@ static ts_model_weights *small_model(void) {
     return w;
 }
 
-int main(void) {
-    ts_model_weights *w = small_model();
-    CHECK(w != NULL, "model");
-    if (!w) return check_summary("engine");
-    ts_backend *be;
-    ts_backend_cpu_new(2, &be);
+static ts_model_engine *engine_new(const ts_model_weights *w, ts_backend *be, int slots, int max_queue, int chunk,
+                                   bool prefix_cache) {
+    ts_model_engine_options o = ts_model_engine_defaults();
+    o.slots = slots;
+    o.max_len = MAX_LEN;
+    o.max_queue = max_queue;
+    o.prefill_chunk = chunk;
+    o.prefix_cache = prefix_cache;
     char err[256] = "";
     ts_model_engine *e = NULL;
-    CHECK(ts_model_engine_new(w, NULL, be, 3, 48, 8, &e, err, sizeof err) == TS_OK, "engine: %s", err);
+    CHECK(ts_model_engine_new(w, NULL, be, &o, &e, err, sizeof err) == TS_OK, "engine: %s", err);
+    return e;
+}
+
+static size_t tokenize(const ts_engine *eng, const char *text, bool bos, int32_t *out) {
+    ts_token_ids ids = {0};
+    CHECK(eng->tokenize(eng->self, text, strlen(text), bos, &ids) == TS_OK, "tokenize");
+    memcpy(out, ids.ids, ids.n * sizeof(int32_t));
+    size_t n = ids.n;
+    free(ids.ids);
+    return n;
+}
+
+/* Whether a greedy request got exactly what completing its prompt alone gives. */
+static bool matches_oracle(ts_model_completer *cp, const int32_t *prompt, size_t n, int32_t max_new, const collector *c) {
+    int32_t out[MAX_OUT], *outs[1] = {out};
+    int64_t pl = (int64_t)n, out_len = 0;
+    if (ts_model_complete(cp, 1, &prompt, &pl, max_new, TS_BYTE_EOS, TS_BYTE_PAD, outs, &out_len) != TS_OK) return false;
+    bool same = c->n == out_len && memcmp(c->tokens, out, (size_t)c->n * sizeof(int32_t)) == 0;
+    return same && c->end == (c->n == max_new ? TS_GEN_LENGTH : TS_GEN_STOP_TOKEN);
+}
+
+static ts_engine_stats stats(const ts_engine *eng) {
+    ts_engine_stats s;
+    eng->stats(eng->self, &s);
+    return s;
+}
+
+/* 1. */
+static void test_chunked_prefill(const ts_model_weights *w, ts_backend *be, ts_model_completer *cp) {
+    ts_model_engine *e = engine_new(w, be, 3, 8, 3, true);
+    if (!e) return;
     ts_engine eng;
     ts_model_engine_table(e, &eng);
-
-    /* 1. five greedy requests through three slots vs completion of each prompt alone */
     enum { N = 5, NEW = 12 };
-    const char *texts[N] = {"rev abc=", "7+2=", "copy hello=", "k1:red k2:blue k1?=", "sort dcba="};
-    int32_t prompts[N][40];
-    size_t lens[N];
+    const char *texts[N] = {"k1:red k2:blue k1?=", "7+2=", "copy hello=", "rev abcdefgh=", "sort dcba="};
+    int32_t prompts[N][MAX_LEN];
+    size_t lens[N], total = 0;
     collector col[N];
     for (int i = 0; i < N; i++) {
-        ts_token_ids ids = {0};
-        CHECK(eng.tokenize(eng.self, texts[i], strlen(texts[i]), true, &ids) == TS_OK, "tokenize");
-        memcpy(prompts[i], ids.ids, ids.n * sizeof(int32_t));
-        lens[i] = ids.n;
-        free(ids.ids);
+        lens[i] = tokenize(&eng, texts[i], true, prompts[i]);
+        total += lens[i];
         collector_init(&col[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        if (i == 3) wait_tokens(&col[0], 2); /* the rest join while the first ones generate */
         ts_gen_request r = request((uint64_t)i + 1, prompts[i], lens[i], NEW, &col[i]);
         CHECK(eng.submit(eng.self, &r) == TS_OK, "submit %d", i);
     }
-    for (int i = 0; i < N; i++) wait_done(&col[i]);
-    ts_model_completer *cp = NULL;
-    ts_model_completer_new(w, be, N, 48, &cp, err, sizeof err);
-    const int32_t *pp[N];
-    int64_t pl[N], out_lens[N];
-    int32_t outs_buf[N][NEW], *outs[N];
-    for (int i = 0; i < N; i++) {
-        pp[i] = prompts[i];
-        pl[i] = (int64_t)lens[i];
-        outs[i] = outs_buf[i];
-    }
-    CHECK(ts_model_complete(cp, N, pp, pl, NEW, TS_BYTE_EOS, TS_BYTE_PAD, outs, out_lens) == TS_OK, "complete");
     int same = 0;
     for (int i = 0; i < N; i++) {
-        bool ok = col[i].n == out_lens[i] && memcmp(col[i].tokens, outs[i], (size_t)col[i].n * sizeof(int32_t)) == 0;
-        ok = ok && col[i].end == (col[i].n == NEW ? TS_GEN_LENGTH : TS_GEN_STOP_TOKEN);
-        CHECK(ok, "request %d: %d tokens (end %d) vs %lld alone", i, col[i].n, (int)col[i].end, (long long)out_lens[i]);
+        wait_done(&col[i]);
+        bool ok = matches_oracle(cp, prompts[i], lens[i], NEW, &col[i]);
+        CHECK(ok, "request %d (%zu prompt tokens): %d tokens, end %d, differ from its greedy completion alone", i,
+              lens[i], col[i].n, (int)col[i].end);
         same += ok;
     }
-    printf("  %d requests through 3 slots: %d identical to greedy completion of each prompt alone\n", N, same);
-    ts_model_completer_free(cp);
+    ts_engine_stats s = stats(&eng);
+    CHECK(s.prefill_tokens + s.prefix_reused_tokens == (int64_t)total, "prefilled %lld + reused %lld != %zu prompt tokens",
+          (long long)s.prefill_tokens, (long long)s.prefix_reused_tokens, total);
+    CHECK(s.running == 0 && s.kv_positions_running == 0 && s.kv_cache_usage == 0 && s.kv_positions_cached > 0 &&
+              s.kv_positions_capacity == 3 * MAX_LEN,
+          "idle engine: running %lld, %lld positions running, %lld cached of %lld", (long long)s.running,
+          (long long)s.kv_positions_running, (long long)s.kv_positions_cached, (long long)s.kv_positions_capacity);
+    printf("  chunked prefill (chunks of 3, prompts of 5..19 tokens, 3 slots, 2 joining mid-way): %d of %d requests "
+           "identical to greedy completion alone\n", same, N);
+    ts_model_engine_free(e);
+}
 
-    /* 2. seeded sampling */
+/* 2. and 3. */
+static void test_sampling_cancel_limits(const ts_model_weights *w, ts_backend *be) {
+    ts_model_engine *e = engine_new(w, be, 3, 8, 4, true);
+    if (!e) return;
+    ts_engine eng;
+    ts_model_engine_table(e, &eng);
+    int32_t p0[MAX_LEN], p1[MAX_LEN];
+    size_t n0 = tokenize(&eng, "rev abc=", true, p0), n1 = tokenize(&eng, "k1:red k2:blue k1?=", true, p1);
+    enum { NEW = 12 };
     collector a, b, c2;
     collector_init(&a);
     collector_init(&b);
     collector_init(&c2);
-    ts_gen_request ra = request(10, prompts[0], lens[0], NEW, &a), rb = request(11, prompts[0], lens[0], NEW, &b),
-                   rc = request(12, prompts[0], lens[0], NEW, &c2);
+    ts_gen_request ra = request(10, p0, n0, NEW, &a), rb = request(11, p0, n0, NEW, &b), rc = request(12, p0, n0, NEW, &c2);
     ra.sampling.temperature = rb.sampling.temperature = rc.sampling.temperature = 1.5f;
     ra.sampling.seed = rb.sampling.seed = 42;
     rc.sampling.seed = 43;
@@ -151,31 +204,30 @@ int main(void) {
     CHECK(a.n == b.n && memcmp(a.tokens, b.tokens, (size_t)a.n * sizeof(int32_t)) == 0, "same seed, different tokens");
     CHECK(a.n != c2.n || memcmp(a.tokens, c2.tokens, (size_t)a.n * sizeof(int32_t)) != 0, "another seed, same tokens");
 
-    /* 3. cancel, limits */
     collector k;
     collector_init(&k);
-    ts_gen_request rk = request(20, prompts[2], lens[2], 30, &k);
+    ts_gen_request rk = request(20, p1, n1, 28, &k);
     CHECK(eng.submit(eng.self, &rk) == TS_OK, "submit");
     eng.cancel(eng.self, 20);
     wait_done(&k);
-    CHECK(k.end == TS_GEN_CANCELLED && k.n < 30, "cancel: end %d after %d tokens", (int)k.end, k.n);
+    CHECK(k.end == TS_GEN_CANCELLED && k.n < 28, "cancel: end %d after %d tokens", (int)k.end, k.n);
     collector big;
     collector_init(&big);
-    ts_gen_request rr = request(21, prompts[0], lens[0], 48, &big);
+    ts_gen_request rr = request(21, p0, n0, MAX_LEN, &big);
     CHECK(eng.submit(eng.self, &rr) == TS_ERR_RANGE, "prompt + max_tokens beyond the context is refused");
     int32_t bad[2] = {0, 999};
     ts_gen_request rbad = request(22, bad, 2, 4, &big);
     CHECK(eng.submit(eng.self, &rbad) == TS_ERR_RANGE, "an id outside the vocabulary is refused");
     ts_model_engine_free(e);
 
-    ts_model_engine *one = NULL;
-    CHECK(ts_model_engine_new(w, NULL, be, 1, 48, 1, &one, err, sizeof err) == TS_OK, "engine: %s", err);
+    ts_model_engine *one = engine_new(w, be, 1, 1, 4, true);
+    if (!one) return;
     ts_model_engine_table(one, &eng);
     collector many[6];
     int refused = 0, accepted = 0;
     for (int i = 0; i < 6; i++) {
         collector_init(&many[i]);
-        ts_gen_request r = request(30 + (uint64_t)i, prompts[3], lens[3], 20, &many[i]);
+        ts_gen_request r = request(30 + (uint64_t)i, p1, n1, 20, &many[i]);
         ts_status s = eng.submit(eng.self, &r);
         refused += s == TS_ERR_STATE;
         accepted += s == TS_OK;
@@ -185,7 +237,142 @@ int main(void) {
     int ended = 0;
     for (int i = 0; i < 6; i++) ended += many[i].done;
     CHECK(ended == accepted, "%d of %d accepted requests ended when the engine was freed", ended, accepted);
+}
+
+/* Whether the model's decoder can take back the last 3 of 12 tokens (prefix reuse inside a cache). */
+static bool can_rewind(const ts_model_weights *w, ts_backend *oracle_be) {
+    ts_model_decoder *d = NULL;
+    char err[256];
+    if (ts_model_decoder_new(w, oracle_be, 1, MAX_LEN, &d, err, sizeof err) != TS_OK) return false;
+    int32_t ids[12];
+    float *logits = malloc(TS_BYTE_VOCAB_SIZE * sizeof(float) * 2);
+    for (int i = 0; i < 12; i++) ids[i] = TS_BYTE_OFFSET + 'a' + i;
+    bool ok = logits && ts_model_decoder_extend(d, 0, ids, 12, logits, 1) == TS_OK &&
+              ts_model_decoder_truncate(d, 0, 9) == TS_OK;
+    free(logits);
+    ts_model_decoder_free(d);
+    return ok;
+}
+
+typedef struct {
+    int32_t prompt[MAX_LEN];
+    size_t n;
+    collector out;
+} turn;
+
+static void run_turn(const ts_engine *eng, turn *t, uint64_t id, int32_t max_new) {
+    collector_init(&t->out);
+    ts_gen_request r = request(id, t->prompt, t->n, max_new, &t->out);
+    CHECK(eng->submit(eng->self, &r) == TS_OK, "submit turn %llu", (unsigned long long)id);
+    wait_done(&t->out);
+}
+
+/* 4. */
+static void test_prefix_reuse(const ts_model_weights *w, ts_backend *be, ts_backend *oracle_be, ts_model_completer *cp) {
+    ts_model_engine *e = engine_new(w, be, 2, 4, 4, true), *plain = engine_new(w, be, 2, 4, 64, false);
+    if (!e || !plain) goto out;
+    ts_engine eng, ref;
+    ts_model_engine_table(e, &eng);
+    ts_model_engine_table(plain, &ref);
+    enum { NEW = 6 };
+    turn t[4], r[4];
+    /* A; B = A + its reply + more; D = the first tokens of B's cache (a rewind); C diverges in A */
+    t[0].n = tokenize(&eng, "k1:red k2:blue k1?=", true, t[0].prompt);
+    run_turn(&eng, &t[0], 1, NEW);
+    int64_t cached = (int64_t)t[0].n + t[0].out.n - (t[0].out.end == TS_GEN_LENGTH); /* the last token is not fed */
+    memcpy(t[1].prompt, t[0].prompt, t[0].n * sizeof(int32_t));
+    memcpy(t[1].prompt + t[0].n, t[0].out.tokens, (size_t)t[0].out.n * sizeof(int32_t));
+    t[1].n = t[0].n + (size_t)t[0].out.n;
+    t[1].n += tokenize(&eng, " k2?=", false, t[1].prompt + t[1].n);
+    run_turn(&eng, &t[1], 2, NEW);
+    ts_engine_stats s = stats(&eng);
+    CHECK(s.prefix_cache_hits == 1 && s.prefix_reused_tokens == cached,
+          "turn 2 re-sends turn 1: %lld hits, %lld tokens reused, expected 1 and %lld", (long long)s.prefix_cache_hits,
+          (long long)s.prefix_reused_tokens, (long long)cached);
+    t[2].n = t[1].n + 3;
+    memcpy(t[2].prompt, t[1].prompt, t[1].n * sizeof(int32_t));
+    memcpy(t[2].prompt + t[1].n, t[1].out.tokens, 3 * sizeof(int32_t));
+    CHECK(t[1].out.n >= 5, "turn 2 gave %d tokens: too few for the rewind case", t[1].out.n);
+    run_turn(&eng, &t[2], 3, NEW);
+    bool rewinds = can_rewind(w, oracle_be);
+    ts_engine_stats s2 = stats(&eng);
+    int64_t want = rewinds ? (int64_t)t[2].n - 1 : 0;
+    CHECK(s2.prefix_reused_tokens - s.prefix_reused_tokens == want,
+          "a prompt inside the cache (decoder %s rewind): %lld tokens reused, expected %lld", rewinds ? "can" : "cannot",
+          (long long)(s2.prefix_reused_tokens - s.prefix_reused_tokens), (long long)want);
+    memcpy(t[3].prompt, t[0].prompt, t[0].n * sizeof(int32_t));
+    t[3].n = t[0].n;
+    t[3].prompt[t[3].n - 2] = TS_BYTE_OFFSET + 'x';
+    run_turn(&eng, &t[3], 4, NEW);
+    int64_t prompt_total = 0;
+    for (int i = 0; i < 4; i++) {
+        prompt_total += (int64_t)t[i].n;
+        CHECK(matches_oracle(cp, t[i].prompt, t[i].n, NEW, &t[i].out), "turn %d with the prefix cache: %d tokens, end %d, "
+              "differ from its greedy completion alone", i, t[i].out.n, (int)t[i].out.end);
+        r[i] = t[i];
+        run_turn(&ref, &r[i], 10 + (uint64_t)i, NEW);
+        CHECK(r[i].out.n == t[i].out.n && !memcmp(r[i].out.tokens, t[i].out.tokens, (size_t)t[i].out.n * sizeof(int32_t)),
+              "turn %d: different tokens without the prefix cache", i);
+    }
+    s = stats(&eng);
+    CHECK(s.prefill_tokens + s.prefix_reused_tokens == prompt_total, "prefilled %lld + reused %lld != %lld prompt tokens",
+          (long long)s.prefill_tokens, (long long)s.prefix_reused_tokens, (long long)prompt_total);
+    ts_engine_stats sr = stats(&ref);
+    CHECK(sr.prefix_cache_hits == 0 && sr.prefix_reused_tokens == 0 && sr.prefill_tokens == prompt_total,
+          "without the prefix cache: %lld hits, %lld reused, %lld prefilled", (long long)sr.prefix_cache_hits,
+          (long long)sr.prefix_reused_tokens, (long long)sr.prefill_tokens);
+    printf("  prefix cache (decoder %s rewind): 4 turns, %lld of %lld prompt tokens reused, outputs as without it\n",
+           rewinds ? "can" : "cannot", (long long)s.prefix_reused_tokens, (long long)prompt_total);
+out:
+    ts_model_engine_free(e);
+    ts_model_engine_free(plain);
+}
+
+/* 5. */
+static void test_budget(const ts_model_weights *w, ts_backend *be) {
+    char err[256] = "";
+    int slots = 0;
+    size_t one = 0;
+    ts_status st = ts_model_engine_fit(w, be, 1 << 30, MAX_LEN, 7, &slots, &one, err, sizeof err);
+    CHECK(st == TS_OK && slots == 7 && one > 0, "a large budget: %d slots (max 7), %zu bytes each: %s", slots, one, err);
+    if (one == 0) return;
+    size_t budget = 3 * one + one / 2;
+    st = ts_model_engine_fit(w, be, budget, MAX_LEN, 64, &slots, NULL, err, sizeof err);
+    CHECK(st == TS_OK && slots == 3, "3.5 slots' worth: %d slots", slots);
+    ts_model_engine *e = engine_new(w, be, slots, 4, 4, true);
+    if (e) {
+        ts_engine eng;
+        ts_model_engine_table(e, &eng);
+        ts_engine_stats s = stats(&eng);
+        CHECK(s.kv_bytes == (int64_t)(3 * one) && (size_t)s.kv_bytes <= budget && (size_t)s.kv_bytes + one > budget,
+              "3 slots hold %lld bytes; one slot %zu, budget %zu", (long long)s.kv_bytes, one, budget);
+        printf("  budget %.1f KiB: 3 slots of %d positions, %.1f KiB each\n", budget / 1024.0, MAX_LEN, one / 1024.0);
+        ts_model_engine_free(e);
+    }
+    err[0] = '\0';
+    st = ts_model_engine_fit(w, be, one - 1, MAX_LEN, 64, &slots, NULL, err, sizeof err);
+    CHECK(st == TS_ERR_RANGE && strstr(err, "needs"), "a budget below one slot: %s (%s)", ts_status_name(st), err);
+}
+
+int main(void) {
+    ts_model_weights *w = small_model();
+    CHECK(w != NULL, "model");
+    if (!w) return check_summary("engine");
+    ts_backend *be, *oracle_be;
+    ts_backend_cpu_new(2, &be);
+    ts_backend_cpu_new(1, &oracle_be);
+    char err[256] = "";
+    ts_model_completer *cp = NULL;
+    CHECK(ts_model_completer_new(w, oracle_be, 1, MAX_LEN, &cp, err, sizeof err) == TS_OK, "completer: %s", err);
+    if (cp) {
+        test_chunked_prefill(w, be, cp);
+        test_sampling_cancel_limits(w, be);
+        test_prefix_reuse(w, be, oracle_be, cp);
+        test_budget(w, be);
+    }
+    ts_model_completer_free(cp);
     ts_backend_free(be);
+    ts_backend_free(oracle_be);
     ts_model_weights_free(w);
     return check_summary("engine");
 }

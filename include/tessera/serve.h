@@ -37,9 +37,9 @@
  *
  * Chat template: messages are turned into prompt text by options.chat_template, by default
  * ts_chat_template_deepseek (DeepSeek-V3's format, below); the text is then tokenized with
- * add_bos false, since the template writes the BOS token itself. A template read from a
- * tokenizer_config.json can later be plugged into the same hook. Completions prompts are
- * tokenized with add_bos true. */
+ * add_bos false, since the template writes the BOS token itself. The template of a model
+ * directory (ts_chat_template_load, below) plugs into the same hook with
+ * ts_chat_template_render. Completions prompts are tokenized with add_bos true. */
 #ifndef TESSERA_SERVE_H
 #define TESSERA_SERVE_H
 
@@ -82,10 +82,19 @@ typedef struct {
     ts_gen_sink sink;
 } ts_gen_request;
 
+/* The first three are required; the rest are optional (leave 0 when the engine has no such
+ * thing: /metrics then shows 0). */
 typedef struct {
     double kv_cache_usage; /* fraction of the KV-cache pool in use, [0, 1] */
     int64_t queued;        /* requests waiting for admission */
     int64_t running;       /* sequences in the running batch */
+    int64_t kv_positions_running; /* cache positions held by running sequences */
+    int64_t kv_positions_cached;  /* positions idle slots keep for prefix reuse (reclaimable) */
+    int64_t kv_positions_capacity;/* positions of the whole pool (slots x context) */
+    int64_t kv_bytes;             /* memory of the whole pool */
+    int64_t prefix_cache_hits;    /* admitted requests that reused a cached prefix (counter) */
+    int64_t prefix_reused_tokens; /* prompt tokens taken from the cache instead of prefilled (counter) */
+    int64_t prefill_tokens;       /* prompt tokens run through the model (counter) */
 } ts_engine_stats;
 
 typedef struct {
@@ -112,6 +121,67 @@ typedef char *(*ts_chat_template_fn)(void *user, const ts_chat_message *msgs, si
  * per turn "<｜User｜>" + text, or "<｜Assistant｜>" + text + "<｜end▁of▁sentence｜>", and a final
  * "<｜Assistant｜>". `user` is unused. */
 char *ts_chat_template_deepseek(void *user, const ts_chat_message *msgs, size_t n);
+
+/* A model's own template, from its tokenizer_config.json. We embed no Jinja engine: the
+ * `chat_template` string (or the entry named "default" of a list of {name, template}) is
+ * recognised by the markers its family writes, first match wins, and rendered by a built-in
+ * renderer of that family (S = the system messages joined by "\n\n", trim = surrounding
+ * whitespace removed):
+ *   "<｜User｜>" or "<｜Assistant｜>"  DeepSeek: as ts_chat_template_deepseek
+ *   "<|im_start|>"            ChatML (Qwen...): "<|im_start|>ROLE\nTEXT<|im_end|>\n" per message
+ *                             (system ones in place), then "<|im_start|>assistant\n"; no BOS
+ *   "<|start_header_id|>"     Llama 3: BOS, "<|start_header_id|>ROLE<|end_header_id|>\n\n" +
+ *                             trim(TEXT) + "<|eot_id|>" per message, then the assistant header
+ *   "<start_of_turn>"         Gemma: BOS, "<start_of_turn>user\n" + trim(TEXT) + "<end_of_turn>\n"
+ *                             (role "model" for the assistant; S + "\n\n" opens the first user
+ *                             text), then "<start_of_turn>model\n"
+ *   "[INST]" and "<<SYS>>"    Llama 2: per user turn BOS + "[INST] " + trim(TEXT) + " [/INST]" (the
+ *                             first wrapped as "<<SYS>>\nS\n<</SYS>>\n\n" + TEXT), per assistant
+ *                             turn " " + trim(TEXT) + " " + EOS
+ *   "[INST]"                  Mistral: BOS once, "[INST] " + TEXT + " [/INST]" per user turn
+ *                             (S + "\n\n" opens the first), TEXT + EOS per assistant turn
+ *   "<|assistant|>" and "<|end|>"  Phi-3: "<|ROLE|>\nTEXT<|end|>\n" per message, then
+ *                             "<|assistant|>\n"
+ * Anything else - no tokenizer_config.json, no chat_template, or one matching none of these -
+ * falls back to the DeepSeek format, and `note` says why (the caller prints it once). BOS and
+ * EOS are the config's bos_token / eos_token (a string or {"content": ...}) when given, else the
+ * family's usual ones. Defaults the real templates add (a date in Llama 3.1's system header,
+ * Qwen's default system prompt) are not reproduced. */
+typedef enum {
+    TS_CHAT_DEEPSEEK = 0,
+    TS_CHAT_CHATML,
+    TS_CHAT_LLAMA3,
+    TS_CHAT_GEMMA,
+    TS_CHAT_LLAMA2,
+    TS_CHAT_MISTRAL,
+    TS_CHAT_PHI3
+} ts_chat_family;
+
+#define TS_CHAT_TOKEN_MAX 128
+
+typedef struct {
+    ts_chat_family family;
+    char bos[TS_CHAT_TOKEN_MAX]; /* as text; "" when the family writes none */
+    char eos[TS_CHAT_TOKEN_MAX];
+    char note[256];              /* "" when the model's own template was recognised */
+} ts_chat_template;
+
+/* The fallback: DeepSeek's format with its own BOS / EOS, and a note saying so. */
+ts_chat_template ts_chat_template_default(void);
+/* From the text of a tokenizer_config.json; `name` is used in messages. A file that is not a
+ * JSON object, or a bos/eos token longer than TS_CHAT_TOKEN_MAX - 1 bytes: TS_ERR_FORMAT. */
+ts_status ts_chat_template_from_config(const char *json, size_t len, const char *name, ts_chat_template *out,
+                                       char *err, size_t err_size);
+/* From DIR/tokenizer_config.json; without that file, the default (TS_OK). TS_ERR_IO when it
+ * exists but cannot be read. */
+ts_status ts_chat_template_load(const char *dir, ts_chat_template *out, char *err, size_t err_size);
+/* A ts_chat_template_fn: `tmpl` is a const ts_chat_template *. */
+char *ts_chat_template_render(void *tmpl, const ts_chat_message *msgs, size_t n);
+/* "deepseek", "chatml", "llama3", "gemma", "llama2", "mistral", "phi3". */
+const char *ts_chat_family_name(ts_chat_family f);
+/* The text that closes an assistant turn ("<|im_end|>", "<|eot_id|>", "<end_of_turn>",
+ * "<|end|>", else the EOS): a chat reply stops at its token as at the EOS. */
+const char *ts_chat_template_end_of_turn(const ts_chat_template *t);
 
 /* ---------------------------------------------------------------- server */
 
@@ -159,14 +229,37 @@ void ts_server_shutdown(ts_server *srv, double grace_s);
  * The ts_engine of a DeepSeek-V4 model: continuous batching over the incremental decoder.
  * `slots` sequences run at once, each up to max_len positions (prompt + output; the KV-cache
  * budget is fixed here), up to max_queue more wait for a slot (a full queue: submit returns
- * TS_ERR_STATE, HTTP 503). Every step advances each running sequence by one token - a prompt
- * token while it prefills, then its sampled token - in one batched forward pass. tok NULL: the
- * byte-level vocabulary of the tiny presets (0 BOS, 1 EOS, bytes at 3..258). The weights, the
- * tokenizer and the backend must outlive the engine. */
+ * TS_ERR_STATE, HTTP 503). Each iteration of the engine's worker feeds one prompt chunk of up
+ * to prefill_chunk tokens of one prefilling request (round-robin among them) through
+ * ts_model_decoder_extend, and advances every generating sequence by one sampled token in one
+ * batched decoder step - so a long prompt delays the other streams by one chunk per token, not
+ * by its whole length. With prefix_cache, a finished sequence's tokens stay in its slot, and a
+ * new request goes to the idle slot sharing the longest prefix with its prompt: only the rest
+ * is prefilled (multi-turn chat re-sends the conversation: only the new turn is computed).
+ * tok NULL: the byte-level vocabulary of the tiny presets (0 BOS, 1 EOS, bytes at 3..258). The
+ * weights, the tokenizer and the backend must outlive the engine, and the backend is the
+ * worker's alone while the engine lives (a backend computes one graph at a time). */
 typedef struct ts_model_engine ts_model_engine;
 
-ts_status ts_model_engine_new(const ts_model_weights *w, ts_tokenizer *tok, ts_backend *be, int slots,
-                              int64_t max_len, int max_queue, ts_model_engine **out, char *err, size_t err_size);
+typedef struct {
+    int slots;           /* sequences decoded together (default 4) */
+    int64_t max_len;     /* positions per slot: prompt + output (default 1024) */
+    int max_queue;       /* requests waiting for a slot (default 64) */
+    int prefill_chunk;   /* prompt tokens per extend call (default 64) */
+    bool prefix_cache;   /* reuse idle slots' cached prefixes (default true) */
+} ts_model_engine_options;
+
+ts_model_engine_options ts_model_engine_defaults(void);
+
+ts_status ts_model_engine_new(const ts_model_weights *w, ts_tokenizer *tok, ts_backend *be,
+                              const ts_model_engine_options *opt, ts_model_engine **out, char *err, size_t err_size);
+
+/* Sizing from a memory budget: how many slots of max_len positions (at most max_slots) fit in
+ * kv_bytes of decoder caches (ts_model_decoder_state_bytes, which grows linearly with the slots;
+ * measured on a one-slot decoder). *slot_bytes: the memory of one slot. TS_ERR_RANGE, with err
+ * saying what one slot needs, when not even one fits. */
+ts_status ts_model_engine_fit(const ts_model_weights *w, ts_backend *be, size_t kv_bytes, int64_t max_len, int max_slots,
+                              int *slots, size_t *slot_bytes, char *err, size_t err_size);
 /* Stops the worker: running and queued requests end with TS_GEN_CANCELLED. */
 void ts_model_engine_free(ts_model_engine *e);
 /* The table to hand to ts_server_start (or to call directly). */

@@ -1,7 +1,9 @@
 /* cli_serve.c - `tessera serve --model DIR`: the OpenAI-compatible HTTP server (serve.h) over
- * the model engine (continuous batching on the incremental V4 decoder). Prints
- * "listening on http://HOST:PORT" once it accepts connections; SIGTERM or SIGINT shuts it down
- * gracefully (in-flight requests get a few seconds to finish, the rest are cancelled), exit 0. */
+ * the model engine (continuous batching on the incremental decoder, chunked prefill, prefix
+ * cache). The KV cache is slots x context positions, given directly or sized from a memory
+ * budget (--kv-memory); the chosen shape is printed, then "listening on http://HOST:PORT" once
+ * it accepts connections; SIGTERM or SIGINT shuts it down gracefully (in-flight requests get a
+ * few seconds to finish, the rest are cancelled), exit 0. */
 #include <libgen.h>
 #include <pthread.h>
 #include <signal.h>
@@ -14,6 +16,12 @@
 #include "tessera/backend.h"
 #include "tessera/serve.h"
 
+#define DEFAULT_SLOTS 4
+/* a step computes every running slot: a large budget should not silently mean a huge batch */
+#define MAX_AUTO_SLOTS 64
+#define STR(x) #x
+#define XSTR(x) STR(x)
+
 static int fail(const char *what, const char *detail) {
     fprintf(stderr, "tessera serve: %s%s%s\n", what, detail ? ": " : "", detail ? detail : "");
     return CLI_EXIT_FAILURE;
@@ -21,8 +29,9 @@ static int fail(const char *what, const char *detail) {
 
 int cli_serve_main(int argc, char **argv) {
     const char *model = NULL, *host = "127.0.0.1", *api_key = NULL, *model_name = NULL;
-    int port = 8080, max_concurrent = 16, slots = 4, context = 1024, threads = 0, max_queue = 64;
-    int max_prompt = 0, max_output = 256;
+    int port = 8080, max_concurrent = 16, slots = 0, context = 1024, threads = 0, max_queue = 64;
+    int max_prompt = 0, max_output = 256, kv_memory = 0, prefill_chunk = 64;
+    bool no_prefix_cache = false;
     float timeout = 600, grace = 5;
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &model, "DIR", "checkpoint directory (config.json + model.safetensors [+ tokenizer.json])", 0, 0},
@@ -31,8 +40,12 @@ int cli_serve_main(int argc, char **argv) {
         {"--api-key", CLI_OPT_STRING, &api_key, "K", "require 'Authorization: Bearer K' on /v1/", 0, 0},
         {"--model-name", CLI_OPT_STRING, &model_name, "NAME", "model id in the API (default: the directory's name)", 0, 0},
         {"--max-concurrent", CLI_OPT_INT, &max_concurrent, "N", "requests in flight at once (one more: HTTP 429)", 1, 1 << 16},
-        {"--slots", CLI_OPT_INT, &slots, "N", "sequences decoded together (continuous batching)", 1, 1024},
-        {"--context", CLI_OPT_INT, &context, "T", "positions per sequence (prompt + output): the KV-cache budget", 2, 1 << 24},
+        {"--slots", CLI_OPT_INT, &slots, "N",
+         "sequences decoded together (0: " XSTR(DEFAULT_SLOTS) ", or with --kv-memory as many as fit, up to " XSTR(MAX_AUTO_SLOTS) ")", 0, 1024},
+        {"--context", CLI_OPT_INT, &context, "T", "positions per sequence (prompt + output)", 2, 1 << 24},
+        {"--kv-memory", CLI_OPT_INT, &kv_memory, "MIB", "KV-cache budget: as many slots of --context positions as fit, at most --slots (0: no budget)", 0, 1 << 24},
+        {"--prefill-chunk", CLI_OPT_INT, &prefill_chunk, "N", "prompt tokens per prefill pass, interleaved with decoding", 1, 1 << 16},
+        {"--no-prefix-cache", CLI_OPT_FLAG, &no_prefix_cache, NULL, "do not reuse finished sequences' caches for shared prompt prefixes", 0, 0},
         {"--max-queue", CLI_OPT_INT, &max_queue, "N", "requests waiting for a slot (more: HTTP 503)", 1, 1 << 20},
         {"--max-prompt-tokens", CLI_OPT_INT, &max_prompt, "N", "longest prompt (0: context - 1)", 0, 1 << 24},
         {"--max-output-tokens", CLI_OPT_INT, &max_output, "N", "largest max_tokens, and its default", 1, 1 << 24},
@@ -69,8 +82,20 @@ int cli_serve_main(int argc, char **argv) {
     ts_backend *be = NULL;
     ts_model_engine *engine = NULL;
     if (rc == 0 && ts_backend_cpu_new(threads, &be) != TS_OK) rc = fail("cannot create the CPU backend", NULL);
-    if (rc == 0 && ts_model_engine_new(w, tok, be, slots, context, max_queue, &engine, err, sizeof err) != TS_OK)
+    ts_model_engine_options eo = ts_model_engine_defaults();
+    eo.slots = slots ? slots : DEFAULT_SLOTS;
+    eo.max_len = context;
+    eo.max_queue = max_queue;
+    eo.prefill_chunk = prefill_chunk;
+    eo.prefix_cache = !no_prefix_cache;
+    if (rc == 0 && kv_memory > 0 &&
+        ts_model_engine_fit(w, be, (size_t)kv_memory << 20, context, slots ? slots : MAX_AUTO_SLOTS, &eo.slots, NULL, err,
+                            sizeof err) != TS_OK)
         rc = fail(err, NULL);
+    if (rc == 0 && ts_model_engine_new(w, tok, be, &eo, &engine, err, sizeof err) != TS_OK) rc = fail(err, NULL);
+    ts_chat_template tmpl; /* the model's own chat template (serve.h), else the default */
+    if (rc == 0 && ts_chat_template_load(model, &tmpl, err, sizeof err) != TS_OK) rc = fail(err, NULL);
+    else if (rc == 0 && tmpl.note[0]) fprintf(stderr, "tessera serve: %s\n", tmpl.note);
     ts_server *srv = NULL;
     if (rc == 0) {
         snprintf(name, sizeof name, "%s", model);
@@ -85,12 +110,19 @@ int cli_serve_main(int argc, char **argv) {
         o.max_prompt_tokens = max_prompt > 0 ? max_prompt : context - 1;
         o.max_output_tokens = max_output;
         o.request_timeout_s = timeout;
+        o.chat_template = ts_chat_template_render;
+        o.chat_template_user = &tmpl;
         ts_engine table;
         ts_model_engine_table(engine, &table);
         if (ts_server_start(&o, &table, &srv, &ioe) != TS_OK) rc = fail(ioe.message, NULL);
         else {
-            printf("serving %s (%s) with %d slots of %d positions\nlistening on http://%s:%d\n", o.model_name, model,
-                   slots, context, host, ts_server_port(srv));
+            ts_engine_stats es;
+            table.stats(table.self, &es);
+            printf("serving %s (%s) with %d slots of %d positions: KV cache %.2f MiB", o.model_name, model, eo.slots,
+                   context, (double)es.kv_bytes / (1 << 20));
+            if (kv_memory > 0) printf(" (budget %d MiB)", kv_memory);
+            printf(", prefill chunks of %d, prefix cache %s\nlistening on http://%s:%d\n", prefill_chunk,
+                   eo.prefix_cache ? "on" : "off", host, ts_server_port(srv));
             fflush(stdout);
         }
     }

@@ -2,7 +2,8 @@
  * counted by HTTP status when answered; prompt tokens when a request is admitted, generated
  * tokens as they reach the HTTP side. Throughput gauges average the last METRIC_WINDOW whole
  * seconds, kept as per-second buckets (a bucket whose second has passed out of the window is
- * reset before reuse), so they need no background thread. */
+ * reset before reuse), so they need no background thread. The engine's own figures (KV-cache
+ * occupancy, prefix-cache reuse, prefilled tokens) come from its stats() at render time. */
 #include <stdlib.h>
 
 #include "serve/serve_internal.h"
@@ -62,6 +63,21 @@ char *metrics_render(metrics *m, const ts_engine_stats *es, int in_flight) {
     sbuf_printf(&b, "tessera_generation_tokens_per_second %.3f\n", (double)wg / METRIC_WINDOW);
     metric_head(&b, "tessera_kv_cache_usage_ratio", "gauge", "Fraction of the KV-cache pool in use.");
     sbuf_printf(&b, "tessera_kv_cache_usage_ratio %.6f\n", es->kv_cache_usage);
+    metric_head(&b, "tessera_kv_cache_positions", "gauge",
+                "KV-cache positions held: by running sequences, and kept by idle slots for prefix reuse.");
+    sbuf_printf(&b, "tessera_kv_cache_positions{state=\"running\"} %lld\n", (long long)es->kv_positions_running);
+    sbuf_printf(&b, "tessera_kv_cache_positions{state=\"cached\"} %lld\n", (long long)es->kv_positions_cached);
+    metric_head(&b, "tessera_kv_cache_capacity_positions", "gauge", "KV-cache positions of the whole pool.");
+    sbuf_printf(&b, "tessera_kv_cache_capacity_positions %lld\n", (long long)es->kv_positions_capacity);
+    metric_head(&b, "tessera_kv_cache_bytes", "gauge", "Memory of the whole KV-cache pool.");
+    sbuf_printf(&b, "tessera_kv_cache_bytes %lld\n", (long long)es->kv_bytes);
+    metric_head(&b, "tessera_prefix_cache_hits_total", "counter", "Admitted requests that reused a cached prompt prefix.");
+    sbuf_printf(&b, "tessera_prefix_cache_hits_total %lld\n", (long long)es->prefix_cache_hits);
+    metric_head(&b, "tessera_prefix_cache_reused_tokens_total", "counter",
+                "Prompt tokens taken from the prefix cache instead of prefilled.");
+    sbuf_printf(&b, "tessera_prefix_cache_reused_tokens_total %lld\n", (long long)es->prefix_reused_tokens);
+    metric_head(&b, "tessera_prefill_tokens_total", "counter", "Prompt tokens run through the model.");
+    sbuf_printf(&b, "tessera_prefill_tokens_total %lld\n", (long long)es->prefill_tokens);
     metric_head(&b, "tessera_queue_length", "gauge", "Requests waiting in the engine for admission.");
     sbuf_printf(&b, "tessera_queue_length %lld\n", (long long)es->queued);
     metric_head(&b, "tessera_running_sequences", "gauge", "Sequences in the engine's running batch.");
