@@ -145,8 +145,8 @@ static void test_info(void) {
     CHECK(gemm && strstr(gemm, want), "gemm line '%s' does not name '%s'", gemm ? gemm : "(missing)", want);
 }
 
-/* `tessera bench gemm --json` on tiny shapes: one machine line, then one object per shape and
- * dtype with the documented keys; usage errors for a missing or unknown benchmark and a bad dtype. */
+/* `tessera bench gemm --json` on tiny shapes: one machine line, then for each shape and dtype
+ * one object per peer that runs it (or one with peer "none"), consecutive, with the documented keys; usage errors for a missing or unknown benchmark and a bad dtype. */
 static void test_bench_gemm(void) {
     run_result r;
     run(&r, "bench");
@@ -158,13 +158,20 @@ static void test_bench_gemm(void) {
     run(&r, "bench gemm --shapes 40x24x16,1x64x48:nt --dtypes f32,bf16 --repeats 1 --threads 1 --read-mib 8 --json");
     CHECK(r.exit_code == 0, "bench gemm --json: exit %d\n%s", r.exit_code, r.out);
     int rows = 0, machine = 0;
+    char last_case[128] = "";
     for (char *save = NULL, *line = strtok_r(r.out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         json_t *j = json_loads(line, 0, NULL);
         CHECK(j != NULL, "bench gemm: not JSON: %s", line);
         const char *op = j ? json_string_value(json_object_get(j, "op")) : NULL;
         if (op && strcmp(op, "machine") == 0) machine++;
         else if (op) {
-            rows++;
+            char key[128];
+            snprintf(key, sizeof key, "%s %s %lld %lld %lld", op, json_string_value(json_object_get(j, "dtype")),
+                     (long long)json_integer_value(json_object_get(j, "m")),
+                     (long long)json_integer_value(json_object_get(j, "n")),
+                     (long long)json_integer_value(json_object_get(j, "k")));
+            if (strcmp(key, last_case) != 0) rows++;
+            snprintf(last_case, sizeof last_case, "%s", key);
             json_t *peer_gf = json_object_get(j, "peer_gflops");
             CHECK(json_string_value(json_object_get(j, "dtype")) && json_integer_value(json_object_get(j, "m")) > 0 &&
                       json_integer_value(json_object_get(j, "n")) > 0 && json_integer_value(json_object_get(j, "k")) > 0 &&
@@ -177,7 +184,7 @@ static void test_bench_gemm(void) {
         }
         json_decref(j);
     }
-    CHECK(machine == 1 && rows == 4, "bench gemm: %d machine lines, %d result lines (want 1, 4)", machine, rows);
+    CHECK(machine == 1 && rows == 4, "bench gemm: %d machine lines, %d cases (want 1, 4)", machine, rows);
 }
 
 /* The model report: the exact published Flash inventory, and a clean refusal of unknown models. */
@@ -218,7 +225,7 @@ static void expect_usage_error(const char *args, const char *mentions) {
 static void test_usage_errors(void) {
     expect_usage_error("frobnicate", "unknown command 'frobnicate'");
     expect_usage_error("--frobnicate", "unknown option '--frobnicate'");
-    expect_usage_error("chat", "not available yet");
+    expect_usage_error("chat", "--model DIR is required");
     expect_usage_error("info --bogus", "unknown option '--bogus'");
     expect_usage_error("version extra", "unexpected argument 'extra'");
     expect_usage_error("demo --steps", "--steps needs a value");

@@ -79,6 +79,7 @@ int cli_init_main(int argc, char **argv);
 int cli_train_main(int argc, char **argv);
 int cli_generate_main(int argc, char **argv);
 int cli_serve_main(int argc, char **argv);
+int cli_chat_main(int argc, char **argv);
 int cli_forward_main(int argc, char **argv);
 int cli_bench_main(int argc, char **argv);
 int cli_tokenizer_main(int argc, char **argv);

@@ -1,6 +1,7 @@
 /* cli_bench.c - `tessera bench <name>`: runs one of the sub-benchmarks in the table below
  * (each in its own cli_bench_<name>.c; adding one is a row here and a declaration in
  * cli_bench.h), and the timing helpers they share. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -15,6 +16,7 @@ static const struct {
     int (*run)(int argc, char **argv);
 } benches[] = {
     {"gemm", "GEMM/GEMV GFLOP/s per shape and dtype vs the FMA peak, read bandwidth and OpenBLAS", cli_bench_gemm_main},
+    {"serve", "an OpenAI-compatible server under 1..64 concurrent streams: TTFT, inter-token latency, tokens/s", cli_bench_serve_main},
 };
 
 #define N_BENCHES ((int)(sizeof benches / sizeof benches[0]))
@@ -61,6 +63,12 @@ static int cmp_double(const void *x, const void *y) {
 double cli_bench_median(double *t, int n) {
     qsort(t, (size_t)n, sizeof t[0], cmp_double);
     return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+}
+
+double cli_bench_percentile(double *t, int n, double q) {
+    qsort(t, (size_t)n, sizeof t[0], cmp_double);
+    int rank = (int)ceil(q * n); /* 1-based */
+    return t[rank < 1 ? 0 : rank > n ? n - 1 : rank - 1];
 }
 
 void cli_bench_sleep(double s) {

@@ -149,11 +149,10 @@ static void peak_all(void *ctx) {
 
 static int tier_lanes(ts_gemm_tier t) { return t == TS_GEMM_TIER_AVX512 ? 16 : t == TS_GEMM_TIER_AVX2 ? 8 : 4; }
 
-/* GFLOP/s of the active tier's register-only loop on every thread at once (best of 5). */
-static double fma_peak_gflops(const bench_opts *o) {
-    peak_job job = {.tier = ts_gemm_tier_active(), .pool = o->pool, .threads = o->threads};
+double cli_bench_fma_peak_gflops(ts_threadpool *pool, int threads) {
+    peak_job job = {.tier = ts_gemm_tier_active(), .pool = pool, .threads = threads};
     double t = cli_bench_best_seconds(peak_all, &job, 5);
-    return 2.0 * 12 * tier_lanes(job.tier) * (double)PEAK_ITERS * o->threads / t * 1e-9;
+    return 2.0 * 12 * tier_lanes(job.tier) * (double)PEAK_ITERS * threads / t * 1e-9;
 }
 
 typedef struct {
@@ -418,7 +417,7 @@ int cli_bench_gemm_main(int argc, char **argv) {
     if ((peers[n_peers] = bench_peer_openblas(o.threads, &why_ob))) n_peers++;
     if ((peers[n_peers] = bench_peer_onednn(o.threads, &why_dn))) n_peers++;
 
-    machine mc = {.peak_gflops = fma_peak_gflops(&o), .read_gbs = any_small_m(&o) ? read_bandwidth_gbs(&o) : -1};
+    machine mc = {.peak_gflops = cli_bench_fma_peak_gflops(o.pool, o.threads), .read_gbs = any_small_m(&o) ? read_bandwidth_gbs(&o) : -1};
     ts_gemm_blocking bl = ts_gemm_get_blocking();
     if (o.json) {
         printf("{\"op\":\"machine\",\"tier\":\"%s\",\"threads\":%d,\"fma_peak_gflops\":%.2f,\"read_gbs\":%.2f,"

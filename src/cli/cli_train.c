@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "cli/cli.h"
+#include "cli/cli_bench.h"
 #include "tessera/backend.h"
 #include "tessera/train.h"
 
@@ -45,6 +46,7 @@ typedef struct {
     ts_metrics_log *metrics;
     ts_train_ckpt *resume_from;
     uint64_t tokens_seen;
+    double flops_per_token, peak_flops; /* for the MFU: model FLOPs of a trained token, machine FMA peak */
     double loads[64][512];     /* metrics rows: per-expert loads of up to 64 layers of 512 experts */
     char load_names[64][32];
 } run;
@@ -149,6 +151,30 @@ static int restore_state(run *r) {
     return 0;
 }
 
+/* Model FLOPs per trained token (model.h's count, averaged over the positions of a seq-long
+ * sequence since attention grows with the position) and the machine's FMA peak: one thread's,
+ * best of 20 short runs (a few milliseconds each, so a busy machine still shows its peak), times
+ * the backend's threads. MFU = tokens/s x FLOPs per token / peak. */
+static int measure_mfu_basis(run *r) {
+    const ts_v4_config *c = ts_model_weights_config(r->w);
+    double sum = 0;
+    for (int64_t pos = 1; pos <= r->cfg.seq; pos++) {
+        ts_model_flops f;
+        if (ts_model_flops_per_token(c, pos, &f) != TS_OK) return fail("cannot count the model's FLOPs");
+        sum += (double)f.training;
+    }
+    r->flops_per_token = sum / (double)r->cfg.seq;
+    ts_backend_info bi;
+    ts_backend_get_info(r->be, &bi);
+    int threads = bi.n_threads > 0 ? bi.n_threads : 1;
+    double one = 0;
+    for (int i = 0; i < 4; i++) one = fmax(one, cli_bench_fma_peak_gflops(NULL, 1));
+    r->peak_flops = one * threads * 1e9;
+    printf("compute:  %.2f MFLOP per trained token; FMA peak %.1f GFLOP/s (%d x %.1f) (MFU = tok/s x FLOP/token / peak)\n",
+           r->flops_per_token * 1e-6, r->peak_flops * 1e-9, threads, one);
+    return 0;
+}
+
 static int make_trainer(run *r) {
     char err[512] = "";
     const ts_train_config *c = &r->cfg;
@@ -171,7 +197,7 @@ static int make_trainer(run *r) {
            o.adamw_only ? "AdamW" : "Muon + AdamW", o.lr.peak_lr, (long long)o.lr.warmup_steps,
            o.mtp ? "on" : "off", (long long)o.indexer_warmup, (double)ps.arena_bytes / 1048576.0,
            (double)ps.naive_bytes / 1048576.0);
-    return 0;
+    return measure_mfu_basis(r);
 }
 
 /* ---------------------------------------------------------------- checkpoints */
@@ -308,12 +334,15 @@ static int eval_tasks(run *r) {
 /* One row per step: the losses, and at log steps the per-expert token loads of every
  * learned-routing layer ("load_layer_<i>": one count per expert). */
 static int write_metrics(run *r, const ts_train_step_stats *st, double val, bool with_loads) {
-    enum { MAX_EXTRA = 6 + 64, MAX_E = 512 };
-    double extra_v[6] = {st->lm_loss, st->mtp_loss, st->balance_loss, st->indexer_loss, st->grad_norm, val};
-    ts_metric_extra ex[MAX_EXTRA] = {{"lm_loss", &extra_v[0], 1},   {"mtp_loss", &extra_v[1], 1},
+    enum { MAX_EXTRA = 7 + 64, MAX_E = 512 };
+    double tokens_per_s = (double)st->tokens / st->seconds;
+    double extra_v[7] = {st->lm_loss,   st->mtp_loss, st->balance_loss, st->indexer_loss,
+                         st->grad_norm, tokens_per_s * r->flops_per_token / r->peak_flops, val};
+    ts_metric_extra ex[MAX_EXTRA] = {{"lm_loss", &extra_v[0], 1},      {"mtp_loss", &extra_v[1], 1},
                                      {"balance_loss", &extra_v[2], 1}, {"indexer_loss", &extra_v[3], 1},
-                                     {"grad_norm", &extra_v[4], 1}, {"val_loss", &extra_v[5], 1}};
-    int n = isnan(val) ? 5 : 6;
+                                     {"grad_norm", &extra_v[4], 1},    {"mfu", &extra_v[5], 1},
+                                     {"val_loss", &extra_v[6], 1}};
+    int n = isnan(val) ? 6 : 7;
     const ts_v4_config *c = ts_model_weights_config(r->w);
     for (int l = 0; with_loads && l < ts_v4_n_layer_slots(c) && l < 64 && c->n_routed_experts <= MAX_E; l++) {
         const int64_t *load = ts_trainer_expert_load(r->tr, l);
@@ -322,7 +351,7 @@ static int write_metrics(run *r, const ts_train_step_stats *st, double val, bool
         snprintf(r->load_names[l], sizeof r->load_names[l], "load_layer_%d", l);
         ex[n++] = (ts_metric_extra){r->load_names[l], r->loads[l], (int)c->n_routed_experts};
     }
-    ts_metrics_row row = {st->step + 1, st->loss, st->lr, (double)st->tokens / st->seconds, ex, n};
+    ts_metrics_row row = {st->step + 1, st->loss, st->lr, tokens_per_s, ex, n};
     ts_io_error ioe;
     return ts_metrics_write(r->metrics, &row, &ioe) == TS_OK ? 0 : fail(ioe.message);
 }
@@ -333,6 +362,8 @@ static int train_loop(run *r) {
     int64_t first_step = ts_trainer_step_count(r->tr);
     ts_progress prog;
     ts_progress_init(&prog, stdout, -1, c->log_every, c->steps, first_step, ts_time_seconds());
+    prog.flops_per_token = r->flops_per_token;
+    prog.peak_flops = r->peak_flops;
     double first_lm = NAN, last_lm = NAN;
     for (int64_t i = first_step; i < c->steps; i++) {
         ts_train_step_stats st;
@@ -399,8 +430,9 @@ static void print_help(void) {
     printf("\nA bare `tessera train` uses --steps 120 --batch 4 --seq 128 --lr 0.002 --eval-every 40\n"
            "--save-every 60; the spec's tiny recipe is --batch 8 --seq 256 --steps 1000 --lr 0.001.\n"
            "The run directory gets train_config.json, metrics.jsonl (one JSON object per step: step, loss,\n"
-           "lr, tokens_per_s, ..., val_loss at evaluations), loss.svg, ckpt-<step>/ and final/ (config.json,\n"
-           "model.safetensors, training_state.safetensors, manifest.json), loadable by 'tessera generate'.\n");
+           "lr, tokens_per_s, mfu (model FLOP utilization), ..., val_loss at evaluations), loss.svg, ckpt-<step>/\n"
+           "and final/ (config.json, model.safetensors, training_state.safetensors, manifest.json), loadable by\n"
+           "'tessera generate'.\n");
 }
 
 int cli_train_main(int argc, char **argv) {

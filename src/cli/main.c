@@ -1,7 +1,6 @@
 /* main.c - entry point of the `tessera` command: finds the subcommand in the table below and
  * hands it the rest of the command line. Each subcommand lives in its own cli_*.c file; adding
- * one means writing that file and adding a row here. Commands named in `planned` are part of
- * the roadmap (DESIGN.md) but do not exist yet; asking for one says so instead of pretending. */
+ * one means writing that file and adding a row here. */
 #include <string.h>
 
 #include "cli/cli.h"
@@ -20,6 +19,7 @@ static const cli_command commands[] = {
     {"init", "write a freshly initialised checkpoint (config.json + model.safetensors)", cli_init_main},
     {"generate", "continue a prompt with a trained model (incremental decoding), streaming the text", cli_generate_main},
     {"serve", "serve a model over HTTP: OpenAI-compatible completions and chat, continuous batching", cli_serve_main},
+    {"chat", "chat with a model in the terminal (its chat template, the KV cache kept across turns)", cli_chat_main},
     {"train", "train a model (default: the tiny DeepSeek-V4 on the embedded synthetic tasks)", cli_train_main},
     {"forward", "run one forward pass over token ids: argmax per position, loss, logits as .npy", cli_forward_main},
     {"bench", "benchmarks: 'tessera bench gemm' (GEMM/GEMV vs FMA peak, read bandwidth, OpenBLAS)", cli_bench_main},
@@ -27,18 +27,13 @@ static const cli_command commands[] = {
     {"data", "training data: prepare token shards from text/JSONL, write the synthetic set, inspect a shard", cli_data_main},
 };
 
-/* Roadmap commands: recognised so the error can say "not yet" rather than "unknown". */
-static const char *const planned[] = {"chat"};
-
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 static void print_help(FILE *out) {
     fprintf(out, "usage: tessera <command> [options]\n\n"
                  "Tessera: DeepSeek-V4-class training and inference in C, on any hardware.\n\ncommands:\n");
     for (int i = 0; i < COUNT(commands); i++) fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
-    fprintf(out, "\nnot available yet:");
-    for (int i = 0; i < COUNT(planned); i++) fprintf(out, " %s", planned[i]);
-    fprintf(out, "\n\n'tessera <command> --help' describes a command's options.\n");
+    fprintf(out, "\n'tessera <command> --help' describes a command's options.\n");
 }
 
 static const cli_command *find_command(const char *name) {
@@ -47,15 +42,8 @@ static const cli_command *find_command(const char *name) {
     return NULL;
 }
 
-static bool is_planned(const char *name) {
-    for (int i = 0; i < COUNT(planned); i++)
-        if (strcmp(planned[i], name) == 0) return true;
-    return false;
-}
-
 static int unknown_command(const char *name) {
     if (name[0] == '-') return cli_usage_error(NULL, "unknown option '%s'", name);
-    if (is_planned(name)) return cli_usage_error(NULL, "'%s' is planned but not available yet", name);
     return cli_usage_error(NULL, "unknown command '%s'", name);
 }
 

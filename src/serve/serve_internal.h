@@ -176,4 +176,31 @@ bool server_cancelling(ts_server *srv);
 
 extern const char ts_chat_page_html[];
 
+/* ---------------------------------------------------------------- HTTP client (http_client.c)
+ *
+ * A small blocking HTTP/1.1 client for talking to a server like this one: one request per
+ * connection (Connection: close), chunked or Content-Length bodies, and Server-Sent Events
+ * handed over one by one as they arrive, with their arrival time (what `tessera bench serve`
+ * times). Not a general client: no TLS, no redirects, no keep-alive. */
+
+typedef struct {
+    int status;        /* 0 when no status line arrived */
+    bool complete;     /* the body ended where its framing said (last chunk / Content-Length) */
+    bool event_stream; /* Content-Type: text/event-stream */
+    sbuf body;         /* the body, de-chunked */
+} http_response;
+
+/* Called per SSE event with its data (the text after "data: ", lines joined by "\n"; comments
+ * skipped), NUL-terminated, and ts_time_seconds() at its arrival. */
+typedef void (*http_event_fn)(void *user, const char *data, size_t n, double t);
+
+/* Sends `method path` with body (may be NULL) and extra_headers ("Name: v\r\n"..., may be NULL)
+ * to host:port and reads the answer into out (http_response_free it). Returns false, with a
+ * message in err, when it cannot connect or send, or the connection fails or stays silent for
+ * timeout_s before the response is complete; out holds what arrived. */
+bool http_request(const char *host, int port, const char *method, const char *path, const char *extra_headers,
+                  const char *body, size_t body_len, double timeout_s, http_event_fn on_event, void *user,
+                  http_response *out, char *err, size_t err_size);
+void http_response_free(http_response *r);
+
 #endif
