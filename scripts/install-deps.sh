@@ -3,8 +3,19 @@
 # (a C11 compiler with AddressSanitizer/UBSan, make, CMake >= 3.18), and nothing when they are
 # all present: each is checked first (command -v / dpkg -s), and apt-get - the only thing here
 # that touches the network - runs only for what is missing. Runs as root, or through sudo.
-# Called by scripts/quickstart.sh and scripts/test.sh; safe to run again.
+# With --tests it also installs what only the tests need (TEST_TOOLS below); scripts/test.sh,
+# which CI runs, passes it, scripts/quickstart.sh does not. Safe to run again.
 set -euo pipefail
+
+with_tests=0
+case "${1:-}" in
+  "") ;;
+  --tests) with_tests=1 ;;
+  *)
+    echo "usage: install-deps.sh [--tests]" >&2
+    exit 2
+    ;;
+esac
 
 # "command package" pairs: the package is needed when the command is missing.
 readonly TOOLS=(
@@ -19,11 +30,22 @@ readonly TOOLS=(
 # Packages without a command of their own: C library headers, jansson (JSON), PCRE2 (the
 # tokenizer's pre-tokenizer regexes), libmicrohttpd (the HTTP server).
 readonly LIBRARIES=(libc6-dev libjansson-dev libpcre2-dev libmicrohttpd-dev libc6-dev-arm64-cross)
+# Test-only "command package" pairs: tests/test_chat_page.py drives the chat page of
+# `tessera serve` in headless Chromium over the DevTools protocol, with python3's standard library
+# alone (that test reports SKIP where chromium is missing).
+readonly TEST_TOOLS=(
+  "python3 python3"
+  "chromium chromium"
+)
 # Sanitizer runtimes (Debian 12 names), needed only when a sanitized program fails to link.
 readonly SANITIZER_LIBS=(libasan8 libubsan1)
 
+tools=("${TOOLS[@]}")
+if [ "$with_tests" -eq 1 ]; then
+  tools+=("${TEST_TOOLS[@]}")
+fi
 missing=()
-for pair in "${TOOLS[@]}"; do
+for pair in "${tools[@]}"; do
   read -r cmd pkg <<<"$pair"
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 done

@@ -48,7 +48,7 @@ skipped() { # skipped NAME [WHY]
   results+=("$(printf '%-32s %9s  skipped (%s)' "$1" "-" "${2:-its build failed}")")
 }
 
-phase "install dependencies" scripts/install-deps.sh || true
+phase "install dependencies" scripts/install-deps.sh --tests || true
 
 if phase "build (Release, -Werror)" build build -DCMAKE_BUILD_TYPE=Release -DTS_WERROR=ON -DTS_SANITIZE=OFF; then
   phase "test (Release)" run_tests build || true
