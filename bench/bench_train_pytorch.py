@@ -147,11 +147,11 @@ def run_torch(shape, a, bf16):
 
 
 def find_tessera():
-    for pattern in ("build/bench/tessera_bench_train", "build*/bench/tessera_bench_train"):
-        hits = sorted(glob.glob(os.path.join(ROOT, pattern)))
-        if hits:
-            return hits[0]
-    sys.exit("bench_train_pytorch: no tessera_bench_train found under build*/bench; build it or pass --tessera")
+    """The most recently built build*/bench/tessera_bench_train (an older build dir may be stale)."""
+    hits = glob.glob(os.path.join(ROOT, "build*", "bench", "tessera_bench_train"))
+    if not hits:
+        sys.exit("bench_train_pytorch: no tessera_bench_train found under build*/bench; build it or pass --tessera")
+    return max(hits, key=os.path.getmtime)
 
 
 def run_tessera(a):
@@ -164,7 +164,7 @@ def run_tessera(a):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tessera", help="path of tessera_bench_train (default: the first build*/bench one)")
+    ap.add_argument("--tessera", help="path of tessera_bench_train (default: the newest build*/bench one)")
     ap.add_argument("--model", default="dense-small", help="a dense preset or checkpoint directory")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)

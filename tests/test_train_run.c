@@ -504,12 +504,15 @@ static void test_progress_format(void) {
         ts_format_duration(du[i].s, b, sizeof b);
         CHECK(!strcmp(b, du[i].want), "duration(%g) = '%s', want '%s'", du[i].s, b, du[i].want);
     }
-    ts_progress_line p = {120, 2000, 2.345, 3e-4, 12300, 252};
+    ts_progress_line p = {120, 2000, 2.345, 3e-4, 12300, 252, 0};
     char line[128];
     size_t n = ts_progress_format(&p, line, sizeof line);
     const char *want = "step 120/2000 | loss 2.345 | lr 3.0e-4 | 12.3k tok/s | ETA 4m12s";
     CHECK(!strcmp(line, want) && n == strlen(want), "'%s'", line);
-    p = (ts_progress_line){1, 10, NAN, 9.96e-4, NAN, NAN};
+    p.mfu = 0.0314;
+    ts_progress_format(&p, line, sizeof line);
+    CHECK(!strcmp(line, "step 120/2000 | loss 2.345 | lr 3.0e-4 | 12.3k tok/s | MFU 3.1% | ETA 4m12s"), "'%s'", line);
+    p = (ts_progress_line){1, 10, NAN, 9.96e-4, NAN, NAN, NAN};
     ts_progress_format(&p, line, sizeof line);
     CHECK(!strcmp(line, "step 1/10 | loss nan | lr 1.0e-3 | -- tok/s | ETA --"), "'%s'", line);
 }

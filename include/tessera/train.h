@@ -202,15 +202,19 @@ ts_status ts_muon_new(const ts_muon_group *groups, int n_groups, const ts_muon_p
 void ts_muon_free(ts_muon *opt);
 ts_status ts_muon_step(ts_muon *opt, float *const *params, const float *const *grads, double lr,
                        ts_threadpool *pool);
+/* Spreads the matrices over n_threads threads and allocates their workspaces; ts_muon_step does
+ * it on the first step with a pool of another size, so calling it ahead (with the pool's size)
+ * only keeps that allocation out of the step. */
+ts_status ts_muon_plan(ts_muon *opt, int n_threads);
 /* State buffers: "<name>.momentum" per parameter. */
 int ts_muon_state_count(const ts_muon *opt);
 ts_status ts_muon_state_at(ts_muon *opt, int i, ts_optim_state *out);
 
 /* The orthogonalization alone: X [rows x cols] is replaced by HybridNS(X) (normalization,
  * transpose handling and n_fast + n_stable iterations as above, no RMS scaling). work must
- * hold ts_muon_ns_workspace_floats(rows, cols) floats. Its matrix products use SSE or AVX as
- * the CPU allows, with results identical to plain f32 loops. Exposed for tests and
- * diagnostics. */
+ * hold ts_muon_ns_workspace_floats(rows, cols) floats. Its matrix products are the CPU
+ * backend's GEMM (FMA where the CPU has it; the same bits for any thread count). Exposed for
+ * tests and diagnostics. */
 int64_t ts_muon_ns_workspace_floats(int64_t rows, int64_t cols);
 void ts_muon_newton_schulz(float *x, int64_t rows, int64_t cols, double eps, int n_fast,
                            int n_stable, float *work, ts_threadpool *pool);
@@ -492,7 +496,7 @@ ts_status ts_loss_plot_write(const char *metrics_path, const char *svg_path, boo
 
 /* ---------------------------------------------------------------- progress display (progress.c)
  *
- *   step 120/2000 | loss 2.345 | lr 3.0e-4 | 12.3k tok/s | ETA 4m12s
+ *   step 120/2000 | loss 2.345 | lr 3.0e-4 | 12.3k tok/s | MFU 3.1% | ETA 4m12s
  * redrawn in place with \r on a terminal, or printed as a plain line every log_every steps (and
  * at the last step) when the stream is a file or a pipe. */
 
@@ -501,6 +505,7 @@ typedef struct {
     double loss, lr;
     double tokens_per_s;       /* NaN: not known yet */
     double eta_seconds;        /* NaN: not known yet */
+    double mfu;                /* model FLOP utilization, "| MFU 3.1%" after tok/s (0 or NaN: left out) */
 } ts_progress_line;
 
 /* The line above, no newline (snprintf-style return). */
@@ -520,6 +525,8 @@ typedef struct {
     double tokens;          /* since start */
     double t_last_draw;
     size_t last_len;        /* of the line on screen, to blank a longer previous one */
+    double flops_per_token; /* model FLOPs of a trained token and the machine's peak FLOP/s, */
+    double peak_flops;      /* set after ts_progress_init for the MFU (0: no MFU shown) */
 } ts_progress;
 
 /* tty: 1 / 0 force the mode, -1 asks isatty(out). */

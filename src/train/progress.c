@@ -1,5 +1,5 @@
 /* progress.c - the live progress line of a training run (train.h):
- *   step 120/2000 | loss 2.345 | lr 3.0e-4 | 12.3k tok/s | ETA 4m12s
+ *   step 120/2000 | loss 2.345 | lr 3.0e-4 | 12.3k tok/s | MFU 3.1% | ETA 4m12s
  * On a terminal one line is redrawn in place with \r (at most 10 times a second, so drawing
  * never costs the run anything); into a file or a pipe, where \r would pile up, a plain line is
  * printed every log_every steps. The formatting is pure functions, tested without a terminal;
@@ -73,7 +73,7 @@ static void format_lr(double lr, char *buf, size_t cap) {
 }
 
 size_t ts_progress_format(const ts_progress_line *p, char *buf, size_t cap) {
-    char loss[32], lr[32], rate[32], eta[32];
+    char loss[32], lr[32], rate[32], eta[32], mfu[32] = "";
     if (isfinite(p->loss))
         snprintf(loss, sizeof loss, "%.3f", p->loss);
     else
@@ -81,8 +81,9 @@ size_t ts_progress_format(const ts_progress_line *p, char *buf, size_t cap) {
     format_lr(p->lr, lr, sizeof lr);
     ts_format_si(p->tokens_per_s, rate, sizeof rate);
     ts_format_duration(p->eta_seconds, eta, sizeof eta);
-    int n = snprintf(buf, cap, "step %lld/%lld | loss %s | lr %s | %s tok/s | ETA %s", (long long)p->step,
-                     (long long)p->total_steps, loss, lr, rate, eta);
+    if (p->mfu > 0 && isfinite(p->mfu)) snprintf(mfu, sizeof mfu, " | MFU %.1f%%", 100 * p->mfu);
+    int n = snprintf(buf, cap, "step %lld/%lld | loss %s | lr %s | %s tok/s%s | ETA %s", (long long)p->step,
+                     (long long)p->total_steps, loss, lr, rate, mfu, eta);
     return n < 0 ? 0 : (size_t)n;
 }
 
@@ -102,11 +103,13 @@ void ts_progress_update(ts_progress *p, int64_t step, double loss, double lr, do
     double elapsed = now - p->t_start;
     int64_t done = step - p->first_step;
     bool last = step >= p->total_steps;
+    double tokens_per_s = elapsed > 0 ? p->tokens / elapsed : NAN;
     ts_progress_line line = {.step = step,
                              .total_steps = p->total_steps,
                              .loss = loss,
                              .lr = lr,
-                             .tokens_per_s = elapsed > 0 ? p->tokens / elapsed : NAN,
+                             .tokens_per_s = tokens_per_s,
+                             .mfu = p->peak_flops > 0 ? tokens_per_s * p->flops_per_token / p->peak_flops : 0,
                              .eta_seconds = done > 0 && elapsed > 0 ? elapsed / (double)done * (double)(p->total_steps - step) : NAN};
     char text[256];
     size_t len = ts_progress_format(&line, text, sizeof text);

@@ -40,6 +40,7 @@ struct ts_trainer {
     int64_t *all_numel;
     ts_adamw *adamw;
     ts_muon *muon;
+    ts_threadpool *pool; /* the optimizers' threads (as many as the backend's; idle during the graph) */
 
     int32_t *ids, *targets, *mtp_ids, *mtp_targets; /* [B*T] staging */
     int64_t **load;                                 /* [layer slots][E] */
@@ -147,6 +148,7 @@ static ts_status make_optimizers(ts_trainer *tr, char *err, size_t err_size) {
         mg.weight_decay = tr->o.weight_decay;
         s = ts_adamw_new(ag, 2, ap, tr->n_adam, &tr->adamw);
         if (s == TS_OK && tr->n_muon) s = ts_muon_new(&mg, 1, mp, tr->n_muon, &tr->muon);
+        if (s == TS_OK && tr->muon) s = ts_muon_plan(tr->muon, ts_threadpool_size(tr->pool));
     }
     if (s != TS_OK) ts_error_printf(err, err_size, "trainer: creating the optimizers failed: %s", ts_status_name(s));
     free(ap);
@@ -196,7 +198,11 @@ ts_status ts_trainer_new(ts_model_weights *w, ts_data_loader *train, ts_backend 
     tr->o = *o;
     if (tr->cfg->kind != TS_MODEL_DEEPSEEK_V4 || tr->cfg->num_nextn_predict_layers < 1) tr->o.mtp = false;
     tr->graph_dense = dense_stage(tr, 0);
-    s = build_graph(tr, true, &tr->mg, &tr->plan, err, err_size);
+    ts_backend_info bi;
+    ts_backend_get_info(be, &bi);
+    s = ts_threadpool_new(bi.n_threads > 0 ? bi.n_threads : 1, &tr->pool);
+    if (s != TS_OK) ts_error_printf(err, err_size, "trainer: cannot start the optimizer threads");
+    if (s == TS_OK) s = build_graph(tr, true, &tr->mg, &tr->plan, err, err_size);
     if (s == TS_OK) s = make_optimizers(tr, err, err_size);
     int64_t BT = o->batch * o->seq, slots = ts_v4_n_layer_slots(tr->cfg);
     if (s == TS_OK) {
@@ -233,6 +239,7 @@ void ts_trainer_free(ts_trainer *tr) {
     ts_model_graph_free(tr->eval_mg);
     ts_adamw_free(tr->adamw);
     ts_muon_free(tr->muon);
+    ts_threadpool_free(tr->pool);
     free(tr->adam_t);
     free(tr->muon_t);
     free(tr->adam_p);
@@ -359,8 +366,9 @@ ts_status ts_trainer_step(ts_trainer *tr, ts_train_step_stats *st, char *err, si
     st->lr = ts_lr_at(&tr->o.lr, tr->step);
     st->skipped = !isfinite(st->grad_norm) || !isfinite(st->loss);
     if (!st->skipped) {
-        s = ts_adamw_step(tr->adamw, tr->adam_p, (const float *const *)tr->adam_g, st->lr, NULL);
-        if (s == TS_OK && tr->muon) s = ts_muon_step(tr->muon, tr->muon_p, (const float *const *)tr->muon_g, st->lr, NULL);
+        s = ts_adamw_step(tr->adamw, tr->adam_p, (const float *const *)tr->adam_g, st->lr, tr->pool);
+        if (s == TS_OK && tr->muon)
+            s = ts_muon_step(tr->muon, tr->muon_p, (const float *const *)tr->muon_g, st->lr, tr->pool);
         if (s == TS_OK) s = update_biases(tr);
         if (s != TS_OK) {
             ts_error_printf(err, err_size, "trainer: update at step %lld failed: %s", (long long)tr->step, ts_status_name(s));
