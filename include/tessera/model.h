@@ -421,7 +421,7 @@ ts_status ts_model_complete(ts_model_completer *c, int n, const int32_t *const *
  *
  * DeepSeek-V4 token by token against per-sequence caches (spec §2.13): a window ring of keys,
  * the completed CSA/HCA entries, the compressors' pending blocks and the indexer's keys. Up to
- * `slots` sequences step together (one graph, batch = slots); each has its own position.
+ * `slots` sequences step together (one pass over just the stepping slots); each has its own position.
  * Decoding a sequence gives the logits of the full forward pass at every position. The dense
  * baseline (decode_dense.c) keeps a plain KV cache per layer and slot. */
 typedef struct ts_model_decoder ts_model_decoder;
