@@ -24,33 +24,10 @@
 #include <string.h>
 
 #include "check.h"
+#include "model_fixture.h"
 #include "tessera/backend.h"
 #include "tessera/io.h"
 #include "tessera/model.h"
-
-/* Full-forward logits [T, V] (as doubles) of one sequence. */
-static double *full_logits(ts_model_weights *w, ts_backend *be, const int32_t *ids, int64_t T) {
-    char err[256] = "";
-    ts_model_graph *mg = NULL;
-    ts_model_graph_options o = {.batch = 1, .seq = T};
-    ts_status s = ts_model_graph_build(w, &o, &mg, err, sizeof err);
-    if (s == TS_OK) s = ts_model_graph_alloc(mg, be, NULL, err, sizeof err);
-    CHECK(s == TS_OK, "full graph: %s", err);
-    if (s != TS_OK) return NULL;
-    ts_tensor_write(mg->ids, ids, (size_t)T * sizeof(int32_t));
-    CHECK_OK(ts_graph_compute(mg->graph), mg->graph);
-    int64_t V = ts_model_weights_config(w)->vocab_size;
-    double *out = malloc((size_t)(T * V) * sizeof *out);
-    if (mg->logits->dtype == TS_F64) ts_tensor_read(mg->logits, out, (size_t)(T * V) * sizeof *out);
-    else {
-        float *f = malloc((size_t)(T * V) * sizeof *f);
-        ts_tensor_read_f32(mg->logits, f, T * V);
-        for (int64_t i = 0; i < T * V; i++) out[i] = f[i];
-        free(f);
-    }
-    ts_model_graph_free(mg);
-    return out;
-}
 
 /* Decodes seqs[k] (lengths lens[k]) in slots k, sequence k starting at step starts[k] and
  * sitting out the steps with (step + k) % pause == 0 (pause 0: none), and returns the worst

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "model_fixture.h"
 #include "tessera/backend.h"
 #include "tessera/model.h"
 
@@ -40,30 +41,6 @@ static ts_model_weights *tiny_weights(ts_dtype dt) {
         }
     }
     return w;
-}
-
-/* Full-forward logits [T, V] (as doubles) of one sequence. */
-static double *full_logits(ts_model_weights *w, ts_backend *be, const int32_t *ids, int64_t T) {
-    char err[256] = "";
-    ts_model_graph *mg = NULL;
-    ts_model_graph_options o = {.batch = 1, .seq = T};
-    ts_status s = ts_model_graph_build(w, &o, &mg, err, sizeof err);
-    if (s == TS_OK) s = ts_model_graph_alloc(mg, be, NULL, err, sizeof err);
-    CHECK(s == TS_OK, "full graph: %s", err);
-    if (s != TS_OK) return NULL;
-    ts_tensor_write(mg->ids, ids, (size_t)T * sizeof(int32_t));
-    CHECK_OK(ts_graph_compute(mg->graph), mg->graph);
-    int64_t n = T * ts_model_weights_config(w)->vocab_size;
-    double *out = malloc((size_t)n * sizeof *out);
-    if (mg->logits->dtype == TS_F64) ts_tensor_read(mg->logits, out, (size_t)n * sizeof *out);
-    else {
-        float *f = malloc((size_t)n * sizeof *f);
-        ts_tensor_read_f32(mg->logits, f, n);
-        for (int64_t i = 0; i < n; i++) out[i] = f[i];
-        free(f);
-    }
-    ts_model_graph_free(mg);
-    return out;
 }
 
 typedef struct {
