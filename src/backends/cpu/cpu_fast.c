@@ -4,8 +4,11 @@
  * kernel too, so this backend supports exactly what "cpu-ref" does; the conformance suite
  * (tests/test_conformance.c) checks it against the reference because it is in the registry
  * (backend.c). The GEMM picks its instruction-set tier (AVX-512, AVX2 + FMA, portable C) at
- * run time, so one binary runs everywhere. */
+ * run time, so one binary runs everywhere. Also the kept-between-calls scratch buffer the fast
+ * kernels share (ts_cpu_scratch). */
 #include "backends/cpu/fast_kernels.h"
+
+#include <stdlib.h>
 
 static const ts_cpu_kernel fast_kernels[TS_OP_COUNT] = {
     [TS_OP_MATMUL] = ts_fast_matmul,
@@ -46,4 +49,28 @@ static const ts_cpu_kernel fast_kernels[TS_OP_COUNT] = {
 
 ts_status ts_backend_cpu_new(int n_threads, ts_backend **out) {
     return ts_backend_cpu_new_with_kernels("cpu", n_threads, fast_kernels, out);
+}
+
+void *ts_cpu_scratch_acquire(ts_cpu_scratch *s, size_t bytes, bool *temporary) {
+    pthread_mutex_lock(&s->mu);
+    *temporary = s->busy;
+    if (!s->busy && s->bytes < bytes) {
+        free(s->data);
+        s->data = malloc(bytes);
+        s->bytes = s->data ? bytes : 0;
+    }
+    void *p = *temporary ? NULL : s->data;
+    if (p) s->busy = true;
+    pthread_mutex_unlock(&s->mu);
+    return *temporary ? malloc(bytes) : p;
+}
+
+void ts_cpu_scratch_release(ts_cpu_scratch *s, void *p, bool temporary) {
+    if (temporary) {
+        free(p);
+        return;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->busy = false;
+    pthread_mutex_unlock(&s->mu);
 }

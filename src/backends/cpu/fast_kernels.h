@@ -10,6 +10,8 @@
 #ifndef TS_FAST_KERNELS_H
 #define TS_FAST_KERNELS_H
 
+#include <pthread.h>
+
 #include "tessera/backend.h"
 
 #define TS_FAST_KERNEL(name) ts_status ts_fast_##name(const ts_cpu_ctx *ctx, ts_tensor *dst)
@@ -59,5 +61,18 @@ TS_FAST_KERNEL(matmul_id);
 TS_FAST_KERNEL(matmul_id_grad_w);
 /* Whether a matmul_id / matmul_id_grad_w node takes the grouped GEMM path (tests). */
 bool ts_fast_moe_applies(const ts_tensor *dst);
+
+/* A scratch buffer kept between a kernel's calls, so that a graph's runs allocate only on the
+ * first one. A second concurrent caller (another graph on another thread) gets a temporary
+ * buffer instead; *temporary tells release to free it. NULL when memory is exhausted. */
+typedef struct {
+    pthread_mutex_t mu;
+    void *data;
+    size_t bytes;
+    bool busy;
+} ts_cpu_scratch;
+#define TS_CPU_SCRATCH_INIT {PTHREAD_MUTEX_INITIALIZER, NULL, 0, false}
+void *ts_cpu_scratch_acquire(ts_cpu_scratch *s, size_t bytes, bool *temporary);
+void ts_cpu_scratch_release(ts_cpu_scratch *s, void *p, bool temporary);
 
 #endif

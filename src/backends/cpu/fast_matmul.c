@@ -147,35 +147,7 @@ static int64_t batch_offset(const ts_tensor *t, const ts_tensor *c, int64_t batc
  * caller (another graph on another thread) gets a temporary buffer. */
 #define OUT_CHUNK_FLOATS ((int64_t)1 << 20)
 
-static pthread_mutex_t out_scratch_mu = PTHREAD_MUTEX_INITIALIZER;
-static float *out_scratch;
-static int64_t out_scratch_floats;
-static bool out_scratch_busy;
-
-/* n floats, or NULL when memory is exhausted; *temporary says to free it after use. */
-static float *out_scratch_acquire(int64_t n, bool *temporary) {
-    pthread_mutex_lock(&out_scratch_mu);
-    *temporary = out_scratch_busy;
-    if (!out_scratch_busy && out_scratch_floats < n) {
-        free(out_scratch);
-        out_scratch = malloc((size_t)n * sizeof(float));
-        out_scratch_floats = out_scratch ? n : 0;
-    }
-    float *p = *temporary ? NULL : out_scratch;
-    if (p) out_scratch_busy = true;
-    pthread_mutex_unlock(&out_scratch_mu);
-    return *temporary ? malloc((size_t)n * sizeof(float)) : p;
-}
-
-static void out_scratch_release(float *p, bool temporary) {
-    if (temporary) {
-        free(p);
-        return;
-    }
-    pthread_mutex_lock(&out_scratch_mu);
-    out_scratch_busy = false;
-    pthread_mutex_unlock(&out_scratch_mu);
-}
+static ts_cpu_scratch out_scratch = TS_CPU_SCRATCH_INIT;
 
 /* ---------------------------------------------------------------- run */
 
@@ -203,7 +175,7 @@ static ts_status run_gemm(const ts_cpu_ctx *ctx, const gemm_plan *p, ts_tensor *
     int64_t chunk_rows = OUT_CHUNK_FLOATS / p->N > 0 ? OUT_CHUNK_FLOATS / p->N : 1;
     if (chunk_rows > p->M) chunk_rows = p->M;
     bool temporary;
-    float *scratch = out_scratch_acquire(chunk_rows * p->N, &temporary);
+    float *scratch = ts_cpu_scratch_acquire(&out_scratch, (size_t)(chunk_rows * p->N) * sizeof(float), &temporary);
     if (!scratch) return ts_ref_fail(ctx, TS_ERR_OOM, dst, "out of memory for the f32 rows of a narrow output");
     ts_status s = TS_OK;
     for (int64_t batch = 0; batch < p->n_batch && s == TS_OK; batch++)
@@ -213,7 +185,7 @@ static ts_status run_gemm(const ts_cpu_ctx *ctx, const gemm_plan *p, ts_tensor *
             s = ts_convert((char *)dst->data + ts_dtype_bytes(dst->dtype, (batch * p->M + i0) * p->N), dst->dtype,
                            scratch, TS_F32, rows * p->N);
         }
-    out_scratch_release(scratch, temporary);
+    ts_cpu_scratch_release(&out_scratch, scratch, temporary);
     return s == TS_OK ? TS_OK : ts_ref_fail(ctx, s, dst, "converting the f32 result to the output dtype");
 }
 

@@ -104,35 +104,7 @@ static bool plan_grad_w(const ts_tensor *dst, moe_plan *p) {
 
 /* ---------------------------------------------------------------- scratch */
 
-static pthread_mutex_t scratch_mu = PTHREAD_MUTEX_INITIALIZER;
-static void *scratch;
-static size_t scratch_bytes;
-static bool scratch_busy;
-
-/* bytes of scratch, or NULL when memory is exhausted; *temporary says to free it after use. */
-static void *scratch_acquire(size_t bytes, bool *temporary) {
-    pthread_mutex_lock(&scratch_mu);
-    *temporary = scratch_busy;
-    if (!scratch_busy && scratch_bytes < bytes) {
-        free(scratch);
-        scratch = malloc(bytes);
-        scratch_bytes = scratch ? bytes : 0;
-    }
-    void *s = *temporary ? NULL : scratch;
-    if (s) scratch_busy = true;
-    pthread_mutex_unlock(&scratch_mu);
-    return *temporary ? malloc(bytes) : s;
-}
-
-static void scratch_release(void *s, bool temporary) {
-    if (temporary) {
-        free(s);
-        return;
-    }
-    pthread_mutex_lock(&scratch_mu);
-    scratch_busy = false;
-    pthread_mutex_unlock(&scratch_mu);
-}
+static ts_cpu_scratch scratch = TS_CPU_SCRATCH_INIT;
 
 /* The pieces of one run's scratch: the sort (order, start) and two row blocks. */
 typedef struct {
@@ -292,12 +264,12 @@ typedef void (*moe_run_fn)(const ts_cpu_ctx *ctx, const moe_plan *p, const moe_w
  * reference kernel, which reports it. */
 static ts_status run(const ts_cpu_ctx *ctx, ts_tensor *dst, const moe_plan *p, moe_run_fn fn, ts_cpu_kernel ref) {
     bool temporary;
-    void *base = scratch_acquire(work_bytes(p), &temporary);
+    void *base = ts_cpu_scratch_acquire(&scratch, work_bytes(p), &temporary);
     if (!base) return ref(ctx, dst);
     moe_work w = work_at(p, base);
     bool sorted = sort_pairs(p, &w);
     if (sorted) fn(ctx, p, &w);
-    scratch_release(base, temporary);
+    ts_cpu_scratch_release(&scratch, base, temporary);
     return sorted ? TS_OK : ref(ctx, dst);
 }
 
