@@ -87,6 +87,19 @@ static inline double *full_logits(ts_model_weights *w, ts_backend *be, const int
     return out;
 }
 
+/* The greedy next token after ids[0..T) by the full forward pass (the completer's oracle). */
+static inline int full_argmax(ts_model_weights *w, ts_backend *be, const int32_t *ids, int64_t T) {
+    double *lg = full_logits(w, be, ids, T);
+    if (!lg) return -1;
+    int64_t V = ts_model_weights_config(w)->vocab_size;
+    const double *last = lg + (T - 1) * V;
+    int best = 0;
+    for (int64_t v = 1; v < V; v++)
+        if (last[v] > last[best]) best = (int)v;
+    free(lg);
+    return best;
+}
+
 /* max |a - b| over n values. */
 static inline double max_abs_diff(const double *a, const double *b, int64_t n) {
     double m = 0;
