@@ -69,8 +69,16 @@ static void wait_tokens(collector *c, int n) {
 
 static void wait_done(collector *c) { wait_tokens(c, MAX_OUT + 1); }
 
+/* Whether v occurs among a[0..n). */
+static bool memchr_i32(const int32_t *a, int n, int32_t v) {
+    for (int i = 0; i < n; i++)
+        if (a[i] == v) return true;
+    return false;
+}
+
 static ts_gen_request request(uint64_t id, const int32_t *prompt, size_t n, int32_t max_tokens, collector *c) {
-    ts_gen_request r = {id, prompt, n, max_tokens, ts_sampling_defaults(), {c, on_token, on_done}};
+    ts_gen_request r = {.id = id, .prompt = prompt, .n_prompt = n, .max_tokens = max_tokens,
+                        .sampling = ts_sampling_defaults(), .sink = {c, on_token, on_done}};
     r.sampling.temperature = 0;
     return r;
 }
@@ -203,6 +211,23 @@ static void test_sampling_cancel_limits(const ts_model_weights *w, ts_backend *b
     wait_done(&c2);
     CHECK(a.n == b.n && memcmp(a.tokens, b.tokens, (size_t)a.n * sizeof(int32_t)) == 0, "same seed, different tokens");
     CHECK(a.n != c2.n || memcmp(a.tokens, c2.tokens, (size_t)a.n * sizeof(int32_t)) != 0, "another seed, same tokens");
+
+    /* A stop id ends the same seeded generation just before that token's first appearance. */
+    int first_new = 1;
+    while (first_new < a.n && memchr_i32(a.tokens, first_new, a.tokens[first_new])) first_new++;
+    collector st;
+    collector_init(&st);
+    ts_gen_request rs = request(13, p0, n0, NEW, &st);
+    rs.sampling = ra.sampling;
+    rs.stop_ids[0] = 999999; /* never produced */
+    rs.stop_ids[1] = a.tokens[first_new < a.n ? first_new : 0];
+    rs.n_stop_ids = 2;
+    CHECK(first_new < a.n && eng.submit(eng.self, &rs) == TS_OK, "stop-id request (token %d of %d)", first_new, a.n);
+    wait_done(&st);
+    CHECK(st.end == TS_GEN_STOP_TOKEN && st.n == first_new && memcmp(st.tokens, a.tokens, (size_t)st.n * sizeof(int32_t)) == 0,
+          "stop id %d: end %d after %d tokens, expected a stop after %d", rs.stop_ids[1], (int)st.end, st.n, first_new);
+    rs.n_stop_ids = TS_GEN_MAX_STOP_IDS + 1;
+    CHECK(eng.submit(eng.self, &rs) == TS_ERR_RANGE, "too many stop ids are refused");
 
     collector k;
     collector_init(&k);

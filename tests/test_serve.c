@@ -34,6 +34,8 @@ typedef struct fake_req {
     size_t n_prompt;
     int32_t max_tokens, produced;
     bool forever, cancelled;
+    int32_t stop_ids[TS_GEN_MAX_STOP_IDS];
+    int n_stop_ids;
     ts_gen_sink sink;
     struct fake_req *next;
 } fake_req;
@@ -65,8 +67,10 @@ static void fake_step(fake_engine *f) {
             end = TS_GEN_LENGTH;
         else if (r->forever || (size_t)r->produced < r->n_prompt)
             finished = false;
+        int32_t next = r->prompt[r->n_prompt - 1 - (size_t)r->produced % r->n_prompt];
+        for (int i = 0; i < r->n_stop_ids; i++) finished |= next == r->stop_ids[i];
         if (!finished) {
-            r->sink.token(r->sink.user, r->prompt[r->n_prompt - 1 - (size_t)r->produced % r->n_prompt]);
+            r->sink.token(r->sink.user, next);
             r->produced++;
             pp = &r->next;
             continue;
@@ -134,6 +138,8 @@ static ts_status fake_submit(void *self, const ts_gen_request *req) {
     r->n_prompt = req->n_prompt;
     r->id = req->id;
     r->max_tokens = req->max_tokens;
+    r->n_stop_ids = req->n_stop_ids;
+    memcpy(r->stop_ids, req->stop_ids, sizeof r->stop_ids);
     r->sink = req->sink;
     for (size_t i = 0; i < req->n_prompt; i++) r->forever |= req->prompt[i] == '~';
     pthread_mutex_lock(&f->mu);
@@ -561,6 +567,19 @@ static void test_chat(int port, fake_engine *f, int *template_calls) {
           "chat: %s", r.body.data);
     json_decref(root);
     resp_free(&r);
+
+    /* A chat reply ends at the template's end-of-turn token; a completion does not. */
+    r = post(port, "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"ab|cd\"}]}");
+    CHECK(parse_completion(&r, true, &c) && !strcmp(c.text, "dc") && !strcmp(c.finish, "stop"), "chat end of turn: %s",
+          r.body.data);
+    resp_free(&r);
+    r = post(port, "/v1/completions", "{\"prompt\":\"ab|cd\"}");
+    CHECK(parse_completion(&r, false, &c) && !strcmp(c.text, "dc|ba"), "completion past '|': %s", r.body.data);
+    resp_free(&r);
+    r = post(port, "/v1/completions", "{\"prompt\":\"abc\",\"stop_token_ids\":[120,97]}");
+    CHECK(parse_completion(&r, false, &c) && !strcmp(c.text, "cb") && !strcmp(c.finish, "stop"), "stop_token_ids: %s",
+          r.body.data);
+    resp_free(&r);
 }
 
 static void test_streaming(int port) {
@@ -597,6 +616,12 @@ static void test_errors(int port, fake_engine *f) {
     expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"stream\":1}", 400, "stream", NULL, "stream type");
     expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"top_p\":2}", 400, "top_p", NULL, "top_p range");
     expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"stop\":[1]}", 400, "stop", NULL, "stop type");
+    expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"stop_token_ids\":\"a\"}", 400, "stop_token_ids", NULL,
+                 "stop_token_ids type");
+    expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"stop_token_ids\":[-1]}", 400, "stop_token_ids", NULL,
+                 "negative stop id");
+    expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"stop_token_ids\":[1,2,3,4,5,6,7,8]}", 400, "stop_token_ids",
+                 NULL, "too many stop ids");
     expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"n\":2}", 400, "n", NULL, "n > 1");
     expect_error(port, "POST", C, KEY, "{\"prompt\":7}", 400, "prompt", NULL, "prompt type");
     expect_error(port, "POST", C, KEY, "{\"prompt\":\"\"}", 400, "prompt", NULL, "empty prompt");
@@ -843,6 +868,7 @@ int main(void) {
     o.port = 0, o.model_name = "tiny-test", o.api_key = "sekret", o.max_body_bytes = 4096, o.max_prompt_tokens = 64,
     o.max_output_tokens = 64, o.max_concurrent = 16, o.request_timeout_s = 5;
     o.chat_template = last_user_message, o.chat_template_user = &template_calls;
+    o.chat_end_of_turn = "|"; /* one token of the fake vocabulary */
     ts_server *srv = NULL;
     ts_io_error err = {0};
     CHECK(ts_server_start(&o, &en, &srv, &err) == TS_OK && ts_server_port(srv) > 0, "start: %s", err.message);

@@ -73,12 +73,17 @@ typedef struct {
     void (*done)(void *user, ts_gen_end end);
 } ts_gen_sink;
 
+#define TS_GEN_MAX_STOP_IDS 8
+
 typedef struct {
     uint64_t id;              /* unique per server; the key for cancel */
     const int32_t *prompt;    /* valid during submit only */
     size_t n_prompt;          /* >= 1 */
     int32_t max_tokens;       /* >= 1 */
     ts_sampling_params sampling;
+    int32_t stop_ids[TS_GEN_MAX_STOP_IDS]; /* more ids that end the generation as the EOS does
+                                            (the request's stop_token_ids, a chat's end of turn) */
+    int n_stop_ids;
     ts_gen_sink sink;
 } ts_gen_request;
 
@@ -202,6 +207,9 @@ typedef struct {
                                     error event when streaming; 0: none (default 600) */
     ts_chat_template_fn chat_template; /* NULL: ts_chat_template_deepseek */
     void *chat_template_user;
+    const char *chat_end_of_turn; /* text of the token that closes an assistant turn
+                                     (ts_chat_template_end_of_turn): chat generations stop at
+                                     it; NULL, or text that is not one token: at the EOS only */
 } ts_server_options;
 
 ts_server_options ts_server_defaults(void);

@@ -112,6 +112,7 @@ int cli_serve_main(int argc, char **argv) {
         o.request_timeout_s = timeout;
         o.chat_template = ts_chat_template_render;
         o.chat_template_user = &tmpl;
+        o.chat_end_of_turn = ts_chat_template_end_of_turn(&tmpl);
         ts_engine table;
         ts_model_engine_table(engine, &table);
         if (ts_server_start(&o, &table, &srv, &ioe) != TS_OK) rc = fail(ioe.message, NULL);

@@ -90,13 +90,15 @@ job *job_new(ts_server *srv, const gen_params *p, int32_t max_tokens, int32_t n_
     return j;
 }
 
-bool job_submit(job *j, const int32_t *prompt, const ts_sampling_params *sp, api_error *e) {
+bool job_submit(job *j, const int32_t *prompt, const gen_params *p, api_error *e) {
     ts_gen_request req = {.id = j->id,
                           .prompt = prompt,
                           .n_prompt = (size_t)j->n_prompt,
                           .max_tokens = j->max_tokens,
-                          .sampling = *sp,
+                          .sampling = p->sampling,
+                          .n_stop_ids = p->n_stop_ids,
                           .sink = {.user = j, .token = sink_token, .done = sink_done}};
+    memcpy(req.stop_ids, p->stop_ids, sizeof req.stop_ids);
     const ts_engine *en = &j->srv->engine;
     ts_status st = en->submit(en->self, &req);
     if (st == TS_OK) {

@@ -34,6 +34,8 @@ typedef struct {
     size_t n_prompt;
     int32_t max_tokens;
     ts_sampling_params sampling;
+    int32_t stop_ids[TS_GEN_MAX_STOP_IDS];
+    int n_stop_ids;
     ts_gen_sink sink;
     bool cancelled;
 } pending;
@@ -191,7 +193,9 @@ static void emit(ts_model_engine *e, int s, const float *logits) {
         finish(e, s, TS_GEN_ERROR);
         return;
     }
-    if (tok == e->eos) {
+    bool stop = tok == e->eos;
+    for (int i = 0; i < sl->req.n_stop_ids; i++) stop |= tok == sl->req.stop_ids[i];
+    if (stop) {
         finish(e, s, TS_GEN_STOP_TOKEN);
         return;
     }
@@ -306,10 +310,17 @@ static ts_status eng_submit(void *self, const ts_gen_request *req) {
         return TS_ERR_RANGE;
     for (size_t i = 0; i < req->n_prompt; i++)
         if (req->prompt[i] < 0 || req->prompt[i] >= e->vocab) return TS_ERR_RANGE;
-    if (ts_sampling_params_check(&req->sampling, NULL)) return TS_ERR_RANGE;
-    pending p = {req->id, malloc(req->n_prompt * sizeof(int32_t)), req->n_prompt, req->max_tokens, req->sampling,
-                 req->sink, false};
+    if (ts_sampling_params_check(&req->sampling, NULL) || req->n_stop_ids < 0 || req->n_stop_ids > TS_GEN_MAX_STOP_IDS)
+        return TS_ERR_RANGE;
+    pending p = {.id = req->id,
+                 .prompt = malloc(req->n_prompt * sizeof(int32_t)),
+                 .n_prompt = req->n_prompt,
+                 .max_tokens = req->max_tokens,
+                 .sampling = req->sampling,
+                 .n_stop_ids = req->n_stop_ids,
+                 .sink = req->sink};
     if (!p.prompt) return TS_ERR_OOM;
+    memcpy(p.stop_ids, req->stop_ids, sizeof p.stop_ids);
     memcpy(p.prompt, req->prompt, req->n_prompt * sizeof(int32_t));
     pthread_mutex_lock(&e->mu);
     ts_status s = TS_OK;

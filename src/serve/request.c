@@ -117,6 +117,23 @@ static bool refuse_unsupported(json_t *body, api_error *e) {
     return true;
 }
 
+/* vLLM's "stop_token_ids": ids that end the generation like the EOS. One place stays free
+ * for the chat's end of turn. */
+static bool parse_stop_ids(json_t *body, gen_params *p, api_error *e) {
+    json_t *v = json_object_get(body, "stop_token_ids");
+    if (!v || json_is_null(v)) return true;
+    if (!json_is_array(v) || json_array_size(v) > TS_GEN_MAX_STOP_IDS - 1)
+        return bad(e, "stop_token_ids", "'%s' must be an array of up to 7 token ids", "stop_token_ids");
+    size_t i;
+    json_t *id;
+    json_array_foreach(v, i, id) {
+        if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) > INT32_MAX)
+            return bad(e, "stop_token_ids", "'%s' must hold non-negative integers", "stop_token_ids");
+        p->stop_ids[p->n_stop_ids++] = (int32_t)json_integer_value(id);
+    }
+    return true;
+}
+
 /* A completions prompt: a string, an array of one string, or an array of token ids. */
 static bool parse_prompt(json_t *body, gen_params *p, api_error *e) {
     json_t *v = json_object_get(body, "prompt");
@@ -209,7 +226,7 @@ bool gen_params_parse(json_t *body, bool chat, const ts_server_options *opt, gen
     json_int_t max_tokens = 0;
     bool has_max = false, has_mct = false;
     if (!refuse_unsupported(body, e) || !get_bool(body, "stream", &p->stream, e) || !parse_sampling(body, p, e) ||
-        !parse_stop(body, p, e) || !get_int(body, "max_tokens", &max_tokens, &has_max, e) ||
+        !parse_stop(body, p, e) || !parse_stop_ids(body, p, e) || !get_int(body, "max_tokens", &max_tokens, &has_max, e) ||
         (chat && !has_max && !get_int(body, "max_completion_tokens", &max_tokens, &has_mct, e)))
         return false;
     const char *mt_name = has_mct ? "max_completion_tokens" : "max_tokens";

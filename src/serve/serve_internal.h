@@ -53,6 +53,9 @@ typedef struct {
     ts_sampling_params sampling;
     const char *stops[MAX_STOPS]; /* point into the request's JSON */
     size_t n_stops;
+    int32_t stop_ids[TS_GEN_MAX_STOP_IDS]; /* stop_token_ids (vLLM's extension), then the chat's
+                                              end of turn (added by the server) */
+    int n_stop_ids;
     char *prompt_text;        /* the prompt, or the chat template's output (malloc'd)... */
     int32_t *prompt_ids;      /* ...or the prompt as token ids (completions only; malloc'd) */
     size_t n_prompt_ids;
@@ -105,7 +108,7 @@ typedef struct {
 /* Creates a job for p (prompt already tokenized: n_prompt ids) with both references held. */
 job *job_new(ts_server *srv, const gen_params *p, int32_t max_tokens, int32_t n_prompt, int conn_fd);
 /* Submits to the engine; on failure fills e (the engine's reference is dropped then). */
-bool job_submit(job *j, const int32_t *prompt, const ts_sampling_params *sp, api_error *e);
+bool job_submit(job *j, const int32_t *prompt, const gen_params *p, api_error *e);
 /* Waits until there are tokens to read, the engine is done, or up to max_wait_s passed;
  * notices a client hang-up, the deadline and a server shutdown (failing the job). */
 void job_wait(job *j, double max_wait_s);
@@ -165,6 +168,7 @@ struct ts_server {
     bool stopping;     /* no new generations */
     bool cancel_all;   /* the grace period is over */
     ts_rng id_rng;
+    int32_t end_of_turn; /* the id of opt.chat_end_of_turn, -1: none */
 };
 
 /* The CLOCK_REALTIME time s seconds from now, for pthread_cond_timedwait (job.c). */

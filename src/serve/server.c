@@ -278,7 +278,8 @@ static enum MHD_Result handle_generate(ts_server *srv, struct MHD_Connection *c,
         int32_t max_tokens = p.max_tokens > 0 ? p.max_tokens : srv->opt.max_output_tokens;
         j = job_new(srv, &p, max_tokens, (int32_t)ids.n, connection_fd(c));
         if (!j) api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
-        if (j && !job_submit(j, ids.ids, &p.sampling, &e)) {
+        if (chat && srv->end_of_turn >= 0) p.stop_ids[p.n_stop_ids++] = srv->end_of_turn;
+        if (j && !job_submit(j, ids.ids, &p, &e)) {
             generation_done(srv, j);
             j = NULL;
         } else if (!j) {
@@ -452,6 +453,16 @@ static ts_status check_options(const ts_server_options *opt, const ts_engine *en
     return TS_OK;
 }
 
+/* The id of text when the engine's tokenizer makes it one token (a special token), else -1. */
+static int32_t single_token(const ts_engine *engine, const char *text) {
+    if (!text || !*text) return -1;
+    ts_token_ids ids = {0};
+    ts_status st = engine->tokenize(engine->self, text, strlen(text), false, &ids);
+    int32_t id = st == TS_OK && ids.n == 1 ? ids.ids[0] : -1;
+    ts_token_ids_free(&ids);
+    return id;
+}
+
 ts_status ts_server_start(const ts_server_options *opt, const ts_engine *engine, ts_server **out, ts_io_error *err) {
     if (!out) return ts_io_set_error(err, TS_ERR_INVALID_ARG, "serve: no place for the server");
     *out = NULL;
@@ -471,6 +482,7 @@ ts_status ts_server_start(const ts_server_options *opt, const ts_engine *engine,
     }
     srv->opt = *opt;
     srv->engine = *engine;
+    srv->end_of_turn = single_token(engine, opt->chat_end_of_turn);
     srv->model_name = strdup(opt->model_name);
     srv->api_key = opt->api_key && *opt->api_key ? strdup(opt->api_key) : NULL;
     srv->started = (int64_t)time(NULL);
