@@ -45,6 +45,8 @@ static const ts_cpu_kernel fast_kernels[TS_OP_COUNT] = {
     [TS_OP_SINKHORN_BACK] = ts_fast_sinkhorn_back,
     [TS_OP_MATMUL_ID] = ts_fast_matmul_id,
     [TS_OP_MATMUL_ID_GRAD_W] = ts_fast_matmul_id_grad_w,
+    [TS_OP_CROSS_ENTROPY] = ts_fast_cross_entropy,
+    [TS_OP_CROSS_ENTROPY_BACK] = ts_fast_cross_entropy_back,
 };
 
 ts_status ts_backend_cpu_new(int n_threads, ts_backend **out) {

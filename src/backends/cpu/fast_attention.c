@@ -50,6 +50,7 @@
 #endif
 
 #include "backends/cpu/fast_kernels.h"
+#include "backends/cpu/fast_vmath.h"
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/ref_common.h"
 #include "backends/cpu/ref_kernels.h"
@@ -245,80 +246,20 @@ static void gemm_generic(int64_t m, int64_t n, int64_t k, const float *a, int64_
     }
 }
 
-static float max_generic(const float *x, int64_t n) {
-    float m = x[0];
-    for (int64_t i = 1; i < n; i++)
-        if (x[i] > m || isnan(x[i])) m = x[i];
-    return m;
-}
-
-static float exp_sum_generic(float *x, int64_t n, float shift) {
-    float s = 0;
-    for (int64_t i = 0; i < n; i++) s += x[i] = expf(x[i] - shift);
-    return s;
-}
-
-static void exp_each_generic(float *x, const float *shift, int64_t n) {
-    for (int64_t i = 0; i < n; i++) x[i] = expf(x[i] - shift[i]);
-}
-
-static float dot_generic(const float *a, const float *b, int64_t n) {
-    float s = 0;
-    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-static void axpy_generic(float *y, float a, const float *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
-}
-
 static void pack_transposed_generic(const float *x, int64_t ld, int64_t n_rows, int64_t n_cols, float scale,
                                     float *out, int64_t ldo) {
     for (int64_t r = 0; r < n_rows; r++)
         for (int64_t c = 0; c < n_cols; c++) out[c * ldo + r] = scale * x[r * ld + c];
 }
 
-static const fa_kernels generic_kernels = {gemm_generic, max_generic,  exp_sum_generic,        exp_each_generic,
-                                           dot_generic,  axpy_generic, pack_transposed_generic};
+static const fa_kernels generic_kernels = {gemm_generic,         ts_vmax_generic, ts_vexp_sum_generic,
+                                           ts_vexp_each_generic, ts_vdot_generic, ts_vaxpy_generic,
+                                           pack_transposed_generic};
 
 #if defined(__x86_64__)
 
 #define AVX2 __attribute__((target("avx2,fma")))
 #define AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma")))
-
-/* Lanes [0, count) on (count clamped to 0..8). */
-AVX2_INLINE __m256i lanes(int64_t count) {
-    static const int32_t ones_then_zeros[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t c = count < 0 ? 0 : count > 8 ? 8 : count;
-    return _mm256_loadu_si256((const __m256i *)(ones_then_zeros + 8 - c));
-}
-
-AVX2_INLINE float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-/* exp in the style of Cephes' expf: 2^n * e^r with |r| <= ln2/2 and a degree-6 polynomial,
- * about 1 ulp. Inputs are clamped to the finite range (the constants come first so that a NaN
- * input stays NaN). */
-AVX2_INLINE __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), x);
-    x = _mm256_max_ps(_mm256_set1_ps(-87.3365447504019f), x);
-    __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
 
 AVX2_INLINE __m256 load_part(const float *p, __m256i mask, bool full) {
     return full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask);
@@ -372,73 +313,7 @@ AVX2 static void gemm_avx2(int64_t m, int64_t n, int64_t k, const float *a, int6
                            float *c, int64_t ldc, bool accumulate) {
     for (int64_t j = 0; j < n; j += 16) {
         int64_t w = n - j < 16 ? n - j : 16;
-        gemm_columns(m, k, a, lda, b + j, ldb, c + j, ldc, lanes(w), lanes(w - 8), w == 16, accumulate);
-    }
-}
-
-AVX2 static float max_avx2(const float *x, int64_t n) {
-    float m = x[0];
-    int64_t i = 0;
-    if (n >= 8) {
-        __m256 mv = _mm256_loadu_ps(x);
-        for (i = 8; i + 8 <= n; i += 8) mv = _mm256_max_ps(_mm256_loadu_ps(x + i), mv); /* NaN from x wins */
-        float v[8];
-        _mm256_storeu_ps(v, mv);
-        for (int l = 0; l < 8; l++)
-            if (v[l] > m || isnan(v[l])) m = v[l];
-    }
-    for (; i < n; i++)
-        if (x[i] > m || isnan(x[i])) m = x[i];
-    return m;
-}
-
-AVX2 static float exp_sum_avx2(float *x, int64_t n, float shift) {
-    __m256 s = _mm256_set1_ps(shift), sum = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), s));
-        _mm256_storeu_ps(x + i, e);
-        sum = _mm256_add_ps(sum, e);
-    }
-    if (i < n) {
-        __m256i m = lanes(n - i);
-        __m256 e = _mm256_and_ps(exp8(_mm256_sub_ps(_mm256_maskload_ps(x + i, m), s)), _mm256_castsi256_ps(m));
-        _mm256_maskstore_ps(x + i, m, e);
-        sum = _mm256_add_ps(sum, e);
-    }
-    return hsum(sum);
-}
-
-AVX2 static void exp_each_avx2(float *x, const float *shift, int64_t n) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(x + i, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(shift + i))));
-    if (i < n) {
-        __m256i m = lanes(n - i);
-        __m256 d = _mm256_sub_ps(_mm256_maskload_ps(x + i, m), _mm256_maskload_ps(shift + i, m));
-        _mm256_maskstore_ps(x + i, m, exp8(d));
-    }
-}
-
-AVX2 static float dot_avx2(const float *a, const float *b, int64_t n) {
-    __m256 s = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) s = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s);
-    if (i < n) {
-        __m256i m = lanes(n - i);
-        s = _mm256_fmadd_ps(_mm256_maskload_ps(a + i, m), _mm256_maskload_ps(b + i, m), s);
-    }
-    return hsum(s);
-}
-
-AVX2 static void axpy_avx2(float *y, float a, const float *x, int64_t n) {
-    __m256 av = _mm256_set1_ps(a);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-    if (i < n) {
-        __m256i m = lanes(n - i);
-        _mm256_maskstore_ps(y + i, m, _mm256_fmadd_ps(av, _mm256_maskload_ps(x + i, m), _mm256_maskload_ps(y + i, m)));
+        gemm_columns(m, k, a, lda, b + j, ldb, c + j, ldc, ts_avx2_lanes(w), ts_avx2_lanes(w - 8), w == 16, accumulate);
     }
 }
 
@@ -476,8 +351,9 @@ AVX2 static void pack_transposed_avx2(const float *x, int64_t ld, int64_t n_rows
         for (int64_t c = rr < r8 ? c8 : 0; c < n_cols; c++) out[c * ldo + rr] = scale * x[rr * ld + c];
 }
 
-static const fa_kernels avx2_kernels = {gemm_avx2, max_avx2,  exp_sum_avx2,        exp_each_avx2,
-                                        dot_avx2,  axpy_avx2, pack_transposed_avx2};
+static const fa_kernels avx2_kernels = {gemm_avx2,         ts_vmax_avx2, ts_vexp_sum_avx2,
+                                        ts_vexp_each_avx2, ts_vdot_avx2, ts_vaxpy_avx2,
+                                        pack_transposed_avx2};
 
 #endif
 

@@ -11,14 +11,17 @@
  * Accuracy and determinism (the conformance suite compares with the reference at f32 nmse
  * 1e-10): + - * / of two floats rounded once in float equal the reference's double result
  * rounded to float (double has more than 2 * 24 + 2 bits, so the double rounding is harmless),
- * and so do scale, relu, clamp and clamp's backward; silu, sigmoid, softplus and their
- * backwards, exp, log and sqrt use libm's float functions, a few ulps from the reference. Row
+ * and so do scale, relu, clamp and clamp's backward; exp, softmax, silu, sigmoid, softplus and
+ * the backwards of the last three take e^x from the vector math of fast_vmath.h (about 1 ulp;
+ * results below FLT_MIN flush to 0), log and sqrt from libm, a few ulps from the reference. Row
  * kernels sum in double, in index order, one row per thread at a time. Every element is
  * computed by the same operations whichever thread owns it, so results are bit-identical for
  * any thread count. Nothing is allocated. */
 #include <math.h>
+#include <string.h>
 
 #include "backends/cpu/fast_kernels.h"
+#include "backends/cpu/fast_vmath.h"
 #include "backends/cpu/ref_common.h"
 #include "backends/cpu/ref_kernels.h"
 
@@ -149,12 +152,43 @@ typedef struct {
     float *d;
     const float *x, *dy; /* dy: backward ops only */
     float p0, p1;
+    const ts_vmath *vm;
 } unary_job;
 
-/* 1 / (1 + e^-x) through e^-|x|, which never overflows (the reference's formula, in float). */
-static inline float sigmoid_f(float x) {
-    float z = expf(-fabsf(x));
-    return x >= 0 ? 1.0f / (1.0f + z) : z / (1.0f + z);
+#define EXP_BLOCK 256 /* elements per stack block of e^-|x| */
+
+/* 1 / (1 + e^-x) from z = e^-|x|, which never overflows (the reference's formula, in float):
+ * 1 / (1 + z) for x >= 0, z / (1 + z) below. A select, not a branch, so the loops vectorize
+ * (the signs of activations are a coin toss for a branch predictor). */
+static inline float sigmoid_of(float x, float z) { return (x >= 0 ? 1.0f : z) / (1.0f + z); }
+
+/* The ops built on z = e^-|x|, one stack block at a time through the vector exp. */
+static void exp_abs_block(const unary_job *j, float *d, const float *x, const float *dy, int64_t n) {
+    float z[EXP_BLOCK];
+    for (int64_t k = 0; k < n; k++) z[k] = -fabsf(x[k]);
+    j->vm->exp(z, z, n);
+    switch (j->op) {
+    case TS_OP_SILU:
+        for (int64_t k = 0; k < n; k++) d[k] = x[k] * sigmoid_of(x[k], z[k]);
+        break;
+    case TS_OP_SIGMOID:
+        for (int64_t k = 0; k < n; k++) d[k] = sigmoid_of(x[k], z[k]);
+        break;
+    case TS_OP_SOFTPLUS: /* max(x, 0) + log1p(e^-|x|), the reference's overflow-free form */
+        for (int64_t k = 0; k < n; k++) d[k] = (x[k] > 0 ? x[k] : 0.0f) + log1pf(z[k]);
+        break;
+    case TS_OP_SILU_BACK: /* d/dx x s(x) = s (1 + x (1 - s)) */
+        for (int64_t k = 0; k < n; k++) {
+            float s = sigmoid_of(x[k], z[k]);
+            d[k] = dy[k] * s * (1.0f + x[k] * (1.0f - s));
+        }
+        break;
+    default: break; /* unreachable: uses_exp_abs admits these */
+    }
+}
+
+static bool uses_exp_abs(ts_op op) {
+    return op == TS_OP_SILU || op == TS_OP_SIGMOID || op == TS_OP_SOFTPLUS || op == TS_OP_SILU_BACK;
 }
 
 static void unary_range(void *arg, int64_t begin, int64_t end, int tid) {
@@ -163,6 +197,11 @@ static void unary_range(void *arg, int64_t begin, int64_t end, int tid) {
     const float *x = j->x + begin, *dy = j->dy ? j->dy + begin : NULL;
     int64_t n = end - begin;
     float p0 = j->p0, p1 = j->p1;
+    if (uses_exp_abs(j->op)) {
+        for (int64_t k = 0; k < n; k += EXP_BLOCK)
+            exp_abs_block(j, d + k, x + k, dy ? dy + k : NULL, n - k < EXP_BLOCK ? n - k : EXP_BLOCK);
+        return;
+    }
     switch (j->op) {
     case TS_OP_SCALE:
         for (int64_t k = 0; k < n; k++) d[k] = x[k] * p0;
@@ -173,11 +212,8 @@ static void unary_range(void *arg, int64_t begin, int64_t end, int tid) {
     case TS_OP_CLAMP: /* NaN fails both tests and passes through */
         for (int64_t k = 0; k < n; k++) d[k] = x[k] < p0 ? p0 : x[k] > p1 ? p1 : x[k];
         break;
-    case TS_OP_SILU:
-        for (int64_t k = 0; k < n; k++) d[k] = x[k] * sigmoid_f(x[k]);
-        break;
     case TS_OP_EXP:
-        for (int64_t k = 0; k < n; k++) d[k] = expf(x[k]);
+        j->vm->exp(d, x, n);
         break;
     case TS_OP_LOG:
         for (int64_t k = 0; k < n; k++) d[k] = logf(x[k]);
@@ -185,20 +221,9 @@ static void unary_range(void *arg, int64_t begin, int64_t end, int tid) {
     case TS_OP_SQRT:
         for (int64_t k = 0; k < n; k++) d[k] = sqrtf(x[k]);
         break;
-    case TS_OP_SIGMOID:
-        for (int64_t k = 0; k < n; k++) d[k] = sigmoid_f(x[k]);
-        break;
-    case TS_OP_SOFTPLUS: /* max(x, 0) + log1p(e^-|x|), the reference's overflow-free form */
-        for (int64_t k = 0; k < n; k++) d[k] = (x[k] > 0 ? x[k] : 0.0f) + log1pf(expf(-fabsf(x[k])));
-        break;
+
     case TS_OP_RELU_BACK:
         for (int64_t k = 0; k < n; k++) d[k] = x[k] > 0 ? dy[k] : 0.0f;
-        break;
-    case TS_OP_SILU_BACK: /* d/dx x s(x) = s (1 + x (1 - s)) */
-        for (int64_t k = 0; k < n; k++) {
-            float s = sigmoid_f(x[k]);
-            d[k] = dy[k] * s * (1.0f + x[k] * (1.0f - s));
-        }
         break;
     case TS_OP_SIGMOID_BACK: /* x holds y = sigmoid: y (1 - y) */
         for (int64_t k = 0; k < n; k++) d[k] = dy[k] * x[k] * (1.0f - x[k]);
@@ -230,7 +255,8 @@ static bool plan_unary(const ts_tensor *dst, unary_job *j) {
     if (!has_fast_unary(dst->op) || dst->n_src != n_src || !is_f32_on_host(dst) || !ts_is_contiguous(dst)) return false;
     for (int i = 0; i < n_src; i++)
         if (!is_dense_like(dst->src[i], dst)) return false;
-    *j = (unary_job){.op = dst->op, .d = dst->data, .x = dst->src[0]->data, .p0 = dst->fp[0], .p1 = dst->fp[1]};
+    *j = (unary_job){.op = dst->op, .d = dst->data, .x = dst->src[0]->data, .p0 = dst->fp[0], .p1 = dst->fp[1],
+                     .vm = ts_vmath_active()};
     if (n_src == 2) j->dy = dst->src[1]->data;
     return true;
 }
@@ -259,6 +285,7 @@ typedef struct {
     int64_t aux_period;    /* softmax mask: elements before it repeats; rms_norm weight: its stride */
     int64_t len;           /* elements per row (the last axis) */
     double eps;
+    const ts_vmath *vm;    /* softmax */
 } row_job;
 
 /* Rows split so that a chunk touches at least REF_MIN_CHUNK elements. */
@@ -268,24 +295,21 @@ static void run_rows(const ts_cpu_ctx *ctx, const ts_tensor *dst, int64_t len, t
 }
 
 /* Softmax of one row v = x (+ mask), following the reference: subtract the max; a NaN or +inf
- * makes the row NaN (through v - max); an all -inf row (fully masked) becomes zeros. */
-static void softmax_row(float *y, const float *x, const float *mask, int64_t n) {
-    float m = -INFINITY;
-    for (int64_t k = 0; k < n; k++) {
-        float v = mask ? x[k] + mask[k] : x[k];
-        if (v > m || isnan(v)) m = v;
-        if (isnan(m)) break;
-    }
+ * makes the row NaN (through v - max); an all -inf row (fully masked) becomes zeros. y may be x. */
+static void softmax_row(const ts_vmath *vm, float *y, const float *x, const float *mask, int64_t n) {
+    if (mask)
+        for (int64_t k = 0; k < n; k++) y[k] = x[k] + mask[k];
+    else if (y != x)
+        memcpy(y, x, (size_t)n * sizeof *y);
+    float m = n > 0 ? vm->max(y, n) : -INFINITY;
     if (m == -INFINITY) {
         for (int64_t k = 0; k < n; k++) y[k] = 0.0f;
         return;
     }
+    for (int64_t k = 0; k < n; k++) y[k] -= m;
+    vm->exp(y, y, n);
     double sum = 0;
-    for (int64_t k = 0; k < n; k++) {
-        float e = expf((mask ? x[k] + mask[k] : x[k]) - m);
-        y[k] = e;
-        sum += e;
-    }
+    for (int64_t k = 0; k < n; k++) sum += y[k];
     float inv = (float)(1.0 / sum);
     for (int64_t k = 0; k < n; k++) y[k] *= inv;
 }
@@ -294,7 +318,7 @@ static void softmax_range(void *arg, int64_t begin, int64_t end, int tid) {
     const row_job *j = arg;
     for (int64_t r = begin; r < end; r++) {
         const float *mask = j->aux ? j->aux + (r * j->len) % j->aux_period : NULL;
-        softmax_row(j->y + r * j->len, j->x + r * j->len, mask, j->len);
+        softmax_row(j->vm, j->y + r * j->len, j->x + r * j->len, mask, j->len);
     }
 }
 
@@ -304,7 +328,7 @@ static bool plan_softmax(const ts_tensor *dst, row_job *j) {
     if (dst->op != TS_OP_SOFTMAX || dst->n_src < 1 || dst->n_src > 2 || dst->ndim < 1) return false;
     if (dst->ip[0] != dst->ndim - 1 || !is_f32_on_host(dst) || !ts_is_contiguous(dst)) return false;
     if (!is_dense_like(dst->src[0], dst)) return false;
-    *j = (row_job){.y = dst->data, .x = dst->src[0]->data, .len = dst->shape[dst->ndim - 1]};
+    *j = (row_job){.y = dst->data, .x = dst->src[0]->data, .len = dst->shape[dst->ndim - 1], .vm = ts_vmath_active()};
     if (dst->n_src == 2 && dst->src[1]) {
         bcast_operand mask;
         /* the mask must cover whole rows so that a row reads one contiguous run of it */

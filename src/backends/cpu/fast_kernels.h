@@ -6,7 +6,8 @@
  * softmax and rms_norm paths; fast_attention.c fused attention and its backward; fast_reduce.c
  * sum_to, sum / mean / max and copy; fast_rows.c rms_norm_back, softmax_back and rope;
  * fast_sinkhorn.c the Sinkhorn projection and its backward; fast_moe.c the mixture-of-experts
- * matmul_id and its weight gradient. */
+ * matmul_id and its weight gradient; fast_loss.c the cross-entropy loss and its backward. The
+ * vector math several of them share (row max, exp, dot, axpy per SIMD tier) is fast_vmath.h. */
 #ifndef TS_FAST_KERNELS_H
 #define TS_FAST_KERNELS_H
 
@@ -61,6 +62,10 @@ TS_FAST_KERNEL(matmul_id);
 TS_FAST_KERNEL(matmul_id_grad_w);
 /* Whether a matmul_id / matmul_id_grad_w node takes the grouped GEMM path (tests). */
 bool ts_fast_moe_applies(const ts_tensor *dst);
+
+/* fast_loss.c: cross-entropy and its backward over contiguous f32 logits */
+TS_FAST_KERNEL(cross_entropy);
+TS_FAST_KERNEL(cross_entropy_back);
 
 /* A scratch buffer kept between a kernel's calls, so that a graph's runs allocate only on the
  * first one. A second concurrent caller (another graph on another thread) gets a temporary

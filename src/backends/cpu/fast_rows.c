@@ -112,11 +112,18 @@ TS_FAST_KERNEL(softmax_back) {
 
 /* ---------------------------------------------------------------- rope */
 
+#define ROPE_CACHED_PAIRS 256 /* cos / sin of up to this many angles are kept across rows */
+
 /* Pair p of the trailing n_rot dims, (re, im) = (x[first + 2p], x[first + 2p + 1]), times
- * e^{+-i theta_p}; the first D - n_rot dims are copied. */
+ * e^{+-i theta_p}; the first D - n_rot dims are copied. Consecutive rows usually share their
+ * angles (the heads of one token), so a row's cos / sin are kept for the next one: the same
+ * values, computed once per token instead of once per head. */
 static void rope_range(void *arg, int64_t begin, int64_t end, int tid) {
     const row_job *j = arg;
-    int64_t n = j->len, first = n - j->n_rot, c[TS_MAX_DIMS];
+    int64_t n = j->len, first = n - j->n_rot, pairs = j->n_rot / 2, c[TS_MAX_DIMS];
+    double cs[ROPE_CACHED_PAIRS], sn[ROPE_CACHED_PAIRS];
+    const float *cached = NULL;
+    bool cache = pairs <= ROPE_CACHED_PAIRS;
     for (int64_t r = begin; r < end; r++) {
         const float *x = j->a + r * n;
         float *y = j->out + r * n;
@@ -124,12 +131,20 @@ static void rope_range(void *arg, int64_t begin, int64_t end, int tid) {
         const float *ang = j->b;
         for (int d = 0; d < j->outer_ndim; d++) ang += c[d] * j->angle_stride[d];
         memcpy(y, x, (size_t)first * sizeof *y);
-        for (int64_t p = 0; p < j->n_rot / 2; p++) {
+        if (cache && ang != cached) {
+            for (int64_t p = 0; p < pairs; p++) {
+                double theta = j->sign * ang[p];
+                cs[p] = cos(theta);
+                sn[p] = sin(theta);
+            }
+            cached = ang;
+        }
+        for (int64_t p = 0; p < pairs; p++) {
             int64_t i = first + 2 * p;
             double re = x[i], im = x[i + 1], theta = j->sign * ang[p];
-            double cs = cos(theta), sn = sin(theta);
-            y[i] = (float)(re * cs - im * sn);
-            y[i + 1] = (float)(re * sn + im * cs);
+            double cp = cache ? cs[p] : cos(theta), sp = cache ? sn[p] : sin(theta);
+            y[i] = (float)(re * cp - im * sp);
+            y[i + 1] = (float)(re * sp + im * cp);
         }
     }
 }
