@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "small_v4.h"
 #include "tessera/data.h"
 #include "tessera/serve.h"
 
@@ -85,15 +86,7 @@ static ts_gen_request request(uint64_t id, const int32_t *prompt, size_t n, int3
 
 static ts_model_weights *small_model(void) {
     ts_v4_config c;
-    ts_v4_preset("tiny", &c);
-    c.hidden_size = 64;
-    c.moe_intermediate_size = 32;
-    c.q_lora_rank = 32;
-    c.num_hidden_layers = 3;
-    int32_t ratios[4] = {0, 4, 32, 0};
-    memset(c.compress_ratios, 0, sizeof c.compress_ratios);
-    memcpy(c.compress_ratios, ratios, sizeof ratios);
-    c.sliding_window = 8;
+    small_v4_config(&c, (const int32_t[4]){0, 4, 32, 0});
     char err[256];
     ts_model_weights *w = NULL;
     if (ts_model_weights_new(&c, TS_F32, &w, err, sizeof err) != TS_OK) return NULL;

@@ -120,6 +120,7 @@ enum {
     TS_FLAG_OUTPUT = 1u << 2,        /* must survive until the end of compute (not reused) */
     TS_FLAG_REQUIRES_GRAD = 1u << 3, /* set by the graph: a PARAM is upstream */
     TS_FLAG_GRAD = 1u << 4,          /* node created by ts_graph_backward */
+    TS_FLAG_CHECKPOINT = 1u << 5,    /* activation recomputation boundary (ts_set_checkpoint) */
 };
 
 /* A tensor is also a graph node. Fields are read-only for users; use the functions below. */
@@ -171,6 +172,13 @@ ts_tensor *ts_new_tensor_4d(ts_graph *g, ts_dtype t, int64_t n0, int64_t n1, int
 ts_tensor *ts_set_param(ts_tensor *t);
 /* Marks a node as kept until the end of compute (so it can be read afterwards). */
 ts_tensor *ts_set_output(ts_tensor *t);
+/* Activation recomputation (gradient checkpointing): with checkpoints c1 < c2 < .. marked on
+ * forward nodes, ts_graph_backward gives the nodes after c_k up to c_{k+1} no part in the
+ * backward pass; it recomputes the ones the gradients need from c_k (and the nodes before it)
+ * just before the backward of that stretch, so the forward's copies die at once and the plan's
+ * peak holds the checkpoints plus one stretch. Costs about one more forward; the gradients are
+ * the same bits. Mark before ts_graph_backward; nodes after the last checkpoint are kept. */
+ts_tensor *ts_set_checkpoint(ts_tensor *t);
 ts_tensor *ts_set_name(ts_tensor *t, const char *fmt, ...);
 
 int64_t ts_nelements(const ts_tensor *t);

@@ -355,6 +355,8 @@ typedef struct {
                                 * against the dense attention with dense_csa (warm-up stage), else
                                 * restricted to its own picks (sparse stage) */
     bool keep_logits;          /* logits stay readable after compute (always true without loss) */
+    bool recompute;            /* with backward: activation recomputation, a checkpoint
+                                * (ts_set_checkpoint) at every layer's input and the last output */
 } ts_model_graph_options;
 
 /* One built graph. Inputs are i32 leaves the caller writes before each compute. */

@@ -13,6 +13,7 @@
  * gradients; every node created here is flagged GRAD. Second derivatives are out of scope:
  * the backward helper ops have no backward rule of their own. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "graph_internal.h"
@@ -399,11 +400,56 @@ static void accumulate(ts_graph *g, ts_tensor *x, ts_tensor *d) {
     x->grad = x->grad ? ts_add(g, x->grad, d) : d; /* a tensor used several times sums its uses */
 }
 
-/* Passes node's complete gradient on to its sources. */
-static void propagate(ts_graph *g, ts_tensor *node) {
+/* ---------------------------------------------------------------- recomputation
+ *
+ * The forward nodes between two checkpoints form a stretch. A stretch's nodes take part in the
+ * backward pass only through copies made during it: the rule of node n runs on its copy, whose
+ * sources are copies too (up to the stretch's lower checkpoint), and the gradients still go to
+ * n's own sources. Copies are made on demand, sources first, so only what the gradients read is
+ * recomputed, and they land just before the gradient nodes that use them. */
+typedef struct {
+    int n_forward;
+    int *stretch;        /* [forward nodes]: the stretch of each node, -1 outside any */
+    ts_tensor **copy;    /* [forward nodes]: its recomputed copy, NULL until made */
+} recompute;
+
+static bool recompute_init(ts_graph *g, int n_forward, recompute *rc) {
+    *rc = (recompute){.n_forward = n_forward};
+    int last = -1, k = -1;
+    for (int i = 0; i < n_forward; i++)
+        if (g->nodes[i]->flags & TS_FLAG_CHECKPOINT) last = i;
+    if (last < 0) return true;
+    rc->stretch = malloc((size_t)n_forward * sizeof *rc->stretch);
+    rc->copy = calloc((size_t)n_forward, sizeof *rc->copy);
+    if (!rc->stretch || !rc->copy) return false;
+    for (int i = 0; i < n_forward; i++) {
+        rc->stretch[i] = k >= 0 && i <= last && g->nodes[i]->op != TS_OP_NONE ? k : -1;
+        if (g->nodes[i]->flags & TS_FLAG_CHECKPOINT) k++;
+    }
+    return true;
+}
+
+static void recompute_free(recompute *rc) {
+    free(rc->stretch);
+    free(rc->copy);
+}
+
+/* The node the backward pass reads for forward node t: t itself outside the stretches, else
+ * its copy (made now, with its sources', when first needed). */
+static ts_tensor *recomputed(ts_graph *g, recompute *rc, ts_tensor *t) {
+    if (!rc->stretch || !t || t->id >= rc->n_forward || rc->stretch[t->id] < 0) return t;
+    if (rc->copy[t->id]) return rc->copy[t->id];
+    ts_tensor *src[TS_MAX_SRC] = {0};
+    for (int i = 0; i < t->n_src; i++) src[i] = rc->stretch[t->id] == (t->src[i] ? rc->stretch[t->src[i]->id] : -1)
+                                                    ? recomputed(g, rc, t->src[i]) : t->src[i];
+    return rc->copy[t->id] = ts_graph_clone_node(g, t, src);
+}
+
+/* Passes node's complete gradient on to its sources (through its copy inside a stretch). */
+static void propagate(ts_graph *g, recompute *rc, ts_tensor *node) {
     if (!node->grad || !needs_grad(node) || node->op == TS_OP_NONE) return;
-    ts_tensor *dsrc[TS_MAX_SRC];
-    if (ts_op_backward(g, node, node->grad, dsrc) != TS_OK) return;
+    ts_tensor *dsrc[TS_MAX_SRC], *rule_node = recomputed(g, rc, node);
+    if (!rule_node || ts_op_backward(g, rule_node, node->grad, dsrc) != TS_OK) return;
     for (int i = 0; i < node->n_src; i++)
         if (dsrc[i]) accumulate(g, node->src[i], dsrc[i]);
 }
@@ -431,8 +477,14 @@ ts_status ts_graph_backward(ts_graph *g, ts_tensor *loss) {
     g->has_backward = true;
 
     int first_grad_node = g->n_nodes;
+    recompute rc;
+    if (!recompute_init(g, first_grad_node, &rc)) {
+        recompute_free(&rc);
+        return ts_graph_set_error(g, TS_ERR_OOM, "backward: out of memory");
+    }
     loss->grad = ts_fill(g, loss->dtype, loss->ndim, loss->shape, 1.0f); /* d loss / d loss */
-    for (int i = loss->id; i >= 0 && g->status == TS_OK; i--) propagate(g, g->nodes[i]);
+    for (int i = loss->id; i >= 0 && g->status == TS_OK; i--) propagate(g, &rc, g->nodes[i]);
+    recompute_free(&rc);
     publish_param_grads(g, loss->id);
 
     for (int i = first_grad_node; i < g->n_nodes; i++) g->nodes[i]->flags |= TS_FLAG_GRAD;

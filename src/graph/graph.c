@@ -154,6 +154,24 @@ ts_tensor *ts_set_output(ts_tensor *t) {
     return t;
 }
 
+ts_tensor *ts_set_checkpoint(ts_tensor *t) {
+    if (t) t->flags |= TS_FLAG_CHECKPOINT;
+    return t;
+}
+
+ts_tensor *ts_graph_clone_node(ts_graph *g, const ts_tensor *n, ts_tensor *const *src) {
+    ts_tensor *t = ts_graph_add_node(g, n->op, n->dtype, n->ndim, n->shape, src, n->n_src);
+    if (!t) return NULL;
+    memcpy(t->stride, n->stride, sizeof t->stride);
+    t->offset = n->offset;
+    memcpy(t->ip, n->ip, sizeof t->ip);
+    memcpy(t->fp, n->fp, sizeof t->fp);
+    t->flags = n->flags & TS_FLAG_REQUIRES_GRAD;
+    if (n->view_src) t->view_src = src[0]->view_src ? src[0]->view_src : src[0];
+    snprintf(t->name, sizeof t->name, "%s", n->name);
+    return t;
+}
+
 ts_tensor *ts_set_name(ts_tensor *t, const char *fmt, ...) {
     if (!t) return NULL;
     va_list ap;

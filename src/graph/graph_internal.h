@@ -22,6 +22,9 @@ struct ts_graph {
 ts_tensor *ts_graph_add_node(ts_graph *g, ts_op op, ts_dtype dtype, int ndim, const int64_t *shape,
                              ts_tensor *const *src, int n_src);
 void ts_set_contiguous_strides(ts_tensor *t);
+/* A new node computing what n computes, from the sources src[0..n->n_src) (n's own or their
+ * recomputed copies): same op, shape, strides / view offset and parameters. */
+ts_tensor *ts_graph_clone_node(ts_graph *g, const ts_tensor *n, ts_tensor *const *src);
 
 /* True for ops whose node shares its first source's storage. */
 bool ts_op_is_view(ts_op op);

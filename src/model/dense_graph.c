@@ -54,10 +54,12 @@ ts_tensor *ts_dense_build(ts_model_builder *b) {
     for (int layer = 0; layer < c->num_hidden_layers; layer++) {
         char prefix[32];
         snprintf(prefix, sizeof prefix, "layers.%d.", layer);
+        ts_mb_checkpoint(b, x);
         ts_tensor *n = ts_rms_norm(g, x, ts_mb_param(b, prefix, "attn_norm.weight"), b->eps);
         x = ts_add(g, x, attention(b, layer, prefix, n, ang));
         x = ts_add(g, x, swiglu(b, prefix, ts_rms_norm(g, x, ts_mb_param(b, prefix, "ffn_norm.weight"), b->eps)));
     }
+    ts_mb_checkpoint(b, x);
     int64_t R = b->dec ? ts_dense_decode_logit_rows(b) : b->T; /* logits of each row's last R tokens */
     if (R < b->T) {
         int64_t xs[3] = {b->B, b->T, c->hidden_size};

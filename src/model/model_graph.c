@@ -21,6 +21,10 @@
 
 /* The leaf of weight `name` (prefix + suffix), created on first use and bound to the weights.
  * Routed experts return the stacked [E, rows, cols] leaf of expert 0's block. */
+void ts_mb_checkpoint(ts_model_builder *b, ts_tensor *x) {
+    if (b->mg && b->mg->opts.recompute && b->mg->opts.backward) ts_set_checkpoint(x);
+}
+
 ts_tensor *ts_mb_param(ts_model_builder *b, const char *prefix, const char *suffix) {
     char name[TS_MODEL_TENSOR_NAME_MAX + 32];
     snprintf(name, sizeof name, "%s%s", prefix, suffix);
@@ -353,8 +357,10 @@ static void build_v4(ts_model_builder *b) {
     for (int layer = 0; layer < c->num_hidden_layers; layer++) {
         char prefix[32];
         snprintf(prefix, sizeof prefix, "layers.%d.", layer);
+        ts_mb_checkpoint(b, X);
         X = block(b, layer, prefix, X, false);
     }
+    ts_mb_checkpoint(b, X);
     int64_t R = b->dec ? ts_decode_logit_rows(b) : b->T; /* decoding: only the last R tokens' logits */
     mg->logits = head(b, "", R < b->T ? ts_slice(g, X, 1, b->T - R, R) : X);
     if (mg->opts.mtp) mg->mtp_logits = mtp(b, 0, X);

@@ -88,6 +88,8 @@ void ts_decode_cache_entries(ts_model_builder *b, int layer, const char *prefix,
  * a parameter when the graph has a backward pass and the tensor is trained. Routed experts give
  * the stacked [E, rows, cols] leaf. Missing name: error recorded, NULL. */
 ts_tensor *ts_mb_param(ts_model_builder *b, const char *prefix, const char *suffix);
+/* A layer boundary: a recomputation checkpoint when the options ask for recompute (training). */
+void ts_mb_checkpoint(ts_model_builder *b, ts_tensor *x);
 /* x · Wᵀ for weight prefix+name. */
 ts_tensor *ts_mb_linear(ts_model_builder *b, ts_tensor *x, const char *prefix, const char *name);
 /* RoPE angles [n_pos, r/2] at positions p·step, r = qk_rope_head_dim (V4) or head_dim (dense):
