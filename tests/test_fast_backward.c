@@ -2,8 +2,8 @@
  * pass runs besides matmul and attention (fast_reduce.c, fast_rows.c and the newer paths of
  * fast_elementwise.c): sum_to over leading, trailing, middle and alternating dims, sum / mean /
  * max over an axis, strided copies and f32 <-> f16 / bf16 / f64 casts, per-row broadcasts of
- * the binary ops, exp / log / sqrt / sigmoid / softplus, sigmoid_back and clamp_back,
- * rms_norm_back, softmax_back and rope.
+ * the binary ops, exp / log / sqrt / sigmoid / softplus, sigmoid_back and clamp_back, swiglu and
+ * its backward, cross-entropy and its backward, rms_norm_back, softmax_back and rope.
  *
  * Each case builds one node, checks that the fast kernel takes its own path for it (or, for
  * the layouts it leaves alone, that it falls back), compares the result with the reference
@@ -19,6 +19,8 @@
 #include "tessera/backend.h"
 
 #define F32_TOLERANCE 1e-10 /* ts_conformance_tolerance(TS_F32) */
+
+#define TGT_CLASSES 1001 /* logits' last dimension in the cross-entropy cases */
 
 typedef ts_tensor *(*build_fn)(ts_graph *g);
 
@@ -40,6 +42,8 @@ static bool takes_fast_path(const ts_tensor *t) {
         return ts_fast_reduce_applies(t);
     case TS_OP_RMS_NORM_BACK: case TS_OP_SOFTMAX_BACK: case TS_OP_ROPE:
         return ts_fast_rows_applies(t);
+    case TS_OP_CROSS_ENTROPY: case TS_OP_CROSS_ENTROPY_BACK:
+        return ts_fast_loss_applies(t);
     default:
         return ts_fast_elementwise_applies(t);
     }
@@ -59,6 +63,7 @@ static ts_status fill_leaves(ts_graph *g) {
         for (int64_t k = 0; k < n; k++) {
             double z = ts_rng_normal(&rng);
             v[k] = (float)(!strcmp(t->name, "pos") ? 0.25 + fabs(z) : !strcmp(t->name, "prob") ? 1 / (1 + exp(-z)) : z);
+            if (!strcmp(t->name, "tgt")) v[k] = k % 11 == 0 ? -1.0f : (float)((k * 37) % TGT_CLASSES); /* some ignored */
         }
         ts_status s = ts_tensor_write_f32(t, v, n);
         free(v);
@@ -193,6 +198,23 @@ static ts_tensor *softmax_back_first(ts_graph *g) {
     return back_node(g, TS_OP_SOFTMAX_BACK, LEAF("prob", 301, 333), LEAF("dy", 301, 333), NULL, 0, 0, 0);
 }
 
+/* swiglu (V4's clamped form) and its backward; cross-entropy over a vocabulary of 1001 (ragged
+ * vector tail, two exp blocks) and its backward, from a transposed view (falls back) */
+static ts_tensor *swiglu_op(ts_graph *g) { return ts_swiglu(g, LEAF("a", 333, 301), LEAF("b", 333, 301), 0.75f); }
+static ts_tensor *swiglu_back_op(ts_graph *g) {
+    ts_tensor *src[3] = {LEAF("a", 333, 301), LEAF("b", 333, 301), LEAF("dy", 333, 301)};
+    return ts_op_node(g, TS_OP_SWIGLU_BACK, src, 3, NULL, 0, (const float[]){0.75f}, 1);
+}
+static ts_tensor *targets(ts_graph *g, int64_t rows) { return ts_new_tensor(g, TS_I32, 1, (int64_t[]){rows}, "tgt"); }
+static ts_tensor *cross_entropy_op(ts_graph *g) { return ts_cross_entropy(g, LEAF("x", 257, TGT_CLASSES), targets(g, 257)); }
+static ts_tensor *cross_entropy_back_op(ts_graph *g) {
+    ts_tensor *src[3] = {LEAF("x", 257, TGT_CLASSES), targets(g, 257), LEAF("dy", 1)};
+    return ts_op_node(g, TS_OP_CROSS_ENTROPY_BACK, src, 3, NULL, 0, NULL, 0);
+}
+static ts_tensor *cross_entropy_transposed(ts_graph *g) {
+    return ts_cross_entropy(g, ts_transpose(g, LEAF("x", TGT_CLASSES, 257), 0, 1), targets(g, 257));
+}
+
 /* rope as the model uses it: [B, T, H, D] with angles [T, 1, n_rot/2], forward and inverse */
 static ts_tensor *rope_model(ts_graph *g) { return ts_rope(g, LEAF("x", 3, 257, 4, 72), LEAF("a", 257, 1, 8), 16, false); }
 static ts_tensor *rope_inverse(ts_graph *g) { return ts_rope(g, LEAF("x", 3, 257, 4, 72), LEAF("a", 257, 4, 36), 72, true); }
@@ -232,6 +254,11 @@ static const fb_case cases[] = {
     {"rms_norm_back transposed x (falls back)", rms_norm_back_transposed, false},
     {"softmax_back last axis", softmax_back_last, true},
     {"softmax_back axis 0 (falls back)", softmax_back_first, false},
+    {"swiglu, limit 0.75", swiglu_op, true},
+    {"swiglu_back, limit 0.75", swiglu_back_op, true},
+    {"cross_entropy [257,1001]", cross_entropy_op, true},
+    {"cross_entropy_back [257,1001]", cross_entropy_back_op, true},
+    {"cross_entropy transposed logits (falls back)", cross_entropy_transposed, false},
     {"rope [3,257,4,72] angles [257,1,8]", rope_model, true},
     {"rope inverse, all 72 dims", rope_inverse, true},
     {"rope strided angles (falls back)", rope_strided_angles, false},

@@ -381,6 +381,12 @@ static ts_tensor *case_relu(gc_case *c) { return ts_relu(c->g, P("x", INIT_AWAY_
 static ts_tensor *case_clamp(gc_case *c) {
     return ts_clamp(c->g, P("x", INIT_CLAMP_SAFE, 2, 3, 4), CLAMP_LO, CLAMP_HI);
 }
+static ts_tensor *case_swiglu(gc_case *c) {
+    return ts_swiglu(c->g, P("a", INIT_CLAMP_SAFE, 2, 3, 4), P("b", INIT_CLAMP_SAFE, 2, 3, 4), CLAMP_HI);
+}
+static ts_tensor *case_swiglu_unclamped(gc_case *c) {
+    return ts_swiglu(c->g, P("a", INIT_UNIFORM, 2, 3, 4), P("b", INIT_UNIFORM, 2, 3, 4), 0);
+}
 
 /* ---------------------------------------------------------------- cases: reductions */
 
@@ -679,6 +685,8 @@ static const gc_spec cases[] = {
     CASE("silu", case_silu),
     CASE("relu", case_relu),
     CASE("clamp [-0.5, 0.5]", case_clamp),
+    CASE("swiglu, limit 0.5", case_swiglu),
+    CASE("swiglu, unclamped", case_swiglu_unclamped),
     CASE("sum axis 0", case_sum_axis0),
     CASE("sum axis 1", case_sum_axis1),
     CASE("sum axis 2", case_sum_axis2),

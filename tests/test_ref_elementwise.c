@@ -634,6 +634,40 @@ static void check_unary_back(ts_op op, float lo, float hi, ts_dtype xt, ts_dtype
 
 static double silu_f(double x) { return x / (1 + exp(-x)); }
 
+/* swiglu and swiglu_back against the formula written out: gate capped at the limit, up clamped
+ * to +-limit (bounds pass the gradient), and unclamped with limit 0. */
+static void test_swiglu(void) {
+    enum { N = 5 };
+    const double a[N] = {-2, 0.3, 1.0, 0.75, -0.6}, b[N] = {0.5, -1.2, 2.0, 0.4, -0.75}, dy[N] = {1, -2, 0.5, 3, 1.5};
+    for (int clamped = 0; clamped < 2; clamped++) {
+        double L = clamped ? 0.75 : 0, want[N], want_back[2 * N];
+        for (int i = 0; i < N; i++) {
+            double ac = clamped && a[i] > L ? L : a[i], bc = clamped ? fmin(fmax(b[i], -L), L) : b[i];
+            double s = 1 / (1 + exp(-ac));
+            bool a_passes = !clamped || a[i] <= L, b_passes = !clamped || fabs(b[i]) <= L;
+            want[i] = silu_f(ac) * bc;
+            want_back[i] = a_passes ? dy[i] * bc * (s + ac * s * (1 - s)) : 0;
+            want_back[N + i] = b_passes ? dy[i] * silu_f(ac) : 0;
+        }
+        ts_graph *g = ts_graph_new();
+        ts_tensor *src[3] = {ts_new_tensor_1d(g, TS_F64, N, "a"), ts_new_tensor_1d(g, TS_F64, N, "b"),
+                             ts_new_tensor_1d(g, TS_F64, N, "dy")};
+        float fp[1] = {(float)L};
+        ts_tensor *out = ts_swiglu(g, src[0], src[1], (float)L), *back = ts_op_node(g, TS_OP_SWIGLU_BACK, src, 3, NULL, 0, fp, 1);
+        CHECK_OK(ts_graph_status(g), g);
+        if (out && back) {
+            bind_all(g);
+            set_list(src[0], a, N);
+            set_list(src[1], b, N);
+            set_list(src[2], dy, N);
+            CHECK_OK(run_all(g), g);
+            expect(out, want, N, TOL_F64, clamped ? "swiglu limit 0.75" : "swiglu unclamped");
+            expect(back, want_back, 2 * N, TOL_F64, clamped ? "swiglu_back limit 0.75" : "swiglu_back unclamped");
+        }
+        finish(g);
+    }
+}
+
 static void test_unary_back(void) {
     const double y[3] = {0.1, 0.5, 0.9}, dy3[3] = {1, 2, -3}, w_sig[3] = {0.09, 0.5, -0.27};
     check_unary_back(TS_OP_SIGMOID_BACK, 0, 0, TS_F64, TS_F64, y, dy3, w_sig, 3, TOL_F64, 0, "sigmoid_back f64");
@@ -909,6 +943,7 @@ static void run_suite(void) {
     test_reduce();
     test_sum_to();
     test_unary_back();
+    test_swiglu();
     test_max_back();
     test_inplace();
     test_errors();

@@ -86,6 +86,8 @@ typedef enum {
     TS_OP_MATMUL_ID,    /* src0 w [E, N, K], src1 x [T, K] or [T, Kk, K], src2 ids [T, Kk] (i32/i64)
                            -> [T, Kk, N]: out[t, k] = w[ids[t, k]] . x[t] (or x[t, k]); ip[0] = 1
                            uses each w[e] transposed (w [E, K, N]). See ts_matmul_id */
+    TS_OP_SWIGLU,       /* src0 gate a, src1 up b (same shape), fp[0] = limit -> silu(min(a, limit)) *
+                           clamp(b, -limit, limit); limit <= 0: silu(a) * b (see ts_swiglu) */
 
     /* backward helpers (also plain ops; the conformance suite covers them) */
     TS_OP_FIRST_BACKWARD_,
@@ -110,6 +112,9 @@ typedef enum {
                            [T, Kk], ip[0] = E -> [E, N, K]: out[e] = sum over the (t, k) with
                            ids[t, k] = e of a[t, k] (x) b[t, k] (outer product; a 2-D operand's
                            row t serves every k); experts no id names get zeros */
+    TS_OP_SWIGLU_BACK,  /* src0 a, src1 b, src2 dy, fp[0] as in SWIGLU -> [2, shape]: da, then db
+                           (the clamps pass gradient where their input lies within the bounds,
+                           bounds included) */
 
     TS_OP_COUNT
 } ts_op;
@@ -327,6 +332,13 @@ ts_tensor *ts_sinkhorn(ts_graph *g, ts_tensor *x, int iters, float eps);
  * TS_OP_MATMUL_ID_GRAD_W (rows grouped by expert; zeros for experts no id names); ids get none.
  * The optimized CPU kernel sorts the pairs by expert and runs one GEMM per expert that is used. */
 ts_tensor *ts_matmul_id(ts_graph *g, ts_tensor *w, ts_tensor *x, ts_tensor *ids);
+
+/* The gated unit of a SwiGLU feed-forward layer in one pass: silu(min(gate, limit)) *
+ * clamp(up, -limit, limit), DeepSeek-V4's clamped form (spec §2.9, swiglu_limit); limit <= 0
+ * leaves both unclamped (Llama's silu(gate) * up). gate and up: same shape and float dtype.
+ * Backward: one TS_OP_SWIGLU_BACK node gives both gradients (the composite of clamps, silu and a
+ * product would store and reread four intermediates). */
+ts_tensor *ts_swiglu(ts_graph *g, ts_tensor *gate, ts_tensor *up, float limit);
 
 /* Generic constructor used by autodiff, tests and the conformance harness: checks and infers
  * the output exactly as the named constructor would. */

@@ -25,6 +25,7 @@
 #define PADDING_VALUE 77.0  /* leaf elements outside the view: wrong if a backend reads them */
 #define CLAMP_LO -0.5f
 #define CLAMP_HI 0.75f
+#define SWIGLU_LIMIT 0.75f /* inputs are kept >= 0.05 from +-limit (the clamps' kinks) */
 #define CASE_DTYPE (-1)     /* in a COPY / FILL variant's ip[0]: "the case dtype" */
 #define SEED 0x7E55E4A5C0FFEEull
 
@@ -37,6 +38,7 @@ typedef enum {
     GEN_POSITIVE,        /* U[0.25, 4): log, sqrt */
     GEN_AWAY_FROM_ZERO,  /* +-U[0.25, 2): divisors, relu's kink */
     GEN_AWAY_FROM_CLAMP, /* N(0, 1) kept >= 0.05 from the clamp bounds (clamp's kinks) */
+    GEN_AWAY_FROM_LIMIT, /* N(0, 1) kept >= 0.05 from +-SWIGLU_LIMIT */
     GEN_PROBABILITY,     /* U[0.05, 0.95): sigmoid / softmax outputs fed to their backward */
     GEN_ANGLE,           /* U[-pi, pi): rope angles */
     GEN_UNIQUE_MAX,      /* U[-2, 2), one element per lane along axis ip[0] raised by 4: no max ties */
@@ -114,6 +116,22 @@ static const variant unary_back_variants[] = { /* x (or y), dy */
     {.in = {F(3, 1000), F(3, 1000)}},
     {.in = {FT(7, 33), F(7, 33)}},
     {.in = {F(7, 33), FS(7, 33)}},
+};
+
+/* gate, up (, dy); the limit is the variant's fp[0] (0: unclamped) */
+static const variant swiglu_variants[] = {
+    {.in = {F(1), F(1)}, .fp = {SWIGLU_LIMIT}, .note = "limit=0.75"},
+    {.in = {F(7, 33), F(7, 33)}, .fp = {SWIGLU_LIMIT}, .note = "limit=0.75"},
+    {.in = {F(3, 1000), F(3, 1000)}, .fp = {SWIGLU_LIMIT}, .note = "limit=0.75"},
+    {.in = {FT(7, 33), F(7, 33)}, .fp = {SWIGLU_LIMIT}, .note = "limit=0.75"},
+    {.in = {F(7, 33), FS(7, 33)}, .fp = {0}, .note = "unclamped"},
+};
+
+static const variant swiglu_back_variants[] = {
+    {.in = {F(1), F(1), F(1)}, .fp = {SWIGLU_LIMIT}, .note = "limit=0.75"},
+    {.in = {F(7, 33), F(7, 33), F(7, 33)}, .fp = {SWIGLU_LIMIT}, .note = "limit=0.75"},
+    {.in = {F(3, 1000), F(3, 1000), F(3, 1000)}, .fp = {0}, .note = "unclamped"},
+    {.in = {FT(7, 33), FS(7, 33), F(7, 33)}, .fp = {SWIGLU_LIMIT}, .note = "limit=0.75"},
 };
 
 static const variant binary_variants[] = {
@@ -495,6 +513,7 @@ static const op_entry op_table[] = {
     OP(TS_OP_ATTENTION, attention_variants),
     OP(TS_OP_SINKHORN, sinkhorn_variants),
     OP(TS_OP_MATMUL_ID, matmul_id_variants),
+    OP(TS_OP_SWIGLU, swiglu_variants),
     OP(TS_OP_SIGMOID_BACK, unary_back_variants),
     OP(TS_OP_SILU_BACK, unary_back_variants),
     OP(TS_OP_RELU_BACK, unary_back_variants),
@@ -507,6 +526,7 @@ static const op_entry op_table[] = {
     OP(TS_OP_ATTENTION_BACK, attention_back_variants),
     OP(TS_OP_SINKHORN_BACK, sinkhorn_back_variants),
     OP(TS_OP_MATMUL_ID_GRAD_W, matmul_id_grad_w_variants),
+    OP(TS_OP_SWIGLU_BACK, swiglu_back_variants),
 };
 
 /* f64 too: a backend that supports it must get it right; one that does not reports unsupported. */
@@ -519,6 +539,7 @@ static value_gen op_domain(ts_op op, int i) {
     case TS_OP_DIV: return i == 1 ? GEN_AWAY_FROM_ZERO : GEN_NORMAL;
     case TS_OP_RELU: case TS_OP_RELU_BACK: return i == 0 ? GEN_AWAY_FROM_ZERO : GEN_NORMAL;
     case TS_OP_CLAMP: case TS_OP_CLAMP_BACK: return i == 0 ? GEN_AWAY_FROM_CLAMP : GEN_NORMAL;
+    case TS_OP_SWIGLU: case TS_OP_SWIGLU_BACK: return i < 2 ? GEN_AWAY_FROM_LIMIT : GEN_NORMAL;
     case TS_OP_SIGMOID_BACK: case TS_OP_SOFTMAX_BACK: return i == 0 ? GEN_PROBABILITY : GEN_NORMAL;
     case TS_OP_MAX: return GEN_UNIQUE_MAX;
     case TS_OP_MAX_BACK: return i == 0 ? GEN_UNIQUE_MAX : i == 1 ? GEN_MAX_OF_SRC0 : GEN_NORMAL;
@@ -669,6 +690,10 @@ static double draw(ts_rng *r, value_gen g, int64_t hi) {
         if (fabs(x - CLAMP_LO) < 0.05) x = CLAMP_LO - 0.1;
         if (fabs(x - CLAMP_HI) < 0.05) x = CLAMP_HI + 0.1;
         return x;
+    }
+    case GEN_AWAY_FROM_LIMIT: {
+        double x = ts_rng_normal(r);
+        return fabs(fabs(x) - SWIGLU_LIMIT) < 0.05 ? x + (x < 0 ? -0.1 : 0.1) : x;
     }
     case GEN_PROBABILITY: return uniform(r, 0.05, 0.95);
     case GEN_ANGLE: return uniform(r, -3.141592653589793, 3.141592653589793);

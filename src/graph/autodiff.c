@@ -277,6 +277,14 @@ static void back_sinkhorn(ts_graph *g, ts_tensor *node, ts_tensor *dy, ts_tensor
  * is the same op with the flag flipped, summed over the slots when x holds one row per token;
  * dw[e] sums dy (x) x (x (x) dy when transposed) over the pairs routed to e, experts without a
  * pair getting zeros: one MATMUL_ID_GRAD_W node. ids get nothing. */
+/* One SWIGLU_BACK node computes both gradients; its [2, shape] output holds da, then db. */
+static void back_swiglu(ts_graph *g, ts_tensor *node, ts_tensor *dy, ts_tensor **dsrc) {
+    ts_tensor *a = node->src[0];
+    ts_tensor *both = back_op(g, TS_OP_SWIGLU_BACK, a, node->src[1], dy, NULL, 0, node->fp, 1);
+    for (int i = 0; i < 2 && both; i++)
+        if (needs_grad(node->src[i])) dsrc[i] = ts_reshape(g, ts_slice(g, both, 0, i, 1), a->ndim, a->shape);
+}
+
 static void back_matmul_id(ts_graph *g, ts_tensor *node, ts_tensor *dy, ts_tensor **dsrc) {
     ts_tensor *w = node->src[0], *x = node->src[1], *ids = node->src[2];
     bool trans = node->ip[0] != 0;
@@ -350,6 +358,7 @@ ts_status ts_op_backward(ts_graph *g, ts_tensor *node, ts_tensor *dy, ts_tensor 
     case TS_OP_ATTENTION: back_attention(g, node, dy, dsrc); break;
     case TS_OP_SINKHORN: back_sinkhorn(g, node, dy, dsrc); break;
     case TS_OP_MATMUL_ID: back_matmul_id(g, node, dy, dsrc); break;
+    case TS_OP_SWIGLU: back_swiglu(g, node, dy, dsrc); break;
     default: {
         char dn[160];
         if (node->op >= TS_OP_FIRST_BACKWARD_ && node->op < TS_OP_COUNT)

@@ -44,6 +44,7 @@ static const char *const op_names[TS_OP_COUNT] = {
     [TS_OP_ATTENTION] = "attention",
     [TS_OP_SINKHORN] = "sinkhorn",
     [TS_OP_MATMUL_ID] = "matmul_id",
+    [TS_OP_SWIGLU] = "swiglu",
     [TS_OP_SIGMOID_BACK] = "sigmoid_back",
     [TS_OP_SILU_BACK] = "silu_back",
     [TS_OP_RELU_BACK] = "relu_back",
@@ -56,6 +57,7 @@ static const char *const op_names[TS_OP_COUNT] = {
     [TS_OP_ATTENTION_BACK] = "attention_back",
     [TS_OP_SINKHORN_BACK] = "sinkhorn_back",
     [TS_OP_MATMUL_ID_GRAD_W] = "matmul_id_grad_w",
+    [TS_OP_SWIGLU_BACK] = "swiglu_back",
 };
 
 const char *ts_op_name(ts_op op) {
@@ -68,7 +70,7 @@ bool ts_op_is_view(ts_op op) {
 
 bool ts_op_inplace_ok(ts_op op, int i) {
     switch (op) {
-    case TS_OP_ADD: case TS_OP_SUB: case TS_OP_MUL: case TS_OP_DIV:
+    case TS_OP_ADD: case TS_OP_SUB: case TS_OP_MUL: case TS_OP_DIV: case TS_OP_SWIGLU:
     case TS_OP_SIGMOID_BACK: case TS_OP_SILU_BACK: case TS_OP_RELU_BACK: case TS_OP_CLAMP_BACK:
         return i <= 1;
     case TS_OP_SCALE: case TS_OP_EXP: case TS_OP_LOG: case TS_OP_SQRT: case TS_OP_SIGMOID:
@@ -405,6 +407,39 @@ ts_tensor *ts_sigmoid(ts_graph *g, ts_tensor *x) { return unary(g, TS_OP_SIGMOID
 ts_tensor *ts_softplus(ts_graph *g, ts_tensor *x) { return unary(g, TS_OP_SOFTPLUS, x, 0, 0); }
 ts_tensor *ts_silu(ts_graph *g, ts_tensor *x) { return unary(g, TS_OP_SILU, x, 0, 0); }
 ts_tensor *ts_relu(ts_graph *g, ts_tensor *x) { return unary(g, TS_OP_RELU, x, 0, 0); }
+/* SWIGLU (src a, b) and SWIGLU_BACK (a, b, dy -> [2, shape]): equal shapes and dtypes. */
+static ts_tensor *swiglu_node(ts_graph *g, ts_op op, ts_tensor *const *src, int n_src, float limit) {
+    const char *name = ts_op_name(op);
+    int want = op == TS_OP_SWIGLU ? 2 : 3;
+    if (n_src != want || any_null(src, n_src)) {
+        ts_graph_set_error(g, TS_ERR_INVALID_ARG, "%s: needs %d sources", name, want);
+        return NULL;
+    }
+    for (int i = 0; i < n_src; i++) {
+        if (!need_float(g, name, src[i])) return NULL;
+        if (!ts_same_shape(src[i], src[0]) || src[i]->dtype != src[0]->dtype)
+            return fail(g, TS_ERR_SHAPE, name, "sources differ in shape or dtype", src[0], src[i]);
+    }
+    if (!isfinite(limit)) return fail(g, TS_ERR_INVALID_ARG, name, "limit must be finite", src[0], NULL);
+    int64_t shape[TS_MAX_DIMS] = {2};
+    int nd = src[0]->ndim;
+    if (op == TS_OP_SWIGLU_BACK) {
+        if (nd + 1 > TS_MAX_DIMS) return fail(g, TS_ERR_SHAPE, name, "too many dimensions", src[0], NULL);
+        memcpy(shape + 1, src[0]->shape, (size_t)nd * sizeof *shape);
+        nd++;
+    } else {
+        memcpy(shape, src[0]->shape, (size_t)nd * sizeof *shape);
+    }
+    ts_tensor *r = ts_graph_add_node(g, op, src[0]->dtype, nd, shape, src, n_src);
+    if (r) r->fp[0] = limit;
+    return r;
+}
+
+ts_tensor *ts_swiglu(ts_graph *g, ts_tensor *gate, ts_tensor *up, float limit) {
+    ts_tensor *src[2] = {gate, up};
+    return any_null(src, 2) ? NULL : swiglu_node(g, TS_OP_SWIGLU, src, 2, limit);
+}
+
 ts_tensor *ts_clamp(ts_graph *g, ts_tensor *x, float min, float max) {
     if (x && !(min <= max)) return fail(g, TS_ERR_INVALID_ARG, "clamp", "min > max or NaN bound", x, NULL);
     return unary(g, TS_OP_CLAMP, x, min, max);
@@ -980,6 +1015,8 @@ ts_tensor *ts_op_node(ts_graph *g, ts_op op, ts_tensor *const *src, int n_src, c
         return sinkhorn_node(g, op, s0, s1, ip[0], fp[0]);
     case TS_OP_MATMUL_ID: case TS_OP_MATMUL_ID_GRAD_W:
         return matmul_id_from_sources(g, op, src, n_src, ip);
+    case TS_OP_SWIGLU: case TS_OP_SWIGLU_BACK:
+        return swiglu_node(g, op, src, n_src, fp[0]);
 
     case TS_OP_SIGMOID_BACK: case TS_OP_SILU_BACK: case TS_OP_RELU_BACK: case TS_OP_CLAMP_BACK:
         return same_shape_back(g, op, s0, s1, fp);

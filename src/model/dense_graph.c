@@ -40,8 +40,8 @@ static ts_tensor *attention(ts_model_builder *b, int layer, const char *prefix, 
 /* SwiGLU: n [B*T, d] -> w2 · (silu(w1 · n) ⊙ (w3 · n)). */
 static ts_tensor *swiglu(ts_model_builder *b, const char *prefix, ts_tensor *n) {
     ts_graph *g = b->g;
-    ts_tensor *gate = ts_silu(g, ts_mb_linear(b, n, prefix, "ffn.w1.weight"));
-    return ts_mb_linear(b, ts_mul(g, gate, ts_mb_linear(b, n, prefix, "ffn.w3.weight")), prefix, "ffn.w2.weight");
+    ts_tensor *h = ts_swiglu(g, ts_mb_linear(b, n, prefix, "ffn.w1.weight"), ts_mb_linear(b, n, prefix, "ffn.w3.weight"), 0);
+    return ts_mb_linear(b, h, prefix, "ffn.w2.weight");
 }
 
 ts_tensor *ts_dense_build(ts_model_builder *b) {

@@ -71,20 +71,11 @@ ts_status ts_moe_router(ts_graph *g, ts_tensor *x, ts_tensor *w_gate, ts_tensor 
     return ts_graph_status(g);
 }
 
-/* h = silu(min(a, limit)) ⊙ clamp(b, -limit, limit); limit <= 0: no clamp. */
-static ts_tensor *clamped_glu(ts_graph *g, ts_tensor *a, ts_tensor *b, float limit) {
-    if (limit > 0) {
-        a = ts_clamp(g, a, -INFINITY, limit);
-        b = ts_clamp(g, b, -limit, limit);
-    }
-    return ts_mul(g, ts_silu(g, a), b);
-}
-
 ts_tensor *ts_moe_swiglu(ts_graph *g, ts_tensor *x, ts_tensor *w1, ts_tensor *w3, ts_tensor *w2, float limit) {
     if (!g || !x || !w1 || !w3 || !w2) return NULL;
     ts_tensor *a = ts_matmul(g, x, w1, false, true); /* [.., T, I] */
     ts_tensor *b = ts_matmul(g, x, w3, false, true);
-    return ts_matmul(g, clamped_glu(g, a, b, limit), w2, false, true); /* [.., T, d] */
+    return ts_matmul(g, ts_swiglu(g, a, b, limit), w2, false, true); /* [.., T, d] */
 }
 
 ts_tensor *ts_moe_swiglu_routed(ts_graph *g, ts_tensor *x, ts_tensor *w1, ts_tensor *w3, ts_tensor *w2,
@@ -92,7 +83,7 @@ ts_tensor *ts_moe_swiglu_routed(ts_graph *g, ts_tensor *x, ts_tensor *w1, ts_ten
     if (!g || !x || !w1 || !w3 || !w2 || !indices) return NULL;
     ts_tensor *a = ts_matmul_id(g, w1, x, indices); /* [T, K, I] */
     ts_tensor *b = ts_matmul_id(g, w3, x, indices);
-    return ts_matmul_id(g, w2, clamped_glu(g, a, b, limit), indices); /* [T, K, d] */
+    return ts_matmul_id(g, w2, ts_swiglu(g, a, b, limit), indices); /* [T, K, d] */
 }
 
 /* v[t] = Σ_k gates[t, k] · slot_out[t, k] ([T, d]) for slot_out [T, K, d]. */

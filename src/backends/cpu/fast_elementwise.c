@@ -2,7 +2,7 @@
  * kernels that dominate an MLP or transformer step after matmul: add/sub/mul/div (same shape,
  * or one operand repeating along the trailing dims, such as a bias row, or a scalar, or held
  * along them, such as a per-row scale [.., T, 1]), scale, relu, silu, clamp, exp, log, sqrt,
- * sigmoid, softplus and the relu/silu/sigmoid/clamp backward helpers, softmax and rms_norm
+ * sigmoid, softplus and the relu/silu/sigmoid/clamp backward helpers, swiglu and its backward, softmax and rms_norm
  * along the last axis. Each works on contiguous f32 storage with plain loops the compiler
  * vectorizes; anything else (other dtypes, views with odd strides, other axes, other
  * broadcasts) goes to the reference kernel of the op (ref_elementwise.c, ref_nn.c), which also
@@ -223,13 +223,19 @@ static void unary_range(void *arg, int64_t begin, int64_t end, int tid) {
         break;
 
     case TS_OP_RELU_BACK:
-        for (int64_t k = 0; k < n; k++) d[k] = x[k] > 0 ? dy[k] : 0.0f;
+        for (int64_t k = 0; k < n; k++) { /* both loads unconditional, so the select vectorizes */
+            float g = dy[k], v = x[k];
+            d[k] = v > 0 ? g : 0.0f;
+        }
         break;
     case TS_OP_SIGMOID_BACK: /* x holds y = sigmoid: y (1 - y) */
         for (int64_t k = 0; k < n; k++) d[k] = dy[k] * x[k] * (1.0f - x[k]);
         break;
     case TS_OP_CLAMP_BACK: /* bounds included (PyTorch); NaN x fails both tests: 0 */
-        for (int64_t k = 0; k < n; k++) d[k] = (x[k] >= p0 && x[k] <= p1) ? dy[k] : 0.0f;
+        for (int64_t k = 0; k < n; k++) {
+            float g = dy[k], v = x[k];
+            d[k] = (v >= p0) & (v <= p1) ? g : 0.0f;
+        }
         break;
     default: break; /* unreachable: plan_unary admits these */
     }
@@ -274,6 +280,86 @@ TS_FAST_KERNEL(unary) {
 TS_FAST_KERNEL(unary_back) {
     unary_job j;
     return plan_unary(dst, &j) ? run_unary(ctx, dst, &j) : ts_ref_unary_back(ctx, dst);
+}
+
+/* ---------------------------------------------------------------- swiglu and its backward */
+
+typedef struct {
+    float *d;                 /* [n] or, backward, [2, n]: da then db */
+    const float *a, *b, *dy;  /* dy: backward only */
+    int64_t n;
+    float limit;              /* > 0: clamped */
+    const ts_vmath *vm;
+} swiglu_job;
+
+/* Elements [k0, k0 + m) of a block: the clamped gate and up (as the reference clamps them),
+ * z = e^-|gate|, and whether each clamp passes the gradient. */
+static void swiglu_block(const swiglu_job *j, int64_t k0, int64_t m, float *ac, float *bc, float *z, float *a_in,
+                         float *b_in) {
+    float L = j->limit;
+    const float *a = j->a + k0, *b = j->b + k0;
+    if (L > 0) { /* selects without short-circuits, and float flags: the loop vectorizes */
+        for (int64_t k = 0; k < m; k++) {
+            ac[k] = a[k] > L ? L : a[k];
+            bc[k] = b[k] < -L ? -L : b[k] > L ? L : b[k];
+            a_in[k] = a[k] <= L ? 1.0f : 0.0f;
+            b_in[k] = (b[k] >= -L) & (b[k] <= L) ? 1.0f : 0.0f;
+        }
+    } else {
+        for (int64_t k = 0; k < m; k++) {
+            ac[k] = a[k];
+            bc[k] = b[k];
+            a_in[k] = b_in[k] = 1.0f;
+        }
+    }
+    for (int64_t k = 0; k < m; k++) z[k] = -fabsf(ac[k]);
+    j->vm->exp(z, z, m);
+}
+
+static void swiglu_range(void *arg, int64_t begin, int64_t end, int tid) {
+    const swiglu_job *j = arg;
+    float ac[EXP_BLOCK], bc[EXP_BLOCK], z[EXP_BLOCK], a_in[EXP_BLOCK], b_in[EXP_BLOCK];
+    for (int64_t k0 = begin; k0 < end; k0 += EXP_BLOCK) {
+        int64_t m = end - k0 < EXP_BLOCK ? end - k0 : EXP_BLOCK;
+        swiglu_block(j, k0, m, ac, bc, z, a_in, b_in);
+        float *out = j->d + k0;
+        if (!j->dy) { /* may be a's or b's storage: read into the block above already */
+            for (int64_t k = 0; k < m; k++) out[k] = ac[k] * sigmoid_of(ac[k], z[k]) * bc[k];
+            continue;
+        }
+        /* the gradients' [2, n] output shares storage with no source */
+        float *restrict da = out, *restrict db = out + j->n;
+        const float *restrict dy = j->dy + k0;
+        for (int64_t k = 0; k < m; k++) {
+            float s = sigmoid_of(ac[k], z[k]);
+            da[k] = dy[k] * bc[k] * (s * (1.0f + ac[k] * (1.0f - s)));
+            db[k] = dy[k] * (ac[k] * s);
+        }
+        for (int64_t k = 0; k < m; k++) { /* the clamps' gates, apart: a select of loaded values vectorizes */
+            da[k] = a_in[k] > 0.5f ? da[k] : 0.0f;
+            db[k] = b_in[k] > 0.5f ? db[k] : 0.0f;
+        }
+    }
+}
+
+/* Contiguous f32 sources of dst's (forward) or dst's trailing (backward) shape. */
+static bool plan_swiglu(const ts_tensor *dst, swiglu_job *j) {
+    bool back = dst->op == TS_OP_SWIGLU_BACK;
+    if (dst->n_src != (back ? 3 : 2) || !is_f32_on_host(dst) || !ts_is_contiguous(dst)) return false;
+    const ts_tensor *a = dst->src[0];
+    for (int i = 0; i < dst->n_src; i++)
+        if (!is_f32_on_host(dst->src[i]) || !ts_is_contiguous(dst->src[i]) || !ts_same_shape(dst->src[i], a)) return false;
+    if (back ? ts_nelements(dst) != 2 * ts_nelements(a) || dst->shape[0] != 2 : !ts_same_shape(dst, a)) return false;
+    *j = (swiglu_job){.d = dst->data, .a = a->data, .b = dst->src[1]->data, .dy = back ? dst->src[2]->data : NULL,
+                      .n = ts_nelements(a), .limit = dst->fp[0], .vm = ts_vmath_active()};
+    return true;
+}
+
+TS_FAST_KERNEL(swiglu) {
+    swiglu_job j;
+    if (!plan_swiglu(dst, &j)) return ts_ref_swiglu(ctx, dst);
+    ts_parallel_for(ctx->pool, j.n, FAST_MIN_CHUNK, swiglu_range, &j);
+    return TS_OK;
 }
 
 /* ---------------------------------------------------------------- rows: softmax, rms_norm */
@@ -396,6 +482,10 @@ bool ts_fast_elementwise_applies(const ts_tensor *dst) {
     case TS_OP_ADD: case TS_OP_SUB: case TS_OP_MUL: case TS_OP_DIV: return plan_binary(dst, &b);
     case TS_OP_SOFTMAX: return plan_softmax(dst, &r);
     case TS_OP_RMS_NORM: return plan_rms_norm(dst, &r);
+    case TS_OP_SWIGLU: case TS_OP_SWIGLU_BACK: {
+        swiglu_job s;
+        return plan_swiglu(dst, &s);
+    }
     default: return plan_unary(dst, &u);
     }
 }

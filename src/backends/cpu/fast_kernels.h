@@ -27,6 +27,7 @@ bool ts_fast_matmul_uses_gemm(const ts_tensor *dst);
 TS_FAST_KERNEL(binary);     /* add, sub, mul, div */
 TS_FAST_KERNEL(unary);      /* scale, exp, log, sqrt, sigmoid, softplus, silu, relu, clamp */
 TS_FAST_KERNEL(unary_back); /* sigmoid_back, silu_back, relu_back, clamp_back */
+TS_FAST_KERNEL(swiglu);     /* swiglu, swiglu_back */
 TS_FAST_KERNEL(softmax);
 TS_FAST_KERNEL(rms_norm);
 /* Whether the fast elementwise / row kernel for dst's op takes its own f32 path (tests). */
@@ -66,6 +67,8 @@ bool ts_fast_moe_applies(const ts_tensor *dst);
 /* fast_loss.c: cross-entropy and its backward over contiguous f32 logits */
 TS_FAST_KERNEL(cross_entropy);
 TS_FAST_KERNEL(cross_entropy_back);
+/* Whether a cross_entropy / cross_entropy_back node takes the f32 path (tests). */
+bool ts_fast_loss_applies(const ts_tensor *dst);
 
 /* A scratch buffer kept between a kernel's calls, so that a graph's runs allocate only on the
  * first one. A second concurrent caller (another graph on another thread) gets a temporary

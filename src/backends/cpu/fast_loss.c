@@ -102,13 +102,28 @@ static bool plan(const ts_tensor *logits, const ts_tensor *targets, ce_job *j, i
     return true;
 }
 
+static bool plan_forward(const ts_tensor *dst, ce_job *j, int64_t *n_valid) {
+    return dst->n_src == 2 && is_contiguous_f32(dst) && ts_nelements(dst) == 1 && plan(dst->src[0], dst->src[1], j, n_valid);
+}
+
+static bool plan_backward(const ts_tensor *dst, ce_job *j, int64_t *n_valid) {
+    return dst->n_src == 3 && is_contiguous_f32(dst) && plan(dst->src[0], dst->src[1], j, n_valid) &&
+           ts_same_shape(dst, dst->src[0]) && dst->src[2] && dst->src[2]->dtype == TS_F32 && dst->src[2]->data &&
+           ts_nelements(dst->src[2]) == 1;
+}
+
+bool ts_fast_loss_applies(const ts_tensor *dst) {
+    ce_job j;
+    int64_t n_valid;
+    return dst && (dst->op == TS_OP_CROSS_ENTROPY ? plan_forward(dst, &j, &n_valid) : plan_backward(dst, &j, &n_valid));
+}
+
 static ts_cpu_scratch row_losses = TS_CPU_SCRATCH_INIT;
 
 TS_FAST_KERNEL(cross_entropy) {
     ce_job j;
     int64_t n_valid;
-    if (dst->n_src != 2 || !is_contiguous_f32(dst) || ts_nelements(dst) != 1 || !plan(dst->src[0], dst->src[1], &j, &n_valid))
-        return ts_ref_cross_entropy(ctx, dst);
+    if (!plan_forward(dst, &j, &n_valid)) return ts_ref_cross_entropy(ctx, dst);
     int64_t rows = ts_nelements(dst->src[1]);
     bool temporary;
     j.row_loss = ts_cpu_scratch_acquire(&row_losses, (size_t)(rows > 0 ? rows : 1) * sizeof(double), &temporary);
@@ -124,10 +139,7 @@ TS_FAST_KERNEL(cross_entropy) {
 TS_FAST_KERNEL(cross_entropy_back) {
     ce_job j;
     int64_t n_valid;
-    if (dst->n_src != 3 || !is_contiguous_f32(dst) || !plan(dst->src[0], dst->src[1], &j, &n_valid) ||
-        !ts_same_shape(dst, dst->src[0]) || !dst->src[2] || dst->src[2]->dtype != TS_F32 || !dst->src[2]->data ||
-        ts_nelements(dst->src[2]) != 1)
-        return ts_ref_cross_entropy_back(ctx, dst);
+    if (!plan_backward(dst, &j, &n_valid)) return ts_ref_cross_entropy_back(ctx, dst);
     j.dx = dst->data;
     j.g = n_valid ? (float)(*(const float *)dst->src[2]->data / (double)n_valid) : 0.0f;
     ts_parallel_for(ctx->pool, ts_nelements(dst->src[1]), ref_items_min_chunk(j.V), backward_range, &j);

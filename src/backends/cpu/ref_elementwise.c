@@ -20,6 +20,8 @@
  *  - clamp_back passes the gradient where min <= x <= max (PyTorch's convention: at exactly
  *    a bound the gradient flows), 0 elsewhere and 0 for NaN x.
  *  - relu_back passes the gradient where x > 0 (0 at x == 0 and for NaN).
+ *  - swiglu = silu(a') b' with a' = min(a, limit), b' = clamp(b, -limit, limit) (limit > 0);
+ *    swiglu_back's clamps pass the gradient as clamp_back does.
  *  - max_back gives the whole gradient of a row to the first element equal to the row's max
  *    (a NaN max matches the first NaN); the other elements of the row get 0.
  *  - copy/concat between identical byte-sized dtypes move the element's bytes, so they are
@@ -347,6 +349,59 @@ TS_REF_KERNEL(unary_back) {
     if (dst->n_src != 2 || !ts_same_shape(dst, dst->src[0]) || !ts_same_shape(dst, dst->src[1]))
         return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "inputs must have the output's shape");
     return run_per_element(ctx, dst, unary_back_range);
+}
+
+/* ---------------------------------------------------------------- swiglu and its backward */
+
+/* The clamped inputs of SWIGLU (limit > 0): gate capped above, up clamped on both sides; NaN
+ * passes through. Whether each clamp lets the gradient through (bounds included, not NaN). */
+typedef struct {
+    double a, b;
+    bool a_passes, b_passes;
+} swiglu_in;
+
+static swiglu_in swiglu_inputs(double a, double b, double limit) {
+    if (limit <= 0) return (swiglu_in){a, b, true, true};
+    return (swiglu_in){a > limit ? limit : a, b < -limit ? -limit : b > limit ? limit : b, a <= limit,
+                       b >= -limit && b <= limit};
+}
+
+static void swiglu_range(void *arg, int64_t begin, int64_t end, int tid) {
+    ref_job *j = arg;
+    const ts_tensor *a = j->src[0], *b = j->src[1];
+    for (int64_t i = begin; i < end; i++) {
+        swiglu_in in = swiglu_inputs(ref_get(a, ref_offset(a, i)), ref_get(b, ref_offset(b, i)), j->p0);
+        ref_set(j->dst, i, in.a * sigmoid(in.a) * in.b);
+    }
+}
+
+/* dst [2, n]: da = dy b' silu'(a') (where a passes), db = dy silu(a') (where b passes). */
+static void swiglu_back_range(void *arg, int64_t begin, int64_t end, int tid) {
+    ref_job *j = arg;
+    const ts_tensor *a = j->src[0], *b = j->src[1], *dy = j->src[2];
+    int64_t n = ts_nelements(a);
+    for (int64_t i = begin; i < end; i++) {
+        swiglu_in in = swiglu_inputs(ref_get(a, ref_offset(a, i)), ref_get(b, ref_offset(b, i)), j->p0);
+        double g = ref_get(dy, ref_offset(dy, i)), s = sigmoid(in.a);
+        ref_set(j->dst, i, in.a_passes ? g * in.b * s * (1.0 + in.a * (1.0 - s)) : 0.0);
+        ref_set(j->dst, n + i, in.b_passes ? g * in.a * s : 0.0);
+    }
+}
+
+TS_REF_KERNEL(swiglu) {
+    ts_status s = float_kernel_ready(ctx, dst);
+    if (s != TS_OK) return s;
+    bool back = dst->op == TS_OP_SWIGLU_BACK;
+    if ((dst->op != TS_OP_SWIGLU && !back) || dst->n_src != (back ? 3 : 2))
+        return ts_ref_fail(ctx, TS_ERR_INTERNAL, dst, "not a swiglu op");
+    const ts_tensor *a = dst->src[0];
+    bool ok = back ? dst->ndim == a->ndim + 1 && dst->shape[0] == 2 : ts_same_shape(dst, a);
+    for (int d = 0; back && ok && d < a->ndim; d++) ok = dst->shape[d + 1] == a->shape[d];
+    for (int i = 1; ok && i < dst->n_src; i++) ok = ts_same_shape(a, dst->src[i]);
+    if (!ok) return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "sources and output must share one shape ([2, shape] for the gradients)");
+    ref_job job = job_for(dst);
+    ref_run_parallel(ctx, dst, ts_nelements(a), REF_MIN_CHUNK, back ? swiglu_back_range : swiglu_range, &job);
+    return TS_OK;
 }
 
 /* ---------------------------------------------------------------- max backward */

@@ -19,6 +19,7 @@ TS_REF_KERNEL(unary);        /* scale, exp, log, sqrt, sigmoid, softplus, silu, 
 TS_REF_KERNEL(reduce);       /* sum, mean, max */
 TS_REF_KERNEL(sum_to);
 TS_REF_KERNEL(unary_back);   /* sigmoid_back, silu_back, relu_back, clamp_back */
+TS_REF_KERNEL(swiglu);       /* swiglu and swiglu_back */
 TS_REF_KERNEL(max_back);
 
 /* ref_nn.c */
