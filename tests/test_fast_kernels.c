@@ -8,7 +8,8 @@
  * address (no unit stride in the matrix, a stride-0 matrix dim, f64), which must fall back to
  * the reference kernel: ts_fast_matmul_uses_gemm says which path a node takes. Elementwise:
  * every fast path (bias-row and scalar broadcasts, unary ops, relu/silu backward, softmax with
- * a repeating mask, rms_norm with a weight) and views that must fall back. Results must be
+ * a repeating mask or over a middle axis, rms_norm with a weight) and views that must fall
+ * back. Concat (of slices and transposed views) and get_rows: the memcpy paths. Results must be
  * bit-identical for 1, 2 and 3 threads. Finally a 512 x 512 x 512 matmul (128^3 with
  * TS_TEST_QUICK=1) is timed on both backends (printed, not asserted: timing depends on the
  * machine). */
@@ -54,7 +55,11 @@ static ts_status fill_leaves(ts_graph *g) {
 }
 
 static bool takes_fast_path(const ts_tensor *node) {
-    return node->op == TS_OP_MATMUL ? ts_fast_matmul_uses_gemm(node) : ts_fast_elementwise_applies(node);
+    switch (node->op) {
+    case TS_OP_MATMUL: return ts_fast_matmul_uses_gemm(node);
+    case TS_OP_CONCAT: case TS_OP_GET_ROWS: return ts_fast_move_applies(node);
+    default: return ts_fast_elementwise_applies(node);
+    }
 }
 
 /* Builds the graph on a new backend, computes it `reps` times (the last one timed) and reads the
@@ -307,13 +312,14 @@ static ts_tensor *build_unary(ts_graph *g, const void *arg) {
 }
 
 /* softmax over the last axis of [2, rows, cols] with a [rows, cols] mask (kind 1), no mask
- * (kind 0) or over a transposed view (kind 3, falls back). */
+ * (kind 0), over the middle axis (kind 2; V4's compressor pools that way), or over a transposed
+ * view (kind 3, falls back). */
 static ts_tensor *build_softmax(ts_graph *g, const void *arg) {
     const ew_spec *p = arg;
     if (p->kind == 3) return ts_softmax(g, matrix_leaf(g, p->rows, p->cols, true), 1, NULL);
     ts_tensor *x = ts_new_tensor_3d(g, TS_F32, 2, p->rows, p->cols, "x");
     ts_tensor *mask = p->kind == 1 ? ts_new_tensor_2d(g, TS_F32, p->rows, p->cols, "mask") : NULL;
-    return ts_softmax(g, x, 2, mask);
+    return ts_softmax(g, x, p->kind == 2 ? 1 : 2, mask);
 }
 
 /* rms_norm of [rows, cols] with a weight (kind 1), without (kind 0), or of a transposed view
@@ -355,6 +361,41 @@ static void test_elementwise(void) {
         snprintf(what, sizeof what, "rms_norm kind %d", p.kind);
         compare_backends(what, build_rms_norm, &p, p.kind != 3);
     }
+    ew_spec middle = {.rows = 33, .cols = 64, .kind = 2};
+    compare_backends("softmax over the middle axis", build_softmax, &middle, true);
+}
+
+/* ---------------------------------------------------------------- concat, get_rows */
+
+/* concat along axis 1 of [2, 5, 8]'s two column halves (slices: half rows per block) around a
+ * contiguous [2, 3, 4]. */
+static ts_tensor *build_concat_slices(ts_graph *g, const void *arg) {
+    ts_tensor *x = ts_new_tensor_3d(g, TS_F32, 2, 5, 8, "x");
+    ts_tensor *parts[3] = {ts_slice(g, x, 2, 4, 4), ts_new_tensor_3d(g, TS_F32, 2, 3, 4, "y"), ts_slice(g, x, 2, 0, 4)};
+    return ts_concat(g, parts, 3, 1);
+}
+
+/* concat along axis 0 of a transposed view (element-sized blocks) and a contiguous matrix. */
+static ts_tensor *build_concat_transposed(ts_graph *g, const void *arg) {
+    ts_tensor *parts[2] = {matrix_leaf(g, 7, 33, true), ts_new_tensor_2d(g, TS_F32, 3, 33, "y")};
+    return ts_concat(g, parts, 2, 0);
+}
+
+/* Rows of a [33, 3, 5] table (or of a transposed [33, 15] view, which falls back) picked by the
+ * top-5 indices of each row of a [4, 33] matrix: ids that are valid by construction. */
+static ts_tensor *build_get_rows(ts_graph *g, const void *arg) {
+    bool transposed = *(const bool *)arg;
+    ts_tensor *values = NULL, *ids = NULL;
+    if (ts_topk(g, ts_new_tensor_2d(g, TS_F32, 4, 33, "x"), 5, &values, &ids) != TS_OK) return NULL;
+    return ts_get_rows(g, transposed ? matrix_leaf(g, 33, 15, true) : ts_new_tensor_3d(g, TS_F32, 33, 3, 5, "t"), ids);
+}
+
+static void test_moves(void) {
+    compare_backends("concat of row halves", build_concat_slices, NULL, true);
+    compare_backends("concat of a transposed view", build_concat_transposed, NULL, true);
+    static const bool transposed[2] = {false, true};
+    compare_backends("get_rows", build_get_rows, &transposed[0], true);
+    compare_backends("get_rows of a transposed table (falls back)", build_get_rows, &transposed[1], false);
 }
 
 /* ---------------------------------------------------------------- determinism */
@@ -436,6 +477,7 @@ int main(void) {
     test_matmul_batches();
     test_matmul_slices_and_fallbacks();
     test_elementwise();
+    test_moves();
     test_determinism();
     time_large_matmul();
     return check_summary("test_fast_kernels");

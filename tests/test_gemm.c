@@ -203,6 +203,7 @@ static void test_blocking_shapes(void) {
     for (int64_t dm = -1; dm <= 1; dm++) run_shape(bl.mc + dm, bl.nr - 1, 33);
     for (int64_t dn = -1; dn <= 1; dn += 2) run_shape(m_blocked, bl.nc + dn, 17);
     for (int64_t m = bl.small_m - 1; m <= bl.small_m + 1; m++) run_shape(m, 100, bl.kc + 1);
+    for (int64_t m = bl.small_m_nt - 1; m <= bl.small_m_nt + 1; m++) run_shape(m, 37, 45); /* trans_b's bound */
     for (int64_t m = 2; m <= 6; m++) run_shape(m, 37, 45);
     run_shape(bl.mc + bl.mr + 1, 2 * bl.nr + 5, bl.kc + 9); /* several ic and pc blocks, rows split */
     run_shape(bl.mc + 1, 20 * bl.nr + 3, 33);               /* columns split over several row blocks */

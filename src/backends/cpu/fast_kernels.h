@@ -46,6 +46,12 @@ TS_FAST_KERNEL(copy);   /* strided f32 -> contiguous, casts f32 <-> f16 / bf16 /
 /* Whether a sum_to / sum / mean / max / copy node takes its f32 path (tests). */
 bool ts_fast_reduce_applies(const ts_tensor *dst);
 
+/* fast_move.c: concat and get_rows as memcpy runs on contiguous storage */
+TS_FAST_KERNEL(concat);
+TS_FAST_KERNEL(get_rows);
+/* Whether a concat / get_rows node takes its memcpy path (tests). */
+bool ts_fast_move_applies(const ts_tensor *dst);
+
 /* fast_rows.c: row kernels along the last axis */
 TS_FAST_KERNEL(rms_norm_back);
 TS_FAST_KERNEL(softmax_back);

@@ -141,7 +141,7 @@ const char *ts_gemm_tier_name(void) { return active_kernels()->name; }
 
 ts_gemm_blocking ts_gemm_get_blocking(void) {
     const ts_gemm_kernels *k = active_kernels();
-    return (ts_gemm_blocking){k->mr, k->nr, k->mc, k->kc, k->nc, TS_GEMM_SMALL_M};
+    return (ts_gemm_blocking){k->mr, k->nr, k->mc, k->kc, k->nc, TS_GEMM_SMALL_M, TS_GEMM_SMALL_M_NT};
 }
 
 /* ---------------------------------------------------------------- workspace cache */
@@ -713,7 +713,7 @@ void ts_gemm(ts_threadpool *pool, bool trans_a, bool trans_b, int64_t M, int64_t
 
     /* Small M: bandwidth-bound, stream B once without packing. The dot-product form (B^T)
      * needs op(A) contiguous along k (narrow A is converted so that it is). */
-    if (M <= TS_GEMM_SMALL_M && (!trans_b || a.cs == 1 || a_type != TS_F32)) {
+    if (M <= (trans_b ? TS_GEMM_SMALL_M_NT : TS_GEMM_SMALL_M) && (!trans_b || a.cs == 1 || a_type != TS_F32)) {
         small_job job = {.args = {.m = M, .k = K, .alpha = alpha, .beta = beta, .a = A, .a_rs = a.rs, .a_cs = a.cs,
                                   .b = B, .ldb = ldb, .c = C, .ldc = ldc},
                          .trans_b = trans_b, .n = N, .a = a, .b = b};

@@ -40,7 +40,7 @@ bool ts_gemm_dtype_supported(ts_dtype t);
  * ldb in elements). Narrow operands are converted exactly (core/dtype.c's conversions) as they
  * are packed; C, alpha, beta and all arithmetic stay f32. The result equals ts_gemm_f32's on the
  * converted matrices bit for bit whenever both take the same path: always for M >
- * TS_GEMM_SMALL_M; for small M the narrow call converts op(A) (making it k-contiguous) and strips
+ * TS_GEMM_SMALL_M (TS_GEMM_SMALL_M_NT with trans_b); for small M the narrow call converts op(A) (making it k-contiguous) and strips
  * of op(B) into a per-thread scratch of about 1 MiB, and takes the blocked path when they do not
  * fit (K beyond ~7600 for B [K,N], ~245000 for B [N,K]), so its path can differ from the f32
  * call's there (both stay within the f32 accumulation bound). Same threading, determinism and
@@ -80,6 +80,7 @@ typedef struct {
     int mr, nr;     /* micro-tile: rows of op(A) x columns of op(B) per micro-kernel call */
     int mc, kc, nc; /* cache blocks: A block MC x KC (L2), B panel KC x NC (L3) */
     int small_m;    /* M at or below which the unpacked streaming path is taken */
+    int small_m_nt; /* the same for B stored [N, K] (trans_b) */
 } ts_gemm_blocking;
 ts_gemm_blocking ts_gemm_get_blocking(void);
 
@@ -93,6 +94,10 @@ ts_gemm_blocking ts_gemm_get_blocking(void);
 #define TS_GEMM_MAX_KC 384
 #define TS_GEMM_MAX_NC 4096
 #define TS_GEMM_SMALL_M 8
+/* With B stored [N, K] (the y = x W^T of every linear layer) the dot-product kernels take any M,
+ * re-reading B rows from L1 per 4 rows of A; up to this M that beats packing B (which costs as
+ * much as the multiply when M is this small: a 16-row decode batch, 3x on a 16 x 24 x 1024). */
+#define TS_GEMM_SMALL_M_NT 16
 
 /* Micro-kernel: multiplies a packed A micro-panel (kc x MR, element (i, k) at a[k*MR + i]) by a
  * packed B micro-panel (kc x NR, element (k, j) at b[k*NR + j]) and updates the full MR x NR tile
