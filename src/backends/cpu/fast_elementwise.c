@@ -2,8 +2,8 @@
  * kernels that dominate an MLP or transformer step after matmul: add/sub/mul/div (same shape,
  * or one operand repeating along the trailing dims, such as a bias row, or a scalar, or held
  * along them, such as a per-row scale [.., T, 1]), scale, relu, silu, clamp, exp, log, sqrt,
- * sigmoid, softplus and the relu/silu/sigmoid/clamp backward helpers, swiglu and its backward, softmax and rms_norm
- * along the last axis. Each works on contiguous f32 storage with plain loops the compiler
+ * sigmoid, softplus and the relu/silu/sigmoid/clamp backward helpers, swiglu and its backward,
+ * softmax (along any axis) and rms_norm along the last axis. Each works on contiguous f32 storage with plain loops the compiler
  * vectorizes; anything else (other dtypes, views with odd strides, other axes, other
  * broadcasts) goes to the reference kernel of the op (ref_elementwise.c, ref_nn.c), which also
  * reports malformed nodes.
@@ -369,7 +369,8 @@ typedef struct {
     const float *x;
     const float *aux;      /* softmax: mask (NULL: none); rms_norm: weight (NULL: none) */
     int64_t aux_period;    /* softmax mask: elements before it repeats; rms_norm weight: its stride */
-    int64_t len;           /* elements per row (the last axis) */
+    int64_t len;           /* elements per row */
+    int64_t inner;         /* softmax: elements after the axis (1: along the last axis) */
     double eps;
     const ts_vmath *vm;    /* softmax */
 } row_job;
@@ -408,17 +409,64 @@ static void softmax_range(void *arg, int64_t begin, int64_t end, int tid) {
     }
 }
 
-/* Softmax along the last axis of a contiguous x, with no mask or a contiguous mask repeating
- * along the trailing dims (e.g. one [T, S] causal mask for every batch and head). */
+/* Softmax along a middle axis: x as [outer, len, inner], each of the inner columns a
+ * distribution (V4's compressor pools that way at every decode step). Columns are done
+ * SOFTMAX_COLS at a time, row by row (contiguous reads, the vector exp over a row of columns),
+ * with softmax_row's steps per column: max (a NaN wins), e^(x - max) (exactly 0 at -inf), a
+ * double sum, one float reciprocal; an all -inf column becomes zeros. Work item: one outer
+ * block's column group. */
+#define SOFTMAX_COLS 64
+
+static void softmax_cols(const ts_vmath *vm, float *y, const float *x, int64_t len, int64_t inner, int64_t w) {
+    float m[SOFTMAX_COLS], inv[SOFTMAX_COLS];
+    double sum[SOFTMAX_COLS] = {0};
+    for (int64_t c = 0; c < w; c++) m[c] = -INFINITY;
+    for (int64_t k = 0; k < len; k++)
+        for (int64_t c = 0; c < w; c++) {
+            float v = x[k * inner + c];
+            if (!isnan(m[c]) && (v > m[c] || isnan(v))) m[c] = v;
+        }
+    for (int64_t k = 0; k < len; k++) {
+        const float *xr = x + k * inner;
+        float *yr = y + k * inner;
+        memcpy(yr, xr, (size_t)w * sizeof *yr);
+        vm->exp_each(yr, m, w);
+        for (int64_t c = 0; c < w; c++) {
+            if (xr[c] == -INFINITY || m[c] == -INFINITY) yr[c] = 0.0f;
+            sum[c] += yr[c];
+        }
+    }
+    for (int64_t c = 0; c < w; c++) inv[c] = m[c] == -INFINITY ? 0.0f : (float)(1.0 / sum[c]);
+    for (int64_t k = 0; k < len; k++)
+        for (int64_t c = 0; c < w; c++) y[k * inner + c] *= inv[c];
+}
+
+static void softmax_cols_range(void *arg, int64_t begin, int64_t end, int tid) {
+    const row_job *j = arg;
+    int64_t groups = (j->inner + SOFTMAX_COLS - 1) / SOFTMAX_COLS;
+    for (int64_t item = begin; item < end; item++) {
+        int64_t c0 = item % groups * SOFTMAX_COLS, at = item / groups * j->len * j->inner + c0;
+        int64_t w = j->inner - c0 < SOFTMAX_COLS ? j->inner - c0 : SOFTMAX_COLS;
+        softmax_cols(j->vm, j->y + at, j->x + at, j->len, j->inner, w);
+    }
+}
+
+/* Softmax of a contiguous x along any axis, with no mask; along the last axis also with a
+ * contiguous mask repeating along the trailing dims (e.g. one [T, S] causal mask for every
+ * batch and head). */
 static bool plan_softmax(const ts_tensor *dst, row_job *j) {
     if (dst->op != TS_OP_SOFTMAX || dst->n_src < 1 || dst->n_src > 2 || dst->ndim < 1) return false;
-    if (dst->ip[0] != dst->ndim - 1 || !is_f32_on_host(dst) || !ts_is_contiguous(dst)) return false;
+    int axis = (int)dst->ip[0];
+    if (axis < 0 || axis >= dst->ndim || !is_f32_on_host(dst) || !ts_is_contiguous(dst)) return false;
     if (!is_dense_like(dst->src[0], dst)) return false;
-    *j = (row_job){.y = dst->data, .x = dst->src[0]->data, .len = dst->shape[dst->ndim - 1], .vm = ts_vmath_active()};
+    *j = (row_job){.y = dst->data, .x = dst->src[0]->data, .len = dst->shape[axis], .inner = 1,
+                   .vm = ts_vmath_active()};
+    for (int d = axis + 1; d < dst->ndim; d++) j->inner *= dst->shape[d];
     if (dst->n_src == 2 && dst->src[1]) {
         bcast_operand mask;
         /* the mask must cover whole rows so that a row reads one contiguous run of it */
-        if (!trailing_operand(dst->src[1], dst, &mask) || j->len == 0 || mask.period % j->len != 0) return false;
+        if (j->inner != 1 || !trailing_operand(dst->src[1], dst, &mask) || j->len == 0 || mask.period % j->len != 0)
+            return false;
         j->aux = mask.p;
         j->aux_period = mask.period;
     }
@@ -428,7 +476,12 @@ static bool plan_softmax(const ts_tensor *dst, row_job *j) {
 TS_FAST_KERNEL(softmax) {
     row_job j;
     if (!plan_softmax(dst, &j)) return ts_ref_softmax(ctx, dst);
-    run_rows(ctx, dst, j.len, softmax_range, &j);
+    if (j.inner == 1 || j.len == 0) {
+        run_rows(ctx, dst, j.len, softmax_range, &j);
+        return TS_OK;
+    }
+    int64_t items = ts_nelements(dst) / (j.len * j.inner) * ((j.inner + SOFTMAX_COLS - 1) / SOFTMAX_COLS);
+    ts_parallel_for(ctx->pool, items, ref_items_min_chunk(j.len * SOFTMAX_COLS), softmax_cols_range, &j);
     return TS_OK;
 }
 
