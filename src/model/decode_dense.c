@@ -2,10 +2,13 @@
  * implementation of decoder_impl.h: a KV cache per layer, one forward pass per step (one new
  * token for each of n slots) or per prefill chunk (up to CHUNK tokens of one slot).
  *
- * Cache: per layer one host array [slots * max_len, H, 2·hd]; entry (slot, p) holds the key of
- * position p after RoPE, then its value. ts_attention takes extra entries that serve as key and
- * value at once (V4's shared K = V), so a pass hands it the whole cache as extras - a stride-0
- * expand of one leaf bound to the array, nothing copied - with the query widened to q | 0:
+ * Cache: per layer one host array [H, slots * max_len, 2·hd]; entry (h, slot, p) holds head h's
+ * key of position p after RoPE, then its value. Head-major, so that one head's pass over a
+ * prefix reads one contiguous run: the weights streaming through the CPU caches every step
+ * evict the KV cache, and position-major entries (512 of every 2 KiB) defeat the hardware
+ * prefetcher. ts_attention takes extra entries that serve as key and value at once (V4's
+ * shared K = V), so a pass hands it the whole cache as extras - a permuted, stride-0 expanded
+ * view of one leaf bound to the array, nothing copied - with the query widened to q | 0:
  * then q'·e = q·k, and the second half of the weighted sum is Σ p·v, the output. Each row lists
  * its slot's cached positions in its own index list [B, 1, E] (-1 past the prefix), so any set
  * of slots in any order shares one forward pass. The pass's new tokens are the attention's
@@ -94,8 +97,9 @@ ts_tensor *ts_dense_decode_attention(ts_model_builder *b, int layer, ts_tensor *
         p->idx = host_leaf(b, d->idx, TS_I32, 3, is, "decode_idx");
         p->zeros = ts_fill(g, b->dt, 4, qs, 0.0f);
     }
-    int64_t cs[4] = {1, N, d->H, w}, es[4] = {p->B, N, d->H, w}, xs[3] = {p->B, p->T, p->E};
-    ts_tensor *cache = host_leaf(b, d->cache[layer], b->dt, 4, cs, "kv_cache");
+    int64_t cs[4] = {1, d->H, N, w}, es[4] = {p->B, N, d->H, w}, xs[3] = {p->B, p->T, p->E};
+    const int entries_first[4] = {0, 2, 1, 3}; /* the head-major array as [1, N, H, 2·hd] */
+    ts_tensor *cache = ts_permute(g, host_leaf(b, d->cache[layer], b->dt, 4, cs, "kv_cache"), entries_first);
     ts_tensor *kv_parts[2] = {k, v}, *q_parts[2] = {q, p->zeros};
     ts_tensor *kv = p->kv[layer] = ts_set_output(ts_concat(g, kv_parts, 2, 3));
     ts_attention_params ap = *params;
@@ -200,12 +204,16 @@ static void prepare_row(dense_decoder *d, const pass *p, int64_t r, int slot, in
     for (int64_t e = 0; e < p->E; e++) idx[e] = slot >= 0 && e < prefix ? base + (int32_t)e : -1;
 }
 
-/* After compute: the last m new tokens of row r into the cache of `slot` from position `at`. */
+/* After compute: the last m new tokens of row r into the cache of `slot` from position `at`,
+ * head by head. */
 static void commit_row(dense_decoder *d, const pass *p, int64_t r, int slot, int64_t at, int64_t m) {
-    size_t entry = (size_t)(d->H * 2 * d->hd) * d->esz;
+    size_t head = (size_t)(2 * d->hd) * d->esz;
+    int64_t N = d->slots * d->max_len;
     for (int64_t l = 0; l < d->L; l++)
-        memcpy((char *)d->cache[l] + (size_t)(slot * d->max_len + at) * entry,
-               (const char *)p->kv[l]->data + (size_t)(r * p->T + p->T - m) * entry, (size_t)m * entry);
+        for (int64_t h = 0; h < d->H; h++)
+            for (int64_t t = 0; t < m; t++)
+                memcpy((char *)d->cache[l] + (size_t)(h * N + slot * d->max_len + at + t) * head,
+                       (const char *)p->kv[l]->data + (size_t)((r * p->T + p->T - m + t) * d->H + h) * head, head);
 }
 
 /* The logits after the i-th of the last R new tokens of row r, as f32. */
