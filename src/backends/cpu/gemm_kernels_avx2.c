@@ -441,13 +441,15 @@ AVX2_INLINE void nt_cols(const ts_gemm_small_args *p, int64_t n0, int64_t n1, co
 }
 
 AVX2 void ts_gemm_small_nt_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1) {
-    /* (B rows at once, partial sums per element): at most 8 accumulators. A GEMV takes one B
-     * row at a time, a single sequential stream: over 17 MB of f32 weights (from DRAM) 4 rows
-     * at once read 7.6 GB/s, one 13.1 GB/s (median of 3 on a loaded 2-core Zen VM). */
+    /* (B rows at once, partial sums per element): at most 8 accumulators. One B row at a time
+     * is a single sequential stream: a GEMV over 17 MB of f32 weights (from DRAM) read 7.6 GB/s
+     * with 4 rows at once, 13.1 GB/s with one; 4 x 128 x 256 (a decode batch's expert) took
+     * 13-28 us with 2 rows and 2 x 1 partial sums, 11.5 us with 1 row and 4 x 2 (medians on a
+     * loaded 2-core Zen VM). Two rows of A keep two B rows for enough independent sums. */
     switch (p->m) {
     case 1: nt_cols(p, n0, n1, 1, 2); break;
     case 2: nt_cols(p, n0, n1, 2, 2); break;
-    default: nt_cols(p, n0, n1, 2, 1); break; /* 4 rows of A at a time */
+    default: nt_cols(p, n0, n1, 1, 2); break; /* 4 rows of A at a time */
     }
 }
 
