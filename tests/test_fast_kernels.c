@@ -9,7 +9,7 @@
  * the reference kernel: ts_fast_matmul_uses_gemm says which path a node takes. Elementwise:
  * every fast path (bias-row and scalar broadcasts, unary ops, relu/silu backward, softmax with
  * a repeating mask or over a middle axis, rms_norm with a weight) and views that must fall
- * back. Concat (of slices and transposed views) and get_rows: the memcpy paths. Results must be
+ * back. Concat (of slices and transposed views) and get_rows: the memcpy paths; topk (ties). Results must be
  * bit-identical for 1, 2 and 3 threads. Finally a 512 x 512 x 512 matmul (128^3 with
  * TS_TEST_QUICK=1) is timed on both backends (printed, not asserted: timing depends on the
  * machine). */
@@ -58,6 +58,7 @@ static bool takes_fast_path(const ts_tensor *node) {
     switch (node->op) {
     case TS_OP_MATMUL: return ts_fast_matmul_uses_gemm(node);
     case TS_OP_CONCAT: case TS_OP_GET_ROWS: return ts_fast_move_applies(node);
+    case TS_OP_TOPK: return ts_fast_rows_applies(node);
     default: return ts_fast_elementwise_applies(node);
     }
 }
@@ -390,12 +391,23 @@ static ts_tensor *build_get_rows(ts_graph *g, const void *arg) {
     return ts_get_rows(g, transposed ? matrix_leaf(g, 33, 15, true) : ts_new_tensor_3d(g, TS_F32, 33, 3, 5, "t"), ids);
 }
 
+/* The top 16 of each row of [x | x] (x [5, 300]): every value twice, so ties must go to the
+ * lower index as in the reference; *arg: from a transposed view (falls back). */
+static ts_tensor *build_topk(ts_graph *g, const void *arg) {
+    bool transposed = *(const bool *)arg;
+    ts_tensor *x = matrix_leaf(g, 5, 300, transposed), *parts[2] = {x, x}, *values = NULL, *ids = NULL;
+    ts_tensor *row = transposed ? x : ts_concat(g, parts, 2, 1);
+    return ts_topk(g, row, 16, &values, &ids) == TS_OK ? ids : NULL;
+}
+
 static void test_moves(void) {
     compare_backends("concat of row halves", build_concat_slices, NULL, true);
     compare_backends("concat of a transposed view", build_concat_transposed, NULL, true);
     static const bool transposed[2] = {false, true};
     compare_backends("get_rows", build_get_rows, &transposed[0], true);
     compare_backends("get_rows of a transposed table (falls back)", build_get_rows, &transposed[1], false);
+    compare_backends("topk with ties", build_topk, &transposed[0], true);
+    compare_backends("topk of a transposed view (falls back)", build_topk, &transposed[1], false);
 }
 
 /* ---------------------------------------------------------------- determinism */

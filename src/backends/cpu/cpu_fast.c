@@ -43,6 +43,7 @@ static const ts_cpu_kernel fast_kernels[TS_OP_COUNT] = {
     [TS_OP_RMS_NORM] = ts_fast_rms_norm,
     [TS_OP_RMS_NORM_BACK] = ts_fast_rms_norm_back,
     [TS_OP_ROPE] = ts_fast_rope,
+    [TS_OP_TOPK] = ts_fast_topk,
     [TS_OP_ATTENTION] = ts_fast_attention,
     [TS_OP_ATTENTION_BACK] = ts_fast_attention_back,
     [TS_OP_SINKHORN] = ts_fast_sinkhorn,

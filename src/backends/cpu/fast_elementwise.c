@@ -14,9 +14,9 @@
  * and so do scale, relu, clamp and clamp's backward; exp, softmax, silu, sigmoid, softplus and
  * the backwards of the last three take e^x from the vector math of fast_vmath.h (about 1 ulp;
  * results below FLT_MIN flush to 0), log and sqrt from libm, a few ulps from the reference. Row
- * kernels sum in double, in index order, one row per thread at a time. Every element is
- * computed by the same operations whichever thread owns it, so results are bit-identical for
- * any thread count. Nothing is allocated. */
+ * kernels sum in double, in index order (rms_norm's squares in four interleaved partial sums),
+ * one row per thread at a time. Every element is computed by the same operations whichever
+ * thread owns it, so results are bit-identical for any thread count. Nothing is allocated. */
 #include <math.h>
 #include <string.h>
 
@@ -492,8 +492,7 @@ static void rms_norm_range(void *arg, int64_t begin, int64_t end, int tid) {
     for (int64_t r = begin; r < end; r++) {
         const float *x = j->x + r * n;
         float *y = j->y + r * n;
-        double ss = 0;
-        for (int64_t k = 0; k < n; k++) ss += (double)x[k] * x[k];
+        double ss = ts_fast_sum_squares(x, n);
         double inv = 1.0 / sqrt(ss / (double)n + j->eps);
         if (j->aux)
             for (int64_t k = 0; k < n; k++) y[k] = (float)(x[k] * inv * j->aux[k * j->aux_period]);

@@ -52,11 +52,12 @@ TS_FAST_KERNEL(get_rows);
 /* Whether a concat / get_rows node takes its memcpy path (tests). */
 bool ts_fast_move_applies(const ts_tensor *dst);
 
-/* fast_rows.c: row kernels along the last axis */
+/* fast_rows.c: row kernels along the last axis (topk: the indices of the k largest) */
 TS_FAST_KERNEL(rms_norm_back);
 TS_FAST_KERNEL(softmax_back);
 TS_FAST_KERNEL(rope);
-/* Whether an rms_norm_back / softmax_back / rope node takes its f32 path (tests). */
+TS_FAST_KERNEL(topk);
+/* Whether an rms_norm_back / softmax_back / rope / topk node takes its f32 path (tests). */
 bool ts_fast_rows_applies(const ts_tensor *dst);
 
 /* fast_sinkhorn.c: mHC's Sinkhorn projection and its backward on contiguous f32 matrices */
@@ -75,6 +76,18 @@ TS_FAST_KERNEL(cross_entropy);
 TS_FAST_KERNEL(cross_entropy_back);
 /* Whether a cross_entropy / cross_entropy_back node takes the f32 path (tests). */
 bool ts_fast_loss_applies(const ts_tensor *dst);
+
+/* Sum of x[k]^2 in double (rms_norm and its backward): four interleaved partial sums, so that
+ * the adds do not wait on each other; the products are exact in double, and the order differs
+ * from the reference's running sum only in a double's last bits. */
+static inline double ts_fast_sum_squares(const float *x, int64_t n) {
+    double s[4] = {0, 0, 0, 0};
+    int64_t k = 0;
+    for (; k + 4 <= n; k += 4)
+        for (int l = 0; l < 4; l++) s[l] += (double)x[k + l] * x[k + l];
+    for (; k < n; k++) s[0] += (double)x[k] * x[k];
+    return (s[0] + s[1]) + (s[2] + s[3]);
+}
 
 /* A scratch buffer kept between a kernel's calls, so that a graph's runs allocate only on the
  * first one. A second concurrent caller (another graph on another thread) gets a temporary

@@ -1,10 +1,11 @@
-/* fast_rows.c - the "cpu" backend's f32 row kernels of the backward pass and of position
- * encoding: rms_norm_back and softmax_back along the last axis, and rope (forward and
- * inverse). Each row is computed with the reference's formula, in double, in the same order
- * (ref_nn.c), and rounded once, straight from contiguous f32 storage; other dtypes, strided
- * inputs and other axes go to the reference kernel, which also reports malformed nodes. Rows
- * are split over threads in static chunks, one thread per row: bit-identical for any thread
- * count. Nothing is allocated. */
+/* fast_rows.c - the "cpu" backend's f32 row kernels of the backward pass, of position
+ * encoding and of selection: rms_norm_back and softmax_back along the last axis, rope (forward
+ * and inverse), and topk (exact: a selection by the reference's total order). Each row is
+ * computed with the reference's formula, in double, in the same order (ref_nn.c; rms_norm_back's
+ * sum of squares in four interleaved partial sums), and rounded once, straight from contiguous
+ * f32 storage; other dtypes, strided inputs and other axes go to the reference kernel, which
+ * also reports malformed nodes. Rows are split over threads in static chunks, one thread per
+ * row: bit-identical for any thread count. Nothing is allocated. */
 #include <math.h>
 #include <string.h>
 
@@ -43,8 +44,7 @@ static void rms_norm_back_range(void *arg, int64_t begin, int64_t end, int tid) 
     for (int64_t r = begin; r < end; r++) {
         const float *x = j->a + r * n, *dy = j->b + r * n;
         float *dx = j->out + r * n;
-        double ss = 0, xg = 0;
-        for (int64_t k = 0; k < n; k++) ss += (double)x[k] * x[k];
+        double ss = ts_fast_sum_squares(x, n), xg = 0;
         double inv = 1.0 / sqrt(ss / (double)n + j->eps);
         if (j->w) {
             for (int64_t k = 0; k < n; k++) xg += (double)x[k] * dy[k] * j->w[k * j->w_stride];
@@ -183,6 +183,64 @@ TS_FAST_KERNEL(rope) {
     return TS_OK;
 }
 
+/* ---------------------------------------------------------------- topk */
+
+#define TOPK_MAX 1024 /* larger k: the reference */
+
+/* The k best of each row of a contiguous f32 x, in rank order (ref_topk_before), by insertion
+ * into a sorted list: O(n) per row when few elements beat the k-th best, where the reference
+ * rescans the row once per rank. The order is total, so the result is the reference's. */
+typedef struct {
+    const float *x;
+    void *out;
+    bool out64;
+    int64_t n, k;
+} topk_job;
+
+static void topk_range(void *arg, int64_t begin, int64_t end, int tid) {
+    const topk_job *j = arg;
+    int64_t best[TOPK_MAX];
+    for (int64_t r = begin; r < end; r++) {
+        const float *x = j->x + r * j->n;
+        int64_t have = 0;
+        for (int64_t i = 0; i < j->n; i++) {
+            if (have == j->k && !ref_topk_before(x[i], i, x[best[have - 1]], best[have - 1])) continue;
+            int64_t at = have < j->k ? have++ : have - 1; /* the slot it may take, then sift up */
+            while (at > 0 && ref_topk_before(x[i], i, x[best[at - 1]], best[at - 1])) {
+                best[at] = best[at - 1];
+                at--;
+            }
+            best[at] = i;
+        }
+        for (int64_t q = 0; q < j->k; q++) {
+            if (j->out64) ((int64_t *)j->out)[r * j->k + q] = best[q];
+            else ((int32_t *)j->out)[r * j->k + q] = (int32_t)best[q];
+        }
+    }
+}
+
+/* x contiguous f32, the output contiguous i32/i64 shaped like x with k <= TOPK_MAX last. */
+static bool plan_topk(const ts_tensor *dst, topk_job *j) {
+    if (dst->op != TS_OP_TOPK || dst->n_src != 1 || dst->ndim < 1 || !dst->data || !ts_is_contiguous(dst)) return false;
+    const ts_tensor *x = dst->src[0];
+    if (!x || x->dtype != TS_F32 || !x->data || !ts_is_contiguous(x) || x->ndim != dst->ndim) return false;
+    if (dst->dtype != TS_I32 && dst->dtype != TS_I64) return false;
+    int a = x->ndim - 1;
+    int64_t k = dst->ip[0];
+    if (k < 1 || k > TOPK_MAX || k > x->shape[a] || dst->shape[a] != k) return false;
+    for (int d = 0; d < a; d++)
+        if (dst->shape[d] != x->shape[d]) return false;
+    *j = (topk_job){.x = x->data, .out = dst->data, .out64 = dst->dtype == TS_I64, .n = x->shape[a], .k = k};
+    return true;
+}
+
+TS_FAST_KERNEL(topk) {
+    topk_job j;
+    if (!plan_topk(dst, &j)) return ts_ref_topk(ctx, dst);
+    ts_parallel_for(ctx->pool, ts_nelements(dst) / j.k, ref_items_min_chunk(j.n * 4), topk_range, &j);
+    return TS_OK;
+}
+
 /* ---------------------------------------------------------------- for tests */
 
 bool ts_fast_rows_applies(const ts_tensor *dst) {
@@ -192,6 +250,10 @@ bool ts_fast_rows_applies(const ts_tensor *dst) {
     case TS_OP_RMS_NORM_BACK: return plan_rms_norm_back(dst, &j);
     case TS_OP_SOFTMAX_BACK: return plan_softmax_back(dst, &j);
     case TS_OP_ROPE: return plan_rope(dst, &j);
+    case TS_OP_TOPK: {
+        topk_job t;
+        return plan_topk(dst, &t);
+    }
     default: return false;
     }
 }

@@ -9,6 +9,8 @@
 #ifndef TS_REF_COMMON_H
 #define TS_REF_COMMON_H
 
+#include <math.h>
+
 #include "graph/graph_internal.h"
 
 /* Elements (for row kernels: elements read or written per chunk) below which one thread does
@@ -20,6 +22,18 @@
 static inline int ref_dtype_bits(ts_dtype t) { return ts_dtype_get_info(t)->bits; }
 static inline bool ref_dtype_is_float(ts_dtype t) { return ts_dtype_get_info(t)->is_float; }
 static inline bool ref_dtype_is_int(ts_dtype t) { return ts_dtype_get_info(t)->is_int; }
+
+/* ---------------------------------------------------------------- topk's order */
+
+/* Whether (va at index ia) ranks before (vb at ib): larger first, NaN above every number,
+ * equal values (and NaN vs NaN) to the lower index. A strict total order: one element per rank
+ * (the reference topk and the fast one rank by it). */
+static inline bool ref_topk_before(double va, int64_t ia, double vb, int64_t ib) {
+    bool na = isnan(va), nb = isnan(vb);
+    if (na != nb) return na;
+    if (!na && va != vb) return va > vb;
+    return ia < ib;
+}
 
 /* ---------------------------------------------------------------- element addressing */
 

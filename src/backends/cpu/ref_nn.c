@@ -443,15 +443,6 @@ TS_REF_KERNEL(get_rows) {
 
 /* ---------------------------------------------------------------- topk */
 
-/* Whether (va at index ia) ranks before (vb at ib): larger first, NaN above every number,
- * equal values (and NaN vs NaN) to the lower index. A strict total order: one element per rank. */
-static bool topk_before(double va, int64_t ia, double vb, int64_t ib) {
-    bool na = isnan(va), nb = isnan(vb);
-    if (na != nb) return na;
-    if (!na && va != vb) return va > vb;
-    return ia < ib;
-}
-
 /* Selection by rank: output r is the best element ranking after output r - 1. */
 static void topk_row(ref_row x, int64_t n, int64_t k, ts_tensor *dst, int64_t out_off) {
     double prev_v = 0;
@@ -461,8 +452,8 @@ static void topk_row(ref_row x, int64_t n, int64_t k, ts_tensor *dst, int64_t ou
         int64_t best_i = -1;
         for (int64_t i = 0; i < n; i++) {
             double v = row_get(x, i);
-            if (prev_i >= 0 && !topk_before(prev_v, prev_i, v, i)) continue; /* already output */
-            if (best_i < 0 || topk_before(v, i, best_v, best_i)) {
+            if (prev_i >= 0 && !ref_topk_before(prev_v, prev_i, v, i)) continue; /* already output */
+            if (best_i < 0 || ref_topk_before(v, i, best_v, best_i)) {
                 best_v = v;
                 best_i = i;
             }
