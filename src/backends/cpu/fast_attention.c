@@ -378,6 +378,7 @@ typedef struct {
     float *acc2;     /* BK x Dv: dv (step C) */
     float *m, *l;    /* BQ: running row max and denominator */
     float *extra_s;  /* E: one row's extra scores */
+    int64_t *extra_n; /* E: their rows of extra */
     float *rowvec;   /* BQ: lse or delta of a query tile, as a vector */
     float *rowvec2;  /* BQ */
 } fa_scratch;
@@ -389,7 +390,7 @@ static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static int64_t scratch_floats(const fa_problem *p) {
     int64_t w = max64(p->D, p->Dv);
     return round_up(BQ * p->D) + round_up(w * max64(BK, BQ)) + 2 * round_up(BQ * BK) + round_up(max64(BQ, BK) * w) +
-           round_up(BK * p->Dv) + 4 * round_up(BQ) + round_up(p->E);
+           round_up(BK * p->Dv) + 4 * round_up(BQ) + 3 * round_up(p->E); /* extra_s, extra_n */
 }
 
 static fa_scratch scratch_at(const fa_problem *p, float *base) {
@@ -406,7 +407,8 @@ static fa_scratch scratch_at(const fa_problem *p, float *base) {
     s.l = c, c += round_up(BQ);
     s.rowvec = c, c += round_up(BQ);
     s.rowvec2 = c, c += round_up(BQ);
-    s.extra_s = c;
+    s.extra_s = c, c += round_up(p->E);
+    s.extra_n = (int64_t *)(void *)c; /* 64-byte aligned: every part is a multiple of 16 floats */
     return s;
 }
 
@@ -503,25 +505,25 @@ static float raise_max(fa_scratch *sc, int64_t i, float top, int64_t width) {
     return m_new;
 }
 
-/* The extras of row i (online step; extras are keys and values, D == Dv). */
+/* The extras of row i (online step; extras are keys and values, D == Dv): the listed ones'
+ * scores compacted, so that one vector exp serves them all. */
 static void attend_extras(const fa_problem *p, const fa_kernels *kn, fa_scratch *sc, const q_tile *qt, int64_t i) {
     const float *q = sc->qs + i * p->D;
     float top = -INFINITY;
-    int64_t t = qt->t0 + i;
-    for (int64_t e = 0; e < p->E; e++) {
-        int64_t n = int_at(&p->idx, qt->b, t, e);
-        sc->extra_s[e] = n < 0 ? -INFINITY : kn->dot(q, row_of(&p->extra, qt->b, n, qt->kv), p->D);
-        if (n >= 0 && (sc->extra_s[e] > top || isnan(sc->extra_s[e]))) top = sc->extra_s[e];
-    }
-    if (top == -INFINITY) return;
-    float m = raise_max(sc, i, top, p->Dv);
+    int64_t t = qt->t0 + i, listed = 0;
     for (int64_t e = 0; e < p->E; e++) {
         int64_t n = int_at(&p->idx, qt->b, t, e);
         if (n < 0) continue;
-        float w = expf(sc->extra_s[e] - m);
-        sc->l[i] += w;
-        kn->axpy(sc->acc + i * p->Dv, w, row_of(&p->extra, qt->b, n, qt->kv), p->Dv);
+        float score = kn->dot(q, row_of(&p->extra, qt->b, n, qt->kv), p->D);
+        if (score > top || isnan(score)) top = score;
+        sc->extra_s[listed] = score;
+        sc->extra_n[listed++] = n;
     }
+    if (top == -INFINITY) return;
+    float m = raise_max(sc, i, top, p->Dv);
+    sc->l[i] += kn->exp_sum(sc->extra_s, listed, m);
+    for (int64_t e = 0; e < listed; e++)
+        kn->axpy(sc->acc + i * p->Dv, sc->extra_s[e], row_of(&p->extra, qt->b, sc->extra_n[e], qt->kv), p->Dv);
 }
 
 /* Keys (or values) transposed once per call for every (batch, kv head): width rows of
