@@ -194,6 +194,7 @@ static const variant softmax_variants[] = { /* ip[0] = axis; optional additive m
     {.in = {F(7, 33)}, .ip = {1}, .note = "axis=1"},
     {.in = {F(7, 33)}, .ip = {0}, .note = "axis=0"},
     {.in = {F(3, 1000)}, .ip = {1}, .note = "axis=1"},
+    {.in = {F(2, 7, 100)}, .ip = {1}, .note = "axis=1 (middle)"},
     {.in = {F(2, 7, 7), FG(GEN_CAUSAL_MASK, 7, 7)}, .ip = {2}, .note = "axis=2 causal mask"},
     {.in = {F(2, 7, 33), F(7, 33)}, .ip = {2}, .note = "axis=2 mask"},
     {.in = {FT(7, 33)}, .ip = {1}, .note = "axis=1"},
