@@ -323,6 +323,8 @@ typedef struct {
     bool indexer_loss;           /* train the lightning indexer by its KL loss (spec §5.1) */
     int64_t indexer_warmup;      /* steps of the dense stage (CSA dense, indexer learns the dense
                                   * attention) before CSA switches to the indexer's top-k */
+    ts_dtype precision;          /* compute: TS_F32 (default), or TS_BF16 mixed precision (model.h's
+                                  * compute_dtype); weights, gradients and optimizer state stay f32 */
 } ts_trainer_options;
 
 /* The spec §7.2 recipe for total_steps steps of batch x seq (indexer: dense for the first 20 %). */

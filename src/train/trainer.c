@@ -173,7 +173,8 @@ static ts_status build_graph(ts_trainer *tr, bool backward, ts_model_graph **out
                                  .mtp = tr->o.mtp,
                                  .balance_alpha = backward ? tr->o.balance_alpha : 0,
                                  .dense_csa = dense_stage(tr, tr->step),
-                                 .indexer_loss = backward && tr->o.indexer_loss};
+                                 .indexer_loss = backward && tr->o.indexer_loss,
+                                 .compute_dtype = tr->o.precision};
     ts_status s = ts_model_graph_build(tr->w, &go, out, err, err_size);
     if (s == TS_OK) s = ts_model_graph_alloc(*out, tr->be, plan, err, err_size);
     return s;
