@@ -3,6 +3,7 @@
  * 1. resume is exact, in f32 and in bf16 compute: a run of 2N steps and a run of N steps +
  *    --resume + N more steps leave byte-identical final/model.safetensors (and optimizer state);
  *    the precision is in train_config.json and the log; a bf16 run's checkpoint is f32;
+ *    --recompute trains the very same weights;
  * 2. SIGKILL at random moments - during steps and during checkpoint writes (a checkpoint every
  *    step) - several times; after each kill the run directory's newest checkpoint verifies, and
  *    resuming to the end gives the same final weights as the uninterrupted run;
@@ -155,6 +156,17 @@ int main(void) {
     free(test_read_file(path, &nh));
     CHECK(na > 0 && na == nh && !same_file(final_a, final_h, "model.safetensors"),
           "bf16 checkpoint: f32 like the f32 run's (%zu vs %zu bytes), other values", nh, na);
+    /* recomputation changes memory, not numbers: the same final weights as the straight f32 run */
+    char recomputed[128], final_r[160];
+    snprintf(recomputed, sizeof recomputed, "%s/recomputed", work);
+    CHECK(train(recomputed, 2 * N, ARGS("--recompute")) == 0, "--recompute run failed (see %s.log)", recomputed);
+    snprintf(final_r, sizeof final_r, "%s/final", recomputed);
+    CHECK(same_file(final_a, final_r, "model.safetensors"), "--recompute changed the trained weights");
+    snprintf(path, sizeof path, "%s.log", recomputed);
+    char *log = test_read_file(path, NULL);
+    CHECK(log && strstr(log, "activation recomputation: "), "the log does not give both peaks");
+    free(log);
+    printf("  --recompute: final weights byte-identical to the run without\n");
     snprintf(killed, sizeof killed, "%s/killed", work);
 
     /* 2. SIGKILL at random moments (a checkpoint every step), then resume to the end */

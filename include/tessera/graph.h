@@ -377,6 +377,7 @@ typedef struct {
     bool naive;            /* every tensor in its own region, no reuse (testing baseline) */
     bool no_inplace;       /* disable in-place reuse of a dying input */
     size_t guard_bytes;    /* pattern-filled bytes around every region, checked by ts_graph_check_guards */
+    bool plan_only;        /* fill the stats, allocate nothing: the graph stays unallocated */
 } ts_plan_options;
 
 typedef struct {

@@ -1,5 +1,5 @@
-/* test_autocast.c - mixed precision (graph autocast, ts_graph_set_autocast; model graphs'
- * compute_dtype = TS_BF16).
+/* test_mixed_precision.c - mixed precision (graph autocast, ts_graph_set_autocast; model graphs'
+ * compute_dtype = TS_BF16), alone and with activation recomputation (model graphs' recompute).
  *
  *  - op level: an autocast matmul and matmul_id against an independent f64 computation on
  *    operands rounded to bf16 by hand (ts_f32_to_bf16): forward, and the gradients, which must
@@ -7,7 +7,10 @@
  *    optimized CPU backends; a tensor read by two matmuls is cast once.
  *  - model level: a tiny V4 (with MTP) and a dense model, bf16 against f32 on the same weights:
  *    every gradient within bf16 tolerance of the f32 one but not equal to it (casting happened),
- *    the f32 graph holds no bf16 node; and the planner's peak drops at the tiny recipe's shape. */
+ *    the f32 graph holds no bf16 node; and the planner's peak drops at the tiny recipe's shape.
+ *  - bf16 with recomputation: the same loss and gradients as bf16 without (learned routing, MTP,
+ *    balance and indexer losses; dense), a lower planned peak; the four peaks (f32 / bf16, with
+ *    and without recomputation) at the tiny recipe's 8 x 256 tokens. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -195,77 +198,114 @@ typedef struct {
     int64_t n;
     float loss;
     int bf16_nodes;
+    size_t peak; /* the planner's */
 } model_run;
 
-enum { B = 2, T = 32 };
+/* The training graph's options for w: batch x seq, loss, backward, MTP when the model has it,
+ * and the trainer's balance and indexer losses (outputs and detached inputs in the graph). */
+static ts_model_graph_options train_options(const ts_model_weights *w, int64_t batch, int64_t seq) {
+    const ts_v4_config *c = ts_model_weights_config(w);
+    bool v4 = c->kind == TS_MODEL_DEEPSEEK_V4;
+    return (ts_model_graph_options){.batch = batch, .seq = seq, .loss = true, .backward = true,
+                                    .mtp = v4 && c->num_nextn_predict_layers > 0, .balance_alpha = v4 ? 1e-4 : 0,
+                                    .indexer_loss = v4};
+}
 
-/* Loss and every gradient of one batch (B x T) in the given compute dtype on the CPU backend. */
-static model_run run_model(ts_model_weights *w, ts_dtype compute, bool mtp) {
+/* Plans the graph of o; with compute, also runs one batch and reads the loss and every gradient. */
+static model_run run_model(ts_model_weights *w, ts_model_graph_options o, bool compute) {
     model_run out = {0};
     const ts_v4_config *c = ts_model_weights_config(w);
-    int32_t ids[B * T], tg[B * T], mids[B * T], mtg[B * T];
-    for (int i = 0; i < B * T; i++) {
+    int64_t n = o.batch * o.seq;
+    int32_t *ids = malloc((size_t)(4 * n) * sizeof *ids), *tg = ids + n, *mids = ids + 2 * n, *mtg = ids + 3 * n;
+    for (int64_t i = 0; i < n; i++) {
         ids[i] = (int32_t)((i * 7 + 3) % c->vocab_size);
         tg[i] = (int32_t)((i * 5 + 1) % c->vocab_size);
         mids[i] = tg[i];
         mtg[i] = (int32_t)((i * 11 + 2) % c->vocab_size);
     }
-    ts_model_graph_options o = {.batch = B, .seq = T, .loss = true, .backward = true, .mtp = mtp, .compute_dtype = compute};
     char err[512] = "";
     ts_model_graph *mg = NULL;
     ts_backend *be;
     ts_backend_cpu_new(2, &be);
+    ts_plan_stats ps = {0};
     ts_status s = ts_model_graph_build(w, &o, &mg, err, sizeof err);
-    if (s == TS_OK) s = ts_model_graph_alloc(mg, be, NULL, err, sizeof err);
-    CHECK(s == TS_OK, "model graph (%s): %s", ts_dtype_name(compute), err);
-    if (s != TS_OK) {
-        ts_model_graph_free(mg);
-        ts_backend_free(be);
-        return out;
+    if (s == TS_OK) s = ts_model_graph_alloc(mg, be, &ps, err, sizeof err);
+    CHECK(s == TS_OK, "model graph (%s%s): %s", ts_dtype_name(o.compute_dtype), o.recompute ? ", recompute" : "", err);
+    out.peak = ps.arena_bytes;
+    if (s == TS_OK && compute) {
+        size_t bytes = (size_t)n * sizeof *ids;
+        ts_tensor_write(mg->ids, ids, bytes);
+        ts_tensor_write(mg->targets, tg, bytes);
+        if (o.mtp) {
+            ts_tensor_write(mg->mtp_ids, mids, bytes);
+            ts_tensor_write(mg->mtp_targets, mtg, bytes);
+        }
+        CHECK_OK(ts_graph_compute(mg->graph), mg->graph);
+        ts_tensor_read_f32(mg->loss, &out.loss, 1);
+        for (int i = 0; i < ts_graph_n_nodes(mg->graph); i++)
+            out.bf16_nodes += ts_graph_node(mg->graph, i)->dtype == TS_BF16;
+        int nw = ts_model_weights_count(w);
+        for (int i = 0; i < nw; i++)
+            if (ts_model_graph_grad(mg, i)) out.n += ts_nelements(ts_model_graph_grad(mg, i));
+        out.grads = malloc((size_t)out.n * sizeof *out.grads);
+        for (int i = 0, at = 0; i < nw; i++) {
+            ts_tensor *gr = ts_model_graph_grad(mg, i);
+            if (!gr) continue;
+            ts_tensor_read_f32(gr, out.grads + at, ts_nelements(gr));
+            at += (int)ts_nelements(gr);
+        }
     }
-    ts_tensor_write(mg->ids, ids, sizeof ids);
-    ts_tensor_write(mg->targets, tg, sizeof tg);
-    if (mtp) {
-        ts_tensor_write(mg->mtp_ids, mids, sizeof mids);
-        ts_tensor_write(mg->mtp_targets, mtg, sizeof mtg);
-    }
-    CHECK_OK(ts_graph_compute(mg->graph), mg->graph);
-    ts_tensor_read_f32(mg->loss, &out.loss, 1);
-    for (int i = 0; i < ts_graph_n_nodes(mg->graph); i++) out.bf16_nodes += ts_graph_node(mg->graph, i)->dtype == TS_BF16;
-    int nw = ts_model_weights_count(w);
-    for (int i = 0; i < nw; i++)
-        if (ts_model_graph_grad(mg, i)) out.n += ts_nelements(ts_model_graph_grad(mg, i));
-    out.grads = malloc((size_t)out.n * sizeof *out.grads);
-    int64_t at = 0;
-    for (int i = 0; i < nw; i++) {
-        ts_tensor *gr = ts_model_graph_grad(mg, i);
-        if (!gr) continue;
-        ts_tensor_read_f32(gr, out.grads + at, ts_nelements(gr));
-        at += ts_nelements(gr);
-    }
+    free(ids);
     ts_model_graph_free(mg);
     ts_backend_free(be);
     return out;
 }
 
-static void compare_model(const char *name, ts_model_weights *w, bool mtp) {
-    model_run f = run_model(w, TS_F32, mtp), h = run_model(w, TS_BF16, mtp);
-    if (!f.grads || !h.grads) goto done;
-    CHECK(f.n == h.n && f.n > 0, "%s: same gradients", name);
+/* ||a - b|| / ||a|| over two runs' gradients; -1 when they cannot be compared. */
+static double grad_rel_err(const model_run *a, const model_run *b) {
+    if (!a->grads || !b->grads || a->n != b->n || a->n == 0) return -1;
     double d2 = 0, n2 = 0;
-    for (int64_t i = 0; i < f.n && f.n == h.n; i++) {
-        d2 += (double)(h.grads[i] - f.grads[i]) * (h.grads[i] - f.grads[i]);
-        n2 += (double)f.grads[i] * f.grads[i];
+    for (int64_t i = 0; i < a->n; i++) {
+        d2 += (double)(b->grads[i] - a->grads[i]) * (b->grads[i] - a->grads[i]);
+        n2 += (double)a->grads[i] * a->grads[i];
     }
-    double rel = sqrt(d2 / n2), dl = fabs(h.loss - f.loss) / fabs(f.loss);
+    return sqrt(d2 / n2);
+}
+
+/* bf16 against f32 on one batch of 2 x 32 tokens: every gradient within bf16 noise, not equal. */
+static void compare_bf16(const char *name, ts_model_weights *w) {
+    ts_model_graph_options o = train_options(w, 2, 32);
+    model_run f = run_model(w, o, true);
+    o.compute_dtype = TS_BF16;
+    model_run h = run_model(w, o, true);
+    double rel = grad_rel_err(&f, &h), dl = fabs(h.loss - f.loss) / fabs(f.loss);
     CHECK(rel < 3e-2 && rel > 1e-5, "%s: bf16 vs f32 gradients differ by %.3g (want bf16 noise: (1e-5, 3e-2))", name, rel);
     CHECK(dl < 1e-2 && h.loss != f.loss, "%s: losses %.6f vs %.6f", name, h.loss, f.loss);
     CHECK(f.bf16_nodes == 0 && h.bf16_nodes > 0, "%s: bf16 nodes f32 %d, bf16 %d", name, f.bf16_nodes, h.bf16_nodes);
     printf("  %s: loss f32 %.6f bf16 %.6f; gradient rel err %.3g over %lld values\n", name, f.loss, h.loss, rel,
            (long long)f.n);
-done:
     free(f.grads);
     free(h.grads);
+}
+
+/* Recomputation against none with the given compute dtype (test_recompute covers f32): the same
+ * loss and gradients (the recomputed layers rerun the same kernels, bf16 casts included), and a
+ * lower planned peak. */
+static void compare_recompute(const char *name, ts_model_weights *w, ts_dtype compute) {
+    ts_model_graph_options o = train_options(w, 2, 32);
+    o.compute_dtype = compute;
+    model_run k = run_model(w, o, true);
+    o.recompute = true;
+    model_run r = run_model(w, o, true);
+    double rel = grad_rel_err(&k, &r);
+    CHECK(rel >= 0 && rel <= 1e-6 && r.loss == k.loss, "%s %s: recomputed gradients differ by %.3g, loss %.9g vs %.9g",
+          name, ts_dtype_name(compute), rel, r.loss, k.loss);
+    CHECK(r.peak < k.peak, "%s %s: planner peak with recompute %zu, without %zu", name, ts_dtype_name(compute), r.peak,
+          k.peak);
+    printf("  %s %s, recompute: gradient rel err %.2g; planner peak %.1f -> %.1f MiB (2 x 32 tokens)\n", name,
+           ts_dtype_name(compute), rel, k.peak / 1048576.0, r.peak / 1048576.0);
+    free(k.grads);
+    free(r.grads);
 }
 
 /* A preset's f32 weights. hash_all: every MoE layer routes by token id - learned top-k routing
@@ -283,33 +323,22 @@ static ts_model_weights *tiny(const char *preset, bool hash_all) {
     return w;
 }
 
-/* The planner's peak of a training graph (batch x seq, with MTP when the model has it). */
-static size_t planned_peak(ts_model_weights *w, ts_dtype compute, int64_t batch, int64_t seq) {
-    const ts_v4_config *c = ts_model_weights_config(w);
-    ts_model_graph_options o = {.batch = batch, .seq = seq, .loss = true, .backward = true,
-                                .mtp = c->kind == TS_MODEL_DEEPSEEK_V4 && c->num_nextn_predict_layers > 0,
-                                .compute_dtype = compute};
-    char err[512] = "";
-    ts_model_graph *mg = NULL;
-    ts_backend *be;
-    ts_backend_cpu_new(1, &be);
-    ts_plan_stats ps = {0};
-    ts_status s = ts_model_graph_build(w, &o, &mg, err, sizeof err);
-    if (s == TS_OK) s = ts_model_graph_alloc(mg, be, &ps, err, sizeof err);
-    CHECK(s == TS_OK, "planning %s: %s", ts_dtype_name(compute), err);
-    ts_model_graph_free(mg);
-    ts_backend_free(be);
-    return ps.arena_bytes;
-}
-
-/* bf16 keeps half-size copies of the matmul operands for backward instead of f32 ones, but also
- * a bf16 copy of every weight: the peak drops once activations outweigh the weights (the
- * spec's tiny recipe, 8 x 256 tokens), and may rise for a handful of tokens. */
-static void test_peak(const char *name, ts_model_weights *w, int64_t batch, int64_t seq) {
-    size_t f = planned_peak(w, TS_F32, batch, seq), h = planned_peak(w, TS_BF16, batch, seq);
-    CHECK(h < f, "%s %lld x %lld: planner peak bf16 %zu < f32 %zu", name, (long long)batch, (long long)seq, h, f);
-    printf("  %s, %lld x %lld tokens: planner peak f32 %.1f MiB, bf16 %.1f MiB\n", name, (long long)batch,
-           (long long)seq, f / 1048576.0, h / 1048576.0);
+/* Planned peaks at the spec's tiny recipe shape (8 x 256 tokens). bf16 keeps half-size copies
+ * of the matmul operands for backward instead of f32 ones, but also a bf16 copy of every weight:
+ * its peak drops once activations outweigh the weights (here), and may rise for a handful of
+ * tokens. Recomputation keeps the layer outputs and one layer's activations. */
+static void test_peaks(const char *name, ts_model_weights *w) {
+    size_t peak[4];
+    for (int i = 0; i < 4; i++) {
+        ts_model_graph_options o = train_options(w, 8, 256);
+        o.compute_dtype = i & 1 ? TS_BF16 : TS_F32;
+        o.recompute = i >= 2;
+        peak[i] = run_model(w, o, false).peak;
+    }
+    CHECK(peak[1] < peak[0] && peak[2] < peak[0] && peak[3] < peak[1], "%s: peaks %zu %zu %zu %zu", name, peak[0],
+          peak[1], peak[2], peak[3]);
+    printf("  %s, 8 x 256 tokens: planner peak f32 %.1f MiB, bf16 %.1f MiB; with recompute f32 %.1f MiB, bf16 %.1f MiB\n",
+           name, peak[0] / 1048576.0, peak[1] / 1048576.0, peak[2] / 1048576.0, peak[3] / 1048576.0);
 }
 
 int main(void) {
@@ -318,13 +347,15 @@ int main(void) {
     test_matmul_id(false);
     test_matmul_id(true);
     test_bad_dtype();
-    ts_model_weights *v4 = tiny("tiny", true);
-    if (v4) compare_model("tiny V4 + MTP", v4, true);
-    ts_model_weights *dense = tiny("dense-tiny", false);
-    if (dense) compare_model("dense-tiny", dense, false);
-    if (v4) test_peak("tiny V4", v4, 8, 256);
-    if (dense) test_peak("dense-tiny", dense, 8, 256);
+    ts_model_weights *v4 = tiny("tiny", true), *v4_learned = tiny("tiny", false), *dense = tiny("dense-tiny", false);
+    if (v4) compare_bf16("tiny V4 + MTP", v4);
+    if (dense) compare_bf16("dense-tiny", dense);
+    if (v4_learned) compare_recompute("tiny V4 + MTP", v4_learned, TS_BF16);
+    if (dense) compare_recompute("dense-tiny", dense, TS_BF16);
+    if (v4_learned) test_peaks("tiny V4", v4_learned);
+    if (dense) test_peaks("dense-tiny", dense);
     ts_model_weights_free(v4);
+    ts_model_weights_free(v4_learned);
     ts_model_weights_free(dense);
-    return check_summary("test_autocast");
+    return check_summary("test_mixed_precision");
 }
