@@ -9,14 +9,15 @@
  * after --warmup untimed ones, and tokens per second = batch·seq / median.
  *
  *   tessera_bench_train [--model PRESET|DIR] [--batch B] [--seq T] [--steps N] [--warmup N]
- *                       [--threads N] [--recompute] [--json]
+ *                       [--threads N] [--recompute] [--bf16] [--json]
  *
  * Defaults: dense-small (the 4.3 M comparison shape), batch 8, seq 256, 10 timed steps after 2
  * warm-up steps, every core. --json prints one object: the model's shape ("model", "kind",
  * "vocab", "hidden", "layers", "heads", "head_dim", "intermediate", "tied", "rope_theta",
  * "rms_norm_eps") and the run ("batch", "seq", "threads", "params", "step_s_median",
- * "tokens_per_s", "loss_first", "loss_last", "plan_bytes", "recompute"). --recompute checkpoints every
- * layer (activation recomputation: a lower planned arena for about one more forward). */
+ * "tokens_per_s", "loss_first", "loss_last", "plan_bytes", "recompute", "precision"). --recompute checkpoints
+ * every layer (activation recomputation: a lower planned arena for about one more forward);
+ * --bf16 runs the weight matmuls on bf16 copies into f32 (model.h's compute_dtype). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,17 +30,17 @@
 typedef struct {
     const char *model;
     int batch, seq, steps, warmup, threads;
-    bool json, recompute;
+    bool json, recompute, bf16;
 } bench_opts;
 
 static void usage(const char *argv0) {
-    fprintf(stderr, "usage: %s [--model PRESET|DIR] [--batch B] [--seq T] [--steps N] [--warmup N] [--threads N] [--recompute] [--json]\n",
+    fprintf(stderr, "usage: %s [--model PRESET|DIR] [--batch B] [--seq T] [--steps N] [--warmup N] [--threads N] [--recompute] [--bf16] [--json]\n",
             argv0);
     exit(2);
 }
 
 static bench_opts parse(int argc, char **argv) {
-    bench_opts o = {"dense-small", 8, 256, 10, 2, 0, false, false};
+    bench_opts o = {"dense-small", 8, 256, 10, 2, 0, false, false, false};
     struct {
         const char *name;
         int *target, min;
@@ -50,8 +51,8 @@ static bench_opts parse(int argc, char **argv) {
             o.json = true;
             continue;
         }
-        if (strcmp(argv[i], "--recompute") == 0) {
-            o.recompute = true;
+        if (strcmp(argv[i], "--recompute") == 0 || strcmp(argv[i], "--bf16") == 0) {
+            *(strcmp(argv[i], "--bf16") == 0 ? &o.bf16 : &o.recompute) = true;
             continue;
         }
         if (i + 1 >= argc) usage(argv[0]);
@@ -140,7 +141,8 @@ int main(int argc, char **argv) {
     ts_model_weights *w = load_weights(o.model);
     const ts_v4_config *c = ts_model_weights_config(w);
     char err[1024] = "";
-    ts_model_graph_options go = {.batch = o.batch, .seq = o.seq, .loss = true, .backward = true, .recompute = o.recompute};
+    ts_model_graph_options go = {.batch = o.batch, .seq = o.seq, .loss = true, .backward = true, .recompute = o.recompute,
+                                 .compute_dtype = o.bf16 ? TS_BF16 : TS_F32};
     ts_model_graph *mg = NULL;
     ts_backend *be = NULL;
     ts_threadpool *pool = NULL;
@@ -183,16 +185,18 @@ int main(int argc, char **argv) {
         printf("{\"model\": \"%s\", \"kind\": \"%s\", \"vocab\": %lld, \"hidden\": %lld, \"layers\": %lld, \"heads\": %lld, "
                "\"head_dim\": %lld, \"intermediate\": %lld, \"tied\": %s, \"rope_theta\": %.17g, \"rms_norm_eps\": %.17g, "
                "\"batch\": %d, \"seq\": %d, \"threads\": %d, \"params\": %lld, \"step_s_median\": %.6f, "
-               "\"tokens_per_s\": %.1f, \"loss_first\": %.6f, \"loss_last\": %.6f, \"plan_bytes\": %zu, \"recompute\": %s}\n",
+               "\"tokens_per_s\": %.1f, \"loss_first\": %.6f, \"loss_last\": %.6f, \"plan_bytes\": %zu, \"recompute\": %s, "
+               "\"precision\": \"%s\"}\n",
                o.model, ts_model_kind_name(c->kind), (long long)c->vocab_size, (long long)c->hidden_size,
                (long long)c->num_hidden_layers, (long long)c->num_attention_heads, (long long)c->head_dim,
                (long long)c->intermediate_size, c->tie_word_embeddings ? "true" : "false", c->rope_theta, c->rms_norm_eps,
                o.batch, o.seq, threads, (long long)ts.numel, median, tps, loss_first, loss_last, plan.arena_bytes,
-               o.recompute ? "true" : "false");
+               o.recompute ? "true" : "false", o.bf16 ? "bf16" : "f32");
     else
-        printf("tessera %s: batch %d x seq %d, %d threads, %lld trained params, planned arena %.1f MiB%s\n"
+        printf("tessera %s: batch %d x seq %d, %d threads, %lld trained params, %s compute, planned arena %.1f MiB%s\n"
                "median step %.4f s over %d steps -> %.0f tokens/s; loss %.4f (step 0) -> %.4f (step %d)\n",
-               o.model, o.batch, o.seq, threads, (long long)ts.numel, (double)plan.arena_bytes / (1 << 20),
+               o.model, o.batch, o.seq, threads, (long long)ts.numel, o.bf16 ? "bf16" : "f32",
+               (double)plan.arena_bytes / (1 << 20),
                o.recompute ? " (recomputation)" : "", median, o.steps, tps, loss_first, loss_last, o.warmup + o.steps - 1);
     free(ids);
     free(targets);

@@ -1,7 +1,9 @@
 /* test_train_cli.c - `tessera train` as a process (the binary beside this test), on a small V4
  * config (every layer type, MTP) and the embedded synthetic data:
- * 1. resume is exact: a run of 2N steps and a run of N steps + --resume + N more steps leave
- *    byte-identical final/model.safetensors (and optimizer state);
+ * 1. resume is exact, in f32 and in bf16 compute: a run of 2N steps and a run of N steps +
+ *    --resume + N more steps leave byte-identical final/model.safetensors (and optimizer state);
+ *    the precision is in train_config.json and the log; a bf16 run's checkpoint is f32;
+ *    --recompute trains the very same weights;
  * 2. SIGKILL at random moments - during steps and during checkpoint writes (a checkpoint every
  *    step) - several times; after each kill the run directory's newest checkpoint verifies, and
  *    resuming to the end gives the same final weights as the uninterrupted run;
@@ -99,6 +101,42 @@ static bool exists(const char *dir, const char *file) {
     return access(p, F_OK) == 0;
 }
 
+enum { N = 6 };
+
+/* 1. 2N straight vs N + resume + N in the given precision; final_straight gets the straight
+ * run's final/ directory. */
+static void resume_exact(const char *precision, char *final_straight, size_t size) {
+    char straight[128], resumed[128], final_b[160], cmd[512];
+    snprintf(straight, sizeof straight, "%s/straight-%s", work, precision);
+    snprintf(resumed, sizeof resumed, "%s/resumed-%s", work, precision);
+    CHECK(train(straight, 2 * N, ARGS("--precision", precision)) == 0, "straight run failed (see %s.log)", straight);
+    CHECK(train(resumed, 2 * N, ARGS("--precision", precision, "--save-every", "6")) == 0, "run with checkpoints failed");
+    /* remove what came after step N, as if the process had ended there */
+    snprintf(cmd, sizeof cmd, "rm -rf '%s/final' '%s/ckpt-12'", resumed, resumed);
+    CHECK(system(cmd) == 0, "trim");
+    CHECK(train(resumed, 2 * N, ARGS("--precision", precision, "--save-every", "6", "--resume")) == 0,
+          "resume failed (see %s.log)", resumed);
+    snprintf(final_straight, size, "%s/final", straight);
+    snprintf(final_b, sizeof final_b, "%s/final", resumed);
+    CHECK(same_file(final_straight, final_b, "model.safetensors"), "%s: resumed weights differ from the straight run",
+          precision);
+    CHECK(exists(straight, "metrics.jsonl") && exists(straight, "loss.svg") && exists(straight, "train_config.json"),
+          "run directory files");
+    /* the precision is in the saved config and the first lines of the log */
+    char path[256], want[64];
+    snprintf(path, sizeof path, "%s/train_config.json", straight);
+    char *json = test_read_file(path, NULL);
+    snprintf(path, sizeof path, "%s.log", straight);
+    char *log = test_read_file(path, NULL);
+    snprintf(want, sizeof want, "\"precision\": \"%s\"", precision);
+    CHECK(json && strstr(json, want), "train_config.json lacks %s", want);
+    snprintf(want, sizeof want, ", %s", strcmp(precision, "bf16") == 0 ? "bf16 (f32 master weights) compute" : "f32 compute");
+    CHECK(log && strstr(log, want), "the log does not say '%s'", want);
+    free(json);
+    free(log);
+    printf("  %s resume: %d steps straight vs %d + resume + %d: final weights byte-identical\n", precision, 2 * N, N, N);
+}
+
 int main(void) {
     if (!find_binary()) {
         CHECK(false, "no tessera binary beside this test (%s)", tessera);
@@ -107,26 +145,29 @@ int main(void) {
     snprintf(work, sizeof work, "/tmp/ts_train_cli_%d", (int)getpid());
     mkdir(work, 0777);
     write_config();
-    enum { N = 6 };
-    char straight[128], resumed[128], killed[128], final_a[160], final_b[160];
-    snprintf(straight, sizeof straight, "%s/straight", work);
-    snprintf(resumed, sizeof resumed, "%s/resumed", work);
+    char final_a[160], final_h[160], killed[128];
+    resume_exact("f32", final_a, sizeof final_a);
+    resume_exact("bf16", final_h, sizeof final_h);
+    size_t na = 0, nh = 0;
+    char path[256], cmd[512];
+    snprintf(path, sizeof path, "%s/model.safetensors", final_a);
+    free(test_read_file(path, &na));
+    snprintf(path, sizeof path, "%s/model.safetensors", final_h);
+    free(test_read_file(path, &nh));
+    CHECK(na > 0 && na == nh && !same_file(final_a, final_h, "model.safetensors"),
+          "bf16 checkpoint: f32 like the f32 run's (%zu vs %zu bytes), other values", nh, na);
+    /* recomputation changes memory, not numbers: the same final weights as the straight f32 run */
+    char recomputed[128], final_r[160];
+    snprintf(recomputed, sizeof recomputed, "%s/recomputed", work);
+    CHECK(train(recomputed, 2 * N, ARGS("--recompute")) == 0, "--recompute run failed (see %s.log)", recomputed);
+    snprintf(final_r, sizeof final_r, "%s/final", recomputed);
+    CHECK(same_file(final_a, final_r, "model.safetensors"), "--recompute changed the trained weights");
+    snprintf(path, sizeof path, "%s.log", recomputed);
+    char *log = test_read_file(path, NULL);
+    CHECK(log && strstr(log, "activation recomputation: "), "the log does not give both peaks");
+    free(log);
+    printf("  --recompute: final weights byte-identical to the run without\n");
     snprintf(killed, sizeof killed, "%s/killed", work);
-
-    /* 1. 2N straight vs N + resume + N */
-    char cmd[512];
-    CHECK(train(straight, 2 * N, NULL) == 0, "straight run failed (see %s.log)", straight);
-    CHECK(train(resumed, 2 * N, ARGS("--save-every", "6")) == 0, "run with checkpoints failed");
-    /* remove what came after step N, as if the process had ended there */
-    snprintf(cmd, sizeof cmd, "rm -rf '%s/final' '%s/ckpt-12'", resumed, resumed);
-    CHECK(system(cmd) == 0, "trim");
-    CHECK(train(resumed, 2 * N, ARGS("--save-every", "6", "--resume")) == 0, "resume failed (see %s.log)", resumed);
-    snprintf(final_a, sizeof final_a, "%s/final", straight);
-    snprintf(final_b, sizeof final_b, "%s/final", resumed);
-    CHECK(same_file(final_a, final_b, "model.safetensors"), "resumed weights differ from the straight run");
-    CHECK(exists(straight, "metrics.jsonl") && exists(straight, "loss.svg") && exists(straight, "train_config.json"),
-          "run directory files");
-    printf("  resume: %d steps straight vs %d + resume + %d: final weights byte-identical\n", 2 * N, N, N);
 
     /* 2. SIGKILL at random moments (a checkpoint every step), then resume to the end */
     srand((unsigned)time(NULL));

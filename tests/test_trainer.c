@@ -53,10 +53,12 @@ typedef struct {
     ts_trainer *tr;
 } rig;
 
-static bool rig_new_accum(rig *r, int64_t total_steps, int64_t indexer_warmup, int64_t accum);
-static bool rig_new(rig *r, int64_t total_steps, int64_t indexer_warmup) { return rig_new_accum(r, total_steps, indexer_warmup, 1); }
+static bool rig_new_with(rig *r, int64_t total_steps, int64_t indexer_warmup, int64_t accum, ts_dtype precision);
+static bool rig_new(rig *r, int64_t total_steps, int64_t indexer_warmup) {
+    return rig_new_with(r, total_steps, indexer_warmup, 1, TS_F32);
+}
 
-static bool rig_new_accum(rig *r, int64_t total_steps, int64_t indexer_warmup, int64_t accum) {
+static bool rig_new_with(rig *r, int64_t total_steps, int64_t indexer_warmup, int64_t accum, ts_dtype precision) {
     memset(r, 0, sizeof *r);
     ts_v4_config c;
     small_config(&c);
@@ -80,6 +82,7 @@ static bool rig_new_accum(rig *r, int64_t total_steps, int64_t indexer_warmup, i
     o.bias_gamma = 1e-2;
     if (indexer_warmup >= 0) o.indexer_warmup = indexer_warmup;
     o.grad_accum = accum;
+    o.precision = precision;
     s = ts_trainer_new(r->w, r->loader, r->be, &o, &r->tr, err, sizeof err);
     CHECK(s == TS_OK, "trainer: %s", err);
     return s == TS_OK;
@@ -200,10 +203,10 @@ static void snapshot_free(snapshot *sn, int n_weights) {
     free(sn->state);
 }
 
-static void test_exact_resume(void) {
+static void test_exact_resume(ts_dtype precision) {
     const int N = 4;
-    rig a, b;
-    if (!rig_new(&a, 2 * N, N + 2) || !rig_new(&b, 2 * N, N + 2)) return; /* stage switch after the resume */
+    rig a, b; /* stage switch after the resume */
+    if (!rig_new_with(&a, 2 * N, N + 2, 1, precision) || !rig_new_with(&b, 2 * N, N + 2, 1, precision)) return;
     ts_train_step_stats st;
     for (int i = 0; i < N; i++) step(&a, &st);
     snapshot sn;
@@ -215,17 +218,38 @@ static void test_exact_resume(void) {
     for (int i = 0; i < ts_model_weights_count(a.w); i++)
         differ += memcmp(ts_model_weights_data(a.w, i), ts_model_weights_data(b.w, i), weight_bytes(a.w, i)) != 0;
     CHECK(differ == 0, "%d tensors differ between 2N steps and N + resume + N", differ);
-    printf("  resume after %d of %d steps: weights bit-identical (%d tensors)\n", N, 2 * N,
+    printf("  %s resume after %d of %d steps: weights bit-identical (%d tensors)\n", ts_dtype_name(precision), N, 2 * N,
            ts_model_weights_count(a.w));
     snapshot_free(&sn, ts_model_weights_count(a.w));
     rig_free(&a);
     rig_free(&b);
 }
 
+/* Mixed precision learns like f32: the same run in bf16 compute ends within a few percent of
+ * f32's LM loss, and not bit-equal to it (the casts happened). */
+static void test_bf16_learns(void) {
+    rig r[2];
+    double first[2] = {0}, last[2] = {0};
+    for (int k = 0; k < 2; k++) {
+        if (!rig_new_with(&r[k], STEPS, -1, 1, k ? TS_BF16 : TS_F32)) return;
+        ts_train_step_stats st;
+        for (int i = 0; i < STEPS && step(&r[k], &st); i++) {
+            if (i == 0) first[k] = st.lm_loss;
+            if (i >= STEPS - 5) last[k] += st.lm_loss / 5;
+        }
+        rig_free(&r[k]);
+    }
+    CHECK(last[1] < 0.6 * first[1], "bf16: LM loss %.3f -> %.3f: not learning", first[1], last[1]);
+    CHECK(fabs(last[1] - last[0]) < 0.05 * last[0] && last[1] != last[0], "LM loss after %d steps: bf16 %.4f, f32 %.4f",
+          STEPS, last[1], last[0]);
+    printf("  bf16 compute: LM loss %.3f -> %.4f (f32: %.3f -> %.4f) in %d steps\n", first[1], last[1], first[0], last[0],
+           STEPS);
+}
+
 /* Gradient accumulation: a step consumes grad_accum batches and reports their mean loss. */
 static void test_accumulation(void) {
     rig r;
-    if (!rig_new_accum(&r, 20, -1, 3)) return;
+    if (!rig_new_with(&r, 20, -1, 3, TS_F32)) return;
     ts_train_step_stats st;
     if (step(&r, &st)) {
         CHECK(st.tokens > 2 * B_ * T_ && st.tokens <= 3 * B_ * T_, "3 micro-batches counted %lld tokens", (long long)st.tokens);
@@ -247,7 +271,9 @@ int main(void) {
         return 1;
     }
     test_learns_and_loads(ss.unigram_bits);
-    test_exact_resume();
+    test_exact_resume(TS_F32);
+    test_exact_resume(TS_BF16);
+    test_bf16_learns();
     test_accumulation();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", data_dir);

@@ -60,7 +60,8 @@ typedef enum {
 
     /* transformer ops */
     TS_OP_MATMUL,       /* src0 a [..,M,K] (or [..,K,M] if ip[0]), src1 b [..,K,N] (or [..,N,K] if ip[1]);
-                           batch dims broadcast */
+                           batch dims broadcast; ip[2] = 1: f32 result from narrower operands
+                           (autocast) */
     TS_OP_SOFTMAX,      /* ip[0] = axis; src1 = optional additive mask, broadcast to src0 */
     TS_OP_RMS_NORM,     /* over the last axis; src1 = optional weight [D]; fp[0] = eps */
     TS_OP_ROPE,         /* src0 x [..., D], src1 angles broadcastable to x.shape[:-1] + [n_rot/2];
@@ -85,7 +86,8 @@ typedef enum {
                            fp[0] = eps -> doubly stochastic [..., n, n] (see ts_sinkhorn) */
     TS_OP_MATMUL_ID,    /* src0 w [E, N, K], src1 x [T, K] or [T, Kk, K], src2 ids [T, Kk] (i32/i64)
                            -> [T, Kk, N]: out[t, k] = w[ids[t, k]] . x[t] (or x[t, k]); ip[0] = 1
-                           uses each w[e] transposed (w [E, K, N]). See ts_matmul_id */
+                           uses each w[e] transposed (w [E, K, N]); ip[1] = 1: f32 result from
+                           narrower operands (autocast). See ts_matmul_id */
     TS_OP_SWIGLU,       /* src0 gate a, src1 up b (same shape), fp[0] = limit -> silu(min(a, limit)) *
                            clamp(b, -limit, limit); limit <= 0: silu(a) * b (see ts_swiglu) */
 
@@ -162,6 +164,21 @@ ts_status ts_graph_status(const ts_graph *g);
 const char *ts_graph_error(const ts_graph *g);  /* "" when no error */
 int ts_graph_n_nodes(const ts_graph *g);
 ts_tensor *ts_graph_node(const ts_graph *g, int i);
+/* Autocast (mixed precision, PyTorch's autocast for weight matmuls): with dtype TS_BF16 (or
+ * TS_F16), every later ts_matmul and ts_matmul_id that multiplies a weight (one operand is a
+ * leaf or a view of one), both operands f32 (or already `dtype`), multiplies them cast to
+ * `dtype` and gives an f32 result (the GEMM accumulates in f32; the node carries the "f32
+ * result" flag, see TS_OP_MATMUL). Products of two computed tensors (attention-like mixing) and
+ * every other op keep their dtypes; a caller pauses autocast (TS_F32, then the old setting)
+ * around the weight matmuls it wants in f32. A tensor is
+ * cast once whatever the number of matmuls reading it (a tied weight, an activation feeding
+ * several projections); that narrow copy is what backward keeps. f64 operands are left alone.
+ * ts_graph_backward builds its matmuls without autocast: they read the saved narrow operands
+ * and the f32 output gradient, and gradients reach the f32 sources in f32 (a cast to a narrower
+ * float passes its gradient on in the source's dtype). TS_F32 turns autocast off (the default).
+ * Returns the previous setting (pause: old = set(g, TS_F32); ...; set(g, old)). Another dtype
+ * records TS_ERR_DTYPE in the graph and changes nothing. */
+ts_dtype ts_graph_set_autocast(ts_graph *g, ts_dtype dtype);
 /* Records an error (first one wins) and returns s; for layers above building on the graph. */
 ts_status ts_graph_set_error(ts_graph *g, ts_status s, const char *fmt, ...);
 
@@ -360,6 +377,7 @@ typedef struct {
     bool naive;            /* every tensor in its own region, no reuse (testing baseline) */
     bool no_inplace;       /* disable in-place reuse of a dying input */
     size_t guard_bytes;    /* pattern-filled bytes around every region, checked by ts_graph_check_guards */
+    bool plan_only;        /* fill the stats, allocate nothing: the graph stays unallocated */
 } ts_plan_options;
 
 typedef struct {

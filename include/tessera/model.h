@@ -357,6 +357,14 @@ typedef struct {
     bool keep_logits;          /* logits stay readable after compute (always true without loss) */
     bool recompute;            /* with backward: activation recomputation, a checkpoint
                                 * (ts_set_checkpoint) at every layer's input and the last output */
+    ts_dtype compute_dtype;    /* TS_F32 (0, the default): as the weights; TS_BF16: mixed precision
+                                * (graph autocast, graph.h) - weight matmuls multiply bf16 copies of
+                                * their f32 operands into f32: every linear of the dense model (LM
+                                * head included); V4's attention projections, experts and MTP
+                                * projections, but not what spec §4.5 computes in FP32 (mHC
+                                * coefficients, compressors and indexer, router, LM head). Norms,
+                                * softmax, attention, losses and gradients stay f32, weights stay
+                                * f32 masters. Needs f32 weights. */
 } ts_model_graph_options;
 
 /* One built graph. Inputs are i32 leaves the caller writes before each compute. */

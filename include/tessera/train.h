@@ -323,6 +323,10 @@ typedef struct {
     bool indexer_loss;           /* train the lightning indexer by its KL loss (spec §5.1) */
     int64_t indexer_warmup;      /* steps of the dense stage (CSA dense, indexer learns the dense
                                   * attention) before CSA switches to the indexer's top-k */
+    ts_dtype precision;          /* compute: TS_F32 (default), or TS_BF16 mixed precision (model.h's
+                                  * compute_dtype); weights, gradients and optimizer state stay f32 */
+    bool recompute;              /* activation recomputation (model.h's recompute): less memory,
+                                  * a second forward of the layers in backward */
 } ts_trainer_options;
 
 /* The spec §7.2 recipe for total_steps steps of batch x seq (indexer: dense for the first 20 %). */
@@ -361,6 +365,9 @@ ts_status ts_trainer_state_at(ts_trainer *tr, int i, ts_optim_state *out);
 const int64_t *ts_trainer_expert_load(const ts_trainer *tr, int layer);
 /* The planner's figures for the training graph. */
 ts_plan_stats ts_trainer_plan_stats(const ts_trainer *tr);
+/* The plan of the same training graph without recomputation, planned and not allocated: what
+ * the recompute option saves (the trainer's own plan when it does not recompute). */
+ts_status ts_trainer_plan_without_recompute(const ts_trainer *tr, ts_plan_stats *out, char *err, size_t err_size);
 
 /* Exact-answer accuracy on the first n_per_task held-out items of each synthetic task (the
  * items ts_synth_evaluate scores), completed greedily in batches by c (synth_eval.c). The

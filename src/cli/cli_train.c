@@ -188,15 +188,24 @@ static int make_trainer(run *r) {
     o.mtp = c->mtp_weight > 0;
     o.mtp_weight = c->mtp_weight;
     o.grad_accum = c->grad_accum;
+    o.precision = c->precision;
+    o.recompute = c->recompute;
     if (ts_trainer_new(r->w, r->train, r->be, &o, &r->tr, err, sizeof err) != TS_OK) return fail(err);
     if (r->resume_from && restore_state(r) != 0) return CLI_EXIT_FAILURE;
     ts_plan_stats ps = ts_trainer_plan_stats(r->tr);
-    printf("training: %lld steps of %lld x %lld x %lld tokens, %s, peak lr %g (warm-up %lld), MTP %s,\n"
+    printf("training: %lld steps of %lld x %lld x %lld tokens, %s, %s compute, peak lr %g (warm-up %lld), MTP %s,\n"
            "          indexer dense for %lld steps; graph memory %.1f MiB planned (%.1f MiB without reuse)\n",
            (long long)c->steps, (long long)c->grad_accum, (long long)c->batch, (long long)c->seq,
-           o.adamw_only ? "AdamW" : "Muon + AdamW", o.lr.peak_lr, (long long)o.lr.warmup_steps,
+           o.adamw_only ? "AdamW" : "Muon + AdamW",
+           c->precision == TS_BF16 ? "bf16 (f32 master weights)" : "f32", o.lr.peak_lr, (long long)o.lr.warmup_steps,
            o.mtp ? "on" : "off", (long long)o.indexer_warmup, (double)ps.arena_bytes / 1048576.0,
            (double)ps.naive_bytes / 1048576.0);
+    if (c->recompute) { /* what recomputation saves: the same graph planned without it */
+        ts_plan_stats kept;
+        if (ts_trainer_plan_without_recompute(r->tr, &kept, err, sizeof err) != TS_OK) return fail(err);
+        printf("          activation recomputation: %.1f MiB planned, %.1f MiB without\n", (double)ps.arena_bytes / 1048576.0,
+               (double)kept.arena_bytes / 1048576.0);
+    }
     return measure_mfu_basis(r);
 }
 
@@ -447,8 +456,6 @@ int cli_train_main(int argc, char **argv) {
     ts_io_error ioe;
     if (ts_train_config_parse_args(&r.cfg, argc - 1, argv + 1, &ioe) != TS_OK)
         return cli_usage_error("train", "%s", ioe.message);
-    if (r.cfg.precision != TS_F32) return cli_usage_error("train", "--precision bf16 is not available yet (f32 only)");
-    if (r.cfg.recompute) return cli_usage_error("train", "--recompute is not available yet");
     if (r.cfg.resume && !r.cfg.out[0]) return cli_usage_error("train", "--resume needs --out DIR (the run to continue)");
     char cfg_path[1200];
     int rc = 0;

@@ -22,6 +22,15 @@
 
 static bool needs_grad(const ts_tensor *t) { return t && (t->flags & TS_FLAG_REQUIRES_GRAD); }
 
+/* The dtype of t's gradient: t's own, except for a cast to a narrower float (autocast's bf16
+ * copies of f32 weights and activations), whose gradient keeps its source's precision, so that
+ * it reaches an f32 weight unrounded. */
+static ts_dtype grad_dtype(const ts_tensor *t) {
+    if (t->op != TS_OP_COPY) return t->dtype;
+    const ts_dtype_info *to = ts_dtype_get_info(t->dtype), *from = ts_dtype_get_info(t->src[0]->dtype);
+    return to->is_float && from->is_float && to->bits < from->bits ? t->src[0]->dtype : t->dtype;
+}
+
 /* ---------------------------------------------------------------- shape helpers */
 
 /* Undoes a broadcast: sums x down to the shape of `like` (x itself when shapes agree). */
@@ -85,7 +94,8 @@ static void back_expand(ts_graph *g, ts_tensor *node, ts_tensor *dy, ts_tensor *
 
 static void back_copy(ts_graph *g, ts_tensor *node, ts_tensor *dy, ts_tensor **dsrc) {
     ts_tensor *x = node->src[0];
-    /* a same-dtype copy (ts_cont) is the identity on values; a cast's derivative is 1 */
+    /* a same-dtype copy (ts_cont) is the identity on values; a cast's derivative is 1 (a narrowing
+     * cast's dy already has x's dtype, see grad_dtype) */
     dsrc[0] = dy->dtype == x->dtype ? dy : ts_cast(g, dy, x->dtype);
 }
 
@@ -302,11 +312,11 @@ static void back_matmul_id(ts_graph *g, ts_tensor *node, ts_tensor *dy, ts_tenso
 
 /* ---------------------------------------------------------------- dispatch */
 
-/* Makes a rule's result exactly what the source needs: its dtype (mixed-dtype matmul and
- * softmax masks produce the wider type) and its shape (a mismatch is a bug in a rule). */
+/* Makes a rule's result exactly what the source needs: its gradient dtype (mixed-dtype matmul
+ * and softmax masks produce the wider type) and its shape (a mismatch is a bug in a rule). */
 static ts_tensor *fit_to_source(ts_graph *g, ts_tensor *node, int i, ts_tensor *d) {
     ts_tensor *x = node->src[i];
-    if (d->dtype != x->dtype) d = ts_cast(g, d, x->dtype);
+    if (d->dtype != grad_dtype(x)) d = ts_cast(g, d, grad_dtype(x));
     if (d && !ts_same_shape(d, x)) {
         char dn[160], dx[160], dd[160];
         ts_graph_set_error(g, TS_ERR_INTERNAL,
@@ -322,7 +332,7 @@ ts_status ts_op_backward(ts_graph *g, ts_tensor *node, ts_tensor *dy, ts_tensor 
     if (!g) return TS_ERR_INVALID_ARG;
     if (!node || !dy) return ts_graph_set_error(g, TS_ERR_INVALID_ARG, "backward: NULL node or gradient");
     if (g->status != TS_OK) return g->status;
-    if (!ts_same_shape(node, dy) || dy->dtype != node->dtype) {
+    if (!ts_same_shape(node, dy) || dy->dtype != grad_dtype(node)) {
         char dn[160], dd[160];
         return ts_graph_set_error(g, TS_ERR_INTERNAL, "backward: gradient %s does not match %s",
                                   DESC(dy, dd), DESC(node, dn));
@@ -491,10 +501,13 @@ ts_status ts_graph_backward(ts_graph *g, ts_tensor *loss) {
         recompute_free(&rc);
         return ts_graph_set_error(g, TS_ERR_OOM, "backward: out of memory");
     }
-    loss->grad = ts_fill(g, loss->dtype, loss->ndim, loss->shape, 1.0f); /* d loss / d loss */
+    ts_dtype autocast = g->autocast; /* backward matmuls read the saved operands as they are */
+    g->autocast = TS_F32;
+    loss->grad = ts_fill(g, grad_dtype(loss), loss->ndim, loss->shape, 1.0f); /* d loss / d loss */
     for (int i = loss->id; i >= 0 && g->status == TS_OK; i--) propagate(g, &rc, g->nodes[i]);
     recompute_free(&rc);
     publish_param_grads(g, loss->id);
+    g->autocast = autocast;
 
     for (int i = first_grad_node; i < g->n_nodes; i++) g->nodes[i]->flags |= TS_FLAG_GRAD;
     return g->status;

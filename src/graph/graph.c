@@ -19,6 +19,7 @@ void ts_graph_free(ts_graph *g) {
     ts_plan_release(g);
     for (int i = 0; i < g->n_nodes; i++) free(g->nodes[i]);
     free(g->nodes);
+    free(g->cast_of);
     free(g);
 }
 
@@ -27,6 +28,16 @@ const char *ts_graph_error(const ts_graph *g) { return g ? g->error : "no graph"
 int ts_graph_n_nodes(const ts_graph *g) { return g->n_nodes; }
 ts_tensor *ts_graph_node(const ts_graph *g, int i) {
     return (i >= 0 && i < g->n_nodes) ? g->nodes[i] : NULL;
+}
+
+ts_dtype ts_graph_set_autocast(ts_graph *g, ts_dtype dtype) {
+    if (!g) return TS_F32;
+    ts_dtype old = g->autocast;
+    if (dtype == TS_F32 || dtype == TS_BF16 || dtype == TS_F16) g->autocast = dtype;
+    else
+        ts_graph_set_error(g, TS_ERR_DTYPE, "autocast: %s is not f32 (off), bf16 or f16",
+                           (unsigned)dtype < TS_DTYPE_COUNT ? ts_dtype_name(dtype) : "an unknown dtype");
+    return old;
 }
 
 ts_status ts_graph_set_error(ts_graph *g, ts_status s, const char *fmt, ...) {
@@ -52,12 +63,15 @@ static ts_tensor *append(ts_graph *g, ts_tensor *t) {
     if (g->n_nodes == g->cap_nodes) {
         int cap = g->cap_nodes ? 2 * g->cap_nodes : 256;
         ts_tensor **n = realloc(g->nodes, (size_t)cap * sizeof *n);
-        if (!n) {
+        if (n) g->nodes = n;
+        ts_tensor **c = n ? realloc(g->cast_of, (size_t)cap * sizeof *c) : NULL;
+        if (!c) {
             free(t);
             ts_graph_set_error(g, TS_ERR_OOM, "graph: out of memory growing to %d nodes", cap);
             return NULL;
         }
-        g->nodes = n;
+        memset(c + g->cap_nodes, 0, (size_t)(cap - g->cap_nodes) * sizeof *c);
+        g->cast_of = c;
         g->cap_nodes = cap;
     }
     t->id = g->n_nodes;

@@ -14,6 +14,8 @@ struct ts_graph {
     ts_status status;        /* first error recorded */
     char error[1024];
     bool has_backward;
+    ts_dtype autocast;       /* TS_F32: off; else the dtype matmul operands are cast to (ts_graph_set_autocast) */
+    ts_tensor **cast_of;     /* per node id (cap_nodes entries): its autocast copy, made on first use */
     struct ts_plan_state *plan; /* NULL until ts_graph_alloc */
 };
 

@@ -493,13 +493,36 @@ ts_tensor *ts_sum_to(ts_graph *g, ts_tensor *x, int ndim, const int64_t *shape) 
 
 /* ---------------------------------------------------------------- transformer ops */
 
-/* The result dtype of a product of a and b: theirs when equal, else f64 when either is, else f32. */
-static ts_dtype product_dtype(ts_dtype a, ts_dtype b) {
-    if (a == b) return a;
-    return (a == TS_F64 || b == TS_F64) ? TS_F64 : TS_F32;
+/* The result dtype of a product of a and b: f64 when either is; else f32 when `wide` (autocast's
+ * f32 result from narrow operands) or they differ; else theirs. */
+static ts_dtype product_dtype(ts_dtype a, ts_dtype b, bool wide) {
+    if (a == TS_F64 || b == TS_F64) return TS_F64;
+    return a == b && !wide ? a : TS_F32;
 }
 
-ts_tensor *ts_matmul(ts_graph *g, ts_tensor *a, ts_tensor *b, bool trans_a, bool trans_b) {
+/* A weight: a leaf (bound weights, parameters) or a view of one. */
+static bool is_weight(const ts_tensor *t) { return (t->view_src ? t->view_src : t)->op == TS_OP_NONE; }
+
+/* Whether the graph's autocast applies to a product of a and b: it is on, one of them is a
+ * weight, and both are f32 or already of the autocast dtype. */
+static bool autocasts(const ts_graph *g, const ts_tensor *a, const ts_tensor *b) {
+    ts_dtype n = g->autocast;
+    return n != TS_F32 && (is_weight(a) || is_weight(b)) && (a->dtype == TS_F32 || a->dtype == n) &&
+           (b->dtype == TS_F32 || b->dtype == n);
+}
+
+/* x in the autocast dtype: the one cast of x the graph keeps (made on first use). */
+static ts_tensor *autocast_operand(ts_graph *g, ts_tensor *x) {
+    if (x->dtype == g->autocast) return x;
+    if (!g->cast_of[x->id]) {
+        ts_tensor *c = ts_cast(g, x, g->autocast); /* may grow cast_of: index it afterwards */
+        if (!c) return NULL;
+        g->cast_of[x->id] = c;
+    }
+    return g->cast_of[x->id];
+}
+
+static ts_tensor *matmul_node(ts_graph *g, ts_tensor *a, ts_tensor *b, bool trans_a, bool trans_b, bool wide) {
     if (!a || !b) return NULL;
     if (!need_float(g, "matmul", a) || !need_float(g, "matmul", b)) return NULL;
     if (is_packed(a->dtype) || is_packed(b->dtype)) return fail(g, TS_ERR_DTYPE, "matmul", "packed dtype", a, b);
@@ -516,12 +539,19 @@ ts_tensor *ts_matmul(ts_graph *g, ts_tensor *a, ts_tensor *b, bool trans_a, bool
     s[nd] = M;
     s[nd + 1] = N;
     ts_tensor *src[2] = {a, b};
-    ts_tensor *r = ts_graph_add_node(g, TS_OP_MATMUL, product_dtype(a->dtype, b->dtype), nd + 2, s, src, 2);
+    ts_tensor *r = ts_graph_add_node(g, TS_OP_MATMUL, product_dtype(a->dtype, b->dtype, wide), nd + 2, s, src, 2);
     if (r) {
         r->ip[0] = trans_a;
         r->ip[1] = trans_b;
+        r->ip[2] = wide;
     }
     return r;
+}
+
+ts_tensor *ts_matmul(ts_graph *g, ts_tensor *a, ts_tensor *b, bool trans_a, bool trans_b) {
+    if (!a || !b) return NULL;
+    if (autocasts(g, a, b)) return matmul_node(g, autocast_operand(g, a), autocast_operand(g, b), trans_a, trans_b, true);
+    return matmul_node(g, a, b, trans_a, trans_b, false);
 }
 
 ts_tensor *ts_softmax(ts_graph *g, ts_tensor *x, int axis, ts_tensor *mask) {
@@ -876,7 +906,7 @@ static int64_t pair_row_len(ts_graph *g, const char *name, const ts_tensor *t, c
 }
 
 /* MATMUL_ID after its checks: w [E, N, K] (trans_w: [E, K, N]), x rows of K, ids [T, Kk]. */
-static ts_tensor *matmul_id_node(ts_graph *g, ts_tensor *w, ts_tensor *x, ts_tensor *ids, bool trans_w) {
+static ts_tensor *matmul_id_node(ts_graph *g, ts_tensor *w, ts_tensor *x, ts_tensor *ids, bool trans_w, bool wide) {
     const char *name = "matmul_id";
     if (!pair_ids_ok(g, name, ids) || !need_float(g, name, w)) return NULL;
     if (is_packed(w->dtype)) return fail(g, TS_ERR_DTYPE, name, "packed dtype", w, NULL);
@@ -889,13 +919,18 @@ static ts_tensor *matmul_id_node(ts_graph *g, ts_tensor *w, ts_tensor *x, ts_ten
                                                    : "x's rows must have the length of w's last dim", w, x);
     int64_t shape[3] = {ids->shape[0], ids->shape[1], n_out};
     ts_tensor *src[3] = {w, x, ids};
-    ts_tensor *r = ts_graph_add_node(g, TS_OP_MATMUL_ID, product_dtype(w->dtype, x->dtype), 3, shape, src, 3);
-    if (r) r->ip[0] = trans_w;
+    ts_tensor *r = ts_graph_add_node(g, TS_OP_MATMUL_ID, product_dtype(w->dtype, x->dtype, wide), 3, shape, src, 3);
+    if (r) {
+        r->ip[0] = trans_w;
+        r->ip[1] = wide;
+    }
     return r;
 }
 
 ts_tensor *ts_matmul_id(ts_graph *g, ts_tensor *w, ts_tensor *x, ts_tensor *ids) {
-    return w && x && ids ? matmul_id_node(g, w, x, ids, false) : NULL;
+    if (!w || !x || !ids) return NULL;
+    if (autocasts(g, w, x)) return matmul_id_node(g, autocast_operand(g, w), autocast_operand(g, x), ids, false, true);
+    return matmul_id_node(g, w, x, ids, false, false);
 }
 
 /* MATMUL_ID_GRAD_W after its checks: a rows of N, b rows of K, ids [T, Kk], E >= 1 experts. */
@@ -907,7 +942,7 @@ static ts_tensor *matmul_id_grad_w_node(ts_graph *g, ts_tensor *a, ts_tensor *b,
     if (n_experts < 1) return fail(g, TS_ERR_INVALID_ARG, name, "the expert count ip[0] must be >= 1", ids, NULL);
     int64_t shape[3] = {n_experts, N, K};
     ts_tensor *src[3] = {a, b, ids};
-    ts_tensor *r = ts_graph_add_node(g, TS_OP_MATMUL_ID_GRAD_W, product_dtype(a->dtype, b->dtype), 3, shape, src, 3);
+    ts_tensor *r = ts_graph_add_node(g, TS_OP_MATMUL_ID_GRAD_W, product_dtype(a->dtype, b->dtype, false), 3, shape, src, 3);
     if (r) r->ip[0] = n_experts;
     return r;
 }
@@ -919,7 +954,7 @@ static ts_tensor *matmul_id_from_sources(ts_graph *g, ts_op op, ts_tensor *const
                            op == TS_OP_MATMUL_ID ? "w, x" : "a, b");
         return NULL;
     }
-    return op == TS_OP_MATMUL_ID ? matmul_id_node(g, src[0], src[1], src[2], ip[0] != 0)
+    return op == TS_OP_MATMUL_ID ? matmul_id_node(g, src[0], src[1], src[2], ip[0] != 0, ip[1] != 0)
                                  : matmul_id_grad_w_node(g, src[0], src[1], src[2], ip[0]);
 }
 
@@ -991,7 +1026,7 @@ ts_tensor *ts_op_node(ts_graph *g, ts_op op, ts_tensor *const *src, int n_src, c
     case TS_OP_SUM_TO:
         for (int d = 0; d < ip[0] && d < TS_MAX_DIMS; d++) shp[d] = ip[1 + d];
         return ts_sum_to(g, s0, ip[0], shp);
-    case TS_OP_MATMUL: return ts_matmul(g, s0, s1, ip[0], ip[1]);
+    case TS_OP_MATMUL: return matmul_node(g, s0, s1, ip[0], ip[1], ip[2] != 0);
     case TS_OP_SOFTMAX: return ts_softmax(g, s0, ip[0], s1);
     case TS_OP_RMS_NORM: return ts_rms_norm(g, s0, s1, fp[0]);
     case TS_OP_ROPE: return ts_rope(g, s0, s1, ip[0], ip[1]);

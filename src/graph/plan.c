@@ -450,6 +450,11 @@ ts_status ts_graph_alloc(ts_graph *g, ts_backend *be, const ts_plan_options *opt
     plan_leaves(&p);
     struct ts_plan_state *st = p.st;
     planner_free(&p);
+    if (p.opts.plan_only) {
+        if (stats) *stats = st->stats;
+        plan_state_free(st);
+        return TS_OK;
+    }
 
     s = allocate_buffers(g, st);
     if (s == TS_OK) s = fill_guards(g, st);

@@ -226,7 +226,11 @@ static ts_tensor *v4_attention(ts_model_builder *b, int layer, const char *prefi
                              .sink = ts_mb_param(b, prefix, "attn.attn_sink"),
                              .key_start = b->mg->doc_start};
     if (b->dec) ts_decode_cache_entries(b, layer, prefix, x, cq, &kv, &p);
-    else if (m > 0 && T >= m) compressed_entries(b, layer, prefix, x, cq, q, m, &p.extra, &p.extra_idx);
+    else if (m > 0 && T >= m) { /* compressors and indexer in f32 under mixed precision (spec §4.5) */
+        ts_dtype autocast = ts_graph_set_autocast(g, TS_F32);
+        compressed_entries(b, layer, prefix, x, cq, q, m, &p.extra, &p.extra_idx);
+        ts_graph_set_autocast(g, autocast);
+    }
     ts_tensor *o = ts_attention(g, q, kv, kv, &p);
     o = ts_rope(g, o, ang3, r, true); /* de-rotation by -t (§2.5 step 7) */
     return grouped_output(b, prefix, o);
@@ -291,13 +295,15 @@ static ts_tensor *sublayer(ts_model_builder *b, int layer, const char *prefix, c
     int64_t n = c->hc_mult;
     char name[64];
     ts_tensor *u, *post = NULL, *comb = NULL;
-    if (n > 1) {
+    if (n > 1) { /* the coefficients in f32 under mixed precision (spec §4.5) */
         char fn[32], base[32], scale[32];
         snprintf(fn, sizeof fn, "hc_%s_fn", which);
         snprintf(base, sizeof base, "hc_%s_base", which);
         snprintf(scale, sizeof scale, "hc_%s_scale", which);
+        ts_dtype autocast = ts_graph_set_autocast(g, TS_F32);
         u = ts_mhc_pre(g, X, ts_mb_param(b, prefix, fn), ts_mb_param(b, prefix, base), ts_mb_param(b, prefix, scale), n, b->eps,
                        (float)c->hc_eps, (int)c->hc_sinkhorn_iters, NULL, &post, &comb, NULL);
+        ts_graph_set_autocast(g, autocast);
     } else {
         int64_t us[3] = {b->B, b->T, c->hidden_size};
         u = ts_reshape(g, X, 3, us);
@@ -314,10 +320,12 @@ static ts_tensor *block(ts_model_builder *b, int layer, const char *prefix, ts_t
     return sublayer(b, layer, prefix, "ffn", X, is_mtp);
 }
 
-/* hc_head (or the single stream) -> norm -> head: X [B, T', n, d] -> logits [B, T', V]. */
+/* hc_head (or the single stream) -> norm -> head: X [B, T', n, d] -> logits [B, T', V]. All in
+ * f32 under mixed precision (spec §4.5: mHC coefficients, logits). */
 static ts_tensor *head(ts_model_builder *b, const char *prefix, ts_tensor *X) {
     const ts_v4_config *c = b->c;
     ts_graph *g = b->g;
+    ts_dtype autocast = ts_graph_set_autocast(g, TS_F32);
     ts_tensor *y;
     if (c->hc_mult > 1) {
         y = ts_mhc_head(g, X, ts_mb_param(b, prefix, "hc_head_fn"), ts_mb_param(b, prefix, "hc_head_base"),
@@ -328,7 +336,9 @@ static ts_tensor *head(ts_model_builder *b, const char *prefix, ts_tensor *X) {
     }
     y = ts_rms_norm(g, y, ts_mb_param(b, prefix, "norm.weight"), b->eps);
     ts_tensor *w = ts_mb_param(b, "", c->tie_word_embeddings ? "embed.weight" : "head.weight");
-    return ts_matmul(g, y, w, false, true);
+    ts_tensor *logits = ts_matmul(g, y, w, false, true);
+    ts_graph_set_autocast(g, autocast);
+    return logits;
 }
 
 /* MTP block j (§2.12): streams X of the main model + the embedding of the token at t+1. */
@@ -388,7 +398,8 @@ static void build_losses(ts_model_builder *b) {
     ts_set_output(mg->loss);
 }
 
-static ts_status check_options(const ts_v4_config *c, const ts_model_graph_options *o, char *err, size_t err_size) {
+static ts_status check_options(const ts_model_weights *w, const ts_model_graph_options *o, char *err, size_t err_size) {
+    const ts_v4_config *c = ts_model_weights_config(w);
     if (o->batch < 1 || o->seq < 1) {
         ts_error_printf(err, err_size, "model graph: batch %lld and seq %lld must be >= 1", (long long)o->batch,
                 (long long)o->seq);
@@ -396,6 +407,11 @@ static ts_status check_options(const ts_v4_config *c, const ts_model_graph_optio
     }
     if (o->backward && !o->loss) {
         ts_error_printf(err, err_size, "model graph: backward needs the loss");
+        return TS_ERR_INVALID_ARG;
+    }
+    if (o->compute_dtype != TS_F32 && (o->compute_dtype != TS_BF16 || ts_model_weights_dtype(w) != TS_F32)) {
+        ts_error_printf(err, err_size, "model graph: compute dtype %s with %s weights (bf16 compute needs f32 weights)",
+                        ts_dtype_name(o->compute_dtype), ts_dtype_name(ts_model_weights_dtype(w)));
         return TS_ERR_INVALID_ARG;
     }
     if (o->mtp && (c->kind != TS_MODEL_DEEPSEEK_V4 || c->num_nextn_predict_layers < 1)) {
@@ -428,7 +444,7 @@ ts_status ts_model_graph_build_with(const ts_model_weights *w, const ts_model_gr
     if (!w || !opts || !out) return TS_ERR_INVALID_ARG;
     *out = NULL;
     const ts_v4_config *c = ts_model_weights_config(w);
-    ts_status s = check_options(c, opts, err, err_size);
+    ts_status s = check_options(w, opts, err, err_size);
     if (s != TS_OK) return s;
     ts_model_graph *mg = calloc(1, sizeof *mg);
     int slots = (int)(ts_v4_n_layer_slots(c) > 0 ? ts_v4_n_layer_slots(c) : 1);
@@ -449,6 +465,7 @@ ts_status ts_model_graph_build_with(const ts_model_weights *w, const ts_model_gr
     }
     ts_model_builder b = {mg->graph, w, c, mg, mg->internal, ts_model_weights_dtype(w), opts->batch, opts->seq,
                  (float)c->rms_norm_eps, NULL, dec};
+    ts_graph_set_autocast(b.g, opts->compute_dtype);
     mg->ids = ts_mb_input_ids(&b, "ids");
     if (!dec && opts->seq > 1) mg->doc_start = ts_mb_input_ids(&b, "doc_start");
     b.ids_flat = ts_reshape(b.g, mg->ids, 1, (int64_t[]){b.B * b.T});

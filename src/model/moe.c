@@ -37,8 +37,10 @@ ts_status ts_moe_router(ts_graph *g, ts_tensor *x, ts_tensor *w_gate, ts_tensor 
     if (top_k < 1 || top_k > E) return ts_graph_set_error(g, TS_ERR_RANGE, "moe router: top_k %lld not in 1..%lld",
                                                           (long long)top_k, (long long)E);
 
-    /* affinities s = sqrt(softplus(x·w_gateᵀ)) [T, E] */
+    /* affinities s = sqrt(softplus(x·w_gateᵀ)) [T, E], routing in f32 under mixed precision (spec §4.5) */
+    ts_dtype autocast = ts_graph_set_autocast(g, TS_F32);
     ts_tensor *s = ts_sqrt(g, ts_softplus(g, ts_matmul(g, x, w_gate, false, true)));
+    ts_graph_set_autocast(g, autocast);
     ts_set_name(s, "moe.scores");
 
     ts_tensor *idx = NULL;

@@ -164,16 +164,22 @@ static bool dense_stage(const ts_trainer *tr, int64_t step) {
     return tr->o.dense_csa || (tr->o.indexer_loss && step < tr->o.indexer_warmup);
 }
 
-static ts_status build_graph(ts_trainer *tr, bool backward, ts_model_graph **out, ts_plan_stats *plan, char *err,
-                             size_t err_size) {
-    ts_model_graph_options go = {.batch = tr->o.batch,
+static ts_model_graph_options graph_options(const ts_trainer *tr, bool backward) {
+    return (ts_model_graph_options){.batch = tr->o.batch,
                                  .seq = tr->o.seq,
                                  .loss = true,
                                  .backward = backward,
                                  .mtp = tr->o.mtp,
                                  .balance_alpha = backward ? tr->o.balance_alpha : 0,
                                  .dense_csa = dense_stage(tr, tr->step),
-                                 .indexer_loss = backward && tr->o.indexer_loss};
+                                 .indexer_loss = backward && tr->o.indexer_loss,
+                                 .compute_dtype = tr->o.precision,
+                                 .recompute = backward && tr->o.recompute};
+}
+
+static ts_status build_graph(ts_trainer *tr, bool backward, ts_model_graph **out, ts_plan_stats *plan, char *err,
+                             size_t err_size) {
+    ts_model_graph_options go = graph_options(tr, backward);
     ts_status s = ts_model_graph_build(tr->w, &go, out, err, err_size);
     if (s == TS_OK) s = ts_model_graph_alloc(*out, tr->be, plan, err, err_size);
     return s;
@@ -418,6 +424,21 @@ ts_status ts_trainer_eval(ts_trainer *tr, ts_data_loader *val, int max_batches, 
 int64_t ts_trainer_step_count(const ts_trainer *tr) { return tr->step; }
 void ts_trainer_set_step(ts_trainer *tr, int64_t step) { tr->step = step; }
 ts_plan_stats ts_trainer_plan_stats(const ts_trainer *tr) { return tr->plan; }
+
+ts_status ts_trainer_plan_without_recompute(const ts_trainer *tr, ts_plan_stats *out, char *err, size_t err_size) {
+    if (!tr->o.recompute) {
+        *out = tr->plan;
+        return TS_OK;
+    }
+    ts_model_graph_options go = graph_options(tr, true);
+    go.recompute = false;
+    ts_model_graph *mg = NULL;
+    ts_status s = ts_model_graph_build(tr->w, &go, &mg, err, err_size);
+    if (s == TS_OK && (s = ts_graph_alloc(mg->graph, tr->be, &(ts_plan_options){.plan_only = true}, out)) != TS_OK)
+        ts_error_printf(err, err_size, "trainer: planning without recomputation: %s", ts_graph_error(mg->graph));
+    ts_model_graph_free(mg);
+    return s;
+}
 
 int ts_trainer_state_count(const ts_trainer *tr) {
     return ts_adamw_state_count(tr->adamw) + (tr->muon ? ts_muon_state_count(tr->muon) : 0);

@@ -7,7 +7,8 @@
  * (grad_w; zeros for experts without pairs). Only the selected experts cost anything: E / Kk
  * times less work than running every expert on every token.
  *
- * Fast path: the row operands (x, or a and b) and the output f32, w any dtype the GEMM reads
+ * Fast path: the output f32, the row operands (x, or a and b) f32, bf16 or f16 (gathered as f32),
+ * w any dtype the GEMM reads
  * (f32, bf16, f16, fp8; converted exactly while packing), every operand with unit stride along
  * its last dim (rows may be strided: slices and per-slot views are read where they lie), ids i32
  * or i64 and contiguous. Other layouts and dtypes, malformed nodes and ids outside [0, E) go to
@@ -30,10 +31,12 @@
 /* Floats per thread chunk of a gather or scatter, below which one thread moves all the rows. */
 #define MIN_CHUNK_FLOATS 8192
 
-/* Rows of a per-pair operand: pair p = t * Kk + k reads data + t * st + k * sk (sk = 0 for a
- * [T, L] operand, whose row t serves every slot of token t); len floats with unit stride. */
+/* Rows of a per-pair operand: pair p = t * Kk + k reads element t * st + k * sk of data (sk = 0
+ * for a [T, L] operand, whose row t serves every slot of token t); len elements of dtype with
+ * unit stride (f32, or bf16 / f16 - autocast's operands - widened exactly while gathered). */
 typedef struct {
-    const float *data;
+    const char *data;
+    ts_dtype dtype;
     int64_t st, sk, len;
 } pair_rows;
 
@@ -53,14 +56,17 @@ typedef struct {
 
 static bool is_f32_with_data(const ts_tensor *t) { return t && t->dtype == TS_F32 && t->data; }
 
-/* t as rows of len floats for ids [T, Kk] (the reference's shape rule); false when the layout
- * is not addressable here. */
+static bool is_row_dtype(ts_dtype t) { return t == TS_F32 || t == TS_BF16 || t == TS_F16; }
+
+/* t as rows of len elements for ids [T, Kk] (the reference's shape rule); false when the layout
+ * or dtype is not addressable here. */
 static bool plan_rows(const ts_tensor *t, const ts_tensor *ids, int64_t len, pair_rows *r) {
-    if (!is_f32_with_data(t) || (t->ndim != 2 && t->ndim != 3) || t->shape[0] != ids->shape[0] ||
+    if (!t || !t->data || !is_row_dtype(t->dtype) || (t->ndim != 2 && t->ndim != 3) || t->shape[0] != ids->shape[0] ||
         (t->ndim == 3 && t->shape[1] != ids->shape[1]) || t->shape[t->ndim - 1] != len)
         return false;
     if (t->stride[t->ndim - 1] != 1 && len > 1) return false;
-    *r = (pair_rows){.data = t->data, .st = t->stride[0], .sk = t->ndim == 3 ? t->stride[1] : 0, .len = len};
+    *r = (pair_rows){.data = t->data, .dtype = t->dtype, .st = t->stride[0], .sk = t->ndim == 3 ? t->stride[1] : 0,
+                     .len = len};
     return r->st >= 0 && r->sk >= 0;
 }
 
@@ -149,8 +155,8 @@ static bool sort_pairs(const moe_plan *p, const moe_work *w) {
     return true;
 }
 
-static const float *row_of(const pair_rows *r, int64_t pair, int64_t Kk) {
-    return r->data + (pair / Kk) * r->st + (pair % Kk) * r->sk;
+static const void *row_of(const pair_rows *r, int64_t pair, int64_t Kk) {
+    return r->data + ts_dtype_bytes(r->dtype, (pair / Kk) * r->st + (pair % Kk) * r->sk);
 }
 
 typedef struct {
@@ -163,8 +169,8 @@ typedef struct {
 
 static void gather_range(void *arg, int64_t begin, int64_t end, int tid) {
     const move_job *j = arg;
-    for (int64_t i = begin; i < end; i++)
-        memcpy(j->block + i * j->len, row_of(j->src, j->w->order[i], j->p->Kk), (size_t)j->len * sizeof(float));
+    for (int64_t i = begin; i < end; i++) /* f32 is copied; narrow rows convert exactly (cannot fail) */
+        ts_convert(j->block + i * j->len, TS_F32, row_of(j->src, j->w->order[i], j->p->Kk), j->src->dtype, j->len);
 }
 
 static void scatter_range(void *arg, int64_t begin, int64_t end, int tid) {
