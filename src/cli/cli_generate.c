@@ -3,8 +3,11 @@
  * feeds it to the incremental decoder (ts_model_decoder, any model kind) in one extend call
  * and streams the continuation to standard output token by token; prompt and generation speeds
  * go to standard error.
- * Sampling: greedy at temperature 0, else softmax sampling at the given temperature, optionally
- * restricted to the top k, with a seeded generator (same seed -> same text). */
+ * Sampling (the sampler of infer.h): greedy at temperature 0, else softmax sampling at the given
+ * temperature, optionally restricted to the top k, with a seeded generator (same seed -> same
+ * text). --speculative mtp: the MTP block drafts a token per round (ts_speculator, model.h) -
+ * the same text as plain decoding when greedy, the same distribution when sampling; the
+ * acceptance rate joins the timings. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +18,7 @@
 #include "cli/cli.h"
 #include "tessera/backend.h"
 #include "tessera/data.h"
+#include "tessera/infer.h"
 #include "tessera/model.h"
 #include "tessera/tokenizer.h"
 
@@ -80,34 +84,42 @@ static void emit(const text_codec *tc, int32_t id) {
     fflush(stdout);
 }
 
-/* Greedy (temperature 0) or a draw from softmax(logits / T) over the top_k (0: all) ids. */
-static int32_t pick(const float *logits, int64_t V, float temperature, int top_k, ts_rng *rng, float *scratch) {
-    int32_t best = 0;
-    for (int64_t v = 1; v < V; v++)
-        if (logits[v] > logits[best]) best = (int32_t)v;
-    if (temperature <= 0) return best;
-    float floor = -INFINITY;
-    if (top_k > 0 && top_k < V) { /* the k-th largest logit, by repeated selection (k is small) */
-        float prev = INFINITY;
-        for (int k = 0; k < top_k; k++) {
-            float m = -INFINITY;
-            for (int64_t v = 0; v < V; v++)
-                if (logits[v] < prev && logits[v] > m) m = logits[v];
-            prev = m;
-        }
-        floor = prev;
+/* Prefill, then up to max_tokens tokens streamed out: each round feeds the last chosen token and
+ * yields the next (plain) or one or two more (speculative); timings and stats to stderr. */
+static int generate(ts_model_decoder *dec, ts_speculator *sp, ts_sampler *smp, const ts_sampling_params *sampling,
+                    const text_codec *tc, const ts_token_ids *ids, const char *prompt, int max_tokens, float *logits) {
+    int slot = 0, n_queue = 0, generated = 0;
+    int32_t queue[2] = {0, 0};
+    double t0 = seconds_now();
+    ts_status s = ts_sampler_start(smp, sampling, ids->ids, ids->n);
+    if (s == TS_OK)
+        s = sp ? ts_speculator_prefill(sp, slot, ids->ids, (int64_t)ids->n, logits)
+               : ts_model_decoder_extend(dec, slot, ids->ids, (int64_t)ids->n, logits, 1);
+    double t1 = seconds_now();
+    if (s == TS_OK) s = ts_sampler_sample(smp, logits, &queue[n_queue++], NULL);
+    fputs(prompt, stdout);
+    while (s == TS_OK && n_queue > 0 && generated < max_tokens) {
+        int32_t next = queue[0];
+        queue[0] = queue[1];
+        if (next == tc->eos) break;
+        emit(tc, next);
+        generated++;
+        if (--n_queue > 0 || generated == max_tokens) continue;
+        if (sp) s = ts_speculator_step(sp, slot, smp, next, queue, &n_queue);
+        else if ((s = ts_model_decoder_step(dec, 1, &slot, &next, logits)) == TS_OK)
+            s = ts_sampler_sample(smp, logits, &queue[n_queue++], NULL);
     }
-    double sum = 0;
-    for (int64_t v = 0; v < V; v++) {
-        scratch[v] = logits[v] >= floor ? (float)exp((logits[v] - logits[best]) / temperature) : 0.0f;
-        sum += scratch[v];
+    double t2 = seconds_now();
+    fputc('\n', stdout);
+    fprintf(stderr, "prompt: %zu tokens in %.3f s (%.1f tokens/s); generation: %d tokens in %.3f s (%.1f tokens/s)\n",
+            ids->n, t1 - t0, (double)ids->n / (t1 - t0), generated, t2 - t1, generated / (t2 - t1 > 0 ? t2 - t1 : 1));
+    if (sp) {
+        int64_t drafted, accepted;
+        ts_speculator_stats(sp, &drafted, &accepted);
+        fprintf(stderr, "speculative (mtp): %lld drafts, %lld accepted (acceptance rate %.1f%%)\n", (long long)drafted,
+                (long long)accepted, drafted ? 100.0 * (double)accepted / (double)drafted : 0.0);
     }
-    double u = ts_rng_uniform(rng) * sum, acc = 0;
-    for (int64_t v = 0; v < V; v++) {
-        acc += scratch[v];
-        if (u < acc) return (int32_t)v;
-    }
-    return best;
+    return s == TS_OK ? 0 : fail("decoding failed", ts_status_name(s));
 }
 
 int cli_generate_main(int argc, char **argv) {
@@ -132,7 +144,8 @@ int cli_generate_main(int argc, char **argv) {
     int rc = cli_parse(&spec, argc, argv);
     if (rc != CLI_CONTINUE) return rc;
     if (!model) return cli_usage_error("generate", "--model DIR is required");
-    if (speculative) return cli_usage_error("generate", "--speculative %s: not available yet", speculative);
+    if (speculative && strcmp(speculative, "mtp") != 0)
+        return cli_usage_error("generate", "--speculative %s: the only draft is mtp", speculative);
 
     char err[512] = "";
     ts_model_weights *w = NULL;
@@ -145,32 +158,21 @@ int cli_generate_main(int argc, char **argv) {
     if (rc == 0 && ids.n == 0) rc = fail("the prompt encodes to no token (give a --prompt)", NULL);
     ts_backend *be = NULL;
     ts_model_decoder *dec = NULL;
-    float *logits = malloc((size_t)c->vocab_size * 2 * sizeof(float));
-    if (rc == 0 && (!logits || ts_backend_cpu_new(threads, &be) != TS_OK)) rc = fail("out of memory", NULL);
+    ts_speculator *sp = NULL;
+    ts_sampler *smp = NULL;
+    ts_sampling_params sampling = ts_sampling_defaults();
+    sampling.temperature = temperature;
+    sampling.top_k = top_k;
+    sampling.seed = seed;
+    float *logits = malloc((size_t)c->vocab_size * sizeof(float));
+    if (rc == 0 && (!logits || ts_backend_cpu_new(threads, &be) != TS_OK || ts_sampler_new((int32_t)c->vocab_size, &smp) != TS_OK))
+        rc = fail("out of memory", NULL);
     if (rc == 0 && ts_model_decoder_new(w, be, 1, (int64_t)ids.n + max_tokens, &dec, err, sizeof err) != TS_OK)
         rc = fail(err, NULL);
-    if (rc == 0) {
-        int slot = 0;
-        double t0 = seconds_now();
-        ts_status s = ts_model_decoder_extend(dec, slot, ids.ids, (int64_t)ids.n, logits, 1);
-        double t1 = seconds_now();
-        ts_rng rng;
-        ts_rng_seed(&rng, seed);
-        int generated = 0;
-        fputs(prompt, stdout);
-        while (s == TS_OK && generated < max_tokens) {
-            int32_t next = pick(logits, c->vocab_size, temperature, top_k, &rng, logits + c->vocab_size);
-            if (next == tc.eos) break;
-            emit(&tc, next);
-            generated++;
-            if (generated < max_tokens) s = ts_model_decoder_step(dec, 1, &slot, &next, logits);
-        }
-        double t2 = seconds_now();
-        fputc('\n', stdout);
-        if (s != TS_OK) rc = fail("decoding failed", ts_status_name(s));
-        fprintf(stderr, "prompt: %zu tokens in %.3f s (%.1f tokens/s); generation: %d tokens in %.3f s (%.1f tokens/s)\n",
-                ids.n, t1 - t0, (double)ids.n / (t1 - t0), generated, t2 - t1, generated / (t2 - t1 > 0 ? t2 - t1 : 1));
-    }
+    if (rc == 0 && speculative && ts_speculator_new(w, dec, &sp, err, sizeof err) != TS_OK) rc = fail(err, NULL);
+    if (rc == 0) rc = generate(dec, sp, smp, &sampling, &tc, &ids, prompt, max_tokens, logits);
+    ts_speculator_free(sp);
+    ts_sampler_free(smp);
     ts_model_decoder_free(dec);
     ts_backend_free(be);
     free(logits);
