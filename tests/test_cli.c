@@ -3,8 +3,9 @@
  * a short demo, `forward` on the V4 reference checkpoint (logits .npy vs the port), `bench gemm
  * --json` on tiny shapes, `tokenizer train/encode/decode` and `data prepare/synth/info` on
  * generated files, `generate --speculative mtp` against plain greedy generation, and the
- * one-line errors (exit code 2 for command-line mistakes, 1 for failed work). Also checks the run-time CPU feature detection (cpu.h) that `info` prints. The binary
- * is found next to this test's executable (both are built into the same CMake build directory). */
+ * one-line errors (exit code 2 for command-line mistakes, 1 for failed work). Also checks the
+ * run-time CPU feature detection (cpu.h) that `info` prints. The binary is found next to this
+ * test's executable (both are built into the same CMake build directory). */
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>

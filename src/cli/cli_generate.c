@@ -139,7 +139,10 @@ int cli_generate_main(int argc, char **argv) {
     };
     const cli_spec spec = {"generate", "Continue a prompt with a trained model, streaming the text to standard output.",
                            "Timings (prompt and generation tokens/s) are printed to standard error. Generation stops at\n"
-                           "the end-of-sequence token or after --max-tokens.",
+                           "the end-of-sequence token or after --max-tokens. --speculative mtp (DeepSeek-V4 checkpoints\n"
+                           "with an MTP block): the MTP block drafts one token per step and the model checks it in the\n"
+                           "same pass - greedy text unchanged, sampling from the same distribution; the acceptance rate\n"
+                           "joins the timings.",
                            options, (int)(sizeof options / sizeof *options)};
     int rc = cli_parse(&spec, argc, argv);
     if (rc != CLI_CONTINUE) return rc;
@@ -165,7 +168,8 @@ int cli_generate_main(int argc, char **argv) {
     sampling.top_k = top_k;
     sampling.seed = seed;
     float *logits = malloc((size_t)c->vocab_size * sizeof(float));
-    if (rc == 0 && (!logits || ts_backend_cpu_new(threads, &be) != TS_OK || ts_sampler_new((int32_t)c->vocab_size, &smp) != TS_OK))
+    if (rc == 0 && (!logits || ts_backend_cpu_new(threads, &be) != TS_OK ||
+                    ts_sampler_new((int32_t)c->vocab_size, &smp) != TS_OK))
         rc = fail("out of memory", NULL);
     if (rc == 0 && ts_model_decoder_new(w, be, 1, (int64_t)ids.n + max_tokens, &dec, err, sizeof err) != TS_OK)
         rc = fail(err, NULL);

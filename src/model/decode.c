@@ -37,7 +37,17 @@
  * row maps; nothing moves while the set of active slots stays put). An idle row inside b is
  * masked, its outputs ignored. Everything else - mHC, MoE, hash routing, the head - is the ordinary per-token graph.
  * Decoding a sequence in steps, chunks or both gives the full forward's logits
- * (tests/test_decode.c). */
+ * (tests/test_decode.c).
+ *
+ * MTP (models with an MTP block; ts_model_decoder_mtp, the speculative draft): the block is one
+ * more attention layer with the same machinery - layer index L, its own state (ratio
+ * compress_ratios[L]) and its own one-row passes, model_graph.c's mtp() under the same hooks,
+ * over the main model's final streams as a host input. Main passes output those streams; they
+ * and the tokens of the last V4_KEEP positions are kept per slot (rings by position). The block
+ * runs over a position only once the token after it is final and then never has to be undone:
+ * it lags the sequence (mlen <= len), catching up on a draft call, and truncate only takes mlen
+ * down with len (never more than V4_REWIND behind its furthest reach either). Logits equal the
+ * training graph's mtp_logits (tests/test_speculative.c). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -366,7 +376,9 @@ static void *state_alloc_bytes(v4_decoder *dec, size_t row) {
     return p;
 }
 
-static void *state_alloc(v4_decoder *dec, int64_t row_elems) { return state_alloc_bytes(dec, (size_t)row_elems * dec->esz); }
+static void *state_alloc(v4_decoder *dec, int64_t row_elems) {
+    return state_alloc_bytes(dec, (size_t)row_elems * dec->esz);
+}
 
 static void swap_rows(v4_decoder *dec, int r1, int r2) {
     for (int i = 0; i < dec->n_arrays; i++) {
