@@ -10,7 +10,8 @@
  * 2. Greedy speculative decoding gives plain greedy decoding's tokens, for prompts of 1..100
  *    tokens (100: a prefill in pieces): on the random model (drafts nearly always rejected) and
  *    on a "copy" model built so that the draft is right unless attention in the last layer
- *    disagrees (accepted and rejected drafts both occur).
+ *    disagrees (accepted and rejected drafts both occur); and drafting only when the block is
+ *    confident (ts_speculator_set_min_prob: fewer drafts, the same tokens).
  * 3. Sampling: the same seed gives the same tokens; over 3000 seeded rounds from one state, the
  *    token after `next` follows the target distribution p (chi-square), while always accepting
  *    the draft (distribution q) would fail the same test by a wide margin; the acceptance rate
@@ -174,8 +175,10 @@ static void generate(ts_model_decoder *dec, ts_speculator *sp, ts_sampler *smp, 
     }
 }
 
-/* Greedy: speculative == plain for several prompt lengths; adds up the drafts. */
-static void greedy_case(ts_model_weights *w, ts_backend *be, const char *what, int64_t *drafted, int64_t *accepted) {
+/* Greedy: speculative (drafting when the block's top probability is >= min_prob) == plain for
+ * several prompt lengths; adds up the drafts. */
+static void greedy_case(ts_model_weights *w, ts_backend *be, const char *what, float min_prob, int64_t *drafted,
+                        int64_t *accepted) {
     enum { NEW = 40, MAXP = 100 };
     int32_t prompt[MAXP], plain[NEW], spec[NEW];
     for (int i = 0; i < MAXP; i++) prompt[i] = (i * 29 + 5) % V;
@@ -187,6 +190,7 @@ static void greedy_case(ts_model_weights *w, ts_backend *be, const char *what, i
     CHECK(ts_speculator_new(w, dec, &sp, err, sizeof err) == TS_OK, "speculator: %s", err);
     CHECK_OK(ts_sampler_new(V, &smp), NULL);
     if (!dec || !sp || !smp) return;
+    ts_speculator_set_min_prob(sp, min_prob);
     ts_sampling_params greedy = ts_sampling_defaults();
     greedy.temperature = 0;
     const int64_t lens[] = {1, 2, 7, 30, 64, 100};
@@ -199,8 +203,8 @@ static void greedy_case(ts_model_weights *w, ts_backend *be, const char *what, i
               (long long)lens[k], same);
     }
     ts_speculator_stats(sp, drafted, accepted);
-    printf("  greedy, %s: 6 prompts of 1..100 tokens x %d tokens identical; %lld drafts, %lld accepted\n", what, NEW,
-           (long long)*drafted, (long long)*accepted);
+    printf("  greedy, %s, drafts from p >= %.1f: 6 prompts of 1..100 tokens x %d tokens identical; %lld drafts, %lld "
+           "accepted\n", what, min_prob, NEW, (long long)*drafted, (long long)*accepted);
     ts_sampler_free(smp);
     ts_speculator_free(sp);
     ts_model_decoder_free(dec);
@@ -216,7 +220,8 @@ static bool ends_with(const char *name, const char *suffix) {
  * (wo_b and every w2 zero) except the last main layer's attention at `leak` times its weights,
  * so the main model's next token is nearly a function of the current one; the MTP block passes
  * the normalised embedding of the next token through (e_proj = I, h_proj = 0), so it drafts
- * that function of the next token - the token after it, unless the leak changes it. */
+ * that function of the next token - the token after it, unless the leak changes it. The shared
+ * head is scaled up so that the block's confidence varies. */
 static void make_copy_model(ts_model_weights *w, double leak) {
     const ts_v4_config *c = ts_model_weights_config(w);
     char last[64];
@@ -225,6 +230,7 @@ static void make_copy_model(ts_model_weights *w, double leak) {
         const ts_model_tensor *t = ts_model_weights_info(w, i);
         double *d = ts_model_weights_data(w, i), f = -1;
         if (strcmp(t->name, last) == 0) f = leak;
+        else if (strcmp(t->name, "head.weight") == 0) f = 5; /* sharper: drafts of varied confidence */
         else if (ends_with(t->name, "wo_b.weight") || ends_with(t->name, "w2.weight") ||
                  strcmp(t->name, "mtp.0.h_proj.weight") == 0 || strcmp(t->name, "mtp.0.e_proj.weight") == 0)
             f = 0;
@@ -237,13 +243,16 @@ static void make_copy_model(ts_model_weights *w, double leak) {
 static void test_greedy(ts_backend *be) {
     ts_model_weights *w = mtp_model(4, 21);
     if (!w) return;
-    int64_t drafted, accepted;
-    greedy_case(w, be, "random model", &drafted, &accepted);
+    int64_t drafted, accepted, all_drafted;
+    greedy_case(w, be, "random model", 0, &drafted, &accepted);
     CHECK(drafted > accepted, "the random model's drafts should be rejected now and then");
     make_copy_model(w, 0.5);
-    greedy_case(w, be, "copy model", &drafted, &accepted);
-    CHECK(accepted > drafted / 4 && accepted < drafted, "copy model: %lld of %lld drafts accepted", (long long)accepted,
-          (long long)drafted);
+    greedy_case(w, be, "copy model", 0, &all_drafted, &accepted);
+    CHECK(accepted > all_drafted / 4 && accepted < all_drafted, "copy model: %lld of %lld drafts accepted",
+          (long long)accepted, (long long)all_drafted);
+    greedy_case(w, be, "copy model", 0.5f, &drafted, &accepted);
+    CHECK(drafted > 0 && drafted < all_drafted, "min_prob 0.5: %lld drafts of %lld", (long long)drafted,
+          (long long)all_drafted);
     ts_model_weights_free(w);
 }
 
@@ -297,6 +306,8 @@ static void test_sampling(ts_backend *be) {
     CHECK_OK(ts_model_decoder_step(dec, 1, &slot, &next, lg), NULL);
     CHECK_OK(ts_sampler_probs(smp, lg, p), NULL);
     CHECK_OK(ts_model_decoder_truncate(dec, 0, LEN), NULL);
+    int64_t drafted0, accepted0;
+    ts_speculator_stats(sp, &drafted0, &accepted0);
     for (int i = 0; i < N; i++) {
         int32_t out[2];
         int n_out = 0;
@@ -314,6 +325,8 @@ static void test_sampling(ts_backend *be) {
     double chi_q = chi_square(as_q, p, N, &df_q), limit = df + 6 * sqrt(2.0 * df);
     int64_t drafted, accepted;
     ts_speculator_stats(sp, &drafted, &accepted);
+    drafted -= drafted0;
+    accepted -= accepted0;
     CHECK(chi < limit, "speculative samples vs p: chi-square %.1f (df %d, limit %.1f)", chi, df, limit);
     CHECK(chi_q > 3 * limit, "the test has no power: q scores only %.1f", chi_q);
     /* a draft d ~ q is accepted with probability sum_d q(d) min(1, p(d)/q(d)) = sum min(p, q) */

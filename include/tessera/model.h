@@ -487,8 +487,14 @@ void ts_speculator_free(ts_speculator *sp);
 ts_status ts_speculator_prefill(ts_speculator *sp, int slot, const int32_t *ids, int64_t n, float *logits);
 /* One round after `next` (see above): out[0..*n_out) receives the tokens that follow next (1 or
  * 2, each recorded by the sampler); all but the last are appended, the last is the next
- * round's `next`. Near max_len (room for one token) a round is a plain step. */
+ * round's `next`. Near max_len (room for one token) a round is a plain step, and so is one
+ * whose draft is not confident enough (ts_speculator_set_min_prob). */
 ts_status ts_speculator_step(ts_speculator *sp, int slot, ts_sampler *smp, int32_t next, int32_t out[2], int *n_out);
+/* Drafts only when the MTP block's most likely token has probability >= min_prob under its
+ * plain softmax (0, the default: always): a round without a draft is a plain step, which costs
+ * less than a two-token verification that will likely fail. The choice depends on the draft
+ * alone, so the tokens keep their distribution. */
+void ts_speculator_set_min_prob(ts_speculator *sp, float min_prob);
 /* Drafts made and accepted so far. */
 void ts_speculator_stats(const ts_speculator *sp, int64_t *drafted, int64_t *accepted);
 

@@ -24,7 +24,7 @@
 
 typedef struct {
     ts_tokenizer *tok; /* NULL: byte-level vocabulary */
-    int32_t bos, eos;
+    int32_t bos, eos; /* eos -1: never stop */
 } text_codec;
 
 static double seconds_now(void) {
@@ -125,7 +125,8 @@ static int generate(ts_model_decoder *dec, ts_speculator *sp, ts_sampler *smp, c
 int cli_generate_main(int argc, char **argv) {
     const char *model = NULL, *prompt = "", *speculative = NULL;
     int max_tokens = 64, threads = 0, top_k = 0;
-    float temperature = 0;
+    bool ignore_eos = false;
+    float temperature = 0, draft_min_prob = 0;
     uint64_t seed = 0;
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &model, "DIR", "checkpoint directory (config.json + model.safetensors [+ tokenizer.json])", 0, 0},
@@ -135,6 +136,9 @@ int cli_generate_main(int argc, char **argv) {
         {"--top-k", CLI_OPT_INT, &top_k, "K", "sample among the K most likely tokens only (0: all)", 0, 1 << 24},
         {"--seed", CLI_OPT_U64, &seed, "S", "sampling seed (same seed, same text)", 0, 0},
         {"--speculative", CLI_OPT_STRING, &speculative, "mtp", "speculative decoding with the MTP block as the draft", 0, 0},
+        {"--draft-min-prob", CLI_OPT_FLOAT, &draft_min_prob, "P",
+         "with --speculative: draft only when the MTP block's top token has probability >= P", 0, 1},
+        {"--ignore-eos", CLI_OPT_FLAG, &ignore_eos, NULL, "keep generating past the end-of-sequence token (benchmarks)", 0, 0},
         {"--threads", CLI_OPT_INT, &threads, "N", "compute threads (0: every core)", 0, 1024},
     };
     const cli_spec spec = {"generate", "Continue a prompt with a trained model, streaming the text to standard output.",
@@ -157,6 +161,7 @@ int cli_generate_main(int argc, char **argv) {
     text_codec tc;
     ts_token_ids ids = {0};
     rc = open_codec(model, c->vocab_size, &tc);
+    if (ignore_eos) tc.eos = -1;
     if (rc == 0) rc = encode(&tc, prompt, &ids);
     if (rc == 0 && ids.n == 0) rc = fail("the prompt encodes to no token (give a --prompt)", NULL);
     ts_backend *be = NULL;
@@ -174,6 +179,7 @@ int cli_generate_main(int argc, char **argv) {
     if (rc == 0 && ts_model_decoder_new(w, be, 1, (int64_t)ids.n + max_tokens, &dec, err, sizeof err) != TS_OK)
         rc = fail(err, NULL);
     if (rc == 0 && speculative && ts_speculator_new(w, dec, &sp, err, sizeof err) != TS_OK) rc = fail(err, NULL);
+    if (sp) ts_speculator_set_min_prob(sp, draft_min_prob);
     if (rc == 0) rc = generate(dec, sp, smp, &sampling, &tc, &ids, prompt, max_tokens, logits);
     ts_speculator_free(sp);
     ts_sampler_free(smp);

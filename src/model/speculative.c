@@ -2,6 +2,7 @@
  * draft (model.h): the round of the design there - draft from the MTP block, verify with one
  * two-token extend, keep two tokens or drop the draft - over ts_model_decoder_mtp and the
  * sampler's speculative test (infer.h), which is what keeps plain sampling's distribution. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -13,6 +14,7 @@ struct ts_speculator {
     float *draft;   /* [V] the MTP block's logits */
     float *main;    /* [2, V] the main model's after next and after the draft */
     float *p, *q;   /* [V] processed target and draft distributions */
+    float min_prob; /* draft only when the block's top token has at least this probability */
     int64_t drafted, accepted;
 };
 
@@ -55,6 +57,18 @@ void ts_speculator_free(ts_speculator *sp) {
     free(sp);
 }
 
+void ts_speculator_set_min_prob(ts_speculator *sp, float min_prob) { sp->min_prob = min_prob; }
+
+/* The largest probability of softmax(logits[V]) - the block's confidence, before any sampling
+ * parameter (a greedy q is one-hot). */
+static float top_prob(const float *logits, int64_t V) {
+    float mx = logits[0];
+    for (int64_t v = 1; v < V; v++) mx = logits[v] > mx ? logits[v] : mx;
+    double z = 0;
+    for (int64_t v = 0; v < V; v++) z += exp((double)(logits[v] - mx));
+    return (float)(1.0 / z);
+}
+
 /* Pieces of at most TS_MODEL_MTP_MAX_LAG tokens, the MTP block brought up to date before each. */
 ts_status ts_speculator_prefill(ts_speculator *sp, int slot, const int32_t *ids, int64_t n, float *logits) {
     if (!sp || !ids || n < 1 || !logits) return TS_ERR_INVALID_ARG;
@@ -72,15 +86,19 @@ ts_status ts_speculator_step(ts_speculator *sp, int slot, ts_sampler *smp, int32
     *n_out = 0;
     ts_model_decoder *d = sp->dec;
     int64_t len = ts_model_decoder_length(d, slot);
-    if (len < 1 || len + 2 > ts_model_decoder_max_len(d)) { /* no room for a draft (or no position to draft from) */
-        ts_status s = ts_model_decoder_step(d, 1, &slot, &next, sp->main);
+    ts_status s = TS_OK;
+    /* a draft needs a position to draft from, room for two tokens and, if asked, confidence */
+    bool draft = len >= 1 && len + 2 <= ts_model_decoder_max_len(d);
+    if (draft) s = ts_model_decoder_mtp(d, slot, next, sp->draft);
+    if (s == TS_OK && draft && sp->min_prob > 0) draft = top_prob(sp->draft, sp->V) >= sp->min_prob;
+    if (s == TS_OK && !draft) {
+        s = ts_model_decoder_step(d, 1, &slot, &next, sp->main);
         if (s == TS_OK) s = ts_sampler_sample(smp, sp->main, &out[0], NULL);
         *n_out = s == TS_OK;
         return s;
     }
     int32_t pair[2] = {next, 0};
     bool accepted = false;
-    ts_status s = ts_model_decoder_mtp(d, slot, next, sp->draft);
     if (s == TS_OK) s = ts_sampler_probs(smp, sp->draft, sp->q);
     if (s == TS_OK) s = ts_sampler_draw(smp, sp->q, &pair[1]);
     if (s == TS_OK) s = ts_model_decoder_extend(d, slot, pair, 2, sp->main, 2);
