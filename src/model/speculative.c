@@ -3,7 +3,6 @@
  * two-token extend, keep two tokens or drop the draft - over ts_model_decoder_mtp and the
  * sampler's speculative test (infer.h), which is what keeps plain sampling's distribution. */
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 
 #include "tessera/model.h"
@@ -81,27 +80,22 @@ ts_status ts_speculator_prefill(ts_speculator *sp, int slot, const int32_t *ids,
     return s;
 }
 
-ts_status ts_speculator_step(ts_speculator *sp, int slot, ts_sampler *smp, int32_t next, int32_t out[2], int *n_out) {
-    if (!sp || !smp || !out || !n_out) return TS_ERR_INVALID_ARG;
-    *n_out = 0;
-    ts_model_decoder *d = sp->dec;
-    int64_t len = ts_model_decoder_length(d, slot);
-    ts_status s = TS_OK;
-    /* a draft needs a position to draft from, room for two tokens and, if asked, confidence */
-    bool draft = len >= 1 && len + 2 <= ts_model_decoder_max_len(d);
-    if (draft) s = ts_model_decoder_mtp(d, slot, next, sp->draft);
-    if (s == TS_OK && draft && sp->min_prob > 0) draft = top_prob(sp->draft, sp->V) >= sp->min_prob;
-    if (s == TS_OK && !draft) {
-        s = ts_model_decoder_step(d, 1, &slot, &next, sp->main);
-        if (s == TS_OK) s = ts_sampler_sample(smp, sp->main, &out[0], NULL);
-        *n_out = s == TS_OK;
-        return s;
-    }
+/* A round without a draft: next appended by a step, the token after it sampled. */
+static ts_status plain_round(ts_speculator *sp, int slot, ts_sampler *smp, int32_t next, int32_t out[2], int *n_out) {
+    ts_status s = ts_model_decoder_step(sp->dec, 1, &slot, &next, sp->main);
+    if (s == TS_OK) s = ts_sampler_sample(smp, sp->main, &out[0], NULL);
+    *n_out = s == TS_OK;
+    return s;
+}
+
+/* A round with the block's logits in sp->draft, the slot holding len tokens before next. */
+static ts_status draft_round(ts_speculator *sp, int slot, ts_sampler *smp, int32_t next, int64_t len, int32_t out[2],
+                             int *n_out) {
     int32_t pair[2] = {next, 0};
     bool accepted = false;
-    if (s == TS_OK) s = ts_sampler_probs(smp, sp->draft, sp->q);
+    ts_status s = ts_sampler_probs(smp, sp->draft, sp->q);
     if (s == TS_OK) s = ts_sampler_draw(smp, sp->q, &pair[1]);
-    if (s == TS_OK) s = ts_model_decoder_extend(d, slot, pair, 2, sp->main, 2);
+    if (s == TS_OK) s = ts_model_decoder_extend(sp->dec, slot, pair, 2, sp->main, 2);
     if (s == TS_OK) s = ts_sampler_probs(smp, sp->main, sp->p);
     if (s == TS_OK) s = ts_sampler_verify(smp, sp->p, sp->q, pair[1], &out[0], &accepted);
     if (s != TS_OK) return s;
@@ -109,11 +103,25 @@ ts_status ts_speculator_step(ts_speculator *sp, int slot, ts_sampler *smp, int32
     sp->accepted += accepted;
     if (!accepted) {
         *n_out = 1;
-        return ts_model_decoder_truncate(d, slot, len + 1);
+        return ts_model_decoder_truncate(sp->dec, slot, len + 1);
     }
     s = ts_sampler_sample(smp, sp->main + sp->V, &out[1], NULL);
     *n_out = s == TS_OK ? 2 : 1;
     return s;
+}
+
+ts_status ts_speculator_step(ts_speculator *sp, int slot, ts_sampler *smp, int32_t next, int32_t out[2], int *n_out) {
+    if (!sp || !smp || !out || !n_out) return TS_ERR_INVALID_ARG;
+    *n_out = 0;
+    int64_t len = ts_model_decoder_length(sp->dec, slot);
+    /* a draft needs a position to draft from, room for two tokens and, if asked, confidence */
+    bool draft = len >= 1 && len + 2 <= ts_model_decoder_max_len(sp->dec);
+    if (draft) {
+        ts_status s = ts_model_decoder_mtp(sp->dec, slot, next, sp->draft);
+        if (s != TS_OK) return s;
+        draft = sp->min_prob <= 0 || top_prob(sp->draft, sp->V) >= sp->min_prob;
+    }
+    return draft ? draft_round(sp, slot, smp, next, len, out, n_out) : plain_round(sp, slot, smp, next, out, n_out);
 }
 
 void ts_speculator_stats(const ts_speculator *sp, int64_t *drafted, int64_t *accepted) {
