@@ -2,9 +2,10 @@
  * the lines people and scripts rely on: --help, every subcommand's --help, version, info, ops,
  * a short demo, `forward` on the V4 reference checkpoint (logits .npy vs the port), `bench gemm
  * --json` on tiny shapes, `tokenizer train/encode/decode` and `data prepare/synth/info` on
- * generated files, and the one-line errors (exit code 2 for command-line mistakes, 1 for failed
- * work). Also checks the run-time CPU feature detection (cpu.h) that `info` prints. The binary
- * is found next to this test's executable (both are built into the same CMake build directory). */
+ * generated files, `generate --speculative mtp` against plain greedy generation, and the
+ * one-line errors (exit code 2 for command-line mistakes, 1 for failed work). Also checks the
+ * run-time CPU feature detection (cpu.h) that `info` prints. The binary is found next to this
+ * test's executable (both are built into the same CMake build directory). */
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -592,6 +593,35 @@ static void test_tokenizer_and_data(void) {
     CHECK(system(cmd) == 0, "%s", cmd);
 }
 
+/* `generate --speculative mtp`: on a V4 checkpoint with an MTP block the same greedy text as
+ * plain decoding (standard output compared byte for byte, as hex), with the acceptance rate on
+ * standard error; a dense checkpoint and an unknown draft are refused in one line. */
+static void test_generate_speculative(void) {
+    char dir[] = "/tmp/ts_cli_gen_XXXXXX", cmd[256], path[300];
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    static run_result r, plain, spec;
+    run(&r, "init --model tiny --seed 4 --out %s/v4", dir);
+    CHECK(r.exit_code == 0, "init tiny: %s", r.out);
+    run(&r, "init --model dense-tiny --out %s/dense", dir);
+    CHECK(r.exit_code == 0, "init dense-tiny: %s", r.out);
+    const char *gen = "generate --prompt 'The cat' --max-tokens 48 --model";
+    run(&plain, "%s %s/v4 2>/dev/null | od -An -tx1", gen, dir);
+    run(&spec, "%s %s/v4 --speculative mtp 2>%s/stderr.txt | od -An -tx1", gen, dir, dir);
+    CHECK(plain.exit_code == 0 && plain.n_lines > 3 && strcmp(plain.out, spec.out) == 0,
+          "speculative text differs from plain:\n%s\nvs\n%s", plain.out, spec.out);
+    snprintf(path, sizeof path, "%s/stderr.txt", dir);
+    char *err = test_read_file(path, NULL);
+    CHECK(err && strstr(err, "speculative (mtp): ") && strstr(err, "acceptance rate") &&
+              strstr(err, "tokens/s"), "speculative stats: %s", err ? err : "(none)");
+    free(err);
+    run(&r, "%s %s/dense --speculative mtp", gen, dir);
+    CHECK(r.exit_code == 1 && r.n_lines == 1 && has(&r, "MTP block"), "dense: %d %s", r.exit_code, r.out);
+    run(&r, "%s %s/v4 --speculative ngram", gen, dir);
+    CHECK(r.exit_code == 2 && has(&r, "ngram"), "unknown draft: %d %s", r.exit_code, r.out);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0, "%s", cmd);
+}
+
 /* Detection itself: implied features, agreement with the compiler's own cpuid probe, and the
  * formatter's handling of small buffers. */
 static void test_cpu_features(void) {
@@ -640,5 +670,6 @@ int main(void) {
     test_forward();
     test_bench_gemm();
     test_tokenizer_and_data();
+    test_generate_speculative();
     return check_summary("test_cli");
 }

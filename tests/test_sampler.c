@@ -5,7 +5,8 @@
  * reject the untruncated distribution; the reported probability is the chosen token's under
  * that distribution; penalties give hand-computed logits; the same seed gives the same tokens
  * and different seeds differ; a vocabulary-sized row (129 280) agrees with the reference and its
- * cost per token is printed. */
+ * cost per token is printed. Speculative sampling (probs, draw, verify): verified drafts follow
+ * the target distribution, accepted at the rate sum min(p, q). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -180,6 +181,68 @@ static void test_reference_distributions(void) {
         ref_dist(l, V, &untruncated, plain);
         check_frequencies(names[c], l, V, cases[c], expect, plain);
     }
+}
+
+/* ---------------------------------------------------------------- speculative sampling */
+
+/* ts_sampler_probs is the reference distribution; drafts from q (another row's distribution
+ * under the same parameters) verified against p come out distributed as p (chi-square, and
+ * the same draws reject q), accepted at the rate sum min(p, q); greedy rows accept iff the
+ * argmaxes agree, else give the target's argmax. */
+static void test_speculative(void) {
+    enum { V = 10, N = 200000 };
+    float l[V], l2[V], p[V], q[V];
+    ts_rng r;
+    ts_rng_seed(&r, 7);
+    for (int v = 0; v < V; v++) l[v] = (float)(1.5 * ts_rng_normal(&r)), l2[v] = (float)(1.5 * ts_rng_normal(&r));
+    ts_sampling_params cases[] = {
+        {.temperature = 1.0f, .top_k = 0, .top_p = 1, .min_p = 0, .repetition_penalty = 1, .seed = 8},
+        {.temperature = 1.3f, .top_k = 6, .top_p = 0.9f, .min_p = 0.02f, .repetition_penalty = 1, .seed = 9},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        double expect[V], wrong[V], probs_diff = 0, overlap = 0;
+        ref_dist(l, V, &cases[c], expect);
+        ref_dist(l2, V, &cases[c], wrong);
+        ts_sampler *s = new_sampler(V, cases[c]);
+        long counts[V] = {0}, accepted = 0;
+        if (!s) return;
+        CHECK(ts_sampler_probs(s, l, p) == TS_OK && ts_sampler_probs(s, l2, q) == TS_OK, "probs");
+        for (int v = 0; v < V; v++) probs_diff = fmax(probs_diff, fabs(p[v] - expect[v])), overlap += fmin(p[v], q[v]);
+        CHECK(probs_diff < 1e-6, "case %zu: ts_sampler_probs off the reference by %g", c, probs_diff);
+        for (int i = 0; i < N; i++) {
+            int32_t d = -1, t = -1;
+            bool acc = false;
+            if (ts_sampler_draw(s, q, &d) != TS_OK || ts_sampler_verify(s, p, q, d, &t, &acc) != TS_OK || t < 0) {
+                CHECK(0, "draw / verify failed");
+                break;
+            }
+            counts[t]++;
+            accepted += acc;
+        }
+        int df, dfw;
+        double x2 = chi_square(counts, expect, V, N, &df), xw = chi_square(counts, wrong, V, N, &dfw);
+        CHECK(df >= 1 && df <= 10 && x2 < chi2_crit[df], "case %zu: verified tokens vs p: chi-square %.2f, %d dof", c,
+              x2, df);
+        CHECK(xw > 10 * chi2_crit[10], "case %zu: the draws do not reject q (%.2f)", c, xw);
+        CHECK(fabs((double)accepted / N - overlap) < 0.01, "case %zu: acceptance %.4f, expected %.4f", c,
+              (double)accepted / N, overlap);
+        printf("  speculative case %zu: chi-square %.2f (%d dof), vs q %.0f; acceptance %.4f (sum min(p, q) %.4f)\n",
+               c, x2, df, xw, (double)accepted / N, overlap);
+        ts_sampler_free(s);
+    }
+    /* greedy: one-hot rows, certain outcomes */
+    ts_sampling_params g = cases[0];
+    g.temperature = 0;
+    ts_sampler *s = new_sampler(V, g);
+    if (!s) return;
+    int32_t d, t, best = 0, best2 = 0;
+    bool acc;
+    for (int v = 1; v < V; v++) best = l[v] > l[best] ? v : best, best2 = l2[v] > l2[best2] ? v : best2;
+    CHECK(ts_sampler_probs(s, l, p) == TS_OK && p[best] == 1.0f, "greedy probs");
+    CHECK(ts_sampler_probs(s, l2, q) == TS_OK && ts_sampler_draw(s, q, &d) == TS_OK && d == best2, "greedy draft");
+    CHECK(ts_sampler_verify(s, p, q, d, &t, &acc) == TS_OK && t == best && acc == (best == best2), "greedy verify");
+    CHECK(ts_sampler_verify(s, p, p, best, &t, &acc) == TS_OK && t == best && acc, "greedy accept");
+    ts_sampler_free(s);
 }
 
 /* ---------------------------------------------------------------- greedy */
@@ -412,5 +475,6 @@ int main(void) {
     test_hand_distributions();
     test_reference_distributions();
     test_large_vocab();
+    test_speculative();
     return check_summary("test_sampler");
 }

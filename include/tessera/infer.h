@@ -82,6 +82,21 @@ ts_status ts_sampler_accept(ts_sampler *s, int32_t token);
  * ts_sampler_sample does to its copy. */
 void ts_sampler_penalize(const ts_sampler *s, float *logits);
 
+/* Speculative sampling (Leviathan et al. 2023, Chen et al. 2023) over the same processing:
+ * ts_sampler_probs writes into probs[n_vocab] the distribution ts_sampler_sample would draw from
+ * now (steps 1-6; greedy: all the mass on the argmax), drawing and recording nothing; errors
+ * as ts_sampler_sample. Draft a token with ts_sampler_draw from the draft model's q (a draw
+ * with the request's stream from any weights >= 0 summing > 0, not recorded; TS_ERR_RANGE if
+ * all are 0), then ts_sampler_verify against the target's p: it accepts the draft with
+ * probability min(1, p[d]/q[d]), else draws from normalize(max(0, p - q)), records the token it
+ * returns and says which happened - the token is then distributed exactly as p. A distribution
+ * on a single token is drawn without the stream: greedy p and q accept iff both argmaxes agree
+ * and speculative greedy decoding consumes no randomness. */
+ts_status ts_sampler_probs(ts_sampler *s, const float *logits, float *probs);
+ts_status ts_sampler_draw(ts_sampler *s, const float *probs, int32_t *token);
+ts_status ts_sampler_verify(ts_sampler *s, const float *p, const float *q, int32_t draft, int32_t *token,
+                            bool *accepted);
+
 #ifdef __cplusplus
 }
 #endif

@@ -25,6 +25,7 @@
 
 #include "tessera/core.h"
 #include "tessera/graph.h"
+#include "tessera/infer.h"
 #include "tessera/io.h"
 
 #ifdef __cplusplus
@@ -461,6 +462,51 @@ ts_status ts_model_decoder_extend(ts_model_decoder *d, int slot, const int32_t *
 ts_status ts_model_decoder_truncate(ts_model_decoder *d, int slot, int64_t len);
 /* Host memory held by all slots' caches, in bytes. */
 size_t ts_model_decoder_state_bytes(const ts_model_decoder *d);
+
+/* The MTP block as a one-token draft (spec §2.12; speculative decoding). A slot's sequence
+ * y_0..y_{len-1} is followed by next_id, the token chosen after it but not yet appended. The
+ * MTP block at position q reads the main model's final streams there and y_{q+1}; this runs it
+ * over every position it has not covered yet (lagging the sequence: it only sees tokens that
+ * are final) - the last, len-1, with next_id - and writes its logits there, the draft's
+ * distribution for the token after next_id, into logits[V]. Calling it again before appending
+ * recomputes the last position. The block's cache follows truncate. The sequence may run at
+ * most TS_MODEL_MTP_MAX_LAG tokens ahead of the block (TS_ERR_RANGE otherwise): feed a long
+ * prompt in pieces with a call between them (ts_speculator_prefill does). TS_ERR_UNSUPPORTED:
+ * no MTP block (dense models, num_nextn_predict_layers 0); TS_ERR_INVALID_ARG: an empty slot. */
+#define TS_MODEL_MTP_MAX_LAG 64
+ts_status ts_model_decoder_mtp(ts_model_decoder *d, int slot, int32_t next_id, float *logits);
+
+/* ---------------------------------------------------------------- speculative decoding (speculative.c)
+ *
+ * One slot of a decoder at a time, the MTP block drafting one token that the main model checks
+ * in the same pass as the token before it. A round starts after the token `next` was chosen
+ * (sampled, recorded by the sampler) but not yet appended: the MTP block drafts d from its
+ * distribution q (processed by the request's sampler like the target's), the main model takes
+ * [next, d] in one extend with two rows of logits, and ts_sampler_verify accepts d against
+ * the target's p after next - then the row after d gives one more token, two in all - or draws
+ * the replacement from the residual and the slot drops d. The tokens keep the distribution of
+ * plain sampling; greedy, they are plain greedy decoding's. Buffers are allocated once. */
+typedef struct ts_speculator ts_speculator;
+
+/* For decoder d of model w; TS_ERR_UNSUPPORTED (with a message) when w has no MTP block. */
+ts_status ts_speculator_new(const ts_model_weights *w, ts_model_decoder *d, ts_speculator **out, char *err,
+                            size_t err_size);
+void ts_speculator_free(ts_speculator *sp);
+/* Appends a prompt ids[0..n) to a slot in pieces the MTP block keeps up with and writes the
+ * logits after its last token into logits[V]. */
+ts_status ts_speculator_prefill(ts_speculator *sp, int slot, const int32_t *ids, int64_t n, float *logits);
+/* One round after `next` (see above): out[0..*n_out) receives the tokens that follow next (1 or
+ * 2, each recorded by the sampler); all but the last are appended, the last is the next
+ * round's `next`. Near max_len (room for one token) a round is a plain step, and so is one
+ * whose draft is not confident enough (ts_speculator_set_min_prob). */
+ts_status ts_speculator_step(ts_speculator *sp, int slot, ts_sampler *smp, int32_t next, int32_t out[2], int *n_out);
+/* Drafts only when the MTP block's most likely token has probability >= min_prob under its
+ * plain softmax (0, the default: always): a round without a draft is a plain step, which costs
+ * less than a two-token verification that will likely fail. The choice depends on the draft
+ * alone, so the tokens keep their distribution. */
+void ts_speculator_set_min_prob(ts_speculator *sp, float min_prob);
+/* Drafts made and accepted so far. */
+void ts_speculator_stats(const ts_speculator *sp, int64_t *drafted, int64_t *accepted);
 
 #ifdef __cplusplus
 }

@@ -3,8 +3,11 @@
  * feeds it to the incremental decoder (ts_model_decoder, any model kind) in one extend call
  * and streams the continuation to standard output token by token; prompt and generation speeds
  * go to standard error.
- * Sampling: greedy at temperature 0, else softmax sampling at the given temperature, optionally
- * restricted to the top k, with a seeded generator (same seed -> same text). */
+ * Sampling (the sampler of infer.h): greedy at temperature 0, else softmax sampling at the given
+ * temperature, optionally restricted to the top k, with a seeded generator (same seed -> same
+ * text). --speculative mtp: the MTP block drafts a token per round (ts_speculator, model.h) -
+ * the same text as plain decoding when greedy, the same distribution when sampling; the
+ * acceptance rate joins the timings. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,12 +18,13 @@
 #include "cli/cli.h"
 #include "tessera/backend.h"
 #include "tessera/data.h"
+#include "tessera/infer.h"
 #include "tessera/model.h"
 #include "tessera/tokenizer.h"
 
 typedef struct {
     ts_tokenizer *tok; /* NULL: byte-level vocabulary */
-    int32_t bos, eos;
+    int32_t bos, eos; /* eos -1: never stop */
 } text_codec;
 
 static double seconds_now(void) {
@@ -80,40 +84,49 @@ static void emit(const text_codec *tc, int32_t id) {
     fflush(stdout);
 }
 
-/* Greedy (temperature 0) or a draw from softmax(logits / T) over the top_k (0: all) ids. */
-static int32_t pick(const float *logits, int64_t V, float temperature, int top_k, ts_rng *rng, float *scratch) {
-    int32_t best = 0;
-    for (int64_t v = 1; v < V; v++)
-        if (logits[v] > logits[best]) best = (int32_t)v;
-    if (temperature <= 0) return best;
-    float floor = -INFINITY;
-    if (top_k > 0 && top_k < V) { /* the k-th largest logit, by repeated selection (k is small) */
-        float prev = INFINITY;
-        for (int k = 0; k < top_k; k++) {
-            float m = -INFINITY;
-            for (int64_t v = 0; v < V; v++)
-                if (logits[v] < prev && logits[v] > m) m = logits[v];
-            prev = m;
-        }
-        floor = prev;
+/* Prefill, then up to max_tokens tokens streamed out: each round feeds the last chosen token and
+ * yields the next (plain) or one or two more (speculative); timings and stats to stderr. */
+static int generate(ts_model_decoder *dec, ts_speculator *sp, ts_sampler *smp, const ts_sampling_params *sampling,
+                    const text_codec *tc, const ts_token_ids *ids, const char *prompt, int max_tokens, float *logits) {
+    int slot = 0, n_queue = 0, generated = 0;
+    int32_t queue[2] = {0, 0};
+    double t0 = seconds_now();
+    ts_status s = ts_sampler_start(smp, sampling, ids->ids, ids->n);
+    if (s == TS_OK)
+        s = sp ? ts_speculator_prefill(sp, slot, ids->ids, (int64_t)ids->n, logits)
+               : ts_model_decoder_extend(dec, slot, ids->ids, (int64_t)ids->n, logits, 1);
+    double t1 = seconds_now();
+    if (s == TS_OK) s = ts_sampler_sample(smp, logits, &queue[n_queue++], NULL);
+    fputs(prompt, stdout);
+    while (s == TS_OK && n_queue > 0 && generated < max_tokens) {
+        int32_t next = queue[0];
+        queue[0] = queue[1];
+        if (next == tc->eos) break;
+        emit(tc, next);
+        generated++;
+        if (--n_queue > 0 || generated == max_tokens) continue;
+        if (sp) s = ts_speculator_step(sp, slot, smp, next, queue, &n_queue);
+        else if ((s = ts_model_decoder_step(dec, 1, &slot, &next, logits)) == TS_OK)
+            s = ts_sampler_sample(smp, logits, &queue[n_queue++], NULL);
     }
-    double sum = 0;
-    for (int64_t v = 0; v < V; v++) {
-        scratch[v] = logits[v] >= floor ? (float)exp((logits[v] - logits[best]) / temperature) : 0.0f;
-        sum += scratch[v];
+    double t2 = seconds_now();
+    fputc('\n', stdout);
+    fprintf(stderr, "prompt: %zu tokens in %.3f s (%.1f tokens/s); generation: %d tokens in %.3f s (%.1f tokens/s)\n",
+            ids->n, t1 - t0, (double)ids->n / (t1 - t0), generated, t2 - t1, generated / (t2 - t1 > 0 ? t2 - t1 : 1));
+    if (sp) {
+        int64_t drafted, accepted;
+        ts_speculator_stats(sp, &drafted, &accepted);
+        fprintf(stderr, "speculative (mtp): %lld drafts, %lld accepted (acceptance rate %.1f%%)\n", (long long)drafted,
+                (long long)accepted, drafted ? 100.0 * (double)accepted / (double)drafted : 0.0);
     }
-    double u = ts_rng_uniform(rng) * sum, acc = 0;
-    for (int64_t v = 0; v < V; v++) {
-        acc += scratch[v];
-        if (u < acc) return (int32_t)v;
-    }
-    return best;
+    return s == TS_OK ? 0 : fail("decoding failed", ts_status_name(s));
 }
 
 int cli_generate_main(int argc, char **argv) {
     const char *model = NULL, *prompt = "", *speculative = NULL;
     int max_tokens = 64, threads = 0, top_k = 0;
-    float temperature = 0;
+    bool ignore_eos = false;
+    float temperature = 0, draft_min_prob = 0;
     uint64_t seed = 0;
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &model, "DIR", "checkpoint directory (config.json + model.safetensors [+ tokenizer.json])", 0, 0},
@@ -123,16 +136,23 @@ int cli_generate_main(int argc, char **argv) {
         {"--top-k", CLI_OPT_INT, &top_k, "K", "sample among the K most likely tokens only (0: all)", 0, 1 << 24},
         {"--seed", CLI_OPT_U64, &seed, "S", "sampling seed (same seed, same text)", 0, 0},
         {"--speculative", CLI_OPT_STRING, &speculative, "mtp", "speculative decoding with the MTP block as the draft", 0, 0},
+        {"--draft-min-prob", CLI_OPT_FLOAT, &draft_min_prob, "P",
+         "with --speculative: draft only when the MTP block's top token has probability >= P", 0, 1},
+        {"--ignore-eos", CLI_OPT_FLAG, &ignore_eos, NULL, "keep generating past the end-of-sequence token (benchmarks)", 0, 0},
         {"--threads", CLI_OPT_INT, &threads, "N", "compute threads (0: every core)", 0, 1024},
     };
     const cli_spec spec = {"generate", "Continue a prompt with a trained model, streaming the text to standard output.",
                            "Timings (prompt and generation tokens/s) are printed to standard error. Generation stops at\n"
-                           "the end-of-sequence token or after --max-tokens.",
+                           "the end-of-sequence token or after --max-tokens. --speculative mtp (DeepSeek-V4 checkpoints\n"
+                           "with an MTP block): the MTP block drafts one token per step and the model checks it in the\n"
+                           "same pass - greedy text unchanged, sampling from the same distribution; the acceptance rate\n"
+                           "joins the timings.",
                            options, (int)(sizeof options / sizeof *options)};
     int rc = cli_parse(&spec, argc, argv);
     if (rc != CLI_CONTINUE) return rc;
     if (!model) return cli_usage_error("generate", "--model DIR is required");
-    if (speculative) return cli_usage_error("generate", "--speculative %s: not available yet", speculative);
+    if (speculative && strcmp(speculative, "mtp") != 0)
+        return cli_usage_error("generate", "--speculative %s: the only draft is mtp", speculative);
 
     char err[512] = "";
     ts_model_weights *w = NULL;
@@ -141,36 +161,28 @@ int cli_generate_main(int argc, char **argv) {
     text_codec tc;
     ts_token_ids ids = {0};
     rc = open_codec(model, c->vocab_size, &tc);
+    if (ignore_eos) tc.eos = -1;
     if (rc == 0) rc = encode(&tc, prompt, &ids);
     if (rc == 0 && ids.n == 0) rc = fail("the prompt encodes to no token (give a --prompt)", NULL);
     ts_backend *be = NULL;
     ts_model_decoder *dec = NULL;
-    float *logits = malloc((size_t)c->vocab_size * 2 * sizeof(float));
-    if (rc == 0 && (!logits || ts_backend_cpu_new(threads, &be) != TS_OK)) rc = fail("out of memory", NULL);
+    ts_speculator *sp = NULL;
+    ts_sampler *smp = NULL;
+    ts_sampling_params sampling = ts_sampling_defaults();
+    sampling.temperature = temperature;
+    sampling.top_k = top_k;
+    sampling.seed = seed;
+    float *logits = malloc((size_t)c->vocab_size * sizeof(float));
+    if (rc == 0 && (!logits || ts_backend_cpu_new(threads, &be) != TS_OK ||
+                    ts_sampler_new((int32_t)c->vocab_size, &smp) != TS_OK))
+        rc = fail("out of memory", NULL);
     if (rc == 0 && ts_model_decoder_new(w, be, 1, (int64_t)ids.n + max_tokens, &dec, err, sizeof err) != TS_OK)
         rc = fail(err, NULL);
-    if (rc == 0) {
-        int slot = 0;
-        double t0 = seconds_now();
-        ts_status s = ts_model_decoder_extend(dec, slot, ids.ids, (int64_t)ids.n, logits, 1);
-        double t1 = seconds_now();
-        ts_rng rng;
-        ts_rng_seed(&rng, seed);
-        int generated = 0;
-        fputs(prompt, stdout);
-        while (s == TS_OK && generated < max_tokens) {
-            int32_t next = pick(logits, c->vocab_size, temperature, top_k, &rng, logits + c->vocab_size);
-            if (next == tc.eos) break;
-            emit(&tc, next);
-            generated++;
-            if (generated < max_tokens) s = ts_model_decoder_step(dec, 1, &slot, &next, logits);
-        }
-        double t2 = seconds_now();
-        fputc('\n', stdout);
-        if (s != TS_OK) rc = fail("decoding failed", ts_status_name(s));
-        fprintf(stderr, "prompt: %zu tokens in %.3f s (%.1f tokens/s); generation: %d tokens in %.3f s (%.1f tokens/s)\n",
-                ids.n, t1 - t0, (double)ids.n / (t1 - t0), generated, t2 - t1, generated / (t2 - t1 > 0 ? t2 - t1 : 1));
-    }
+    if (rc == 0 && speculative && ts_speculator_new(w, dec, &sp, err, sizeof err) != TS_OK) rc = fail(err, NULL);
+    if (sp) ts_speculator_set_min_prob(sp, draft_min_prob);
+    if (rc == 0) rc = generate(dec, sp, smp, &sampling, &tc, &ids, prompt, max_tokens, logits);
+    ts_speculator_free(sp);
+    ts_sampler_free(smp);
     ts_model_decoder_free(dec);
     ts_backend_free(be);
     free(logits);

@@ -180,8 +180,9 @@ static int last_needed_bucket(const ts_sampling_params *p, const int32_t *count,
     return N_BUCKETS - 1;
 }
 
-/* Steps 3-7 of infer.h on the penalised logits in s->work, whose maximum is lmax. */
-static void draw(ts_sampler *s, float lmax, int32_t *token, float *prob) {
+/* Steps 3-6 of infer.h on the penalised logits in s->work, whose maximum is lmax: the survivors
+ * are s->cand[0..return), most likely first, their weights summing to *kept. */
+static int32_t survivors(ts_sampler *s, float lmax, double *kept_out) {
     const ts_sampling_params *p = &s->p;
     float *w = s->work, inv_t = 1.0f / p->temperature;
     int32_t count[N_BUCKETS] = {0};
@@ -223,8 +224,16 @@ static void draw(ts_sampler *s, float lmax, int32_t *token, float *prob) {
         while (keep < n && s->cand[keep].w >= min_w) keep++;
         n = keep;
     }
-    double kept = 0, cum = 0;
+    double kept = 0;
     for (int32_t i = 0; i < n; i++) kept += s->cand[i].w;
+    *kept_out = kept;
+    return n;
+}
+
+/* Step 7: a draw among the survivors. */
+static void draw(ts_sampler *s, float lmax, int32_t *token, float *prob) {
+    double kept, cum = 0;
+    int32_t n = survivors(s, lmax, &kept);
     double u = ts_rng_uniform(&s->rng) * kept;
     int32_t pick = n - 1; /* rounding can leave u just above the last partial sum */
     for (int32_t i = 0; i < n; i++) {
@@ -238,23 +247,91 @@ static void draw(ts_sampler *s, float lmax, int32_t *token, float *prob) {
     *prob = (float)(s->cand[pick].w / kept);
 }
 
-ts_status ts_sampler_sample(ts_sampler *s, const float *logits, int32_t *token, float *prob) {
-    if (!s || !logits || !token) return TS_ERR_INVALID_ARG;
+/* Step 1 into s->work (NaN -> -inf): the argmax (*best) and the maximum (*lmax), TS_ERR_RANGE
+ * when no logit is finite or one is +inf; and whether the parameters make it greedy. */
+static ts_status penalised(ts_sampler *s, const float *logits, int32_t *best, float *lmax, bool *greedy) {
     float *l = s->work;
     memcpy(l, logits, (size_t)s->n_vocab * sizeof *l);
     ts_sampler_penalize(s, l);
-    int32_t best = -1;
-    float lmax = -INFINITY;
+    *best = -1;
+    *lmax = -INFINITY;
     for (int32_t v = 0; v < s->n_vocab; v++) {
-        if (l[v] > lmax) lmax = l[v], best = v;
+        if (l[v] > *lmax) *lmax = l[v], *best = v;
         else if (l[v] != l[v]) l[v] = -INFINITY; /* NaN */
     }
-    if (best < 0 || isinf(lmax)) return TS_ERR_RANGE;
-    float chosen_prob = 1.0f;
-    if (s->p.temperature == 0 || s->p.top_k == 1 || isinf(1.0f / s->p.temperature)) /* a subnormal T is greedy */
-        *token = best;
-    else
-        draw(s, lmax, token, &chosen_prob);
+    if (*best < 0 || isinf(*lmax)) return TS_ERR_RANGE;
+    *greedy = s->p.temperature == 0 || s->p.top_k == 1 || isinf(1.0f / s->p.temperature); /* a subnormal T too */
+    return TS_OK;
+}
+
+ts_status ts_sampler_sample(ts_sampler *s, const float *logits, int32_t *token, float *prob) {
+    if (!s || !logits || !token) return TS_ERR_INVALID_ARG;
+    int32_t best;
+    float lmax, chosen_prob = 1.0f;
+    bool greedy;
+    ts_status st = penalised(s, logits, &best, &lmax, &greedy);
+    if (st != TS_OK) return st;
+    if (greedy) *token = best;
+    else draw(s, lmax, token, &chosen_prob);
     if (prob) *prob = chosen_prob;
     return ts_sampler_accept(s, *token);
+}
+
+ts_status ts_sampler_probs(ts_sampler *s, const float *logits, float *probs) {
+    if (!s || !logits || !probs) return TS_ERR_INVALID_ARG;
+    int32_t best;
+    float lmax;
+    bool greedy;
+    ts_status st = penalised(s, logits, &best, &lmax, &greedy);
+    if (st != TS_OK) return st;
+    memset(probs, 0, (size_t)s->n_vocab * sizeof *probs);
+    if (greedy) {
+        probs[best] = 1.0f;
+        return TS_OK;
+    }
+    double kept;
+    int32_t n = survivors(s, lmax, &kept);
+    for (int32_t i = 0; i < n; i++) probs[s->cand[i].id] = (float)(s->cand[i].w / kept);
+    return TS_OK;
+}
+
+/* A draw from weights w[n_vocab] (>= 0) with the request's stream - none when a single id has
+ * weight (greedy stays deterministic); the last id with weight on a rounding overshoot, -1 when
+ * every weight is 0. */
+static int32_t draw_weights(ts_sampler *s, const float *w) {
+    double total = 0, cum = 0;
+    int32_t last = -1, n = 0;
+    for (int32_t v = 0; v < s->n_vocab; v++)
+        if (w[v] > 0) total += w[v], last = v, n++;
+    if (n <= 1) return last;
+    double u = ts_rng_uniform(&s->rng) * total;
+    for (int32_t v = 0; v < s->n_vocab; v++) {
+        if (!(w[v] > 0)) continue;
+        cum += w[v];
+        if (u < cum) return v;
+    }
+    return last;
+}
+
+ts_status ts_sampler_draw(ts_sampler *s, const float *probs, int32_t *token) {
+    if (!s || !probs || !token) return TS_ERR_INVALID_ARG;
+    *token = draw_weights(s, probs);
+    return *token < 0 ? TS_ERR_RANGE : TS_OK;
+}
+
+ts_status ts_sampler_verify(ts_sampler *s, const float *p, const float *q, int32_t draft, int32_t *token,
+                            bool *accepted) {
+    if (!s || !p || !q || !token || !accepted) return TS_ERR_INVALID_ARG;
+    if (draft < 0 || draft >= s->n_vocab) return TS_ERR_RANGE;
+    float pd = p[draft], qd = q[draft];
+    /* certain acceptance or rejection draws nothing, so greedy decoding never touches the stream */
+    *accepted = pd >= qd || (pd > 0 && ts_rng_uniform(&s->rng) * qd < pd);
+    if (*accepted) {
+        *token = draft;
+        return ts_sampler_accept(s, draft);
+    }
+    for (int32_t v = 0; v < s->n_vocab; v++) s->work[v] = p[v] > q[v] ? p[v] - q[v] : 0.0f;
+    *token = draw_weights(s, s->work);
+    if (*token < 0) *token = draw_weights(s, p); /* p = q up to rounding: the residual vanished */
+    return *token < 0 ? TS_ERR_RANGE : ts_sampler_accept(s, *token);
 }

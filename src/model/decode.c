@@ -37,7 +37,17 @@
  * row maps; nothing moves while the set of active slots stays put). An idle row inside b is
  * masked, its outputs ignored. Everything else - mHC, MoE, hash routing, the head - is the ordinary per-token graph.
  * Decoding a sequence in steps, chunks or both gives the full forward's logits
- * (tests/test_decode.c). */
+ * (tests/test_decode.c).
+ *
+ * MTP (models with an MTP block; ts_model_decoder_mtp, the speculative draft): the block is one
+ * more attention layer with the same machinery - layer index L, its own state (ratio
+ * compress_ratios[L]) and its own one-row passes, model_graph.c's mtp() under the same hooks,
+ * over the main model's final streams as a host input. Main passes output those streams; they
+ * and the tokens of the last V4_KEEP positions are kept per slot (rings by position). The block
+ * runs over a position only once the token after it is final and then never has to be undone:
+ * it lags the sequence (mlen <= len), catching up on a draft call, and truncate only takes mlen
+ * down with len (never more than V4_REWIND behind its furthest reach either). Logits equal the
+ * training graph's mtp_logits (tests/test_speculative.c). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,7 +58,8 @@
 
 #define V4_REWIND 16    /* tokens truncate can always take back behind the furthest length */
 #define V4_CHUNK 64     /* tokens per extend pass at most */
-#define V4_MAX_GRAPHS 64 /* step shapes (<= 32 row counts) + extend shapes (7 x 2) */
+#define V4_MAX_GRAPHS 64 /* step shapes (<= 32 row counts) + extend shapes (7 x 2) + MTP shapes (7) */
+#define V4_KEEP (TS_MODEL_MTP_MAX_LAG + V4_REWIND) /* positions whose final streams and ids are kept */
 
 typedef struct {
     void *data;       /* [B rows, row_elems] */
@@ -88,8 +99,12 @@ typedef struct v4_decoder v4_decoder;
 struct ts_decode_build {
     v4_decoder *dec;
     int64_t b, T, R;        /* rows, tokens per row, logit rows per row (the last R tokens) */
+    bool mtp;               /* the MTP block over kept streams (layer L) instead of the main layers */
+    int64_t l0, l1;         /* the layers it runs: [0, L) or [L, L + 1) */
     ts_model_graph *mg;
-    pass_layer *layers;
+    pass_layer *layers;     /* [n_layers], those in [l0, l1) used */
+    ts_tensor *streams;     /* main passes of a model with MTP: the final streams [b, T, n, d] */
+    void *mtp_x;            /* MTP passes: the main model's streams at the pass's positions [1, T, n, d] */
     void *angles[2];        /* [b, T, 1, r/2]: rope_theta, compressed layers' base + YaRN */
     ts_tensor *angle_leaf[2];
 };
@@ -102,12 +117,17 @@ struct v4_decoder {
     ts_dtype dt;
     size_t esz;
     int64_t B, max_len, half;
+    int64_t n_layers;       /* L, + 1 with an MTP block (its state is layer L's) */
+    int64_t nd;             /* hc_mult x hidden_size: one position's streams */
     dec_layer *layers;
     state_array *arrays;    /* every dec_layer array, for row swaps */
     int n_arrays;
     size_t state_bytes;
     void *swap_tmp;         /* one row of the widest array */
     int64_t *len, *reach;   /* [slot]: tokens now, the furthest length since the last reset */
+    int64_t *mlen;          /* [slot]: positions the MTP block has covered (<= len) */
+    void *streams;          /* with MTP: [B, V4_KEEP, nd] the final streams of position q at q % V4_KEEP */
+    int32_t *tokens;        /* with MTP: [B, V4_KEEP] the token fed at position q, likewise */
     int *row_of, *slot_of;  /* slot <-> state row */
     bool *stepping;         /* [slot] scratch of a step */
     int32_t *ids;           /* [max(B, V4_CHUNK)] */
@@ -147,6 +167,19 @@ ts_tensor *ts_decode_token_angles(ts_model_builder *b, bool compressed_layer) {
         p->angles[k] = input(b, b->dt, 4, s, k ? "decode_angles_compressed" : "decode_angles", &p->angle_leaf[k]);
     }
     return p->angle_leaf[k];
+}
+
+bool ts_decode_mtp_input(ts_model_builder *b, ts_tensor **X) {
+    pass *p = b->dec;
+    if (!p->mtp) return false;
+    int64_t s[4] = {b->B, b->T, b->c->hc_mult, b->c->hidden_size};
+    p->mtp_x = input(b, b->dt, 4, s, "decode_mtp_streams", X);
+    return true;
+}
+
+void ts_decode_keep_streams(ts_model_builder *b, ts_tensor *X) {
+    pass *p = b->dec;
+    if (p->dec->streams) p->streams = ts_set_output(X);
 }
 
 /* Where each block slot comes from: ring row + selection · the pass's projections. */
@@ -286,16 +319,17 @@ static void free_pass(pass *p, int64_t n_layers) {
     free(p->layers);
     free(p->angles[0]);
     free(p->angles[1]);
+    free(p->mtp_x);
     ts_model_graph_free(p->mg);
     free(p);
 }
 
-static ts_status build_pass(v4_decoder *dec, int64_t b, int64_t T, int64_t R, pass **out, char *err,
+static ts_status build_pass(v4_decoder *dec, int64_t b, int64_t T, int64_t R, bool mtp, pass **out, char *err,
                             size_t err_size) {
     pass *p = calloc(1, sizeof *p);
-    if (p) p->layers = calloc((size_t)dec->c->num_hidden_layers, sizeof *p->layers);
+    if (p) p->layers = calloc((size_t)dec->n_layers, sizeof *p->layers);
     if (!p || !p->layers || dec->n_passes == V4_MAX_GRAPHS) {
-        free_pass(p, dec->c->num_hidden_layers);
+        free_pass(p, dec->n_layers);
         ts_error_printf(err, err_size, "decoder: out of memory for a pass graph");
         return TS_ERR_OOM;
     }
@@ -303,11 +337,14 @@ static ts_status build_pass(v4_decoder *dec, int64_t b, int64_t T, int64_t R, pa
     p->b = b;
     p->T = T;
     p->R = R;
+    p->mtp = mtp;
+    p->l0 = mtp ? dec->c->num_hidden_layers : 0;
+    p->l1 = mtp ? dec->n_layers : dec->c->num_hidden_layers;
     ts_model_graph_options o = {.batch = b, .seq = T};
     ts_status s = ts_model_graph_build_with(dec->w, &o, p, &p->mg, err, err_size);
     if (s == TS_OK) s = ts_model_graph_alloc(p->mg, dec->be, NULL, err, err_size);
     if (s != TS_OK) {
-        free_pass(p, dec->c->num_hidden_layers);
+        free_pass(p, dec->n_layers);
         return s;
     }
     dec->passes[dec->n_passes++] = p;
@@ -315,29 +352,32 @@ static ts_status build_pass(v4_decoder *dec, int64_t b, int64_t T, int64_t R, pa
     return TS_OK;
 }
 
-/* The graph of b rows x T tokens with R logit rows, built on first use. */
-static ts_status get_pass(v4_decoder *dec, int64_t b, int64_t T, int64_t R, pass **out) {
+/* The graph of b rows x T tokens with R logit rows (of the MTP block when mtp), built on first use. */
+static ts_status get_pass(v4_decoder *dec, int64_t b, int64_t T, int64_t R, bool mtp, pass **out) {
     for (int i = 0; i < dec->n_passes; i++) {
         const pass *p = dec->passes[i];
-        if (p->b == b && p->T == T && p->R == R) {
+        if (p->b == b && p->T == T && p->R == R && p->mtp == mtp) {
             *out = dec->passes[i];
             return TS_OK;
         }
     }
     char err[256];
-    return build_pass(dec, b, T, R, out, err, sizeof err);
+    return build_pass(dec, b, T, R, mtp, out, err, sizeof err);
 }
 
 /* ---------------------------------------------------------------- state rows */
 
-static void *state_alloc(v4_decoder *dec, int64_t row_elems) {
-    size_t row = (size_t)row_elems * dec->esz;
+static void *state_alloc_bytes(v4_decoder *dec, size_t row) {
     void *p = calloc((size_t)dec->B, row > 0 ? row : 1);
     if (p) {
         dec->arrays[dec->n_arrays++] = (state_array){p, row};
         dec->state_bytes += (size_t)dec->B * row;
     }
     return p;
+}
+
+static void *state_alloc(v4_decoder *dec, int64_t row_elems) {
+    return state_alloc_bytes(dec, (size_t)row_elems * dec->esz);
 }
 
 static void swap_rows(v4_decoder *dec, int r1, int r2) {
@@ -424,7 +464,7 @@ static void prepare_row(const v4_decoder *dec, const pass *ps, int64_t r, int64_
         for (int64_t t = 0; ps->angles[k] && t < T; t++)
             for (int64_t j = 0; j < dec->half; j++)
                 put(dec, ps->angles[k], (r * T + t) * dec->half + j, p < 0 ? 0.0 : (double)(p + t) * dec->omega[k][j]);
-    for (int64_t l = 0; l < dec->c->num_hidden_layers; l++) {
+    for (int64_t l = ps->l0; l < ps->l1; l++) {
         const dec_layer *L = &dec->layers[l];
         const pass_layer *G = &ps->layers[l];
         for (int64_t t = 0; t < T && L->R > 0; t++) { /* the ring positions a query sees before the pass */
@@ -454,9 +494,16 @@ static void commit_comp(const v4_decoder *dec, const dec_layer *L, int64_t r, in
     }
 }
 
+/* Files row r's pass results (its tokens at positions p..p+T): each layer's keys, projections
+ * and completed entries, and (main passes with MTP) the final streams and the tokens. */
 static void commit_row(const v4_decoder *dec, const pass *ps, int64_t r, int64_t p) {
     int64_t T = ps->T, hd = dec->c->head_dim, ihd = dec->c->index_head_dim;
-    for (int64_t l = 0; l < dec->c->num_hidden_layers; l++) {
+    for (int64_t t = 0; t < T && ps->streams; t++) {
+        int64_t at = r * V4_KEEP + (p + t) % V4_KEEP;
+        copy_elems(dec, dec->streams, at * dec->nd, ps->streams->data, (r * T + t) * dec->nd, dec->nd);
+        dec->tokens[at] = dec->ids[r * T + t];
+    }
+    for (int64_t l = ps->l0; l < ps->l1; l++) {
         const dec_layer *L = &dec->layers[l];
         const pass_layer *G = &ps->layers[l];
         int64_t row = (L->Rc + L->NB) * hd;
@@ -479,16 +526,18 @@ static void read_logits(const v4_decoder *dec, const pass *ps, int64_t r, int64_
         out[v] = dec->dt == TS_F64 ? (float)((const double *)src)[at + v] : ((const float *)src)[at + v];
 }
 
-/* Runs pass ps on the ids staged in dec->ids and files every row whose slot is stepping. */
+/* Runs pass ps on the ids staged in dec->ids and files every row whose slot is stepping (an MTP
+ * pass advances what the MTP block covered, a main pass the sequence). */
 static ts_status run_pass(v4_decoder *dec, pass *ps) {
     ts_status s = ts_tensor_write(ps->mg->ids, dec->ids, (size_t)(ps->b * ps->T) * sizeof(int32_t));
     if (s == TS_OK) s = ts_graph_compute(ps->mg->graph);
     if (s != TS_OK) return s;
+    int64_t *len = ps->mtp ? dec->mlen : dec->len;
     for (int64_t r = 0; r < ps->b; r++) {
         int slot = dec->slot_of[r];
         if (!dec->stepping[slot]) continue;
-        commit_row(dec, ps, r, dec->len[slot]);
-        dec->len[slot] += ps->T;
+        commit_row(dec, ps, r, len[slot]);
+        len[slot] += ps->T;
         if (dec->len[slot] > dec->reach[slot]) dec->reach[slot] = dec->len[slot];
     }
     return TS_OK;
@@ -499,13 +548,14 @@ static ts_status run_pass(v4_decoder *dec, pass *ps) {
 static void v4_free(void *impl) {
     v4_decoder *dec = impl;
     if (!dec) return;
-    for (int i = 0; i < dec->n_passes; i++) free_pass(dec->passes[i], dec->c->num_hidden_layers);
+    for (int i = 0; i < dec->n_passes; i++) free_pass(dec->passes[i], dec->n_layers);
     for (int i = 0; i < dec->n_arrays; i++) free(dec->arrays[i].data);
     free(dec->arrays);
     free(dec->layers);
     free(dec->swap_tmp);
     free(dec->len);
     free(dec->reach);
+    free(dec->mlen);
     free(dec->row_of);
     free(dec->slot_of);
     free(dec->stepping);
@@ -518,7 +568,7 @@ static void v4_free(void *impl) {
 /* Positions are all the state has: an empty slot ignores whatever its rows still hold. */
 static void v4_reset(void *impl, int slot) {
     v4_decoder *dec = impl;
-    dec->len[slot] = dec->reach[slot] = 0;
+    dec->len[slot] = dec->reach[slot] = dec->mlen[slot] = 0;
 }
 
 static int64_t v4_length(const void *impl, int slot) {
@@ -537,7 +587,7 @@ static ts_status v4_step(void *impl, int n, const int *slots, const int32_t *ids
     v4_decoder *dec = impl;
     int64_t b = rows_for(dec, n);
     pass *ps;
-    ts_status s = get_pass(dec, b, 1, 1, &ps);
+    ts_status s = get_pass(dec, b, 1, 1, false, &ps);
     if (s != TS_OK) return s;
     for (int i = 0; i < n; i++) dec->stepping[slots[i]] = true;
     place_rows(dec, n, slots, b);
@@ -555,6 +605,13 @@ static ts_status v4_step(void *impl, int n, const int *slots, const int32_t *ids
     return s;
 }
 
+/* Tokens of the next one-row pass when `left` remain: V4_CHUNK, else the largest power of two. */
+static int64_t chunk_for(int64_t left) {
+    int64_t T = V4_CHUNK;
+    while (T > left) T /= 2;
+    return T;
+}
+
 /* Chunks of V4_CHUNK tokens, then the powers of two of the rest, each one pass on row 0 that
  * computes the logits of its last token only, or of every token when more are asked for. A
  * failed pass leaves the slot with the chunks before it (its length says how many). */
@@ -565,10 +622,10 @@ static ts_status v4_extend(void *impl, int slot, const int32_t *ids, int64_t n, 
     dec->stepping[slot] = true;
     place_rows(dec, 1, &slot, 1);
     for (int64_t done = 0, T; s == TS_OK && done < n; done += T) {
-        for (T = V4_CHUNK; T > n - done; T /= 2) {}
+        T = chunk_for(n - done);
         int64_t first = n - logit_rows - done; /* the chunk's first token with logits out */
         pass *ps;
-        s = get_pass(dec, 1, T, first >= T - 1 ? 1 : T, &ps);
+        s = get_pass(dec, 1, T, first >= T - 1 ? 1 : T, false, &ps);
         if (s != TS_OK) break;
         memcpy(dec->ids, ids + done, (size_t)T * sizeof(int32_t));
         prepare_row(dec, ps, 0, dec->len[slot]);
@@ -586,7 +643,38 @@ static ts_status v4_truncate(void *impl, int slot, int64_t len) {
     v4_decoder *dec = impl;
     if (len < dec->reach[slot] - V4_REWIND) return TS_ERR_UNSUPPORTED;
     dec->len[slot] = len;
+    if (dec->mlen[slot] > len) dec->mlen[slot] = len;
     return TS_OK;
+}
+
+/* The MTP block over positions mlen..len-1 in one-row passes (chunks as extend), position q
+ * with its kept streams and the token after it: the kept one, or next_id for the last. mlen = len
+ * (a second draft at the same position) first takes the last position back. */
+static ts_status v4_mtp(void *impl, int slot, int32_t next_id, float *logits) {
+    v4_decoder *dec = impl;
+    int64_t len = dec->len[slot], nd = dec->nd;
+    if (!dec->streams) return TS_ERR_UNSUPPORTED;
+    if (dec->mlen[slot] == len) dec->mlen[slot] = len - 1;
+    int64_t from = dec->mlen[slot];
+    if (len - from > TS_MODEL_MTP_MAX_LAG || from < dec->reach[slot] - V4_KEEP) return TS_ERR_RANGE;
+    ts_status s = TS_OK;
+    pass *ps = NULL;
+    dec->stepping[slot] = true;
+    place_rows(dec, 1, &slot, 1);
+    for (int64_t q = from, T; s == TS_OK && q < len; q += T) {
+        T = chunk_for(len - q);
+        s = get_pass(dec, 1, T, 1, true, &ps);
+        for (int64_t t = 0; s == TS_OK && t < T; t++) { /* row 0: place_rows put the slot there */
+            copy_elems(dec, ps->mtp_x, t * nd, dec->streams, ((q + t) % V4_KEEP) * nd, nd);
+            dec->ids[t] = q + t + 1 < len ? dec->tokens[(q + t + 1) % V4_KEEP] : next_id;
+        }
+        if (s != TS_OK) break;
+        prepare_row(dec, ps, 0, q);
+        s = run_pass(dec, ps);
+    }
+    if (s == TS_OK) read_logits(dec, ps, 0, ps->T - 1, logits);
+    dec->stepping[slot] = false;
+    return s;
 }
 
 static size_t v4_state_bytes(const void *impl) {
@@ -601,6 +689,7 @@ static const ts_decoder_ops v4_ops = {
     .step = v4_step,
     .extend = v4_extend,
     .truncate = v4_truncate,
+    .mtp = v4_mtp,
     .state_bytes = v4_state_bytes,
 };
 
@@ -637,21 +726,26 @@ static bool init_layer(v4_decoder *dec, int64_t l) {
 static bool alloc_host(v4_decoder *dec) {
     const ts_v4_config *c = dec->c;
     size_t B = (size_t)dec->B;
-    dec->layers = calloc((size_t)c->num_hidden_layers, sizeof *dec->layers);
-    dec->arrays = calloc((size_t)c->num_hidden_layers * 6, sizeof *dec->arrays); /* init_layer: <= 6 each */
+    dec->layers = calloc((size_t)dec->n_layers, sizeof *dec->layers);
+    dec->arrays = calloc((size_t)dec->n_layers * 6 + 2, sizeof *dec->arrays); /* init_layer: <= 6 each; MTP: 2 */
     dec->len = calloc(B, sizeof *dec->len);
     dec->reach = calloc(B, sizeof *dec->reach);
+    dec->mlen = calloc(B, sizeof *dec->mlen);
     dec->row_of = calloc(B, sizeof *dec->row_of);
     dec->slot_of = calloc(B, sizeof *dec->slot_of);
     dec->stepping = calloc(B, sizeof *dec->stepping);
     dec->ids = calloc(B > V4_CHUNK ? B : V4_CHUNK, sizeof *dec->ids);
     dec->omega[0] = calloc((size_t)dec->half, sizeof(double));
     dec->omega[1] = calloc((size_t)dec->half, sizeof(double));
-    if (!dec->layers || !dec->arrays || !dec->len || !dec->reach || !dec->row_of || !dec->slot_of || !dec->stepping ||
-        !dec->ids || !dec->omega[0] || !dec->omega[1])
+    if (!dec->layers || !dec->arrays || !dec->len || !dec->reach || !dec->mlen || !dec->row_of || !dec->slot_of ||
+        !dec->stepping || !dec->ids || !dec->omega[0] || !dec->omega[1])
         return false;
-    for (int64_t l = 0; l < c->num_hidden_layers; l++)
+    for (int64_t l = 0; l < dec->n_layers; l++)
         if (!init_layer(dec, l)) return false;
+    if (dec->n_layers > c->num_hidden_layers &&
+        (!(dec->streams = state_alloc(dec, V4_KEEP * dec->nd)) ||
+         !(dec->tokens = state_alloc_bytes(dec, V4_KEEP * sizeof(int32_t)))))
+        return false;
     size_t widest = 1;
     for (int i = 0; i < dec->n_arrays; i++)
         if (dec->arrays[i].row_bytes > widest) widest = dec->arrays[i].row_bytes;
@@ -675,6 +769,8 @@ ts_status ts_v4_decoder_new(const ts_model_weights *w, ts_backend *be, int slots
     dec->B = slots;
     dec->max_len = max_len;
     dec->half = c->qk_rope_head_dim / 2;
+    dec->n_layers = c->num_hidden_layers + (c->num_nextn_predict_layers > 0);
+    dec->nd = c->hc_mult * c->hidden_size;
     if (!alloc_host(dec)) {
         v4_free(dec);
         ts_error_printf(err, err_size, "decoder: out of memory for the caches");
@@ -683,7 +779,7 @@ ts_status ts_v4_decoder_new(const ts_model_weights *w, ts_backend *be, int slots
     ts_v4_rope_freqs(c->rope_theta, 2 * (int)dec->half, NULL, dec->omega[0], NULL, NULL);
     ts_v4_rope_freqs(c->compress_rope_theta, 2 * (int)dec->half, &c->rope_scaling, dec->omega[1], NULL, NULL);
     pass *first; /* the one-token graph checks the config now; the others come on first use */
-    ts_status s = build_pass(dec, 1, 1, 1, &first, err, err_size);
+    ts_status s = build_pass(dec, 1, 1, 1, false, &first, err, err_size);
     if (s != TS_OK) {
         v4_free(dec);
         return s;

@@ -96,3 +96,10 @@ ts_status ts_model_decoder_truncate(ts_model_decoder *d, int slot, int64_t len) 
     }
     return d->ops->truncate ? d->ops->truncate(d->impl, slot, len) : TS_ERR_UNSUPPORTED;
 }
+
+ts_status ts_model_decoder_mtp(ts_model_decoder *d, int slot, int32_t next_id, float *logits) {
+    if (slot < 0 || slot >= d->slots || next_id < 0 || next_id >= d->vocab || !logits ||
+        d->ops->length(d->impl, slot) < 1)
+        return TS_ERR_INVALID_ARG;
+    return d->ops->mtp ? d->ops->mtp(d->impl, slot, next_id, logits) : TS_ERR_UNSUPPORTED;
+}

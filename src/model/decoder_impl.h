@@ -21,6 +21,9 @@ typedef struct {
     /* Forget the tokens after the first len. NULL, or TS_ERR_UNSUPPORTED with the slot
      * unchanged: the state cannot rewind that far. */
     ts_status (*truncate)(void *impl, int slot, int64_t len);
+    /* The MTP block's draft logits [V] after next_id (model.h, ts_model_decoder_mtp; the slot
+     * holds >= 1 token). NULL: the model has none. */
+    ts_status (*mtp)(void *impl, int slot, int32_t next_id, float *logits);
     /* Host memory of all slots' caches. */
     size_t (*state_bytes)(const void *impl);
 } ts_decoder_ops;

@@ -341,19 +341,25 @@ static ts_tensor *head(ts_model_builder *b, const char *prefix, ts_tensor *X) {
     return logits;
 }
 
-/* MTP block j (§2.12): streams X of the main model + the embedding of the token at t+1. */
-static ts_tensor *mtp(ts_model_builder *b, int j, ts_tensor *X) {
+/* The rows that get logits: every token, or (decoding) each row's last R. X [B, T, n, d]. */
+static ts_tensor *logit_rows(ts_model_builder *b, ts_tensor *X) {
+    int64_t R = b->dec ? ts_decode_logit_rows(b) : b->T;
+    return R < b->T ? ts_slice(b->g, X, 1, b->T - R, R) : X;
+}
+
+/* MTP block j (§2.12): streams X of the main model + the embedding of next_ids, the token at t+1. */
+static ts_tensor *mtp(ts_model_builder *b, int j, ts_tensor *X, ts_tensor *next_ids) {
     const ts_v4_config *c = b->c;
     ts_graph *g = b->g;
     char prefix[32];
     snprintf(prefix, sizeof prefix, "mtp.%d.", j);
-    ts_tensor *e = ts_get_rows(g, ts_mb_param(b, "", "embed.weight"), b->mg->mtp_ids);
+    ts_tensor *e = ts_get_rows(g, ts_mb_param(b, "", "embed.weight"), next_ids);
     e = ts_mb_linear(b, ts_rms_norm(g, e, ts_mb_param(b, prefix, "enorm.weight"), b->eps), prefix, "e_proj.weight");
     ts_tensor *h = ts_mb_linear(b, ts_rms_norm(g, X, ts_mb_param(b, prefix, "hnorm.weight"), b->eps), prefix, "h_proj.weight");
     int64_t es[4] = {b->B, b->T, 1, c->hidden_size};
     ts_tensor *Xm = ts_add(g, h, ts_reshape(g, e, 4, es));
     Xm = block(b, (int)c->num_hidden_layers + j, prefix, Xm, true);
-    return head(b, prefix, Xm);
+    return head(b, prefix, logit_rows(b, Xm));
 }
 
 static void build_v4(ts_model_builder *b) {
@@ -361,9 +367,14 @@ static void build_v4(ts_model_builder *b) {
     ts_graph *g = b->g;
     ts_model_graph *mg = b->mg;
     int64_t n = c->hc_mult, d = c->hidden_size;
+    ts_tensor *X;
+    if (b->dec && ts_decode_mtp_input(b, &X)) { /* a decoder's MTP pass: the block alone */
+        mg->logits = mtp(b, 0, X, mg->ids);
+        return;
+    }
     ts_tensor *e = ts_get_rows(g, ts_mb_param(b, "", "embed.weight"), mg->ids); /* [B, T, d] */
     int64_t e4[4] = {b->B, b->T, 1, d}, xs[4] = {b->B, b->T, n, d};
-    ts_tensor *X = ts_cont(g, ts_expand(g, ts_reshape(g, e, 4, e4), 4, xs)); /* every stream = e (§2.1) */
+    X = ts_cont(g, ts_expand(g, ts_reshape(g, e, 4, e4), 4, xs)); /* every stream = e (§2.1) */
     for (int layer = 0; layer < c->num_hidden_layers; layer++) {
         char prefix[32];
         snprintf(prefix, sizeof prefix, "layers.%d.", layer);
@@ -371,9 +382,9 @@ static void build_v4(ts_model_builder *b) {
         X = block(b, layer, prefix, X, false);
     }
     ts_mb_checkpoint(b, X);
-    int64_t R = b->dec ? ts_decode_logit_rows(b) : b->T; /* decoding: only the last R tokens' logits */
-    mg->logits = head(b, "", R < b->T ? ts_slice(g, X, 1, b->T - R, R) : X);
-    if (mg->opts.mtp) mg->mtp_logits = mtp(b, 0, X);
+    if (b->dec) ts_decode_keep_streams(b, X);
+    mg->logits = head(b, "", logit_rows(b, X));
+    if (mg->opts.mtp) mg->mtp_logits = mtp(b, 0, X, mg->mtp_ids);
 }
 
 /* ---------------------------------------------------------------- losses and the whole graph */

@@ -83,6 +83,12 @@ ts_tensor *ts_decode_token_angles(ts_model_builder *b, bool compressed_layer);
 int64_t ts_decode_logit_rows(const ts_model_builder *b);
 void ts_decode_cache_entries(ts_model_builder *b, int layer, const char *prefix, ts_tensor *x, ts_tensor *cq,
                              ts_tensor **kv, ts_attention_params *p);
+/* Whether the pass is the MTP block's (block 0 alone, T positions per row: ids = the token after
+ * each, logits of the last R rows); *X then receives its host-written input, the main model's
+ * final streams at those positions [B, T, hc_mult, d]. */
+bool ts_decode_mtp_input(ts_model_builder *b, ts_tensor **X);
+/* A main pass's final streams X [B, T, hc_mult, d] (before hc_head), kept for the MTP block. */
+void ts_decode_keep_streams(ts_model_builder *b, ts_tensor *X);
 
 /* The leaf of weight prefix+suffix (official name), created on first use, bound to the weights,
  * a parameter when the graph has a backward pass and the tensor is trained. Routed experts give
