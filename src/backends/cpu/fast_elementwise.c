@@ -165,6 +165,7 @@ static inline float sigmoid_of(float x, float z) { return (x >= 0 ? 1.0f : z) / 
 /* The ops built on z = e^-|x|, one stack block at a time through the vector exp. */
 static void exp_abs_block(const unary_job *j, float *d, const float *x, const float *dy, int64_t n) {
     float z[EXP_BLOCK];
+    if (n <= 0) return; /* (and tells the compiler z is written before the exp reads it) */
     for (int64_t k = 0; k < n; k++) z[k] = -fabsf(x[k]);
     j->vm->exp(z, z, n);
     switch (j->op) {
