@@ -985,10 +985,13 @@ static bool reduced_shape(const ts_tensor *x, const ts_tensor *y, int a) {
 ts_tensor *ts_op_node(ts_graph *g, ts_op op, ts_tensor *const *src, int n_src, const int32_t *ip, int n_ip,
                       const float *fp, int n_fp) {
     if (!g) return NULL;
-    static const int32_t zi[8];
-    static const float zf[4];
-    if (!ip || n_ip == 0) ip = zi;
-    if (!fp || n_fp == 0) fp = zf;
+    /* callers pass as many parameters as they mean; the rest read as 0 */
+    int32_t ipad[8] = {0};
+    float fpad[4] = {0};
+    if (ip) memcpy(ipad, ip, (size_t)(n_ip < 0 ? 0 : n_ip > 8 ? 8 : n_ip) * sizeof *ipad);
+    if (fp) memcpy(fpad, fp, (size_t)(n_fp < 0 ? 0 : n_fp > 4 ? 4 : n_fp) * sizeof *fpad);
+    ip = ipad;
+    fp = fpad;
     ts_tensor *s0 = n_src > 0 ? src[0] : NULL, *s1 = n_src > 1 ? src[1] : NULL, *s2 = n_src > 2 ? src[2] : NULL;
     if (any_null(src, n_src > 2 && op == TS_OP_RMS_NORM_BACK ? 2 : n_src)) return NULL;
     int64_t shp[TS_MAX_DIMS];
