@@ -14,6 +14,9 @@
  * 4. truncate: A, then B, truncated back to A, then C gives the logits of A + C, for cuts on and
  *    across CSA / HCA block boundaries and B of 1..16 tokens, by steps and by extend; a rewind
  *    past the bound is TS_ERR_UNSUPPORTED and leaves the slot as it was.
+ * 4b. fork: slot 0 holds A[0..20) + B[0..10); slot 1 forked from it at 20 goes on with A and
+ *    slot 0 with B, stepping together: each gives the logits of its own full pass; a fork
+ *    further back than the rewind bound is TS_ERR_UNSUPPORTED, the target unchanged.
  * 5. f32 on the optimized backend: the scaled-down tiny preset (more heads, top-16 indexer over
  *    longer sequences, MTP present but unused, HCA blocks of 32) matches within 1e-4 stepped
  *    and fed in chunks; one slot stepping alone in an 8-slot decoder gives the logits of a
@@ -183,6 +186,41 @@ static void test_truncate(ts_model_weights *w, ts_backend *be, const int32_t *a,
     ts_model_decoder_free(dec);
 }
 
+static void test_fork(ts_model_weights *w, ts_backend *be, const int32_t *a, const int32_t *b) {
+    enum { N = 46, V = 64, CUT = 20, B_LEN = 26 };
+    char err[256] = "";
+    ts_model_decoder *dec = NULL;
+    CHECK(ts_model_decoder_new(w, be, 3, 48, &dec, err, sizeof err) == TS_OK, "decoder: %s", err);
+    if (!dec) return;
+    int32_t ab[CUT + B_LEN];
+    memcpy(ab, a, CUT * sizeof(int32_t));
+    memcpy(ab + CUT, b, B_LEN * sizeof(int32_t));
+    double *full_a = full_logits(w, be, a, N), *full_ab = full_logits(w, be, ab, CUT + B_LEN);
+    float lg_a[N * V], lg_ab[(CUT + B_LEN) * V], two[2 * V];
+    static const int chunks[] = {7, 3};
+    feed(dec, 2, b, 3, chunks, 2, V, lg_a); /* slot 2 holds something of its own */
+    feed(dec, 0, ab, CUT + 10, chunks, 2, V, lg_ab);
+    CHECK(ts_model_decoder_fork(dec, 2, 0, 12) == TS_ERR_UNSUPPORTED && ts_model_decoder_length(dec, 2) == 3,
+          "a fork 18 back from the furthest length is refused, the target unchanged");
+    CHECK_OK(ts_model_decoder_fork(dec, 1, 0, CUT), NULL);
+    CHECK(ts_model_decoder_length(dec, 1) == CUT && ts_model_decoder_length(dec, 0) == CUT + 10, "fork lengths");
+    int slots[2] = {1, 0};
+    for (int64_t i = 0; i < B_LEN - 10; i++) { /* both slots in one step */
+        int32_t ids[2] = {a[CUT + i], ab[CUT + 10 + i]};
+        CHECK_OK(ts_model_decoder_step(dec, 2, slots, ids, two), NULL);
+        memcpy(lg_a + (CUT + i) * V, two, V * sizeof(float));
+        memcpy(lg_ab + (CUT + 10 + i) * V, two + V, V * sizeof(float));
+    }
+    feed(dec, 1, a + CUT + B_LEN - 10, N - (CUT + B_LEN - 10), chunks, 2, V, lg_a + (CUT + B_LEN - 10) * V);
+    double da = worst_diff(lg_a + CUT * V, full_a + CUT * V, (N - CUT) * V);
+    double db = worst_diff(lg_ab, full_ab, (CUT + B_LEN) * V);
+    CHECK(da <= 1e-6 && db <= 1e-6, "fork then diverge: the fork differs by %.3e, its source by %.3e", da, db);
+    printf("  fork: a copy rewound 10 tokens and the source diverge, max |logit difference| %.2e, %.2e\n", da, db);
+    free(full_a);
+    free(full_ab);
+    ts_model_decoder_free(dec);
+}
+
 static void test_completer(ts_model_weights *w, ts_backend *be, const int32_t *a, const int32_t *b);
 
 static void test_fixture(void) {
@@ -234,6 +272,7 @@ static void test_fixture(void) {
     const int *pats[] = {p1, p2, p3, p4, p5}, np[] = {1, 4, 1, 4, 2};
     check_extend(w, be, a, 46, pats, np, 5, 1e-6, "extend (f64 fixture)");
     test_truncate(w, be, a, b);
+    test_fork(w, be, a, b);
 
     /* reset and reuse a slot */
     ts_model_decoder *dec = NULL;

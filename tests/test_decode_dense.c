@@ -9,7 +9,17 @@
  * 2. The same in f64 on the reference backend, within 1e-6 (the f32 hand-out).
  * 3. truncate then re-feed gives bit-identical logits to a fresh run; TS_ERR_RANGE at max_len
  *    (step and extend, nothing appended); state_bytes; the completer's greedy continuation
- *    equals argmax over full passes of the growing text. */
+ *    equals argmax over full passes of the growing text.
+ * 4. The block pool (the sequences share prefixes: 2 = 0's first 50 tokens, 1 = 0's first 30):
+ *    a pool of 4 blocks - exhaustion returns TS_ERR_OOM from step and extend with every length
+ *    as it was and the caches intact (the next logits still match), a fork takes no block, the
+ *    first write into its shared partial block needs one (copy on write), truncating gives
+ *    blocks back; then 400 random operations on 4 slots over a pool of 8 blocks (less than
+ *    the texts need together) - steps of random slot subsets, extends of random chunks,
+ *    truncates, resets, forks to random lengths that continue as any sequence sharing that
+ *    prefix (fork then diverge) - every logit row matches the full pass of its slot's
+ *    sequence, exhaustion leaves the lengths unchanged, and emptying every slot frees every
+ *    block (no reference leaks). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +32,7 @@
 
 enum { N_SEQ = 3, MAX_LEN = 140 };
 static const int64_t LENS[N_SEQ] = {100, 37, 71}, STARTS[N_SEQ] = {0, 3, 20};
+static const int64_t SHARED[N_SEQ] = {0, 30, 50}; /* sequence k > 0 starts with 0's first SHARED[k] */
 
 static ts_model_weights *tiny_weights(ts_dtype dt) {
     ts_v4_config c;
@@ -54,7 +65,8 @@ static void oracle_init(oracle *o, ts_model_weights *w, ts_backend *be) {
     o->V = ts_model_weights_config(w)->vocab_size;
     o->scale = 0;
     for (int k = 0; k < N_SEQ; k++) {
-        for (int64_t i = 0; i < LENS[k]; i++) o->ids[k][i] = (int32_t)(3 + (i * (31 + 6 * k) + 7 * k) % 250);
+        for (int64_t i = 0; i < LENS[k]; i++)
+            o->ids[k][i] = i < SHARED[k] ? o->ids[0][i] : (int32_t)(3 + (i * (31 + 6 * k) + 7 * k) % 250);
         o->full[k] = full_logits(w, be, o->ids[k], LENS[k]);
         for (int64_t i = 0; o->full[k] && i < LENS[k] * o->V; i++) o->scale = fmax(o->scale, fabs(o->full[k][i]));
     }
@@ -240,7 +252,199 @@ static void test_completer(void) {
     ts_model_weights_free(w);
 }
 
+/* ---------------------------------------------------------------- the block pool */
+
+static ts_model_decoder *new_pooled(ts_model_weights *w, ts_backend *be, int slots, int64_t pool) {
+    char err[256] = "";
+    ts_model_decoder *d = NULL;
+    ts_status s = ts_model_decoder_new_pooled(w, be, slots, MAX_LEN, pool, &d, err, sizeof err);
+    CHECK(s == TS_OK, "pooled decoder: %s", err);
+    return d;
+}
+
+static int64_t free_blocks(const ts_model_decoder *d) {
+    ts_model_decoder_pool p;
+    ts_model_decoder_pool_info(d, &p);
+    return p.free_blocks;
+}
+
+/* Appends ids[at..at+n) of sequence k to a slot (one token: a step), checking every row. */
+static ts_status feed(const oracle *o, ts_model_decoder *d, int slot, int k, int64_t at, int64_t n, float *logits,
+                      double *worst) {
+    ts_status s = n == 1 ? ts_model_decoder_step(d, 1, &slot, &o->ids[k][at], logits)
+                         : ts_model_decoder_extend(d, slot, o->ids[k] + at, n, logits, n);
+    if (s == TS_OK) *worst = fmax(*worst, diff_rows(o, k, at, logits, n));
+    return s;
+}
+
+static void test_pool_exhaustion(const oracle *o, ts_model_weights *w, ts_backend *be) {
+    ts_model_decoder *d = new_pooled(w, be, 2, 64);
+    float *logits = malloc((size_t)(MAX_LEN * o->V) * sizeof *logits);
+    if (!d || !logits) return;
+    ts_model_decoder_pool p;
+    ts_model_decoder_pool_info(d, &p);
+    CHECK(p.shared && p.block_positions == TS_MODEL_DECODER_BLOCK && p.blocks == 4 && p.free_blocks == 4,
+          "a pool of 64 positions: %lld blocks of %lld, %lld free", (long long)p.blocks, (long long)p.block_positions,
+          (long long)p.free_blocks);
+    double worst = 0;
+    int both[2] = {0, 1};
+    int32_t two[2] = {o->ids[0][60], o->ids[1][0]};
+    CHECK_OK(feed(o, d, 0, 0, 0, 60, logits, &worst), NULL);
+    CHECK(free_blocks(d) == 0, "60 positions hold 4 blocks: %lld free", (long long)free_blocks(d));
+    CHECK(feed(o, d, 1, 1, 0, 1, logits, &worst) == TS_ERR_OOM, "a step with no free block");
+    CHECK(feed(o, d, 0, 0, 60, 5, logits, &worst) == TS_ERR_OOM, "an extend past the last block");
+    CHECK(ts_model_decoder_step(d, 2, both, two, logits) == TS_ERR_OOM, "a step of both slots");
+    CHECK(ts_model_decoder_length(d, 0) == 60 && ts_model_decoder_length(d, 1) == 0, "lengths after exhaustion: %lld %lld",
+          (long long)ts_model_decoder_length(d, 0), (long long)ts_model_decoder_length(d, 1));
+    CHECK_OK(feed(o, d, 0, 0, 60, 4, logits, &worst), NULL); /* inside the last block */
+    CHECK_OK(ts_model_decoder_fork(d, 1, 0, 30), NULL);      /* sequence 1 shares 0's first 30 */
+    CHECK(free_blocks(d) == 0 && ts_model_decoder_length(d, 1) == 30, "a fork takes no block");
+    CHECK(feed(o, d, 1, 1, 30, 1, logits, &worst) == TS_ERR_OOM, "writing into a shared block needs a copy");
+    CHECK_OK(ts_model_decoder_truncate(d, 0, 16), NULL); /* gives back 2 blocks; the second stays slot 1's */
+    CHECK(free_blocks(d) == 2, "after truncating to one block: %lld free", (long long)free_blocks(d));
+    for (int64_t i = 30; i < LENS[1]; i++) CHECK_OK(feed(o, d, 1, 1, i, 1, logits, &worst), NULL);
+    for (int64_t i = 16; i < 32; i++) CHECK_OK(feed(o, d, 0, 0, i, 1, logits, &worst), NULL);
+    CHECK(ts_model_decoder_fork(d, 1, 1, 3) == TS_ERR_INVALID_ARG && ts_model_decoder_fork(d, 1, 0, 33) == TS_ERR_RANGE,
+          "fork: same slot, past the source's length");
+    worst /= o->scale;
+    CHECK(worst <= 1e-4, "pool exhaustion: logits differ from the full pass by %.3e (relative)", worst);
+    ts_model_decoder_reset(d, 0);
+    ts_model_decoder_reset(d, 1);
+    CHECK(free_blocks(d) == 4, "every block back: %lld free", (long long)free_blocks(d));
+    free(logits);
+    ts_model_decoder_free(d);
+}
+
+static uint32_t next_rand(uint32_t *r) {
+    *r = *r * 1664525u + 1013904223u;
+    return *r >> 8;
+}
+
+typedef struct {
+    int k;       /* the sequence it holds a prefix of */
+    int64_t len; /* as far as the test knows */
+} slot_seq;
+
+typedef struct {
+    const oracle *o;
+    ts_model_decoder *d;
+    slot_seq st[4];
+    uint32_t rng;
+    float *logits;
+    double worst;
+    int oom, forks, diverged;
+} random_run;
+
+static bool lengths_as_known(const random_run *r) {
+    bool same = true;
+    for (int s = 0; s < 4; s++) same &= ts_model_decoder_length(r->d, s) == r->st[s].len;
+    return same;
+}
+
+/* Exhaustion: checks nothing moved, then empties a random slot. */
+static void on_oom(random_run *r) {
+    CHECK(lengths_as_known(r), "TS_ERR_OOM changed a length");
+    r->oom++;
+    int s = (int)(next_rand(&r->rng) % 4);
+    ts_model_decoder_reset(r->d, s);
+    r->st[s].len = 0;
+}
+
+static void random_step(random_run *r) {
+    int slots[4], n = 0;
+    int32_t ids[4];
+    uint32_t pick = next_rand(&r->rng);
+    for (int s = 0; s < 4; s++)
+        if (r->st[s].len < LENS[r->st[s].k] && (pick >> s & 1)) {
+            slots[n] = s;
+            ids[n++] = r->o->ids[r->st[s].k][r->st[s].len];
+        }
+    if (n == 0) return;
+    ts_status st = ts_model_decoder_step(r->d, n, slots, ids, r->logits);
+    if (st == TS_ERR_OOM) return on_oom(r);
+    CHECK_OK(st, NULL);
+    for (int i = 0; st == TS_OK && i < n; i++) {
+        slot_seq *q = &r->st[slots[i]];
+        r->worst = fmax(r->worst, diff_rows(r->o, q->k, q->len++, r->logits + i * r->o->V, 1));
+    }
+}
+
+static void random_extend(random_run *r, int s) {
+    slot_seq *q = &r->st[s];
+    int64_t room = LENS[q->k] - q->len, m = room < 20 ? room : 20;
+    if (m < 1) return;
+    m = 1 + (int64_t)(next_rand(&r->rng) % (uint32_t)m);
+    int64_t rows = 1 + (int64_t)(next_rand(&r->rng) % (uint32_t)m);
+    ts_status st = ts_model_decoder_extend(r->d, s, r->o->ids[q->k] + q->len, m, r->logits, rows);
+    if (st == TS_ERR_OOM) return on_oom(r);
+    CHECK_OK(st, NULL);
+    if (st == TS_OK) r->worst = fmax(r->worst, diff_rows(r->o, q->k, q->len + m - rows, r->logits, rows));
+    q->len += m;
+}
+
+/* dst gets src's first len tokens and goes on as any sequence sharing them. */
+static void random_fork(random_run *r, int dst, int src) {
+    if (dst == src || r->st[src].len == 0) return;
+    int k = (int)(next_rand(&r->rng) % N_SEQ), ks = r->st[src].k;
+    int64_t common = 0;
+    while (common < r->st[src].len && common < LENS[k] && r->o->ids[k][common] == r->o->ids[ks][common]) common++;
+    int64_t len = (int64_t)(next_rand(&r->rng) % (uint32_t)(common + 1));
+    CHECK_OK(ts_model_decoder_fork(r->d, dst, src, len), NULL);
+    r->st[dst] = (slot_seq){k, len};
+    r->forks++;
+    r->diverged += k != ks && len > 0;
+}
+
+static void test_pool_random(const oracle *o, ts_model_weights *w, ts_backend *be) {
+    random_run r = {.o = o, .d = new_pooled(w, be, 4, 128), .rng = 12345};
+    r.logits = malloc((size_t)(4 * 20 * o->V) * sizeof *r.logits);
+    if (!r.d || !r.logits) return;
+    for (int s = 0; s < 4; s++) r.st[s] = (slot_seq){s % N_SEQ, 0};
+    for (int it = 0; it < 400; it++) {
+        uint32_t op = next_rand(&r.rng) % 16;
+        int a = (int)(next_rand(&r.rng) % 4), b = (int)(next_rand(&r.rng) % 4);
+        if (op < 8) {
+            random_step(&r);
+        } else if (op < 12) {
+            random_extend(&r, a);
+        } else if (op == 12) {
+            r.st[a].len = (int64_t)(next_rand(&r.rng) % (uint32_t)(r.st[a].len + 1));
+            CHECK_OK(ts_model_decoder_truncate(r.d, a, r.st[a].len), NULL);
+        } else if (op == 13 || r.st[a].len == LENS[r.st[a].k]) {
+            ts_model_decoder_reset(r.d, a);
+            r.st[a] = (slot_seq){(int)(next_rand(&r.rng) % N_SEQ), 0};
+        } else {
+            random_fork(&r, a, b);
+        }
+        CHECK(lengths_as_known(&r), "operation %d (%u): lengths differ", it, op);
+    }
+    for (int s = 0; s < 4; s++) ts_model_decoder_reset(r.d, s);
+    CHECK(free_blocks(r.d) == 8, "every slot empty: %lld of 8 blocks free", (long long)free_blocks(r.d));
+    r.worst /= o->scale;
+    CHECK(r.worst <= 1e-4, "random paged decoding: logits differ from the full pass by %.3e (relative)", r.worst);
+    CHECK(r.oom > 0 && r.diverged > 0, "the random run met %d exhaustions and %d diverging forks", r.oom, r.diverged);
+    printf("  paged, 400 random operations on 4 slots / 8 blocks: %d exhaustions, %d forks (%d diverging), "
+           "|logits - full pass| / scale %.2e\n", r.oom, r.forks, r.diverged, r.worst);
+    free(r.logits);
+    ts_model_decoder_free(r.d);
+}
+
+static void test_pool(void) {
+    ts_model_weights *w = tiny_weights(TS_F32);
+    if (!w) return;
+    ts_backend *be = NULL;
+    ts_backend_cpu_new(2, &be);
+    oracle o;
+    oracle_init(&o, w, be);
+    test_pool_exhaustion(&o, w, be);
+    test_pool_random(&o, w, be);
+    oracle_free(&o);
+    ts_backend_free(be);
+    ts_model_weights_free(w);
+}
+
 int main(void) {
+    test_pool();
     test_model(TS_F32, 1e-4);
     test_model(TS_F64, 1e-6);
     test_truncate_range();

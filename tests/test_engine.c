@@ -16,7 +16,16 @@
  *    same tokens with no reuse counted.
  * 5. Sizing from a memory budget: ts_model_engine_fit's slots x one slot's bytes fits the budget
  *    and one more does not; the engine's reported pool memory is slots x one slot's; too small a
- *    budget is TS_ERR_RANGE. */
+ *    budget is TS_ERR_RANGE.
+ * 6. The dense model's shared block pool (dense-tiny, its own oracle):
+ *    - three requests sharing a 32-token prefix, the later two submitted while the first is
+ *      still generating: they fork its blocks (reused tokens counted, the first provably still
+ *      running) and answer like their completions alone;
+ *    - eight distinct requests through 8 slots over a pool of 4 blocks (64 positions, a sixth
+ *      of slots x max_len): all answer like their completions alone and like an engine with the
+ *      full pool, greedy and with seeded sampling (the preempted keep their sampler state), and
+ *      the pool ran out mid-decode (preemptions counted);
+ *    - a budget sizes the pool, not the slots; a request too long for the pool is TS_ERR_RANGE. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -350,12 +359,14 @@ out:
 static void test_budget(const ts_model_weights *w, ts_backend *be) {
     char err[256] = "";
     int slots = 0;
+    int64_t pool = -1;
     size_t one = 0;
-    ts_status st = ts_model_engine_fit(w, be, 1 << 30, MAX_LEN, 7, &slots, &one, err, sizeof err);
-    CHECK(st == TS_OK && slots == 7 && one > 0, "a large budget: %d slots (max 7), %zu bytes each: %s", slots, one, err);
+    ts_status st = ts_model_engine_fit(w, be, 1 << 30, MAX_LEN, 7, &slots, &pool, &one, err, sizeof err);
+    CHECK(st == TS_OK && slots == 7 && one > 0 && pool == 0, "a large budget: %d slots (max 7), %zu bytes each, pool %lld: %s",
+          slots, one, (long long)pool, err);
     if (one == 0) return;
     size_t budget = 3 * one + one / 2;
-    st = ts_model_engine_fit(w, be, budget, MAX_LEN, 64, &slots, NULL, err, sizeof err);
+    st = ts_model_engine_fit(w, be, budget, MAX_LEN, 64, &slots, &pool, NULL, err, sizeof err);
     CHECK(st == TS_OK && slots == 3, "3.5 slots' worth: %d slots", slots);
     ts_model_engine *e = engine_new(w, be, slots, 4, 4, true);
     if (e) {
@@ -368,11 +379,196 @@ static void test_budget(const ts_model_weights *w, ts_backend *be) {
         ts_model_engine_free(e);
     }
     err[0] = '\0';
-    st = ts_model_engine_fit(w, be, one - 1, MAX_LEN, 64, &slots, NULL, err, sizeof err);
+    st = ts_model_engine_fit(w, be, one - 1, MAX_LEN, 64, &slots, &pool, NULL, err, sizeof err);
     CHECK(st == TS_ERR_RANGE && strstr(err, "needs"), "a budget below one slot: %s (%s)", ts_status_name(st), err);
 }
 
+/* ---------------------------------------------------------------- 6. the dense model's pool */
+
+static ts_model_weights *dense_model(void) {
+    ts_v4_config c;
+    ts_v4_preset("dense-tiny", &c);
+    char err[256];
+    ts_model_weights *w = NULL;
+    if (ts_model_weights_new(&c, TS_F32, &w, err, sizeof err) != TS_OK) return NULL;
+    ts_model_weights_init(w, 7, err, sizeof err);
+    for (int i = 0; i < ts_model_weights_count(w); i++) { /* sharper than the init's 0.02 */
+        const ts_model_tensor *t = ts_model_weights_info(w, i);
+        if (t->ndim != 2) continue;
+        float *d = ts_model_weights_data(w, i);
+        for (int64_t j = 0; j < ts_model_tensor_numel(t); j++) d[j] *= 6;
+    }
+    return w;
+}
+
+static ts_model_engine *pooled_engine(const ts_model_weights *w, ts_backend *be, int slots, int64_t pool, int64_t max_len) {
+    ts_model_engine_options o = ts_model_engine_defaults();
+    o.slots = slots;
+    o.max_len = max_len;
+    o.max_queue = 16;
+    o.prefill_chunk = 4;
+    o.pool_positions = pool;
+    char err[256] = "";
+    ts_model_engine *e = NULL;
+    CHECK(ts_model_engine_new(w, NULL, be, &o, &e, err, sizeof err) == TS_OK, "pooled engine: %s", err);
+    return e;
+}
+
+static bool collector_done(collector *c) {
+    pthread_mutex_lock(&c->mu);
+    bool done = c->done;
+    pthread_mutex_unlock(&c->mu);
+    return done;
+}
+
+/* The first request runs long (a context of 128: up to 90 tokens, while the others need about
+ * 15 iterations) and is cancelled once the others are done. */
+static void test_shared_prefix(const ts_model_weights *w, ts_backend *be, ts_model_completer *cp) {
+    ts_model_engine *e = pooled_engine(w, be, 4, 0, 128);
+    if (!e) return;
+    ts_engine eng;
+    ts_model_engine_table(e, &eng);
+    enum { N = 3, NEW = 6 };
+    const char *questions[N] = {"k1?=", "rev ab=", "7+2="};
+    int32_t prompts[N][MAX_LEN];
+    size_t lens[N];
+    collector col[N];
+    size_t prefix = tokenize(&eng, "sys: you answer in short. k1:red ", true, prompts[0]);
+    CHECK(prefix == 34, "the system prefix is %zu tokens", prefix);
+    for (int i = 0; i < N; i++) {
+        memcpy(prompts[i], prompts[0], prefix * sizeof(int32_t));
+        lens[i] = prefix + tokenize(&eng, questions[i], false, prompts[i] + prefix);
+        collector_init(&col[i]);
+        ts_gen_request r = request((uint64_t)i + 1, prompts[i], lens[i], i == 0 ? (int32_t)(128 - lens[0]) : NEW, &col[i]);
+        CHECK(eng.submit(eng.self, &r) == TS_OK, "submit %d", i);
+        if (i == 0) wait_tokens(&col[0], 1); /* the others arrive while it generates */
+    }
+    wait_done(&col[1]);
+    wait_done(&col[2]);
+    bool first_running = !collector_done(&col[0]);
+    for (int i = 1; i < N; i++) {
+        CHECK(matches_oracle(cp, prompts[i], lens[i], NEW, &col[i]),
+              "shared prefix, request %d: %d tokens, end %d, differ from its greedy completion alone", i, col[i].n,
+              (int)col[i].end);
+    }
+    eng.cancel(eng.self, 1);
+    wait_done(&col[0]);
+    ts_engine_stats s = stats(&eng);
+    CHECK(first_running && s.prefix_cache_hits == 2 && s.prefix_reused_tokens >= 2 * (int64_t)prefix,
+          "requests sharing a %zu-token prefix with a running one: %lld hits, %lld tokens reused (first running: %d)",
+          prefix, (long long)s.prefix_cache_hits, (long long)s.prefix_reused_tokens, first_running);
+    printf("  shared prefix: 2 requests joined a running one, %lld prompt tokens reused from its blocks\n",
+           (long long)s.prefix_reused_tokens);
+    ts_model_engine_free(e);
+}
+
+/* Eight distinct requests at once, tokens into col: greedy, checked against the oracle, or
+ * sampled with a seed each (cp NULL). */
+static void run_eight(const ts_engine *eng, ts_model_completer *cp, collector col[8], const char *what) {
+    const char *texts[8] = {"k1:red k2:blue", "copy hello wor", "rev abcdefghij", "sort dcbaxyzwv",
+                            "12+34+56+78=..", "k2:green k3:ok", "the quick brow", "lorem ipsum do"};
+    int32_t prompts[8][MAX_LEN];
+    size_t lens[8];
+    for (int i = 0; i < 8; i++) {
+        lens[i] = tokenize(eng, texts[i], true, prompts[i]);
+        collector_init(&col[i]);
+        ts_gen_request r = request(100 + (uint64_t)i, prompts[i], lens[i], 20, &col[i]);
+        if (!cp) {
+            r.sampling.temperature = 0.8f;
+            r.sampling.seed = 7 + (uint64_t)i;
+        }
+        CHECK(eng->submit(eng->self, &r) == TS_OK, "%s: submit %d", what, i);
+    }
+    for (int i = 0; i < 8; i++) {
+        wait_done(&col[i]);
+        CHECK(!cp || matches_oracle(cp, prompts[i], lens[i], 20, &col[i]), "%s, request %d: %d tokens, end %d, differ from "
+              "its greedy completion alone", what, i, col[i].n, (int)col[i].end);
+    }
+}
+
+static void test_small_pool(const ts_model_weights *w, ts_backend *be, ts_model_completer *cp) {
+    ts_model_engine *small = pooled_engine(w, be, 8, 64, MAX_LEN), *big = pooled_engine(w, be, 8, 0, MAX_LEN);
+    if (!small || !big) goto out;
+    ts_engine eng, ref;
+    ts_model_engine_table(small, &eng);
+    ts_model_engine_table(big, &ref);
+    collector got[8], want[8];
+    for (int sampled = 0; sampled < 2; sampled++) {
+        run_eight(&eng, sampled ? NULL : cp, got, "a pool of 4 blocks");
+        run_eight(&ref, sampled ? NULL : cp, want, "the full pool");
+        for (int i = 0; i < 8; i++)
+            CHECK(got[i].n == want[i].n && !memcmp(got[i].tokens, want[i].tokens, (size_t)got[i].n * sizeof(int32_t)),
+                  "request %d (%s): a small pool (with preemption) and the full pool give different tokens", i,
+                  sampled ? "sampled" : "greedy");
+    }
+    ts_engine_stats s = stats(&eng), r = stats(&ref);
+    CHECK(s.kv_positions_capacity == 64 && s.kv_blocks == 4 && r.kv_positions_capacity == 8 * MAX_LEN &&
+              s.kv_bytes * 6 == r.kv_bytes && s.preemptions > 0 && r.preemptions == 0,
+          "pools of %lld and %lld positions (%lld and %lld bytes): %lld and %lld preemptions",
+          (long long)s.kv_positions_capacity, (long long)r.kv_positions_capacity, (long long)s.kv_bytes,
+          (long long)r.kv_bytes, (long long)s.preemptions, (long long)r.preemptions);
+    printf("  8 requests x (greedy, seeded sampling), 8 slots over a pool of 64 positions (of %d): %lld preemptions, "
+           "the full pool's tokens\n",
+           8 * MAX_LEN, (long long)s.preemptions);
+out:
+    ts_model_engine_free(small);
+    ts_model_engine_free(big);
+}
+
+static void test_pool_budget(const ts_model_weights *w, ts_backend *be) {
+    char err[256] = "";
+    int slots = 0;
+    int64_t pool = 0;
+    size_t one = 0;
+    ts_status st = ts_model_engine_fit(w, be, 1 << 30, MAX_LEN, 16, &slots, &pool, &one, err, sizeof err);
+    CHECK(st == TS_OK && slots == 16 && one > 0, "a large budget: %d slots, %zu bytes per sequence: %s", slots, one, err);
+    if (one == 0) return;
+    size_t block = one / 3; /* 48 positions = 3 blocks */
+    st = ts_model_engine_fit(w, be, 10 * block + block / 2, MAX_LEN, 16, &slots, &pool, NULL, err, sizeof err);
+    CHECK(st == TS_OK && pool == 10 * TS_MODEL_DECODER_BLOCK && slots == 10,
+          "10.5 blocks' worth: a pool of %lld positions, %d slots", (long long)pool, slots);
+    st = ts_model_engine_fit(w, be, one - 1, MAX_LEN, 16, &slots, &pool, NULL, err, sizeof err);
+    CHECK(st == TS_ERR_RANGE, "a budget below one sequence: %s", ts_status_name(st));
+    ts_model_engine *e = pooled_engine(w, be, 2, 2 * TS_MODEL_DECODER_BLOCK, MAX_LEN);
+    if (!e) return;
+    ts_engine eng;
+    ts_model_engine_table(e, &eng);
+    collector fits, too_big;
+    collector_init(&fits);
+    collector_init(&too_big);
+    int32_t ids[MAX_LEN];
+    for (int i = 0; i < MAX_LEN; i++) ids[i] = TS_BYTE_OFFSET + 'a' + i % 26;
+    ts_gen_request ok = request(1, ids, 24, 8, &fits), big = request(2, ids, 30, 8, &too_big);
+    CHECK(eng.submit(eng.self, &big) == TS_ERR_RANGE, "38 positions (max_len %d) in a pool of 32 are refused", MAX_LEN);
+    CHECK(eng.submit(eng.self, &ok) == TS_OK, "32 positions in a pool of 32");
+    wait_done(&fits);
+    CHECK(fits.end == TS_GEN_LENGTH || fits.end == TS_GEN_STOP_TOKEN, "a request filling the pool: end %d", (int)fits.end);
+    ts_model_engine_free(e);
+}
+
+static void test_dense_pool(void) {
+    ts_model_weights *w = dense_model();
+    CHECK(w != NULL, "dense model");
+    if (!w) return;
+    ts_backend *be, *oracle_be;
+    ts_backend_cpu_new(2, &be);
+    ts_backend_cpu_new(1, &oracle_be);
+    char err[256] = "";
+    ts_model_completer *cp = NULL;
+    CHECK(ts_model_completer_new(w, oracle_be, 1, MAX_LEN, &cp, err, sizeof err) == TS_OK, "completer: %s", err);
+    if (cp) {
+        test_shared_prefix(w, be, cp);
+        test_small_pool(w, be, cp);
+        test_pool_budget(w, be);
+    }
+    ts_model_completer_free(cp);
+    ts_backend_free(be);
+    ts_backend_free(oracle_be);
+    ts_model_weights_free(w);
+}
+
 int main(void) {
+    test_dense_pool();
     ts_model_weights *w = small_model();
     CHECK(w != NULL, "model");
     if (!w) return check_summary("engine");

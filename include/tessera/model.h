@@ -433,14 +433,31 @@ ts_status ts_model_complete(ts_model_completer *c, int n, const int32_t *const *
  * DeepSeek-V4 token by token against per-sequence caches (spec §2.13): a window ring of keys,
  * the completed CSA/HCA entries, the compressors' pending blocks and the indexer's keys. Up to
  * `slots` sequences step together (one pass over just the stepping slots); each has its own position.
- * Decoding a sequence gives the logits of the full forward pass at every position. The dense
- * baseline (decode_dense.c) keeps a plain KV cache per layer and slot. */
+ * Decoding a sequence gives the logits of the full forward pass at every position. V4's memory
+ * is per slot: each owns its state for max_len positions (the spec's fixed "state cache").
+ * The dense baseline (decode_dense.c) keeps its KV cache in a pool of blocks of
+ * TS_MODEL_DECODER_BLOCK positions shared by all slots: a slot takes blocks as it grows, gives
+ * them back on reset / truncate, and shares them with the slots forked from it.
+ *
+ * Statuses: TS_ERR_INVALID_ARG for NULLs, slots out of range, repeated slots, empty calls;
+ * TS_ERR_RANGE past max_len; TS_ERR_OOM at creation (memory) and, with a shared pool, from
+ * step / extend when the pool has too few free blocks for the new tokens: then nothing was
+ * appended anywhere (every slot's state as before the call), and resetting, truncating or
+ * finishing sequences makes room. */
 typedef struct ts_model_decoder ts_model_decoder;
 
+#define TS_MODEL_DECODER_BLOCK 16 /* positions per block of a shared pool */
+
 /* max_len: positions per sequence. TS_ERR_UNSUPPORTED for a model kind without an
- * implementation (src/model/decoder_impl.h). */
+ * implementation (src/model/decoder_impl.h). A shared pool holds slots x max_len positions. */
 ts_status ts_model_decoder_new(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
                                ts_model_decoder **out, char *err, size_t err_size);
+/* The same with a shared pool of pool_positions positions (rounded up to whole blocks; 0:
+ * slots x max_len), however many slots: the slots then only fill it together as far as it goes.
+ * V4 has no shared pool and ignores it. TS_ERR_INVALID_ARG: pool_positions < 0, or more
+ * positions than an i32 index reaches. */
+ts_status ts_model_decoder_new_pooled(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
+                                      int64_t pool_positions, ts_model_decoder **out, char *err, size_t err_size);
 void ts_model_decoder_free(ts_model_decoder *d);
 int ts_model_decoder_slots(const ts_model_decoder *d);
 int64_t ts_model_decoder_max_len(const ts_model_decoder *d);
@@ -448,20 +465,40 @@ int64_t ts_model_decoder_max_len(const ts_model_decoder *d);
 void ts_model_decoder_reset(ts_model_decoder *d, int slot);
 int64_t ts_model_decoder_length(const ts_model_decoder *d, int slot);
 /* Appends ids[i] to the sequence in slots[i] (n distinct slots) and writes the logits of the
- * next token after it into logits[i * V .. (i+1) * V). TS_ERR_RANGE when a slot is full. */
+ * next token after it into logits[i * V .. (i+1) * V). TS_ERR_RANGE when a slot is full;
+ * TS_ERR_OOM when the shared pool is (nothing appended). */
 ts_status ts_model_decoder_step(ts_model_decoder *d, int n, const int *slots, const int32_t *ids, float *logits);
 /* Appends ids[0..n) to the sequence in one slot - a prompt chunk (prefill) or a draft to verify -
  * in as few forward passes as the model's implementation allows, and writes the logits after
  * each of the last logit_rows (1..n) tokens into logits[r * V .. (r+1) * V). TS_ERR_RANGE when
- * the slot would pass max_len (nothing appended). */
+ * the slot would pass max_len, TS_ERR_OOM when the shared pool has no room for the n tokens
+ * (nothing appended either way). */
 ts_status ts_model_decoder_extend(ts_model_decoder *d, int slot, const int32_t *ids, int64_t n, float *logits,
                                   int64_t logit_rows);
 /* Shortens a slot's sequence to its first len tokens (rejecting a speculative draft, reusing a
  * cached prefix). len = 0 always works (a reset); otherwise TS_ERR_UNSUPPORTED, slot unchanged,
  * when the model's state cannot rewind that far. */
 ts_status ts_model_decoder_truncate(ts_model_decoder *d, int slot, int64_t len);
+/* Slot dst drops its sequence and holds src's first len tokens instead, as if they had been
+ * fed to it (prefix reuse across sequences; src keeps its own). Dense: dst shares src's blocks
+ * (a K/V row depends only on the tokens up to it, so sharing is exact; a partly filled shared
+ * block is copied when either slot first writes into it), no memory is taken. V4: dst gets a
+ * copy of src's state rows rewound to len, which needs len >= (the furthest length src reached
+ * since its reset) - 16, as truncate: else TS_ERR_UNSUPPORTED, dst unchanged. len = 0 resets
+ * dst. TS_ERR_INVALID_ARG: slots out of range or equal; TS_ERR_RANGE: len > length(src). */
+ts_status ts_model_decoder_fork(ts_model_decoder *d, int dst, int src, int64_t len);
 /* Host memory held by all slots' caches, in bytes. */
 size_t ts_model_decoder_state_bytes(const ts_model_decoder *d);
+
+/* The cache memory as blocks. Shared pool (dense): blocks of block_positions positions, free
+ * ones held by no slot. Per-slot memory (V4): one block of max_len positions per slot, free
+ * while its slot holds no token. */
+typedef struct {
+    int64_t block_positions, blocks, free_blocks;
+    bool shared; /* blocks move between slots (a shared pool) */
+} ts_model_decoder_pool;
+
+void ts_model_decoder_pool_info(const ts_model_decoder *d, ts_model_decoder_pool *out);
 
 /* The MTP block as a one-token draft (spec §2.12; speculative decoding). A slot's sequence
  * y_0..y_{len-1} is followed by next_id, the token chosen after it but not yet appended. The

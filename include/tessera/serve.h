@@ -90,13 +90,18 @@ typedef struct {
 /* The first three are required; the rest are optional (leave 0 when the engine has no such
  * thing: /metrics then shows 0). */
 typedef struct {
-    double kv_cache_usage; /* fraction of the KV-cache pool in use, [0, 1] */
+    double kv_cache_usage; /* fraction of the KV-cache pool in use, [0, 1]: a shared pool's blocks
+                              held (idle slots' caches included: evicted on demand), else the
+                              running sequences' positions */
     int64_t queued;        /* requests waiting for admission */
     int64_t running;       /* sequences in the running batch */
     int64_t kv_positions_running; /* cache positions held by running sequences */
     int64_t kv_positions_cached;  /* positions idle slots keep for prefix reuse (reclaimable) */
-    int64_t kv_positions_capacity;/* positions of the whole pool (slots x context) */
+    int64_t kv_positions_capacity;/* positions of the whole pool (blocks x positions per block) */
     int64_t kv_bytes;             /* memory of the whole pool */
+    int64_t kv_blocks;            /* blocks of the pool (ts_model_decoder_pool: per-slot memory is one per slot) */
+    int64_t kv_blocks_free;       /* held by no sequence, running or cached */
+    int64_t preemptions;          /* running requests sent back to the queue for want of blocks (counter) */
     int64_t prefix_cache_hits;    /* admitted requests that reused a cached prefix (counter) */
     int64_t prefix_reused_tokens; /* prompt tokens taken from the cache instead of prefilled (counter) */
     int64_t prefill_tokens;       /* prompt tokens run through the model (counter) */
@@ -234,27 +239,35 @@ void ts_server_shutdown(ts_server *srv, double grace_s);
 
 /* ---------------------------------------------------------------- the model engine (model_engine.c)
  *
- * The ts_engine of a DeepSeek-V4 model: continuous batching over the incremental decoder.
- * `slots` sequences run at once, each up to max_len positions (prompt + output; the KV-cache
- * budget is fixed here), up to max_queue more wait for a slot (a full queue: submit returns
- * TS_ERR_STATE, HTTP 503). Each iteration of the engine's worker feeds one prompt chunk of up
- * to prefill_chunk tokens of one prefilling request (round-robin among them) through
- * ts_model_decoder_extend, and advances every generating sequence by one sampled token in one
- * batched decoder step - so a long prompt delays the other streams by one chunk per token, not
- * by its whole length. With prefix_cache, a finished sequence's tokens stay in its slot, and a
- * new request goes to the idle slot sharing the longest prefix with its prompt: only the rest
- * is prefilled (multi-turn chat re-sends the conversation: only the new turn is computed).
- * tok NULL: the byte-level vocabulary of the tiny presets (0 BOS, 1 EOS, bytes at 3..258). The
- * weights, the tokenizer and the backend must outlive the engine, and the backend is the
- * worker's alone while the engine lives (a backend computes one graph at a time). */
+ * The ts_engine of a model (DeepSeek-V4 or the dense baseline): continuous batching over the
+ * incremental decoder. Up to `slots` sequences run at once, each up to max_len positions (prompt
+ * + output), up to max_queue more wait (a full queue: submit returns TS_ERR_STATE, HTTP 503).
+ * KV memory: V4 owns max_len positions per slot, fixed here. The dense decoder keeps a pool of
+ * pool_positions shared by the slots (ts_model_decoder_new_pooled), which may be smaller than
+ * slots x max_len: a request waits in the queue until the pool has room for its prompt, and
+ * when the running sequences outgrow it the youngest is preempted - back to the queue front, to
+ * be recomputed later with its sampler state kept, so its output does not change. A request
+ * that could not fit the pool even alone is TS_ERR_RANGE. Each iteration of the engine's
+ * worker feeds one prompt chunk of up to prefill_chunk tokens of one prefilling request
+ * (round-robin among them) through ts_model_decoder_extend, and advances every generating
+ * sequence by one sampled token in one batched decoder step - so a long prompt delays the other
+ * streams by one chunk per token, not by its whole length. With prefix_cache, a new request
+ * starts from the longest prefix of its prompt that any sequence holds, running or finished (a
+ * finished sequence's tokens stay in its slot until the memory is needed): only the rest is
+ * prefilled (multi-turn chat re-sends the conversation: only the new turn is computed; requests
+ * sharing a system prompt share its blocks). tok NULL: the byte-level vocabulary of the tiny
+ * presets (0 BOS, 1 EOS, bytes at 3..258). The weights, the tokenizer and the backend must
+ * outlive the engine, and the backend is the worker's alone while the engine lives (a backend
+ * computes one graph at a time). */
 typedef struct ts_model_engine ts_model_engine;
 
 typedef struct {
     int slots;           /* sequences decoded together (default 4) */
-    int64_t max_len;     /* positions per slot: prompt + output (default 1024) */
+    int64_t max_len;     /* positions per sequence: prompt + output (default 1024) */
     int max_queue;       /* requests waiting for a slot (default 64) */
     int prefill_chunk;   /* prompt tokens per extend call (default 64) */
-    bool prefix_cache;   /* reuse idle slots' cached prefixes (default true) */
+    bool prefix_cache;   /* reuse cached prefixes (default true) */
+    int64_t pool_positions; /* a shared pool's size (0, the default: slots x max_len) */
 } ts_model_engine_options;
 
 ts_model_engine_options ts_model_engine_defaults(void);
@@ -262,12 +275,14 @@ ts_model_engine_options ts_model_engine_defaults(void);
 ts_status ts_model_engine_new(const ts_model_weights *w, ts_tokenizer *tok, ts_backend *be,
                               const ts_model_engine_options *opt, ts_model_engine **out, char *err, size_t err_size);
 
-/* Sizing from a memory budget: how many slots of max_len positions (at most max_slots) fit in
- * kv_bytes of decoder caches (ts_model_decoder_state_bytes, which grows linearly with the slots;
- * measured on a one-slot decoder). *slot_bytes: the memory of one slot. TS_ERR_RANGE, with err
- * saying what one slot needs, when not even one fits. */
+/* Sizing from a memory budget of kv_bytes of decoder caches (measured on a one-slot decoder).
+ * A shared pool (dense): *pool_positions = the whole blocks that fit, *slots = max_slots (at most
+ * one per block) - the pool, not the slots, bounds the memory. Per-slot memory (V4): *slots =
+ * how many sequences of max_len fit (at most max_slots), *pool_positions = 0. *seq_bytes: the
+ * memory of one sequence of max_len. TS_ERR_RANGE, with err saying what one sequence needs,
+ * when not even one fits. */
 ts_status ts_model_engine_fit(const ts_model_weights *w, ts_backend *be, size_t kv_bytes, int64_t max_len, int max_slots,
-                              int *slots, size_t *slot_bytes, char *err, size_t err_size);
+                              int *slots, int64_t *pool_positions, size_t *seq_bytes, char *err, size_t err_size);
 /* Stops the worker: running and queued requests end with TS_GEN_CANCELLED. */
 void ts_model_engine_free(ts_model_engine *e);
 /* The table to hand to ts_server_start (or to call directly). */

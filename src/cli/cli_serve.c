@@ -1,7 +1,8 @@
 /* cli_serve.c - `tessera serve --model DIR`: the OpenAI-compatible HTTP server (serve.h) over
  * the model engine (continuous batching on the incremental decoder, chunked prefill, prefix
- * cache). The KV cache is slots x context positions, given directly or sized from a memory
- * budget (--kv-memory); the chosen shape is printed, then "listening on http://HOST:PORT" once
+ * cache). The KV cache is slots x context positions, or sized from a memory budget
+ * (--kv-memory): a dense model's pool of blocks shared by the sequences (--slots then only caps
+ * how many run at once), a V4 model's number of slots; the chosen shape is printed, then "listening on http://HOST:PORT" once
  * it accepts connections; SIGTERM or SIGINT shuts it down gracefully (in-flight requests get a
  * few seconds to finish, the rest are cancelled), exit 0. */
 #include <libgen.h>
@@ -41,9 +42,11 @@ int cli_serve_main(int argc, char **argv) {
         {"--model-name", CLI_OPT_STRING, &model_name, "NAME", "model id in the API (default: the directory's name)", 0, 0},
         {"--max-concurrent", CLI_OPT_INT, &max_concurrent, "N", "requests in flight at once (one more: HTTP 429)", 1, 1 << 16},
         {"--slots", CLI_OPT_INT, &slots, "N",
-         "sequences decoded together (0: " XSTR(DEFAULT_SLOTS) ", or with --kv-memory as many as fit, up to " XSTR(MAX_AUTO_SLOTS) ")", 0, 1024},
+         "sequences decoded together (0: " XSTR(DEFAULT_SLOTS) ", or with --kv-memory up to " XSTR(MAX_AUTO_SLOTS) " as memory allows)", 0, 1024},
         {"--context", CLI_OPT_INT, &context, "T", "positions per sequence (prompt + output)", 2, 1 << 24},
-        {"--kv-memory", CLI_OPT_INT, &kv_memory, "MIB", "KV-cache budget: as many slots of --context positions as fit, at most --slots (0: no budget)", 0, 1 << 24},
+        {"--kv-memory", CLI_OPT_INT, &kv_memory, "MIB",
+         "KV-cache budget: the pool the sequences share (dense), or as many slots of --context positions as fit, at "
+         "most --slots (V4); a request waits while it is full (0: slots x context)", 0, 1 << 24},
         {"--prefill-chunk", CLI_OPT_INT, &prefill_chunk, "N", "prompt tokens per prefill pass, interleaved with decoding", 1, 1 << 16},
         {"--no-prefix-cache", CLI_OPT_FLAG, &no_prefix_cache, NULL, "do not reuse finished sequences' caches for shared prompt prefixes", 0, 0},
         {"--max-queue", CLI_OPT_INT, &max_queue, "N", "requests waiting for a slot (more: HTTP 503)", 1, 1 << 20},
@@ -89,8 +92,8 @@ int cli_serve_main(int argc, char **argv) {
     eo.prefill_chunk = prefill_chunk;
     eo.prefix_cache = !no_prefix_cache;
     if (rc == 0 && kv_memory > 0 &&
-        ts_model_engine_fit(w, be, (size_t)kv_memory << 20, context, slots ? slots : MAX_AUTO_SLOTS, &eo.slots, NULL, err,
-                            sizeof err) != TS_OK)
+        ts_model_engine_fit(w, be, (size_t)kv_memory << 20, context, slots ? slots : MAX_AUTO_SLOTS, &eo.slots,
+                            &eo.pool_positions, NULL, err, sizeof err) != TS_OK)
         rc = fail(err, NULL);
     if (rc == 0 && ts_model_engine_new(w, tok, be, &eo, &engine, err, sizeof err) != TS_OK) rc = fail(err, NULL);
     ts_chat_template tmpl; /* the model's own chat template (serve.h), else the default */
@@ -121,6 +124,8 @@ int cli_serve_main(int argc, char **argv) {
             table.stats(table.self, &es);
             printf("serving %s (%s) with %d slots of %d positions: KV cache %.2f MiB", o.model_name, model, eo.slots,
                    context, (double)es.kv_bytes / (1 << 20));
+            if (es.kv_positions_capacity != (int64_t)eo.slots * context)
+                printf(" (a pool of %lld positions they share)", (long long)es.kv_positions_capacity);
             if (kv_memory > 0) printf(" (budget %d MiB)", kv_memory);
             printf(", prefill chunks of %d, prefix cache %s\nlistening on http://%s:%d\n", prefill_chunk,
                    eo.prefix_cache ? "on" : "off", host, ts_server_port(srv));

@@ -1,7 +1,8 @@
 /* decode.c - incremental decoding of DeepSeek-V4 (spec §2.13), the V4 implementation of
  * decoder_impl.h: sequences in `slots` slots advance by one token per step (any subset of the
  * slots together) or by a chunk of tokens of one slot per pass (extend), against per-sequence
- * caches instead of the whole prefix, and can be rewound by a few tokens (truncate).
+ * caches instead of the whole prefix, and can be rewound by a few tokens (truncate) or copied
+ * into another slot with the same bound (fork: a copy of the slot's state rows).
  *
  * State: per layer, host arrays of one row per sequence (in the weights' dtype), indexed by
  * POSITION so that nothing has to be undone to rewind:
@@ -647,6 +648,22 @@ static ts_status v4_truncate(void *impl, int slot, int64_t len) {
     return TS_OK;
 }
 
+/* A slot's state is its rows (see the file comment): dst gets a copy of src's, then rewinds as
+ * truncate does, within the same bound. */
+static ts_status v4_fork(void *impl, int dst, int src, int64_t len) {
+    v4_decoder *dec = impl;
+    if (len < dec->reach[src] - V4_REWIND) return TS_ERR_UNSUPPORTED;
+    for (int i = 0; i < dec->n_arrays; i++) {
+        const state_array *a = &dec->arrays[i];
+        memcpy((char *)a->data + (size_t)dec->row_of[dst] * a->row_bytes,
+               (const char *)a->data + (size_t)dec->row_of[src] * a->row_bytes, a->row_bytes);
+    }
+    dec->len[dst] = len;
+    dec->reach[dst] = dec->reach[src];
+    dec->mlen[dst] = dec->mlen[src] < len ? dec->mlen[src] : len;
+    return TS_OK;
+}
+
 /* The MTP block over positions mlen..len-1 in one-row passes (chunks as extend), position q
  * with its kept streams and the token after it: the kept one, or next_id for the last. mlen = len
  * (a second draft at the same position) first takes the last position back. */
@@ -691,6 +708,7 @@ static const ts_decoder_ops v4_ops = {
     .truncate = v4_truncate,
     .mtp = v4_mtp,
     .state_bytes = v4_state_bytes,
+    .fork = v4_fork,
 };
 
 /* ---------------------------------------------------------------- construction */
@@ -755,7 +773,9 @@ static bool alloc_host(v4_decoder *dec) {
 }
 
 ts_status ts_v4_decoder_new(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
-                            const ts_decoder_ops **ops, void **out, char *err, size_t err_size) {
+                            int64_t pool_positions, const ts_decoder_ops **ops, void **out, char *err,
+                            size_t err_size) {
+    (void)pool_positions; /* each slot owns its state */
     *out = NULL;
     *ops = &v4_ops;
     const ts_v4_config *c = ts_model_weights_config(w);

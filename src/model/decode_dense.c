@@ -1,20 +1,27 @@
 /* decode_dense.c - incremental decoding of the dense baseline (dense_graph.c), the dense
- * implementation of decoder_impl.h: a KV cache per layer, one forward pass per step (one new
- * token for each of n slots) or per prefill chunk (up to CHUNK tokens of one slot).
+ * implementation of decoder_impl.h: a paged KV cache per layer, one forward pass per step (one
+ * new token for each of n slots) or per prefill chunk (up to CHUNK tokens of one slot).
  *
- * Cache: per layer one host array [H, slots * max_len, 2·hd]; entry (h, slot, p) holds head h's
- * key of position p after RoPE, then its value. Head-major, so that one head's pass over a
- * prefix reads one contiguous run: the weights streaming through the CPU caches every step
- * evict the KV cache, and position-major entries (512 of every 2 KiB) defeat the hardware
- * prefetcher. ts_attention takes extra entries that serve as key and value at once (V4's
- * shared K = V), so a pass hands it the whole cache as extras - a permuted, stride-0 expanded
- * view of one leaf bound to the array, nothing copied - with the query widened to q | 0:
- * then q'·e = q·k, and the second half of the weighted sum is Σ p·v, the output. Each row lists
- * its slot's cached positions in its own index list [B, 1, E] (-1 past the prefix), so any set
- * of slots in any order shares one forward pass. The pass's new tokens are the attention's
- * ordinary keys [k | v], causal among themselves; after compute the host files them into the
- * cache at (slot, position). The price: over the prefix the attention does twice the arithmetic
- * of separate K and V (half of each dot product and weighted sum works on the other half).
+ * Cache: per layer one host array [H, N, 2·hd], N = the pool's positions, in blocks of BLOCK
+ * positions shared by all slots; entry (h, e) holds head h's key of a position after RoPE, then
+ * its value. Each slot has a block table (its i-th BLOCK positions live in block table[i]);
+ * blocks come off a free list as a sequence grows and go back on reset / truncate. They are
+ * reference-counted: a fork shares the source's blocks (a K/V row depends only on the tokens up
+ * to its position), and a shared block a slot is about to write into (the partly filled last
+ * one) is first copied (copy on write). Step and extend count the blocks they will take before
+ * touching anything: too few free and they return TS_ERR_OOM with every slot as it was.
+ * Head-major, so that one head's pass over a block reads one contiguous run (BLOCK entries of
+ * 2·hd): the weights streaming through the CPU caches every step evict the KV cache, and
+ * position-major entries (512 of every 2 KiB) defeat the hardware prefetcher.
+ * ts_attention takes extra entries that serve as key and value at once (V4's shared K = V), so a
+ * pass hands it the whole cache as extras - a permuted, stride-0 expanded view of one leaf bound
+ * to the array, nothing copied - with the query widened to q | 0: then q'·e = q·k, and the second
+ * half of the weighted sum is Σ p·v, the output. Each row lists its slot's cached positions in its
+ * own index list [B, 1, E] (-1 past the prefix), so any set of slots in any order shares one
+ * forward pass. The pass's new tokens are the attention's ordinary keys [k | v], causal among
+ * themselves; after compute the host files them into the cache at the entry of (slot, position).
+ * The price: over the prefix the attention does twice the arithmetic of separate K and V (half of
+ * each dot product and weighted sum works on the other half).
  *
  * Graphs, one per shape (rows B, new tokens T, index slots E, logit rows R), all built up
  * front: steps use T = 1 and the smallest B in 1, 2, 4, .., slots that holds the active rows
@@ -34,6 +41,7 @@
 #include "model/model_internal.h"
 
 #define CHUNK 64     /* prefill tokens per pass */
+#define BLOCK TS_MODEL_DECODER_BLOCK
 #define E_FIRST 64   /* the smallest index list; each next one is 4x longer */
 
 /* One graph shape and the tensors the host reads and writes around its compute. */
@@ -51,8 +59,14 @@ typedef struct {
     size_t esz;
     int slots;
     int64_t max_len, L, H, hd;
-    void **cache;      /* [L] arrays [slots * max_len, H, 2·hd] */
+    void **cache;      /* [L] arrays [H, N, 2·hd] */
     size_t cache_bytes;
+    int64_t N, n_blocks, per_slot; /* pool positions and blocks; table entries per slot */
+    int32_t *table;    /* [slots, per_slot]: the block of each BLOCK positions of a slot */
+    int64_t *held;     /* [slots]: its table entries in use, ceil(len / BLOCK) between calls */
+    int32_t *refs;     /* [n_blocks]: slots holding each block */
+    int32_t *free_list; /* [n_blocks]: a stack of the n_free unheld blocks */
+    int64_t n_free;
     void *angles;      /* [B, T, hd/2] of the running pass */
     int32_t *idx;      /* [B, E] of the running pass */
     int32_t *key_start; /* [T] of the running extend pass: its padding */
@@ -91,7 +105,7 @@ ts_tensor *ts_dense_decode_attention(ts_model_builder *b, int layer, ts_tensor *
     dense_decoder *d = decoder_of(b);
     pass *p = d->building;
     ts_graph *g = b->g;
-    int64_t N = d->slots * d->max_len, w = 2 * d->hd;
+    int64_t N = d->N, w = 2 * d->hd;
     if (!p->idx) { /* shared by every layer */
         int64_t is[3] = {p->B, 1, p->E}, qs[4] = {p->B, p->T, d->H, d->hd};
         p->idx = host_leaf(b, d->idx, TS_I32, 3, is, "decode_idx");
@@ -184,6 +198,64 @@ static pass *find_pass(dense_decoder *d, int64_t B, int64_t T, int64_t E, int64_
     return best;
 }
 
+/* ---------------------------------------------------------------- the block pool */
+
+static int32_t *table_of(const dense_decoder *d, int slot) { return d->table + slot * d->per_slot; }
+
+static int64_t blocks_for(int64_t len) { return (len + BLOCK - 1) / BLOCK; }
+
+/* Where position pos of a slot lives among the cache's N entries. */
+static int32_t entry_of(const dense_decoder *d, int slot, int64_t pos) {
+    return table_of(d, slot)[pos / BLOCK] * BLOCK + (int32_t)(pos % BLOCK);
+}
+
+static int32_t take_block(dense_decoder *d) {
+    int32_t b = d->free_list[--d->n_free];
+    d->refs[b] = 1;
+    return b;
+}
+
+static void drop_block(dense_decoder *d, int32_t b) {
+    if (--d->refs[b] == 0) d->free_list[d->n_free++] = b;
+}
+
+/* Gives back the slot's blocks past the first len positions. */
+static void release_to(dense_decoder *d, int slot, int64_t len) {
+    int32_t *t = table_of(d, slot);
+    while (d->held[slot] > blocks_for(len)) drop_block(d, t[--d->held[slot]]);
+}
+
+/* Whether appending to the slot writes into a block another slot holds too. */
+static bool writes_shared(const dense_decoder *d, int slot) {
+    int64_t len = d->len[slot];
+    return len % BLOCK && d->refs[table_of(d, slot)[len / BLOCK]] > 1;
+}
+
+/* Blocks that appending m tokens to the slot takes from the free list (a shared block written
+ * by several slots of one step is counted for each: at most one too many). */
+static int64_t blocks_needed(const dense_decoder *d, int slot, int64_t m) {
+    return blocks_for(d->len[slot] + m) - d->held[slot] + writes_shared(d, slot);
+}
+
+/* Makes room for m tokens after the slot's sequence (blocks_needed(m) must be free): a private
+ * copy of a shared last block, then new blocks. */
+static void reserve(dense_decoder *d, int slot, int64_t m) {
+    int32_t *t = table_of(d, slot);
+    int64_t len = d->len[slot];
+    if (writes_shared(d, slot)) {
+        int32_t old = t[len / BLOCK], b = take_block(d);
+        size_t head = (size_t)(2 * d->hd) * d->esz;
+        for (int64_t l = 0; l < d->L; l++)
+            for (int64_t h = 0; h < d->H; h++)
+                memcpy((char *)d->cache[l] + (size_t)(h * d->N + b * BLOCK) * head,
+                       (const char *)d->cache[l] + (size_t)(h * d->N + old * BLOCK) * head,
+                       (size_t)(len % BLOCK) * head);
+        drop_block(d, old);
+        t[len / BLOCK] = b;
+    }
+    while (d->held[slot] < blocks_for(len + m)) t[d->held[slot]++] = take_block(d);
+}
+
 /* ---------------------------------------------------------------- host side */
 
 static void put(const dense_decoder *d, void *base, int64_t i, double v) {
@@ -200,20 +272,21 @@ static void prepare_row(dense_decoder *d, const pass *p, int64_t r, int slot, in
         for (int64_t k = 0; k < half; k++) put(d, d->angles, (r * p->T + t) * half + k, pos * d->omega[k]);
         if (p->T > 1) d->key_start[t] = (int32_t)pad;
     }
-    int32_t *idx = d->idx + r * p->E, base = (int32_t)(slot * d->max_len);
-    for (int64_t e = 0; e < p->E; e++) idx[e] = slot >= 0 && e < prefix ? base + (int32_t)e : -1;
+    int32_t *idx = d->idx + r * p->E;
+    for (int64_t e = 0; e < p->E; e++) idx[e] = slot >= 0 && e < prefix ? entry_of(d, slot, e) : -1;
 }
 
 /* After compute: the last m new tokens of row r into the cache of `slot` from position `at`,
  * head by head. */
 static void commit_row(dense_decoder *d, const pass *p, int64_t r, int slot, int64_t at, int64_t m) {
     size_t head = (size_t)(2 * d->hd) * d->esz;
-    int64_t N = d->slots * d->max_len;
-    for (int64_t l = 0; l < d->L; l++)
-        for (int64_t h = 0; h < d->H; h++)
-            for (int64_t t = 0; t < m; t++)
-                memcpy((char *)d->cache[l] + (size_t)(h * N + slot * d->max_len + at + t) * head,
+    for (int64_t t = 0; t < m; t++) {
+        int64_t e = entry_of(d, slot, at + t);
+        for (int64_t l = 0; l < d->L; l++)
+            for (int64_t h = 0; h < d->H; h++)
+                memcpy((char *)d->cache[l] + (size_t)(h * d->N + e) * head,
                        (const char *)p->kv[l]->data + (size_t)((r * p->T + p->T - m + t) * d->H + h) * head, head);
+    }
 }
 
 /* The logits after the i-th of the last R new tokens of row r, as f32. */
@@ -232,14 +305,20 @@ static ts_status run(dense_decoder *d, const pass *p) {
 
 static ts_status dense_step(void *impl, int n, const int *slots, const int32_t *ids, float *logits) {
     dense_decoder *d = impl;
-    int64_t longest = 0;
-    for (int i = 0; i < n; i++) longest = d->len[slots[i]] > longest ? d->len[slots[i]] : longest;
+    int64_t longest = 0, need = 0;
+    for (int i = 0; i < n; i++) {
+        longest = d->len[slots[i]] > longest ? d->len[slots[i]] : longest;
+        need += blocks_needed(d, slots[i], 1);
+    }
+    if (need > d->n_free) return TS_ERR_OOM;
+    for (int i = 0; i < n; i++) reserve(d, slots[i], 1);
     const pass *p = find_pass(d, n, 1, longest, 1);
     for (int64_t r = 0; r < p->B; r++) {
         d->ids[r] = r < n ? ids[r] : 0;
         prepare_row(d, p, r, r < n ? slots[r] : -1, r < n ? d->len[slots[r]] : 0, 1);
     }
     ts_status s = run(d, p);
+    for (int i = 0; s != TS_OK && i < n; i++) release_to(d, slots[i], d->len[slots[i]]);
     if (s != TS_OK) return s;
     for (int i = 0; i < n; i++) {
         commit_row(d, p, i, slots[i], d->len[slots[i]], 1);
@@ -255,6 +334,8 @@ static ts_status dense_extend(void *impl, int slot, const int32_t *ids, int64_t 
                               int64_t logit_rows) {
     dense_decoder *d = impl;
     int64_t first_kept = n - logit_rows, start = d->len[slot];
+    if (blocks_needed(d, slot, n) > d->n_free) return TS_ERR_OOM;
+    reserve(d, slot, n);
     for (int64_t done = 0; done < n;) {
         int64_t m = n - done < CHUNK ? n - done : CHUNK, end = done + m;
         int64_t want = end - (first_kept > done ? first_kept : done); /* <= 0: none */
@@ -264,6 +345,7 @@ static ts_status dense_extend(void *impl, int slot, const int32_t *ids, int64_t 
         ts_status s = run(d, p);
         if (s != TS_OK) {
             d->len[slot] = start; /* all or nothing: the chunks before are forgotten */
+            release_to(d, slot, start);
             return s;
         }
         commit_row(d, p, 0, slot, d->len[slot], m);
@@ -275,14 +357,37 @@ static ts_status dense_extend(void *impl, int slot, const int32_t *ids, int64_t 
     return TS_OK;
 }
 
-static void dense_reset(void *impl, int slot) { ((dense_decoder *)impl)->len[slot] = 0; }
+static void dense_reset(void *impl, int slot) {
+    dense_decoder *d = impl;
+    d->len[slot] = 0;
+    release_to(d, slot, 0);
+}
 
 static int64_t dense_length(const void *impl, int slot) { return ((const dense_decoder *)impl)->len[slot]; }
 
 /* A KV cache just forgets: the index lists never reach past the length. */
 static ts_status dense_truncate(void *impl, int slot, int64_t len) {
-    ((dense_decoder *)impl)->len[slot] = len;
+    dense_decoder *d = impl;
+    d->len[slot] = len;
+    release_to(d, slot, len);
     return TS_OK;
+}
+
+static ts_status dense_fork(void *impl, int dst, int src, int64_t len) {
+    dense_decoder *d = impl;
+    dense_reset(d, dst);
+    int32_t *to = table_of(d, dst);
+    const int32_t *from = table_of(d, src);
+    for (int64_t i = 0; i < blocks_for(len); i++) d->refs[to[i] = from[i]]++;
+    d->held[dst] = blocks_for(len);
+    d->len[dst] = len;
+    return TS_OK;
+}
+
+static void dense_pool(const void *impl, ts_model_decoder_pool *out) {
+    const dense_decoder *d = impl;
+    *out = (ts_model_decoder_pool){.block_positions = BLOCK, .blocks = d->n_blocks, .free_blocks = d->n_free,
+                                   .shared = true};
 }
 
 static size_t dense_state_bytes(const void *impl) {
@@ -303,6 +408,10 @@ static void dense_free(void *impl) {
     free(d->key_start);
     free(d->omega);
     free(d->len);
+    free(d->table);
+    free(d->held);
+    free(d->refs);
+    free(d->free_list);
     free(d);
 }
 
@@ -314,12 +423,15 @@ static const ts_decoder_ops dense_ops = {
     .extend = dense_extend,
     .truncate = dense_truncate,
     .state_bytes = dense_state_bytes,
+    .fork = dense_fork,
+    .pool = dense_pool,
 };
 
-/* The caches and the host inputs, sized for the largest pass. */
+/* The caches, the block pool (every block free, the lowest on top) and the host inputs, sized
+ * for the largest pass. */
 static ts_status alloc_host(dense_decoder *d) {
     int64_t rows = d->slots > CHUNK ? d->slots : CHUNK; /* B·T of the largest pass */
-    d->cache_bytes = (size_t)(d->slots * d->max_len * d->H * 2 * d->hd) * d->esz;
+    d->cache_bytes = (size_t)(d->N * d->H * 2 * d->hd) * d->esz;
     d->cache = calloc((size_t)d->L, sizeof *d->cache);
     d->angles = calloc((size_t)(rows * d->hd / 2), d->esz);
     d->idx = calloc((size_t)(d->slots * d->max_len), sizeof *d->idx);
@@ -327,31 +439,40 @@ static ts_status alloc_host(dense_decoder *d) {
     d->key_start = calloc(CHUNK, sizeof *d->key_start);
     d->omega = calloc((size_t)(d->hd / 2), sizeof *d->omega);
     d->len = calloc((size_t)d->slots, sizeof *d->len);
-    if (!d->cache || !d->angles || !d->idx || !d->ids || !d->key_start || !d->omega || !d->len) return TS_ERR_OOM;
+    d->table = calloc((size_t)(d->slots * d->per_slot), sizeof *d->table);
+    d->held = calloc((size_t)d->slots, sizeof *d->held);
+    d->refs = calloc((size_t)d->n_blocks, sizeof *d->refs);
+    d->free_list = calloc((size_t)d->n_blocks, sizeof *d->free_list);
+    if (!d->cache || !d->angles || !d->idx || !d->ids || !d->key_start || !d->omega || !d->len || !d->table ||
+        !d->held || !d->refs || !d->free_list)
+        return TS_ERR_OOM;
+    for (d->n_free = 0; d->n_free < d->n_blocks; d->n_free++) d->free_list[d->n_free] = (int32_t)(d->n_blocks - 1 - d->n_free);
     for (int64_t l = 0; l < d->L; l++)
         if (!(d->cache[l] = calloc(1, d->cache_bytes))) return TS_ERR_OOM;
     return TS_OK;
 }
 
 ts_status ts_dense_decoder_new(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
-                               const ts_decoder_ops **ops, void **out, char *err, size_t err_size) {
+                               int64_t pool_positions, const ts_decoder_ops **ops, void **out, char *err,
+                               size_t err_size) {
     *out = NULL;
     *ops = &dense_ops;
     const ts_v4_config *c = ts_model_weights_config(w);
-    if (max_len > INT32_MAX / slots) {
-        ts_error_printf(err, err_size, "dense decoder: %d slots of %lld positions exceed the i32 cache index",
-                        slots, (long long)max_len);
+    if (pool_positions > INT32_MAX - BLOCK || max_len > INT32_MAX - BLOCK) {
+        ts_error_printf(err, err_size, "dense decoder: a pool of %lld positions (sequences of %lld) exceeds the i32 cache index",
+                        (long long)pool_positions, (long long)max_len);
         return TS_ERR_INVALID_ARG;
     }
     dense_decoder *d = calloc(1, sizeof *d);
     if (!d) return TS_ERR_OOM;
     *d = (dense_decoder){.c = c, .dt = ts_model_weights_dtype(w), .slots = slots, .max_len = max_len,
-                         .L = c->num_hidden_layers, .H = c->num_attention_heads, .hd = c->head_dim};
+                         .L = c->num_hidden_layers, .H = c->num_attention_heads, .hd = c->head_dim,
+                         .N = blocks_for(pool_positions) * BLOCK, .n_blocks = blocks_for(pool_positions), .per_slot = blocks_for(max_len)};
     d->esz = ts_dtype_bytes(d->dt, 1);
     ts_status s = alloc_host(d);
     if (s != TS_OK) {
-        ts_error_printf(err, err_size, "dense decoder: out of memory for %d slots of %lld positions", slots,
-                        (long long)max_len);
+        ts_error_printf(err, err_size, "dense decoder: out of memory for a pool of %lld positions (%d slots of %lld)",
+                        (long long)d->N, slots, (long long)max_len);
     } else if (!ts_v4_rope_freqs(c->rope_theta, (int)d->hd, NULL, d->omega, NULL, NULL)) {
         ts_error_printf(err, err_size, "dense decoder: no RoPE for head_dim %lld, rope_theta %g", (long long)d->hd,
                         c->rope_theta);

@@ -14,7 +14,12 @@ struct ts_model_decoder {
 
 ts_status ts_model_decoder_new(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
                                ts_model_decoder **out, char *err, size_t err_size) {
-    if (!w || !be || !out || slots < 1 || max_len < 1) return TS_ERR_INVALID_ARG;
+    return ts_model_decoder_new_pooled(w, be, slots, max_len, 0, out, err, err_size);
+}
+
+ts_status ts_model_decoder_new_pooled(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
+                                      int64_t pool_positions, ts_model_decoder **out, char *err, size_t err_size) {
+    if (!w || !be || !out || slots < 1 || max_len < 1 || pool_positions < 0) return TS_ERR_INVALID_ARG;
     *out = NULL;
     const ts_v4_config *c = ts_model_weights_config(w);
     ts_decoder_new_fn make = NULL;
@@ -29,7 +34,12 @@ ts_status ts_model_decoder_new(const ts_model_weights *w, ts_backend *be, int sl
     d->slots = slots;
     d->max_len = max_len;
     d->vocab = c->vocab_size;
-    ts_status s = make(w, be, slots, max_len, &d->ops, &d->impl, err, err_size);
+    if (pool_positions == 0) { /* every slot can reach max_len at once */
+        int64_t blocks = (max_len + TS_MODEL_DECODER_BLOCK - 1) / TS_MODEL_DECODER_BLOCK;
+        pool_positions = blocks > INT64_MAX / TS_MODEL_DECODER_BLOCK / slots ? INT64_MAX
+                                                                             : slots * blocks * TS_MODEL_DECODER_BLOCK;
+    }
+    ts_status s = make(w, be, slots, max_len, pool_positions, &d->ops, &d->impl, err, err_size);
     if (s != TS_OK) {
         free(d);
         return s;
@@ -102,4 +112,23 @@ ts_status ts_model_decoder_mtp(ts_model_decoder *d, int slot, int32_t next_id, f
         d->ops->length(d->impl, slot) < 1)
         return TS_ERR_INVALID_ARG;
     return d->ops->mtp ? d->ops->mtp(d->impl, slot, next_id, logits) : TS_ERR_UNSUPPORTED;
+}
+
+ts_status ts_model_decoder_fork(ts_model_decoder *d, int dst, int src, int64_t len) {
+    if (dst < 0 || dst >= d->slots || src < 0 || src >= d->slots || dst == src || len < 0) return TS_ERR_INVALID_ARG;
+    if (len > d->ops->length(d->impl, src)) return TS_ERR_RANGE;
+    if (len == 0) {
+        d->ops->reset(d->impl, dst);
+        return TS_OK;
+    }
+    return d->ops->fork ? d->ops->fork(d->impl, dst, src, len) : TS_ERR_UNSUPPORTED;
+}
+
+void ts_model_decoder_pool_info(const ts_model_decoder *d, ts_model_decoder_pool *out) {
+    if (d->ops->pool) {
+        d->ops->pool(d->impl, out);
+        return;
+    }
+    *out = (ts_model_decoder_pool){.block_positions = d->max_len, .blocks = d->slots};
+    for (int s = 0; s < d->slots; s++) out->free_blocks += d->ops->length(d->impl, s) == 0;
 }

@@ -3,7 +3,8 @@
  * tables - decode.c for DeepSeek-V4 (window ring, compressed caches, compressor state) and
  * decode_dense.c for the dense baseline (a plain KV cache). Slots and lengths reaching an
  * implementation are valid: 0 <= slot < slots, distinct slots in a step, no sequence pushed
- * past max_len, truncation only to len <= length. */
+ * past max_len, truncation only to len <= length, fork between distinct slots with
+ * len <= length(src). */
 #ifndef TS_MODEL_DECODER_IMPL_H
 #define TS_MODEL_DECODER_IMPL_H
 
@@ -26,17 +27,26 @@ typedef struct {
     ts_status (*mtp)(void *impl, int slot, int32_t next_id, float *logits);
     /* Host memory of all slots' caches. */
     size_t (*state_bytes)(const void *impl);
+    /* Slot dst drops its sequence and holds src's first len tokens. NULL, or
+     * TS_ERR_UNSUPPORTED with dst unchanged: the model cannot. */
+    ts_status (*fork)(void *impl, int dst, int src, int64_t len);
+    /* The shared block pool (model.h). NULL: each slot owns max_len positions. */
+    void (*pool)(const void *impl, ts_model_decoder_pool *out);
 } ts_decoder_ops;
 
+/* pool_positions: the shared pool's size (> 0; families without one ignore it). */
 typedef ts_status (*ts_decoder_new_fn)(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
-                                       const ts_decoder_ops **ops, void **impl, char *err, size_t err_size);
+                                       int64_t pool_positions, const ts_decoder_ops **ops, void **impl, char *err,
+                                       size_t err_size);
 
 /* decode.c: DeepSeek-V4 configs. */
 ts_status ts_v4_decoder_new(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
-                            const ts_decoder_ops **ops, void **impl, char *err, size_t err_size);
+                            int64_t pool_positions, const ts_decoder_ops **ops, void **impl, char *err,
+                            size_t err_size);
 
 /* decode_dense.c: dense baseline configs. */
 ts_status ts_dense_decoder_new(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
-                               const ts_decoder_ops **ops, void **impl, char *err, size_t err_size);
+                               int64_t pool_positions, const ts_decoder_ops **ops, void **impl, char *err,
+                               size_t err_size);
 
 #endif

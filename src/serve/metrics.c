@@ -71,6 +71,13 @@ char *metrics_render(metrics *m, const ts_engine_stats *es, int in_flight) {
     sbuf_printf(&b, "tessera_kv_cache_capacity_positions %lld\n", (long long)es->kv_positions_capacity);
     metric_head(&b, "tessera_kv_cache_bytes", "gauge", "Memory of the whole KV-cache pool.");
     sbuf_printf(&b, "tessera_kv_cache_bytes %lld\n", (long long)es->kv_bytes);
+    metric_head(&b, "tessera_kv_cache_blocks", "gauge",
+                "KV-cache pool blocks: free (held by no sequence) and in all (per-slot memory: one per slot).");
+    sbuf_printf(&b, "tessera_kv_cache_blocks{state=\"free\"} %lld\n", (long long)es->kv_blocks_free);
+    sbuf_printf(&b, "tessera_kv_cache_blocks{state=\"total\"} %lld\n", (long long)es->kv_blocks);
+    metric_head(&b, "tessera_preemptions_total", "counter",
+                "Running requests sent back to the queue (to be recomputed) for want of KV-cache blocks.");
+    sbuf_printf(&b, "tessera_preemptions_total %lld\n", (long long)es->preemptions);
     metric_head(&b, "tessera_prefix_cache_hits_total", "counter", "Admitted requests that reused a cached prompt prefix.");
     sbuf_printf(&b, "tessera_prefix_cache_hits_total %lld\n", (long long)es->prefix_cache_hits);
     metric_head(&b, "tessera_prefix_cache_reused_tokens_total", "counter",

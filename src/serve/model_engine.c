@@ -13,13 +13,25 @@
  * at max_tokens, at the context limit, or when cancelled.
  *
  * Prefix cache: a slot records the ids its decoder cache holds, and keeps them when its request
- * ends. A new request goes to the idle slot whose ids share the longest prefix with its prompt,
- * the slot is rewound to that prefix (ts_model_decoder_truncate; a model that cannot rewind that
- * far makes the slot start empty instead) and only the rest of the prompt is prefilled. At
- * least the prompt's last token is always fed, for the logits of the first output. Ties, and
- * requests that reuse nothing, take the least recently used idle slot, so fresh caches live
- * longest. Memory is fixed at start: slots x max_len positions; a request that finds no idle
- * slot waits in a bounded queue, and a full queue is refused (HTTP 503). */
+ * ends. A new request takes the longest prefix of its prompt that any slot holds, running or
+ * idle: an idle slot holding it is rewound to it (ts_model_decoder_truncate), else the least
+ * recently used idle slot gets a copy (ts_model_decoder_fork: the dense decoder shares the
+ * blocks); a model that refuses either just tries the next best, down to an empty slot. Only
+ * the rest of the prompt is prefilled; at least its last token is always fed, for the logits of
+ * the first output. Ties go to idle slots, then to the least recently used, so fresh caches
+ * live longest.
+ *
+ * Memory: the decoder's pool (ts_model_decoder_pool_info). V4 owns max_len positions per slot,
+ * so a slot is all a request needs. A shared pool (dense) of blocks may hold fewer positions
+ * than slots x max_len: a request is admitted when the free blocks cover the rest of its prompt
+ * plus one block per running sequence (their next steps), evicting idle slots' caches (least
+ * recently used first) to get there; else it waits. When the pool still runs short (a step or
+ * chunk returns TS_ERR_OOM, nothing appended), an idle cache is evicted, else the youngest
+ * running request is preempted: its blocks go back and it returns to the queue front with its
+ * prompt + the tokens it generated, its sampler state kept, to be recomputed when there is
+ * room - its output is what it would have been without preemption (up to the rounding
+ * differences between prefill and step logits). A request that finds no slot or no room waits
+ * in a bounded queue, and a full queue is refused (HTTP 503). */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +50,8 @@ typedef struct {
     int n_stop_ids;
     ts_gen_sink sink;
     bool cancelled;
+    int32_t generated;   /* tokens reported already: a preempted request's prompt ends with them */
+    ts_sampler *sampler; /* a preempted request's sampler, its state kept; NULL: a new request */
 } pending;
 
 typedef enum { SLOT_IDLE, SLOT_PREFILL, SLOT_DECODE } slot_phase;
@@ -50,6 +64,7 @@ typedef struct {
     int32_t last;      /* the last sampled token: the next step's input */
     int32_t generated;
     uint64_t used_at;  /* when its last request ended (engine clock) */
+    uint64_t admitted_at; /* when its request was admitted: the youngest is preempted first */
     ts_sampler *sampler;
 } slot_state;
 
@@ -57,6 +72,7 @@ struct ts_model_engine {
     ts_tokenizer *tok; /* NULL: byte-level vocabulary */
     int32_t vocab, eos;
     ts_model_decoder *dec;
+    ts_model_decoder_pool pool; /* as of the worker's last look (free_blocks) */
     ts_model_engine_options opt;
     size_t kv_bytes;
     slot_state *slots;
@@ -64,7 +80,10 @@ struct ts_model_engine {
     int queue_len;
     int prefill_rr;    /* the slot that prefilled last */
     uint64_t clock;
-    int64_t prefix_hits, reused_tokens, prefill_tokens;
+    int64_t prefix_hits, reused_tokens, prefill_tokens, preemptions;
+    bool pool_short;   /* the last compute ran out of pool blocks */
+    ts_sampler **spare; /* [slots]: samplers in neither a slot nor a preempted request */
+    int n_spare;
     pthread_mutex_t mu;
     pthread_cond_t wake;
     pthread_t worker;
@@ -101,58 +120,185 @@ static int64_t common_prefix(const int32_t *a, int64_t na, const int32_t *b, int
     return i;
 }
 
-/* Picks the idle slot for prompt p and rewinds it to the prefix it reuses (its n_tokens then);
- * -1 when every slot is busy. A slot whose rewind the model refuses is still a candidate, empty. */
+static bool running(const slot_state *sl) { return sl->phase != SLOT_IDLE; }
+
+/* Whether slot a is a better prefix source than b: a longer prefix; equal, an idle slot (no
+ * copy), then the least recently used. */
+static bool better_source(const ts_model_engine *e, int a, int b) {
+    const slot_state *x = &e->slots[a], *y = &e->slots[b];
+    if (e->reuse[a] != e->reuse[b]) return e->reuse[a] > e->reuse[b];
+    if (running(x) != running(y)) return !running(x);
+    return x->used_at < y->used_at;
+}
+
+/* Whether a prefill under way will hold at least a block more of prompt p than the `have`
+ * tokens any slot offers now: then p had better wait for it than compute it again (requests
+ * arriving together with the same system prompt). Shared pools only, where a fork always works. */
+static bool prefix_coming(const ts_model_engine *e, const pending *p, int64_t have) {
+    for (int s = 0; e->pool.shared && s < e->opt.slots; s++) {
+        const slot_state *sl = &e->slots[s];
+        if (sl->phase == SLOT_PREFILL &&
+            common_prefix(sl->req.prompt, (int64_t)sl->req.n_prompt, p->prompt, (int64_t)p->n_prompt - 1) >=
+                have + e->pool.block_positions)
+            return true;
+    }
+    return false;
+}
+
+/* Fills an idle slot with the longest prefix of prompt p any slot holds (its n_tokens then) and
+ * returns it; -1 when every slot is busy, or when a prefill under way is about to offer more.
+ * reuse[s]: what slot s offers (-1: nothing left to try); an idle slot's own rewind the model
+ * refuses leaves it a candidate, empty. */
 static int place(ts_model_engine *e, const pending *p) {
+    int lru = -1;
+    int64_t have = 0;
     for (int s = 0; s < e->opt.slots; s++) {
         const slot_state *sl = &e->slots[s];
-        e->reuse[s] = -1;
-        if (sl->phase != SLOT_IDLE) continue;
+        if (!running(sl) && (lru < 0 || sl->used_at < e->slots[lru].used_at)) lru = s;
         int64_t common = e->opt.prefix_cache ? common_prefix(sl->tokens, sl->n_tokens, p->prompt, (int64_t)p->n_prompt) : 0;
         e->reuse[s] = common < (int64_t)p->n_prompt ? common : (int64_t)p->n_prompt - 1;
+        if (running(sl) && e->reuse[s] == 0) e->reuse[s] = -1;
+        have = e->reuse[s] > have ? e->reuse[s] : have;
     }
+    if (lru < 0 || (e->opt.prefix_cache && prefix_coming(e, p, have))) return -1;
     for (;;) {
         int best = -1;
         for (int s = 0; s < e->opt.slots; s++)
-            if (e->reuse[s] >= 0 && (best < 0 || e->reuse[s] > e->reuse[best] ||
-                                     (e->reuse[s] == e->reuse[best] && e->slots[s].used_at < e->slots[best].used_at)))
-                best = s;
-        if (best < 0) return -1;
-        if (ts_model_decoder_truncate(e->dec, best, e->reuse[best]) == TS_OK) { /* length 0 always works */
-            e->slots[best].n_tokens = e->reuse[best];
+            if (e->reuse[s] >= 0 && (best < 0 || better_source(e, s, best))) best = s;
+        slot_state *src = &e->slots[best];
+        if (!running(src) && ts_model_decoder_truncate(e->dec, best, e->reuse[best]) == TS_OK) { /* 0 always works */
+            src->n_tokens = e->reuse[best];
             return best;
         }
-        e->reuse[best] = 0;
+        if (running(src) && ts_model_decoder_fork(e->dec, lru, best, e->reuse[best]) == TS_OK) {
+            memcpy(e->slots[lru].tokens, src->tokens, (size_t)e->reuse[best] * sizeof(int32_t));
+            e->slots[lru].n_tokens = e->reuse[best];
+            return lru;
+        }
+        e->reuse[best] = running(src) ? -1 : 0;
     }
 }
 
+static int64_t blocks_for(const ts_model_engine *e, int64_t positions) {
+    return (positions + e->pool.block_positions - 1) / e->pool.block_positions;
+}
+
+/* The pool's free blocks now, also kept in e->pool for stats (which must not read the decoder
+ * while the worker computes). Worker thread, under the lock. */
+static int64_t free_blocks(ts_model_engine *e) {
+    ts_model_decoder_pool_info(e->dec, &e->pool);
+    return e->pool.free_blocks;
+}
+
+/* Empties the least recently used idle slot that holds a cache, other than `keep`; false when
+ * there is none. */
+static bool evict_idle(ts_model_engine *e, int keep) {
+    int victim = -1;
+    for (int s = 0; s < e->opt.slots; s++) {
+        const slot_state *sl = &e->slots[s];
+        if (s != keep && !running(sl) && sl->n_tokens > 0 && (victim < 0 || sl->used_at < e->slots[victim].used_at))
+            victim = s;
+    }
+    if (victim < 0) return false;
+    ts_model_decoder_reset(e->dec, victim);
+    e->slots[victim].n_tokens = 0;
+    return true;
+}
+
+/* Whether a shared pool has room for prompt p in slot s (placed: it holds n_tokens): blocks for
+ * the rest of the prompt, a copy of a partly filled shared last block, and one block per
+ * running sequence; idle caches are evicted until it does, or none is left. */
+static bool has_room(ts_model_engine *e, int s, const pending *p) {
+    if (!e->pool.shared) return true;
+    int64_t held = e->slots[s].n_tokens, need = blocks_for(e, (int64_t)p->n_prompt) - blocks_for(e, held);
+    need += held % e->pool.block_positions != 0;
+    for (int i = 0; i < e->opt.slots; i++) need += running(&e->slots[i]);
+    while (free_blocks(e) < need)
+        if (!evict_idle(e, s)) return false;
+    return true;
+}
+
+/* A preempted request resumes with its own sampler (the slot's goes to the spares). */
 static void start(ts_model_engine *e, int s, pending p) {
     slot_state *sl = &e->slots[s];
     sl->phase = SLOT_PREFILL;
     sl->req = p;
-    sl->generated = 0;
+    sl->generated = p.generated;
+    sl->admitted_at = ++e->clock;
     if (sl->n_tokens > 0) {
         e->prefix_hits++;
         e->reused_tokens += sl->n_tokens;
     }
-    if (ts_sampler_start(sl->sampler, &p.sampling, p.prompt, p.n_prompt) != TS_OK) finish(e, s, TS_GEN_ERROR);
+    if (p.sampler) {
+        e->spare[e->n_spare++] = sl->sampler;
+        sl->sampler = p.sampler;
+        sl->req.sampler = NULL;
+    } else if (ts_sampler_start(sl->sampler, &p.sampling, p.prompt, p.n_prompt) != TS_OK) {
+        finish(e, s, TS_GEN_ERROR);
+    }
 }
 
-/* Moves queued requests, oldest first, into idle slots (under the lock); cancelled ones end here. */
+/* Ends a request that never got (back) into a slot. */
+static void drop(ts_model_engine *e, pending *p, ts_gen_end end) {
+    if (p->sampler) e->spare[e->n_spare++] = p->sampler;
+    free(p->prompt);
+    p->sink.done(p->sink.user, end);
+}
+
+/* Moves queued requests, oldest first, into idle slots while the pool has room (under the
+ * lock); cancelled ones end here. */
 static void admit(ts_model_engine *e) {
     while (e->queue_len > 0) {
         pending p = e->queue[0];
         int s = p.cancelled ? -1 : place(e, &p);
-        if (!p.cancelled && s < 0) return;
+        if (!p.cancelled && (s < 0 || !has_room(e, s, &p))) return;
         memmove(e->queue, e->queue + 1, (size_t)(e->queue_len - 1) * sizeof *e->queue);
         e->queue_len--;
-        if (p.cancelled) {
-            free(p.prompt);
-            p.sink.done(p.sink.user, TS_GEN_CANCELLED);
-        } else {
-            start(e, s, p);
-        }
+        if (p.cancelled) drop(e, &p, TS_GEN_CANCELLED);
+        else start(e, s, p);
     }
+}
+
+/* Sends slot s's request back to the queue front, to be recomputed from its prompt + the
+ * tokens it generated (the last one, sampled but not fed, included) with its sampler as it is;
+ * the slot's blocks go back to the pool. */
+static void preempt(ts_model_engine *e, int s) {
+    slot_state *sl = &e->slots[s];
+    pending p = sl->req;
+    if (sl->phase == SLOT_DECODE) { /* the cache holds the prompt and the fed tokens */
+        memcpy(p.prompt, sl->tokens, (size_t)sl->n_tokens * sizeof(int32_t));
+        p.prompt[sl->n_tokens] = sl->last;
+        p.n_prompt = (size_t)sl->n_tokens + 1;
+    }
+    p.generated = sl->generated;
+    p.sampler = sl->sampler;
+    sl->sampler = e->spare[--e->n_spare];
+    ts_model_decoder_reset(e->dec, s);
+    sl->n_tokens = 0;
+    sl->phase = SLOT_IDLE;
+    sl->used_at = ++e->clock;
+    memmove(e->queue + 1, e->queue, (size_t)e->queue_len * sizeof *e->queue);
+    e->queue[0] = p;
+    e->queue_len++;
+    e->preemptions++;
+}
+
+/* The pool ran short: idle caches go until one frees a block (one sharing all its blocks with
+ * running sequences frees none), else the youngest running request is preempted - or fails,
+ * when it runs alone and still does not fit (submit makes that impossible). */
+static void reclaim(ts_model_engine *e) {
+    e->pool_short = false;
+    int64_t before = free_blocks(e);
+    while (evict_idle(e, -1))
+        if (free_blocks(e) > before) return;
+    int youngest = -1, n_running = 0;
+    for (int s = 0; s < e->opt.slots; s++) {
+        if (!running(&e->slots[s])) continue;
+        n_running++;
+        if (youngest < 0 || e->slots[s].admitted_at > e->slots[youngest].admitted_at) youngest = s;
+    }
+    if (n_running > 1) preempt(e, youngest);
+    else if (youngest >= 0) fail(e, youngest);
 }
 
 /* ---------------------------------------------------------------- the worker */
@@ -205,8 +351,16 @@ static void emit(ts_model_engine *e, int s, const float *logits) {
     if (++sl->generated >= sl->req.max_tokens || sl->n_tokens >= e->opt.max_len) finish(e, s, TS_GEN_LENGTH);
 }
 
+/* Whether a compute failed for want of pool blocks (then nothing was appended: a retry after
+ * reclaim() can succeed). */
+static bool out_of_blocks(ts_model_engine *e, ts_status st) {
+    if (st == TS_ERR_OOM && e->pool.shared) e->pool_short = true;
+    return st == TS_ERR_OOM && e->pool.shared;
+}
+
 static void after_prefill(ts_model_engine *e, const plan *p, ts_status st) {
     slot_state *sl = &e->slots[p->prefill];
+    if (out_of_blocks(e, st)) return;
     if (st != TS_OK) {
         fail(e, p->prefill);
         return;
@@ -218,6 +372,7 @@ static void after_prefill(ts_model_engine *e, const plan *p, ts_status st) {
 }
 
 static void after_step(ts_model_engine *e, const plan *p, ts_status st) {
+    if (out_of_blocks(e, st)) return;
     for (int i = 0; i < p->n; i++) {
         int s = e->step_slots[i];
         if (st != TS_OK) {
@@ -238,6 +393,7 @@ static void *worker_main(void *arg) {
             if (e->slots[s].phase != SLOT_IDLE && (e->slots[s].req.cancelled || e->stop)) finish(e, s, TS_GEN_CANCELLED);
         if (e->stop) break;
         admit(e);
+        free_blocks(e);
         plan p = make_plan(e);
         if (p.prefill < 0 && p.n == 0) {
             pthread_cond_wait(&e->wake, &e->mu);
@@ -255,11 +411,9 @@ static void *worker_main(void *arg) {
         pthread_mutex_lock(&e->mu);
         if (p.prefill >= 0) after_prefill(e, &p, sp);
         after_step(e, &p, sd);
+        if (e->pool_short) reclaim(e);
     }
-    for (int i = 0; i < e->queue_len; i++) {
-        free(e->queue[i].prompt);
-        e->queue[i].sink.done(e->queue[i].sink.user, TS_GEN_CANCELLED);
-    }
+    for (int i = 0; i < e->queue_len; i++) drop(e, &e->queue[i], TS_GEN_CANCELLED);
     e->queue_len = 0;
     pthread_mutex_unlock(&e->mu);
     return NULL;
@@ -306,14 +460,16 @@ static ts_status eng_detokenize(void *self, int32_t id, ts_token_bytes *out) {
 
 static ts_status eng_submit(void *self, const ts_gen_request *req) {
     ts_model_engine *e = self;
-    if (req->n_prompt < 1 || req->max_tokens < 1 || (int64_t)req->n_prompt + req->max_tokens > e->opt.max_len)
+    int64_t need = (int64_t)req->n_prompt + req->max_tokens;
+    if (req->n_prompt < 1 || req->max_tokens < 1 || need > e->opt.max_len ||
+        blocks_for(e, need) > e->pool.blocks) /* could never run, even alone */
         return TS_ERR_RANGE;
     for (size_t i = 0; i < req->n_prompt; i++)
         if (req->prompt[i] < 0 || req->prompt[i] >= e->vocab) return TS_ERR_RANGE;
     if (ts_sampling_params_check(&req->sampling, NULL) || req->n_stop_ids < 0 || req->n_stop_ids > TS_GEN_MAX_STOP_IDS)
         return TS_ERR_RANGE;
     pending p = {.id = req->id,
-                 .prompt = malloc(req->n_prompt * sizeof(int32_t)),
+                 .prompt = malloc((size_t)need * sizeof(int32_t)), /* room for a preemption's tokens */
                  .n_prompt = req->n_prompt,
                  .max_tokens = req->max_tokens,
                  .sampling = req->sampling,
@@ -338,7 +494,7 @@ static void eng_cancel(void *self, uint64_t id) {
     for (int i = 0; i < e->queue_len; i++)
         if (e->queue[i].id == id) e->queue[i].cancelled = true;
     for (int s = 0; s < e->opt.slots; s++)
-        if (e->slots[s].phase != SLOT_IDLE && e->slots[s].req.id == id) e->slots[s].req.cancelled = true;
+        if (running(&e->slots[s]) && e->slots[s].req.id == id) e->slots[s].req.cancelled = true;
     pthread_cond_signal(&e->wake);
     pthread_mutex_unlock(&e->mu);
 }
@@ -356,9 +512,14 @@ static void eng_stats(void *self, ts_engine_stats *out) {
             out->kv_positions_running += sl->n_tokens;
         }
     }
-    out->kv_positions_capacity = (int64_t)e->opt.slots * e->opt.max_len;
-    out->kv_cache_usage = (double)out->kv_positions_running / (double)out->kv_positions_capacity;
+    const ts_model_decoder_pool pool = e->pool;
+    out->kv_blocks = pool.blocks;
+    out->kv_blocks_free = pool.free_blocks;
+    out->kv_positions_capacity = pool.blocks * pool.block_positions;
+    out->kv_cache_usage = pool.shared ? (double)(pool.blocks - pool.free_blocks) / (double)pool.blocks
+                                      : (double)out->kv_positions_running / (double)out->kv_positions_capacity;
     out->kv_bytes = (int64_t)e->kv_bytes;
+    out->preemptions = e->preemptions;
     out->queued = e->queue_len;
     out->prefix_cache_hits = e->prefix_hits;
     out->prefix_reused_tokens = e->reused_tokens;
@@ -373,49 +534,65 @@ void ts_model_engine_table(ts_model_engine *e, ts_engine *out) {
 /* ---------------------------------------------------------------- sizing and life cycle */
 
 ts_model_engine_options ts_model_engine_defaults(void) {
-    return (ts_model_engine_options){.slots = 4, .max_len = 1024, .max_queue = 64, .prefill_chunk = 64, .prefix_cache = true};
+    return (ts_model_engine_options){.slots = 4, .max_len = 1024, .max_queue = 64, .prefill_chunk = 64, .prefix_cache = true,
+                                     .pool_positions = 0};
 }
 
 ts_status ts_model_engine_fit(const ts_model_weights *w, ts_backend *be, size_t kv_bytes, int64_t max_len, int max_slots,
-                              int *slots, size_t *slot_bytes, char *err, size_t err_size) {
-    if (!w || !be || !slots || max_len < 2 || max_slots < 1) return TS_ERR_INVALID_ARG;
+                              int *slots, int64_t *pool_positions, size_t *seq_bytes, char *err, size_t err_size) {
+    if (!w || !be || !slots || !pool_positions || max_len < 2 || max_slots < 1) return TS_ERR_INVALID_ARG;
     ts_model_decoder *d = NULL;
     ts_status s = ts_model_decoder_new(w, be, 1, max_len, &d, err, err_size);
     if (s != TS_OK) return s;
-    size_t one = ts_model_decoder_state_bytes(d);
+    ts_model_decoder_pool pool;
+    ts_model_decoder_pool_info(d, &pool);
+    size_t block = ts_model_decoder_state_bytes(d) / (size_t)pool.blocks, one = block * (size_t)pool.blocks;
     ts_model_decoder_free(d);
-    if (slot_bytes) *slot_bytes = one;
-    size_t fit = one ? kv_bytes / one : (size_t)max_slots;
-    if (fit < 1) {
+    if (seq_bytes) *seq_bytes = one;
+    size_t fit = block ? kv_bytes / block : (size_t)max_slots * (size_t)pool.blocks; /* blocks */
+    if (fit < (size_t)pool.blocks) {
         ts_error_printf(err, err_size, "a KV-cache budget of %.2f MiB holds no sequence of %lld positions (one needs %.2f MiB)",
                         (double)kv_bytes / (1 << 20), (long long)max_len, (double)one / (1 << 20));
         return TS_ERR_RANGE;
     }
-    *slots = fit < (size_t)max_slots ? (int)fit : max_slots;
+    if (pool.shared) {
+        int64_t blocks = fit < (size_t)(INT32_MAX / pool.block_positions) ? (int64_t)fit : INT32_MAX / pool.block_positions - 1;
+        *pool_positions = blocks * pool.block_positions;
+        *slots = blocks < max_slots ? (int)blocks : max_slots;
+    } else {
+        *pool_positions = 0;
+        *slots = fit < (size_t)max_slots ? (int)fit : max_slots;
+    }
     return TS_OK;
 }
 
 static ts_status check_options(const ts_model_engine_options *o, char *err, size_t err_size) {
-    if (o->slots >= 1 && o->max_len >= 2 && o->max_queue >= 1 && o->prefill_chunk >= 1) return TS_OK;
-    ts_error_printf(err, err_size, "engine: need slots >= 1, max_len >= 2, max_queue >= 1, prefill_chunk >= 1 "
-                    "(got %d, %lld, %d, %d)", o->slots, (long long)o->max_len, o->max_queue, o->prefill_chunk);
+    if (o->slots >= 1 && o->max_len >= 2 && o->max_queue >= 1 && o->prefill_chunk >= 1 && o->pool_positions >= 0)
+        return TS_OK;
+    ts_error_printf(err, err_size, "engine: need slots >= 1, max_len >= 2, max_queue >= 1, prefill_chunk >= 1, "
+                    "pool_positions >= 0 (got %d, %lld, %d, %d, %lld)", o->slots, (long long)o->max_len, o->max_queue,
+                    o->prefill_chunk, (long long)o->pool_positions);
     return TS_ERR_INVALID_ARG;
 }
 
 static ts_status alloc_scratch(ts_model_engine *e) {
     size_t S = (size_t)e->opt.slots;
     e->slots = calloc(S, sizeof *e->slots);
-    e->queue = calloc((size_t)e->opt.max_queue, sizeof *e->queue);
+    e->queue = calloc((size_t)e->opt.max_queue + S, sizeof *e->queue); /* + the preempted, at most one per slot */
+    e->spare = calloc(S, sizeof *e->spare);
     e->step_slots = calloc(S, sizeof *e->step_slots);
     e->step_ids = calloc(S, sizeof *e->step_ids);
     e->logits = calloc(S * (size_t)e->vocab, sizeof *e->logits);
     e->prefill_logits = calloc((size_t)e->vocab, sizeof *e->prefill_logits);
     e->reuse = calloc(S, sizeof *e->reuse);
-    if (!e->slots || !e->queue || !e->step_slots || !e->step_ids || !e->logits || !e->prefill_logits || !e->reuse)
+    if (!e->slots || !e->queue || !e->spare || !e->step_slots || !e->step_ids || !e->logits || !e->prefill_logits ||
+        !e->reuse)
         return TS_ERR_OOM;
     for (size_t i = 0; i < S; i++) {
         e->slots[i].tokens = malloc((size_t)e->opt.max_len * sizeof(int32_t));
-        if (!e->slots[i].tokens || ts_sampler_new(e->vocab, &e->slots[i].sampler) != TS_OK) return TS_ERR_OOM;
+        if (!e->slots[i].tokens || ts_sampler_new(e->vocab, &e->slots[i].sampler) != TS_OK ||
+            ts_sampler_new(e->vocab, &e->spare[e->n_spare++]) != TS_OK)
+            return TS_ERR_OOM;
     }
     return TS_OK;
 }
@@ -441,9 +618,11 @@ ts_status ts_model_engine_new(const ts_model_weights *w, ts_tokenizer *tok, ts_b
     e->prefill_rr = opt->slots - 1; /* slot 0 is the first to prefill */
     s = alloc_scratch(e);
     if (s != TS_OK) ts_error_printf(err, err_size, "engine: out of memory");
-    if (s == TS_OK) s = ts_model_decoder_new(w, be, opt->slots, opt->max_len, &e->dec, err, err_size);
+    if (s == TS_OK)
+        s = ts_model_decoder_new_pooled(w, be, opt->slots, opt->max_len, opt->pool_positions, &e->dec, err, err_size);
     if (s == TS_OK) {
         e->kv_bytes = ts_model_decoder_state_bytes(e->dec);
+        free_blocks(e);
         pthread_mutex_init(&e->mu, NULL);
         pthread_cond_init(&e->wake, NULL);
         e->started = pthread_create(&e->worker, NULL, worker_main, e) == 0;
@@ -475,6 +654,8 @@ void ts_model_engine_free(ts_model_engine *e) {
         ts_sampler_free(e->slots[i].sampler);
         free(e->slots[i].tokens);
     }
+    for (int i = 0; i < e->n_spare; i++) ts_sampler_free(e->spare[i]);
+    free(e->spare);
     ts_model_decoder_free(e->dec);
     free(e->slots);
     free(e->queue);
