@@ -2,8 +2,9 @@
  * the lines people and scripts rely on: --help, every subcommand's --help, version, info, ops,
  * a short demo, `forward` on the V4 reference checkpoint (logits .npy vs the port), `bench gemm
  * --json` on tiny shapes, `tokenizer train/encode/decode` and `data prepare/synth/info` on
- * generated files, `generate --speculative mtp` against plain greedy generation, and the
- * one-line errors (exit code 2 for command-line mistakes, 1 for failed work). Also checks the
+ * generated files, `generate --speculative mtp` against plain greedy generation, its sampling
+ * options (a seed repeats its text), and the one-line errors (exit code 2 for command-line
+ * mistakes, 1 for failed work). Also checks the
  * run-time CPU feature detection (cpu.h) that `info` prints. The binary is found next to this
  * test's executable (both are built into the same CMake build directory). */
 #include <math.h>
@@ -618,6 +619,21 @@ static void test_generate_speculative(void) {
     CHECK(r.exit_code == 1 && r.n_lines == 1 && has(&r, "MTP block"), "dense: %d %s", r.exit_code, r.out);
     run(&r, "%s %s/v4 --speculative ngram", gen, dir);
     CHECK(r.exit_code == 2 && has(&r, "ngram"), "unknown draft: %d %s", r.exit_code, r.out);
+
+    /* every sampling option: a seed repeats its text, another seed gives another; a value out of
+     * the sampler's range is one usage line naming it */
+    const char *sampled = "--temperature 1.3 --top-k 40 --top-p 0.95 --min-p 0.02 --repeat-penalty 1.1 "
+                          "--frequency-penalty 0.2 --presence-penalty 0.1";
+    static run_result a, b;
+    run(&a, "%s %s/v4 %s --seed 7 2>/dev/null | od -An -tx1", gen, dir, sampled);
+    run(&b, "%s %s/v4 %s --seed 7 2>/dev/null | od -An -tx1", gen, dir, sampled);
+    run(&r, "%s %s/v4 %s --seed 8 2>/dev/null | od -An -tx1", gen, dir, sampled);
+    CHECK(a.exit_code == 0 && a.n_lines > 3 && strcmp(a.out, b.out) == 0 && strcmp(a.out, r.out) != 0 &&
+              strcmp(a.out, plain.out) != 0,
+          "sampling: seed 7 twice %s, seed 8 %s, greedy %s", strcmp(a.out, b.out) ? "differs" : "repeats",
+          strcmp(a.out, r.out) ? "differs" : "is the same", strcmp(a.out, plain.out) ? "differs" : "is the same");
+    run(&r, "%s %s/v4 --top-p 0", gen, dir);
+    CHECK(r.exit_code == 2 && r.n_lines == 1 && has(&r, "top_p"), "--top-p 0: %d %s", r.exit_code, r.out);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     CHECK(system(cmd) == 0, "%s", cmd);
 }
