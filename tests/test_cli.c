@@ -1,7 +1,7 @@
 /* test_cli.c - runs the built `tessera` binary the way a user would and checks exit codes and
  * the lines people and scripts rely on: --help, every subcommand's --help, version, info, ops,
  * a short demo, `forward` on the V4 reference checkpoint (logits .npy vs the port), `bench gemm
- * --json` on tiny shapes, `tokenizer train/encode/decode` and `data prepare/synth/info` on
+ * --json` on tiny shapes, `bench attention --json` on its smallest configurations, `tokenizer train/encode/decode` and `data prepare/synth/info` on
  * generated files, `generate --speculative mtp` against plain greedy generation, its sampling
  * options (a seed repeats its text), and the one-line errors (exit code 2 for command-line
  * mistakes, 1 for failed work). Also checks the
@@ -187,6 +187,21 @@ static void test_bench_gemm(void) {
         json_decref(j);
     }
     CHECK(machine == 1 && rows == 4, "bench gemm: %d machine lines, %d cases (want 1, 4)", machine, rows);
+
+    /* the configurations of at most 0.3 counted GFLOP at T = 1024: the windowed forward ones */
+    run(&r, "bench attention --quick --threads 1 --reps 1 --max-gflop 0.3 --ref-gflop 0 --json");
+    int attn = 0;
+    for (char *save = NULL, *line = strtok_r(r.out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        json_t *j = json_loads(line, 0, NULL);
+        CHECK(j && !strcmp(json_string_value(json_object_get(j, "bench")), "attention") &&
+                  json_integer_value(json_object_get(j, "T")) == 1024 && json_number_value(json_object_get(j, "gflops")) > 0 &&
+                  json_number_value(json_object_get(j, "gflop")) <= 0.3 &&
+                  json_integer_value(json_object_get(j, "arena_bytes")) > 0,
+              "bench attention: %s", line);
+        attn += j != NULL;
+        json_decref(j);
+    }
+    CHECK(r.exit_code == 0 && attn >= 1, "bench attention --json: exit %d, %d lines", r.exit_code, attn);
 }
 
 /* The model report: the exact published Flash inventory, and a clean refusal of unknown models. */
