@@ -1,10 +1,10 @@
 /* fast_rows.c - the "cpu" backend's f32 row kernels of the backward pass, of position
  * encoding and of selection: rms_norm_back and softmax_back along the last axis, rope (forward
  * and inverse), and topk (exact: a selection by the reference's total order). Each row is
- * computed with the reference's formula, in double, in the same order (ref_nn.c; rms_norm_back's
- * sums of squares and of products in four interleaved partial sums), and rounded once, straight
- * from contiguous f32 storage; other dtypes, strided inputs and other axes go to the reference kernel, which
- * also reports malformed nodes. Rows are split over threads in static chunks, one thread per
+ * computed with the reference's formula, in double, in the same order (ref_nn.c; but the sums of
+ * squares and of products in four interleaved partial sums), and rounded once, straight from
+ * contiguous f32 storage; other dtypes, strided inputs and other axes go to the reference
+ * kernel, which also reports malformed nodes. Rows are split over threads in static chunks, one thread per
  * row: bit-identical for any thread count. Nothing is allocated. */
 #include <math.h>
 #include <string.h>
@@ -84,8 +84,7 @@ static void softmax_back_range(void *arg, int64_t begin, int64_t end, int tid) {
     for (int64_t r = begin; r < end; r++) {
         const float *y = j->a + r * n, *dy = j->b + r * n;
         float *dx = j->out + r * n;
-        double dot = 0;
-        for (int64_t k = 0; k < n; k++) dot += (double)dy[k] * y[k];
+        double dot = ts_fast_dot_double(dy, y, NULL, 0, n);
         for (int64_t k = 0; k < n; k++) dx[k] = (float)(y[k] * (dy[k] - dot));
     }
 }
