@@ -29,7 +29,7 @@ static int fail(const char *what, const char *detail) {
 }
 
 int cli_serve_main(int argc, char **argv) {
-    const char *model = NULL, *host = "127.0.0.1", *api_key = NULL, *model_name = NULL;
+    const char *model = NULL, *host = "127.0.0.1", *api_key = NULL, *model_name = NULL, *speculative = NULL;
     int port = 8080, max_concurrent = 16, slots = 0, context = 1024, threads = 0, max_queue = 64;
     int max_prompt = 0, max_output = 256, kv_memory = 0, prefill_chunk = 64;
     bool no_prefix_cache = false;
@@ -48,6 +48,8 @@ int cli_serve_main(int argc, char **argv) {
          "KV-cache budget: the pool the sequences share (dense), or as many slots of --context positions as fit, at "
          "most --slots (V4); a request waits while it is full (0: slots x context)", 0, 1 << 24},
         {"--prefill-chunk", CLI_OPT_INT, &prefill_chunk, "N", "prompt tokens per prefill pass, interleaved with decoding", 1, 1 << 16},
+        {"--speculative", CLI_OPT_STRING, &speculative, "mtp",
+         "speculative decoding with the MTP block as the draft while one sequence decodes alone", 0, 0},
         {"--no-prefix-cache", CLI_OPT_FLAG, &no_prefix_cache, NULL, "do not reuse finished sequences' caches for shared prompt prefixes", 0, 0},
         {"--max-queue", CLI_OPT_INT, &max_queue, "N", "requests waiting for a slot (more: HTTP 503)", 1, 1 << 20},
         {"--max-prompt-tokens", CLI_OPT_INT, &max_prompt, "N", "longest prompt (0: context - 1)", 0, 1 << 24},
@@ -63,6 +65,8 @@ int cli_serve_main(int argc, char **argv) {
     int rc = cli_parse(&spec, argc, argv);
     if (rc != CLI_CONTINUE) return rc;
     if (!model) return cli_usage_error("serve", "--model DIR is required");
+    if (speculative && strcmp(speculative, "mtp") != 0)
+        return cli_usage_error("serve", "--speculative %s: the only draft is mtp", speculative);
     rc = 0;
 
     /* SIGTERM / SIGINT are taken synchronously below, so block them before any thread starts */
@@ -91,6 +95,7 @@ int cli_serve_main(int argc, char **argv) {
     eo.max_queue = max_queue;
     eo.prefill_chunk = prefill_chunk;
     eo.prefix_cache = !no_prefix_cache;
+    eo.speculative = speculative != NULL;
     if (rc == 0 && kv_memory > 0 &&
         ts_model_engine_fit(w, be, (size_t)kv_memory << 20, context, slots ? slots : MAX_AUTO_SLOTS, &eo.slots,
                             &eo.pool_positions, NULL, err, sizeof err) != TS_OK)
@@ -127,8 +132,9 @@ int cli_serve_main(int argc, char **argv) {
             if (es.kv_positions_capacity != (int64_t)eo.slots * context)
                 printf(" (a pool of %lld positions they share)", (long long)es.kv_positions_capacity);
             if (kv_memory > 0) printf(" (budget %d MiB)", kv_memory);
-            printf(", prefill chunks of %d, prefix cache %s\nlistening on http://%s:%d\n", prefill_chunk,
-                   eo.prefix_cache ? "on" : "off", host, ts_server_port(srv));
+            printf(", prefill chunks of %d, prefix cache %s%s\nlistening on http://%s:%d\n", prefill_chunk,
+                   eo.prefix_cache ? "on" : "off", eo.speculative ? ", speculative decoding (mtp)" : "", host,
+                   ts_server_port(srv));
             fflush(stdout);
         }
     }
