@@ -114,11 +114,13 @@ static ts_model_weights *small_model(void) {
     return w;
 }
 
-static ts_model_engine *engine_new(const ts_model_weights *w, ts_backend *be, int slots, int max_queue, int chunk,
-                                   bool prefix_cache) {
+/* An engine of `slots` slots of max_len positions over a pool of `pool` (0: the full one). */
+static ts_model_engine *engine_with(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len, int64_t pool,
+                                    int max_queue, int chunk, bool prefix_cache) {
     ts_model_engine_options o = ts_model_engine_defaults();
     o.slots = slots;
-    o.max_len = MAX_LEN;
+    o.max_len = max_len;
+    o.pool_positions = pool;
     o.max_queue = max_queue;
     o.prefill_chunk = chunk;
     o.prefix_cache = prefix_cache;
@@ -126,6 +128,11 @@ static ts_model_engine *engine_new(const ts_model_weights *w, ts_backend *be, in
     ts_model_engine *e = NULL;
     CHECK(ts_model_engine_new(w, NULL, be, &o, &e, err, sizeof err) == TS_OK, "engine: %s", err);
     return e;
+}
+
+static ts_model_engine *engine_new(const ts_model_weights *w, ts_backend *be, int slots, int max_queue, int chunk,
+                                   bool prefix_cache) {
+    return engine_with(w, be, slots, MAX_LEN, 0, max_queue, chunk, prefix_cache);
 }
 
 static size_t tokenize(const ts_engine *eng, const char *text, bool bos, int32_t *out) {
@@ -407,16 +414,7 @@ static ts_model_weights *dense_model(void) {
 }
 
 static ts_model_engine *pooled_engine(const ts_model_weights *w, ts_backend *be, int slots, int64_t pool, int64_t max_len) {
-    ts_model_engine_options o = ts_model_engine_defaults();
-    o.slots = slots;
-    o.max_len = max_len;
-    o.max_queue = 16;
-    o.prefill_chunk = 4;
-    o.pool_positions = pool;
-    char err[256] = "";
-    ts_model_engine *e = NULL;
-    CHECK(ts_model_engine_new(w, NULL, be, &o, &e, err, sizeof err) == TS_OK, "pooled engine: %s", err);
-    return e;
+    return engine_with(w, be, slots, max_len, pool, 16, 4, true);
 }
 
 static bool collector_done(collector *c) {

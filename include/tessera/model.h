@@ -486,9 +486,9 @@ ts_status ts_model_decoder_truncate(ts_model_decoder *d, int slot, int64_t len);
  * fed to it (prefix reuse across sequences; src keeps its own). Dense: dst shares src's blocks
  * (a K/V row depends only on the tokens up to it, so sharing is exact; a partly filled shared
  * block is copied when either slot first writes into it), no memory is taken. V4: dst gets a
- * copy of src's state rows rewound to len, which needs len >= (the furthest length src reached
- * since its reset) - 16, as truncate: else TS_ERR_UNSUPPORTED, dst unchanged. len = 0 resets
- * dst. TS_ERR_INVALID_ARG: slots out of range or equal; TS_ERR_RANGE: len > length(src). */
+ * copy of src's state rows rewound to len, within the bound truncate has on src (about 16
+ * tokens behind the furthest length it reached): else TS_ERR_UNSUPPORTED, dst unchanged. len = 0
+ * resets dst. TS_ERR_INVALID_ARG: slots out of range or equal; TS_ERR_RANGE: len > length(src). */
 ts_status ts_model_decoder_fork(ts_model_decoder *d, int dst, int src, int64_t len);
 /* Host memory held by all slots' caches, in bytes. */
 size_t ts_model_decoder_state_bytes(const ts_model_decoder *d);

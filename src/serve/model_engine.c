@@ -90,7 +90,8 @@ struct ts_model_engine {
     uint64_t clock;
     int64_t prefix_hits, reused_tokens, prefill_tokens, preemptions;
     bool pool_short;   /* the last compute ran out of pool blocks */
-    ts_sampler **spare; /* [slots]: samplers in neither a slot nor a preempted request */
+    ts_sampler **spare; /* [slots]: samplers in neither a slot nor a preempted request (at most
+                           one preempted request per slot waits: they are readmitted first) */
     int n_spare;
     ts_speculator *spec;   /* NULL unless options.speculative */
     pthread_mutex_t mu;
@@ -208,10 +209,11 @@ static int64_t blocks_for(const ts_model_engine *e, int64_t positions) {
 }
 
 /* The pool's free blocks now, also kept in e->pool for stats (which must not read the decoder
- * while the worker computes). Worker thread, under the lock. */
+ * while the worker computes; the rest of e->pool never changes). Worker, under the lock. */
 static int64_t free_blocks(ts_model_engine *e) {
-    ts_model_decoder_pool_info(e->dec, &e->pool);
-    return e->pool.free_blocks;
+    ts_model_decoder_pool now;
+    ts_model_decoder_pool_info(e->dec, &now);
+    return e->pool.free_blocks = now.free_blocks;
 }
 
 /* Empties the least recently used idle slot that holds a cache, other than `keep`; false when
@@ -699,7 +701,7 @@ ts_status ts_model_engine_new(const ts_model_weights *w, ts_tokenizer *tok, ts_b
     if (s == TS_OK && opt->speculative) s = ts_speculator_new(w, e->dec, &e->spec, err, err_size);
     if (s == TS_OK) {
         e->kv_bytes = ts_model_decoder_state_bytes(e->dec);
-        free_blocks(e);
+        ts_model_decoder_pool_info(e->dec, &e->pool);
         pthread_mutex_init(&e->mu, NULL);
         pthread_cond_init(&e->wake, NULL);
         e->started = pthread_create(&e->worker, NULL, worker_main, e) == 0;
