@@ -26,10 +26,11 @@
  *    - three requests sharing a 34-token prefix, the later two submitted while the first is
  *      still generating: they fork its blocks (reused tokens counted, the first provably still
  *      running) and answer like their completions alone;
- *    - eight distinct requests through 8 slots over a pool of 4 blocks (64 positions, a sixth
- *      of slots x max_len): all answer like their completions alone and like an engine with the
- *      full pool, greedy and with seeded sampling (the preempted keep their sampler state), and
- *      the pool ran out mid-decode (preemptions counted);
+ *    - eight requests through 8 slots over a pool of 4 blocks (64 positions, a sixth of slots x
+ *      max_len): all answer like their completions alone and like an engine with the full pool,
+ *      greedy and with seeded sampling (the preempted keep their sampler state), distinct or
+ *      after a shared system prompt (forks, copies on write), and the pool ran out mid-decode
+ *      (preemptions counted);
  *    - a budget sizes the pool, not the slots; a request too long for the pool is TS_ERR_RANGE. */
 #include <pthread.h>
 #include <stdio.h>
@@ -465,17 +466,19 @@ static void test_shared_prefix(const ts_model_weights *w, ts_backend *be, ts_mod
     ts_model_engine_free(e);
 }
 
-/* Eight distinct requests at once, tokens into col: greedy, checked against the oracle, or
- * sampled with a seed each (cp NULL). */
-static void run_eight(const ts_engine *eng, ts_model_completer *cp, collector col[8], const char *what) {
+/* Eight requests at once (`system` then a text of their own), up to `new` tokens each into
+ * col: greedy, checked against the oracle, or sampled with a seed each (cp NULL). */
+static void run_eight(const ts_engine *eng, ts_model_completer *cp, collector col[8], const char *what,
+                      const char *system, int32_t new) {
     const char *texts[8] = {"k1:red k2:blue", "copy hello wor", "rev abcdefghij", "sort dcbaxyzwv",
                             "12+34+56+78=..", "k2:green k3:ok", "the quick brow", "lorem ipsum do"};
     int32_t prompts[8][MAX_LEN];
     size_t lens[8];
     for (int i = 0; i < 8; i++) {
-        lens[i] = tokenize(eng, texts[i], true, prompts[i]);
+        lens[i] = tokenize(eng, system, true, prompts[i]);
+        lens[i] += tokenize(eng, texts[i], false, prompts[i] + lens[i]);
         collector_init(&col[i]);
-        ts_gen_request r = request(100 + (uint64_t)i, prompts[i], lens[i], 20, &col[i]);
+        ts_gen_request r = request(100 + (uint64_t)i, prompts[i], lens[i], new, &col[i]);
         if (!cp) {
             r.sampling.temperature = 0.8f;
             r.sampling.seed = 7 + (uint64_t)i;
@@ -484,7 +487,7 @@ static void run_eight(const ts_engine *eng, ts_model_completer *cp, collector co
     }
     for (int i = 0; i < 8; i++) {
         wait_done(&col[i]);
-        CHECK(!cp || matches_oracle(cp, prompts[i], lens[i], 20, &col[i]), "%s, request %d: %d tokens, end %d, differ from "
+        CHECK(!cp || matches_oracle(cp, prompts[i], lens[i], new, &col[i]), "%s, request %d: %d tokens, end %d, differ from "
               "its greedy completion alone", what, i, col[i].n, (int)col[i].end);
     }
 }
@@ -496,13 +499,16 @@ static void test_small_pool(const ts_model_weights *w, ts_backend *be, ts_model_
     ts_model_engine_table(small, &eng);
     ts_model_engine_table(big, &ref);
     collector got[8], want[8];
-    for (int sampled = 0; sampled < 2; sampled++) {
-        run_eight(&eng, sampled ? NULL : cp, got, "a pool of 4 blocks");
-        run_eight(&ref, sampled ? NULL : cp, want, "the full pool");
+    for (int run = 0; run < 4; run++) { /* greedy, sampled; distinct prompts, a shared system prompt */
+        ts_model_completer *oracle = run % 2 ? NULL : cp;
+        const char *system = run < 2 ? "" : "sys: be short. ";
+        int32_t new = run < 2 ? 20 : 12;
+        run_eight(&eng, oracle, got, "a pool of 4 blocks", system, new);
+        run_eight(&ref, oracle, want, "the full pool", system, new);
         for (int i = 0; i < 8; i++)
             CHECK(got[i].n == want[i].n && !memcmp(got[i].tokens, want[i].tokens, (size_t)got[i].n * sizeof(int32_t)),
-                  "request %d (%s): a small pool (with preemption) and the full pool give different tokens", i,
-                  sampled ? "sampled" : "greedy");
+                  "request %d (%s%s): a small pool (with preemption) and the full pool give different tokens", i,
+                  oracle ? "greedy" : "sampled", run < 2 ? "" : ", shared system prompt");
     }
     ts_engine_stats s = stats(&eng), r = stats(&ref);
     CHECK(s.kv_positions_capacity == 64 && s.kv_blocks == 4 && r.kv_positions_capacity == 8 * MAX_LEN &&
@@ -510,8 +516,8 @@ static void test_small_pool(const ts_model_weights *w, ts_backend *be, ts_model_
           "pools of %lld and %lld positions (%lld and %lld bytes): %lld and %lld preemptions",
           (long long)s.kv_positions_capacity, (long long)r.kv_positions_capacity, (long long)s.kv_bytes,
           (long long)r.kv_bytes, (long long)s.preemptions, (long long)r.preemptions);
-    printf("  8 requests x (greedy, seeded sampling), 8 slots over a pool of 64 positions (of %d): %lld preemptions, "
-           "the full pool's tokens\n",
+    printf("  8 requests x (greedy, seeded sampling) x (distinct, a shared system prompt), 8 slots over a pool of "
+           "64 positions (of %d): %lld preemptions, the full pool's tokens\n",
            8 * MAX_LEN, (long long)s.preemptions);
 out:
     ts_model_engine_free(small);

@@ -166,11 +166,11 @@ static bool prefix_coming(const ts_model_engine *e, const pending *p, int64_t ha
     return false;
 }
 
-/* Fills an idle slot with the longest prefix of prompt p any slot holds (its n_tokens then) and
- * returns it; -1 when every slot is busy, or when a prefill under way is about to offer more.
- * reuse[s]: what slot s offers (-1: nothing left to try); an idle slot's own rewind the model
- * refuses leaves it a candidate, empty. */
-static int place(ts_model_engine *e, const pending *p) {
+/* Fills an idle slot with the longest prefix of prompt p any slot holds (its n_tokens then;
+ * *forked: copied from a running one) and returns it; -1 when every slot is busy, or when a
+ * prefill under way is about to offer more. reuse[s]: what slot s offers (-1: nothing left to
+ * try); an idle slot's own rewind the model refuses leaves it a candidate, empty. */
+static int place(ts_model_engine *e, const pending *p, bool *forked) {
     int lru = -1;
     int64_t have = 0;
     for (int s = 0; s < e->opt.slots; s++) {
@@ -198,6 +198,7 @@ static int place(ts_model_engine *e, const pending *p) {
             dst->n_tokens = e->reuse[best];
             dst->mtp_covered = src->mtp_covered;
             reopen_mtp(dst);
+            *forked = true;
             return lru;
         }
         e->reuse[best] = running(src) ? -1 : 0;
@@ -275,8 +276,13 @@ static void drop(ts_model_engine *e, pending *p, ts_gen_end end) {
 static void admit(ts_model_engine *e) {
     while (e->queue_len > 0) {
         pending p = e->queue[0];
-        int s = p.cancelled ? -1 : place(e, &p);
-        if (!p.cancelled && (s < 0 || !has_room(e, s, &p))) return;
+        bool forked = false;
+        int s = p.cancelled ? -1 : place(e, &p, &forked);
+        if (s >= 0 && !has_room(e, s, &p)) {
+            if (forked) empty_slot(e, s); /* kept while p waits, the copy would pin blocks others need */
+            return;
+        }
+        if (!p.cancelled && s < 0) return;
         memmove(e->queue, e->queue + 1, (size_t)(e->queue_len - 1) * sizeof *e->queue);
         e->queue_len--;
         if (p.cancelled) drop(e, &p, TS_GEN_CANCELLED);
@@ -307,14 +313,20 @@ static void preempt(ts_model_engine *e, int s) {
     e->preemptions++;
 }
 
-/* The pool ran short: idle caches go until one frees a block (one sharing all its blocks with
- * running sequences frees none), else the youngest running request is preempted - or fails,
- * when it runs alone and still does not fit (submit makes that impossible). */
+/* The pool ran short: idle caches go until one frees a block. Those sharing all their blocks
+ * with running sequences free none, but a running one may then write into a block of its own
+ * without a copy: if any went, the compute is retried first. Else the youngest running request
+ * is preempted - or fails, when it runs alone and still does not fit (submit makes that
+ * impossible). */
 static void reclaim(ts_model_engine *e) {
     e->pool_short = false;
     int64_t before = free_blocks(e);
-    while (evict_idle(e, -1))
+    bool evicted = false;
+    while (evict_idle(e, -1)) {
+        evicted = true;
         if (free_blocks(e) > before) return;
+    }
+    if (evicted) return;
     int youngest = -1, n_running = 0;
     for (int s = 0; s < e->opt.slots; s++) {
         if (!running(&e->slots[s])) continue;
