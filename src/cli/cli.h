@@ -50,6 +50,9 @@ typedef struct {
  * CLI_CONTINUE when the command should run, CLI_EXIT_OK after printing --help, or
  * CLI_EXIT_USAGE after printing one error line to stderr. */
 int cli_parse(const cli_spec *spec, int argc, char **argv);
+/* The help of the inference commands' --dtype (ts_model_load_for_inference). */
+#define CLI_DTYPE_HELP "matmul weights' dtype: f32, or bf16 (half the bytes per token; activations, caches, logits stay f32)"
+
 void cli_print_help(const cli_spec *spec, FILE *out);
 /* Prints "tessera CMD: message" plus a pointer to --help on stderr; returns CLI_EXIT_USAGE. */
 int cli_usage_error(const char *command, const char *fmt, ...);

@@ -307,11 +307,12 @@ static void close_session(chat_session *s) {
 }
 
 int cli_chat_main(int argc, char **argv) {
-    const char *model = NULL;
+    const char *model = NULL, *dtype = "f32";
     int threads = 0;
     chat_session s = {.max_tokens = 256, .context = 2048, .temperature = 0.7f, .unfed = -1};
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &model, "DIR", "checkpoint directory (config.json + model.safetensors [+ tokenizer files])", 0, 0},
+        {"--dtype", CLI_OPT_STRING, &dtype, "T", CLI_DTYPE_HELP, 0, 0},
         {"--system", CLI_OPT_STRING, &s.system, "TEXT", "a system message opening the conversation", 0, 0},
         {"--max-tokens", CLI_OPT_INT, &s.max_tokens, "N", "longest reply in tokens", 1, 1 << 20},
         {"--temperature", CLI_OPT_FLOAT, &s.temperature, "T", "0: greedy; else sample from softmax(logits / T)", 0, 100},
@@ -333,7 +334,7 @@ int cli_chat_main(int argc, char **argv) {
     char err[512] = "";
     ts_model_weights *w = NULL;
     ts_backend *be = NULL;
-    if (ts_model_load(model, TS_F32, &w, err, sizeof err) != TS_OK) return cli_failure(CMD, "%s", err);
+    if (ts_model_load_for_inference(model, dtype, &w, err, sizeof err) != TS_OK) return cli_failure(CMD, "%s", err);
     if (ts_backend_cpu_new(threads, &be) != TS_OK) rc = cli_failure(CMD, "cannot create the CPU backend");
     if (rc == CLI_CONTINUE) rc = open_model(&s, model, w, be);
     if (rc == CLI_CONTINUE) {

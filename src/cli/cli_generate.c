@@ -123,13 +123,14 @@ static int generate(ts_model_decoder *dec, ts_speculator *sp, ts_sampler *smp, c
 }
 
 int cli_generate_main(int argc, char **argv) {
-    const char *model = NULL, *prompt = "", *speculative = NULL;
+    const char *model = NULL, *prompt = "", *speculative = NULL, *dtype = "f32";
     int max_tokens = 64, threads = 0, top_k = 0;
     bool ignore_eos = false;
     float temperature = 0, draft_min_prob = 0;
     uint64_t seed = 0;
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &model, "DIR", "checkpoint directory (config.json + model.safetensors [+ tokenizer.json])", 0, 0},
+        {"--dtype", CLI_OPT_STRING, &dtype, "T", CLI_DTYPE_HELP, 0, 0},
         {"--prompt", CLI_OPT_STRING, &prompt, "TEXT", "the text to continue", 0, 0},
         {"--max-tokens", CLI_OPT_INT, &max_tokens, "N", "tokens to generate at most", 1, 1 << 20},
         {"--temperature", CLI_OPT_FLOAT, &temperature, "T", "0: greedy; else sample from softmax(logits / T)", 0, 100},
@@ -156,7 +157,7 @@ int cli_generate_main(int argc, char **argv) {
 
     char err[512] = "";
     ts_model_weights *w = NULL;
-    if (ts_model_load(model, TS_F32, &w, err, sizeof err) != TS_OK) return fail(err, NULL);
+    if (ts_model_load_for_inference(model, dtype, &w, err, sizeof err) != TS_OK) return fail(err, NULL);
     const ts_v4_config *c = ts_model_weights_config(w);
     text_codec tc;
     ts_token_ids ids = {0};
