@@ -25,6 +25,7 @@
 
 typedef struct {
     const char *model, *dtype;
+    ts_dtype matmul_dtype;
     int threads, slots, steps, prompt, reps;
     int64_t max_len;
 } bench_opts;
@@ -92,7 +93,7 @@ static span time_prefill(ts_model_decoder *dec, const int32_t *prompt, int n, fl
 }
 
 static int parse(int argc, char **argv, bench_opts *o) {
-    *o = (bench_opts){NULL, "f32", 1, 16, 64, 200, 3, 256};
+    *o = (bench_opts){NULL, "f32", TS_F32, 1, 16, 64, 200, 3, 256};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--model") == 0 && v) o->model = argv[++i];
@@ -109,7 +110,8 @@ static int parse(int argc, char **argv, bench_opts *o) {
         }
     }
     if (!o->model || o->threads < 1 || o->slots < 1 || o->slots > 256 || o->steps < 1 || o->reps < 1 ||
-        o->prompt < 1 || o->steps > o->max_len || o->prompt > o->max_len) {
+        o->prompt < 1 || o->steps > o->max_len || o->prompt > o->max_len ||
+        !ts_model_matmul_dtype_from_name(o->dtype, &o->matmul_dtype)) {
         fprintf(stderr, "usage: tessera_bench_decode --model DIR [--threads N] [--slots 1..256] [--steps N] "
                         "[--prompt N] [--max-len N] [--reps N] [--dtype f32|bf16] (steps, prompt <= max-len)\n");
         return 2;
@@ -125,7 +127,7 @@ int main(int argc, char **argv) {
     ts_model_weights *w = NULL;
     ts_backend *be = NULL;
     ts_model_decoder *dec = NULL;
-    ts_status s = ts_model_load_for_inference(o.model, o.dtype, &w, err, sizeof err);
+    ts_status s = ts_model_load_for_inference(o.model, o.matmul_dtype, &w, err, sizeof err);
     if (s == TS_OK) s = ts_backend_cpu_new(o.threads, &be);
     if (s == TS_OK) s = ts_model_decoder_new(w, be, o.slots, o.max_len, &dec, err, sizeof err);
     if (s != TS_OK) {

@@ -639,7 +639,7 @@ static void test_generate_dtype(void) {
     static const char *const commands[] = {"generate --prompt hi", "chat", "serve --port 0"};
     for (int i = 0; i < 3; i++) {
         run(&r, "%s --model %s/dense --dtype fp7 </dev/null", commands[i], dir);
-        CHECK(r.exit_code == 1 && r.n_lines == 1 && has(&r, "'fp7': expected f32 or bf16"), "%s --dtype fp7: %d %s",
+        CHECK(r.exit_code == 2 && r.n_lines == 1 && has(&r, "--dtype fp7: expected f32 or bf16"), "%s --dtype fp7: %d %s",
               commands[i], r.exit_code, r.out);
     }
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

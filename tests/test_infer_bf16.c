@@ -13,8 +13,8 @@
  *  - against the original f32 model: the greedy text of the f32 decoder, fed to the bf16 one,
  *    gets the same argmax at >= 90% of its positions, and the logits' relative rms difference
  *    is <= 10% (V4's discrete choices - routing, indexer picks - can flip on a few tokens);
- *  - ts_model_load_for_inference: an unknown dtype name is one error line and loads nothing;
- *    "bf16" loads a checkpoint narrowed like the weights above. */
+ *  - --dtype names (f32, bf16 only); ts_model_load_for_inference: bf16 loads a checkpoint
+ *    narrowed like the weights above, f16 is refused with nothing returned. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -179,25 +179,26 @@ static void test_model(const ts_v4_config *c, float gain, const char *what) {
     ts_model_weights_free(rounded);
 }
 
-/* A checkpoint through ts_model_load_for_inference: bad names fail alone, bf16 narrows. */
+/* --dtype names, and a checkpoint through ts_model_load_for_inference. */
 static void test_load(const ts_v4_config *c) {
+    ts_dtype dt = TS_F64;
+    CHECK(!ts_model_matmul_dtype_from_name("fp7", &dt) && !ts_model_matmul_dtype_from_name("f16", &dt) &&
+              dt == TS_F64, "bad names accepted");
+    CHECK(ts_model_matmul_dtype_from_name("bf16", &dt) && dt == TS_BF16, "bf16");
+    CHECK(ts_model_matmul_dtype_from_name("f32", &dt) && dt == TS_F32, "f32");
     char dir[] = "/tmp/tessera_infer_bf16_XXXXXX", err[256] = "";
     CHECK(mkdtemp(dir) != NULL, "mkdtemp");
     CHECK(ts_model_init_write(c, 3, TS_F32, dir, true, err, sizeof err) == TS_OK, "init: %s", err);
-    ts_model_weights *w = (ts_model_weights *)1;
-    ts_status s = ts_model_load_for_inference(dir, "fp7", &w, err, sizeof err);
-    CHECK(s == TS_ERR_INVALID_ARG && w == NULL && strstr(err, "'fp7'") && !strchr(err, '\n'),
-          "bad dtype: %s, '%s'", ts_status_name(s), err);
-    s = ts_model_load_for_inference(dir, "bf16", &w, err, sizeof err);
+    ts_model_weights *w = NULL;
+    ts_status s = ts_model_load_for_inference(dir, TS_BF16, &w, err, sizeof err);
     CHECK(s == TS_OK, "load bf16: %s", err);
     if (s == TS_OK) {
         int head = ts_model_weights_find(w, "embed.weight"); /* dense-tiny: tied, so narrowed */
         CHECK(ts_model_weights_mem_dtype(w, head) == TS_BF16, "loaded embed.weight is not bf16");
         ts_model_weights_free(w);
     }
-    s = ts_model_load_for_inference(dir, "f32", &w, err, sizeof err);
-    CHECK(s == TS_OK && ts_model_weights_mem_dtype(w, 0) == TS_F32, "load f32: %s", err);
-    ts_model_weights_free(w);
+    s = ts_model_load_for_inference(dir, TS_F16, &w, err, sizeof err);
+    CHECK(s == TS_ERR_UNSUPPORTED && w == NULL && strstr(err, "f16"), "f16: %s '%s'", ts_status_name(s), err);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     CHECK(system(cmd) == 0, "cleanup");

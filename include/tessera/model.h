@@ -328,10 +328,12 @@ ts_status ts_model_load(const char *dir, ts_dtype dt, ts_model_weights **out, ch
  * Halves the bytes a decode step streams. dt: TS_BF16 (TS_F32: nothing to do); the weights
  * must be f32. For inference: the trainer and optimizers need all-f32 weights. */
 ts_status ts_model_weights_narrow_matmuls(ts_model_weights *w, ts_dtype dt, char *err, size_t err_size);
-/* What the inference commands load (their --dtype NAME): ts_model_load in f32, then
- * ts_model_weights_narrow_matmuls to the dtype named matmul_dtype ("f32" or NULL: none, "bf16").
- * Another name: TS_ERR_INVALID_ARG with a one-line message, nothing read. */
-ts_status ts_model_load_for_inference(const char *dir, const char *matmul_dtype, ts_model_weights **out, char *err,
+/* The matmul weights dtype named by an inference command's --dtype: "f32" or "bf16" (false for
+ * any other name, *out unchanged). */
+bool ts_model_matmul_dtype_from_name(const char *name, ts_dtype *out);
+/* What the inference commands load: ts_model_load in f32, then ts_model_weights_narrow_matmuls
+ * to matmul_dtype (TS_F32: none). Nothing is returned on failure. */
+ts_status ts_model_load_for_inference(const char *dir, ts_dtype matmul_dtype, ts_model_weights **out, char *err,
                                       size_t err_size);
 /* Saves config.json + model.safetensors under the official names (what ts_model_load and
  * transformers' DeepseekV4ForCausalLM.from_pretrained read), float tensors in `storage` (TS_F32 or

@@ -330,11 +330,13 @@ int cli_chat_main(int argc, char **argv) {
     if (rc != CLI_CONTINUE) return rc;
     if (!model) return cli_usage_error(CMD, "--model DIR is required");
     if (s.max_tokens >= s.context) return cli_usage_error(CMD, "--max-tokens %d leaves no room in --context %d", s.max_tokens, s.context);
+    ts_dtype matmul_dtype;
+    if ((rc = cli_matmul_dtype(CMD, dtype, &matmul_dtype)) != CLI_CONTINUE) return rc;
 
     char err[512] = "";
     ts_model_weights *w = NULL;
     ts_backend *be = NULL;
-    if (ts_model_load_for_inference(model, dtype, &w, err, sizeof err) != TS_OK) return cli_failure(CMD, "%s", err);
+    if (ts_model_load_for_inference(model, matmul_dtype, &w, err, sizeof err) != TS_OK) return cli_failure(CMD, "%s", err);
     if (ts_backend_cpu_new(threads, &be) != TS_OK) rc = cli_failure(CMD, "cannot create the CPU backend");
     if (rc == CLI_CONTINUE) rc = open_model(&s, model, w, be);
     if (rc == CLI_CONTINUE) {

@@ -154,10 +154,12 @@ int cli_generate_main(int argc, char **argv) {
     if (!model) return cli_usage_error("generate", "--model DIR is required");
     if (speculative && strcmp(speculative, "mtp") != 0)
         return cli_usage_error("generate", "--speculative %s: the only draft is mtp", speculative);
+    ts_dtype matmul_dtype;
+    if ((rc = cli_matmul_dtype("generate", dtype, &matmul_dtype)) != CLI_CONTINUE) return rc;
 
     char err[512] = "";
     ts_model_weights *w = NULL;
-    if (ts_model_load_for_inference(model, dtype, &w, err, sizeof err) != TS_OK) return fail(err, NULL);
+    if (ts_model_load_for_inference(model, matmul_dtype, &w, err, sizeof err) != TS_OK) return fail(err, NULL);
     const ts_v4_config *c = ts_model_weights_config(w);
     text_codec tc;
     ts_token_ids ids = {0};

@@ -61,6 +61,8 @@ int cli_serve_main(int argc, char **argv) {
     int rc = cli_parse(&spec, argc, argv);
     if (rc != CLI_CONTINUE) return rc;
     if (!model) return cli_usage_error("serve", "--model DIR is required");
+    ts_dtype matmul_dtype;
+    if ((rc = cli_matmul_dtype("serve", dtype, &matmul_dtype)) != CLI_CONTINUE) return rc;
     rc = 0;
 
     /* SIGTERM / SIGINT are taken synchronously below, so block them before any thread starts */
@@ -73,7 +75,7 @@ int cli_serve_main(int argc, char **argv) {
 
     char err[512] = "", name[512];
     ts_model_weights *w = NULL;
-    if (ts_model_load_for_inference(model, dtype, &w, err, sizeof err) != TS_OK) return fail(err, NULL);
+    if (ts_model_load_for_inference(model, matmul_dtype, &w, err, sizeof err) != TS_OK) return fail(err, NULL);
     ts_tokenizer *tok = NULL;
     char tok_path[1200];
     struct stat sb;

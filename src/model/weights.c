@@ -2,7 +2,8 @@
  * ts_model_walk_tensors, the init scheme, loading a Hugging Face / official checkpoint (exact
  * conversion of FP8 and MXFP4 storage on load, three naming schemes) and saving one. The graph
  * builder (model_graph.c) binds its parameter leaves to these arrays and the optimizers update
- * them in place, so they are the one copy of the model.
+ * them in place, so they are the one copy of the model. For inference the matmul weights can be
+ * narrowed to bf16 once (ts_model_weights_narrow_matmuls): the graphs then bind those arrays.
  *
  * Routed experts are stored stacked: for each layer and each of w1 / w2 / w3 the E expert
  * matrices are one contiguous [E, rows, cols] block, expert e's tensor pointing into it. The
@@ -178,18 +179,18 @@ ts_status ts_model_weights_narrow_matmuls(ts_model_weights *w, ts_dtype dt, char
     return s;
 }
 
-ts_status ts_model_load_for_inference(const char *dir, const char *matmul_dtype, ts_model_weights **out, char *err,
+bool ts_model_matmul_dtype_from_name(const char *name, ts_dtype *out) {
+    ts_dtype dt;
+    if (ts_dtype_from_name(name, &dt) != TS_OK || (dt != TS_F32 && dt != TS_BF16)) return false;
+    *out = dt;
+    return true;
+}
+
+ts_status ts_model_load_for_inference(const char *dir, ts_dtype matmul_dtype, ts_model_weights **out, char *err,
                                       size_t err_size) {
-    if (!out) return TS_ERR_INVALID_ARG;
-    *out = NULL;
-    ts_dtype dt = TS_F32;
-    if (matmul_dtype && (ts_dtype_from_name(matmul_dtype, &dt) != TS_OK || (dt != TS_F32 && dt != TS_BF16))) {
-        ts_error_printf(err, err_size, "matmul weights dtype '%s': expected f32 or bf16", matmul_dtype);
-        return TS_ERR_INVALID_ARG;
-    }
     ts_status s = ts_model_load(dir, TS_F32, out, err, err_size);
-    if (s == TS_OK) s = ts_model_weights_narrow_matmuls(*out, dt, err, err_size);
-    if (s != TS_OK) {
+    if (s == TS_OK) s = ts_model_weights_narrow_matmuls(*out, matmul_dtype, err, err_size);
+    if (s != TS_OK && out && *out) {
         ts_model_weights_free(*out);
         *out = NULL;
     }
