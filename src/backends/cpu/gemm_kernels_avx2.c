@@ -412,15 +412,20 @@ AVX2_INLINE void nt_block(const ts_gemm_small_args *p, int64_t i0, int64_t j, co
     const float *a = p->a + i0 * p->a_rs;
     const void *b = b16 ? (const void *)(p->b_bf16 + j * p->ldb) : (const void *)(p->b + j * p->ldb);
     int64_t K = p->k, k = 0;
-    for (; k + 8 * nacc <= K; k += 8 * nacc)
+    for (; k + 8 * nacc <= K; k += 8 * nacc) {
+        if (b16) /* B's r rows as one run (a weight matrix): its bytes NT_PREFETCH_BYTES on, as read
+                  * (r streams prefetched separately halve the DRAM rate) */
+            for (int o = 0; o < 2 * r * 8 * nacc; o += 64)
+                _mm_prefetch(b_addr(b, 0, 1) + NT_PREFETCH_BYTES + 2 * r * k + o, _MM_HINT_T0);
         for (int q = 0; q < r; q++) {
-            _mm_prefetch(b_addr(b, q * p->ldb + k, b16) + NT_PREFETCH_BYTES, _MM_HINT_T0);
+            if (!b16) _mm_prefetch(b_addr(b, q * p->ldb + k, 0) + NT_PREFETCH_BYTES, _MM_HINT_T0);
             for (int h = 0; h < nacc; h++) {
                 __m256 bv = load_b(b, q * p->ldb + k + 8 * h, b16);
                 for (int i = 0; i < mb; i++)
                     acc[i][q][h] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i * p->a_rs + k + 8 * h), bv, acc[i][q][h]);
             }
         }
+    }
     if (nacc == 2 && k + 8 <= K) {
         for (int q = 0; q < r; q++)
             for (int i = 0; i < mb; i++)
@@ -469,9 +474,14 @@ AVX2_INLINE void nt_by_m(const ts_gemm_small_args *p, int64_t n0, int64_t n1, co
      * is a single sequential stream: a GEMV over 17 MB of f32 weights (from DRAM) read 7.6 GB/s
      * with 4 rows at once, 13.1 GB/s with one; 4 x 128 x 256 (a decode batch's expert) took
      * 13-28 us with 2 rows and 2 x 1 partial sums, 11.5 us with 1 row and 4 x 2 (medians on a
-     * loaded 2-core Zen VM). Two rows of A keep two B rows for enough independent sums. */
+     * loaded 2-core Zen VM). Two rows of A keep two B rows for enough independent sums.
+     * bf16 B (decoding on bf16 weights, which then often stay in L3) takes 4 rows for M = 1: a
+     * row's two FMA chains are latency-bound when B is cached (1 x 704 x 256 from cache: 24 us
+     * with one row, 14 us with four), and prefetching the rows as one run (nt_block) keeps
+     * DRAM streaming as fast as one row does (28-31 us either way; min of 200 thread-CPU
+     * times, same VM). */
     switch (p->m) {
-    case 1: nt_cols(p, n0, n1, 1, 2, b16); break;
+    case 1: nt_cols(p, n0, n1, b16 ? 4 : 1, 2, b16); break;
     case 2: nt_cols(p, n0, n1, 2, 2, b16); break;
     default: nt_cols(p, n0, n1, 1, 2, b16); break; /* 4 rows of A at a time */
     }
