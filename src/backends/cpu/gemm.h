@@ -40,9 +40,9 @@ bool ts_gemm_dtype_supported(ts_dtype t);
  * ldb in elements). Narrow operands are converted exactly (core/dtype.c's conversions) as they
  * are packed; C, alpha, beta and all arithmetic stay f32. The result equals ts_gemm_f32's on the
  * converted matrices bit for bit whenever both take the same path: always for M >
- * TS_GEMM_SMALL_M (TS_GEMM_SMALL_M_NT with trans_b) and for f32 A times bf16 B^T (read as stored
- * by the tier's small_nt_bf16); for small M the narrow call otherwise converts op(A) (making it k-contiguous) and strips
- * of op(B) into a per-thread scratch of about 1 MiB, and takes the blocked path when they do not
+ * TS_GEMM_SMALL_M (TS_GEMM_SMALL_M_NT with trans_b); for small M the narrow call converts op(A)
+ * (making it k-contiguous) and strips of op(B) (except bf16 B^T, which the tier's small_nt_bf16
+ * reads as stored) into a per-thread scratch of about 1 MiB, and takes the blocked path when they do not
  * fit (K beyond ~7600 for B [K,N], ~245000 for B [N,K]), so its path can differ from the f32
  * call's there (both stay within the f32 accumulation bound). Same threading, determinism and
  * thread-safety contract. */
@@ -147,7 +147,7 @@ typedef struct {
     ts_gemm_small_fn small_nn;
     ts_gemm_small_fn small_nt;
     ts_gemm_pack_cvt_fn pack_cvt; /* may be NULL (the portable converting packer) */
-    /* small_nt with f32 A and bf16 B (b_bf16), widening B as it loads: the decode GEMV on bf16
+    /* small_nt with bf16 B (b_bf16), widening B as it loads: the decode GEMV on bf16
      * weights reads half the bytes and writes no f32 copy. Same per-element arithmetic as
      * small_nt on the widened values (so the same bits). */
     ts_gemm_small_fn small_nt_bf16;
