@@ -15,7 +15,9 @@
  * warm-up steps, every core. --json prints one object: the model's shape ("model", "kind",
  * "vocab", "hidden", "layers", "heads", "head_dim", "intermediate", "tied", "rope_theta",
  * "rms_norm_eps") and the run ("batch", "seq", "threads", "params", "step_s_median",
- * "tokens_per_s", "loss_first", "loss_last", "plan_bytes", "recompute", "precision"). --recompute checkpoints
+ * "tokens_per_s", "loss_first", "loss_last", "plan_bytes", "recompute", "precision",
+ * "flops_per_token": model.h's training FLOPs of a token, averaged over the sequence - the
+ * basis of an MFU, and the same count for any implementation of the model). --recompute checkpoints
  * every layer (activation recomputation: a lower planned arena for about one more forward);
  * --bf16 runs the weight matmuls on bf16 copies into f32 (model.h's compute_dtype). */
 #include <stdio.h>
@@ -180,24 +182,27 @@ int main(int argc, char **argv) {
     }
     qsort(times, (size_t)o.steps, sizeof *times, cmp_double);
     double median = o.steps % 2 ? times[o.steps / 2] : 0.5 * (times[o.steps / 2 - 1] + times[o.steps / 2]);
-    double tps = (double)tokens / median;
+    double tps = (double)tokens / median, flops_per_token = 0;
+    if (ts_model_training_flops_per_token(c, o.seq, &flops_per_token) != TS_OK) die("counting FLOPs", "invalid shape");
     if (o.json)
         printf("{\"model\": \"%s\", \"kind\": \"%s\", \"vocab\": %lld, \"hidden\": %lld, \"layers\": %lld, \"heads\": %lld, "
                "\"head_dim\": %lld, \"intermediate\": %lld, \"tied\": %s, \"rope_theta\": %.17g, \"rms_norm_eps\": %.17g, "
                "\"batch\": %d, \"seq\": %d, \"threads\": %d, \"params\": %lld, \"step_s_median\": %.6f, "
                "\"tokens_per_s\": %.1f, \"loss_first\": %.6f, \"loss_last\": %.6f, \"plan_bytes\": %zu, \"recompute\": %s, "
-               "\"precision\": \"%s\"}\n",
+               "\"precision\": \"%s\", \"flops_per_token\": %.0f}\n",
                o.model, ts_model_kind_name(c->kind), (long long)c->vocab_size, (long long)c->hidden_size,
                (long long)c->num_hidden_layers, (long long)c->num_attention_heads, (long long)c->head_dim,
                (long long)c->intermediate_size, c->tie_word_embeddings ? "true" : "false", c->rope_theta, c->rms_norm_eps,
                o.batch, o.seq, threads, (long long)ts.numel, median, tps, loss_first, loss_last, plan.arena_bytes,
-               o.recompute ? "true" : "false", o.bf16 ? "bf16" : "f32");
+               o.recompute ? "true" : "false", o.bf16 ? "bf16" : "f32", flops_per_token);
     else
         printf("tessera %s: batch %d x seq %d, %d threads, %lld trained params, %s compute, planned arena %.1f MiB%s\n"
-               "median step %.4f s over %d steps -> %.0f tokens/s; loss %.4f (step 0) -> %.4f (step %d)\n",
+               "median step %.4f s over %d steps -> %.0f tokens/s (%.1f GFLOP/s of model FLOPs); loss %.4f (step 0) -> "
+               "%.4f (step %d)\n",
                o.model, o.batch, o.seq, threads, (long long)ts.numel, o.bf16 ? "bf16" : "f32",
                (double)plan.arena_bytes / (1 << 20),
-               o.recompute ? " (recomputation)" : "", median, o.steps, tps, loss_first, loss_last, o.warmup + o.steps - 1);
+               o.recompute ? " (recomputation)" : "", median, o.steps, tps, tps * flops_per_token * 1e-9, loss_first, loss_last,
+               o.warmup + o.steps - 1);
     free(ids);
     free(targets);
     free(times);

@@ -3,12 +3,13 @@
 model in PyTorch, on the CPU, side by side.
 
     python3 bench/bench_train_pytorch.py [--tessera build/bench/tessera_bench_train]
-        [--model dense-small] [--batch 8] [--seq 256] [--steps 5] [--warmup 1] [--threads N]
-        [--modes f32,bf16] [--json]
+        [--model dense-small] [--v4-model tiny] [--batch 8] [--seq 256] [--steps 5] [--warmup 1]
+        [--threads N] [--modes f32,bf16] [--json]
 
 Tessera: runs bench/bench_train.c (tessera_bench_train --json), which builds the dense graph
 (forward, loss, backward; memory planned once) and takes AdamW steps, and reports the shape it
-ran. PyTorch: the same architecture built here from that shape - pre-norm decoder, RMSNorm,
+ran, in f32 and with --bf16 (bf16 weight matmuls into f32, f32 master weights). PyTorch: the
+same architecture built here from that shape - pre-norm decoder, RMSNorm,
 causal multi-head attention (F.scaled_dot_product_attention) with interleaved-pair RoPE on the
 whole head, SwiGLU, no biases, tied or untied head as the model says - with torch.optim.AdamW
 (lr 1e-3, betas 0.9/0.95, eps 1e-8, weight decay 0.1 on matrices, 0 on norms, like the C side),
@@ -17,6 +18,13 @@ stream rule, init scheme (so the loss columns are comparable) and thread count
 (torch.set_num_threads). Each reports the median step time of
 --steps timed steps after --warmup untimed ones; a step is zero_grad + forward + loss + backward
 + optimizer step. tokens/s = batch * seq / median.
+
+MFU (model FLOP utilization) = tokens/s x the model's training FLOPs per token (model.h's count,
+which tessera_bench_train reports; the same for both sides, since it is the same model) / the
+machine's f32 FMA peak with --threads threads (`tessera bench gemm`'s register-only FMA loop).
+The DeepSeek-V4 preset --v4-model (default tiny; "" skips it) is timed on the Tessera side
+alone, at the same batch, sequence and threads: there is no PyTorch V4 here to set beside it
+(transformers' port is not part of .venv-tools).
 
 It runs inside the repository's .venv-tools (made by tools/make_v4_fixture.py, which has torch);
 nothing is downloaded. Use one quiet machine: other processes on the cores skew both sides.
@@ -154,24 +162,38 @@ def find_tessera():
     return max(hits, key=os.path.getmtime)
 
 
-def run_tessera(a):
+def run_tessera(a, model, bf16):
     exe = a.tessera or find_tessera()
-    cmd = [exe, "--model", a.model, "--batch", str(a.batch), "--seq", str(a.seq), "--steps", str(a.steps),
-           "--warmup", str(a.warmup), "--threads", str(a.threads), "--json"]
+    cmd = [exe, "--model", model, "--batch", str(a.batch), "--seq", str(a.seq), "--steps", str(a.steps),
+           "--warmup", str(a.warmup), "--threads", str(a.threads), "--json"] + (["--bf16"] if bf16 else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def fma_peak_gflops(a):
+    """`tessera bench gemm`'s register-only f32 FMA peak with a.threads threads (the tessera
+    binary of the same build as tessera_bench_train)."""
+    exe = os.path.join(os.path.dirname(os.path.dirname(a.tessera or find_tessera())), "tessera")
+    out = subprocess.run([exe, "bench", "gemm", "--shapes", "64x64x64", "--dtypes", "f32", "--threads",
+                          str(a.threads), "--repeats", "1", "--json"], check=True, capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        obj = json.loads(line)
+        if obj.get("op") == "machine":
+            return obj["fma_peak_gflops"]
+    sys.exit("bench_train_pytorch: tessera bench gemm printed no machine line")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tessera", help="path of tessera_bench_train (default: the newest build*/bench one)")
     ap.add_argument("--model", default="dense-small", help="a dense preset or checkpoint directory")
+    ap.add_argument("--v4-model", default="tiny", help="a DeepSeek-V4 preset or directory timed on our side too (\"\": none)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--modes", default="f32,bf16", help="PyTorch runs: f32 and/or bf16 (autocast)")
+    ap.add_argument("--modes", default="f32,bf16", help="precisions run on both sides: f32 and/or bf16")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     a = ap.parse_args()
     modes = [m for m in a.modes.split(",") if m]
@@ -179,25 +201,42 @@ def main():
         sys.exit("bench_train_pytorch: --modes takes f32 and/or bf16")
     torch.set_num_threads(a.threads)
 
-    ts = run_tessera(a)
+    peak = fma_peak_gflops(a)
+    results, v4 = {}, {}
+    for m in modes:
+        results["tessera %s" % m] = run_tessera(a, a.model, m == "bf16")
+    ts = next(iter(results.values()))
     if ts["kind"] != "tessera_dense":
         sys.exit("bench_train_pytorch: %s is not a dense model" % a.model)
-    results = {"tessera f32": ts}
     for m in modes:
         results["pytorch %s" % ("f32" if m == "f32" else "bf16 autocast")] = run_torch(ts, a, m == "bf16")
+        results["pytorch %s" % ("f32" if m == "f32" else "bf16 autocast")]["flops_per_token"] = ts["flops_per_token"]
+    if a.v4_model:
+        for m in modes:
+            v4["tessera %s" % m] = run_tessera(a, a.v4_model, m == "bf16")
+    for r in list(results.values()) + list(v4.values()):
+        r["mfu"] = r["tokens_per_s"] * r["flops_per_token"] / (peak * 1e9)
     if a.json:
-        print(json.dumps({"model": a.model, "batch": a.batch, "seq": a.seq, "threads": a.threads,
-                          "torch": torch.__version__, "results": results}))
+        print(json.dumps({"model": a.model, "v4_model": a.v4_model, "batch": a.batch, "seq": a.seq, "threads": a.threads,
+                          "torch": torch.__version__, "fma_peak_gflops": peak, "results": results, "v4_results": v4}))
         return
     print("%s: %d params, batch %d x seq %d = %d tokens/step, %d threads, median of %d steps after %d warm-up (torch %s)"
           % (a.model, ts["params"], a.batch, a.seq, a.batch * a.seq, a.threads, a.steps, a.warmup, torch.__version__))
-    print("%-22s %10s %12s   %s" % ("", "step s", "tokens/s", "loss first -> last"))
+    print("f32 FMA peak %.1f GFLOP/s (%d threads); %.2f MFLOP per trained token" % (peak, a.threads,
+                                                                                   ts["flops_per_token"] * 1e-6))
+    print("%-22s %10s %12s %8s   %s" % ("", "step s", "tokens/s", "MFU", "loss first -> last"))
     for name, r in results.items():
-        print("%-22s %10.4f %12.0f   %.4f -> %.4f" % (name, r["step_s_median"], r["tokens_per_s"], r["loss_first"],
-                                                    r["loss_last"]))
-    for name, r in results.items():
-        if name != "tessera f32":
-            print("tessera / %s: %.3fx tokens/s" % (name, ts["tokens_per_s"] / r["tokens_per_s"]))
+        print("%-22s %10.4f %12.0f %7.1f%%   %.4f -> %.4f" % (name, r["step_s_median"], r["tokens_per_s"],
+                                                           100 * r["mfu"], r["loss_first"], r["loss_last"]))
+    for m in modes:
+        ours = results["tessera %s" % m]
+        for name, r in results.items():
+            if name.startswith("pytorch %s" % m):
+                print("tessera %s / %s: %.3fx tokens/s" % (m, name, ours["tokens_per_s"] / r["tokens_per_s"]))
+    for name, r in v4.items():
+        print("%s (DeepSeek-V4, %d params, %.2f MFLOP/token) %s: %.4f s/step, %.0f tokens/s, MFU %.1f%%, loss %.4f -> %.4f"
+              % (a.v4_model, r["params"], r["flops_per_token"] * 1e-6, name, r["step_s_median"], r["tokens_per_s"],
+                 100 * r["mfu"], r["loss_first"], r["loss_last"]))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 /* test_cli.c - runs the built `tessera` binary the way a user would and checks exit codes and
  * the lines people and scripts rely on: --help, every subcommand's --help, version, info, ops,
  * a short demo, `forward` on the V4 reference checkpoint (logits .npy vs the port), `bench gemm
- * --json` on tiny shapes, `tokenizer train/encode/decode` and `data prepare/synth/info` on
- * generated files, `generate --speculative mtp` against plain greedy generation, `--dtype bf16`
- * and a bad --dtype of generate, chat and serve, and the
- * one-line errors (exit code 2 for command-line mistakes, 1 for failed work). Also checks the
+ * --json` on tiny shapes, `bench attention --json` on its smallest configurations, `tokenizer train/encode/decode` and `data prepare/synth/info` on
+ * generated files, `generate --speculative mtp` against plain greedy generation, its sampling
+ * options (a seed repeats its text), `--dtype bf16` and a bad --dtype of generate, chat and
+ * serve, and the one-line errors (exit code 2 for command-line
+ * mistakes, 1 for failed work). Also checks the
  * run-time CPU feature detection (cpu.h) that `info` prints. The binary is found next to this
  * test's executable (both are built into the same CMake build directory). */
 #include <math.h>
@@ -187,6 +188,21 @@ static void test_bench_gemm(void) {
         json_decref(j);
     }
     CHECK(machine == 1 && rows == 4, "bench gemm: %d machine lines, %d cases (want 1, 4)", machine, rows);
+
+    /* the configurations of at most 0.3 counted GFLOP at T = 1024: the windowed forward ones */
+    run(&r, "bench attention --quick --threads 1 --reps 1 --max-gflop 0.3 --ref-gflop 0 --json");
+    int attn = 0;
+    for (char *save = NULL, *line = strtok_r(r.out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        json_t *j = json_loads(line, 0, NULL);
+        CHECK(j && !strcmp(json_string_value(json_object_get(j, "bench")), "attention") &&
+                  json_integer_value(json_object_get(j, "T")) == 1024 && json_number_value(json_object_get(j, "gflops")) > 0 &&
+                  json_number_value(json_object_get(j, "gflop")) <= 0.3 &&
+                  json_integer_value(json_object_get(j, "arena_bytes")) > 0,
+              "bench attention: %s", line);
+        attn += j != NULL;
+        json_decref(j);
+    }
+    CHECK(r.exit_code == 0 && attn >= 1, "bench attention --json: exit %d, %d lines", r.exit_code, attn);
 }
 
 /* The model report: the exact published Flash inventory, and a clean refusal of unknown models. */
@@ -619,6 +635,21 @@ static void test_generate_speculative(void) {
     CHECK(r.exit_code == 1 && r.n_lines == 1 && has(&r, "MTP block"), "dense: %d %s", r.exit_code, r.out);
     run(&r, "%s %s/v4 --speculative ngram", gen, dir);
     CHECK(r.exit_code == 2 && has(&r, "ngram"), "unknown draft: %d %s", r.exit_code, r.out);
+
+    /* every sampling option: a seed repeats its text, another seed gives another; a value out of
+     * the sampler's range is one usage line naming it */
+    const char *sampled = "--temperature 1.3 --top-k 40 --top-p 0.95 --min-p 0.02 --repeat-penalty 1.1 "
+                          "--frequency-penalty 0.2 --presence-penalty 0.1";
+    static run_result a, b;
+    run(&a, "%s %s/v4 %s --seed 7 2>/dev/null | od -An -tx1", gen, dir, sampled);
+    run(&b, "%s %s/v4 %s --seed 7 2>/dev/null | od -An -tx1", gen, dir, sampled);
+    run(&r, "%s %s/v4 %s --seed 8 2>/dev/null | od -An -tx1", gen, dir, sampled);
+    CHECK(a.exit_code == 0 && a.n_lines > 3 && strcmp(a.out, b.out) == 0 && strcmp(a.out, r.out) != 0 &&
+              strcmp(a.out, plain.out) != 0,
+          "sampling: seed 7 twice %s, seed 8 %s, greedy %s", strcmp(a.out, b.out) ? "differs" : "repeats",
+          strcmp(a.out, r.out) ? "differs" : "is the same", strcmp(a.out, plain.out) ? "differs" : "is the same");
+    run(&r, "%s %s/v4 --top-p 0", gen, dir);
+    CHECK(r.exit_code == 2 && r.n_lines == 1 && has(&r, "top_p"), "--top-p 0: %d %s", r.exit_code, r.out);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     CHECK(system(cmd) == 0, "%s", cmd);
 }

@@ -16,7 +16,12 @@
  *    same tokens with no reuse counted.
  * 5. Sizing from a memory budget: ts_model_engine_fit's slots x one slot's bytes fits the budget
  *    and one more does not; the engine's reported pool memory is slots x one slot's; too small a
- *    budget is TS_ERR_RANGE. */
+ *    budget is TS_ERR_RANGE.
+ * 6. Speculative decoding: greedy outputs of an engine with MTP speculation equal those of one
+ *    without - a request alone (speculative rounds), three together (batched steps, the MTP block
+ *    caught up as they pass half its lag limit, then rounds as they finish), long prompts in
+ *    chunks, and a second turn reusing a prefix (a rewind under the block) - and drafts are made
+ *    and counted. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -372,6 +377,82 @@ static void test_budget(const ts_model_weights *w, ts_backend *be) {
     CHECK(st == TS_ERR_RANGE && strstr(err, "needs"), "a budget below one slot: %s (%s)", ts_status_name(st), err);
 }
 
+/* 6. Prompts of `len` byte tokens cycling through `alphabet`, so each request continues its own. */
+static size_t long_prompt(const ts_engine *eng, const char *alphabet, size_t len, int32_t *out) {
+    char text[256];
+    size_t n = strlen(alphabet);
+    for (size_t i = 0; i + 1 < len && i < sizeof text - 1; i++) text[i] = alphabet[i % n];
+    text[len - 1 < sizeof text - 1 ? len - 1 : sizeof text - 1] = '\0';
+    return tokenize(eng, text, true, out);
+}
+
+static void test_speculative(const ts_model_weights *w, ts_backend *be) {
+    enum { LEN = 192, N = 4, NEW = 60 };
+    ts_model_engine_options o = ts_model_engine_defaults();
+    o.slots = 3;
+    o.max_len = LEN;
+    o.prefill_chunk = 24;
+    ts_model_engine *plain = NULL, *spec = NULL;
+    char err[256] = "";
+    CHECK(ts_model_engine_new(w, NULL, be, &o, &plain, err, sizeof err) == TS_OK, "plain engine: %s", err);
+    o.speculative = true;
+    CHECK(ts_model_engine_new(w, NULL, be, &o, &spec, err, sizeof err) == TS_OK, "speculative engine: %s", err);
+    if (!plain || !spec) goto out;
+    ts_engine eng[2];
+    ts_model_engine_table(plain, &eng[0]);
+    ts_model_engine_table(spec, &eng[1]);
+    /* 0 alone; 1..3 together (long prompts: several chunks); 3 again, its reply and more (a
+     * prefix turn) */
+    static int32_t prompts[N + 1][LEN];
+    size_t lens[N + 1];
+    lens[0] = long_prompt(&eng[0], "rev abc=", 9, prompts[0]);
+    lens[1] = long_prompt(&eng[0], "k1:red k2:blue ", 70, prompts[1]);
+    lens[2] = long_prompt(&eng[0], "copy hello world ", 50, prompts[2]);
+    lens[3] = long_prompt(&eng[0], "sort zyxwvu ", 30, prompts[3]);
+    collector col[2][N + 1];
+    for (int k = 0; k < 2; k++) {
+        collector_init(&col[k][0]);
+        ts_gen_request r = request(1, prompts[0], lens[0], NEW, &col[k][0]);
+        CHECK(eng[k].submit(eng[k].self, &r) == TS_OK, "submit alone");
+        wait_done(&col[k][0]);
+        for (int i = 1; i < N; i++) {
+            collector_init(&col[k][i]);
+            r = request((uint64_t)i + 1, prompts[i], lens[i], NEW, &col[k][i]);
+            CHECK(eng[k].submit(eng[k].self, &r) == TS_OK, "submit %d", i);
+        }
+        for (int i = 1; i < N; i++) wait_done(&col[k][i]);
+        if (k == 0) { /* the next turn: request 3's prompt, its reply, more text */
+            memcpy(prompts[N], prompts[3], lens[3] * sizeof(int32_t));
+            memcpy(prompts[N] + lens[3], col[0][3].tokens, (size_t)col[0][3].n * sizeof(int32_t));
+            lens[N] = lens[3] + (size_t)col[0][3].n;
+            lens[N] += tokenize(&eng[0], " again=", false, prompts[N] + lens[N]);
+        }
+        collector_init(&col[k][N]);
+        r = request(N + 1, prompts[N], lens[N], 24, &col[k][N]);
+        CHECK(eng[k].submit(eng[k].self, &r) == TS_OK, "submit the next turn");
+        wait_done(&col[k][N]);
+    }
+    int same = 0, generated = 0;
+    for (int i = 0; i <= N; i++) {
+        bool ok = col[0][i].n == col[1][i].n && col[0][i].end == col[1][i].end &&
+                  memcmp(col[0][i].tokens, col[1][i].tokens, (size_t)col[0][i].n * sizeof(int32_t)) == 0;
+        CHECK(ok, "request %d: %d tokens (end %d) with speculation, %d (end %d) without, or different ones", i,
+              col[1][i].n, (int)col[1][i].end, col[0][i].n, (int)col[0][i].end);
+        same += ok;
+        generated += col[0][i].n;
+    }
+    ts_engine_stats s0 = stats(&eng[0]), s1 = stats(&eng[1]);
+    CHECK(s1.spec_drafted > 0 && s1.spec_accepted <= s1.spec_drafted && s0.spec_drafted == 0,
+          "drafts: %lld made, %lld accepted; the plain engine %lld", (long long)s1.spec_drafted,
+          (long long)s1.spec_accepted, (long long)s0.spec_drafted);
+    CHECK(s1.prefix_cache_hits > 0, "the next turn reused no prefix");
+    printf("  speculative: %d of %d requests (%d tokens) as without it; %lld drafts, %lld accepted\n", same, N + 1,
+           generated, (long long)s1.spec_drafted, (long long)s1.spec_accepted);
+out:
+    ts_model_engine_free(plain);
+    ts_model_engine_free(spec);
+}
+
 int main(void) {
     ts_model_weights *w = small_model();
     CHECK(w != NULL, "model");
@@ -387,6 +468,7 @@ int main(void) {
         test_sampling_cancel_limits(w, be);
         test_prefix_reuse(w, be, oracle_be, cp);
         test_budget(w, be);
+        test_speculative(w, be);
     }
     ts_model_completer_free(cp);
     ts_backend_free(be);

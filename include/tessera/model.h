@@ -232,6 +232,9 @@ typedef struct {
     int64_t training;              /* 3 x forward_with_mtp */
 } ts_model_flops;
 ts_status ts_model_flops_per_token(const ts_v4_config *cfg, int64_t context, ts_model_flops *out);
+/* The training FLOPs of a token averaged over the positions 1..seq of a trained sequence (the
+ * basis of a training run's MFU: tokens/s x this / the machine's peak). */
+ts_status ts_model_training_flops_per_token(const ts_v4_config *cfg, int64_t seq, double *out);
 
 /* KV cache of one sequence of `context` tokens over the main layers (MTP excluded), at the
  * spec §4.4 precision: each main-KV entry (window or compressed) is its c - r non-rope dims in

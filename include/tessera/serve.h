@@ -100,6 +100,8 @@ typedef struct {
     int64_t prefix_cache_hits;    /* admitted requests that reused a cached prefix (counter) */
     int64_t prefix_reused_tokens; /* prompt tokens taken from the cache instead of prefilled (counter) */
     int64_t prefill_tokens;       /* prompt tokens run through the model (counter) */
+    int64_t spec_drafted;         /* speculative decoding: draft tokens proposed (counter) */
+    int64_t spec_accepted;        /* ... and accepted by the model (counter) */
 } ts_engine_stats;
 
 typedef struct {
@@ -244,6 +246,13 @@ void ts_server_shutdown(ts_server *srv, double grace_s);
  * by its whole length. With prefix_cache, a finished sequence's tokens stay in its slot, and a
  * new request goes to the idle slot sharing the longest prefix with its prompt: only the rest
  * is prefilled (multi-turn chat re-sends the conversation: only the new turn is computed).
+ * With speculative, an iteration whose only work is one generating sequence runs a round of
+ * ts_speculator (model.h: the MTP block drafts a token, one two-token pass verifies it) instead
+ * of a one-row step - a server's quiet periods, where batching has nothing to share; the MTP
+ * block is kept within TS_MODEL_MTP_MAX_LAG tokens of every sequence between such rounds (one
+ * catch-up pass per TS_MODEL_MTP_MAX_LAG / 2 tokens). Greedy outputs are unchanged; sampled ones
+ * keep their distribution, but which tokens a seed gives then depends on the rounds the
+ * request got (on the other traffic), so a seed reproduces its output only without it.
  * tok NULL: the byte-level vocabulary of the tiny presets (0 BOS, 1 EOS, bytes at 3..258). The
  * weights, the tokenizer and the backend must outlive the engine, and the backend is the
  * worker's alone while the engine lives (a backend computes one graph at a time). */
@@ -255,6 +264,8 @@ typedef struct {
     int max_queue;       /* requests waiting for a slot (default 64) */
     int prefill_chunk;   /* prompt tokens per extend call (default 64) */
     bool prefix_cache;   /* reuse idle slots' cached prefixes (default true) */
+    bool speculative;    /* MTP speculative decoding when one sequence decodes alone (default
+                            false; a model without an MTP block is TS_ERR_UNSUPPORTED) */
 } ts_model_engine_options;
 
 ts_model_engine_options ts_model_engine_defaults(void);

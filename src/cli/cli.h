@@ -67,6 +67,21 @@ int cli_failure(const char *command, const char *fmt, ...)
 #endif
     ;
 
+/* The sampling options of generate and chat, into a ts_sampling_params p (infer.h; its --seed
+ * each command declares itself); check the result with ts_sampling_params_check. */
+#define CLI_SAMPLING_OPTIONS(p)                                                                                         \
+    {"--temperature", CLI_OPT_FLOAT, &(p).temperature, "T", "0: greedy; else sample from softmax(logits / T)", 0, 100},   \
+    {"--top-k", CLI_OPT_INT, &(p).top_k, "K", "sample among the K most likely tokens only (0: all)", 0, 1 << 30},        \
+    {"--top-p", CLI_OPT_FLOAT, &(p).top_p, "P", "nucleus: the fewest most likely tokens holding probability P (1: off)", \
+     0, 1},                                                                                                              \
+    {"--min-p", CLI_OPT_FLOAT, &(p).min_p, "P", "drop tokens less likely than P x the most likely one (0: off)", 0, 1},  \
+    {"--repeat-penalty", CLI_OPT_FLOAT, &(p).repetition_penalty, "R",                                                  \
+     "divide (or multiply, when negative) the logits of tokens seen so far by R (1: off)", 0, 100},                      \
+    {"--frequency-penalty", CLI_OPT_FLOAT, &(p).frequency_penalty, "F",                                                \
+     "subtract F x each generated token's count from its logit (OpenAI's)", -2, 2},                                      \
+    {"--presence-penalty", CLI_OPT_FLOAT, &(p).presence_penalty, "F",                                                  \
+     "subtract F from the logit of every token generated so far (OpenAI's)", -2, 2}
+
 /* Commands with subcommands ("tessera data prepare ..."): a table of these, and a dispatcher
  * that runs the row named by argv[1] with argv + 1 (so the subcommand sees its own name as
  * argv[0]); with no name or --help it lists the table. */

@@ -16,6 +16,7 @@ static const struct {
     int (*run)(int argc, char **argv);
 } benches[] = {
     {"gemm", "GEMM/GEMV GFLOP/s per shape and dtype vs the FMA peak, read bandwidth and OpenBLAS", cli_bench_gemm_main},
+    {"attention", "fused attention forward and backward: GFLOP/s, memory per sequence length, vs the reference kernel", cli_bench_attention_main},
     {"serve", "an OpenAI-compatible server under 1..64 concurrent streams: TTFT, inter-token latency, tokens/s", cli_bench_serve_main},
 };
 

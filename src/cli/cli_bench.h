@@ -12,6 +12,7 @@
 /* Sub-benchmarks: argv[0] is the sub-benchmark's name; the return value is the exit code. */
 int cli_bench_gemm_main(int argc, char **argv);
 int cli_bench_serve_main(int argc, char **argv);
+int cli_bench_attention_main(int argc, char **argv);
 
 /* Something to time: one call of fn(ctx). */
 typedef void (*cli_bench_fn)(void *ctx);

@@ -32,8 +32,7 @@ typedef struct {
     /* options */
     const char *system;
     int max_tokens, context;
-    float temperature;
-    uint64_t seed;
+    ts_sampling_params sampling; /* its seed is the first reply's */
     /* the model */
     ts_tokenizer *tok; /* NULL: the byte-level vocabulary of the tiny presets */
     ts_chat_template tmpl;
@@ -174,9 +173,8 @@ static bool append_reply(chat_session *s, const uint8_t *b, size_t n) {
 
 /* Samples and streams the reply to the prompt in the slot; *n_out: tokens generated. */
 static ts_status generate(chat_session *s, int *n_out) {
-    ts_sampling_params p = ts_sampling_defaults();
-    p.temperature = s->temperature;
-    p.seed = s->seed + (uint64_t)s->turn;
+    ts_sampling_params p = s->sampling;
+    p.seed += (uint64_t)s->turn;
     ts_status st = ts_sampler_start(s->sampler, &p, s->ids.ids, s->ids.n);
     s->reply_n = 0;
     s->unfed = -1;
@@ -309,14 +307,15 @@ static void close_session(chat_session *s) {
 int cli_chat_main(int argc, char **argv) {
     const char *model = NULL, *dtype = "f32";
     int threads = 0;
-    chat_session s = {.max_tokens = 256, .context = 2048, .temperature = 0.7f, .unfed = -1};
+    chat_session s = {.max_tokens = 256, .context = 2048, .sampling = ts_sampling_defaults(), .unfed = -1};
+    s.sampling.temperature = 0.7f;
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &model, "DIR", "checkpoint directory (config.json + model.safetensors [+ tokenizer files])", 0, 0},
         {"--dtype", CLI_OPT_STRING, &dtype, "T", CLI_DTYPE_HELP, 0, 0},
         {"--system", CLI_OPT_STRING, &s.system, "TEXT", "a system message opening the conversation", 0, 0},
         {"--max-tokens", CLI_OPT_INT, &s.max_tokens, "N", "longest reply in tokens", 1, 1 << 20},
-        {"--temperature", CLI_OPT_FLOAT, &s.temperature, "T", "0: greedy; else sample from softmax(logits / T)", 0, 100},
-        {"--seed", CLI_OPT_U64, &s.seed, "S", "sampling seed (reply i uses S + i: same seed, same conversation)", 0, 0},
+        CLI_SAMPLING_OPTIONS(s.sampling),
+        {"--seed", CLI_OPT_U64, &s.sampling.seed, "S", "sampling seed (reply i uses S + i: same seed, same conversation)", 0, 0},
         {"--context", CLI_OPT_INT, &s.context, "T", "positions the conversation may fill (the KV-cache budget)", 2, 1 << 24},
         {"--threads", CLI_OPT_INT, &threads, "N", "compute threads (0: every core)", 0, 1024},
     };
@@ -330,6 +329,8 @@ int cli_chat_main(int argc, char **argv) {
     if (rc != CLI_CONTINUE) return rc;
     if (!model) return cli_usage_error(CMD, "--model DIR is required");
     if (s.max_tokens >= s.context) return cli_usage_error(CMD, "--max-tokens %d leaves no room in --context %d", s.max_tokens, s.context);
+    const char *bad = ts_sampling_params_check(&s.sampling, NULL);
+    if (bad) return cli_usage_error(CMD, "%s", bad);
     ts_dtype matmul_dtype;
     if ((rc = cli_matmul_dtype(CMD, dtype, &matmul_dtype)) != CLI_CONTINUE) return rc;
 

@@ -4,8 +4,8 @@
  * and streams the continuation to standard output token by token; prompt and generation speeds
  * go to standard error.
  * Sampling (the sampler of infer.h): greedy at temperature 0, else softmax sampling at the given
- * temperature, optionally restricted to the top k, with a seeded generator (same seed -> same
- * text). --speculative mtp: the MTP block drafts a token per round (ts_speculator, model.h) -
+ * temperature after the penalties, top-k, top-p and min-p, with a seeded generator (same seed ->
+ * same text). --speculative mtp: the MTP block drafts a token per round (ts_speculator, model.h) -
  * the same text as plain decoding when greedy, the same distribution when sampling; the
  * acceptance rate joins the timings. */
 #include <math.h>
@@ -124,18 +124,18 @@ static int generate(ts_model_decoder *dec, ts_speculator *sp, ts_sampler *smp, c
 
 int cli_generate_main(int argc, char **argv) {
     const char *model = NULL, *prompt = "", *speculative = NULL, *dtype = "f32";
-    int max_tokens = 64, threads = 0, top_k = 0;
+    int max_tokens = 64, threads = 0;
     bool ignore_eos = false;
-    float temperature = 0, draft_min_prob = 0;
-    uint64_t seed = 0;
+    float draft_min_prob = 0;
+    ts_sampling_params sampling = ts_sampling_defaults();
+    sampling.temperature = 0;
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &model, "DIR", "checkpoint directory (config.json + model.safetensors [+ tokenizer.json])", 0, 0},
         {"--dtype", CLI_OPT_STRING, &dtype, "T", CLI_DTYPE_HELP, 0, 0},
         {"--prompt", CLI_OPT_STRING, &prompt, "TEXT", "the text to continue", 0, 0},
         {"--max-tokens", CLI_OPT_INT, &max_tokens, "N", "tokens to generate at most", 1, 1 << 20},
-        {"--temperature", CLI_OPT_FLOAT, &temperature, "T", "0: greedy; else sample from softmax(logits / T)", 0, 100},
-        {"--top-k", CLI_OPT_INT, &top_k, "K", "sample among the K most likely tokens only (0: all)", 0, 1 << 24},
-        {"--seed", CLI_OPT_U64, &seed, "S", "sampling seed (same seed, same text)", 0, 0},
+        CLI_SAMPLING_OPTIONS(sampling),
+        {"--seed", CLI_OPT_U64, &sampling.seed, "S", "sampling seed (same seed, same text)", 0, 0},
         {"--speculative", CLI_OPT_STRING, &speculative, "mtp", "speculative decoding with the MTP block as the draft", 0, 0},
         {"--draft-min-prob", CLI_OPT_FLOAT, &draft_min_prob, "P",
          "with --speculative: draft only when the MTP block's top token has probability >= P", 0, 1},
@@ -154,6 +154,8 @@ int cli_generate_main(int argc, char **argv) {
     if (!model) return cli_usage_error("generate", "--model DIR is required");
     if (speculative && strcmp(speculative, "mtp") != 0)
         return cli_usage_error("generate", "--speculative %s: the only draft is mtp", speculative);
+    const char *bad = ts_sampling_params_check(&sampling, NULL);
+    if (bad) return cli_usage_error("generate", "%s", bad);
     ts_dtype matmul_dtype;
     if ((rc = cli_matmul_dtype("generate", dtype, &matmul_dtype)) != CLI_CONTINUE) return rc;
 
@@ -171,10 +173,6 @@ int cli_generate_main(int argc, char **argv) {
     ts_model_decoder *dec = NULL;
     ts_speculator *sp = NULL;
     ts_sampler *smp = NULL;
-    ts_sampling_params sampling = ts_sampling_defaults();
-    sampling.temperature = temperature;
-    sampling.top_k = top_k;
-    sampling.seed = seed;
     float *logits = malloc((size_t)c->vocab_size * sizeof(float));
     if (rc == 0 && (!logits || ts_backend_cpu_new(threads, &be) != TS_OK ||
                     ts_sampler_new((int32_t)c->vocab_size, &smp) != TS_OK))

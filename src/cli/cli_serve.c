@@ -28,7 +28,8 @@ static int fail(const char *what, const char *detail) {
 }
 
 int cli_serve_main(int argc, char **argv) {
-    const char *model = NULL, *dtype = "f32", *host = "127.0.0.1", *api_key = NULL, *model_name = NULL;
+    const char *model = NULL, *dtype = "f32", *host = "127.0.0.1", *api_key = NULL, *model_name = NULL,
+               *speculative = NULL;
     int port = 8080, max_concurrent = 16, slots = 0, context = 1024, threads = 0, max_queue = 64;
     int max_prompt = 0, max_output = 256, kv_memory = 0, prefill_chunk = 64;
     bool no_prefix_cache = false;
@@ -46,6 +47,8 @@ int cli_serve_main(int argc, char **argv) {
         {"--context", CLI_OPT_INT, &context, "T", "positions per sequence (prompt + output)", 2, 1 << 24},
         {"--kv-memory", CLI_OPT_INT, &kv_memory, "MIB", "KV-cache budget: as many slots of --context positions as fit, at most --slots (0: no budget)", 0, 1 << 24},
         {"--prefill-chunk", CLI_OPT_INT, &prefill_chunk, "N", "prompt tokens per prefill pass, interleaved with decoding", 1, 1 << 16},
+        {"--speculative", CLI_OPT_STRING, &speculative, "mtp",
+         "speculative decoding with the MTP block as the draft while one sequence decodes alone", 0, 0},
         {"--no-prefix-cache", CLI_OPT_FLAG, &no_prefix_cache, NULL, "do not reuse finished sequences' caches for shared prompt prefixes", 0, 0},
         {"--max-queue", CLI_OPT_INT, &max_queue, "N", "requests waiting for a slot (more: HTTP 503)", 1, 1 << 20},
         {"--max-prompt-tokens", CLI_OPT_INT, &max_prompt, "N", "longest prompt (0: context - 1)", 0, 1 << 24},
@@ -61,6 +64,8 @@ int cli_serve_main(int argc, char **argv) {
     int rc = cli_parse(&spec, argc, argv);
     if (rc != CLI_CONTINUE) return rc;
     if (!model) return cli_usage_error("serve", "--model DIR is required");
+    if (speculative && strcmp(speculative, "mtp") != 0)
+        return cli_usage_error("serve", "--speculative %s: the only draft is mtp", speculative);
     ts_dtype matmul_dtype;
     if ((rc = cli_matmul_dtype("serve", dtype, &matmul_dtype)) != CLI_CONTINUE) return rc;
     rc = 0;
@@ -91,6 +96,7 @@ int cli_serve_main(int argc, char **argv) {
     eo.max_queue = max_queue;
     eo.prefill_chunk = prefill_chunk;
     eo.prefix_cache = !no_prefix_cache;
+    eo.speculative = speculative != NULL;
     if (rc == 0 && kv_memory > 0 &&
         ts_model_engine_fit(w, be, (size_t)kv_memory << 20, context, slots ? slots : MAX_AUTO_SLOTS, &eo.slots, NULL, err,
                             sizeof err) != TS_OK)
@@ -125,8 +131,9 @@ int cli_serve_main(int argc, char **argv) {
             printf("serving %s (%s) with %d slots of %d positions: KV cache %.2f MiB", o.model_name, model, eo.slots,
                    context, (double)es.kv_bytes / (1 << 20));
             if (kv_memory > 0) printf(" (budget %d MiB)", kv_memory);
-            printf(", prefill chunks of %d, prefix cache %s\nlistening on http://%s:%d\n", prefill_chunk,
-                   eo.prefix_cache ? "on" : "off", host, ts_server_port(srv));
+            printf(", prefill chunks of %d, prefix cache %s%s\nlistening on http://%s:%d\n", prefill_chunk,
+                   eo.prefix_cache ? "on" : "off", eo.speculative ? ", speculative decoding (mtp)" : "", host,
+                   ts_server_port(srv));
             fflush(stdout);
         }
     }

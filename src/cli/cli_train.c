@@ -156,14 +156,8 @@ static int restore_state(run *r) {
  * best of 20 short runs (a few milliseconds each, so a busy machine still shows its peak), times
  * the backend's threads. MFU = tokens/s x FLOPs per token / peak. */
 static int measure_mfu_basis(run *r) {
-    const ts_v4_config *c = ts_model_weights_config(r->w);
-    double sum = 0;
-    for (int64_t pos = 1; pos <= r->cfg.seq; pos++) {
-        ts_model_flops f;
-        if (ts_model_flops_per_token(c, pos, &f) != TS_OK) return fail("cannot count the model's FLOPs");
-        sum += (double)f.training;
-    }
-    r->flops_per_token = sum / (double)r->cfg.seq;
+    if (ts_model_training_flops_per_token(ts_model_weights_config(r->w), r->cfg.seq, &r->flops_per_token) != TS_OK)
+        return fail("cannot count the model's FLOPs");
     ts_backend_info bi;
     ts_backend_get_info(r->be, &bi);
     int threads = bi.n_threads > 0 ? bi.n_threads : 1;

@@ -356,6 +356,19 @@ ts_status ts_model_flops_per_token(const ts_v4_config *cfg, int64_t context, ts_
     return TS_OK;
 }
 
+ts_status ts_model_training_flops_per_token(const ts_v4_config *cfg, int64_t seq, double *out) {
+    if (!out || seq < 1) return TS_ERR_INVALID_ARG;
+    double sum = 0;
+    for (int64_t pos = 1; pos <= seq; pos++) {
+        ts_model_flops f;
+        ts_status s = ts_model_flops_per_token(cfg, pos, &f);
+        if (s != TS_OK) return s;
+        sum += (double)f.training;
+    }
+    *out = sum / (double)seq;
+    return TS_OK;
+}
+
 /* ---------------------------------------------------------------- KV cache */
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }

@@ -45,8 +45,9 @@
  * over the main model's final streams as a host input. Main passes output those streams; they
  * and the tokens of the last V4_KEEP positions are kept per slot (rings by position). The block
  * runs over a position only once the token after it is final and then never has to be undone:
- * it lags the sequence (mlen <= len), catching up on a draft call, and truncate only takes mlen
- * down with len (never more than V4_REWIND behind its furthest reach either). Logits equal the
+ * it lags the sequence (mlen <= len), catching up on a draft call, and truncate takes mlen down
+ * to len - 1 at most (the token after position len - 1 is open again; never more than
+ * V4_REWIND - 1 behind its furthest reach). Logits equal the
  * training graph's mtp_logits (tests/test_speculative.c). */
 #include <math.h>
 #include <stdio.h>
@@ -638,12 +639,14 @@ static ts_status v4_extend(void *impl, int slot, const int32_t *ids, int64_t n, 
 }
 
 /* Rewinding keeps every array as it is (see the file comment); only how far back the rings
- * still hold the positions bounds it. */
+ * still hold the positions bounds it. The MTP block's entry at len - 1 read the token after it,
+ * which the sequence no longer holds: it is recomputed on the next draft, so with a block the
+ * rings must reach one position further back. */
 static ts_status v4_truncate(void *impl, int slot, int64_t len) {
     v4_decoder *dec = impl;
-    if (len < dec->reach[slot] - V4_REWIND) return TS_ERR_UNSUPPORTED;
+    if (len < dec->reach[slot] - V4_REWIND + (dec->streams != NULL)) return TS_ERR_UNSUPPORTED;
     dec->len[slot] = len;
-    if (dec->mlen[slot] > len) dec->mlen[slot] = len;
+    if (dec->mlen[slot] >= len) dec->mlen[slot] = len - 1;
     return TS_OK;
 }
 

@@ -19,7 +19,14 @@
  * least the prompt's last token is always fed, for the logits of the first output. Ties, and
  * requests that reuse nothing, take the least recently used idle slot, so fresh caches live
  * longest. Memory is fixed at start: slots x max_len positions; a request that finds no idle
- * slot waits in a bounded queue, and a full queue is refused (HTTP 503). */
+ * slot waits in a bounded queue, and a full queue is refused (HTTP 503).
+ *
+ * Speculative decoding (options.speculative): an iteration with no prompt chunk and a single
+ * generating sequence runs one ts_speculator round for it, which may yield two tokens. The
+ * MTP block lags the sequences it does not draft for; each slot records how far the block has
+ * covered it (mtp_covered), and a slot about to step more than TS_MODEL_MTP_MAX_LAG / 2 tokens
+ * ahead of it first brings it up to date with ts_model_decoder_mtp, so a round can start on any
+ * slot at any time. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +57,7 @@ typedef struct {
     int32_t last;      /* the last sampled token: the next step's input */
     int32_t generated;
     uint64_t used_at;  /* when its last request ended (engine clock) */
+    int64_t mtp_covered; /* speculative: positions the MTP block has run over */
     ts_sampler *sampler;
 } slot_state;
 
@@ -65,6 +73,7 @@ struct ts_model_engine {
     int prefill_rr;    /* the slot that prefilled last */
     uint64_t clock;
     int64_t prefix_hits, reused_tokens, prefill_tokens;
+    ts_speculator *spec;   /* NULL unless options.speculative */
     pthread_mutex_t mu;
     pthread_cond_t wake;
     pthread_t worker;
@@ -73,7 +82,7 @@ struct ts_model_engine {
     int *step_slots;
     int32_t *step_ids;
     float *logits;         /* [slots, vocab]: the step's */
-    float *prefill_logits; /* [vocab]: after a prompt chunk */
+    float *prefill_logits; /* [vocab]: after a prompt chunk; speculative: the MTP catch-ups' */
     int64_t *reuse;        /* [slots]: placement candidates */
 };
 
@@ -91,7 +100,7 @@ static void finish(ts_model_engine *e, int s, ts_gen_end end) {
 /* A failed decoder call may leave the slot's cache half-written: it is emptied, not reused. */
 static void fail(ts_model_engine *e, int s) {
     ts_model_decoder_reset(e->dec, s);
-    e->slots[s].n_tokens = 0;
+    e->slots[s].n_tokens = e->slots[s].mtp_covered = 0;
     finish(e, s, TS_GEN_ERROR);
 }
 
@@ -119,7 +128,10 @@ static int place(ts_model_engine *e, const pending *p) {
                 best = s;
         if (best < 0) return -1;
         if (ts_model_decoder_truncate(e->dec, best, e->reuse[best]) == TS_OK) { /* length 0 always works */
-            e->slots[best].n_tokens = e->reuse[best];
+            slot_state *sl = &e->slots[best];
+            sl->n_tokens = e->reuse[best];
+            /* the block's entry at the last position read the token after it, which may change */
+            if (sl->mtp_covered >= sl->n_tokens) sl->mtp_covered = sl->n_tokens > 0 ? sl->n_tokens - 1 : 0;
             return best;
         }
         e->reuse[best] = 0;
@@ -158,15 +170,16 @@ static void admit(ts_model_engine *e) {
 /* ---------------------------------------------------------------- the worker */
 
 /* What one iteration computes: a prompt chunk of slot `prefill` (-1: none) and one step of the
- * n slots in step_slots. */
+ * n slots in step_slots - or, `speculate`, a speculative round of the one slot there. */
 typedef struct {
     int prefill;
     int64_t chunk;
     int n;
+    bool speculate;
 } plan;
 
 static plan make_plan(ts_model_engine *e) {
-    plan p = {-1, 0, 0};
+    plan p = {-1, 0, 0, false};
     for (int k = 1; k <= e->opt.slots && p.prefill < 0; k++) {
         int s = (e->prefill_rr + k) % e->opt.slots;
         if (e->slots[s].phase == SLOT_PREFILL) p.prefill = s;
@@ -182,27 +195,34 @@ static plan make_plan(ts_model_engine *e) {
         e->step_slots[p.n] = s;
         e->step_ids[p.n++] = e->slots[s].last;
     }
+    /* a round drafts (and runs the MTP block) whenever there is room for two more tokens */
+    p.speculate = e->spec && p.prefill < 0 && p.n == 1 && e->slots[e->step_slots[0]].n_tokens + 2 <= e->opt.max_len;
     return p;
 }
 
-/* Sequence s samples from its logits row and reports the token, or ends. */
-static void emit(ts_model_engine *e, int s, const float *logits) {
+/* Sequence s reports its next token tok (sampled and recorded by its sampler), or ends; true
+ * while it goes on. */
+static bool deliver(ts_model_engine *e, int s, int32_t tok) {
     slot_state *sl = &e->slots[s];
-    int32_t tok;
-    if (ts_sampler_sample(sl->sampler, logits, &tok, NULL) != TS_OK) {
-        finish(e, s, TS_GEN_ERROR);
-        return;
-    }
     bool stop = tok == e->eos;
     for (int i = 0; i < sl->req.n_stop_ids; i++) stop |= tok == sl->req.stop_ids[i];
     if (stop) {
         finish(e, s, TS_GEN_STOP_TOKEN);
-        return;
+        return false;
     }
     sl->req.sink.token(sl->req.sink.user, tok);
     sl->last = tok;
     sl->phase = SLOT_DECODE;
-    if (++sl->generated >= sl->req.max_tokens || sl->n_tokens >= e->opt.max_len) finish(e, s, TS_GEN_LENGTH);
+    if (++sl->generated < sl->req.max_tokens && sl->n_tokens < e->opt.max_len) return true;
+    finish(e, s, TS_GEN_LENGTH);
+    return false;
+}
+
+/* Sequence s samples from its logits row and reports the token, or ends. */
+static void emit(ts_model_engine *e, int s, const float *logits) {
+    int32_t tok;
+    if (ts_sampler_sample(e->slots[s].sampler, logits, &tok, NULL) != TS_OK) finish(e, s, TS_GEN_ERROR);
+    else deliver(e, s, tok);
 }
 
 static void after_prefill(ts_model_engine *e, const plan *p, ts_status st) {
@@ -217,6 +237,21 @@ static void after_prefill(ts_model_engine *e, const plan *p, ts_status st) {
     if (sl->n_tokens == (int64_t)sl->req.n_prompt) emit(e, p->prefill, e->prefill_logits);
 }
 
+/* A speculative round of the plan's slot yielded out[0..n_out): `last` and all but the last
+ * of them are in its cache now (the decoder's length says which). */
+static void after_round(ts_model_engine *e, const plan *p, ts_status st, const int32_t *out, int n_out) {
+    int s = e->step_slots[0];
+    slot_state *sl = &e->slots[s];
+    if (st != TS_OK) {
+        fail(e, s);
+        return;
+    }
+    sl->mtp_covered = sl->n_tokens;
+    sl->tokens[sl->n_tokens++] = sl->last;
+    if (n_out == 2) sl->tokens[sl->n_tokens++] = out[0];
+    for (int i = 0; i < n_out && deliver(e, s, out[i]); i++) {}
+}
+
 static void after_step(ts_model_engine *e, const plan *p, ts_status st) {
     for (int i = 0; i < p->n; i++) {
         int s = e->step_slots[i];
@@ -228,6 +263,30 @@ static void after_step(ts_model_engine *e, const plan *p, ts_status st) {
         sl->tokens[sl->n_tokens++] = e->step_ids[i];
         emit(e, s, e->logits + (size_t)i * (size_t)e->vocab);
     }
+}
+
+/* The plan's prompt chunk; with speculation in pieces the MTP block keeps up with. */
+static ts_status run_prefill(ts_model_engine *e, const plan *p) {
+    slot_state *sl = &e->slots[p->prefill];
+    const int32_t *ids = sl->req.prompt + sl->n_tokens;
+    if (!e->spec) return ts_model_decoder_extend(e->dec, p->prefill, ids, p->chunk, e->prefill_logits, 1);
+    int64_t len = sl->n_tokens + p->chunk, last_piece = (p->chunk - 1) % TS_MODEL_MTP_MAX_LAG + 1;
+    ts_status s = ts_speculator_prefill(e->spec, p->prefill, ids, p->chunk, e->prefill_logits);
+    if (s == TS_OK) sl->mtp_covered = len - last_piece; /* before the last piece */
+    return s;
+}
+
+/* Speculation: brings the MTP block up to date on the stepping slots that are more than half
+ * its lag limit ahead of it (the step adds one more). */
+static ts_status catch_up_mtp(ts_model_engine *e, const plan *p) {
+    for (int i = 0; e->spec && i < p->n; i++) {
+        slot_state *sl = &e->slots[e->step_slots[i]];
+        if (sl->n_tokens - sl->mtp_covered < TS_MODEL_MTP_MAX_LAG / 2) continue;
+        ts_status s = ts_model_decoder_mtp(e->dec, e->step_slots[i], sl->last, e->prefill_logits);
+        if (s != TS_OK) return s;
+        sl->mtp_covered = sl->n_tokens;
+    }
+    return TS_OK;
 }
 
 static void *worker_main(void *arg) {
@@ -247,14 +306,20 @@ static void *worker_main(void *arg) {
          * slots, so what the plan names stays valid */
         pthread_mutex_unlock(&e->mu);
         ts_status sp = TS_OK, sd = TS_OK;
-        if (p.prefill >= 0) {
-            const slot_state *sl = &e->slots[p.prefill];
-            sp = ts_model_decoder_extend(e->dec, p.prefill, sl->req.prompt + sl->n_tokens, p.chunk, e->prefill_logits, 1);
+        int32_t out[2];
+        int n_out = 0;
+        if (p.prefill >= 0) sp = run_prefill(e, &p);
+        if (p.speculate) {
+            const slot_state *sl = &e->slots[e->step_slots[0]];
+            sd = ts_speculator_step(e->spec, e->step_slots[0], sl->sampler, sl->last, out, &n_out);
+        } else if (p.n > 0) {
+            sd = catch_up_mtp(e, &p);
+            if (sd == TS_OK) sd = ts_model_decoder_step(e->dec, p.n, e->step_slots, e->step_ids, e->logits);
         }
-        if (p.n > 0) sd = ts_model_decoder_step(e->dec, p.n, e->step_slots, e->step_ids, e->logits);
         pthread_mutex_lock(&e->mu);
         if (p.prefill >= 0) after_prefill(e, &p, sp);
-        after_step(e, &p, sd);
+        if (p.speculate) after_round(e, &p, sd, out, n_out);
+        else after_step(e, &p, sd);
     }
     for (int i = 0; i < e->queue_len; i++) {
         free(e->queue[i].prompt);
@@ -363,6 +428,7 @@ static void eng_stats(void *self, ts_engine_stats *out) {
     out->prefix_cache_hits = e->prefix_hits;
     out->prefix_reused_tokens = e->reused_tokens;
     out->prefill_tokens = e->prefill_tokens;
+    if (e->spec) ts_speculator_stats(e->spec, &out->spec_drafted, &out->spec_accepted);
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -442,6 +508,7 @@ ts_status ts_model_engine_new(const ts_model_weights *w, ts_tokenizer *tok, ts_b
     s = alloc_scratch(e);
     if (s != TS_OK) ts_error_printf(err, err_size, "engine: out of memory");
     if (s == TS_OK) s = ts_model_decoder_new(w, be, opt->slots, opt->max_len, &e->dec, err, err_size);
+    if (s == TS_OK && opt->speculative) s = ts_speculator_new(w, e->dec, &e->spec, err, err_size);
     if (s == TS_OK) {
         e->kv_bytes = ts_model_decoder_state_bytes(e->dec);
         pthread_mutex_init(&e->mu, NULL);
@@ -475,6 +542,7 @@ void ts_model_engine_free(ts_model_engine *e) {
         ts_sampler_free(e->slots[i].sampler);
         free(e->slots[i].tokens);
     }
+    ts_speculator_free(e->spec);
     ts_model_decoder_free(e->dec);
     free(e->slots);
     free(e->queue);

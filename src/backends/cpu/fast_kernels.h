@@ -89,6 +89,21 @@ static inline double ts_fast_sum_squares(const float *x, int64_t n) {
     return (s[0] + s[1]) + (s[2] + s[3]);
 }
 
+/* Sum of x[k] y[k] (w[k * ws] when w) in double, in four interleaved partial sums like
+ * ts_fast_sum_squares (rms_norm's backward). */
+static inline double ts_fast_dot_double(const float *x, const float *y, const float *w, int64_t ws, int64_t n) {
+    double s[4] = {0, 0, 0, 0};
+    int64_t k = 0;
+    if (w)
+        for (; k + 4 <= n; k += 4)
+            for (int l = 0; l < 4; l++) s[l] += (double)x[k + l] * y[k + l] * w[(k + l) * ws];
+    else
+        for (; k + 4 <= n; k += 4)
+            for (int l = 0; l < 4; l++) s[l] += (double)x[k + l] * y[k + l];
+    for (; k < n; k++) s[0] += (double)x[k] * y[k] * (w ? w[k * ws] : 1.0f);
+    return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
 /* A scratch buffer kept between a kernel's calls, so that a graph's runs allocate only on the
  * first one. A second concurrent caller (another graph on another thread) gets a temporary
  * buffer instead; *temporary tells release to free it. NULL when memory is exhausted. */

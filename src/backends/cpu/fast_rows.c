@@ -1,10 +1,10 @@
 /* fast_rows.c - the "cpu" backend's f32 row kernels of the backward pass, of position
  * encoding and of selection: rms_norm_back and softmax_back along the last axis, rope (forward
  * and inverse), and topk (exact: a selection by the reference's total order). Each row is
- * computed with the reference's formula, in double, in the same order (ref_nn.c; rms_norm_back's
- * sum of squares in four interleaved partial sums), and rounded once, straight from contiguous
- * f32 storage; other dtypes, strided inputs and other axes go to the reference kernel, which
- * also reports malformed nodes. Rows are split over threads in static chunks, one thread per
+ * computed with the reference's formula, in double, in the same order (ref_nn.c; but the sums of
+ * squares and of products in four interleaved partial sums), and rounded once, straight from
+ * contiguous f32 storage; other dtypes, strided inputs and other axes go to the reference
+ * kernel, which also reports malformed nodes. Rows are split over threads in static chunks, one thread per
  * row: bit-identical for any thread count. Nothing is allocated. */
 #include <math.h>
 #include <string.h>
@@ -44,17 +44,12 @@ static void rms_norm_back_range(void *arg, int64_t begin, int64_t end, int tid) 
     for (int64_t r = begin; r < end; r++) {
         const float *x = j->a + r * n, *dy = j->b + r * n;
         float *dx = j->out + r * n;
-        double ss = ts_fast_sum_squares(x, n), xg = 0;
-        double inv = 1.0 / sqrt(ss / (double)n + j->eps);
-        if (j->w) {
-            for (int64_t k = 0; k < n; k++) xg += (double)x[k] * dy[k] * j->w[k * j->w_stride];
-            double coef = inv * inv * inv * xg / (double)n;
+        double ss = ts_fast_sum_squares(x, n), xg = ts_fast_dot_double(x, dy, j->w, j->w_stride, n);
+        double inv = 1.0 / sqrt(ss / (double)n + j->eps), coef = inv * inv * inv * xg / (double)n;
+        if (j->w)
             for (int64_t k = 0; k < n; k++) dx[k] = (float)(inv * ((double)dy[k] * j->w[k * j->w_stride]) - x[k] * coef);
-        } else {
-            for (int64_t k = 0; k < n; k++) xg += (double)x[k] * dy[k];
-            double coef = inv * inv * inv * xg / (double)n;
+        else
             for (int64_t k = 0; k < n; k++) dx[k] = (float)(inv * dy[k] - x[k] * coef);
-        }
     }
 }
 
@@ -89,8 +84,7 @@ static void softmax_back_range(void *arg, int64_t begin, int64_t end, int tid) {
     for (int64_t r = begin; r < end; r++) {
         const float *y = j->a + r * n, *dy = j->b + r * n;
         float *dx = j->out + r * n;
-        double dot = 0;
-        for (int64_t k = 0; k < n; k++) dot += (double)dy[k] * y[k];
+        double dot = ts_fast_dot_double(dy, y, NULL, 0, n);
         for (int64_t k = 0; k < n; k++) dx[k] = (float)(y[k] * (dy[k] - dot));
     }
 }

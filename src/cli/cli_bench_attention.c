@@ -1,4 +1,4 @@
-/* bench_attention.c - throughput and memory of fused attention on the CPU backends: the
+/* cli_bench_attention.c - `tessera bench attention`: throughput and memory of fused attention on the CPU backends: the
  * flash-style f32 kernel of the "cpu" backend (src/backends/cpu/fast_attention.c) against the
  * reference kernel ("cpu-ref", ref_attention.c, double precision) on the same graph.
  *
@@ -18,7 +18,7 @@
  * graph: the output and, with backward, the flat gradient buffer) and the process peak RSS after
  * the configuration ran; both grow linearly with T (no T x S buffer anywhere).
  *
- *   tessera_bench_attention [--threads N] [--reps N] [--ref-reps N] [--ref-gflop X] [--max-gflop X]
+ *   tessera bench attention [--threads N] [--reps N] [--ref-reps N] [--ref-gflop X] [--max-gflop X]
  *                           [--quick] [--json]
  *
  * --quick runs T = 1024 only; configurations of more than --max-gflop (default 150) counted
@@ -31,12 +31,14 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "cli/cli.h"
+#include "cli/cli_bench.h"
 #include "tessera/backend.h"
 #include "tessera/graph.h"
 
 typedef struct {
     int threads, reps, ref_reps;
-    double ref_gflop, max_gflop;
+    float ref_gflop, max_gflop; /* floats: CLI_OPT_FLOAT targets */
     bool quick, json;
 } bench_opts;
 
@@ -116,11 +118,6 @@ static ts_status build(const bench_config *c, ts_backend *be, bench_graph *bg) {
     return s;
 }
 
-static int cmp_double(const void *x, const void *y) {
-    double a = *(const double *)x, b = *(const double *)y;
-    return (a > b) - (a < b);
-}
-
 static double cpu_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
@@ -144,11 +141,7 @@ static run_time median_times(bench_graph *bg, int reps, bool warm_up) {
         w[done] = ts_time_seconds() - w0;
         c[done] = cpu_seconds() - c0;
     }
-    if (done == reps) {
-        qsort(w, (size_t)reps, sizeof *w, cmp_double);
-        qsort(c, (size_t)reps, sizeof *c, cmp_double);
-        m = (run_time){w[reps / 2], c[reps / 2]};
-    }
+    if (done == reps) m = (run_time){cli_bench_median(w, reps), cli_bench_median(c, reps)};
     free(w);
     free(c);
     return m;
@@ -165,7 +158,7 @@ static run_time time_config(const bench_config *c, ts_backend *be, int reps, boo
     bench_graph bg;
     run_time t = {-1, -1};
     if (build(c, be, &bg) == TS_OK) t = median_times(&bg, reps, warm_up);
-    if (t.wall < 0) fprintf(stderr, "bench_attention: %s\n", ts_graph_error(bg.g));
+    if (t.wall < 0) fprintf(stderr, "tessera bench attention: %s\n", ts_graph_error(bg.g));
     *arena = bg.arena_bytes;
     ts_graph_free(bg.g);
     return t;
@@ -211,37 +204,30 @@ static void run_config(const bench_config *c, ts_backend *fast, ts_backend *ref,
     fflush(stdout);
 }
 
-static bool parse_args(int argc, char **argv, bench_opts *o) {
-    *o = (bench_opts){.threads = 2, .reps = 5, .ref_reps = 1, .ref_gflop = 1.2, .max_gflop = 150};
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *next = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--json")) o->json = true;
-        else if (!strcmp(a, "--quick")) o->quick = true;
-        else if (!strcmp(a, "--threads") && next) o->threads = atoi(argv[++i]);
-        else if (!strcmp(a, "--reps") && next) o->reps = atoi(argv[++i]);
-        else if (!strcmp(a, "--ref-reps") && next) o->ref_reps = atoi(argv[++i]);
-        else if (!strcmp(a, "--ref-gflop") && next) o->ref_gflop = atof(argv[++i]);
-        else if (!strcmp(a, "--max-gflop") && next) o->max_gflop = atof(argv[++i]);
-        else {
-            fprintf(stderr,
-                    "usage: %s [--threads N] [--reps N] [--ref-reps N] [--ref-gflop X] [--max-gflop X] [--quick] "
-                    "[--json]\n",
-                    argv[0]);
-            return false;
-        }
-    }
-    if (o->reps < 1) o->reps = 1;
-    if (o->ref_reps < 1) o->ref_reps = 1;
-    return o->threads >= 1;
-}
-
-int main(int argc, char **argv) {
-    bench_opts o;
-    if (!parse_args(argc, argv, &o)) return 2;
+int cli_bench_attention_main(int argc, char **argv) {
+    bench_opts o = {.threads = 2, .reps = 5, .ref_reps = 1, .ref_gflop = 1.2f, .max_gflop = 150};
+    const cli_option options[] = {
+        {"--threads", CLI_OPT_INT, &o.threads, "N", "threads of both backends", 1, 1024},
+        {"--reps", CLI_OPT_INT, &o.reps, "N", "timed runs per configuration (the median is reported)", 1, 1000},
+        {"--ref-reps", CLI_OPT_INT, &o.ref_reps, "N", "timed runs of the reference kernel", 1, 1000},
+        {"--ref-gflop", CLI_OPT_FLOAT, &o.ref_gflop, "X", "run the reference kernel up to this much forward work", 0, 1e6},
+        {"--max-gflop", CLI_OPT_FLOAT, &o.max_gflop, "X", "skip configurations of more counted work", 0, 1e9},
+        {"--quick", CLI_OPT_FLAG, &o.quick, NULL, "T = 1024 only", 0, 0},
+        {"--json", CLI_OPT_FLAG, &o.json, NULL, "one JSON object per line instead of a table", 0, 0},
+    };
+    const cli_spec spec = {"bench attention",
+                           "Time the CPU backend's fused attention, forward and forward + backward, against the reference.",
+                           "Shapes: H=8 (8 KV heads, D=64), V4-like H=64 sharing one K=V head (D=128), D=512 windowed;\n"
+                           "T = 1024, 2048, 4096; causal, window 128 and full masks. GFLOP/s count visible entries only\n"
+                           "(backward = 2.5 x forward); the planned arena and peak RSS show memory linear in T.\n"
+                           "TESSERA_CPU_TIER=generic|avx2|avx512 forces a lower kernel tier.",
+                           options, (int)(sizeof options / sizeof *options)};
+    int rc = cli_parse(&spec, argc, argv);
+    if (rc != CLI_CONTINUE) return rc;
     ts_backend *fast = NULL, *ref = NULL;
     if (ts_backend_cpu_new(o.threads, &fast) != TS_OK || ts_backend_cpu_ref_new(o.threads, &ref) != TS_OK) {
-        fprintf(stderr, "bench_attention: cannot create the CPU backends\n");
-        return 1;
+        ts_backend_free(fast);
+        return cli_failure("bench attention", "cannot create the CPU backends");
     }
     if (!o.json)
         printf("attention on %d threads, B=1, f32 (reference: double inside), median of %d\n", o.threads, o.reps);
