@@ -9,7 +9,9 @@
  * per second of process CPU time ("cpu"; with --threads 1 the steadier of the two).
  *
  *   tessera_bench_decode --model DIR [--threads N] [--slots N] [--steps N] [--prompt N]
- *                        [--max-len N] [--reps N]
+ *                        [--max-len N] [--reps N] [--dtype f32|bf16]
+ *
+ * --dtype bf16: matmul weights in bf16 (ts_model_load_for_inference), the rest f32.
  *
  * DIR: a checkpoint (`tessera init --model tiny --out DIR`). Token ids are a fixed byte
  * pattern: the cost does not depend on them. */
@@ -22,7 +24,8 @@
 #include "tessera/model.h"
 
 typedef struct {
-    const char *model;
+    const char *model, *dtype;
+    ts_dtype matmul_dtype;
     int threads, slots, steps, prompt, reps;
     int64_t max_len;
 } bench_opts;
@@ -90,7 +93,7 @@ static span time_prefill(ts_model_decoder *dec, const int32_t *prompt, int n, fl
 }
 
 static int parse(int argc, char **argv, bench_opts *o) {
-    *o = (bench_opts){NULL, 1, 16, 64, 200, 3, 256};
+    *o = (bench_opts){NULL, "f32", TS_F32, 1, 16, 64, 200, 3, 256};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--model") == 0 && v) o->model = argv[++i];
@@ -100,15 +103,17 @@ static int parse(int argc, char **argv, bench_opts *o) {
         else if (strcmp(a, "--prompt") == 0 && v) o->prompt = atoi(argv[++i]);
         else if (strcmp(a, "--reps") == 0 && v) o->reps = atoi(argv[++i]);
         else if (strcmp(a, "--max-len") == 0 && v) o->max_len = atoll(argv[++i]);
+        else if (strcmp(a, "--dtype") == 0 && v) o->dtype = argv[++i];
         else {
             fprintf(stderr, "bench_decode: unknown or incomplete option '%s'\n", a);
             return 2;
         }
     }
     if (!o->model || o->threads < 1 || o->slots < 1 || o->slots > 256 || o->steps < 1 || o->reps < 1 ||
-        o->prompt < 1 || o->steps > o->max_len || o->prompt > o->max_len) {
+        o->prompt < 1 || o->steps > o->max_len || o->prompt > o->max_len ||
+        !ts_model_matmul_dtype_from_name(o->dtype, &o->matmul_dtype)) {
         fprintf(stderr, "usage: tessera_bench_decode --model DIR [--threads N] [--slots 1..256] [--steps N] "
-                        "[--prompt N] [--max-len N] [--reps N] (steps, prompt <= max-len)\n");
+                        "[--prompt N] [--max-len N] [--reps N] [--dtype f32|bf16] (steps, prompt <= max-len)\n");
         return 2;
     }
     return 0;
@@ -122,7 +127,7 @@ int main(int argc, char **argv) {
     ts_model_weights *w = NULL;
     ts_backend *be = NULL;
     ts_model_decoder *dec = NULL;
-    ts_status s = ts_model_load(o.model, TS_F32, &w, err, sizeof err);
+    ts_status s = ts_model_load_for_inference(o.model, o.matmul_dtype, &w, err, sizeof err);
     if (s == TS_OK) s = ts_backend_cpu_new(o.threads, &be);
     if (s == TS_OK) s = ts_model_decoder_new(w, be, o.slots, o.max_len, &dec, err, sizeof err);
     if (s != TS_OK) {
@@ -149,8 +154,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_decode: a decoder call failed\n");
         return 1;
     }
-    printf("threads %d, %d slots, max_len %lld, %d steps, median of %d; tokens/s (wall | cpu)\n", o.threads,
-           o.slots, (long long)o.max_len, o.steps, o.reps);
+    printf("threads %d, %d slots, max_len %lld, %d steps, %s matmul weights, median of %d; tokens/s (wall | cpu)\n",
+           o.threads, o.slots, (long long)o.max_len, o.steps, o.dtype, o.reps);
     printf("  single slot of %d:  %8.1f | %8.1f\n", o.slots, o.steps / single.wall, o.steps / single.cpu);
     printf("  all %d slots:       %8.1f | %8.1f aggregate\n", o.slots, o.slots * o.steps / all.wall,
            o.slots * o.steps / all.cpu);

@@ -3,7 +3,8 @@
  * a short demo, `forward` on the V4 reference checkpoint (logits .npy vs the port), `bench gemm
  * --json` on tiny shapes, `bench attention --json` on its smallest configurations, `tokenizer train/encode/decode` and `data prepare/synth/info` on
  * generated files, `generate --speculative mtp` against plain greedy generation, its sampling
- * options (a seed repeats its text), and the one-line errors (exit code 2 for command-line
+ * options (a seed repeats its text), `--dtype bf16` and a bad --dtype of generate, chat and
+ * serve, and the one-line errors (exit code 2 for command-line
  * mistakes, 1 for failed work). Also checks the
  * run-time CPU feature detection (cpu.h) that `info` prints. The binary is found next to this
  * test's executable (both are built into the same CMake build directory). */
@@ -653,6 +654,29 @@ static void test_generate_speculative(void) {
     CHECK(system(cmd) == 0, "%s", cmd);
 }
 
+/* --dtype of the inference commands: bf16 matmul weights generate (the same greedy text as f32
+ * on this model), an unknown dtype is one error line from each command. */
+static void test_generate_dtype(void) {
+    char dir[] = "/tmp/ts_cli_dtype_XXXXXX", cmd[256];
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    static run_result r, f32, bf16;
+    run(&r, "init --model dense-tiny --out %s/dense", dir);
+    CHECK(r.exit_code == 0, "init dense-tiny: %s", r.out);
+    const char *gen = "generate --prompt 'The cat' --max-tokens 24 --model";
+    run(&f32, "%s %s/dense 2>/dev/null | od -An -tx1", gen, dir);
+    run(&bf16, "%s %s/dense --dtype bf16 2>/dev/null | od -An -tx1", gen, dir);
+    CHECK(f32.exit_code == 0 && bf16.exit_code == 0 && bf16.n_lines > 1 && strcmp(f32.out, bf16.out) == 0,
+          "bf16 text differs from f32:\n%s\nvs\n%s", f32.out, bf16.out);
+    static const char *const commands[] = {"generate --prompt hi", "chat", "serve --port 0"};
+    for (int i = 0; i < 3; i++) {
+        run(&r, "%s --model %s/dense --dtype fp7 </dev/null", commands[i], dir);
+        CHECK(r.exit_code == 2 && r.n_lines == 1 && has(&r, "--dtype fp7: expected f32 or bf16"), "%s --dtype fp7: %d %s",
+              commands[i], r.exit_code, r.out);
+    }
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0, "%s", cmd);
+}
+
 /* Detection itself: implied features, agreement with the compiler's own cpuid probe, and the
  * formatter's handling of small buffers. */
 static void test_cpu_features(void) {
@@ -702,5 +726,6 @@ int main(void) {
     test_bench_gemm();
     test_tokenizer_and_data();
     test_generate_speculative();
+    test_generate_dtype();
     return check_summary("test_cli");
 }

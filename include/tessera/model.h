@@ -304,7 +304,8 @@ ts_dtype ts_model_weights_dtype(const ts_model_weights *w);
 int ts_model_weights_count(const ts_model_weights *w);
 const ts_model_tensor *ts_model_weights_info(const ts_model_weights *w, int i);
 void *ts_model_weights_data(const ts_model_weights *w, int i);
-/* The dtype of tensor i in memory: the compute dtype, or TS_I32 for tid2eid. */
+/* The dtype of tensor i in memory: the compute dtype, TS_I32 for tid2eid, or the narrow dtype
+ * of ts_model_weights_narrow_matmuls. */
 ts_dtype ts_model_weights_mem_dtype(const ts_model_weights *w, int i);
 /* Index of the tensor with this official name (spec §1.4, no "model." prefix), or -1. */
 int ts_model_weights_find(const ts_model_weights *w, const char *name);
@@ -320,6 +321,23 @@ ts_status ts_model_weights_init(ts_model_weights *w, uint64_t seed, char *err, s
  * or a truncated file is an error naming the tensor; nothing is returned then. Tensors of the
  * checkpoint the model does not use (e.g. mtp.* when num_nextn_predict_layers is 0) are ignored. */
 ts_status ts_model_load(const char *dir, ts_dtype dt, ts_model_weights **out, char *err, size_t err_size);
+/* Inference on narrow matmul weights: converts in place (rounding to nearest even, once) every
+ * weight that mixed precision multiplies in dt (ts_model_graph_options.compute_dtype below:
+ * every linear of the dense model, the LM head and so the tied embedding included; V4's
+ * attention projections, experts and MTP projections - not what spec §4.5 keeps in FP32). The
+ * graphs built afterwards (without compute_dtype) bind those tensors in dt and multiply them
+ * with f32 activations into f32 (the GEMM widens them as it reads, accumulating in f32);
+ * embedding rows of a narrow table are widened; norms, activations, caches and logits stay f32.
+ * Halves the bytes a decode step streams. dt: TS_BF16 (TS_F32: nothing to do); the weights
+ * must be f32. For inference: the trainer and optimizers need all-f32 weights. */
+ts_status ts_model_weights_narrow_matmuls(ts_model_weights *w, ts_dtype dt, char *err, size_t err_size);
+/* The matmul weights dtype named by an inference command's --dtype: "f32" or "bf16" (false for
+ * any other name, *out unchanged). */
+bool ts_model_matmul_dtype_from_name(const char *name, ts_dtype *out);
+/* What the inference commands load: ts_model_load in f32, then ts_model_weights_narrow_matmuls
+ * to matmul_dtype (TS_F32: none). Nothing is returned on failure. */
+ts_status ts_model_load_for_inference(const char *dir, ts_dtype matmul_dtype, ts_model_weights **out, char *err,
+                                      size_t err_size);
 /* Saves config.json + model.safetensors under the official names (what ts_model_load and
  * transformers' DeepseekV4ForCausalLM.from_pretrained read), float tensors in `storage` (TS_F32 or
  * TS_BF16; the config's torch_dtype says which), tid2eid as I64, each file atomically. A

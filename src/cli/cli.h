@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "tessera/core.h"
+
 /* Exit codes: 0 success, 1 the work itself failed, 2 the command line was wrong. */
 enum { CLI_EXIT_OK = 0, CLI_EXIT_FAILURE = 1, CLI_EXIT_USAGE = 2 };
 /* cli_parse's "carry on": the options were parsed and the command should run. */
@@ -50,6 +52,11 @@ typedef struct {
  * CLI_CONTINUE when the command should run, CLI_EXIT_OK after printing --help, or
  * CLI_EXIT_USAGE after printing one error line to stderr. */
 int cli_parse(const cli_spec *spec, int argc, char **argv);
+/* The inference commands' --dtype (ts_model_load_for_inference): its help, and the check that
+ * names a dtype it takes (else prints the usage error and returns CLI_EXIT_USAGE). */
+#define CLI_DTYPE_HELP "matmul weights' dtype: f32, or bf16 (half the bytes per token; activations, caches, logits stay f32)"
+int cli_matmul_dtype(const char *command, const char *name, ts_dtype *out);
+
 void cli_print_help(const cli_spec *spec, FILE *out);
 /* Prints "tessera CMD: message" plus a pointer to --help on stderr; returns CLI_EXIT_USAGE. */
 int cli_usage_error(const char *command, const char *fmt, ...);

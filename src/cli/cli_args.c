@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "tessera/model.h"
 
 int cli_usage_error(const char *command, const char *fmt, ...) {
     va_list ap;
@@ -20,6 +21,11 @@ int cli_usage_error(const char *command, const char *fmt, ...) {
     fprintf(stderr, " (see 'tessera%s%s --help')\n", command ? " " : "", command ? command : "");
     va_end(ap);
     return CLI_EXIT_USAGE;
+}
+
+int cli_matmul_dtype(const char *command, const char *name, ts_dtype *out) {
+    if (ts_model_matmul_dtype_from_name(name, out)) return CLI_CONTINUE;
+    return cli_usage_error(command, "--dtype %s: expected f32 or bf16", name);
 }
 
 int cli_failure(const char *command, const char *fmt, ...) {

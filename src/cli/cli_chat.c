@@ -305,12 +305,13 @@ static void close_session(chat_session *s) {
 }
 
 int cli_chat_main(int argc, char **argv) {
-    const char *model = NULL;
+    const char *model = NULL, *dtype = "f32";
     int threads = 0;
     chat_session s = {.max_tokens = 256, .context = 2048, .sampling = ts_sampling_defaults(), .unfed = -1};
     s.sampling.temperature = 0.7f;
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &model, "DIR", "checkpoint directory (config.json + model.safetensors [+ tokenizer files])", 0, 0},
+        {"--dtype", CLI_OPT_STRING, &dtype, "T", CLI_DTYPE_HELP, 0, 0},
         {"--system", CLI_OPT_STRING, &s.system, "TEXT", "a system message opening the conversation", 0, 0},
         {"--max-tokens", CLI_OPT_INT, &s.max_tokens, "N", "longest reply in tokens", 1, 1 << 20},
         CLI_SAMPLING_OPTIONS(s.sampling),
@@ -330,11 +331,13 @@ int cli_chat_main(int argc, char **argv) {
     if (s.max_tokens >= s.context) return cli_usage_error(CMD, "--max-tokens %d leaves no room in --context %d", s.max_tokens, s.context);
     const char *bad = ts_sampling_params_check(&s.sampling, NULL);
     if (bad) return cli_usage_error(CMD, "%s", bad);
+    ts_dtype matmul_dtype;
+    if ((rc = cli_matmul_dtype(CMD, dtype, &matmul_dtype)) != CLI_CONTINUE) return rc;
 
     char err[512] = "";
     ts_model_weights *w = NULL;
     ts_backend *be = NULL;
-    if (ts_model_load(model, TS_F32, &w, err, sizeof err) != TS_OK) return cli_failure(CMD, "%s", err);
+    if (ts_model_load_for_inference(model, matmul_dtype, &w, err, sizeof err) != TS_OK) return cli_failure(CMD, "%s", err);
     if (ts_backend_cpu_new(threads, &be) != TS_OK) rc = cli_failure(CMD, "cannot create the CPU backend");
     if (rc == CLI_CONTINUE) rc = open_model(&s, model, w, be);
     if (rc == CLI_CONTINUE) {

@@ -123,7 +123,7 @@ static int generate(ts_model_decoder *dec, ts_speculator *sp, ts_sampler *smp, c
 }
 
 int cli_generate_main(int argc, char **argv) {
-    const char *model = NULL, *prompt = "", *speculative = NULL;
+    const char *model = NULL, *prompt = "", *speculative = NULL, *dtype = "f32";
     int max_tokens = 64, threads = 0;
     bool ignore_eos = false;
     float draft_min_prob = 0;
@@ -131,6 +131,7 @@ int cli_generate_main(int argc, char **argv) {
     sampling.temperature = 0;
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &model, "DIR", "checkpoint directory (config.json + model.safetensors [+ tokenizer.json])", 0, 0},
+        {"--dtype", CLI_OPT_STRING, &dtype, "T", CLI_DTYPE_HELP, 0, 0},
         {"--prompt", CLI_OPT_STRING, &prompt, "TEXT", "the text to continue", 0, 0},
         {"--max-tokens", CLI_OPT_INT, &max_tokens, "N", "tokens to generate at most", 1, 1 << 20},
         CLI_SAMPLING_OPTIONS(sampling),
@@ -155,10 +156,12 @@ int cli_generate_main(int argc, char **argv) {
         return cli_usage_error("generate", "--speculative %s: the only draft is mtp", speculative);
     const char *bad = ts_sampling_params_check(&sampling, NULL);
     if (bad) return cli_usage_error("generate", "%s", bad);
+    ts_dtype matmul_dtype;
+    if ((rc = cli_matmul_dtype("generate", dtype, &matmul_dtype)) != CLI_CONTINUE) return rc;
 
     char err[512] = "";
     ts_model_weights *w = NULL;
-    if (ts_model_load(model, TS_F32, &w, err, sizeof err) != TS_OK) return fail(err, NULL);
+    if (ts_model_load_for_inference(model, matmul_dtype, &w, err, sizeof err) != TS_OK) return fail(err, NULL);
     const ts_v4_config *c = ts_model_weights_config(w);
     text_codec tc;
     ts_token_ids ids = {0};

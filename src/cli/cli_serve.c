@@ -29,13 +29,15 @@ static int fail(const char *what, const char *detail) {
 }
 
 int cli_serve_main(int argc, char **argv) {
-    const char *model = NULL, *host = "127.0.0.1", *api_key = NULL, *model_name = NULL, *speculative = NULL;
+    const char *model = NULL, *dtype = "f32", *host = "127.0.0.1", *api_key = NULL, *model_name = NULL,
+               *speculative = NULL;
     int port = 8080, max_concurrent = 16, slots = 0, context = 1024, threads = 0, max_queue = 64;
     int max_prompt = 0, max_output = 256, kv_memory = 0, prefill_chunk = 64;
     bool no_prefix_cache = false;
     float timeout = 600, grace = 5;
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &model, "DIR", "checkpoint directory (config.json + model.safetensors [+ tokenizer.json])", 0, 0},
+        {"--dtype", CLI_OPT_STRING, &dtype, "T", CLI_DTYPE_HELP, 0, 0},
         {"--host", CLI_OPT_STRING, &host, "H", "address to listen on", 0, 0},
         {"--port", CLI_OPT_INT, &port, "P", "port (0: any free port)", 0, 65535},
         {"--api-key", CLI_OPT_STRING, &api_key, "K", "require 'Authorization: Bearer K' on /v1/", 0, 0},
@@ -67,6 +69,8 @@ int cli_serve_main(int argc, char **argv) {
     if (!model) return cli_usage_error("serve", "--model DIR is required");
     if (speculative && strcmp(speculative, "mtp") != 0)
         return cli_usage_error("serve", "--speculative %s: the only draft is mtp", speculative);
+    ts_dtype matmul_dtype;
+    if ((rc = cli_matmul_dtype("serve", dtype, &matmul_dtype)) != CLI_CONTINUE) return rc;
     rc = 0;
 
     /* SIGTERM / SIGINT are taken synchronously below, so block them before any thread starts */
@@ -79,7 +83,7 @@ int cli_serve_main(int argc, char **argv) {
 
     char err[512] = "", name[512];
     ts_model_weights *w = NULL;
-    if (ts_model_load(model, TS_F32, &w, err, sizeof err) != TS_OK) return fail(err, NULL);
+    if (ts_model_load_for_inference(model, matmul_dtype, &w, err, sizeof err) != TS_OK) return fail(err, NULL);
     ts_tokenizer *tok = NULL;
     char tok_path[1200];
     struct stat sb;

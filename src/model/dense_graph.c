@@ -50,7 +50,7 @@ ts_tensor *ts_dense_build(ts_model_builder *b) {
     int64_t as[3] = {b->T, 1, c->head_dim / 2};
     /* positions 0..T-1 broadcast over batch and heads, or (decoding) each row's own */
     ts_tensor *ang = b->dec ? ts_dense_decode_angles(b) : ts_reshape(g, ts_mb_angles(b, false, b->T, 1), 3, as);
-    ts_tensor *x = ts_get_rows(g, ts_mb_param(b, "", "embed.weight"), b->ids_flat); /* [B*T, d] */
+    ts_tensor *x = ts_mb_embed(b, b->ids_flat); /* [B*T, d] */
     for (int layer = 0; layer < c->num_hidden_layers; layer++) {
         char prefix[32];
         snprintf(prefix, sizeof prefix, "layers.%d.", layer);

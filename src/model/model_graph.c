@@ -55,6 +55,11 @@ ts_tensor *ts_mb_param(ts_model_builder *b, const char *prefix, const char *suff
     return b->mg->params[i] = leaf;
 }
 
+ts_tensor *ts_mb_embed(ts_model_builder *b, ts_tensor *ids) {
+    ts_tensor *e = ts_get_rows(b->g, ts_mb_param(b, "", "embed.weight"), ids);
+    return e && e->dtype != b->dt ? ts_cast(b->g, e, b->dt) : e;
+}
+
 static ts_tensor *constant(ts_model_builder *b, ts_mb_const_kind kind, int nd, const int64_t *shape, ts_dtype dt, double base,
                            bool yarn, int64_t step, const char *name) {
     for (int i = 0; i < b->consts->n; i++) { /* one table per distinct content */
@@ -353,7 +358,7 @@ static ts_tensor *mtp(ts_model_builder *b, int j, ts_tensor *X, ts_tensor *next_
     ts_graph *g = b->g;
     char prefix[32];
     snprintf(prefix, sizeof prefix, "mtp.%d.", j);
-    ts_tensor *e = ts_get_rows(g, ts_mb_param(b, "", "embed.weight"), next_ids);
+    ts_tensor *e = ts_mb_embed(b, next_ids);
     e = ts_mb_linear(b, ts_rms_norm(g, e, ts_mb_param(b, prefix, "enorm.weight"), b->eps), prefix, "e_proj.weight");
     ts_tensor *h = ts_mb_linear(b, ts_rms_norm(g, X, ts_mb_param(b, prefix, "hnorm.weight"), b->eps), prefix, "h_proj.weight");
     int64_t es[4] = {b->B, b->T, 1, c->hidden_size};
@@ -372,7 +377,7 @@ static void build_v4(ts_model_builder *b) {
         mg->logits = mtp(b, 0, X, mg->ids);
         return;
     }
-    ts_tensor *e = ts_get_rows(g, ts_mb_param(b, "", "embed.weight"), mg->ids); /* [B, T, d] */
+    ts_tensor *e = ts_mb_embed(b, mg->ids); /* [B, T, d] */
     int64_t e4[4] = {b->B, b->T, 1, d}, xs[4] = {b->B, b->T, n, d};
     X = ts_cont(g, ts_expand(g, ts_reshape(g, e, 4, e4), 4, xs)); /* every stream = e (§2.1) */
     for (int layer = 0; layer < c->num_hidden_layers; layer++) {
@@ -496,6 +501,25 @@ ts_status ts_model_graph_build_with(const ts_model_weights *w, const ts_model_gr
         return s;
     }
     *out = mg;
+    return TS_OK;
+}
+
+/* One [1, 1] forward pass (with the MTP block) under autocast holds every linear layer; the
+ * weights it casts are those whose leaf, or a view of it, is the source of a cast to dt. */
+ts_status ts_model_autocast_weights(const ts_model_weights *w, ts_dtype dt, bool *cast, char *err, size_t err_size) {
+    const ts_v4_config *c = ts_model_weights_config(w);
+    ts_model_graph_options o = {.batch = 1, .seq = 1, .compute_dtype = dt,
+                                .mtp = c->kind == TS_MODEL_DEEPSEEK_V4 && c->num_nextn_predict_layers > 0};
+    ts_model_graph *mg = NULL;
+    ts_status s = ts_model_graph_build(w, &o, &mg, err, err_size);
+    if (s != TS_OK) return s;
+    for (int n = 0; n < ts_graph_n_nodes(mg->graph); n++) {
+        const ts_tensor *t = ts_graph_node(mg->graph, n);
+        if (t->op != TS_OP_COPY || t->dtype != dt) continue;
+        const ts_tensor *src = t->src[0]->view_src ? t->src[0]->view_src : t->src[0];
+        for (int i = 0; i < ts_model_weights_count(w); i++) cast[i] |= mg->params[i] == src;
+    }
+    ts_model_graph_free(mg);
     return TS_OK;
 }
 

@@ -28,6 +28,9 @@ ts_status ts_model_init_tensor(const ts_v4_config *cfg, uint64_t seed, const ts_
  * Routed experts are stacked per layer and kind: tensor i of expert e lives at
  * data(stack_base(i)) + e·numel, so one [E, rows, cols] leaf covers all of them. */
 int ts_model_weights_stack_base(const ts_model_weights *w, int i); /* -1 when not a routed expert */
+/* Sets cast[i] (cast: [ts_model_weights_count]) for every weight i that a graph under autocast
+ * to dt multiplies in dt (model_graph.c: its leaf, or a view of it, feeds a cast to dt). */
+ts_status ts_model_autocast_weights(const ts_model_weights *w, ts_dtype dt, bool *cast, char *err, size_t err_size);
 /* The names official tensor `name` may have in a checkpoint, most likely first (model.h,
  * ts_model_load); returns how many were written. */
 #define TS_MODEL_NAME_CANDIDATES 8
@@ -96,6 +99,9 @@ void ts_decode_keep_streams(ts_model_builder *b, ts_tensor *X);
 ts_tensor *ts_mb_param(ts_model_builder *b, const char *prefix, const char *suffix);
 /* A layer boundary: a recomputation checkpoint when the options ask for recompute (training). */
 void ts_mb_checkpoint(ts_model_builder *b, ts_tensor *x);
+/* The embedding rows of ids (embed.weight), in the compute dtype also when the table is
+ * narrow (tied to a head whose weights are, ts_model_weights_narrow_matmuls). */
+ts_tensor *ts_mb_embed(ts_model_builder *b, ts_tensor *ids);
 /* x · Wᵀ for weight prefix+name. */
 ts_tensor *ts_mb_linear(ts_model_builder *b, ts_tensor *x, const char *prefix, const char *name);
 /* RoPE angles [n_pos, r/2] at positions p·step, r = qk_rope_head_dim (V4) or head_dim (dense):

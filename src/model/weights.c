@@ -2,7 +2,8 @@
  * ts_model_walk_tensors, the init scheme, loading a Hugging Face / official checkpoint (exact
  * conversion of FP8 and MXFP4 storage on load, three naming schemes) and saving one. The graph
  * builder (model_graph.c) binds its parameter leaves to these arrays and the optimizers update
- * them in place, so they are the one copy of the model.
+ * them in place, so they are the one copy of the model. For inference the matmul weights can be
+ * narrowed to bf16 once (ts_model_weights_narrow_matmuls): the graphs then bind those arrays.
  *
  * Routed experts are stored stacked: for each layer and each of w1 / w2 / w3 the E expert
  * matrices are one contiguous [E, rows, cols] block, expert e's tensor pointing into it. The
@@ -20,11 +21,20 @@ struct ts_model_weights {
     ts_model_tensor *info;
     void **data;
     int *stack_base; /* routed experts: index of expert 0's tensor of the same kind; else -1 */
+    ts_dtype *mem;   /* per tensor: the compute dtype, i32 (tid2eid) or the narrow matmul dtype */
 };
 
-/* In-memory dtype of tensor i: the compute dtype, or i32 for the hash-routing tables. */
-static ts_dtype mem_dtype(const ts_model_weights *w, int i) {
-    return w->info[i].dtype == TS_I64 ? TS_I32 : w->dt;
+/* In-memory dtype of tensor i. */
+static ts_dtype mem_dtype(const ts_model_weights *w, int i) { return w->mem[i]; }
+
+/* The safetensors dtype of an in-memory one. */
+static ts_st_dtype st_dtype(ts_dtype t) {
+    switch (t) {
+    case TS_I32: return TS_ST_I32;
+    case TS_F64: return TS_ST_F64;
+    case TS_BF16: return TS_ST_BF16;
+    default: return TS_ST_F32;
+    }
 }
 
 static ts_status collect(const ts_model_tensor *t, void *user) {
@@ -44,10 +54,12 @@ static ts_status collect(const ts_model_tensor *t, void *user) {
 static ts_status allocate(ts_model_weights *w) {
     w->data = calloc((size_t)w->n, sizeof *w->data);
     w->stack_base = malloc((size_t)w->n * sizeof *w->stack_base);
-    if (!w->data || !w->stack_base) return TS_ERR_OOM;
+    w->mem = malloc((size_t)w->n * sizeof *w->mem);
+    if (!w->data || !w->stack_base || !w->mem) return TS_ERR_OOM;
     int64_t E = w->cfg.n_routed_experts;
     for (int i = 0; i < w->n; i++) {
         const ts_model_tensor *t = &w->info[i];
+        w->mem[i] = t->dtype == TS_I64 ? TS_I32 : w->dt;
         size_t bytes = ts_dtype_bytes(mem_dtype(w, i), ts_model_tensor_numel(t));
         w->stack_base[i] = -1;
         if (t->expert > 0) {
@@ -98,6 +110,7 @@ void ts_model_weights_free(ts_model_weights *w) {
         if (w->stack_base[i] < 0 || w->stack_base[i] == i) free(w->data[i]);
     free(w->data);
     free(w->stack_base);
+    free(w->mem);
     free(w->info);
     free(w);
 }
@@ -120,11 +133,68 @@ int ts_model_weights_find(const ts_model_weights *w, const char *name) {
 
 ts_status ts_model_weights_init(ts_model_weights *w, uint64_t seed, char *err, size_t err_size) {
     for (int i = 0; i < w->n; i++) {
-        ts_st_dtype st = mem_dtype(w, i) == TS_I32 ? TS_ST_I32 : w->dt == TS_F64 ? TS_ST_F64 : TS_ST_F32;
-        ts_status s = ts_model_init_tensor(&w->cfg, seed, &w->info[i], st, w->data[i], err, err_size);
+        ts_status s = ts_model_init_tensor(&w->cfg, seed, &w->info[i], st_dtype(mem_dtype(w, i)), w->data[i], err,
+                                           err_size);
         if (s != TS_OK) return s;
     }
     return TS_OK;
+}
+
+/* ---------------------------------------------------------------- narrow matmul weights */
+
+/* Tensor i (a routed expert's: its whole stacked block) converted to dt in a new array. */
+static ts_status narrow_tensor(ts_model_weights *w, int i, ts_dtype dt) {
+    int64_t E = w->stack_base[i] == i ? w->cfg.n_routed_experts : 1, numel = ts_model_tensor_numel(&w->info[i]);
+    char *v = malloc(ts_dtype_bytes(dt, E * numel > 0 ? E * numel : 1));
+    if (!v) return TS_ERR_OOM;
+    ts_status s = ts_convert(v, dt, w->data[i], w->dt, E * numel);
+    if (s != TS_OK) {
+        free(v);
+        return s;
+    }
+    free(w->data[i]);
+    for (int64_t e = 0; e < E; e++) { /* expert e's tensor of this kind: walk index i + 3e */
+        w->data[i + 3 * e] = v + ts_dtype_bytes(dt, e * numel);
+        w->mem[i + 3 * e] = dt;
+    }
+    return TS_OK;
+}
+
+ts_status ts_model_weights_narrow_matmuls(ts_model_weights *w, ts_dtype dt, char *err, size_t err_size) {
+    if (!w) return TS_ERR_INVALID_ARG;
+    if (dt == TS_F32) return TS_OK;
+    if (dt != TS_BF16 || w->dt != TS_F32) {
+        ts_error_printf(err, err_size, "model weights: matmul weights in %s: only bf16, from f32 weights (these are %s)",
+                        ts_dtype_name(dt), ts_dtype_name(w->dt));
+        return TS_ERR_UNSUPPORTED;
+    }
+    bool *cast = calloc((size_t)w->n, sizeof *cast);
+    if (!cast) return TS_ERR_OOM;
+    ts_status s = ts_model_autocast_weights(w, dt, cast, err, err_size);
+    for (int i = 0; s == TS_OK && i < w->n; i++)
+        if (cast[i] && mem_dtype(w, i) != dt && (w->stack_base[i] < 0 || w->stack_base[i] == i))
+            s = narrow_tensor(w, i, dt); /* an expert block's other tensors come with its first */
+    free(cast);
+    if (s == TS_ERR_OOM) ts_error_printf(err, err_size, "model weights: out of memory narrowing to %s", ts_dtype_name(dt));
+    return s;
+}
+
+bool ts_model_matmul_dtype_from_name(const char *name, ts_dtype *out) {
+    ts_dtype dt;
+    if (ts_dtype_from_name(name, &dt) != TS_OK || (dt != TS_F32 && dt != TS_BF16)) return false;
+    *out = dt;
+    return true;
+}
+
+ts_status ts_model_load_for_inference(const char *dir, ts_dtype matmul_dtype, ts_model_weights **out, char *err,
+                                      size_t err_size) {
+    ts_status s = ts_model_load(dir, TS_F32, out, err, err_size);
+    if (s == TS_OK) s = ts_model_weights_narrow_matmuls(*out, matmul_dtype, err, err_size);
+    if (s != TS_OK && out && *out) {
+        ts_model_weights_free(*out);
+        *out = NULL;
+    }
+    return s;
 }
 
 /* ---------------------------------------------------------------- loading */
@@ -205,11 +275,8 @@ static ts_status save_source(void *user, const ts_model_tensor *t, ts_st_dtype s
         return TS_ERR_INTERNAL;
     }
     int64_t numel = ts_model_tensor_numel(t);
-    const void *src = w->data[i];
     for (int64_t j = 0; j < numel; j++) {
-        double v = mem_dtype(w, i) == TS_I32 ? ((const int32_t *)src)[j]
-                   : w->dt == TS_F64         ? ((const double *)src)[j]
-                                             : ((const float *)src)[j];
+        double v = ts_load_f64(w->data[i], mem_dtype(w, i), j);
         switch (st) {
         case TS_ST_F64: ((double *)data)[j] = v; break;
         case TS_ST_F32: ((float *)data)[j] = (float)v; break;
@@ -259,9 +326,9 @@ ts_status ts_model_weights_st_list(const ts_model_weights *w, ts_model_st_list *
             st->data = v;
             st->nbytes = (size_t)numel * sizeof *v;
         } else {
-            st->dtype = w->dt == TS_F64 ? TS_ST_F64 : TS_ST_F32;
+            st->dtype = st_dtype(mem_dtype(w, i));
             st->data = w->data[i];
-            st->nbytes = ts_dtype_bytes(w->dt, numel);
+            st->nbytes = ts_dtype_bytes(mem_dtype(w, i), numel);
         }
     }
     out->n_owned = (size_t)w->n;

@@ -189,10 +189,11 @@ ts_status ts_trainer_new(ts_model_weights *w, ts_data_loader *train, ts_backend 
                          ts_trainer **out, char *err, size_t err_size) {
     if (!w || !train || !be || !o || !out) return TS_ERR_INVALID_ARG;
     *out = NULL;
-    if (ts_model_weights_dtype(w) != TS_F32) {
-        ts_error_printf(err, err_size, "trainer: the weights must be f32");
-        return TS_ERR_UNSUPPORTED;
-    }
+    for (int i = 0; i < ts_model_weights_count(w); i++)
+        if (ts_model_weights_mem_dtype(w, i) != TS_F32 && ts_model_weights_mem_dtype(w, i) != TS_I32) {
+            ts_error_printf(err, err_size, "trainer: the weights must be f32 (not narrowed for inference)");
+            return TS_ERR_UNSUPPORTED;
+        }
     ts_status s = ts_lr_schedule_validate(&o->lr, err, err_size);
     if (s != TS_OK) return s;
     ts_trainer *tr = calloc(1, sizeof *tr);

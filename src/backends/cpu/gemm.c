@@ -25,7 +25,7 @@
  * call that finds every cached workspace busy (concurrent callers) allocates a temporary one,
  * and a new thread count evicts an idle entry once all slots are taken. The memory stays until
  * process exit. The small-M path needs a workspace only for narrow operands (per-thread areas
- * hold their f32 conversions); on f32 it needs none. */
+ * hold their f32 conversions); on f32, and f32 times bf16^T, it needs none. */
 #include "backends/cpu/gemm.h"
 
 #include <pthread.h>
@@ -343,8 +343,9 @@ void ts_gemm_set_parallel_threshold(int64_t fmas) {
     atomic_store(&min_fmas_per_thread, fmas > 0 ? fmas : DEFAULT_MIN_FMAS_PER_THREAD);
 }
 
-/* The small-M kernels read f32 only. A narrow op(A) is converted whole (M x K, row-major) into
- * each thread's scratch; a narrow op(B) a strip of columns at a time: NT_STRIP_MAX rows of the
+/* The small-M kernels read f32, except small_nt_bf16 (bf16 B^T: the decode GEMV on bf16 weights,
+ * which widens B in registers). A narrow op(A) is converted whole (M x K, row-major) into each
+ * thread's scratch; another narrow op(B) a strip of columns at a time: NT_STRIP_MAX rows of the
  * stored N x K matrix, or NN_STRIP columns of the stored K x N one (a 32-wide panel the tier's
  * converting packer vectorizes), each used right after conversion while it is in L1/L2. The
  * kernels' per-element arithmetic does not depend on which columns a call gets, so the result
@@ -357,7 +358,8 @@ typedef struct {
     ts_gemm_small_fn fn;
     ts_gemm_pack_cvt_fn cvt;
     bool trans_b;
-    int64_t group; /* columns per parallel item: a whole strip when B is narrow */
+    bool convert_b; /* B is narrow and converted in strips (not read by a fused kernel) */
+    int64_t group; /* columns per parallel item: a whole strip when B is converted */
     int64_t n;
     gemm_src a, b;    /* as stored (b: rows are columns of op(B)) */
     float *scratch;   /* per-thread areas of THREAD_FLOATS, when an operand is narrow */
@@ -404,7 +406,7 @@ static void small_range(void *ctx, int64_t begin, int64_t end, int thread_id) {
         args.a_cs = 1;
         scratch += args.m * args.k;
     }
-    if (job->b.type == TS_F32) {
+    if (!job->convert_b) {
         job->fn(&args, n0, n1);
         return;
     }
@@ -435,9 +437,15 @@ static bool small_m_gemm(ts_threadpool *pool, const ts_gemm_kernels *kern, small
     job->cvt = kern->pack_cvt ? kern->pack_cvt : ts_gemm_pack_cvt_generic;
     /* nn vectorizes across columns: hand out whole vectors' worth so chunks stay aligned. */
     job->group = job->trans_b ? 1 : 16;
-    bool narrow = job->a.type != TS_F32 || job->b.type != TS_F32;
+    if (job->trans_b && job->b.type == TS_BF16 && kern->small_nt_bf16) {
+        job->fn = kern->small_nt_bf16; /* decoding on bf16 weights: B read as stored, no copy */
+        job->args.b_bf16 = job->b.data;
+    } else {
+        job->convert_b = job->b.type != TS_F32;
+    }
+    bool narrow = job->a.type != TS_F32 || job->convert_b;
     if (job->a.type != TS_F32 && job->args.m * job->args.k > (int64_t)THREAD_FLOATS) return false;
-    if (job->b.type != TS_F32 && !(job->group = narrow_b_strip(job))) return false;
+    if (job->convert_b && !(job->group = narrow_b_strip(job))) return false;
     gemm_ws *ws = narrow ? ws_acquire(ts_threadpool_size(pool)) : NULL;
     if (narrow && !ws) return false;
     job->scratch = ws ? ws->thread_area : NULL;

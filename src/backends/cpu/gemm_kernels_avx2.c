@@ -377,33 +377,60 @@ AVX2_INLINE float hsum(__m256 v) {
  * faults, so running past the end of B is harmless. */
 #define NT_PREFETCH_BYTES 16384
 
+/* B row q's element at (in elements from the block's first row), f32 or bf16 (b16). */
+AVX2_INLINE const char *b_addr(const void *b, int64_t at, const int b16) {
+    return (const char *)b + at * (b16 ? 2 : 4);
+}
+
+/* 8 elements of B from b_addr(at): bf16 widens exactly (it is the upper half of an f32). */
+AVX2_INLINE __m256 load_b(const void *b, int64_t at, const int b16) {
+    if (!b16) return _mm256_loadu_ps((const float *)b_addr(b, at, 0));
+    __m128i h = _mm_loadu_si128((const __m128i *)b_addr(b, at, 1));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+/* The last n < 8 elements, zeros after them (reads nothing past them). */
+AVX2_INLINE __m256 load_b_tail(const void *b, int64_t at, int64_t n, __m256i mask, const int b16) {
+    if (!b16) return _mm256_maskload_ps((const float *)b_addr(b, at, 0), mask);
+    _Alignas(16) uint16_t buf[8] = {0};
+    memcpy(buf, b_addr(b, at, 1), (size_t)n * sizeof *buf);
+    return load_b(buf, 0, 1);
+}
+
 /* op(B)^T row-major (the GEMV y = W x with W stored N x K): MB rows of op(A) (k-contiguous)
- * dotted with R rows of B, each dot product in NACC 8-lane partial sums. With NACC = 2 the even
- * 8-blocks of k go to the first, odd ones and a masked tail to the second; with NACC = 1 all go
- * to one. NACC depends only on M, and every MB/R grouping runs the same per-element
- * arithmetic, so the column split never changes a bit. MB*R*NACC <= 8 chains keep both FMA
- * pipes busy. */
+ * dotted with R rows of B (f32, or bf16 widened as loaded when b16), each dot product in NACC
+ * 8-lane partial sums. With NACC = 2 the even 8-blocks of k go to the first, odd ones and a
+ * masked tail to the second; with NACC = 1 all go to one. NACC depends only on M, and every
+ * MB/R grouping runs the same per-element arithmetic, so the column split never changes a bit
+ * (nor does bf16 storage: its products are those of f32 B holding the same values).
+ * MB*R*NACC <= 8 chains keep both FMA pipes busy. */
 AVX2_INLINE void nt_block(const ts_gemm_small_args *p, int64_t i0, int64_t j, const int mb, const int r,
-                          const int nacc) {
+                          const int nacc, const int b16) {
     __m256 acc[4][4][2];
     for (int i = 0; i < mb; i++)
         for (int q = 0; q < r; q++) acc[i][q][0] = acc[i][q][1] = _mm256_setzero_ps();
-    const float *a = p->a + i0 * p->a_rs, *b = p->b + j * p->ldb;
+    const float *a = p->a + i0 * p->a_rs;
+    const void *b = b16 ? (const void *)(p->b_bf16 + j * p->ldb) : (const void *)(p->b + j * p->ldb);
     int64_t K = p->k, k = 0;
-    for (; k + 8 * nacc <= K; k += 8 * nacc)
+    for (; k + 8 * nacc <= K; k += 8 * nacc) {
+        if (b16) /* B's r rows as one run (a weight matrix): its bytes NT_PREFETCH_BYTES on, as read
+                  * (r streams prefetched separately halve the DRAM rate) */
+            for (int o = 0; o < 2 * r * 8 * nacc; o += 64)
+                _mm_prefetch(b_addr(b, 0, 1) + NT_PREFETCH_BYTES + 2 * r * k + o, _MM_HINT_T0);
         for (int q = 0; q < r; q++) {
-            _mm_prefetch((const char *)(b + q * p->ldb + k) + NT_PREFETCH_BYTES, _MM_HINT_T0);
+            if (!b16) _mm_prefetch(b_addr(b, q * p->ldb + k, 0) + NT_PREFETCH_BYTES, _MM_HINT_T0);
             for (int h = 0; h < nacc; h++) {
-                __m256 bv = _mm256_loadu_ps(b + q * p->ldb + k + 8 * h);
+                __m256 bv = load_b(b, q * p->ldb + k + 8 * h, b16);
                 for (int i = 0; i < mb; i++)
                     acc[i][q][h] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i * p->a_rs + k + 8 * h), bv, acc[i][q][h]);
             }
         }
+    }
     if (nacc == 2 && k + 8 <= K) {
         for (int q = 0; q < r; q++)
             for (int i = 0; i < mb; i++)
-                acc[i][q][0] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i * p->a_rs + k),
-                                               _mm256_loadu_ps(b + q * p->ldb + k), acc[i][q][0]);
+                acc[i][q][0] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i * p->a_rs + k), load_b(b, q * p->ldb + k, b16),
+                                               acc[i][q][0]);
         k += 8;
     }
     if (k < K) {
@@ -411,7 +438,8 @@ AVX2_INLINE void nt_block(const ts_gemm_small_args *p, int64_t i0, int64_t j, co
         for (int q = 0; q < r; q++)
             for (int i = 0; i < mb; i++)
                 acc[i][q][nacc - 1] = _mm256_fmadd_ps(_mm256_maskload_ps(a + i * p->a_rs + k, mask),
-                                                      _mm256_maskload_ps(b + q * p->ldb + k, mask), acc[i][q][nacc - 1]);
+                                                      load_b_tail(b, q * p->ldb + k, K - k, mask, b16),
+                                                      acc[i][q][nacc - 1]);
     }
     for (int i = 0; i < mb; i++)
         for (int q = 0; q < r; q++) {
@@ -423,35 +451,46 @@ AVX2_INLINE void nt_block(const ts_gemm_small_args *p, int64_t i0, int64_t j, co
 }
 
 /* All rows of op(A), four at a time, against B rows j..j+r. */
-AVX2_INLINE void nt_b_rows(const ts_gemm_small_args *p, int64_t j, const int r, const int nacc) {
+AVX2_INLINE void nt_b_rows(const ts_gemm_small_args *p, int64_t j, const int r, const int nacc, const int b16) {
     for (int64_t i0 = 0; i0 < p->m; i0 += 4) {
         switch (p->m - i0 < 4 ? p->m - i0 : 4) {
-        case 1: nt_block(p, i0, j, 1, r, nacc); break;
-        case 2: nt_block(p, i0, j, 2, r, nacc); break;
-        case 3: nt_block(p, i0, j, 3, r, nacc); break;
-        default: nt_block(p, i0, j, 4, r, nacc); break;
+        case 1: nt_block(p, i0, j, 1, r, nacc, b16); break;
+        case 2: nt_block(p, i0, j, 2, r, nacc, b16); break;
+        case 3: nt_block(p, i0, j, 3, r, nacc, b16); break;
+        default: nt_block(p, i0, j, 4, r, nacc, b16); break;
         }
     }
 }
 
-AVX2_INLINE void nt_cols(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int r, const int nacc) {
+AVX2_INLINE void nt_cols(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int r, const int nacc,
+                         const int b16) {
     int64_t j = n0;
-    for (; j + r <= n1; j += r) nt_b_rows(p, j, r, nacc);
-    for (; j < n1; j++) nt_b_rows(p, j, 1, nacc);
+    for (; j + r <= n1; j += r) nt_b_rows(p, j, r, nacc, b16);
+    for (; j < n1; j++) nt_b_rows(p, j, 1, nacc, b16);
 }
 
-AVX2 void ts_gemm_small_nt_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1) {
+AVX2_INLINE void nt_by_m(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int b16) {
     /* (B rows at once, partial sums per element): at most 8 accumulators. One B row at a time
      * is a single sequential stream: a GEMV over 17 MB of f32 weights (from DRAM) read 7.6 GB/s
      * with 4 rows at once, 13.1 GB/s with one; 4 x 128 x 256 (a decode batch's expert) took
      * 13-28 us with 2 rows and 2 x 1 partial sums, 11.5 us with 1 row and 4 x 2 (medians on a
-     * loaded 2-core Zen VM). Two rows of A keep two B rows for enough independent sums. */
+     * loaded 2-core Zen VM). Two rows of A keep two B rows for enough independent sums.
+     * bf16 B (decoding on bf16 weights, which then often stay in L3) takes 4 rows for M = 1: a
+     * row's two FMA chains are latency-bound when B is cached (1 x 704 x 256 from cache: 24 us
+     * with one row, 14 us with four), and prefetching the rows as one run (nt_block) keeps
+     * DRAM streaming as fast as one row does (28-31 us either way; min of 200 thread-CPU
+     * times, same VM). */
     switch (p->m) {
-    case 1: nt_cols(p, n0, n1, 1, 2); break;
-    case 2: nt_cols(p, n0, n1, 2, 2); break;
-    default: nt_cols(p, n0, n1, 1, 2); break; /* 4 rows of A at a time */
+    case 1: nt_cols(p, n0, n1, b16 ? 4 : 1, 2, b16); break;
+    case 2: nt_cols(p, n0, n1, 2, 2, b16); break;
+    default: nt_cols(p, n0, n1, 1, 2, b16); break; /* 4 rows of A at a time */
     }
 }
+
+AVX2 void ts_gemm_small_nt_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1) { nt_by_m(p, n0, n1, 0); }
+
+/* small_nt on bf16 B: the same blocking and arithmetic, B widened in registers. */
+AVX2 void ts_gemm_small_nt_bf16_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1) { nt_by_m(p, n0, n1, 1); }
 
 const ts_gemm_kernels ts_gemm_kernels_avx2 = {
     .name = "avx2",
@@ -470,6 +509,7 @@ const ts_gemm_kernels ts_gemm_kernels_avx2 = {
     .small_nn = ts_gemm_small_nn_avx2,
     .small_nt = ts_gemm_small_nt_avx2,
     .pack_cvt = ts_gemm_pack_cvt_avx2,
+    .small_nt_bf16 = ts_gemm_small_nt_bf16_avx2,
 };
 
 #endif /* __x86_64__ */

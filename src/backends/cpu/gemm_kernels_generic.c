@@ -69,26 +69,40 @@ static void generic_small_nn(const ts_gemm_small_args *p, int64_t n0, int64_t n1
     }
 }
 
+/* Element i of a B row: f32, or bf16 (b16) widened exactly (the upper half of an f32). */
+static inline float b_elem(const void *y, int64_t i, const int b16) {
+    if (!b16) return ((const float *)y)[i];
+    uint32_t bits = (uint32_t)((const uint16_t *)y)[i] << 16;
+    float v;
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
 /* op(B)^T row-major: dot products along k with 8 interleaved partial sums (vectorizable, and
- * independent of which columns this call got). */
-static float dot_k(const float *x, const float *y, int64_t k) {
+ * independent of which columns this call got, or of B's storage: bf16 is widened first). */
+static inline __attribute__((always_inline)) float dot_k(const float *x, const void *y, int64_t k, const int b16) {
     float part[8] = {0};
     int64_t kk = 0;
     for (; kk + 8 <= k; kk += 8)
-        for (int l = 0; l < 8; l++) part[l] += x[kk + l] * y[kk + l];
-    for (int l = 0; kk + l < k; l++) part[l] += x[kk + l] * y[kk + l];
+        for (int l = 0; l < 8; l++) part[l] += x[kk + l] * b_elem(y, kk + l, b16);
+    for (int l = 0; kk + l < k; l++) part[l] += x[kk + l] * b_elem(y, kk + l, b16);
     return ((part[0] + part[4]) + (part[2] + part[6])) + ((part[1] + part[5]) + (part[3] + part[7]));
 }
 
-static void generic_small_nt(const ts_gemm_small_args *p, int64_t n0, int64_t n1) {
+static inline __attribute__((always_inline)) void small_nt(const ts_gemm_small_args *p, int64_t n0, int64_t n1,
+                                                           const int b16) {
     for (int64_t j = n0; j < n1; j++) {
-        const float *bj = p->b + j * p->ldb;
+        const void *bj = b16 ? (const void *)(p->b_bf16 + j * p->ldb) : (const void *)(p->b + j * p->ldb);
         for (int64_t i = 0; i < p->m; i++) {
             float *c = p->c + i * p->ldc + j;
-            *c = small_update(dot_k(p->a + i * p->a_rs, bj, p->k), p->alpha, p->beta, c);
+            *c = small_update(dot_k(p->a + i * p->a_rs, bj, p->k, b16), p->alpha, p->beta, c);
         }
     }
 }
+
+static void generic_small_nt(const ts_gemm_small_args *p, int64_t n0, int64_t n1) { small_nt(p, n0, n1, 0); }
+
+static void generic_small_nt_bf16(const ts_gemm_small_args *p, int64_t n0, int64_t n1) { small_nt(p, n0, n1, 1); }
 
 const ts_gemm_kernels ts_gemm_kernels_generic = {
     .name = "generic",
@@ -103,4 +117,5 @@ const ts_gemm_kernels ts_gemm_kernels_generic = {
     .pack_b = NULL,
     .small_nn = generic_small_nn,
     .small_nt = generic_small_nt,
+    .small_nt_bf16 = generic_small_nt_bf16,
 };

@@ -190,20 +190,34 @@ static void neon_small_nn(const ts_gemm_small_args *p, int64_t n0, int64_t n1) {
     }
 }
 
-/* op(B)^T row-major: mb rows of op(A) (k-contiguous) dotted with r rows of B. Each dot product
- * keeps 8 partial sums in two vectors (k blocks of 8; a leftover block of 4 goes to the first),
- * which are added and reduced in a fixed order, then the last k % 4 products are added by
- * scalar FMAs. None of this depends on mb or r, so the column split never changes a bit. */
+/* 4 elements of a B row from element at: f32, or bf16 (b16) widened exactly (a shift into the
+ * upper half of an f32). */
+static inline __attribute__((always_inline)) float32x4_t load_b(const void *b, int64_t at, const int b16) {
+    if (!b16) return vld1q_f32((const float *)b + at);
+    return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16((const uint16_t *)b + at), 16));
+}
+
+static inline __attribute__((always_inline)) float b_scalar(const void *b, int64_t at, const int b16) {
+    if (!b16) return ((const float *)b)[at];
+    return vgetq_lane_f32(vreinterpretq_f32_u32(vshll_n_u16(vld1_dup_u16((const uint16_t *)b + at), 16)), 0);
+}
+
+/* op(B)^T row-major: mb rows of op(A) (k-contiguous) dotted with r rows of B (f32, or bf16
+ * widened as loaded when b16). Each dot product keeps 8 partial sums in two vectors (k blocks
+ * of 8; a leftover block of 4 goes to the first), which are added and reduced in a fixed order,
+ * then the last k % 4 products are added by scalar FMAs. None of this depends on mb, r or B's
+ * storage, so neither the column split nor bf16 weights change a bit. */
 static inline __attribute__((always_inline)) void nt_block(const ts_gemm_small_args *p, int64_t i0, int64_t j,
-                                                           const int mb, const int r) {
+                                                           const int mb, const int r, const int b16) {
     float32x4_t acc[4][4][2];
     for (int i = 0; i < mb; i++)
         for (int q = 0; q < r; q++) acc[i][q][0] = acc[i][q][1] = vdupq_n_f32(0.0f);
-    const float *a = p->a + i0 * p->a_rs, *b = p->b + j * p->ldb;
+    const float *a = p->a + i0 * p->a_rs;
+    const void *b = b16 ? (const void *)(p->b_bf16 + j * p->ldb) : (const void *)(p->b + j * p->ldb);
     int64_t K = p->k, k = 0;
     for (; k + 8 <= K; k += 8)
         for (int q = 0; q < r; q++) {
-            float32x4_t b0 = vld1q_f32(b + q * p->ldb + k), b1 = vld1q_f32(b + q * p->ldb + k + 4);
+            float32x4_t b0 = load_b(b, q * p->ldb + k, b16), b1 = load_b(b, q * p->ldb + k + 4, b16);
             for (int i = 0; i < mb; i++) {
                 acc[i][q][0] = vfmaq_f32(acc[i][q][0], vld1q_f32(a + i * p->a_rs + k), b0);
                 acc[i][q][1] = vfmaq_f32(acc[i][q][1], vld1q_f32(a + i * p->a_rs + k + 4), b1);
@@ -212,43 +226,49 @@ static inline __attribute__((always_inline)) void nt_block(const ts_gemm_small_a
     if (k + 4 <= K) {
         for (int q = 0; q < r; q++)
             for (int i = 0; i < mb; i++)
-                acc[i][q][0] = vfmaq_f32(acc[i][q][0], vld1q_f32(a + i * p->a_rs + k), vld1q_f32(b + q * p->ldb + k));
+                acc[i][q][0] = vfmaq_f32(acc[i][q][0], vld1q_f32(a + i * p->a_rs + k), load_b(b, q * p->ldb + k, b16));
         k += 4;
     }
     for (int i = 0; i < mb; i++)
         for (int q = 0; q < r; q++) {
-            const float *ai = a + i * p->a_rs, *bq = b + q * p->ldb;
+            const float *ai = a + i * p->a_rs;
             float s = vaddvq_f32(vaddq_f32(acc[i][q][0], acc[i][q][1]));
-            for (int64_t kk = k; kk < K; kk++) s = fmaf(ai[kk], bq[kk], s);
+            for (int64_t kk = k; kk < K; kk++) s = fmaf(ai[kk], b_scalar(b, q * p->ldb + kk, b16), s);
             float *c = p->c + (i0 + i) * p->ldc + j + q;
             *c = final_scalar(s, p->alpha, p->beta, c);
         }
 }
 
 /* All rows of op(A), four at a time, against B rows j..j+r. */
-static inline __attribute__((always_inline)) void nt_b_rows(const ts_gemm_small_args *p, int64_t j, const int r) {
+static inline __attribute__((always_inline)) void nt_b_rows(const ts_gemm_small_args *p, int64_t j, const int r,
+                                                            const int b16) {
     for (int64_t i0 = 0; i0 < p->m; i0 += 4) {
         switch (p->m - i0 < 4 ? p->m - i0 : 4) {
-        case 1: nt_block(p, i0, j, 1, r); break;
-        case 2: nt_block(p, i0, j, 2, r); break;
-        case 3: nt_block(p, i0, j, 3, r); break;
-        default: nt_block(p, i0, j, 4, r); break;
+        case 1: nt_block(p, i0, j, 1, r, b16); break;
+        case 2: nt_block(p, i0, j, 2, r, b16); break;
+        case 3: nt_block(p, i0, j, 3, r, b16); break;
+        default: nt_block(p, i0, j, 4, r, b16); break;
         }
     }
 }
 
 static inline __attribute__((always_inline)) void nt_cols(const ts_gemm_small_args *p, int64_t n0, int64_t n1,
-                                                          const int r) {
+                                                          const int r, const int b16) {
     int64_t j = n0;
-    for (; j + r <= n1; j += r) nt_b_rows(p, j, r);
-    for (; j < n1; j++) nt_b_rows(p, j, 1);
+    for (; j + r <= n1; j += r) nt_b_rows(p, j, r, b16);
+    for (; j < n1; j++) nt_b_rows(p, j, 1, b16);
 }
 
-static void neon_small_nt(const ts_gemm_small_args *p, int64_t n0, int64_t n1) {
+static inline __attribute__((always_inline)) void nt_by_m(const ts_gemm_small_args *p, int64_t n0, int64_t n1,
+                                                          const int b16) {
     /* B rows at once: at most 16 accumulators (4 A rows x 2 B rows x 2, or 1-2 A rows x 4 x 2). */
-    if (p->m <= 2) nt_cols(p, n0, n1, 4);
-    else nt_cols(p, n0, n1, 2);
+    if (p->m <= 2) nt_cols(p, n0, n1, 4, b16);
+    else nt_cols(p, n0, n1, 2, b16);
 }
+
+static void neon_small_nt(const ts_gemm_small_args *p, int64_t n0, int64_t n1) { nt_by_m(p, n0, n1, 0); }
+
+static void neon_small_nt_bf16(const ts_gemm_small_args *p, int64_t n0, int64_t n1) { nt_by_m(p, n0, n1, 1); }
 
 const ts_gemm_kernels ts_gemm_kernels_neon = {
     .name = "neon",
@@ -263,6 +283,7 @@ const ts_gemm_kernels ts_gemm_kernels_neon = {
     .pack_b = ts_gemm_pack_neon,
     .small_nn = neon_small_nn,
     .small_nt = neon_small_nt,
+    .small_nt_bf16 = neon_small_nt_bf16,
 };
 
 #endif /* __aarch64__ */
