@@ -440,16 +440,120 @@ AVX2_INLINE void nt_cols(const ts_gemm_small_args *p, int64_t n0, int64_t n1, co
     for (; j < n1; j++) nt_b_rows(p, j, 1, nacc);
 }
 
+/* op(B)^T row-major with 8 < M <= 16 (a decode batch): op(A) is small, so it is packed k-major
+ * into 16 lanes (rows past M zero) on the stack, and each element of OT_R rows of B at once is
+ * broadcast against it: per k, 2 loads of A, OT_R broadcasts, 2 * OT_R FMAs into 12
+ * accumulators. B is read once, in its natural order, with no horizontal sums; the dot-product
+ * form above re-reads each B row once per 4 rows of A and pays a horizontal sum per element,
+ * which made it 1.15-1.35x slower for 16 rows (16 x 128 x 256, 16 x 256 x 128, 16 x 24 x 1024;
+ * about even at 9 and 10 rows, slower below). Each C element is one FMA chain over k in order
+ * (partial sums of k slices round-trip through memory exactly), whatever M, the slicing or the
+ * column split. */
+#define OT_W 16   /* lanes of packed A */
+#define OT_R 6    /* B rows per tile: 2 x 6 accumulators */
+#define OT_KC 512 /* k per packed A slice: 512 x 16 floats = 32 KiB */
+#define OT_NC 96  /* columns per partial-sum block when K takes several slices (OT_R divides it) */
+
+/* Rows [0, m) of op(A), depth [k0, k0 + kc), into pa[k * OT_W + i]: 8 x 8 register transposes,
+ * the leftover k one by one. */
+AVX2_INLINE void ot_pack_a(const ts_gemm_small_args *p, float *pa, int64_t k0, int64_t kc) {
+    const float *a = p->a + k0;
+    int64_t k = 0;
+    for (; k + 8 <= kc; k += 8)
+        for (int g = 0; g < OT_W; g += 8) {
+            __m256 r[8];
+            load_transposed(r, a + g * p->a_rs + k, p->a_rs, p->m - g < 8 ? (int)(p->m - g) : 8);
+            for (int q = 0; q < 8; q++) _mm256_store_ps(pa + (k + q) * OT_W + g, r[q]);
+        }
+    for (; k < kc; k++)
+        for (int i = 0; i < OT_W; i++) pa[k * OT_W + i] = i < p->m ? a[i * p->a_rs + k] : 0.0f;
+}
+
+/* C columns j..j+r (partial sums at part + jb * OT_W) over the packed slice [k0, k0 + kc):
+ * starts from zero on the first slice, writes C on the last, else keeps the sums in part. The
+ * next tile's rows of B are prefetched along (the rows usually follow each other). */
+AVX2_INLINE void ot_tile(const ts_gemm_small_args *p, const float *pa, float *part, int64_t j, int64_t jb,
+                         int64_t k0, int64_t kc, const int r) {
+    /* Column q's rows 0-7 in acc[2q], 8-15 in acc[2q + 1]; every index is a constant once the
+     * loops are unrolled, which keeps the accumulators in registers. */
+    __m256 acc[2 * OT_R];
+#pragma GCC unroll 12
+    for (int q = 0; q < 2 * r; q++) acc[q] = k0 == 0 ? _mm256_setzero_ps() : _mm256_load_ps(part + jb * OT_W + 8 * q);
+    const float *b = p->b + j * p->ldb + k0;
+    for (int64_t kb = 0; kb < kc; kb += 16) {
+#pragma GCC unroll 6
+        for (int q = 0; q < r; q++) _mm_prefetch((const char *)(b + (q + r) * p->ldb + kb), _MM_HINT_T0);
+        int64_t k1 = kc - kb < 16 ? kc : kb + 16;
+        for (int64_t k = kb; k < k1; k++) {
+            __m256 a0 = _mm256_load_ps(pa + k * OT_W), a1 = _mm256_load_ps(pa + k * OT_W + 8);
+#pragma GCC unroll 6
+            for (int q = 0; q < r; q++) {
+                __m256 bv = _mm256_broadcast_ss(b + q * p->ldb + k);
+                acc[2 * q] = _mm256_fmadd_ps(a0, bv, acc[2 * q]);
+                acc[2 * q + 1] = _mm256_fmadd_ps(a1, bv, acc[2 * q + 1]);
+            }
+        }
+    }
+    const int last = k0 + kc == p->k;
+    _Alignas(32) float tile[OT_R * OT_W]; /* column q, row i at q * OT_W + i */
+    float *sums = last ? tile : part + jb * OT_W;
+#pragma GCC unroll 12
+    for (int q = 0; q < 2 * r; q++) _mm256_store_ps(sums + 8 * q, acc[q]);
+    if (!last) return;
+    for (int q = 0; q < r; q++)
+        for (int64_t i = 0; i < p->m; i++) {
+            float *c = p->c + i * p->ldc + j + q, s = p->alpha * tile[q * OT_W + i];
+            *c = p->beta == 0.0f ? s : _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(p->beta), _mm_set_ss(*c), _mm_set_ss(s)));
+        }
+}
+
+/* Columns [j0, j1) of C over the packed slice [k0, k0 + kc), partial sums of column j at
+ * part + (j - j0) * OT_W: whole tiles, then one narrower. */
+AVX2_INLINE void ot_columns(const ts_gemm_small_args *p, const float *pa, float *part, int64_t j0, int64_t j1,
+                            int64_t k0, int64_t kc) {
+    int64_t j = j0;
+    for (; j + OT_R <= j1; j += OT_R) ot_tile(p, pa, part, j, j - j0, k0, kc, OT_R);
+    switch (j1 - j) {
+    case 1: ot_tile(p, pa, part, j, j - j0, k0, kc, 1); break;
+    case 2: ot_tile(p, pa, part, j, j - j0, k0, kc, 2); break;
+    case 3: ot_tile(p, pa, part, j, j - j0, k0, kc, 3); break;
+    case 4: ot_tile(p, pa, part, j, j - j0, k0, kc, 4); break;
+    case 5: ot_tile(p, pa, part, j, j - j0, k0, kc, 5); break;
+    default: break;
+    }
+}
+
+AVX2_INLINE void ot_rows(const ts_gemm_small_args *p, int64_t n0, int64_t n1) {
+    _Alignas(32) float pa[OT_KC * OT_W], part[OT_NC * OT_W];
+    if (p->k <= OT_KC) { /* one slice: pack A once, no partial sums */
+        ot_pack_a(p, pa, 0, p->k);
+        ot_columns(p, pa, part, n0, n1, 0, p->k);
+        return;
+    }
+    for (int64_t j0 = n0; j0 < n1; j0 += OT_NC) {
+        int64_t j1 = n1 - j0 < OT_NC ? n1 : j0 + OT_NC;
+        for (int64_t k0 = 0; k0 < p->k; k0 += OT_KC) {
+            int64_t kc = p->k - k0 < OT_KC ? p->k - k0 : OT_KC;
+            ot_pack_a(p, pa, k0, kc);
+            ot_columns(p, pa, part, j0, j1, k0, kc);
+        }
+    }
+}
+
 AVX2 void ts_gemm_small_nt_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1) {
     /* (B rows at once, partial sums per element): at most 8 accumulators. One B row at a time
      * is a single sequential stream: a GEMV over 17 MB of f32 weights (from DRAM) read 7.6 GB/s
      * with 4 rows at once, 13.1 GB/s with one; 4 x 128 x 256 (a decode batch's expert) took
      * 13-28 us with 2 rows and 2 x 1 partial sums, 11.5 us with 1 row and 4 x 2 (medians on a
-     * loaded 2-core Zen VM). Two rows of A keep two B rows for enough independent sums. */
+     * loaded 2-core Zen VM). Two rows of A keep two B rows for enough independent sums. Past 8
+     * rows of A, the packed-A form. */
     switch (p->m) {
     case 1: nt_cols(p, n0, n1, 1, 2); break;
     case 2: nt_cols(p, n0, n1, 2, 2); break;
-    default: nt_cols(p, n0, n1, 1, 2); break; /* 4 rows of A at a time */
+    default:
+        if (p->m <= 8) nt_cols(p, n0, n1, 1, 2); /* 4 rows of A at a time */
+        else ot_rows(p, n0, n1);
+        break;
     }
 }
 
