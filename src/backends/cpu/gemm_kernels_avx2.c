@@ -445,8 +445,8 @@ AVX2_INLINE void nt_cols(const ts_gemm_small_args *p, int64_t n0, int64_t n1, co
  * broadcast against it: per k, 2 loads of A, OT_R broadcasts, 2 * OT_R FMAs into 12
  * accumulators. B is read once, in its natural order, with no horizontal sums; the dot-product
  * form above re-reads each B row once per 4 rows of A and pays a horizontal sum per element,
- * which made it 1.15-1.35x slower for 16 rows (16 x 128 x 256, 16 x 256 x 128, 16 x 24 x 1024;
- * about even at 9 and 10 rows, slower below). Each C element is one FMA chain over k in order
+ * which made it 1.15-1.5x slower for 16 rows (16 x 128 x 256, 16 x 256 x 128, 16 x 24 x 1024,
+ * from L3; about even at 9 and 10 rows, and below 9 the dot products win: 8 of the 16 lanes idle). Each C element is one FMA chain over k in order
  * (partial sums of k slices round-trip through memory exactly), whatever M, the slicing or the
  * column split. */
 #define OT_W 16   /* lanes of packed A */
