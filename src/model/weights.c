@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "model/model_internal.h"
 
@@ -18,6 +19,7 @@ struct ts_model_weights {
     ts_dtype dt;
     int n, cap;
     ts_model_tensor *info;
+    void *arena;     /* every tensor's storage, one block (see arena_alloc) */
     void **data;
     int *stack_base; /* routed experts: index of expert 0's tensor of the same kind; else -1 */
 };
@@ -40,29 +42,59 @@ static ts_status collect(const ts_model_tensor *t, void *user) {
     return TS_OK;
 }
 
-/* Allocates every tensor zeroed; expert blocks at expert 0 (walk order: e0.w1, e0.w2, e0.w3, e1.w1...). */
+/* Tensors start at this alignment inside the arena (cache lines, and whole AVX-512 vectors). */
+#define TENSOR_ALIGN ((size_t)64)
+/* The arena's alignment and size granule: a transparent huge page on x86-64 and aarch64 (4 KiB
+ * base pages). */
+#define ARENA_ALIGN ((size_t)2 << 20)
+
+/* A zeroed block for all the tensors, in transparent huge pages where the system grants them
+ * on request (its setting "madvise"): a decode step streams every weight, and with 4 KiB pages
+ * a 16-slot step of the tiny model (27 MB of weights read per step) spent about 8% more time
+ * (TLB misses, nested page walks on a VM). A refused hint leaves ordinary pages. */
+static void *arena_alloc(size_t bytes) {
+    size_t size = (bytes + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
+    void *p = aligned_alloc(ARENA_ALIGN, size ? size : ARENA_ALIGN);
+    if (!p) return NULL;
+#ifdef MADV_HUGEPAGE
+    madvise(p, size, MADV_HUGEPAGE);
+#endif
+    memset(p, 0, size);
+    return p;
+}
+
+/* Bytes of tensor i's own storage: expert 0 holds all E experts' blocks, experts > 0 none. */
+static size_t own_bytes(const ts_model_weights *w, int i) {
+    const ts_model_tensor *t = &w->info[i];
+    if (t->expert > 0) return 0;
+    size_t bytes = ts_dtype_bytes(mem_dtype(w, i), ts_model_tensor_numel(t));
+    return t->expert == 0 ? bytes * (size_t)w->cfg.n_routed_experts : bytes;
+}
+
+/* Allocates every tensor zeroed, all in one arena; expert blocks at expert 0 (walk order: e0.w1,
+ * e0.w2, e0.w3, e1.w1...). */
 static ts_status allocate(ts_model_weights *w) {
     w->data = calloc((size_t)w->n, sizeof *w->data);
     w->stack_base = malloc((size_t)w->n * sizeof *w->stack_base);
     if (!w->data || !w->stack_base) return TS_ERR_OOM;
-    int64_t E = w->cfg.n_routed_experts;
+    size_t total = 0;
+    for (int i = 0; i < w->n; i++) total += (own_bytes(w, i) + TENSOR_ALIGN - 1) / TENSOR_ALIGN * TENSOR_ALIGN;
+    if (!(w->arena = arena_alloc(total))) return TS_ERR_OOM;
+    char *next = w->arena;
     for (int i = 0; i < w->n; i++) {
         const ts_model_tensor *t = &w->info[i];
-        size_t bytes = ts_dtype_bytes(mem_dtype(w, i), ts_model_tensor_numel(t));
         w->stack_base[i] = -1;
         if (t->expert > 0) {
             int base = i - 3 * t->expert;
             if (base < 0 || w->info[base].expert != 0 || w->info[base].layer != t->layer) return TS_ERR_INTERNAL;
             w->stack_base[i] = base;
-            w->data[i] = (char *)w->data[base] + (size_t)t->expert * bytes;
+            w->data[i] = (char *)w->data[base] +
+                         (size_t)t->expert * ts_dtype_bytes(mem_dtype(w, i), ts_model_tensor_numel(t));
             continue;
         }
-        if (t->expert == 0) {
-            w->stack_base[i] = i;
-            bytes *= (size_t)E;
-        }
-        w->data[i] = calloc(1, bytes ? bytes : 1);
-        if (!w->data[i]) return TS_ERR_OOM;
+        if (t->expert == 0) w->stack_base[i] = i;
+        w->data[i] = next;
+        next += (own_bytes(w, i) + TENSOR_ALIGN - 1) / TENSOR_ALIGN * TENSOR_ALIGN;
     }
     return TS_OK;
 }
@@ -94,8 +126,7 @@ ts_status ts_model_weights_new(const ts_v4_config *cfg, ts_dtype dt, ts_model_we
 
 void ts_model_weights_free(ts_model_weights *w) {
     if (!w) return;
-    for (int i = 0; w->data && i < w->n; i++)
-        if (w->stack_base[i] < 0 || w->stack_base[i] == i) free(w->data[i]);
+    free(w->arena);
     free(w->data);
     free(w->stack_base);
     free(w->info);
