@@ -192,6 +192,8 @@ static void test_odd_shapes(void) {
     run_shape(1, 9000, 3); /* small-M column chunks (partial-sum buffer) */
     run_shape(3, 3000, 5);
     run_shape(8, 2000, 9);
+    run_shape(9, 203, 1031); /* B^T past 8 rows: several packed k slices and column blocks */
+    run_shape(16, 100, 517);
 }
 
 /* Shapes one off the active tier's blocks (most of this program's run time). */

@@ -187,6 +187,11 @@ static const variant matmul_variants[] = { /* ip = trans_a, trans_b; M, N, K amo
     {.in = {F(7, 64), FS(64, 33)}},
     {.in = {F(2, 7, 33), F(33, 7)}},
     {.in = {F(3, 1, 7, 33), F(2, 33, 64)}},
+    /* batches sharing B, as a batched decode step's linear layers: the fast kernel folds them
+     * into the rows of one GEMM (16 rows: the small-M path's widest case) */
+    {.in = {F(16, 1, 64), F(33, 64)}, .ip = {0, 1}, .note = "trans_b, batches folded"},
+    {.in = {FS(16, 1, 64), F(7, 64)}, .ip = {0, 1}, .note = "trans_b, sliced batches folded"},
+    {.in = {F(3, 4, 1, 33), F(1, 7, 33)}, .ip = {0, 1}, .note = "trans_b, 2 batch dims folded"},
 };
 
 static const variant softmax_variants[] = { /* ip[0] = axis; optional additive mask */

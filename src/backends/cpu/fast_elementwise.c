@@ -422,19 +422,23 @@ static void softmax_cols(const ts_vmath *vm, float *y, const float *x, int64_t l
     float m[SOFTMAX_COLS], inv[SOFTMAX_COLS];
     double sum[SOFTMAX_COLS] = {0};
     for (int64_t c = 0; c < w; c++) m[c] = -INFINITY;
-    for (int64_t k = 0; k < len; k++)
+    /* branch-free selects (v != v: NaN), so that the compiler vectorizes across the columns */
+    for (int64_t k = 0; k < len; k++) {
+        const float *xr = x + k * inner;
         for (int64_t c = 0; c < w; c++) {
-            float v = x[k * inner + c];
-            if (!isnan(m[c]) && (v > m[c] || isnan(v))) m[c] = v;
+            float v = xr[c], mc = m[c];
+            m[c] = mc != mc || !(v > mc || v != v) ? mc : v;
         }
+    }
     for (int64_t k = 0; k < len; k++) {
         const float *xr = x + k * inner;
         float *yr = y + k * inner;
         memcpy(yr, xr, (size_t)w * sizeof *yr);
         vm->exp_each(yr, m, w);
         for (int64_t c = 0; c < w; c++) {
-            if (xr[c] == -INFINITY || m[c] == -INFINITY) yr[c] = 0.0f;
-            sum[c] += yr[c];
+            float e = xr[c] == -INFINITY || m[c] == -INFINITY ? 0.0f : yr[c];
+            yr[c] = e;
+            sum[c] += e;
         }
     }
     for (int64_t c = 0; c < w; c++) inv[c] = m[c] == -INFINITY ? 0.0f : (float)(1.0 / sum[c]);

@@ -10,7 +10,10 @@
  * along one of them: contiguous, row- or column-sliced, or a transposed view. Trans flags and
  * leading dimensions come from the strides, so views are multiplied where they lie, never
  * copied. Batch dims follow the reference's broadcasting (size-1 or stride-0 dims reuse one
- * matrix); batches run one after another, each GEMM using the backend's whole thread pool. Any
+ * matrix); batches run one after another, each GEMM using the backend's whole thread pool, except
+ * that batches sharing one B matrix whose A rows follow each other at a uniform stride (a linear
+ * layer over [rows, tokens, features], as in a batched decode step) are one GEMM of all their
+ * rows: B is then read once for all of them rather than once per batch. Any
  * other layout (no unit stride in the matrix, a stride-0 matrix dim, negative strides), dtype,
  * an output overlapping an input, or a malformed node goes to ts_ref_matmul, which computes it
  * or reports the error. Nothing is allocated after a node's first run (the GEMM keeps its
@@ -104,6 +107,38 @@ static bool batch_broadcasts(const ts_tensor *t, const ts_tensor *c, int nb) {
 
 static bool on_gemm(const ts_tensor *t) { return t && ts_gemm_dtype_supported(t->dtype) && t->data; }
 
+/* Element step between the matrices of t (rank >= 2) for consecutive output batches (row-major
+ * over the nb batch dims of c), into *step; false when the batches do not lie at one uniform
+ * step. Broadcast and stride-0 dims step 0, so a matrix shared by every batch has step 0. */
+static bool uniform_batch_step(const ts_tensor *t, const ts_tensor *c, int64_t *step) {
+    int nb = c->ndim - 2, lead = nb - (t->ndim - 2);
+    int64_t batches = 1; /* output batches per step of dim d: the product of the inner dims */
+    *step = 0;
+    for (int d = nb - 1; d >= 0; d--) {
+        if (c->shape[d] == 1) continue;
+        int td = d - lead;
+        int64_t s = td >= 0 && t->shape[td] != 1 ? t->stride[td] : 0;
+        if (batches == 1) *step = s;
+        else if (s != *step * batches) return false;
+        batches *= c->shape[d];
+    }
+    return true;
+}
+
+/* Folds the batches into the rows of one GEMM when they share B and op(A)'s rows of all batches
+ * lie at one stride (dst is contiguous, so its rows do too): one pass over B instead of one per
+ * batch, and a row count the GEMM tiles better. */
+static void fold_batches(const ts_tensor *dst, gemm_plan *p) {
+    int64_t a_step, b_step;
+    if (p->n_batch <= 1 || p->a.trans || !uniform_batch_step(p->b.t, dst, &b_step) || b_step != 0 ||
+        !uniform_batch_step(p->a.t, dst, &a_step))
+        return;
+    if (p->M == 1 ? a_step < p->K : a_step != p->M * p->a.ld) return;
+    if (p->M == 1) p->a.ld = a_step;
+    p->M *= p->n_batch;
+    p->n_batch = 1;
+}
+
 /* Fills *p when dst can run on the GEMM; false sends it to the reference kernel. The shape
  * checks mirror ts_ref_matmul's so that a malformed node is never multiplied here. */
 static bool plan_gemm(const ts_tensor *dst, gemm_plan *p) {
@@ -123,6 +158,7 @@ static bool plan_gemm(const ts_tensor *dst, gemm_plan *p) {
     if (overlaps(dst, a) || overlaps(dst, b)) return false;
     p->n_batch = 1;
     for (int d = 0; d < nb; d++) p->n_batch *= dst->shape[d];
+    fold_batches(dst, p);
     return true;
 }
 

@@ -95,9 +95,10 @@ ts_gemm_blocking ts_gemm_get_blocking(void);
 #define TS_GEMM_MAX_KC 384
 #define TS_GEMM_MAX_NC 4096
 #define TS_GEMM_SMALL_M 8
-/* With B stored [N, K] (the y = x W^T of every linear layer) the dot-product kernels take any M,
- * re-reading B rows from L1 per 4 rows of A; up to this M that beats packing B (which costs as
- * much as the multiply when M is this small: a 16-row decode batch, 3x on a 16 x 24 x 1024). */
+/* With B stored [N, K] (the y = x W^T of every linear layer) the small-M kernels read B where it
+ * lies (dot products re-reading each B row from L1 per 4 rows of A; the AVX2 one past 8 rows packs
+ * the small A instead and broadcasts B); up to this M that beats packing B (which costs as much as
+ * the multiply when M is this small: a 16-row decode batch, 3x on a 16 x 24 x 1024). */
 #define TS_GEMM_SMALL_M_NT 16
 
 /* Micro-kernel: multiplies a packed A micro-panel (kc x MR, element (i, k) at a[k*MR + i]) by a
@@ -119,10 +120,10 @@ typedef void (*ts_gemm_pack_fn)(float *dst, const float *src, int64_t rs, int64_
 typedef void (*ts_gemm_pack_cvt_fn)(float *dst, const void *src, ts_dtype type, int64_t rs, int64_t cs, int rows,
                                     int w, int64_t kc);
 
-/* Small-M streaming path, columns [n0, n1) of C. No packing: op(A) is read through strides,
- * op(B) straight from memory. "nn" is for op(B) row-major (b[k*ldb + j], B not transposed) and
- * vectorizes across j; "nt" is for op(B)^T row-major (b[j*ldb + k], B transposed) and runs dot
- * products along k, so it requires a_cs == 1. Per-element arithmetic must not depend on n0/n1
+/* Small-M streaming path, columns [n0, n1) of C. No packing of op(B): it is read straight from
+ * memory; op(A) through strides (a kernel may copy the few rows of op(A) into its own layout). "nn" is for op(B) row-major (b[k*ldb + j], B not transposed) and
+ * vectorizes across j; "nt" is for op(B)^T row-major (b[j*ldb + k], B transposed) and walks rows
+ * of op(A) and B along k, so it requires a_cs == 1. Per-element arithmetic must not depend on n0/n1
  * (thread partition) so results stay bit-identical across thread counts. */
 typedef struct {
     int64_t m, k;

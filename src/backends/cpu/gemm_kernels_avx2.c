@@ -389,6 +389,12 @@ AVX2_INLINE __m256 load_b(const void *b, int64_t at, const int b16) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
+/* One bf16 element widened (exactly: its bits in the high half) into every lane. */
+AVX2_INLINE __m256 bf16_broadcast(const char *at) {
+    uint32_t bits = (uint32_t)*(const uint16_t *)(const void *)at << 16;
+    return _mm256_castsi256_ps(_mm256_set1_epi32((int32_t)bits));
+}
+
 /* The last n < 8 elements, zeros after them (reads nothing past them). */
 AVX2_INLINE __m256 load_b_tail(const void *b, int64_t at, int64_t n, __m256i mask, const int b16) {
     if (!b16) return _mm256_maskload_ps((const float *)b_addr(b, at, 0), mask);
@@ -469,6 +475,107 @@ AVX2_INLINE void nt_cols(const ts_gemm_small_args *p, int64_t n0, int64_t n1, co
     for (; j < n1; j++) nt_b_rows(p, j, 1, nacc, b16);
 }
 
+/* op(B)^T row-major with 8 < M <= 16 (a decode batch): op(A) is small, so it is packed k-major
+ * into 16 lanes (rows past M zero) on the stack, and each element of OT_R rows of B at once is
+ * broadcast against it: per k, 2 loads of A, OT_R broadcasts, 2 * OT_R FMAs into 12
+ * accumulators. B is read once, in its natural order, with no horizontal sums; the dot-product
+ * form above re-reads each B row once per 4 rows of A and pays a horizontal sum per element,
+ * which made it 1.15-1.5x slower for 16 rows (16 x 128 x 256, 16 x 256 x 128, 16 x 24 x 1024,
+ * from L3; about even at 9 and 10 rows, and below 9 the dot products win: 8 of the 16 lanes idle). Each C element is one FMA chain over k in order
+ * (partial sums of k slices round-trip through memory exactly), whatever M, the slicing or the
+ * column split. */
+#define OT_W 16   /* lanes of packed A */
+#define OT_R 6    /* B rows per tile: 2 x 6 accumulators */
+#define OT_KC 512 /* k per packed A slice: 512 x 16 floats = 32 KiB */
+#define OT_NC 96  /* columns per partial-sum block when K takes several slices (OT_R divides it) */
+
+/* Rows [0, m) of op(A), depth [k0, k0 + kc), into pa[k * OT_W + i]: 8 x 8 register transposes,
+ * the leftover k one by one. */
+AVX2_INLINE void ot_pack_a(const ts_gemm_small_args *p, float *pa, int64_t k0, int64_t kc) {
+    const float *a = p->a + k0;
+    int64_t k = 0;
+    for (; k + 8 <= kc; k += 8)
+        for (int g = 0; g < OT_W; g += 8) {
+            __m256 r[8];
+            load_transposed(r, a + g * p->a_rs + k, p->a_rs, p->m - g < 8 ? (int)(p->m - g) : 8);
+            for (int q = 0; q < 8; q++) _mm256_store_ps(pa + (k + q) * OT_W + g, r[q]);
+        }
+    for (; k < kc; k++)
+        for (int i = 0; i < OT_W; i++) pa[k * OT_W + i] = i < p->m ? a[i * p->a_rs + k] : 0.0f;
+}
+
+/* C columns j..j+r (partial sums at part + jb * OT_W) over the packed slice [k0, k0 + kc):
+ * starts from zero on the first slice, writes C on the last, else keeps the sums in part. The
+ * next tile's rows of B are prefetched along (the rows usually follow each other). */
+AVX2_INLINE void ot_tile(const ts_gemm_small_args *p, const float *pa, float *part, int64_t j, int64_t jb,
+                         int64_t k0, int64_t kc, const int r, const int b16) {
+    /* Column q's rows 0-7 in acc[2q], 8-15 in acc[2q + 1]; every index is a constant once the
+     * loops are unrolled, which keeps the accumulators in registers. */
+    __m256 acc[2 * OT_R];
+#pragma GCC unroll 12
+    for (int q = 0; q < 2 * r; q++) acc[q] = k0 == 0 ? _mm256_setzero_ps() : _mm256_load_ps(part + jb * OT_W + 8 * q);
+    const void *b = b16 ? (const void *)(p->b_bf16 + j * p->ldb + k0) : (const void *)(p->b + j * p->ldb + k0);
+    for (int64_t kb = 0; kb < kc; kb += 16) {
+#pragma GCC unroll 6
+        for (int q = 0; q < r; q++) _mm_prefetch(b_addr(b, (q + r) * p->ldb + kb, b16), _MM_HINT_T0);
+        int64_t k1 = kc - kb < 16 ? kc : kb + 16;
+        for (int64_t k = kb; k < k1; k++) {
+            __m256 a0 = _mm256_load_ps(pa + k * OT_W), a1 = _mm256_load_ps(pa + k * OT_W + 8);
+#pragma GCC unroll 6
+            for (int q = 0; q < r; q++) {
+                __m256 bv = b16 ? bf16_broadcast(b_addr(b, q * p->ldb + k, 1))
+                                : _mm256_broadcast_ss((const float *)b_addr(b, q * p->ldb + k, 0));
+                acc[2 * q] = _mm256_fmadd_ps(a0, bv, acc[2 * q]);
+                acc[2 * q + 1] = _mm256_fmadd_ps(a1, bv, acc[2 * q + 1]);
+            }
+        }
+    }
+    const int last = k0 + kc == p->k;
+    _Alignas(32) float tile[OT_R * OT_W]; /* column q, row i at q * OT_W + i */
+    float *sums = last ? tile : part + jb * OT_W;
+#pragma GCC unroll 12
+    for (int q = 0; q < 2 * r; q++) _mm256_store_ps(sums + 8 * q, acc[q]);
+    if (!last) return;
+    for (int q = 0; q < r; q++)
+        for (int64_t i = 0; i < p->m; i++) {
+            float *c = p->c + i * p->ldc + j + q, s = p->alpha * tile[q * OT_W + i];
+            *c = p->beta == 0.0f ? s : _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(p->beta), _mm_set_ss(*c), _mm_set_ss(s)));
+        }
+}
+
+/* Columns [j0, j1) of C over the packed slice [k0, k0 + kc), partial sums of column j at
+ * part + (j - j0) * OT_W: whole tiles, then one narrower. */
+AVX2_INLINE void ot_columns(const ts_gemm_small_args *p, const float *pa, float *part, int64_t j0, int64_t j1,
+                            int64_t k0, int64_t kc, const int b16) {
+    int64_t j = j0;
+    for (; j + OT_R <= j1; j += OT_R) ot_tile(p, pa, part, j, j - j0, k0, kc, OT_R, b16);
+    switch (j1 - j) {
+    case 1: ot_tile(p, pa, part, j, j - j0, k0, kc, 1, b16); break;
+    case 2: ot_tile(p, pa, part, j, j - j0, k0, kc, 2, b16); break;
+    case 3: ot_tile(p, pa, part, j, j - j0, k0, kc, 3, b16); break;
+    case 4: ot_tile(p, pa, part, j, j - j0, k0, kc, 4, b16); break;
+    case 5: ot_tile(p, pa, part, j, j - j0, k0, kc, 5, b16); break;
+    default: break;
+    }
+}
+
+AVX2_INLINE void ot_rows(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int b16) {
+    _Alignas(32) float pa[OT_KC * OT_W], part[OT_NC * OT_W];
+    if (p->k <= OT_KC) { /* one slice: pack A once, no partial sums */
+        ot_pack_a(p, pa, 0, p->k);
+        ot_columns(p, pa, part, n0, n1, 0, p->k, b16);
+        return;
+    }
+    for (int64_t j0 = n0; j0 < n1; j0 += OT_NC) {
+        int64_t j1 = n1 - j0 < OT_NC ? n1 : j0 + OT_NC;
+        for (int64_t k0 = 0; k0 < p->k; k0 += OT_KC) {
+            int64_t kc = p->k - k0 < OT_KC ? p->k - k0 : OT_KC;
+            ot_pack_a(p, pa, k0, kc);
+            ot_columns(p, pa, part, j0, j1, k0, kc, b16);
+        }
+    }
+}
+
 AVX2_INLINE void nt_by_m(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int b16) {
     /* (B rows at once, partial sums per element): at most 8 accumulators. One B row at a time
      * is a single sequential stream: a GEMV over 17 MB of f32 weights (from DRAM) read 7.6 GB/s
@@ -479,11 +586,14 @@ AVX2_INLINE void nt_by_m(const ts_gemm_small_args *p, int64_t n0, int64_t n1, co
      * row's two FMA chains are latency-bound when B is cached (1 x 704 x 256 from cache: 24 us
      * with one row, 14 us with four), and prefetching the rows as one run (nt_block) keeps
      * DRAM streaming as fast as one row does (28-31 us either way; min of 200 thread-CPU
-     * times, same VM). */
+     * times, same VM). Past 8 rows of A, the packed-A form. */
     switch (p->m) {
     case 1: nt_cols(p, n0, n1, b16 ? 4 : 1, 2, b16); break;
     case 2: nt_cols(p, n0, n1, 2, 2, b16); break;
-    default: nt_cols(p, n0, n1, 1, 2, b16); break; /* 4 rows of A at a time */
+    default:
+        if (p->m <= 8) nt_cols(p, n0, n1, 1, 2, b16); /* 4 rows of A at a time */
+        else ot_rows(p, n0, n1, b16);
+        break;
     }
 }
 
