@@ -1,11 +1,21 @@
 /* threadpool.c - fixed worker threads and a statically scheduled parallel-for.
  *
- * The caller's thread works as thread 0; workers 1..n-1 sleep on a condition variable between
- * jobs. [0, n) is cut into one contiguous chunk per thread, identical for identical (n, threads),
- * so every reduction a kernel does per chunk happens in the same order every run. A
- * parallel-for issued from inside a job runs serially on the calling thread. */
+ * The caller's thread works as thread 0; workers 1..n-1 wait between jobs, first spinning for
+ * about SPIN_NS, then asleep on a condition variable; the caller waits for them the same way.
+ * A graph runs one short op after another (a decode step: dozens of sub-millisecond kernels),
+ * and waking a sleeping thread costs tens of microseconds on a VM, more than many of those
+ * kernels take; a bounded spin keeps a busy pool's workers awake between ops without burning a
+ * core when it goes quiet. [0, n) is cut into one contiguous chunk per thread, identical for
+ * identical (n, threads), so every reduction a kernel does per chunk happens in the same order
+ * every run. A parallel-for issued from inside a job runs serially on the calling thread. */
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "tessera/core.h"
 
@@ -19,10 +29,45 @@ struct ts_threadpool {
     void *ctx;
     int64_t n, chunk;
     int n_chunks;
-    uint64_t generation;  /* bumped per job so workers know a new one arrived */
-    int pending;          /* workers still running the current job */
-    bool stop;
+    _Atomic uint64_t generation; /* bumped per job so workers know a new one arrived */
+    _Atomic int pending;         /* workers still running the current job */
+    atomic_bool stop;
 };
+
+#define SPIN_NS 50000 /* how long a waiting thread polls before it sleeps */
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static void cpu_relax(void) {
+#if defined(__x86_64__)
+    _mm_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
+}
+
+/* Polls until done(p, arg) holds or SPIN_NS pass; whether it held. */
+static bool spin_until(const ts_threadpool *p, bool (*done)(const ts_threadpool *, uint64_t), uint64_t arg) {
+    int64_t t0 = now_ns();
+    for (int i = 1;; i++) {
+        if (done(p, arg)) return true;
+        if (i % 64 == 0 && now_ns() - t0 > SPIN_NS) return false;
+        cpu_relax();
+    }
+}
+
+static bool new_job_or_stop(const ts_threadpool *p, uint64_t seen) {
+    return atomic_load_explicit(&p->generation, memory_order_acquire) != seen || atomic_load(&p->stop);
+}
+
+static bool all_done(const ts_threadpool *p, uint64_t unused) {
+    (void)unused;
+    return atomic_load_explicit(&p->pending, memory_order_acquire) == 0;
+}
 
 static _Thread_local bool in_job;
 
@@ -45,17 +90,21 @@ static void *worker_main(void *arg) {
     free(wa);
     in_job = true;
     uint64_t seen = 0;
-    pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->stop && p->generation == seen) pthread_cond_wait(&p->wake, &p->mu);
-        if (p->stop) break;
-        seen = p->generation;
-        pthread_mutex_unlock(&p->mu);
+        if (!spin_until(p, new_job_or_stop, seen)) {
+            pthread_mutex_lock(&p->mu); /* the dispatcher bumps generation under it: no lost wake-up */
+            while (!new_job_or_stop(p, seen)) pthread_cond_wait(&p->wake, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+        }
+        if (atomic_load(&p->stop)) break;
+        seen = atomic_load_explicit(&p->generation, memory_order_acquire);
         run_chunk(p, tid);
-        pthread_mutex_lock(&p->mu);
-        if (--p->pending == 0) pthread_cond_signal(&p->done);
+        if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->done);
+            pthread_mutex_unlock(&p->mu);
+        }
     }
-    pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
@@ -98,7 +147,7 @@ ts_status ts_threadpool_new(int n_threads, ts_threadpool **out) {
 void ts_threadpool_free(ts_threadpool *p) {
     if (!p) return;
     pthread_mutex_lock(&p->mu);
-    p->stop = true;
+    atomic_store(&p->stop, true);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
     for (int i = 1; i < p->n_threads; i++)
@@ -128,8 +177,8 @@ void ts_parallel_for(ts_threadpool *p, int64_t n, int64_t min_chunk, ts_range_fn
     p->n = n;
     p->chunk = (n + threads - 1) / threads;
     p->n_chunks = threads;
-    p->pending = p->n_threads - 1;
-    p->generation++;
+    atomic_store_explicit(&p->pending, p->n_threads - 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
 
@@ -137,7 +186,9 @@ void ts_parallel_for(ts_threadpool *p, int64_t n, int64_t min_chunk, ts_range_fn
     run_chunk(p, 0);
     in_job = false;
 
-    pthread_mutex_lock(&p->mu);
-    while (p->pending > 0) pthread_cond_wait(&p->done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    if (!spin_until(p, all_done, 0)) {
+        pthread_mutex_lock(&p->mu); /* the last worker signals under it: no lost wake-up */
+        while (!all_done(p, 0)) pthread_cond_wait(&p->done, &p->mu);
+        pthread_mutex_unlock(&p->mu);
+    }
 }
