@@ -7,8 +7,9 @@
  * 2. SIGKILL at random moments - during steps and during checkpoint writes (a checkpoint every
  *    step) - several times; after each kill the run directory's newest checkpoint verifies, and
  *    resuming to the end gives the same final weights as the uninterrupted run;
- * 3. bad options fail with one line and exit code 2; the run directory holds metrics.jsonl,
- *    loss.svg, train_config.json. */
+ * 3. bad options fail with one line and exit code 2, a shape too large for memory with exit code 1
+ *    and a line saying what to lower; the run directory holds metrics.jsonl, loss.svg,
+ *    train_config.json. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -198,6 +199,15 @@ int main(void) {
     snprintf(bad, sizeof bad, "%s/bad", work);
     CHECK(train(bad, 2, ARGS("--lr", "banana")) == 2, "a bad value is a usage error");
     CHECK(train(bad, 2, ARGS("--no-such-option", "1")) == 2, "an unknown option is a usage error");
+    /* a shape whose activations cannot be allocated (hundreds of GiB): one line that says what to change */
+    char oom[256], oom_log[300];
+    snprintf(oom, sizeof oom, "%s/oom", work);
+    snprintf(oom_log, sizeof oom_log, "%s.log", oom);
+    CHECK(train(oom, 4, ARGS("--batch", "100000")) == 1, "an arena too large for memory is a failure (exit 1)");
+    char *text = test_read_file(oom_log, NULL);
+    CHECK(text && strstr(text, "could not allocate the arena") && strstr(text, "lower --batch or --seq"),
+          "out-of-memory message: %s", text ? text : "(no log)");
+    free(text);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", work);
     CHECK(system(cmd) == 0, "cleanup");
     return check_summary("train_cli");

@@ -184,7 +184,10 @@ static int make_trainer(run *r) {
     o.grad_accum = c->grad_accum;
     o.precision = c->precision;
     o.recompute = c->recompute;
-    if (ts_trainer_new(r->w, r->train, r->be, &o, &r->tr, err, sizeof err) != TS_OK) return fail(err);
+    ts_status s = ts_trainer_new(r->w, r->train, r->be, &o, &r->tr, err, sizeof err);
+    if (s == TS_ERR_OOM && strlen(err) + 80 < sizeof err)
+        strcat(err, c->recompute ? " (lower --batch or --seq)" : " (lower --batch or --seq, or add --recompute)");
+    if (s != TS_OK) return fail(err);
     if (r->resume_from && restore_state(r) != 0) return CLI_EXIT_FAILURE;
     ts_plan_stats ps = ts_trainer_plan_stats(r->tr);
     printf("training: %lld steps of %lld x %lld x %lld tokens, %s, %s compute, peak lr %g (warm-up %lld), MTP %s,\n"

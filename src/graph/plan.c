@@ -342,8 +342,8 @@ static ts_status allocate_buffers(ts_graph *g, struct ts_plan_state *st) {
         if (s != TS_OK || !st->buffers[b]) {
             st->buffers[b] = NULL;
             return ts_graph_set_error(g, s != TS_OK ? s : TS_ERR_OOM,
-                                      "ts_graph_alloc: backend could not allocate the %s (%zu bytes): %s",
-                                      buffer_names[b], sizes[b], ts_status_name(s));
+                                      "ts_graph_alloc: backend could not allocate the %s (%zu bytes = %.2f GiB): %s",
+                                      buffer_names[b], sizes[b], (double)sizes[b] / (1 << 30), ts_status_name(s));
         }
     }
     return TS_OK;
