@@ -17,8 +17,8 @@
  * and on CSA layers the indexer's own projections [P + 2, 2·index_head_dim] x 2 and compressed
  * keys [NB, index_head_dim]. k = c for HCA, 2c for CSA (series b | a). A block's entry is pooled
  * inside the pass that completes it: each of its slots is gathered from the ring (positions
- * before the pass, or a constant row) plus a 0/1 selection (a matmul, exact) of the pass's own
- * projections; entries are filed into the cache after compute. Rewinding to len only needs
+ * before the pass, or a constant row) plus a row gathered from the pass's own projections (or
+ * zeros); entries are filed into the cache after compute. Rewinding to len only needs
  * len >= (furthest length reached since the last reset) - V4_REWIND: the ring and the projection
  * rings still hold those positions, and stale entries past len are invisible until recomputed.
  *
@@ -87,7 +87,8 @@ typedef struct {
     int32_t *key_start;     /* lead, HCA: [b, 1]: 0 when the token completes its block, else 1 */
     int32_t *idx;           /* [b, T, E]: visible ring positions (+ HCA entries) */
     int32_t *ring_rows;     /* [b, nb·S]: the blocks' slots (S = m, CSA 2m) in the ring ... */
-    void *pass_pick;        /* [b, nb·S, T]: ... plus 1 at the pass's token that fills a slot */
+    int32_t *pass_rows;     /* [b, nb·S]: ... plus the pass's token that fills a slot (1 + r·T + t;
+                             * 0: a zero row) */
     void *block_angles;     /* [b, nb, r/2]: RoPE of each block's start */
     void *imask;            /* CSA: [b, T, NB + nb] (0 / -inf) */
     ts_tensor *kv;          /* the tokens' keys [b, T, 1, c] */
@@ -184,9 +185,9 @@ void ts_decode_keep_streams(ts_model_builder *b, ts_tensor *X) {
     if (p->dec->streams) p->streams = ts_set_output(X);
 }
 
-/* Where each block slot comes from: ring row + selection · the pass's projections. */
+/* Where each block slot comes from: a ring row + a row of the pass's projections (or zeros). */
 typedef struct {
-    ts_tensor *ring_rows, *pass_pick;
+    ts_tensor *ring_rows, *pass_rows;
 } slot_gather;
 
 /* CSA block slots [B, nb, 2m, 2c] -> [B, nb, 2m, c]: the previous block's series b (channels
@@ -195,6 +196,14 @@ static ts_tensor *csa_series(ts_graph *g, ts_tensor *X, int64_t m, int64_t c) {
     ts_tensor *parts[2] = {ts_slice(g, ts_slice(g, X, 2, 0, m), 3, 0, c),
                            ts_slice(g, ts_slice(g, X, 2, m, m), 3, c, c)};
     return ts_concat(g, parts, 2, 2);
+}
+
+/* The rows of the pass's projections p [B, T, k] each block slot takes (ids into a zero row,
+ * then p's rows): one gather instead of B matmuls by a 0/1 selection, with the same values. */
+static ts_tensor *pass_rows(ts_graph *g, ts_tensor *ids, ts_tensor *p) {
+    int64_t k = p->shape[2], zs[2] = {1, k};
+    ts_tensor *rows[2] = {ts_fill(g, p->dtype, 2, zs, 0.0f), ts_reshape_2d(g, p, p->shape[0] * p->shape[1], k)};
+    return ts_get_rows(g, ts_concat(g, rows, 2, 0), ids);
 }
 
 /* The entries [b, nb, c] of the blocks the pass may complete; CSA blocks read slots [0, m) (the
@@ -210,8 +219,8 @@ static ts_tensor *pass_entries(ts_model_builder *b, const dec_layer *L, const pa
     *out_z = ts_set_output(ts_matmul(g, x, w->wgate, false, true));
     ts_tensor *rc = bound(b, ring_c, b->dt, 2, rs, "decode_proj_c");
     ts_tensor *rz = bound(b, ring_z, b->dt, 2, rs, "decode_proj_z");
-    ts_tensor *C = ts_add(g, ts_get_rows(g, rc, sg->ring_rows), ts_matmul(g, sg->pass_pick, *out_c, false, false));
-    ts_tensor *Z = ts_add(g, ts_get_rows(g, rz, sg->ring_rows), ts_matmul(g, sg->pass_pick, *out_z, false, false));
+    ts_tensor *C = ts_add(g, ts_get_rows(g, rc, sg->ring_rows), pass_rows(g, sg->pass_rows, *out_c));
+    ts_tensor *Z = ts_add(g, ts_get_rows(g, rz, sg->ring_rows), pass_rows(g, sg->pass_rows, *out_z));
     C = ts_reshape(g, C, 4, s4);
     Z = ts_reshape(g, Z, 4, s4);
     ts_tensor *ape = w->ape;
@@ -282,11 +291,11 @@ void ts_decode_cache_entries(ts_model_builder *b, int layer, const char *prefix,
     if (L->m == 0) return;
 
     int64_t n_slots = G->nb * (L->csa ? 2 : 1) * L->m;
-    int64_t gs[2] = {B, n_slots}, ps[3] = {B, n_slots, T}, as[3] = {B, G->nb, p->dec->half};
+    int64_t gs[2] = {B, n_slots}, as[3] = {B, G->nb, p->dec->half};
     slot_gather sg;
     ts_tensor *bang;
     G->ring_rows = input(b, TS_I32, 2, gs, "decode_ring_rows", &sg.ring_rows);
-    G->pass_pick = input(b, b->dt, 3, ps, "decode_pass_pick", &sg.pass_pick);
+    G->pass_rows = input(b, TS_I32, 2, gs, "decode_pass_rows", &sg.pass_rows);
     G->block_angles = input(b, b->dt, 3, as, "decode_block_angles", &bang);
     ts_v4_compressor_w w = ts_mb_compressor_weights(b, prefix, "attn.");
     G->entry = ts_set_output(pass_entries(b, L, G, &sg, bang, &w, x, hd, L->proj_c, L->proj_z, &G->out_c, &G->out_z));
@@ -314,7 +323,7 @@ static void free_pass(pass *p, int64_t n_layers) {
         free(G->idx);
         free(G->key_start);
         free(G->ring_rows);
-        free(G->pass_pick);
+        free(G->pass_rows);
         free(G->block_angles);
         free(G->imask);
     }
@@ -421,16 +430,16 @@ static void copy_elems(const v4_decoder *dec, void *dst, int64_t dst_i, const vo
 }
 
 /* Where slot `at` (position q) comes from in a pass of T tokens from position p, for row r:
- * its ring row (a constant row when the pass fills it), and a 1 at the pass's token if any. */
-static void slot_source(const v4_decoder *dec, const dec_layer *L, const pass_layer *G, int64_t r, int64_t T,
-                        int64_t p, int64_t q, int64_t at) {
+ * its ring row (a constant row when the pass fills it), and the pass's token if any. */
+static void slot_source(const dec_layer *L, const pass_layer *G, int64_t r, int64_t T, int64_t p, int64_t q,
+                        int64_t at) {
     int64_t ring = L->P; /* the zero row, nothing from the pass */
     bool in_pass = false;
     if (q < 0) ring = L->P + 1;
     else if (q < p) ring = q % L->P;
     else in_pass = q < p + T;
     G->ring_rows[at] = (int32_t)(r * (L->P + 2) + ring);
-    for (int64_t t = 0; t < T; t++) put(dec, G->pass_pick, at * T + t, in_pass && t == q - p ? 1.0 : 0.0);
+    G->pass_rows[at] = in_pass ? (int32_t)(1 + r * T + q - p) : 0;
 }
 
 /* Compressed-layer inputs of row r: which slots make up each block the pass may complete, the
@@ -442,7 +451,7 @@ static void prepare_blocks(const v4_decoder *dec, const dec_layer *L, const pass
     for (int64_t k = 0; k < G->nb; k++) {
         int64_t first = (done + k) * m - (L->csa ? m : 0);
         for (int64_t s = 0; s < S; s++) /* an idle row reads zero rows only */
-            slot_source(dec, L, G, r, T, p, p < 0 ? INT64_MAX : first + s, (r * G->nb + k) * S + s);
+            slot_source(L, G, r, T, p, p < 0 ? INT64_MAX : first + s, (r * G->nb + k) * S + s);
         for (int64_t j = 0; j < dec->half; j++)
             put(dec, G->block_angles, (r * G->nb + k) * dec->half + j, (double)((done + k) * m) * dec->omega[1][j]);
     }

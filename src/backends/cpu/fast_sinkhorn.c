@@ -4,11 +4,19 @@
  * ref_sinkhorn.c, in double: one formula for both backends, and the f32 result is that double
  * result rounded once). What this adds over the reference kernel is direct addressing instead
  * of a per-element dtype switch and offset computation; other dtypes and strided views go to
- * the reference kernel. One matrix per work item, static chunks: bit-identical for any thread
- * count. Nothing is allocated. */
+ * the reference kernel. mHC's n = 4 forward (every decode step runs one per token, stream and
+ * sub-layer) runs the normalisation steps on AVX2 with a 4 x 4 matrix in four registers: the
+ * same additions in the same order and the same divisions, so bit-identical to the reference.
+ * One matrix per work item, static chunks: bit-identical for any thread count. Nothing is
+ * allocated. */
 #include <math.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "backends/cpu/fast_kernels.h"
+#include "backends/cpu/gemm.h"
 #include "backends/cpu/ref_common.h"
 #include "backends/cpu/ref_kernels.h"
 
@@ -20,7 +28,67 @@ typedef struct {
     const float *x, *dy; /* dy: backward only */
     int n, iters;
     double eps;
+    bool avx2; /* forward of n = 4 by steps4_avx2 */
 } sinkhorn_job;
+
+#if defined(__x86_64__)
+
+#define AVX2 __attribute__((target("avx2")))
+#define AVX2_INLINE static inline __attribute__((always_inline, target("avx2")))
+
+/* Rows r[0..3] become columns. */
+AVX2_INLINE void transpose4(__m256d r[4]) {
+    __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+    __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+    r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+    r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+    r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+    r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+}
+
+/* The reference's column step on rows r: den_j = (((0 + k0j) + k1j) + k2j) + k3j + eps, then
+ * k_ij / den_j. On the transposed matrix it is the row step. */
+AVX2_INLINE void normalise_columns(__m256d r[4], __m256d eps) {
+    __m256d s = _mm256_add_pd(_mm256_setzero_pd(), r[0]);
+    for (int i = 1; i < 4; i++) s = _mm256_add_pd(s, r[i]);
+    s = _mm256_add_pd(s, eps);
+    for (int i = 0; i < 4; i++) r[i] = _mm256_div_pd(r[i], s);
+}
+
+/* The 2·iters - 1 normalisation steps of a 4 x 4 matrix: columns, then (row, column) pairs. */
+AVX2 static void steps4_avx2(double *k, int iters, double eps) {
+    __m256d r[4], e = _mm256_set1_pd(eps);
+    for (int i = 0; i < 4; i++) r[i] = _mm256_loadu_pd(k + 4 * i);
+    normalise_columns(r, e);
+    for (int s = 1; s < iters; s++) {
+        transpose4(r);
+        normalise_columns(r, e);
+        transpose4(r);
+        normalise_columns(r, e);
+    }
+    for (int i = 0; i < 4; i++) _mm256_storeu_pd(k + 4 * i, r[i]);
+}
+
+/* Whether this CPU runs steps4_avx2 (the GEMM's tier decides, as for attention). */
+static bool has_avx2(void) {
+    ts_gemm_tier t = ts_gemm_tier_active();
+    return t == TS_GEMM_TIER_AVX2 || t == TS_GEMM_TIER_AVX512;
+}
+
+#endif
+
+/* The forward of one matrix in k (n x n). */
+static void forward(double *k, int n, int iters, double eps, bool avx2) {
+#if defined(__x86_64__)
+    if (avx2 && n == 4) {
+        ts_sinkhorn_matrix_start(k, n, eps, NULL);
+        steps4_avx2(k, iters, eps);
+        return;
+    }
+#endif
+    (void)avx2;
+    ts_sinkhorn_matrix(k, n, iters, eps);
+}
 
 static void sinkhorn_range(void *arg, int64_t begin, int64_t end, int tid) {
     const sinkhorn_job *j = arg;
@@ -36,7 +104,7 @@ static void sinkhorn_range(void *arg, int64_t begin, int64_t end, int tid) {
             ts_sinkhorn_matrix_back(k, g, j->n, j->iters, j->eps);
             for (int e = 0; e < nn; e++) out[e] = (float)g[e];
         } else {
-            ts_sinkhorn_matrix(k, j->n, j->iters, j->eps);
+            forward(k, j->n, j->iters, j->eps, j->avx2);
             for (int e = 0; e < nn; e++) out[e] = (float)k[e];
         }
     }
@@ -59,6 +127,9 @@ static bool plan_sinkhorn(const ts_tensor *dst, sinkhorn_job *j) {
         return false;
     *j = (sinkhorn_job){.out = dst->data, .x = dst->src[0]->data, .dy = back ? dst->src[1]->data : NULL,
                         .n = (int)n, .iters = dst->ip[0], .eps = dst->fp[0]};
+#if defined(__x86_64__)
+    j->avx2 = has_avx2();
+#endif
     return true;
 }
 

@@ -49,6 +49,9 @@ TS_REF_KERNEL(sinkhorn);
 TS_REF_KERNEL(sinkhorn_back);
 /* k: the logits in, the projection out */
 void ts_sinkhorn_matrix(double *k, int n, int iters, double eps);
+/* The forward's first part (softmax along rows into p unless NULL, then + eps): what the
+ * normalisation steps, columns first, start from (fast_sinkhorn.c runs those itself for n = 4) */
+void ts_sinkhorn_matrix_start(double *k, int n, double eps, double *p);
 /* x: the logits; g: d loss / d projection in, d loss / d logits out */
 void ts_sinkhorn_matrix_back(const double *x, double *g, int n, int iters, double eps);
 

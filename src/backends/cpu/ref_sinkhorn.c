@@ -52,13 +52,17 @@ static void normalise(double *k, int n, bool rows, double eps, double *den) {
         for (int j = 0; j < n; j++) k[i * n + j] /= den[rows ? i : j];
 }
 
+void ts_sinkhorn_matrix_start(double *k, int n, double eps, double *p) {
+    softmax_rows(k, n);
+    if (p) memcpy(p, k, (size_t)(n * n) * sizeof *p);
+    for (int e = 0; e < n * n; e++) k[e] += eps;
+}
+
 /* k (n x n, the logits) becomes the projection; p and den (either may be NULL) receive the
  * softmax and every step's denominators. */
 static void forward(double *k, int n, int iters, double eps, double *p, double (*den)[MAX_N]) {
     double scratch[MAX_N];
-    softmax_rows(k, n);
-    if (p) memcpy(p, k, (size_t)(n * n) * sizeof *p);
-    for (int e = 0; e < n * n; e++) k[e] += eps;
+    ts_sinkhorn_matrix_start(k, n, eps, p);
     for (int s = 0; s < 2 * iters - 1; s++) normalise(k, n, step_is_row(s), eps, den ? den[s] : scratch);
 }
 
