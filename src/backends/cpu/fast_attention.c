@@ -518,8 +518,8 @@ static float raise_max(fa_scratch *sc, int64_t i, float top, int64_t width) {
 
 /* The extras of row i (online step; extras are keys and values, D == Dv): the listed ones'
  * rows and scores compacted, so that one vector exp serves them all and the dot products and
- * the weighted sum each run over many rows at once. Scored EXTRA_BATCH rows at a time, right
- * after their prefetches ahead were issued. */
+ * the weighted sum each run over many rows at once, EXTRA_BATCH rows at a time (scored right
+ * after their prefetches ahead were issued). */
 #define EXTRA_BATCH 16
 static void attend_extras(const fa_problem *p, const fa_kernels *kn, fa_scratch *sc, const q_tile *qt, int64_t i) {
     const float *q = sc->qs + i * p->D;
@@ -541,7 +541,9 @@ static void attend_extras(const fa_problem *p, const fa_kernels *kn, fa_scratch 
     if (top == -INFINITY) return;
     float m = raise_max(sc, i, top, p->Dv);
     sc->l[i] += kn->exp_sum(sc->extra_s, listed, m);
-    kn->axpys(sc->acc + i * p->Dv, sc->extra_s, sc->extra_x, listed, p->Dv);
+    for (int64_t e = 0; e < listed; e += EXTRA_BATCH) /* a batch's rows stay in L1 across the output's parts */
+        kn->axpys(sc->acc + i * p->Dv, sc->extra_s + e, sc->extra_x + e,
+                  listed - e < EXTRA_BATCH ? listed - e : EXTRA_BATCH, p->Dv);
 }
 
 /* Keys (or values) transposed once per call for every (batch, kv head): width rows of
