@@ -10,7 +10,8 @@
  * every fast path (bias-row and scalar broadcasts, unary ops, relu/silu backward, softmax with
  * a repeating mask or over a middle axis, rms_norm with a weight) and views that must fall
  * back. Concat (of slices and transposed views) and get_rows: the memcpy paths; topk (ties). Results must be
- * bit-identical for 1, 2 and 3 threads. Finally a 512 x 512 x 512 matmul (128^3 with
+ * bit-identical for 1, 2 and 3 threads. The vector math's many-row dots and axpys (the attention's
+ * cache rows) must give the bits of one dot / axpy per row, on every length class and row count. Finally a 512 x 512 x 512 matmul (128^3 with
  * TS_TEST_QUICK=1) is timed on both backends (printed, not asserted: timing depends on the
  * machine). */
 #include <math.h>
@@ -18,6 +19,7 @@
 #include <string.h>
 
 #include "backends/cpu/fast_kernels.h"
+#include "backends/cpu/fast_vmath.h"
 #include "backends/cpu/gemm.h"
 #include "check.h"
 #include "tessera/backend.h"
@@ -482,8 +484,38 @@ static void test_registry(void) {
     ts_backend_free(be);
 }
 
+/* dots and axpys of the active tier against its dot and axpy: whole 64-float blocks, single
+ * vectors and a masked tail; row counts around the 4-row groups. */
+static void test_vmath_many_rows(void) {
+    const ts_vmath *vm = ts_vmath_active();
+    enum { ROWS = 9, LEN = 141 };
+    static const int64_t lens[] = {1, 7, 8, 64, 128, 77, LEN};
+    float a[LEN], x[ROWS][LEN], w[ROWS], got[ROWS], y_want[LEN], y_got[LEN];
+    const float *rows[ROWS];
+    srand(7);
+    for (int64_t i = 0; i < LEN; i++) a[i] = (float)rand() / RAND_MAX - 0.5f;
+    for (int r = 0; r < ROWS; r++) {
+        rows[r] = x[r];
+        w[r] = (float)rand() / RAND_MAX;
+        for (int64_t i = 0; i < LEN; i++) x[r][i] = (float)rand() / RAND_MAX - 0.5f;
+    }
+    for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++)
+        for (int count = 0; count <= ROWS; count++) {
+            int64_t n = lens[l];
+            vm->dots(a, rows, count, n, got);
+            for (int r = 0; r < count; r++)
+                CHECK(memcmp(&got[r], &(float){vm->dot(a, x[r], n)}, sizeof(float)) == 0, "dots n %lld row %d of %d",
+                      (long long)n, r, count);
+            for (int64_t i = 0; i < LEN; i++) y_want[i] = y_got[i] = a[i];
+            for (int r = 0; r < count; r++) vm->axpy(y_want, w[r], x[r], n);
+            vm->axpys(y_got, w, rows, count, n);
+            CHECK(memcmp(y_want, y_got, sizeof y_want) == 0, "axpys n %lld, %d rows", (long long)n, count);
+        }
+}
+
 int main(void) {
     test_registry();
+    test_vmath_many_rows();
     test_matmul_odd_shapes();
     test_matmul_transposes();
     test_matmul_batches();

@@ -228,6 +228,11 @@ typedef struct {
     void (*exp_each)(float *x, const float *shift, int64_t n);   /* x[i] = exp(x[i] - shift[i]) */
     float (*dot)(const float *a, const float *b, int64_t n);
     void (*axpy)(float *y, float a, const float *x, int64_t n);   /* y += a x */
+    /* out[e] = dot(a, x[e], n) and y += a[0] x[0] + a[1] x[1] + ... (in that order), for e < count:
+     * each element through the arithmetic of dot and of repeated axpy (the same bits), several
+     * rows at once (a decoder's cache rows: one dot is a single dependent FMA chain) */
+    void (*dots)(const float *a, const float *const *x, int64_t count, int64_t n, float *out);
+    void (*axpys)(float *y, const float *a, const float *const *x, int64_t count, int64_t n);
     /* out[c * ldo + r] = scale * x[r * ld + c] for r < n_rows, c < n_cols: a tile transposed */
     void (*pack_transposed)(const float *x, int64_t ld, int64_t n_rows, int64_t n_cols, float scale, float *out,
                             int64_t ldo);
@@ -254,7 +259,7 @@ static void pack_transposed_generic(const float *x, int64_t ld, int64_t n_rows, 
 
 static const fa_kernels generic_kernels = {gemm_generic,         ts_vmax_generic, ts_vexp_sum_generic,
                                            ts_vexp_each_generic, ts_vdot_generic, ts_vaxpy_generic,
-                                           pack_transposed_generic};
+                                           ts_vdots_generic,     ts_vaxpys_generic, pack_transposed_generic};
 
 #if defined(__x86_64__)
 
@@ -351,9 +356,9 @@ AVX2 static void pack_transposed_avx2(const float *x, int64_t ld, int64_t n_rows
         for (int64_t c = rr < r8 ? c8 : 0; c < n_cols; c++) out[c * ldo + rr] = scale * x[rr * ld + c];
 }
 
-static const fa_kernels avx2_kernels = {gemm_avx2,         ts_vmax_avx2, ts_vexp_sum_avx2,
-                                        ts_vexp_each_avx2, ts_vdot_avx2, ts_vaxpy_avx2,
-                                        pack_transposed_avx2};
+static const fa_kernels avx2_kernels = {gemm_avx2,         ts_vmax_avx2,  ts_vexp_sum_avx2,
+                                        ts_vexp_each_avx2, ts_vdot_avx2,  ts_vaxpy_avx2,
+                                        ts_vdots_avx2,     ts_vaxpys_avx2, pack_transposed_avx2};
 
 #endif
 
@@ -378,7 +383,7 @@ typedef struct {
     float *acc2;     /* BK x Dv: dv (step C) */
     float *m, *l;    /* BQ: running row max and denominator */
     float *extra_s;  /* E: one row's extra scores */
-    int64_t *extra_n; /* E: their rows of extra */
+    const float **extra_x; /* E: their rows of extra */
     float *rowvec;   /* BQ: lse or delta of a query tile, as a vector */
     float *rowvec2;  /* BQ */
 } fa_scratch;
@@ -390,7 +395,7 @@ static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static int64_t scratch_floats(const fa_problem *p) {
     int64_t w = max64(p->D, p->Dv);
     return round_up(BQ * p->D) + round_up(w * max64(BK, BQ)) + 2 * round_up(BQ * BK) + round_up(max64(BQ, BK) * w) +
-           round_up(BK * p->Dv) + 4 * round_up(BQ) + 3 * round_up(p->E); /* extra_s, extra_n */
+           round_up(BK * p->Dv) + 4 * round_up(BQ) + 3 * round_up(p->E); /* extra_s, extra_x */
 }
 
 static fa_scratch scratch_at(const fa_problem *p, float *base) {
@@ -408,7 +413,7 @@ static fa_scratch scratch_at(const fa_problem *p, float *base) {
     s.rowvec = c, c += round_up(BQ);
     s.rowvec2 = c, c += round_up(BQ);
     s.extra_s = c, c += round_up(p->E);
-    s.extra_n = (int64_t *)(void *)c; /* 64-byte aligned: every part is a multiple of 16 floats */
+    s.extra_x = (const float **)(void *)c; /* 64-byte aligned: every part is a multiple of 16 floats */
     return s;
 }
 
@@ -512,26 +517,33 @@ static float raise_max(fa_scratch *sc, int64_t i, float top, int64_t width) {
 #define EXTRA_AHEAD_BYTES 8192
 
 /* The extras of row i (online step; extras are keys and values, D == Dv): the listed ones'
- * scores compacted, so that one vector exp serves them all. */
+ * rows and scores compacted, so that one vector exp serves them all and the dot products and
+ * the weighted sum each run over many rows at once, EXTRA_BATCH rows at a time (scored right
+ * after their prefetches ahead were issued). */
+#define EXTRA_BATCH 16
 static void attend_extras(const fa_problem *p, const fa_kernels *kn, fa_scratch *sc, const q_tile *qt, int64_t i) {
     const float *q = sc->qs + i * p->D;
-    float top = -INFINITY;
-    int64_t t = qt->t0 + i, listed = 0;
+    int64_t t = qt->t0 + i, listed = 0, scored = 0;
     for (int64_t e = 0; e < p->E; e++) {
         int64_t n = int_at(&p->idx, qt->b, t, e);
-        if (n < 0) continue;
-        const float *x = row_of(&p->extra, qt->b, n, qt->kv);
-        for (int64_t d = 0; d < p->D; d += 16) __builtin_prefetch((const char *)(x + d) + EXTRA_AHEAD_BYTES);
-        float score = kn->dot(q, x, p->D);
-        if (score > top || isnan(score)) top = score;
-        sc->extra_s[listed] = score;
-        sc->extra_n[listed++] = n;
+        if (n >= 0) {
+            const float *x = sc->extra_x[listed++] = row_of(&p->extra, qt->b, n, qt->kv);
+            for (int64_t d = 0; d < p->D; d += 16) __builtin_prefetch((const char *)(x + d) + EXTRA_AHEAD_BYTES);
+        }
+        if (listed - scored == EXTRA_BATCH || (e + 1 == p->E && listed > scored)) {
+            kn->dots(q, sc->extra_x + scored, listed - scored, p->D, sc->extra_s + scored);
+            scored = listed;
+        }
     }
+    float top = -INFINITY;
+    for (int64_t e = 0; e < listed; e++)
+        if (sc->extra_s[e] > top || isnan(sc->extra_s[e])) top = sc->extra_s[e];
     if (top == -INFINITY) return;
     float m = raise_max(sc, i, top, p->Dv);
     sc->l[i] += kn->exp_sum(sc->extra_s, listed, m);
-    for (int64_t e = 0; e < listed; e++)
-        kn->axpy(sc->acc + i * p->Dv, sc->extra_s[e], row_of(&p->extra, qt->b, sc->extra_n[e], qt->kv), p->Dv);
+    for (int64_t e = 0; e < listed; e += EXTRA_BATCH) /* a batch's rows stay in L1 across the output's parts */
+        kn->axpys(sc->acc + i * p->Dv, sc->extra_s + e, sc->extra_x + e,
+                  listed - e < EXTRA_BATCH ? listed - e : EXTRA_BATCH, p->Dv);
 }
 
 /* Keys (or values) transposed once per call for every (batch, kv head): width rows of

@@ -38,8 +38,16 @@ void ts_vaxpy_generic(float *y, float a, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
-static const ts_vmath ts_vmath_generic = {ts_vmax_generic, ts_vexp_generic, ts_vexp_sum_generic,
-                                   ts_vexp_each_generic, ts_vdot_generic, ts_vaxpy_generic};
+void ts_vdots_generic(const float *a, const float *const *x, int64_t count, int64_t n, float *out) {
+    for (int64_t e = 0; e < count; e++) out[e] = ts_vdot_generic(a, x[e], n);
+}
+
+void ts_vaxpys_generic(float *y, const float *a, const float *const *x, int64_t count, int64_t n) {
+    for (int64_t e = 0; e < count; e++) ts_vaxpy_generic(y, a[e], x[e], n);
+}
+
+static const ts_vmath ts_vmath_generic = {ts_vmax_generic,  ts_vexp_generic,  ts_vexp_sum_generic, ts_vexp_each_generic,
+                                          ts_vdot_generic,  ts_vaxpy_generic, ts_vdots_generic,    ts_vaxpys_generic};
 
 #if defined(__x86_64__)
 
@@ -156,8 +164,53 @@ AVX2 void ts_vaxpy_avx2(float *y, float a, const float *x, int64_t n) {
     }
 }
 
-static const ts_vmath ts_vmath_avx2 = {ts_vmax_avx2, ts_vexp_avx2, ts_vexp_sum_avx2,
-                                       ts_vexp_each_avx2, ts_vdot_avx2, ts_vaxpy_avx2};
+/* Four rows at a time: four independent FMA chains, each row's lanes and tail as in vdot. */
+AVX2 void ts_vdots_avx2(const float *a, const float *const *x, int64_t count, int64_t n, float *out) {
+    int64_t e = 0;
+    for (; e + 4 <= count; e += 4) {
+        __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            __m256 av = _mm256_loadu_ps(a + i);
+            for (int r = 0; r < 4; r++) s[r] = _mm256_fmadd_ps(av, _mm256_loadu_ps(x[e + r] + i), s[r]);
+        }
+        if (i < n) {
+            __m256i m = ts_avx2_lanes(n - i);
+            __m256 av = _mm256_maskload_ps(a + i, m);
+            for (int r = 0; r < 4; r++) s[r] = _mm256_fmadd_ps(av, _mm256_maskload_ps(x[e + r] + i, m), s[r]);
+        }
+        for (int r = 0; r < 4; r++) out[e + r] = hsum(s[r]);
+    }
+    for (; e < count; e++) out[e] = ts_vdot_avx2(a, x[e], n);
+}
+
+/* Elements [i, i + 8V) of y += a_e x_e for all rows e, held in registers: one load and one
+ * store of y per 8V elements instead of one per row. Past n (the masked tail, V = 1), as vaxpy. */
+AVX2_INLINE void axpys_vectors(float *y, const float *a, const float *const *x, int64_t count, int64_t i, int64_t n,
+                               const int V) {
+    __m256i m = ts_avx2_lanes(n - i);
+    __m256 acc[8];
+    for (int v = 0; v < V; v++) acc[v] = i + 8 <= n ? _mm256_loadu_ps(y + i + 8 * v) : _mm256_maskload_ps(y + i, m);
+    for (int64_t e = 0; e < count; e++) {
+        __m256 av = _mm256_set1_ps(a[e]);
+        for (int v = 0; v < V; v++)
+            acc[v] = _mm256_fmadd_ps(av, i + 8 <= n ? _mm256_loadu_ps(x[e] + i + 8 * v) : _mm256_maskload_ps(x[e] + i, m),
+                                     acc[v]);
+    }
+    for (int v = 0; v < V; v++) {
+        if (i + 8 <= n) _mm256_storeu_ps(y + i + 8 * v, acc[v]);
+        else _mm256_maskstore_ps(y + i, m, acc[v]);
+    }
+}
+
+AVX2 void ts_vaxpys_avx2(float *y, const float *a, const float *const *x, int64_t count, int64_t n) {
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) axpys_vectors(y, a, x, count, i, n, 8);
+    for (; i < n; i += 8) axpys_vectors(y, a, x, count, i, n, 1);
+}
+
+static const ts_vmath ts_vmath_avx2 = {ts_vmax_avx2,  ts_vexp_avx2,  ts_vexp_sum_avx2, ts_vexp_each_avx2,
+                                       ts_vdot_avx2,  ts_vaxpy_avx2, ts_vdots_avx2,    ts_vaxpys_avx2};
 
 #endif
 

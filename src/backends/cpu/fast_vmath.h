@@ -18,6 +18,12 @@ typedef struct {
     void (*exp_each)(float *x, const float *shift, int64_t n);  /* x[i] = e^(x[i] - shift[i]) */
     float (*dot)(const float *a, const float *b, int64_t n);
     void (*axpy)(float *y, float a, const float *x, int64_t n); /* y += a x */
+    /* out[e] = dot(a, x[e], n) for e < count, several rows at once (one dot is a single chain of
+     * dependent FMAs); each the bits of dot */
+    void (*dots)(const float *a, const float *const *x, int64_t count, int64_t n, float *out);
+    /* y += a[0] x[0] + a[1] x[1] + ... + a[count-1] x[count-1], in that order: the bits of repeated
+     * axpy, y kept in registers across the rows */
+    void (*axpys)(float *y, const float *a, const float *const *x, int64_t count, int64_t n);
 } ts_vmath;
 
 /* The table of the active tier. */
@@ -30,7 +36,9 @@ const ts_vmath *ts_vmath_active(void);
     float ts_vexp_sum_##tier(float *x, int64_t n, float shift);            \
     void ts_vexp_each_##tier(float *x, const float *shift, int64_t n);     \
     float ts_vdot_##tier(const float *a, const float *b, int64_t n);       \
-    void ts_vaxpy_##tier(float *y, float a, const float *x, int64_t n);
+    void ts_vaxpy_##tier(float *y, float a, const float *x, int64_t n);                                 \
+    void ts_vdots_##tier(const float *a, const float *const *x, int64_t count, int64_t n, float *out);   \
+    void ts_vaxpys_##tier(float *y, const float *a, const float *const *x, int64_t count, int64_t n);
 TS_VMATH_TIER(generic)
 #if defined(__x86_64__)
 #include <immintrin.h>
