@@ -8,6 +8,7 @@
  * changed once appended, so the HTTP side reads tokens[n_read, n_tokens) without the lock. */
 #define _GNU_SOURCE /* POLLRDHUP: the peer closed its end */
 #include <inttypes.h>
+#include <math.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,8 @@ static void job_unref(job *j) {
     ts_server *srv = j->srv;
     for (size_t i = 0; i < j->n_stops; i++) free(j->stops[i]);
     free(j->tokens);
+    free(j->lps);
+    free(j->offsets);
     sbuf_free(&j->text);
     ts_token_bytes_free(&j->piece);
     pthread_mutex_destroy(&j->mu);
@@ -34,10 +37,13 @@ static void job_unref(job *j) {
     server_job_freed(srv);
 }
 
-static void sink_token(void *user, int32_t id) {
+static void sink_token(void *user, int32_t id, const ts_token_logprobs *lp) {
     job *j = user;
     pthread_mutex_lock(&j->mu);
-    if (j->n_tokens < j->max_tokens) j->tokens[j->n_tokens++] = id; /* an engine over its limit is ignored */
+    if (j->n_tokens < j->max_tokens) { /* an engine over its limit is ignored */
+        if (j->lps) j->lps[j->n_tokens] = lp ? *lp : (ts_token_logprobs){.logprob = NAN};
+        j->tokens[j->n_tokens++] = id;
+    }
     pthread_cond_signal(&j->cv);
     pthread_mutex_unlock(&j->mu);
 }
@@ -57,6 +63,11 @@ job *job_new(ts_server *srv, const gen_params *p, int32_t max_tokens, int32_t n_
     if (!j) return NULL;
     j->tokens = malloc((size_t)max_tokens * sizeof *j->tokens);
     bool ok = j->tokens != NULL;
+    if (p->logprobs) {
+        j->lps = malloc((size_t)max_tokens * sizeof *j->lps);
+        j->offsets = malloc((size_t)max_tokens * sizeof *j->offsets);
+        ok = ok && j->lps && j->offsets;
+    }
     for (size_t i = 0; ok && i < p->n_stops; i++) {
         ok = (j->stops[i] = strdup(p->stops[i])) != NULL;
         j->n_stops = i + 1;
@@ -66,6 +77,8 @@ job *job_new(ts_server *srv, const gen_params *p, int32_t max_tokens, int32_t n_
     if (!ok || pthread_mutex_init(&j->mu, NULL) != 0) {
         for (size_t i = 0; i < j->n_stops; i++) free(j->stops[i]);
         free(j->tokens);
+        free(j->lps);
+        free(j->offsets);
         free(j);
         return NULL;
     }
@@ -74,6 +87,7 @@ job *job_new(ts_server *srv, const gen_params *p, int32_t max_tokens, int32_t n_
     j->chat = p->chat;
     j->stream = p->stream;
     j->include_usage = p->include_usage;
+    j->top_logprobs = p->top_logprobs;
     j->max_tokens = max_tokens;
     j->n_prompt = n_prompt;
     j->conn_fd = conn_fd;
@@ -97,6 +111,8 @@ bool job_submit(job *j, const int32_t *prompt, const gen_params *p, api_error *e
                           .max_tokens = j->max_tokens,
                           .sampling = p->sampling,
                           .n_stop_ids = p->n_stop_ids,
+                          .logprobs = j->lps != NULL,
+                          .top_logprobs = j->top_logprobs,
                           .sink = {.user = j, .token = sink_token, .done = sink_done}};
     memcpy(req.stop_ids, p->stop_ids, sizeof req.stop_ids);
     const ts_engine *en = &j->srv->engine;
@@ -187,6 +203,7 @@ static void check_stops(job *j, size_t before) {
             }
     }
     if (cut == SIZE_MAX) return;
+    while (j->offsets && j->n_kept > 0 && j->offsets[j->n_kept - 1] >= cut) j->n_kept--; /* wholly cut off */
     j->text.n = cut;
     j->text.data[cut] = 0;
     j->finish_reason = "stop";
@@ -209,8 +226,9 @@ void job_advance(job *j) {
             job_fail(j, 500, NULL, "the engine could not detokenize a generated token");
             break;
         }
-        j->n_read++;
         size_t before = j->text.n;
+        if (j->offsets) j->offsets[j->n_read] = before;
+        j->n_kept = ++j->n_read;
         if (!sbuf_append(&j->text, j->piece.data, j->piece.n)) {
             job_fail(j, 500, NULL, "out of memory");
             break;

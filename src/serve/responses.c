@@ -3,7 +3,16 @@
  * server.c). Shapes follow OpenAI: "text_completion" / "chat.completion" objects with one
  * choice and usage; chunks are "text_completion" / "chat.completion.chunk", the first chat
  * chunk carries the role, the last one finish_reason, and with stream_options.include_usage a
- * final chunk with empty choices carries usage. */
+ * final chunk with empty choices carries usage.
+ *
+ * Log-probabilities, when asked, take each kind's shape: completions the legacy
+ * {"tokens", "token_logprobs", "top_logprobs": [{text: logprob}], "text_offset"} (each
+ * position's top_logprobs also holds the chosen token, as vLLM's do), chat
+ * {"content": [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}]}.
+ * A token's text is its bytes with invalid UTF-8 replaced (chat's "bytes" are exact); a
+ * logprob of -inf is written -9999.0, OpenAI's stand-in. A streamed chunk carries the tokens
+ * whose bytes start in the text it sends. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,13 +35,89 @@ static char *dump_and_free(json_t *root) {
     return s;
 }
 
+static json_t *logprob_value(float lp) {
+    if (lp != lp) return json_null(); /* the engine reported none */
+    return json_real(isinf(lp) ? -9999.0 : (double)lp);
+}
+
+/* One token's bytes into b (detokenized again: the job keeps ids, not bytes). */
+static bool bytes_of(const job *j, int32_t id, ts_token_bytes *b) {
+    ts_token_bytes_clear(b);
+    return j->srv->engine.detokenize(j->srv->engine.self, id, b) == TS_OK;
+}
+
+/* Chat's {"token", "logprob", "bytes"} of one token. */
+static json_t *chat_entry(const job *j, int32_t id, float lp, ts_token_bytes *b) {
+    if (!bytes_of(j, id, b)) return NULL;
+    json_t *bytes = json_array();
+    for (size_t i = 0; bytes && i < b->n; i++) json_array_append_new(bytes, json_integer(b->data[i]));
+    return json_pack("{s:o,s:o,s:o}", "token", json_utf8_string((const char *)b->data, b->n), "logprob",
+                     logprob_value(lp), "bytes", bytes);
+}
+
+static json_t *chat_logprobs(const job *j, int32_t from, int32_t to, ts_token_bytes *b) {
+    json_t *content = json_array();
+    for (int32_t i = from; content && i < to; i++) {
+        const ts_token_logprobs *lp = &j->lps[i];
+        json_t *entry = chat_entry(j, j->tokens[i], lp->logprob, b), *top = entry ? json_array() : NULL;
+        bool ok = top && !json_object_set_new(entry, "top_logprobs", top); /* entry owns top either way */
+        for (int32_t k = 0; ok && k < lp->n_top; k++)
+            ok = !json_array_append_new(top, chat_entry(j, lp->top_ids[k], lp->top_logprobs[k], b));
+        if (!ok || json_array_append_new(content, entry)) {
+            if (!ok) json_decref(entry);
+            json_decref(content);
+            return NULL;
+        }
+    }
+    return json_pack("{s:o}", "content", content);
+}
+
+/* One token's text as a JSON string. */
+static json_t *token_text(const job *j, int32_t id, ts_token_bytes *b) {
+    return bytes_of(j, id, b) ? json_utf8_string((const char *)b->data, b->n) : NULL;
+}
+
+static json_t *completion_logprobs(const job *j, int32_t from, int32_t to, ts_token_bytes *b) {
+    json_t *tokens = json_array(), *lps = json_array(), *tops = json_array(), *offsets = json_array();
+    json_t *root = json_pack("{s:o,s:o,s:o,s:o}", "tokens", tokens, "token_logprobs", lps, "top_logprobs", tops,
+                             "text_offset", offsets);
+    for (int32_t i = from; root && i < to; i++) {
+        const ts_token_logprobs *lp = &j->lps[i];
+        json_t *top = json_object(), *text = token_text(j, j->tokens[i], b);
+        bool ok = top && text && !json_object_set_new(top, json_string_value(text), logprob_value(lp->logprob));
+        for (int32_t k = 0; ok && k < lp->n_top; k++) {
+            json_t *alt = token_text(j, lp->top_ids[k], b);
+            ok = alt && !json_object_set_new(top, json_string_value(alt), logprob_value(lp->top_logprobs[k]));
+            json_decref(alt);
+        }
+        ok = ok && !json_array_append_new(tokens, text) && !json_array_append_new(lps, logprob_value(lp->logprob)) &&
+             !json_array_append_new(tops, top) && !json_array_append_new(offsets, json_integer((json_int_t)j->offsets[i]));
+        if (!ok) {
+            json_decref(root);
+            return NULL;
+        }
+    }
+    return root;
+}
+
+/* Tokens [from, to)'s logprobs in the job's kind's shape; JSON null without them, NULL on
+ * failure. */
+static json_t *logprobs_json(const job *j, int32_t from, int32_t to) {
+    if (!j->lps || from >= to) return json_null();
+    ts_token_bytes b = {0};
+    json_t *v = j->chat ? chat_logprobs(j, from, to, &b) : completion_logprobs(j, from, to, &b);
+    ts_token_bytes_free(&b);
+    return v;
+}
+
 char *response_json(const job *j, const char *model) {
     json_t *text = json_utf8_string(j->text.data ? j->text.data : "", j->text.n), *choice;
     if (j->chat)
-        choice = json_pack("{s:i,s:{s:s,s:o},s:n,s:s}", "index", 0, "message", "role", "assistant", "content", text,
-                           "logprobs", "finish_reason", j->finish_reason);
+        choice = json_pack("{s:i,s:{s:s,s:o},s:o,s:s}", "index", 0, "message", "role", "assistant", "content", text,
+                           "logprobs", logprobs_json(j, 0, j->n_kept), "finish_reason", j->finish_reason);
     else
-        choice = json_pack("{s:i,s:o,s:n,s:s}", "index", 0, "text", text, "logprobs", "finish_reason", j->finish_reason);
+        choice = json_pack("{s:i,s:o,s:o,s:s}", "index", 0, "text", text, "logprobs", logprobs_json(j, 0, j->n_kept),
+                           "finish_reason", j->finish_reason);
     json_t *root = envelope(j, j->chat ? "chat.completion" : "text_completion", model);
     if (!root || !choice || json_object_set_new(root, "choices", json_pack("[o]", choice)) ||
         json_object_set_new(root, "usage", usage_json(j))) {
@@ -49,17 +134,22 @@ static bool append_event(sbuf *out, json_t *root) {
     return ok;
 }
 
-bool sse_append_chunk(sbuf *out, const job *j, const char *model, size_t from, size_t to, bool role_only, bool finish) {
+bool sse_append_chunk(sbuf *out, job *j, const char *model, size_t from, size_t to, bool role_only, bool finish) {
     json_t *text = json_utf8_string(j->text.data ? j->text.data + from : "", to - from), *choice;
     json_t *reason = finish ? json_string(j->finish_reason) : json_null();
+    int32_t first = j->n_lp_sent, last = first;
+    if (j->lps && !role_only)
+        while (last < j->n_kept && (finish || j->offsets[last] < to)) last++;
+    json_t *lps = logprobs_json(j, first, last);
+    j->n_lp_sent = last;
     if (j->chat) {
         json_t *delta = role_only ? json_pack("{s:s,s:s}", "role", "assistant", "content", "")
                         : to > from ? json_pack("{s:O}", "content", text)
                                     : json_object();
-        choice = json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "delta", delta, "logprobs", "finish_reason", reason);
+        choice = json_pack("{s:i,s:o,s:o,s:o}", "index", 0, "delta", delta, "logprobs", lps, "finish_reason", reason);
         json_decref(text);
     } else {
-        choice = json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "text", text, "logprobs", "finish_reason", reason);
+        choice = json_pack("{s:i,s:o,s:o,s:o}", "index", 0, "text", text, "logprobs", lps, "finish_reason", reason);
     }
     json_t *root = envelope(j, j->chat ? "chat.completion.chunk" : "text_completion", model);
     if (!root || !choice || json_object_set_new(root, "choices", json_pack("[o]", choice))) {

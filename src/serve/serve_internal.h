@@ -56,6 +56,8 @@ typedef struct {
     int32_t stop_ids[TS_GEN_MAX_STOP_IDS]; /* stop_token_ids (vLLM's extension), then the chat's
                                               end of turn (added by the server) */
     int n_stop_ids;
+    bool logprobs;            /* ts_gen_request's */
+    int32_t top_logprobs;
     char *prompt_text;        /* the prompt, or the chat template's output (malloc'd)... */
     int32_t *prompt_ids;      /* ...or the prompt as token ids (completions only; malloc'd) */
     size_t n_prompt_ids;
@@ -89,6 +91,8 @@ typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int32_t *tokens;  /* [max_tokens] */
+    int32_t top_logprobs;   /* alternatives per token, with logprobs */
+    ts_token_logprobs *lps; /* [max_tokens] when logprobs were asked for: each token's, beside tokens */
     int32_t n_tokens; /* appended by the engine thread */
     bool engine_done;
     ts_gen_end end;
@@ -97,6 +101,9 @@ typedef struct {
     /* HTTP side only */
     int32_t n_read;   /* tokens turned into text */
     sbuf text;        /* their bytes, cut at a stop string */
+    size_t *offsets;  /* [max_tokens] with logprobs: where each token's bytes start in text */
+    int32_t n_kept;   /* tokens whose bytes start before the end of text (a stop string cuts) */
+    int32_t n_lp_sent; /* streaming: tokens whose logprobs went out in a chunk */
     ts_token_bytes piece; /* one token's bytes (reused) */
     size_t n_sent;    /* bytes already streamed */
     bool cancel_sent;
@@ -125,8 +132,9 @@ void job_fail(job *j, int status, const char *code, const char *message);
 /* The whole non-streaming response body (malloc'd JSON string). */
 char *response_json(const job *j, const char *model);
 /* Appends an SSE event carrying text[from, to) (role_only: the first chat chunk; finish: the
- * final chunk with finish_reason). */
-bool sse_append_chunk(sbuf *out, const job *j, const char *model, size_t from, size_t to, bool role_only, bool finish);
+ * final chunk with finish_reason) and, with logprobs, those of the tokens not sent yet whose
+ * bytes start before `to` (all the kept ones with finish). */
+bool sse_append_chunk(sbuf *out, job *j, const char *model, size_t from, size_t to, bool role_only, bool finish);
 bool sse_append_usage(sbuf *out, const job *j, const char *model);
 bool sse_append_error(sbuf *out, const api_error *e);
 
