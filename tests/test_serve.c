@@ -8,7 +8,8 @@
  *
  * Covered: non-streaming and SSE completions and chat (framing, [DONE], usage, finish_reason,
  * stop strings held back while streaming, invalid UTF-8), logprobs in both shapes (whole,
- * streamed, cut by a stop string), sampling fields and logit_bias reaching the engine,
+ * streamed, cut by a stop string), n choices (whole and streamed, seeds seed + i, the prompt
+ * counted once), sampling fields and logit_bias reaching the engine,
  * /v1/models, /health, /metrics (exact token counters, gauges), every error status (400 401 404
  * 405 413 429 503 504) in OpenAI's shape, a client hanging up mid-stream (engine cancelled,
  * next request served), concurrent clients, and shutdown with requests in flight (graceful and
@@ -738,6 +739,60 @@ static void test_logprobs(int port, fake_engine *f) {
                  "context_length_exceeded", "logit_bias id outside the vocabulary");
 }
 
+/* n choices: the fake answers each alike; indexes, usage and the seeds tell them apart. */
+static void test_choices(int port, fake_engine *f) {
+    int submitted = fake_get(f, &f->submitted);
+    http_resp r = post(port, "/v1/completions", "{\"prompt\":\"abc\",\"n\":3,\"seed\":10,\"best_of\":3}");
+    json_t *root = json_loads(r.body.data ? r.body.data : "", 0, NULL), *choices = json_object_get(root, "choices");
+    json_t *u = json_object_get(root, "usage");
+    bool each = json_array_size(choices) == 3;
+    for (size_t i = 0; each && i < 3; i++) {
+        json_t *ch = json_array_get(choices, i);
+        each = json_integer_value(json_object_get(ch, "index")) == (json_int_t)i &&
+               !strcmp(json_string_value(json_object_get(ch, "text")), "cba") &&
+               !strcmp(json_string_value(json_object_get(ch, "finish_reason")), "stop");
+    }
+    CHECK(r.status == 200 && each && json_integer_value(json_object_get(u, "prompt_tokens")) == 3 &&
+              json_integer_value(json_object_get(u, "completion_tokens")) == 9 &&
+              json_integer_value(json_object_get(u, "total_tokens")) == 12 && fake_get(f, &f->submitted) == submitted + 3 &&
+              f->last_sampling.seed == 12,
+          "n = 3: %s", r.body.data);
+    json_decref(root);
+    resp_free(&r);
+
+    r = post(port, "/v1/chat/completions",
+             "{\"messages\":[{\"role\":\"user\",\"content\":\"hey\"}],\"n\":2,\"stream\":true,"
+             "\"stream_options\":{\"include_usage\":true}}");
+    char text[2][16] = {"", ""};
+    int roles[2] = {0, 0}, finishes[2] = {0, 0}, usage_chunks = 0;
+    bool ids_agree = true;
+    char first_id[64] = "";
+    for (const char *p = strstr(r.body.data ? r.body.data : "", "data: {"); p; p = strstr(p + 1, "data: {")) {
+        const char *end = strstr(p, "\n\n");
+        char *ev = strndup(p + 6, end ? (size_t)(end - p - 6) : strlen(p + 6));
+        json_t *ev_root = json_loads(ev, 0, NULL), *ch = json_array_get(json_object_get(ev_root, "choices"), 0);
+        const char *id = json_string_value(json_object_get(ev_root, "id"));
+        if (!first_id[0] && id) snprintf(first_id, sizeof first_id, "%s", id);
+        ids_agree &= id && !strcmp(id, first_id);
+        usage_chunks += json_object_get(ev_root, "usage") != NULL;
+        json_int_t k = json_integer_value(json_object_get(ch, "index"));
+        json_t *delta = json_object_get(ch, "delta");
+        if (ch && k >= 0 && k < 2) {
+            roles[k] += json_object_get(delta, "role") != NULL;
+            finishes[k] += json_is_string(json_object_get(ch, "finish_reason"));
+            if (json_is_string(json_object_get(delta, "content")))
+                strncat(text[k], json_string_value(json_object_get(delta, "content")), sizeof text[k] - strlen(text[k]) - 1);
+        }
+        json_decref(ev_root);
+        free(ev);
+    }
+    CHECK(r.status == 200 && !strcmp(text[0], "yeh") && !strcmp(text[1], "yeh") && roles[0] == 1 && roles[1] == 1 &&
+              finishes[0] == 1 && finishes[1] == 1 && usage_chunks == 1 && ids_agree &&
+              strstr(r.body.data, "\"completion_tokens\":6") && strstr(r.body.data, "data: [DONE]\n\n"),
+          "streamed n = 2 (texts '%s' '%s'): %s", text[0], text[1], r.body.data);
+    resp_free(&r);
+}
+
 static void test_errors(int port, fake_engine *f) {
     const char *C = "/v1/completions", *CH = "/v1/chat/completions";
     expect_error(port, "POST", C, KEY, "{\"prompt\": \"x\",", 400, NULL, NULL, "bad JSON");
@@ -753,7 +808,9 @@ static void test_errors(int port, fake_engine *f) {
                  "negative stop id");
     expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"stop_token_ids\":[1,2,3,4,5,6,7,8]}", 400, "stop_token_ids",
                  NULL, "too many stop ids");
-    expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"n\":2}", 400, "n", NULL, "n > 1");
+    expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"n\":17}", 400, "n", NULL, "n > 16");
+    expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"n\":0}", 400, "n", NULL, "n = 0");
+    expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"n\":2,\"best_of\":3}", 400, "best_of", NULL, "best_of > n");
     expect_error(port, "POST", C, KEY, "{\"prompt\":7}", 400, "prompt", NULL, "prompt type");
     expect_error(port, "POST", C, KEY, "{\"prompt\":\"\"}", 400, "prompt", NULL, "empty prompt");
     expect_error(port, "POST", C, KEY, "{\"prompt\":[300]}", 400, NULL, "context_length_exceeded", "id outside the vocabulary");
@@ -1014,6 +1071,7 @@ int main(void) {
         test_chat(port, &f, &template_calls);
         test_streaming(port);
         test_logprobs(port, &f);
+        test_choices(port, &f);
         test_errors(port, &f);
         test_client_hangup(port, &f);
         test_concurrent(port);

@@ -12,6 +12,7 @@ exactly through JSON. Then, against `tessera serve --port 0`:
   - completions and chat completions, plain and SSE: shapes, framing, [DONE], usage,
     finish_reason; the streamed text equals the plain one (greedy);
   - 32 concurrent streaming greedy requests all complete, each equal to the same request alone;
+  - n choices: greedy ones repeat the single answer, seeded sampled ones are reproducible and differ;
   - logprobs (completions and chat, plain and streamed): greedy tokens are their positions' most
     likely, the alternatives' probabilities sum to at most 1, tokens spell the text; logit_bias
     forcing one token makes every generated token that one;
@@ -256,6 +257,20 @@ def test_logprobs(srv):
     check(forced[0] != forced[1], f"two forced ids give two tokens: {forced}")
 
 
+def test_choices(srv):
+    body = {"model": "tiny", "prompt": "hello there", "max_tokens": MAX_TOKENS, "temperature": 0}
+    status, one = srv.post("/v1/completions", body)
+    status2, two = srv.post("/v1/completions", dict(body, n=2))
+    check(status == status2 == 200 and [c["text"] for c in two["choices"]] == [one["choices"][0]["text"]] * 2 and
+          [c["index"] for c in two["choices"]] == [0, 1], f"greedy n=2 repeats n=1's text: {two}")
+    sampled = dict(body, temperature=1.0, n=3, seed=5, logprobs=0)
+    runs = [srv.post("/v1/completions", sampled)[1] for _ in range(2)]
+    texts = [[c["text"] for c in r["choices"]] for r in runs]
+    check(texts[0] == texts[1] and len(set(texts[0])) > 1, f"seeded n=3: reproducible, choices differ: {texts}")
+    tokens = sum(len(c["logprobs"]["tokens"]) for c in runs[0]["choices"])
+    check(runs[0]["usage"]["completion_tokens"] == tokens, f"n=3 usage counts every choice's tokens ({tokens}): {runs[0]}")
+
+
 def test_concurrent(srv):
     prompts = [f"the {w} fox" for w in ("quick", "lazy", "brown", "old", "red", "shy", "wild", "tame")]
     alone = {p: streamed(srv, "/v1/completions", {"prompt": p, "max_tokens": MAX_TOKENS, "temperature": 0})[0]
@@ -304,7 +319,7 @@ def fuzz_cases(rng):
     good = {"model": "tiny", "prompt": "hi", "max_tokens": 2}
     chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     wrong = {"prompt": [123.5, {}, True, None, [1, "a"], [-5], [10 ** 9]], "max_tokens": ["ten", -1, 0, 1.5, 10 ** 12, 65],
-             "temperature": ["hot", -1, []], "top_p": [2, -0.5, "x"], "n": [2, "two"], "stream": ["yes", 1],
+             "temperature": ["hot", -1, []], "top_p": [2, -0.5, "x"], "n": [0, 17, "two"], "stream": ["yes", 1],
              "stop": [5, [1, 2], ["a"] * 9], "seed": ["x", 1.5], "model": [5, "nope", "", ["tiny"]], "logprobs": [25, -1, "x"],
              "logit_bias": [5, [1], {"x": 1}, {"1": 500}, {"1": "a"}, {"100000": 1}],
              "stream_options": [5, {"include_usage": "yes"}], "frequency_penalty": [9, "x"], "top_k": [-2, "x"]}
@@ -461,6 +476,7 @@ def main():
             for name, fn in (("basics", lambda: test_basics(srv)), ("completions", lambda: test_completions(srv)),
                              ("chat completions", lambda: test_chat_completions(srv)),
                              ("logprobs and logit_bias", lambda: test_logprobs(srv)),
+                             ("n choices", lambda: test_choices(srv)),
                              ("32 concurrent streams", lambda: test_concurrent(srv)),
                              ("tessera chat", lambda: test_chat_cli(tessera, model, srv)),
                              ("fuzz", lambda: test_fuzz(srv, sanitized)), ("bench serve", lambda: test_bench(tessera, srv)),

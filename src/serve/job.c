@@ -18,6 +18,7 @@
 #include "serve/serve_internal.h"
 
 #define WAIT_SLICE_S 0.05 /* how often a waiting HTTP thread looks at the client and the clock */
+#define MULTI_WAIT_NS 2000000 /* jobs_wait's poll interval */
 
 static void job_unref(job *j) {
     pthread_mutex_lock(&j->mu);
@@ -58,7 +59,7 @@ static void sink_done(void *user, ts_gen_end end) {
     job_unref(j);
 }
 
-job *job_new(ts_server *srv, const gen_params *p, int32_t max_tokens, int32_t n_prompt, int conn_fd) {
+job *job_new(ts_server *srv, const gen_params *p, int index, int32_t max_tokens, int32_t n_prompt, int conn_fd) {
     job *j = calloc(1, sizeof *j);
     if (!j) return NULL;
     j->tokens = malloc((size_t)max_tokens * sizeof *j->tokens);
@@ -87,6 +88,7 @@ job *job_new(ts_server *srv, const gen_params *p, int32_t max_tokens, int32_t n_
     j->chat = p->chat;
     j->stream = p->stream;
     j->include_usage = p->include_usage;
+    j->index = index;
     j->top_logprobs = p->top_logprobs;
     j->max_tokens = max_tokens;
     j->n_prompt = n_prompt;
@@ -118,7 +120,7 @@ bool job_submit(job *j, const int32_t *prompt, const gen_params *p, api_error *e
     const ts_engine *en = &j->srv->engine;
     ts_status st = en->submit(en->self, &req);
     if (st == TS_OK) {
-        metrics_add_tokens(&j->srv->metrics, j->n_prompt, 0);
+        metrics_add_tokens(&j->srv->metrics, j->index == 0 ? j->n_prompt : 0, 0); /* a prompt counts once */
         return true;
     }
     if (st == TS_ERR_STATE)
@@ -187,6 +189,31 @@ void job_wait(job *j, double max_wait_s) {
         pthread_mutex_unlock(&j->mu);
         check_interruptions(j);
         if (ready || ts_time_seconds() >= until) return;
+    }
+}
+
+/* Several choices: each job has its own condition variable, so this polls them in short
+ * sleeps (a few milliseconds of extra latency, for n > 1 only). */
+void jobs_wait(job *const *jobs, int n, double max_wait_s) {
+    if (n == 1) {
+        job_wait(jobs[0], max_wait_s);
+        return;
+    }
+    double until = ts_time_seconds() + max_wait_s;
+    for (;;) {
+        bool news = false, running = false;
+        for (int i = 0; i < n; i++) {
+            job *j = jobs[i];
+            if (j->state != JOB_RUNNING) continue;
+            running = true;
+            pthread_mutex_lock(&j->mu);
+            news |= j->n_tokens > j->n_read || j->engine_done;
+            pthread_mutex_unlock(&j->mu);
+            check_interruptions(j);
+            news |= j->state != JOB_RUNNING;
+        }
+        if (news || !running || ts_time_seconds() >= until) return;
+        nanosleep(&(struct timespec){0, MULTI_WAIT_NS}, NULL);
     }
 }
 

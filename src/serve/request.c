@@ -1,8 +1,8 @@
 /* request.c - reading an OpenAI completions / chat completions request body into gen_params,
  * checking every field it uses (type and range) so that a bad request gets a 400 naming the
- * field, and the OpenAI error shape. Fields this server cannot honour (n > 1, echo, suffix,
- * tools) are refused rather than silently ignored; other unknown fields are ignored, as
- * OpenAI's own API does. */
+ * field, and the OpenAI error shape. Fields this server cannot honour (best_of other than n,
+ * echo, suffix, tools) are refused rather than silently ignored; other unknown fields are
+ * ignored, as OpenAI's own API does. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -118,13 +118,19 @@ static bool parse_stop(json_t *body, gen_params *p, api_error *e) {
     return true;
 }
 
+/* "n" choices (1..MAX_CHOICES); "best_of" only as n itself (nothing is ranked). */
+static bool parse_choices(json_t *body, gen_params *p, api_error *e) {
+    json_int_t n = 1, best_of = 0;
+    bool has_best_of = false;
+    if (!get_int(body, "n", &n, NULL, e) || !get_int(body, "best_of", &best_of, &has_best_of, e)) return false;
+    if (n < 1 || n > MAX_CHOICES) return bad(e, "n", "'%s' must be between 1 and 16", "n");
+    if (has_best_of && best_of != n) return bad(e, "best_of", "'%s' must equal n (choices are not ranked)", "best_of");
+    p->n_choices = (int)n;
+    return true;
+}
+
 /* Refuses the OpenAI features this server does not implement. */
 static bool refuse_unsupported(json_t *body, api_error *e) {
-    json_t *n = json_object_get(body, "n"), *best_of = json_object_get(body, "best_of");
-    if (n && !json_is_null(n) && !(json_is_integer(n) && json_integer_value(n) == 1))
-        return bad(e, "n", "'%s' must be 1: one choice per request is supported", "n");
-    if (best_of && !json_is_null(best_of) && !(json_is_integer(best_of) && json_integer_value(best_of) == 1))
-        return bad(e, "best_of", "'%s' must be 1", "best_of");
     static const char *const unsupported[] = {"echo", "suffix", "tools", "functions"};
     for (size_t i = 0; i < sizeof unsupported / sizeof unsupported[0]; i++) {
         json_t *v = json_object_get(body, unsupported[i]);
@@ -259,7 +265,8 @@ bool gen_params_parse(json_t *body, bool chat, const ts_server_options *opt, gen
     }
     json_int_t max_tokens = 0;
     bool has_max = false, has_mct = false;
-    if (!refuse_unsupported(body, e) || !get_bool(body, "stream", &p->stream, e) || !parse_sampling(body, p, e) ||
+    if (!refuse_unsupported(body, e) || !parse_choices(body, p, e) || !get_bool(body, "stream", &p->stream, e) ||
+        !parse_sampling(body, p, e) ||
         !parse_stop(body, p, e) || !parse_stop_ids(body, p, e) || !parse_logprobs(body, chat, p, e) ||
         !get_int(body, "max_tokens", &max_tokens, &has_max, e) ||
         (chat && !has_max && !get_int(body, "max_completion_tokens", &max_tokens, &has_mct, e)))

@@ -1,9 +1,10 @@
-/* responses.c - the JSON bodies the OpenAI API returns for a finished job, and the SSE events
- * of a streaming one ("data: {...}\n\n"; the stream ends with "data: [DONE]\n\n", written by
- * server.c). Shapes follow OpenAI: "text_completion" / "chat.completion" objects with one
- * choice and usage; chunks are "text_completion" / "chat.completion.chunk", the first chat
- * chunk carries the role, the last one finish_reason, and with stream_options.include_usage a
- * final chunk with empty choices carries usage.
+/* responses.c - the JSON bodies the OpenAI API returns for a finished request (its jobs, one
+ * per choice), and the SSE events of a streaming one ("data: {...}\n\n"; the stream ends with
+ * "data: [DONE]\n\n", written by server.c). Shapes follow OpenAI: "text_completion" /
+ * "chat.completion" objects with the choices (each with its index) and usage, in which the
+ * prompt counts once; chunks are "text_completion" / "chat.completion.chunk" of one choice each,
+ * a choice's first chat chunk carries the role, its last one finish_reason, and with
+ * stream_options.include_usage a final chunk with empty choices carries usage.
  *
  * Log-probabilities, when asked, take each kind's shape: completions the legacy
  * {"tokens", "token_logprobs", "top_logprobs": [{text: logprob}], "text_offset"} (each
@@ -18,9 +19,12 @@
 
 #include "serve/serve_internal.h"
 
-static json_t *usage_json(const job *j) {
-    return json_pack("{s:i,s:i,s:i}", "prompt_tokens", (int)j->n_prompt, "completion_tokens", (int)j->n_read,
-                     "total_tokens", (int)(j->n_prompt + j->n_read));
+/* The prompt counts once however many choices continue it. */
+static json_t *usage_json(job *const *jobs, int n) {
+    int completion = 0;
+    for (int i = 0; i < n; i++) completion += jobs[i]->n_read;
+    return json_pack("{s:i,s:i,s:i}", "prompt_tokens", (int)jobs[0]->n_prompt, "completion_tokens", completion,
+                     "total_tokens", (int)jobs[0]->n_prompt + completion);
 }
 
 /* The fields every object and chunk starts with. */
@@ -110,17 +114,20 @@ static json_t *logprobs_json(const job *j, int32_t from, int32_t to) {
     return v;
 }
 
-char *response_json(const job *j, const char *model) {
-    json_t *text = json_utf8_string(j->text.data ? j->text.data : "", j->text.n), *choice;
+static json_t *choice_json(const job *j) {
+    json_t *text = json_utf8_string(j->text.data ? j->text.data : "", j->text.n);
     if (j->chat)
-        choice = json_pack("{s:i,s:{s:s,s:o},s:o,s:s}", "index", 0, "message", "role", "assistant", "content", text,
-                           "logprobs", logprobs_json(j, 0, j->n_kept), "finish_reason", j->finish_reason);
-    else
-        choice = json_pack("{s:i,s:o,s:o,s:s}", "index", 0, "text", text, "logprobs", logprobs_json(j, 0, j->n_kept),
-                           "finish_reason", j->finish_reason);
-    json_t *root = envelope(j, j->chat ? "chat.completion" : "text_completion", model);
-    if (!root || !choice || json_object_set_new(root, "choices", json_pack("[o]", choice)) ||
-        json_object_set_new(root, "usage", usage_json(j))) {
+        return json_pack("{s:i,s:{s:s,s:o},s:o,s:s}", "index", j->index, "message", "role", "assistant", "content", text,
+                         "logprobs", logprobs_json(j, 0, j->n_kept), "finish_reason", j->finish_reason);
+    return json_pack("{s:i,s:o,s:o,s:s}", "index", j->index, "text", text, "logprobs", logprobs_json(j, 0, j->n_kept),
+                     "finish_reason", j->finish_reason);
+}
+
+char *response_json(job *const *jobs, int n, const char *model) {
+    json_t *root = envelope(jobs[0], jobs[0]->chat ? "chat.completion" : "text_completion", model), *choices = json_array();
+    bool ok = root && choices && !json_object_set_new(root, "choices", choices);
+    for (int i = 0; ok && i < n; i++) ok = !json_array_append_new(choices, choice_json(jobs[i]));
+    if (!ok || json_object_set_new(root, "usage", usage_json(jobs, n))) {
         json_decref(root);
         return NULL;
     }
@@ -146,10 +153,10 @@ bool sse_append_chunk(sbuf *out, job *j, const char *model, size_t from, size_t 
         json_t *delta = role_only ? json_pack("{s:s,s:s}", "role", "assistant", "content", "")
                         : to > from ? json_pack("{s:O}", "content", text)
                                     : json_object();
-        choice = json_pack("{s:i,s:o,s:o,s:o}", "index", 0, "delta", delta, "logprobs", lps, "finish_reason", reason);
+        choice = json_pack("{s:i,s:o,s:o,s:o}", "index", j->index, "delta", delta, "logprobs", lps, "finish_reason", reason);
         json_decref(text);
     } else {
-        choice = json_pack("{s:i,s:o,s:o,s:o}", "index", 0, "text", text, "logprobs", lps, "finish_reason", reason);
+        choice = json_pack("{s:i,s:o,s:o,s:o}", "index", j->index, "text", text, "logprobs", lps, "finish_reason", reason);
     }
     json_t *root = envelope(j, j->chat ? "chat.completion.chunk" : "text_completion", model);
     if (!root || !choice || json_object_set_new(root, "choices", json_pack("[o]", choice))) {
@@ -159,9 +166,10 @@ bool sse_append_chunk(sbuf *out, job *j, const char *model, size_t from, size_t 
     return append_event(out, root);
 }
 
-bool sse_append_usage(sbuf *out, const job *j, const char *model) {
-    json_t *root = envelope(j, j->chat ? "chat.completion.chunk" : "text_completion", model);
-    if (!root || json_object_set_new(root, "choices", json_array()) || json_object_set_new(root, "usage", usage_json(j))) {
+bool sse_append_usage(sbuf *out, job *const *jobs, int n, const char *model) {
+    json_t *root = envelope(jobs[0], jobs[0]->chat ? "chat.completion.chunk" : "text_completion", model);
+    if (!root || json_object_set_new(root, "choices", json_array()) ||
+        json_object_set_new(root, "usage", usage_json(jobs, n))) {
         json_decref(root);
         return false;
     }
