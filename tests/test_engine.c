@@ -16,7 +16,9 @@
  *    same tokens with no reuse counted.
  * 5. Sizing from a memory budget: ts_model_engine_fit's slots x one slot's bytes fits the budget
  *    and one more does not; the engine's reported pool memory is slots x one slot's; too small a
- *    budget is TS_ERR_RANGE.
+ *    budget is TS_ERR_RANGE. V4's pool (blocks of lcm(4, 32) = 32 positions of compressed
+ *    entries, the slots' fixed state besides): eight requests through 8 slots over 3 blocks give
+ *    the tokens of the full pool, greedy and sampled, with preemptions (as for dense in 7).
  * 6. Speculative decoding: greedy outputs of an engine with MTP speculation equal those of one
  *    without - a request alone (speculative rounds), three together (batched steps, the MTP block
  *    caught up as they pass half its lag limit, then rounds as they finish), long prompts in
@@ -43,6 +45,7 @@
 #include "tessera/serve.h"
 
 enum { MAX_LEN = 48, MAX_OUT = 64 };
+enum { V4_BLOCK = 32, V4_SEQ = (MAX_LEN + V4_BLOCK - 1) / V4_BLOCK * V4_BLOCK }; /* small_model's pool: lcm(4, 32) */
 
 typedef struct {
     pthread_mutex_t mu;
@@ -192,10 +195,13 @@ static void test_chunked_prefill(const ts_model_weights *w, ts_backend *be, ts_m
     ts_engine_stats s = stats(&eng);
     CHECK(s.prefill_tokens + s.prefix_reused_tokens == (int64_t)total, "prefilled %lld + reused %lld != %zu prompt tokens",
           (long long)s.prefill_tokens, (long long)s.prefix_reused_tokens, total);
-    CHECK(s.running == 0 && s.kv_positions_running == 0 && s.kv_cache_usage == 0 && s.kv_positions_cached > 0 &&
-              s.kv_positions_capacity == 3 * MAX_LEN,
-          "idle engine: running %lld, %lld positions running, %lld cached of %lld", (long long)s.running,
-          (long long)s.kv_positions_running, (long long)s.kv_positions_cached, (long long)s.kv_positions_capacity);
+    /* the idle slots' caches keep their pool blocks (for prefix reuse) */
+    CHECK(s.running == 0 && s.kv_positions_running == 0 && s.kv_positions_cached > 0 && s.kv_blocks_free < s.kv_blocks &&
+              s.kv_cache_usage == (double)(s.kv_blocks - s.kv_blocks_free) / (double)s.kv_blocks &&
+              s.kv_positions_capacity == 3 * V4_SEQ,
+          "idle engine: running %lld, %lld positions running, %lld cached of %lld, %lld of %lld blocks free",
+          (long long)s.running, (long long)s.kv_positions_running, (long long)s.kv_positions_cached,
+          (long long)s.kv_positions_capacity, (long long)s.kv_blocks_free, (long long)s.kv_blocks);
     printf("  chunked prefill (chunks of 3, prompts of 5..19 tokens, 3 slots, 2 joining mid-way): %d of %d requests "
            "identical to greedy completion alone\n", same, N);
     ts_model_engine_free(e);
@@ -375,7 +381,7 @@ static void test_budget(const ts_model_weights *w, ts_backend *be) {
     int64_t pool = -1;
     size_t one = 0;
     ts_status st = ts_model_engine_fit(w, be, 1 << 30, MAX_LEN, 7, &slots, &pool, &one, err, sizeof err);
-    CHECK(st == TS_OK && slots == 7 && one > 0 && pool == 0, "a large budget: %d slots (max 7), %zu bytes each, pool %lld: %s",
+    CHECK(st == TS_OK && slots == 7 && one > 0 && pool == 7 * V4_SEQ, "a large budget: %d slots (max 7), %zu bytes each, pool %lld: %s",
           slots, one, (long long)pool, err);
     if (one == 0) return;
     size_t budget = 3 * one + one / 2;
@@ -492,8 +498,9 @@ static void run_eight(const ts_engine *eng, ts_model_completer *cp, collector co
     }
 }
 
-static void test_small_pool(const ts_model_weights *w, ts_backend *be, ts_model_completer *cp) {
-    ts_model_engine *small = pooled_engine(w, be, 8, 64, MAX_LEN), *big = pooled_engine(w, be, 8, 0, MAX_LEN);
+/* A pool of `pool` positions in blocks of `block` (a few sequences' worth) against the full one. */
+static void test_small_pool(const ts_model_weights *w, ts_backend *be, ts_model_completer *cp, int64_t pool, int64_t block) {
+    ts_model_engine *small = pooled_engine(w, be, 8, pool, MAX_LEN), *big = pooled_engine(w, be, 8, 0, MAX_LEN);
     if (!small || !big) goto out;
     ts_engine eng, ref;
     ts_model_engine_table(small, &eng);
@@ -503,7 +510,7 @@ static void test_small_pool(const ts_model_weights *w, ts_backend *be, ts_model_
         ts_model_completer *oracle = run % 2 ? NULL : cp;
         const char *system = run < 2 ? "" : "sys: be short. ";
         int32_t new = run < 2 ? 20 : 12;
-        run_eight(&eng, oracle, got, "a pool of 4 blocks", system, new);
+        run_eight(&eng, oracle, got, "a small pool", system, new);
         run_eight(&ref, oracle, want, "the full pool", system, new);
         for (int i = 0; i < 8; i++)
             CHECK(got[i].n == want[i].n && !memcmp(got[i].tokens, want[i].tokens, (size_t)got[i].n * sizeof(int32_t)),
@@ -511,14 +518,16 @@ static void test_small_pool(const ts_model_weights *w, ts_backend *be, ts_model_
                   oracle ? "greedy" : "sampled", run < 2 ? "" : ", shared system prompt");
     }
     ts_engine_stats s = stats(&eng), r = stats(&ref);
-    CHECK(s.kv_positions_capacity == 64 && s.kv_blocks == 4 && r.kv_positions_capacity == 8 * MAX_LEN &&
-              s.kv_bytes * 6 == r.kv_bytes && s.preemptions > 0 && r.preemptions == 0,
+    int64_t full = 8 * ((MAX_LEN + block - 1) / block);
+    CHECK(s.kv_positions_capacity == pool && s.kv_blocks == pool / block && r.kv_blocks == full &&
+              r.kv_positions_capacity == full * block && s.kv_bytes < r.kv_bytes && s.preemptions > 0 && r.preemptions == 0,
           "pools of %lld and %lld positions (%lld and %lld bytes): %lld and %lld preemptions",
           (long long)s.kv_positions_capacity, (long long)r.kv_positions_capacity, (long long)s.kv_bytes,
           (long long)r.kv_bytes, (long long)s.preemptions, (long long)r.preemptions);
-    printf("  8 requests x (greedy, seeded sampling) x (distinct, a shared system prompt), 8 slots over a pool of "
-           "64 positions (of %d): %lld preemptions, the full pool's tokens\n",
-           8 * MAX_LEN, (long long)s.preemptions);
+    printf("  %s: 8 requests x (greedy, seeded sampling) x (distinct, a shared system prompt), 8 slots over a pool "
+           "of %lld positions (of %lld), %lld of %lld KiB: %lld preemptions, the full pool's tokens\n",
+           block == TS_MODEL_DECODER_BLOCK ? "dense" : "V4", (long long)pool, (long long)(full * block),
+           (long long)s.kv_bytes / 1024, (long long)r.kv_bytes / 1024, (long long)s.preemptions);
 out:
     ts_model_engine_free(small);
     ts_model_engine_free(big);
@@ -567,7 +576,7 @@ static void test_dense_pool(void) {
     CHECK(ts_model_completer_new(w, oracle_be, 1, MAX_LEN, &cp, err, sizeof err) == TS_OK, "completer: %s", err);
     if (cp) {
         test_shared_prefix(w, be, cp);
-        test_small_pool(w, be, cp);
+        test_small_pool(w, be, cp, 4 * TS_MODEL_DECODER_BLOCK, TS_MODEL_DECODER_BLOCK);
         test_pool_budget(w, be);
     }
     ts_model_completer_free(cp);
@@ -668,6 +677,7 @@ int main(void) {
         test_sampling_cancel_limits(w, be);
         test_prefix_reuse(w, be, oracle_be, cp);
         test_budget(w, be);
+        test_small_pool(w, be, cp, 3 * V4_BLOCK, V4_BLOCK);
         test_speculative(w, be);
     }
     ts_model_completer_free(cp);

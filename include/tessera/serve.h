@@ -287,11 +287,12 @@ ts_status ts_model_engine_new(const ts_model_weights *w, ts_tokenizer *tok, ts_b
                               const ts_model_engine_options *opt, ts_model_engine **out, char *err, size_t err_size);
 
 /* Sizing from a memory budget of kv_bytes of decoder caches (measured on a one-slot decoder).
- * A shared pool (dense): *pool_positions = the whole blocks that fit, *slots = max_slots (at most
- * one per block) - the pool, not the slots, bounds the memory. Per-slot memory (V4): *slots =
- * how many sequences of max_len fit (at most max_slots), *pool_positions = 0. *seq_bytes: the
- * memory of one sequence of max_len. TS_ERR_RANGE, with err saying what one sequence needs,
- * when not even one fits. */
+ * A shared pool (dense, V4): *slots = the most slots (at most max_slots, and one per block) whose
+ * fixed per-slot state (V4's state cache; dense has none) still leaves room for the blocks of one
+ * sequence of max_len, *pool_positions = the whole blocks the rest holds - the pool, not the
+ * slots, bounds the memory. Per-slot memory: *slots = how many sequences of max_len fit (at most
+ * max_slots), *pool_positions = 0. *seq_bytes: the memory of one sequence of max_len.
+ * TS_ERR_RANGE, with err saying what one sequence needs, when not even one fits. */
 ts_status ts_model_engine_fit(const ts_model_weights *w, ts_backend *be, size_t kv_bytes, int64_t max_len, int max_slots,
                               int *slots, int64_t *pool_positions, size_t *seq_bytes, char *err, size_t err_size);
 /* Stops the worker: running and queued requests end with TS_GEN_CANCELLED. */
