@@ -2,41 +2,56 @@
  * decoder_impl.h: sequences in `slots` slots advance by one token per step (any subset of the
  * slots together) or by a chunk of tokens of one slot per pass (extend), against per-sequence
  * caches instead of the whole prefix, and can be rewound by a few tokens (truncate) or copied
- * into another slot with the same bound (fork: a copy of the slot's state rows).
+ * into another slot with the same bound (fork).
  *
- * State: per layer, host arrays of one row per sequence (in the weights' dtype), indexed by
- * POSITION so that nothing has to be undone to rewind:
- *   cache  [Rc + NB, c]  a ring of the last Rc = R + V4_REWIND keys (K = V, after norm and
- *                        RoPE; R = window - 1 are visible to a query) at position % Rc, then the
- *                        completed compressed entries (NB = max_len / m; block i at Rc + i);
+ * State (spec §2.13's split): a fixed "state cache" per slot - per layer host arrays of one row
+ * per sequence (in the weights' dtype), indexed by POSITION so that nothing has to be undone to
+ * rewind:
+ *   ring   [Rc, c]       the last Rc = R + V4_REWIND keys (K = V, after norm and RoPE; R =
+ *                        window - 1 are visible to a query) at position % Rc;
  *   proj   [P + 2, k] x 2  the compressor's projections C and Z (without ape) of the last P
  *                        positions at position % P, P a multiple of m covering the current block,
  *                        (CSA) the previous one whose series b it overlaps, and V4_REWIND more;
  *                        then two constant rows: zero, and "void" (Z = -inf: what precedes
  *                        block 0, weight exactly 0);
- * and on CSA layers the indexer's own projections [P + 2, 2·index_head_dim] x 2 and compressed
- * keys [NB, index_head_dim]. k = c for HCA, 2c for CSA (series b | a). A block's entry is pooled
- * inside the pass that completes it: each of its slots is gathered from the ring (positions
- * before the pass, or a constant row) plus a row gathered from the pass's own projections (or
- * zeros); entries are filed into the cache after compute. Rewinding to len only needs
- * len >= (furthest length reached since the last reset) - V4_REWIND: the ring and the projection
- * rings still hold those positions, and stale entries past len are invisible until recomputed.
+ * on CSA layers the indexer's own projections [P + 2, 2·index_head_dim] x 2, and the MTP
+ * block's kept streams and tokens - and a paged cache of the completed compressed entries
+ * (NB = max_len / m per sequence) and, on CSA layers, the indexer's compressed keys: a pool of
+ * blocks shared by all slots (block_pool.h: a block table per slot, reference counts, a free
+ * list), a block covering the least common multiple of the main layers' ratios (spec: lcm(4,
+ * 128) = 128 positions) and holding every layer's entries of that span, so one table serves all
+ * layers. A slot holds the blocks of its len positions (ceil(len / block)): taken as it grows
+ * (step and extend count them before touching anything, TS_ERR_OOM with every slot unchanged
+ * when too few are free), given back on reset / truncate; a fork shares the source's blocks
+ * (an entry depends only on the tokens up to its block's end), and a shared block a slot is
+ * about to write into (the partly filled last one) is first copied. The MTP block's entries stay
+ * private per slot (pool_shape says why). k = c for HCA, 2c for CSA (series b | a). A block's
+ * entry is pooled inside the pass that completes it: each of its slots is gathered from the
+ * ring (positions before the pass, or a constant row) plus a row gathered from the pass's own
+ * projections (or zeros); entries are filed into the cache after compute. Rewinding to len only
+ * needs len >= (furthest length reached since the last reset) - V4_REWIND: the ring and the
+ * projection rings still hold those positions, and stale entries past len are invisible until
+ * recomputed. A fork has the same bound on src (dst gets a copy of src's state rows).
  *
  * Passes: a graph per shape [b rows, T tokens] - the V4 graph of model_graph.c with two hooks
- * (model_internal.h): each row's RoPE angles, and the attention's extra entries = [cache | the
- * entries of the blocks this pass may complete], with per-query index lists: the visible ring
- * positions, then the usable compressed entries (HCA: all completed; CSA: the indexer's top-k
- * over the cached keys and the pass's new ones). The pass's own tokens are the attention's
- * ordinary keys (causal, window). A one-token pass leaves the cache as the extras uncopied and
- * puts the entry its token may complete in front of the token's key instead, hidden by
- * key_start unless the token completes the block (HCA) or the indexer picks it (CSA): appending
- * to the cache would copy every row's whole cache each step. Steps use T = 1 and the smallest b
- * in 1, 2, 4, .., slots that holds the stepping slots; extend runs chunks of T = 64, 32, .., 1
- * on b = 1, whose head computes the logits of the last token only unless more are asked for.
- * Graphs are built on first use and bound to the same state arrays: a graph of b rows sees the
- * first b rows, so a step first swaps the state rows of its slots into rows [0, b) (slot <->
- * row maps; nothing moves while the set of active slots stays put). An idle row inside b is
- * masked, its outputs ignored. Everything else - mHC, MoE, hash routing, the head - is the ordinary per-token graph.
+ * (model_internal.h): each row's RoPE angles, and the attention's extra entries. Per layer the
+ * rings of all rows and the entries (pool, or private) are one array, keys [B·Rc + NE, c], bound
+ * as one leaf that every row sees through a stride-0 expansion (nothing copied), with per-query
+ * GLOBAL index lists built by the host: the visible ring positions of the row, then the usable
+ * compressed entries found through its slot's block table (HCA: all completed; CSA: the
+ * indexer's top-k over the row's cached keys - gathered from the pool by the host's list - and
+ * the pass's new ones, each pick mapped to its global entry by a host-built table). The pass's
+ * own tokens are the attention's ordinary keys (causal, window). A one-token pass leaves the
+ * keys as the extras uncopied and puts the entry its token may complete in front of the token's
+ * key instead, hidden by key_start unless the token completes the block (HCA) or the indexer
+ * picks it (CSA); a longer pass appends its entries to the extras (a copy of the array). Steps
+ * use T = 1 and the smallest b in 1, 2, 4, .., slots that holds the stepping slots; extend runs
+ * chunks of T = 64, 32, .., 1 on b = 1, whose head computes the logits of the last token only
+ * unless more are asked for. Graphs are built on first use and bound to the same state arrays:
+ * a graph of b rows sees the first b rows of the per-slot arrays, so a step first swaps the
+ * state rows of its slots into rows [0, b) (slot <-> row maps; nothing moves while the set of
+ * active slots stays put; the pool never moves). An idle row inside b is masked, its outputs
+ * ignored. Everything else - mHC, MoE, hash routing, the head - is the ordinary per-token graph.
  * Decoding a sequence in steps, chunks or both gives the full forward's logits
  * (tests/test_decode.c).
  *
@@ -628,17 +643,17 @@ static void v4_reset(void *impl, int slot) {
     ts_block_pool_release_to(&dec->pool, slot, 0);
 }
 
-/* Copy on write: block `from`'s entries of every pooled layer (its first positions are all a
- * writer keeps, but the whole block is as cheap to copy and needs no bookkeeping). */
+/* Copy on write: the entries of block `from` that start within its first `positions`, every
+ * pooled layer (those not yet complete too: they are recomputed before anyone sees them). */
 static void copy_block(void *ctx, int32_t from, int32_t to, int64_t positions) {
     const v4_decoder *dec = ctx;
-    (void)positions;
     for (int64_t l = 0; l < dec->n_layers; l++) {
         const dec_layer *L = &dec->layers[l];
-        int64_t n = L->per_block, ring = dec->B * L->Rc, hd = dec->c->head_dim, ihd = dec->c->index_head_dim;
-        if (n == 0) continue;
-        copy_elems(dec, L->keys, (ring + to * n) * hd, L->keys, (ring + from * n) * hd, n * hd);
-        if (L->csa) copy_elems(dec, L->ikeys, to * n * ihd, L->ikeys, from * n * ihd, n * ihd);
+        if (L->per_block == 0) continue;
+        int64_t hd = dec->c->head_dim, ihd = dec->c->index_head_dim, n = (positions + L->m - 1) / L->m;
+        int64_t dst = to * L->per_block, src = from * L->per_block, ring = dec->B * L->Rc;
+        copy_elems(dec, L->keys, (ring + dst) * hd, L->keys, (ring + src) * hd, n * hd);
+        if (L->csa) copy_elems(dec, L->ikeys, dst * ihd, L->ikeys, src * ihd, n * ihd);
     }
 }
 
