@@ -28,10 +28,6 @@ int64_t ts_block_pool_blocks_for(const ts_block_pool *p, int64_t positions) {
 
 static int32_t *table_of(const ts_block_pool *p, int slot) { return p->table + slot * p->per_slot; }
 
-int32_t ts_block_pool_block(const ts_block_pool *p, int slot, int64_t pos) {
-    return table_of(p, slot)[pos / p->block_positions];
-}
-
 static int32_t take_block(ts_block_pool *p) {
     int32_t b = p->free_list[--p->n_free];
     p->refs[b] = 1;

@@ -25,8 +25,10 @@ typedef void (*ts_block_copy_fn)(void *ctx, int32_t from, int32_t to, int64_t po
 bool ts_block_pool_init(ts_block_pool *p, int slots, int64_t block_positions, int64_t n_blocks, int64_t max_len);
 void ts_block_pool_free(ts_block_pool *p);
 int64_t ts_block_pool_blocks_for(const ts_block_pool *p, int64_t positions);
-/* The block holding position pos of the slot (held). */
-int32_t ts_block_pool_block(const ts_block_pool *p, int slot, int64_t pos);
+/* The block holding position pos of the slot (held); inline: host loops ask it per entry. */
+static inline int32_t ts_block_pool_block(const ts_block_pool *p, int slot, int64_t pos) {
+    return p->table[slot * p->per_slot + pos / p->block_positions];
+}
 /* Blocks that growing the slot from len to len + n positions takes from the free list (a shared
  * block written by several slots of one step is counted for each: at most one too many). */
 int64_t ts_block_pool_needed(const ts_block_pool *p, int slot, int64_t len, int64_t n);

@@ -44,7 +44,9 @@
  * own tokens are the attention's ordinary keys (causal, window). A one-token pass leaves the
  * keys as the extras uncopied and puts the entry its token may complete in front of the token's
  * key instead, hidden by key_start unless the token completes the block (HCA) or the indexer
- * picks it (CSA); a longer pass appends its entries to the extras (a copy of the array). Steps
+ * picks it (CSA). A longer pass, which must append its entries to the extras (a copy), gathers
+ * each row's own view instead - ring, then its NB entries (host-listed), then the pass's - and
+ * indexes it locally, so a chunk copies the row's cache, not the whole pool. Steps
  * use T = 1 and the smallest b in 1, 2, 4, .., slots that holds the stepping slots; extend runs
  * chunks of T = 64, 32, .., 1 on b = 1, whose head computes the logits of the last token only
  * unless more are asked for. Graphs are built on first use and bound to the same state arrays:
@@ -102,6 +104,9 @@ typedef struct {
     int64_t nb;             /* blocks the pass may complete: ceil(T / m) */
     int64_t E;              /* host-built index slots per query */
     bool lead;              /* T = 1: the new entry leads the keys instead of joining the extras */
+    bool local;             /* the extras are the rows' own views, [ring | NB entries | the pass's]
+                             * (a pass that appends its entries), else the keys array itself */
+    int32_t *view_rows;     /* local: [b, Rc + NB]: each row's ring and entries among the keys */
     int32_t *key_start;     /* lead, HCA: [b, 1]: 0 when the token completes its block, else 1 */
     int32_t *idx;           /* [b, T, E]: visible ring positions (+ HCA entries) */
     int32_t *ring_rows;     /* [b, nb·S]: the blocks' slots (S = m, CSA 2m) in the ring ... */
@@ -303,7 +308,8 @@ static ts_tensor *indexer_picks(ts_model_builder *b, int layer, const char *pref
 
 /* The attention's extras: the layer's keys array - every row's ring, then the entries - as one
  * leaf seen by every row (stride-0 expansion, nothing copied), indexed by the host's global
- * index lists; a pass that completes entries appends them (a copy, on extend passes only). */
+ * index lists. A pass that appends its entries (extend) must copy anyway, and copies only each
+ * row's own view - its ring and its entries gathered by the host's list - not the whole pool. */
 void ts_decode_cache_entries(ts_model_builder *b, int layer, const char *prefix, ts_tensor *x, ts_tensor *cq,
                              ts_tensor **kv, ts_attention_params *ap) {
     pass *p = b->dec;
@@ -316,8 +322,16 @@ void ts_decode_cache_entries(ts_model_builder *b, int layer, const char *prefix,
     G->nb = L->m > 0 ? (T + L->m - 1) / L->m : 0;
     G->lead = L->m > 0 && T == 1 && b->c->sliding_window >= 2; /* the window must reach the lead key */
     G->E = L->R + (L->m > 0 && !L->csa ? L->NB + (G->lead ? 0 : G->nb) : 0);
+    G->local = L->m > 0 && !G->lead;
     int64_t ls[4] = {1, N, 1, hd}, cs[4] = {B, N, 1, hd}, is[3] = {B, T, G->E};
-    ts_tensor *cache = N > 0 ? ts_expand(g, bound(b, L->keys, b->dt, 4, ls, "decode_keys"), 4, cs) : NULL;
+    int64_t vs[2] = {B, L->Rc + L->NB}, v4[4] = {B, L->Rc + L->NB, 1, hd};
+    ts_tensor *cache = N > 0 ? bound(b, L->keys, b->dt, 4, ls, "decode_keys") : NULL, *view;
+    if (G->local) {
+        G->view_rows = input(b, TS_I32, 2, vs, "decode_view_rows", &view);
+        cache = ts_reshape(g, ts_get_rows(g, ts_reshape_2d(g, cache, N, hd), view), 4, v4);
+    } else if (cache) {
+        cache = ts_expand(g, cache, 4, cs);
+    }
     ts_tensor *idx = NULL;
     if (G->E > 0) G->idx = input(b, TS_I32, 3, is, "decode_idx", &idx);
     *extra = cache;
@@ -340,7 +354,7 @@ void ts_decode_cache_entries(ts_model_builder *b, int layer, const char *prefix,
         *kv = ts_concat(g, keys, 2, 1);
         if (!L->csa) G->key_start = input(b, TS_I32, 2, ks, "decode_key_start", &ap->key_start);
     } else {
-        *extra = ts_concat(g, ex, 2, 1); /* [B, N + nb, 1, c]: the pass's entries last */
+        *extra = ts_concat(g, ex, 2, 1); /* [B, Rc + NB + nb, 1, c]: the pass's entries last */
     }
     if (!L->csa) return;
     ts_tensor *mapped = indexer_picks(b, layer, prefix, L, G, &sg, bang, x, cq, &ap->key_start);
@@ -361,6 +375,7 @@ static void free_pass(pass *p, int64_t n_layers) {
         free(G->block_angles);
         free(G->imask);
         free(G->ikey_rows);
+        free(G->view_rows);
         free(G->pick_extra);
         free(G->pick_row);
     }
@@ -498,13 +513,14 @@ static int64_t entry_at(const v4_decoder *dec, const dec_layer *L, int64_t r, in
 }
 
 /* Compressed-layer inputs of row r: which slots make up each block the pass may complete, the
- * blocks' RoPE, and which entries each query may use (HCA: in its index list, global in the
- * extras; CSA: the indexer's mask, the rows of its cached keys and where its picks go). p < 0:
- * an idle row (every entry masked; masked keys read entry 0). */
+ * blocks' RoPE, the row's view of the keys (local passes), and which entries each query may use
+ * (HCA: in its index list; CSA: the indexer's mask, the rows of its cached keys and where its
+ * picks go). p < 0: an idle row (every entry masked; masked keys read entry 0). */
 static void prepare_blocks(const v4_decoder *dec, const dec_layer *L, const pass_layer *G, int64_t r, int64_t T,
                            int64_t p) {
-    int64_t m = L->m, S = L->csa ? 2 * m : m, done = p > 0 ? p / m : 0, row = L->NB + G->nb;
-    int64_t N = dec->B * L->Rc + L->NE; /* the extras' pass entries start here */
+    int64_t m = L->m, S = L->csa ? 2 * m : m, done = p > 0 ? p / m : 0, row = L->NB + G->nb, ring = dec->B * L->Rc;
+    int32_t *view = G->local ? G->view_rows + r * (L->Rc + L->NB) : NULL;
+    for (int64_t j = 0; view && j < L->Rc; j++) view[j] = (int32_t)(r * L->Rc + j);
     for (int64_t k = 0; k < G->nb; k++) {
         int64_t first = (done + k) * m - (L->csa ? m : 0);
         for (int64_t s = 0; s < S; s++) /* an idle row reads zero rows only */
@@ -514,9 +530,10 @@ static void prepare_blocks(const v4_decoder *dec, const dec_layer *L, const pass
     }
     for (int64_t i = 0; i < row; i++) { /* cached entries completed before the pass, then the pass's own */
         int64_t cached = i < done ? entry_at(dec, L, r, i) : 0;
-        int32_t at = (int32_t)(i < L->NB ? dec->B * L->Rc + cached : N + i - L->NB);
+        int32_t at = (int32_t)(G->local ? L->Rc + i : ring + cached); /* in the extras (i >= NB: local only) */
+        if (view && i < L->NB) view[L->Rc + i] = (int32_t)(ring + cached);
         if (L->csa && i < L->NB) G->ikey_rows[r * L->NB + i] = (int32_t)cached;
-        if (L->csa) G->pick_extra[1 + r * row + i] = i < L->NB ? (i < done ? (float)at : -1.0f) : G->lead ? -1.0f : (float)at;
+        if (L->csa) G->pick_extra[1 + r * row + i] = (i < L->NB ? i < done : !G->lead) ? (float)at : -1.0f;
         for (int64_t t = 0; t < T; t++) {
             int64_t pos = p + t, qr = r * T + t;
             bool ok = p >= 0 && (i < L->NB ? i < done : (done + i - L->NB + 1) * m - 1 <= pos);
@@ -540,7 +557,7 @@ static void prepare_row(const v4_decoder *dec, const pass *ps, int64_t r, int64_
         for (int64_t t = 0; t < T && L->R > 0; t++) { /* the ring positions a query sees before the pass */
             int32_t *idx = G->idx + (r * T + t) * G->E;
             int64_t q = p + t - L->R < 0 ? 0 : p + t - L->R, e = 0;
-            for (; p >= 0 && q < p; q++) idx[e++] = (int32_t)(r * L->Rc + q % L->Rc);
+            for (; p >= 0 && q < p; q++) idx[e++] = (int32_t)((G->local ? 0 : r * L->Rc) + q % L->Rc);
             while (e < L->R) idx[e++] = -1;
         }
         if (L->m > 0) prepare_blocks(dec, L, G, r, T, p);
