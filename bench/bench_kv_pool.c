@@ -179,8 +179,9 @@ int main(int argc, char **argv) {
     }
     printf("%d streams, prompts of %d tokens (the first %d shared), %d new tokens, max_len %lld, threads %d\n",
            o.streams, o.prompt, o.shared, o.new_tokens, (long long)o.max_len, o.threads);
-    printf("  %-10s %.3f MiB per request (max_len positions whatever it uses)\n", "reserved",
-           (double)paged.kv_bytes / o.streams / (1 << 20));
+    printf("  %-10s %.3f MiB per request (max_len positions whatever it uses): a slot's fixed state %.3f MiB, "
+           "blocks of %lld positions, %.1f KiB each\n", "reserved", (double)paged.kv_bytes / o.streams / (1 << 20),
+           (double)pool.slot_bytes / (1 << 20), (long long)pool.block_positions, (double)pool.block_bytes / 1024);
     print_run("paged", &o, &pool, &paged);
     print_run("shared", &o, &pool, &shared);
     if (o.pool > 0) print_run("small pool", &o, &pool, &small);

@@ -17,6 +17,11 @@
  * 4b. fork: slot 0 holds A[0..20) + B[0..10); slot 1 forked from it at 20 goes on with A and
  *    slot 0 with B, stepping together: each gives the logits of its own full pass; a fork
  *    further back than the rewind bound is TS_ERR_UNSUPPORTED, the target unchanged.
+ * 4c. the paged pool: 500 random steps / extends / truncates / resets / forks of 4 slots over 9
+ *    blocks of 8 positions (24 would hold them all), following 5 sequences that share prefixes
+ *    (switching after forks and truncates, so shared blocks are copied on write): every logit
+ *    matches the full pass, TS_ERR_OOM from step and extend changes no length and no block, and
+ *    resets give every block back.
  * 5. f32 on the optimized backend: the scaled-down tiny preset (more heads, top-16 indexer over
  *    longer sequences, MTP present but unused, HCA blocks of 32) matches within 1e-4 stepped
  *    and fed in chunks; one slot stepping alone in an 8-slot decoder gives the logits of a

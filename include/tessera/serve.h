@@ -99,7 +99,7 @@ typedef struct {
     int64_t kv_positions_cached;  /* positions idle slots keep for prefix reuse (reclaimable) */
     int64_t kv_positions_capacity;/* positions of the whole pool (blocks x positions per block) */
     int64_t kv_bytes;             /* memory of the whole pool */
-    int64_t kv_blocks;            /* blocks of the pool (ts_model_decoder_pool: per-slot memory is one per slot) */
+    int64_t kv_blocks;            /* blocks of the pool (ts_model_decoder_pool) */
     int64_t kv_blocks_free;       /* held by no sequence, running or cached */
     int64_t preemptions;          /* running requests sent back to the queue for want of blocks (counter) */
     int64_t prefix_cache_hits;    /* admitted requests that reused a cached prefix (counter) */
@@ -244,8 +244,9 @@ void ts_server_shutdown(ts_server *srv, double grace_s);
  * The ts_engine of a model (DeepSeek-V4 or the dense baseline): continuous batching over the
  * incremental decoder. Up to `slots` sequences run at once, each up to max_len positions (prompt
  * + output), up to max_queue more wait (a full queue: submit returns TS_ERR_STATE, HTTP 503).
- * KV memory: V4 owns max_len positions per slot, fixed here. The dense decoder keeps a pool of
- * pool_positions shared by the slots (ts_model_decoder_new_pooled), which may be smaller than
+ * KV memory: the decoder keeps a pool of pool_positions shared by the slots
+ * (ts_model_decoder_new_pooled: the dense KV cache; V4's compressed entries, each slot owning
+ * its fixed state cache besides), which may be smaller than
  * slots x max_len: a request waits in the queue until the pool has room for its prompt, and
  * when the running sequences outgrow it the youngest is preempted - back to the queue front, to
  * be recomputed later with its sampler state kept, so its output does not change. A request
