@@ -21,7 +21,7 @@
  *    blocks of 8 positions (24 would hold them all), following 5 sequences that share prefixes
  *    (switching after forks and truncates, so shared blocks are copied on write): every logit
  *    matches the full pass, TS_ERR_OOM from step and extend changes no length and no block, and
- *    resets give every block back.
+ *    resets give every block back; a pool too large for the cache index is TS_ERR_INVALID_ARG.
  * 5. f32 on the optimized backend: the scaled-down tiny preset (more heads, top-16 indexer over
  *    longer sequences, MTP present but unused, HCA blocks of 32) matches within 1e-4 stepped
  *    and fed in chunks; one slot stepping alone in an 8-slot decoder gives the logits of a
@@ -332,6 +332,11 @@ static void test_pool_random(ts_model_weights *w, ts_backend *be, const int32_t 
     free(lg);
     for (int k = 0; k < M; k++) free(full[k]);
     ts_model_decoder_free(dec);
+    dec = NULL;
+    err[0] = '\0';
+    ts_status big = ts_model_decoder_new_pooled(w, be, SLOTS, N, INT64_MAX / 2, &dec, err, sizeof err);
+    CHECK(big == TS_ERR_INVALID_ARG && !dec && strstr(err, "index"), "a pool past the cache index: %s (%s)",
+          ts_status_name(big), err);
 }
 
 static void test_completer(ts_model_weights *w, ts_backend *be, const int32_t *a, const int32_t *b);

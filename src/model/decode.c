@@ -882,9 +882,9 @@ static void pool_shape(v4_decoder *dec, int64_t pool_positions) {
         int64_t m = dec->layers[l].m;
         if (m > 0) bp = bp / gcd(bp, m) * m;
     }
-    dec->pool.block_positions = bp > 1 ? bp : TS_MODEL_DECODER_BLOCK;
-    int64_t per_slot = ts_block_pool_blocks_for(&dec->pool, dec->max_len);
-    dec->pool.n_blocks = pool_positions > 0 ? ts_block_pool_blocks_for(&dec->pool, pool_positions) : dec->B * per_slot;
+    bp = dec->pool.block_positions = bp > 1 ? bp : TS_MODEL_DECODER_BLOCK;
+    int64_t per_slot = ts_block_pool_blocks_for(&dec->pool, dec->max_len); /* no overflow: max_len is a length */
+    dec->pool.n_blocks = pool_positions > 0 ? pool_positions / bp + (pool_positions % bp != 0) : dec->B * per_slot;
     for (int64_t l = 0; l < dec->n_layers; l++) {
         dec_layer *L = &dec->layers[l];
         L->per_block = l < dec->c->num_hidden_layers && L->m > 0 ? dec->pool.block_positions / L->m : 0;
@@ -892,14 +892,14 @@ static void pool_shape(v4_decoder *dec, int64_t pool_positions) {
     }
 }
 
-/* Whether every global extra index (B·Rc + NE + a pass's entries) and pool block fits the i32
- * index lists and the f32 pick map exactly. */
+/* Whether every extras index (B·Rc + NE, a view's Rc + NB + a pass's entries) fits the i32
+ * index lists, and on CSA layers the f32 pick map exactly. */
 static bool indices_fit(const v4_decoder *dec) {
-    const int64_t limit = (int64_t)1 << 24;
-    if (dec->pool.n_blocks >= limit) return false;
+    if (dec->pool.n_blocks >= INT32_MAX) return false;
     for (int64_t l = 0; l < dec->n_layers; l++) {
         const dec_layer *L = &dec->layers[l];
-        if (L->NE >= limit || dec->B * L->Rc + L->NE + V4_CHUNK >= limit) return false;
+        int64_t limit = L->csa ? (int64_t)1 << 24 : INT32_MAX;
+        if (dec->B * L->Rc + L->NE + V4_CHUNK >= limit) return false;
     }
     return true;
 }
