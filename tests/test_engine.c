@@ -23,7 +23,7 @@
  *    without - a request alone (speculative rounds), three together (batched steps, the MTP block
  *    caught up as they pass half its lag limit, then rounds as they finish), long prompts in
  *    chunks, and a second turn reusing a prefix (a rewind under the block) - and drafts are made
- *    and counted.
+ *    and counted; the same with the speculative engine on a pool of 6 V4 blocks (preemptions).
  * 7. The dense model's shared block pool (dense-tiny, its own oracle):
  *    - three requests sharing a 34-token prefix, the later two submitted while the first is
  *      still generating: they fork its blocks (reused tokens counted, the first provably still
@@ -594,7 +594,8 @@ static size_t long_prompt(const ts_engine *eng, const char *alphabet, size_t len
     return tokenize(eng, text, true, out);
 }
 
-static void test_speculative(const ts_model_weights *w, ts_backend *be) {
+/* spec_pool: the speculative engine's pool (0: the full one). */
+static void test_speculative(const ts_model_weights *w, ts_backend *be, int64_t spec_pool) {
     enum { LEN = 192, N = 4, NEW = 60 };
     ts_model_engine_options o = ts_model_engine_defaults();
     o.slots = 3;
@@ -604,6 +605,7 @@ static void test_speculative(const ts_model_weights *w, ts_backend *be) {
     char err[256] = "";
     CHECK(ts_model_engine_new(w, NULL, be, &o, &plain, err, sizeof err) == TS_OK, "plain engine: %s", err);
     o.speculative = true;
+    o.pool_positions = spec_pool;
     CHECK(ts_model_engine_new(w, NULL, be, &o, &spec, err, sizeof err) == TS_OK, "speculative engine: %s", err);
     if (!plain || !spec) goto out;
     ts_engine eng[2];
@@ -654,8 +656,10 @@ static void test_speculative(const ts_model_weights *w, ts_backend *be) {
           "drafts: %lld made, %lld accepted; the plain engine %lld", (long long)s1.spec_drafted,
           (long long)s1.spec_accepted, (long long)s0.spec_drafted);
     CHECK(s1.prefix_cache_hits > 0, "the next turn reused no prefix");
-    printf("  speculative: %d of %d requests (%d tokens) as without it; %lld drafts, %lld accepted\n", same, N + 1,
-           generated, (long long)s1.spec_drafted, (long long)s1.spec_accepted);
+    CHECK(spec_pool == 0 || s1.preemptions > 0, "a pool of %lld positions: no preemption", (long long)spec_pool);
+    printf("  speculative%s: %d of %d requests (%d tokens) as without it; %lld drafts, %lld accepted, %lld preempted\n",
+           spec_pool ? " on a small pool" : "", same, N + 1, generated, (long long)s1.spec_drafted,
+           (long long)s1.spec_accepted, (long long)s1.preemptions);
 out:
     ts_model_engine_free(plain);
     ts_model_engine_free(spec);
@@ -678,7 +682,8 @@ int main(void) {
         test_prefix_reuse(w, be, oracle_be, cp);
         test_budget(w, be);
         test_small_pool(w, be, cp, 3 * V4_BLOCK, V4_BLOCK);
-        test_speculative(w, be);
+        test_speculative(w, be, 0);
+        test_speculative(w, be, 6 * V4_BLOCK);
     }
     ts_model_completer_free(cp);
     ts_backend_free(be);

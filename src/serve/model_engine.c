@@ -422,6 +422,7 @@ static void after_prefill(ts_model_engine *e, const plan *p, ts_status st) {
 static void after_round(ts_model_engine *e, const plan *p, ts_status st, const int32_t *out, int n_out) {
     int s = e->step_slots[0];
     slot_state *sl = &e->slots[s];
+    if (out_of_blocks(e, st)) return; /* nothing appended; the MTP block's lag is recomputed */
     if (st != TS_OK) {
         fail(e, s);
         return;
