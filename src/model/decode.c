@@ -512,15 +512,35 @@ static int64_t entry_at(const v4_decoder *dec, const dec_layer *L, int64_t r, in
     return (int64_t)ts_block_pool_block(&dec->pool, dec->slot_of[r], i * L->m) * L->per_block + i % L->per_block;
 }
 
+/* Where row r finds its `done` cached entries: its view of the keys (local passes: ring, then
+ * entries), and on CSA layers its cached indexer keys and where the indexer's picks go. Entries
+ * not cached yet are masked and read any valid row. */
+static void entry_lists(const v4_decoder *dec, const dec_layer *L, const pass_layer *G, int64_t r, int64_t done) {
+    int64_t ring = dec->B * L->Rc, row = L->NB + G->nb;
+    int32_t *view = G->local ? G->view_rows + r * (L->Rc + L->NB) : NULL;
+    int32_t *keys = L->csa ? G->ikey_rows + r * L->NB : NULL;
+    float *picks = L->csa ? G->pick_extra + 1 + r * row : NULL;
+    for (int64_t j = 0; view && j < L->Rc; j++) view[j] = (int32_t)(r * L->Rc + j);
+    for (int64_t i = 0; i < done; i++) {
+        int64_t cached = entry_at(dec, L, r, i);
+        if (view) view[L->Rc + i] = (int32_t)(ring + cached);
+        if (keys) keys[i] = (int32_t)cached;
+        if (picks) picks[i] = (float)(G->local ? L->Rc + i : ring + cached);
+    }
+    for (int64_t i = done; i < L->NB; i++) {
+        if (view) view[L->Rc + i] = (int32_t)ring;
+        if (keys) keys[i] = 0;
+        if (picks) picks[i] = -1.0f;
+    }
+    for (int64_t i = L->NB; picks && i < row; i++) picks[i] = G->lead ? -1.0f : (float)(L->Rc + i); /* the pass's */
+}
+
 /* Compressed-layer inputs of row r: which slots make up each block the pass may complete, the
- * blocks' RoPE, the row's view of the keys (local passes), and which entries each query may use
- * (HCA: in its index list; CSA: the indexer's mask, the rows of its cached keys and where its
- * picks go). p < 0: an idle row (every entry masked; masked keys read entry 0). */
+ * blocks' RoPE, where its entries are (entry_lists), and which entries each query may use (HCA:
+ * in its index list; CSA: the indexer's mask). p < 0: an idle row (every entry masked). */
 static void prepare_blocks(const v4_decoder *dec, const dec_layer *L, const pass_layer *G, int64_t r, int64_t T,
                            int64_t p) {
-    int64_t m = L->m, S = L->csa ? 2 * m : m, done = p > 0 ? p / m : 0, row = L->NB + G->nb, ring = dec->B * L->Rc;
-    int32_t *view = G->local ? G->view_rows + r * (L->Rc + L->NB) : NULL;
-    for (int64_t j = 0; view && j < L->Rc; j++) view[j] = (int32_t)(r * L->Rc + j);
+    int64_t m = L->m, S = L->csa ? 2 * m : m, done = p > 0 ? p / m : 0, row = L->NB + G->nb;
     for (int64_t k = 0; k < G->nb; k++) {
         int64_t first = (done + k) * m - (L->csa ? m : 0);
         for (int64_t s = 0; s < S; s++) /* an idle row reads zero rows only */
@@ -528,17 +548,16 @@ static void prepare_blocks(const v4_decoder *dec, const dec_layer *L, const pass
         for (int64_t j = 0; j < dec->half; j++)
             put(dec, G->block_angles, (r * G->nb + k) * dec->half + j, (double)((done + k) * m) * dec->omega[1][j]);
     }
-    for (int64_t i = 0; i < row; i++) { /* cached entries completed before the pass, then the pass's own */
-        int64_t cached = i < done ? entry_at(dec, L, r, i) : 0;
-        int32_t at = (int32_t)(G->local ? L->Rc + i : ring + cached); /* in the extras (i >= NB: local only) */
-        if (view && i < L->NB) view[L->Rc + i] = (int32_t)(ring + cached);
-        if (L->csa && i < L->NB) G->ikey_rows[r * L->NB + i] = (int32_t)cached;
-        if (L->csa) G->pick_extra[1 + r * row + i] = (i < L->NB ? i < done : !G->lead) ? (float)at : -1.0f;
-        for (int64_t t = 0; t < T; t++) {
-            int64_t pos = p + t, qr = r * T + t;
+    entry_lists(dec, L, G, r, done);
+    for (int64_t t = 0; t < T; t++) {
+        int64_t pos = p + t, qr = r * T + t;
+        for (int64_t i = 0; i < row; i++) {
+            /* cached entries completed before the pass, then the pass's own once complete */
             bool ok = p >= 0 && (i < L->NB ? i < done : (done + i - L->NB + 1) * m - 1 <= pos);
             if (L->csa) put(dec, G->imask, qr * row + i, ok ? 0.0 : -INFINITY);
-            else if (i < L->NB || !G->lead) G->idx[qr * G->E + L->R + i] = ok ? at : -1;
+            else if (i < L->NB || !G->lead)
+                G->idx[qr * G->E + L->R + i] =
+                    !ok ? -1 : (int32_t)(G->local ? L->Rc + i : dec->B * L->Rc + entry_at(dec, L, r, i));
             else G->key_start[r] = ok ? 0 : 1;
         }
     }
