@@ -2,20 +2,21 @@
  * checkpoint, the mix a chat server meets: --streams requests at once, --prompt-token prompts
  * whose first --shared tokens are the same (a system prompt), up to --new greedy tokens each (the
  * end-of-sequence token may stop one early), in an engine of --streams slots of --max-len positions. Three runs:
- *   reserved    what a slot costs when each reserves max_len: the pool / slots;
+ *   reserved    what a slot costs when each reserves max_len: the full pool / slots (V4:
+ *               what each slot held before its compressed entries were paged);
  *   paged       the full pool, prefix cache off: each request holds its own blocks;
  *   shared      the full pool, prefix cache on: the system prompt's blocks are shared;
  *   small pool  (--pool P) the shared run in a pool of P positions: requests wait or are
  *               preempted when it is full.
  * For each: the peak of the pool's blocks in use while the requests run (engine stats, polled
- * every 0.2 ms) / streams = memory per concurrent request, preemptions, and generated tokens/s
- * (wall; noisy on a shared machine).
+ * every 0.2 ms) x a block's bytes / streams, plus a slot's fixed state (V4's state cache; dense
+ * has none) = memory per concurrent request, preemptions, and generated tokens/s (wall; noisy
+ * on a shared machine).
  *
  *   tessera_bench_kv_pool --model DIR [--threads N] [--streams N] [--prompt N] [--shared N]
  *                         [--new N] [--max-len N] [--pool P]
  *
- * DIR: a dense checkpoint (`tessera init --model dense-small --out DIR`); V4 keeps its memory
- * per slot, so its runs all equal `reserved`. */
+ * DIR: a dense or V4 checkpoint (`tessera init --model dense-small --out DIR`). */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,7 @@
 #include <time.h>
 
 #include "tessera/backend.h"
+#include "tessera/model.h"
 #include "tessera/serve.h"
 
 typedef struct {
@@ -116,11 +118,11 @@ static ts_status run(const bench_opts *o, const ts_model_weights *w, ts_backend 
     return s;
 }
 
-static void print_run(const char *name, const bench_opts *o, const run_result *r) {
-    double block_mib = (double)r->kv_bytes / (double)r->blocks / (1 << 20);
+static void print_run(const char *name, const bench_opts *o, const ts_model_decoder_pool *pool, const run_result *r) {
+    double block_mib = (double)pool->block_bytes / (1 << 20), slot_mib = (double)pool->slot_bytes / (1 << 20);
     printf("  %-10s pool %4lld blocks, peak in use %4lld: %7.3f MiB per request; %3lld preempted, %5lld prompt "
            "tokens reused, %7.1f tok/s\n",
-           name, (long long)r->blocks, (long long)r->peak_blocks, block_mib * (double)r->peak_blocks / o->streams,
+           name, (long long)r->blocks, (long long)r->peak_blocks, slot_mib + block_mib * (double)r->peak_blocks / o->streams,
            (long long)r->preemptions, (long long)r->reused, (double)r->generated_tokens / r->seconds);
 }
 
@@ -163,6 +165,11 @@ int main(int argc, char **argv) {
     ts_status s = ts_model_load(o.model, TS_F32, &w, err, sizeof err);
     if (s == TS_OK) s = ts_backend_cpu_new(o.threads, &be);
     run_result paged, shared, small;
+    ts_model_decoder *dec = NULL; /* for the bytes of a block and of a slot's fixed state */
+    ts_model_decoder_pool pool = {0};
+    if (s == TS_OK) s = ts_model_decoder_new(w, be, 1, o.max_len, &dec, err, sizeof err);
+    if (s == TS_OK) ts_model_decoder_pool_info(dec, &pool);
+    ts_model_decoder_free(dec);
     if (s == TS_OK) s = run(&o, w, be, false, 0, &paged, err, sizeof err);
     if (s == TS_OK) s = run(&o, w, be, true, 0, &shared, err, sizeof err);
     if (s == TS_OK && o.pool > 0) s = run(&o, w, be, true, o.pool, &small, err, sizeof err);
@@ -172,11 +179,12 @@ int main(int argc, char **argv) {
     }
     printf("%d streams, prompts of %d tokens (the first %d shared), %d new tokens, max_len %lld, threads %d\n",
            o.streams, o.prompt, o.shared, o.new_tokens, (long long)o.max_len, o.threads);
-    printf("  %-10s %.3f MiB per request (max_len positions whatever it uses)\n", "reserved",
-           (double)paged.kv_bytes / o.streams / (1 << 20));
-    print_run("paged", &o, &paged);
-    print_run("shared", &o, &shared);
-    if (o.pool > 0) print_run("small pool", &o, &small);
+    printf("  %-10s %.3f MiB per request (max_len positions whatever it uses): a slot's fixed state %.3f MiB, "
+           "blocks of %lld positions, %.1f KiB each\n", "reserved", (double)paged.kv_bytes / o.streams / (1 << 20),
+           (double)pool.slot_bytes / (1 << 20), (long long)pool.block_positions, (double)pool.block_bytes / 1024);
+    print_run("paged", &o, &pool, &paged);
+    print_run("shared", &o, &pool, &shared);
+    if (o.pool > 0) print_run("small pool", &o, &pool, &small);
     ts_backend_free(be);
     ts_model_weights_free(w);
     return 0;

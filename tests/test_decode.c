@@ -17,6 +17,11 @@
  * 4b. fork: slot 0 holds A[0..20) + B[0..10); slot 1 forked from it at 20 goes on with A and
  *    slot 0 with B, stepping together: each gives the logits of its own full pass; a fork
  *    further back than the rewind bound is TS_ERR_UNSUPPORTED, the target unchanged.
+ * 4c. the paged pool: 500 random steps / extends / truncates / resets / forks of 4 slots over 9
+ *    blocks of 8 positions (24 would hold them all), following 5 sequences that share prefixes
+ *    (switching after forks and truncates, so shared blocks are copied on write): every logit
+ *    matches the full pass, TS_ERR_OOM from step and extend changes no length and no block, and
+ *    resets give every block back; a pool too large for the cache index is TS_ERR_INVALID_ARG.
  * 5. f32 on the optimized backend: the scaled-down tiny preset (more heads, top-16 indexer over
  *    longer sequences, MTP present but unused, HCA blocks of 32) matches within 1e-4 stepped
  *    and fed in chunks; one slot stepping alone in an 8-slot decoder gives the logits of a
@@ -221,6 +226,119 @@ static void test_fork(ts_model_weights *w, ts_backend *be, const int32_t *a, con
     ts_model_decoder_free(dec);
 }
 
+/* Random steps / extends / truncates / resets / forks over a pool of 9 blocks of 8 positions
+ * (4 slots of 46 need 24): every slot follows one of 5 master sequences that share prefixes, and
+ * may switch to another sharing the prefix it holds (after a fork or a truncate: its later
+ * tokens then diverge from its old blocks' other holders, so shared blocks are copied on write).
+ * Every logit handed out matches the master's full pass; TS_ERR_OOM leaves every length and the
+ * free blocks as they were (and the later logits still match); resets give every block back. */
+static void test_pool_random(ts_model_weights *w, ts_backend *be, const int32_t *a, const int32_t *b) {
+    enum { N = 46, V = 64, M = 5, SLOTS = 4, OPS = 500 };
+    char err[256] = "";
+    ts_model_decoder *dec = NULL;
+    CHECK(ts_model_decoder_new_pooled(w, be, SLOTS, N, 9 * 8, &dec, err, sizeof err) == TS_OK, "decoder: %s", err);
+    if (!dec) return;
+    int32_t master[M][N];
+    const int32_t *parts[M][2] = {{a, a}, {a, b}, {a, b + 10}, {b, b}, {b, a}};
+    const int cut[M] = {N, 20, 12, N, 25};
+    double *full[M];
+    for (int k = 0; k < M; k++) {
+        for (int i = 0; i < N; i++) master[k][i] = i < cut[k] ? parts[k][0][i] : parts[k][1][i - cut[k]];
+        full[k] = full_logits(w, be, master[k], N);
+    }
+    int follows[SLOTS] = {0, 1, 3, 4};
+    uint64_t rng = 12345;
+#define RND(n) ((int)((rng = rng * 6364136223846793005ULL + 1442695040888963407ULL) >> 33) % (n))
+    float *lg = malloc((size_t)(SLOTS > 12 ? SLOTS : 12) * V * sizeof *lg);
+    double worst = 0;
+    int n_oom_step = 0, n_oom_extend = 0, n_forks = 0, n_switch = 0, bad_oom = 0;
+    ts_model_decoder_pool p0, p1;
+    for (int op = 0; op < OPS; op++) {
+        int kind = RND(10), s = RND(SLOTS);
+        int64_t len = ts_model_decoder_length(dec, s), before[SLOTS];
+        for (int i = 0; i < SLOTS; i++) before[i] = ts_model_decoder_length(dec, i);
+        ts_model_decoder_pool_info(dec, &p0);
+        ts_status st = TS_OK;
+        int oom_kind = 0;
+        if (kind < 4) { /* a step of a random subset */
+            int slots[SLOTS], n = 0;
+            int32_t ids[SLOTS];
+            for (int i = 0; i < SLOTS; i++)
+                if (before[i] < N && (RND(2) || (n == 0 && i == SLOTS - 1))) {
+                    slots[n] = i;
+                    ids[n++] = master[follows[i]][before[i]];
+                }
+            if (n == 0) continue;
+            st = ts_model_decoder_step(dec, n, slots, ids, lg);
+            for (int i = 0; st == TS_OK && i < n; i++)
+                for (int v = 0; v < V; v++)
+                    worst = fmax(worst, fabs(lg[i * V + v] - full[follows[slots[i]]][before[slots[i]] * V + v]));
+            oom_kind = 1;
+        } else if (kind < 6) { /* an extend, every row's logits */
+            int64_t n = 1 + RND(12);
+            n = n < N - len ? n : N - len;
+            if (n < 1) continue;
+            st = ts_model_decoder_extend(dec, s, master[follows[s]] + len, n, lg, n);
+            for (int64_t i = 0; st == TS_OK && i < n * V; i++)
+                worst = fmax(worst, fabs(lg[i] - full[follows[s]][len * V + i]));
+            oom_kind = 2;
+        } else if (kind == 6 && len > 0) { /* a truncate, maybe onto another master */
+            int64_t to = len - 1 - RND(10);
+            to = to > 0 ? to : 0;
+            st = ts_model_decoder_truncate(dec, s, to);
+            CHECK(st == TS_OK || (st == TS_ERR_UNSUPPORTED && ts_model_decoder_length(dec, s) == len), "truncate: %s",
+                  ts_status_name(st));
+            int k = RND(M);
+            if (st == TS_OK && memcmp(master[k], master[follows[s]], (size_t)to * sizeof(int32_t)) == 0) {
+                n_switch += k != follows[s];
+                follows[s] = k;
+            }
+        } else if (kind == 7) {
+            ts_model_decoder_reset(dec, s);
+            follows[s] = RND(M);
+        } else if (kind >= 8) { /* a fork from another slot, going on with a master sharing the prefix */
+            int src = (s + 1 + RND(SLOTS - 1)) % SLOTS;
+            int64_t at = before[src] - RND(12);
+            if (at < 1) continue;
+            st = ts_model_decoder_fork(dec, s, src, at);
+            CHECK(st == TS_OK || (st == TS_ERR_UNSUPPORTED && ts_model_decoder_length(dec, s) == len), "fork: %s",
+                  ts_status_name(st));
+            if (st != TS_OK) continue;
+            n_forks++;
+            int k = RND(M);
+            follows[s] = memcmp(master[k], master[follows[src]], (size_t)at * sizeof(int32_t)) ? follows[src] : k;
+        }
+        if (st != TS_ERR_OOM || oom_kind == 0) continue;
+        n_oom_step += oom_kind == 1;
+        n_oom_extend += oom_kind == 2;
+        ts_model_decoder_pool_info(dec, &p1);
+        for (int i = 0; i < SLOTS; i++) bad_oom += ts_model_decoder_length(dec, i) != before[i];
+        bad_oom += p1.free_blocks != p0.free_blocks;
+        ts_model_decoder_reset(dec, s); /* make room */
+        follows[s] = RND(M);
+    }
+#undef RND
+    for (int i = 0; i < SLOTS; i++) ts_model_decoder_reset(dec, i);
+    ts_model_decoder_pool_info(dec, &p1);
+    CHECK(worst <= 1e-6, "random ops over a small pool: logits differ from the full pass by %.3e", worst);
+    CHECK(bad_oom == 0 && n_oom_step > 0 && n_oom_extend > 0, "TS_ERR_OOM (%d from step, %d from extend) changed the "
+          "state %d times", n_oom_step, n_oom_extend, bad_oom);
+    CHECK(n_forks > 0 && n_switch > 0, "%d forks, %d truncates onto another master", n_forks, n_switch);
+    CHECK(p1.shared && p1.blocks == 9 && p1.block_positions == 8 && p1.free_blocks == p1.blocks,
+          "after resets: %lld of %lld blocks of %lld positions free", (long long)p1.free_blocks, (long long)p1.blocks,
+          (long long)p1.block_positions);
+    printf("  pool of 9 blocks (4 slots of 46 need 24): %d random ops, %d forks, %d + %d TS_ERR_OOM (nothing changed), "
+           "max |logit difference| %.2e, every block back\n", OPS, n_forks, n_oom_step, n_oom_extend, worst);
+    free(lg);
+    for (int k = 0; k < M; k++) free(full[k]);
+    ts_model_decoder_free(dec);
+    dec = NULL;
+    err[0] = '\0';
+    ts_status big = ts_model_decoder_new_pooled(w, be, SLOTS, N, INT64_MAX / 2, &dec, err, sizeof err);
+    CHECK(big == TS_ERR_INVALID_ARG && !dec && strstr(err, "index"), "a pool past the cache index: %s (%s)",
+          ts_status_name(big), err);
+}
+
 static void test_completer(ts_model_weights *w, ts_backend *be, const int32_t *a, const int32_t *b);
 
 static void test_fixture(void) {
@@ -273,6 +391,7 @@ static void test_fixture(void) {
     check_extend(w, be, a, 46, pats, np, 5, 1e-6, "extend (f64 fixture)");
     test_truncate(w, be, a, b);
     test_fork(w, be, a, b);
+    test_pool_random(w, be, a, b);
 
     /* reset and reuse a slot */
     ts_model_decoder *dec = NULL;

@@ -16,12 +16,14 @@
  *    same tokens with no reuse counted.
  * 5. Sizing from a memory budget: ts_model_engine_fit's slots x one slot's bytes fits the budget
  *    and one more does not; the engine's reported pool memory is slots x one slot's; too small a
- *    budget is TS_ERR_RANGE.
+ *    budget is TS_ERR_RANGE. V4's pool (blocks of lcm(4, 32) = 32 positions of compressed
+ *    entries, the slots' fixed state besides): eight requests through 8 slots over 3 blocks give
+ *    the tokens of the full pool, greedy and sampled, with preemptions (as for dense in 7).
  * 6. Speculative decoding: greedy outputs of an engine with MTP speculation equal those of one
  *    without - a request alone (speculative rounds), three together (batched steps, the MTP block
  *    caught up as they pass half its lag limit, then rounds as they finish), long prompts in
  *    chunks, and a second turn reusing a prefix (a rewind under the block) - and drafts are made
- *    and counted.
+ *    and counted; the same with the speculative engine on a pool of 6 V4 blocks (preemptions).
  * 7. The dense model's shared block pool (dense-tiny, its own oracle):
  *    - three requests sharing a 34-token prefix, the later two submitted while the first is
  *      still generating: they fork its blocks (reused tokens counted, the first provably still
@@ -43,6 +45,7 @@
 #include "tessera/serve.h"
 
 enum { MAX_LEN = 48, MAX_OUT = 64 };
+enum { V4_BLOCK = 32, V4_SEQ = (MAX_LEN + V4_BLOCK - 1) / V4_BLOCK * V4_BLOCK }; /* small_model's pool: lcm(4, 32) */
 
 typedef struct {
     pthread_mutex_t mu;
@@ -193,10 +196,13 @@ static void test_chunked_prefill(const ts_model_weights *w, ts_backend *be, ts_m
     ts_engine_stats s = stats(&eng);
     CHECK(s.prefill_tokens + s.prefix_reused_tokens == (int64_t)total, "prefilled %lld + reused %lld != %zu prompt tokens",
           (long long)s.prefill_tokens, (long long)s.prefix_reused_tokens, total);
-    CHECK(s.running == 0 && s.kv_positions_running == 0 && s.kv_cache_usage == 0 && s.kv_positions_cached > 0 &&
-              s.kv_positions_capacity == 3 * MAX_LEN,
-          "idle engine: running %lld, %lld positions running, %lld cached of %lld", (long long)s.running,
-          (long long)s.kv_positions_running, (long long)s.kv_positions_cached, (long long)s.kv_positions_capacity);
+    /* the idle slots' caches keep their pool blocks (for prefix reuse) */
+    CHECK(s.running == 0 && s.kv_positions_running == 0 && s.kv_positions_cached > 0 && s.kv_blocks_free < s.kv_blocks &&
+              s.kv_cache_usage == (double)(s.kv_blocks - s.kv_blocks_free) / (double)s.kv_blocks &&
+              s.kv_positions_capacity == 3 * V4_SEQ,
+          "idle engine: running %lld, %lld positions running, %lld cached of %lld, %lld of %lld blocks free",
+          (long long)s.running, (long long)s.kv_positions_running, (long long)s.kv_positions_cached,
+          (long long)s.kv_positions_capacity, (long long)s.kv_blocks_free, (long long)s.kv_blocks);
     printf("  chunked prefill (chunks of 3, prompts of 5..19 tokens, 3 slots, 2 joining mid-way): %d of %d requests "
            "identical to greedy completion alone\n", same, N);
     ts_model_engine_free(e);
@@ -376,7 +382,7 @@ static void test_budget(const ts_model_weights *w, ts_backend *be) {
     int64_t pool = -1;
     size_t one = 0;
     ts_status st = ts_model_engine_fit(w, be, 1 << 30, MAX_LEN, 7, &slots, &pool, &one, err, sizeof err);
-    CHECK(st == TS_OK && slots == 7 && one > 0 && pool == 0, "a large budget: %d slots (max 7), %zu bytes each, pool %lld: %s",
+    CHECK(st == TS_OK && slots == 7 && one > 0 && pool == 7 * V4_SEQ, "a large budget: %d slots (max 7), %zu bytes each, pool %lld: %s",
           slots, one, (long long)pool, err);
     if (one == 0) return;
     size_t budget = 3 * one + one / 2;
@@ -493,8 +499,9 @@ static void run_eight(const ts_engine *eng, ts_model_completer *cp, collector co
     }
 }
 
-static void test_small_pool(const ts_model_weights *w, ts_backend *be, ts_model_completer *cp) {
-    ts_model_engine *small = pooled_engine(w, be, 8, 64, MAX_LEN), *big = pooled_engine(w, be, 8, 0, MAX_LEN);
+/* A pool of `pool` positions in blocks of `block` (a few sequences' worth) against the full one. */
+static void test_small_pool(const ts_model_weights *w, ts_backend *be, ts_model_completer *cp, int64_t pool, int64_t block) {
+    ts_model_engine *small = pooled_engine(w, be, 8, pool, MAX_LEN), *big = pooled_engine(w, be, 8, 0, MAX_LEN);
     if (!small || !big) goto out;
     ts_engine eng, ref;
     ts_model_engine_table(small, &eng);
@@ -504,7 +511,7 @@ static void test_small_pool(const ts_model_weights *w, ts_backend *be, ts_model_
         ts_model_completer *oracle = run % 2 ? NULL : cp;
         const char *system = run < 2 ? "" : "sys: be short. ";
         int32_t new = run < 2 ? 20 : 12;
-        run_eight(&eng, oracle, got, "a pool of 4 blocks", system, new);
+        run_eight(&eng, oracle, got, "a small pool", system, new);
         run_eight(&ref, oracle, want, "the full pool", system, new);
         for (int i = 0; i < 8; i++)
             CHECK(got[i].n == want[i].n && !memcmp(got[i].tokens, want[i].tokens, (size_t)got[i].n * sizeof(int32_t)),
@@ -512,14 +519,16 @@ static void test_small_pool(const ts_model_weights *w, ts_backend *be, ts_model_
                   oracle ? "greedy" : "sampled", run < 2 ? "" : ", shared system prompt");
     }
     ts_engine_stats s = stats(&eng), r = stats(&ref);
-    CHECK(s.kv_positions_capacity == 64 && s.kv_blocks == 4 && r.kv_positions_capacity == 8 * MAX_LEN &&
-              s.kv_bytes * 6 == r.kv_bytes && s.preemptions > 0 && r.preemptions == 0,
+    int64_t full = 8 * ((MAX_LEN + block - 1) / block);
+    CHECK(s.kv_positions_capacity == pool && s.kv_blocks == pool / block && r.kv_blocks == full &&
+              r.kv_positions_capacity == full * block && s.kv_bytes < r.kv_bytes && s.preemptions > 0 && r.preemptions == 0,
           "pools of %lld and %lld positions (%lld and %lld bytes): %lld and %lld preemptions",
           (long long)s.kv_positions_capacity, (long long)r.kv_positions_capacity, (long long)s.kv_bytes,
           (long long)r.kv_bytes, (long long)s.preemptions, (long long)r.preemptions);
-    printf("  8 requests x (greedy, seeded sampling) x (distinct, a shared system prompt), 8 slots over a pool of "
-           "64 positions (of %d): %lld preemptions, the full pool's tokens\n",
-           8 * MAX_LEN, (long long)s.preemptions);
+    printf("  %s: 8 requests x (greedy, seeded sampling) x (distinct, a shared system prompt), 8 slots over a pool "
+           "of %lld positions (of %lld), %lld of %lld KiB: %lld preemptions, the full pool's tokens\n",
+           block == TS_MODEL_DECODER_BLOCK ? "dense" : "V4", (long long)pool, (long long)(full * block),
+           (long long)s.kv_bytes / 1024, (long long)r.kv_bytes / 1024, (long long)s.preemptions);
 out:
     ts_model_engine_free(small);
     ts_model_engine_free(big);
@@ -568,7 +577,7 @@ static void test_dense_pool(void) {
     CHECK(ts_model_completer_new(w, oracle_be, 1, MAX_LEN, &cp, err, sizeof err) == TS_OK, "completer: %s", err);
     if (cp) {
         test_shared_prefix(w, be, cp);
-        test_small_pool(w, be, cp);
+        test_small_pool(w, be, cp, 4 * TS_MODEL_DECODER_BLOCK, TS_MODEL_DECODER_BLOCK);
         test_pool_budget(w, be);
     }
     ts_model_completer_free(cp);
@@ -586,7 +595,8 @@ static size_t long_prompt(const ts_engine *eng, const char *alphabet, size_t len
     return tokenize(eng, text, true, out);
 }
 
-static void test_speculative(const ts_model_weights *w, ts_backend *be) {
+/* spec_pool: the speculative engine's pool (0: the full one). */
+static void test_speculative(const ts_model_weights *w, ts_backend *be, int64_t spec_pool) {
     enum { LEN = 192, N = 4, NEW = 60 };
     ts_model_engine_options o = ts_model_engine_defaults();
     o.slots = 3;
@@ -596,6 +606,7 @@ static void test_speculative(const ts_model_weights *w, ts_backend *be) {
     char err[256] = "";
     CHECK(ts_model_engine_new(w, NULL, be, &o, &plain, err, sizeof err) == TS_OK, "plain engine: %s", err);
     o.speculative = true;
+    o.pool_positions = spec_pool;
     CHECK(ts_model_engine_new(w, NULL, be, &o, &spec, err, sizeof err) == TS_OK, "speculative engine: %s", err);
     if (!plain || !spec) goto out;
     ts_engine eng[2];
@@ -646,8 +657,10 @@ static void test_speculative(const ts_model_weights *w, ts_backend *be) {
           "drafts: %lld made, %lld accepted; the plain engine %lld", (long long)s1.spec_drafted,
           (long long)s1.spec_accepted, (long long)s0.spec_drafted);
     CHECK(s1.prefix_cache_hits > 0, "the next turn reused no prefix");
-    printf("  speculative: %d of %d requests (%d tokens) as without it; %lld drafts, %lld accepted\n", same, N + 1,
-           generated, (long long)s1.spec_drafted, (long long)s1.spec_accepted);
+    CHECK(spec_pool == 0 || s1.preemptions > 0, "a pool of %lld positions: no preemption", (long long)spec_pool);
+    printf("  speculative%s: %d of %d requests (%d tokens) as without it; %lld drafts, %lld accepted, %lld preempted\n",
+           spec_pool ? " on a small pool" : "", same, N + 1, generated, (long long)s1.spec_drafted,
+           (long long)s1.spec_accepted, (long long)s1.preemptions);
 out:
     ts_model_engine_free(plain);
     ts_model_engine_free(spec);
@@ -669,7 +682,9 @@ int main(void) {
         test_sampling_cancel_limits(w, be);
         test_prefix_reuse(w, be, oracle_be, cp);
         test_budget(w, be);
-        test_speculative(w, be);
+        test_small_pool(w, be, cp, 3 * V4_BLOCK, V4_BLOCK);
+        test_speculative(w, be, 0);
+        test_speculative(w, be, 6 * V4_BLOCK);
     }
     ts_model_completer_free(cp);
     ts_backend_free(be);

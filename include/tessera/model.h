@@ -454,11 +454,13 @@ ts_status ts_model_complete(ts_model_completer *c, int n, const int32_t *const *
  * DeepSeek-V4 token by token against per-sequence caches (spec §2.13): a window ring of keys,
  * the completed CSA/HCA entries, the compressors' pending blocks and the indexer's keys. Up to
  * `slots` sequences step together (one pass over just the stepping slots); each has its own position.
- * Decoding a sequence gives the logits of the full forward pass at every position. V4's memory
- * is per slot: each owns its state for max_len positions (the spec's fixed "state cache").
- * The dense baseline (decode_dense.c) keeps its KV cache in a pool of blocks of
- * TS_MODEL_DECODER_BLOCK positions shared by all slots: a slot takes blocks as it grows, gives
- * them back on reset / truncate, and shares them with the slots forked from it.
+ * Decoding a sequence gives the logits of the full forward pass at every position. Both keep
+ * their caches in a pool of blocks shared by all slots: a slot takes blocks as it grows, gives
+ * them back on reset / truncate, and shares them with the slots forked from it. Dense
+ * (decode_dense.c): the KV cache, blocks of TS_MODEL_DECODER_BLOCK positions. V4 (spec §2.13):
+ * the completed compressed entries and indexer keys, blocks of the least common multiple of the
+ * compression ratios (128 positions for ratios 4 and 128); besides, each slot owns a fixed
+ * "state cache" (window ring, the compressors' pending projections, the MTP block's state).
  *
  * Statuses: TS_ERR_INVALID_ARG for NULLs, slots out of range, repeated slots, empty calls;
  * TS_ERR_RANGE past max_len; TS_ERR_OOM at creation (memory) and, with a shared pool, from
@@ -467,16 +469,16 @@ ts_status ts_model_complete(ts_model_completer *c, int n, const int32_t *const *
  * finishing sequences makes room. */
 typedef struct ts_model_decoder ts_model_decoder;
 
-#define TS_MODEL_DECODER_BLOCK 16 /* positions per block of a shared pool */
+#define TS_MODEL_DECODER_BLOCK 16 /* positions per block of the dense pool */
 
 /* max_len: positions per sequence. TS_ERR_UNSUPPORTED for a model kind without an
- * implementation (src/model/decoder_impl.h). A shared pool holds slots x max_len positions. */
+ * implementation (src/model/decoder_impl.h). The shared pool lets every slot reach max_len. */
 ts_status ts_model_decoder_new(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
                                ts_model_decoder **out, char *err, size_t err_size);
 /* The same with a shared pool of pool_positions positions (rounded up to whole blocks; 0:
- * slots x max_len), however many slots: the slots then only fill it together as far as it goes.
- * V4 has no shared pool and ignores it. TS_ERR_INVALID_ARG: pool_positions < 0, or more
- * positions than an i32 index reaches. */
+ * every slot can reach max_len at once), however many slots: the slots then only fill it
+ * together as far as it goes. TS_ERR_INVALID_ARG: pool_positions < 0, or more positions than an
+ * i32 index reaches. */
 ts_status ts_model_decoder_new_pooled(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
                                       int64_t pool_positions, ts_model_decoder **out, char *err, size_t err_size);
 void ts_model_decoder_free(ts_model_decoder *d);
@@ -503,19 +505,23 @@ ts_status ts_model_decoder_truncate(ts_model_decoder *d, int slot, int64_t len);
 /* Slot dst drops its sequence and holds src's first len tokens instead, as if they had been
  * fed to it (prefix reuse across sequences; src keeps its own). Dense: dst shares src's blocks
  * (a K/V row depends only on the tokens up to it, so sharing is exact; a partly filled shared
- * block is copied when either slot first writes into it), no memory is taken. V4: dst gets a
- * copy of src's state rows rewound to len, within the bound truncate has on src (about 16
- * tokens behind the furthest length it reached): else TS_ERR_UNSUPPORTED, dst unchanged. len = 0
+ * block is copied when either slot first writes into it), no memory is taken. V4: the same for
+ * the pool's compressed entries, and dst gets a copy of src's fixed state rewound to len, within
+ * the bound truncate has on src (about 16 tokens behind the furthest length it reached: the
+ * rings hold only the last positions): else TS_ERR_UNSUPPORTED, dst unchanged. len = 0
  * resets dst. TS_ERR_INVALID_ARG: slots out of range or equal; TS_ERR_RANGE: len > length(src). */
 ts_status ts_model_decoder_fork(ts_model_decoder *d, int dst, int src, int64_t len);
 /* Host memory held by all slots' caches, in bytes. */
 size_t ts_model_decoder_state_bytes(const ts_model_decoder *d);
 
-/* The cache memory as blocks. Shared pool (dense): blocks of block_positions positions, free
- * ones held by no slot. Per-slot memory (V4): one block of max_len positions per slot, free
- * while its slot holds no token. */
+/* The cache memory as blocks. Shared pool (dense, V4): blocks of block_positions positions, free
+ * ones held by no slot, block_bytes each, plus slot_bytes of fixed state per slot (V4's state
+ * cache; dense: 0). Per-slot memory (a family without a pool): one block of max_len positions
+ * per slot, free while its slot holds no token. state_bytes = slots x slot_bytes + blocks x
+ * block_bytes. */
 typedef struct {
     int64_t block_positions, blocks, free_blocks;
+    size_t block_bytes, slot_bytes;
     bool shared; /* blocks move between slots (a shared pool) */
 } ts_model_decoder_pool;
 

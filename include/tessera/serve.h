@@ -103,7 +103,7 @@ typedef struct {
     int64_t kv_positions_cached;  /* positions idle slots keep for prefix reuse (reclaimable) */
     int64_t kv_positions_capacity;/* positions of the whole pool (blocks x positions per block) */
     int64_t kv_bytes;             /* memory of the whole pool */
-    int64_t kv_blocks;            /* blocks of the pool (ts_model_decoder_pool: per-slot memory is one per slot) */
+    int64_t kv_blocks;            /* blocks of the pool (ts_model_decoder_pool) */
     int64_t kv_blocks_free;       /* held by no sequence, running or cached */
     int64_t preemptions;          /* running requests sent back to the queue for want of blocks (counter) */
     int64_t prefix_cache_hits;    /* admitted requests that reused a cached prefix (counter) */
@@ -248,8 +248,9 @@ void ts_server_shutdown(ts_server *srv, double grace_s);
  * The ts_engine of a model (DeepSeek-V4 or the dense baseline): continuous batching over the
  * incremental decoder. Up to `slots` sequences run at once, each up to max_len positions (prompt
  * + output), up to max_queue more wait (a full queue: submit returns TS_ERR_STATE, HTTP 503).
- * KV memory: V4 owns max_len positions per slot, fixed here. The dense decoder keeps a pool of
- * pool_positions shared by the slots (ts_model_decoder_new_pooled), which may be smaller than
+ * KV memory: the decoder keeps a pool of pool_positions shared by the slots
+ * (ts_model_decoder_new_pooled: the dense KV cache; V4's compressed entries, each slot owning
+ * its fixed state cache besides), which may be smaller than
  * slots x max_len: a request waits in the queue until the pool has room for its prompt, and
  * when the running sequences outgrow it the youngest is preempted - back to the queue front, to
  * be recomputed later with its sampler state kept, so its output does not change. A request
@@ -291,11 +292,12 @@ ts_status ts_model_engine_new(const ts_model_weights *w, ts_tokenizer *tok, ts_b
                               const ts_model_engine_options *opt, ts_model_engine **out, char *err, size_t err_size);
 
 /* Sizing from a memory budget of kv_bytes of decoder caches (measured on a one-slot decoder).
- * A shared pool (dense): *pool_positions = the whole blocks that fit, *slots = max_slots (at most
- * one per block) - the pool, not the slots, bounds the memory. Per-slot memory (V4): *slots =
- * how many sequences of max_len fit (at most max_slots), *pool_positions = 0. *seq_bytes: the
- * memory of one sequence of max_len. TS_ERR_RANGE, with err saying what one sequence needs,
- * when not even one fits. */
+ * A shared pool (dense, V4): *slots = the most slots (at most max_slots, and one per block) whose
+ * fixed per-slot state (V4's state cache; dense has none) still leaves room for the blocks of one
+ * sequence of max_len, *pool_positions = the whole blocks the rest holds - the pool, not the
+ * slots, bounds the memory. Per-slot memory: *slots = how many sequences of max_len fit (at most
+ * max_slots), *pool_positions = 0. *seq_bytes: the memory of one sequence of max_len.
+ * TS_ERR_RANGE, with err saying what one sequence needs, when not even one fits. */
 ts_status ts_model_engine_fit(const ts_model_weights *w, ts_backend *be, size_t kv_bytes, int64_t max_len, int max_slots,
                               int *slots, int64_t *pool_positions, size_t *seq_bytes, char *err, size_t err_size);
 /* Stops the worker: running and queued requests end with TS_GEN_CANCELLED. */

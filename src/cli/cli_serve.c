@@ -1,8 +1,9 @@
 /* cli_serve.c - `tessera serve --model DIR`: the OpenAI-compatible HTTP server (serve.h) over
  * the model engine (continuous batching on the incremental decoder, chunked prefill, prefix
  * cache). The KV cache is slots x context positions, or sized from a memory budget
- * (--kv-memory): a dense model's pool of blocks shared by the sequences (--slots then only caps
- * how many run at once), a V4 model's number of slots; the chosen shape is printed, then "listening on http://HOST:PORT" once
+ * (--kv-memory): the pool of blocks the sequences share (dense: the KV cache; V4: the compressed
+ * entries, each slot owning its fixed state cache besides; --slots then only caps how many run
+ * at once); the chosen shape is printed, then "listening on http://HOST:PORT" once
  * it accepts connections; SIGTERM or SIGINT shuts it down gracefully (in-flight requests get a
  * few seconds to finish, the rest are cancelled), exit 0. */
 #include <libgen.h>
@@ -47,8 +48,8 @@ int cli_serve_main(int argc, char **argv) {
          "sequences decoded together (0: " XSTR(DEFAULT_SLOTS) ", or with --kv-memory up to " XSTR(MAX_AUTO_SLOTS) " as memory allows)", 0, 1024},
         {"--context", CLI_OPT_INT, &context, "T", "positions per sequence (prompt + output)", 2, 1 << 24},
         {"--kv-memory", CLI_OPT_INT, &kv_memory, "MIB",
-         "KV-cache budget: the pool the sequences share (dense), or as many slots of --context positions as fit, at "
-         "most --slots (V4); a request waits while it is full (0: slots x context)", 0, 1 << 24},
+         "KV-cache budget: the slots' fixed state (V4) and the pool of blocks the sequences share, at most --slots "
+         "sequences; a request waits while it is full (0: slots x context)", 0, 1 << 24},
         {"--prefill-chunk", CLI_OPT_INT, &prefill_chunk, "N", "prompt tokens per prefill pass, interleaved with decoding", 1, 1 << 16},
         {"--speculative", CLI_OPT_STRING, &speculative, "mtp",
          "speculative decoding with the MTP block as the draft while one sequence decodes alone", 0, 0},

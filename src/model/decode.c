@@ -2,41 +2,58 @@
  * decoder_impl.h: sequences in `slots` slots advance by one token per step (any subset of the
  * slots together) or by a chunk of tokens of one slot per pass (extend), against per-sequence
  * caches instead of the whole prefix, and can be rewound by a few tokens (truncate) or copied
- * into another slot with the same bound (fork: a copy of the slot's state rows).
+ * into another slot with the same bound (fork).
  *
- * State: per layer, host arrays of one row per sequence (in the weights' dtype), indexed by
- * POSITION so that nothing has to be undone to rewind:
- *   cache  [Rc + NB, c]  a ring of the last Rc = R + V4_REWIND keys (K = V, after norm and
- *                        RoPE; R = window - 1 are visible to a query) at position % Rc, then the
- *                        completed compressed entries (NB = max_len / m; block i at Rc + i);
+ * State (spec §2.13's split): a fixed "state cache" per slot - per layer host arrays of one row
+ * per sequence (in the weights' dtype), indexed by POSITION so that nothing has to be undone to
+ * rewind:
+ *   ring   [Rc, c]       the last Rc = R + V4_REWIND keys (K = V, after norm and RoPE; R =
+ *                        window - 1 are visible to a query) at position % Rc;
  *   proj   [P + 2, k] x 2  the compressor's projections C and Z (without ape) of the last P
  *                        positions at position % P, P a multiple of m covering the current block,
  *                        (CSA) the previous one whose series b it overlaps, and V4_REWIND more;
  *                        then two constant rows: zero, and "void" (Z = -inf: what precedes
  *                        block 0, weight exactly 0);
- * and on CSA layers the indexer's own projections [P + 2, 2·index_head_dim] x 2 and compressed
- * keys [NB, index_head_dim]. k = c for HCA, 2c for CSA (series b | a). A block's entry is pooled
- * inside the pass that completes it: each of its slots is gathered from the ring (positions
- * before the pass, or a constant row) plus a row gathered from the pass's own projections (or
- * zeros); entries are filed into the cache after compute. Rewinding to len only needs
- * len >= (furthest length reached since the last reset) - V4_REWIND: the ring and the projection
- * rings still hold those positions, and stale entries past len are invisible until recomputed.
+ * on CSA layers the indexer's own projections [P + 2, 2·index_head_dim] x 2, and the MTP
+ * block's kept streams and tokens - and a paged cache of the completed compressed entries
+ * (NB = max_len / m per sequence) and, on CSA layers, the indexer's compressed keys: a pool of
+ * blocks shared by all slots (block_pool.h: a block table per slot, reference counts, a free
+ * list), a block covering the least common multiple of the main layers' ratios (spec: lcm(4,
+ * 128) = 128 positions) and holding every layer's entries of that span, so one table serves all
+ * layers. A slot holds the blocks of its len positions (ceil(len / block)): taken as it grows
+ * (step and extend count them before touching anything, TS_ERR_OOM with every slot unchanged
+ * when too few are free), given back on reset / truncate; a fork shares the source's blocks
+ * (an entry depends only on the tokens up to its block's end), and a shared block a slot is
+ * about to write into (the partly filled last one) is first copied. The MTP block's entries stay
+ * private per slot (pool_shape says why). k = c for HCA, 2c for CSA (series b | a). A block's
+ * entry is pooled inside the pass that completes it: each of its slots is gathered from the
+ * ring (positions before the pass, or a constant row) plus a row gathered from the pass's own
+ * projections (or zeros); entries are filed into the cache after compute. Rewinding to len only
+ * needs len >= (furthest length reached since the last reset) - V4_REWIND: the ring and the
+ * projection rings still hold those positions, and stale entries past len are invisible until
+ * recomputed. A fork has the same bound on src (dst gets a copy of src's state rows).
  *
  * Passes: a graph per shape [b rows, T tokens] - the V4 graph of model_graph.c with two hooks
- * (model_internal.h): each row's RoPE angles, and the attention's extra entries = [cache | the
- * entries of the blocks this pass may complete], with per-query index lists: the visible ring
- * positions, then the usable compressed entries (HCA: all completed; CSA: the indexer's top-k
- * over the cached keys and the pass's new ones). The pass's own tokens are the attention's
- * ordinary keys (causal, window). A one-token pass leaves the cache as the extras uncopied and
- * puts the entry its token may complete in front of the token's key instead, hidden by
- * key_start unless the token completes the block (HCA) or the indexer picks it (CSA): appending
- * to the cache would copy every row's whole cache each step. Steps use T = 1 and the smallest b
- * in 1, 2, 4, .., slots that holds the stepping slots; extend runs chunks of T = 64, 32, .., 1
- * on b = 1, whose head computes the logits of the last token only unless more are asked for.
- * Graphs are built on first use and bound to the same state arrays: a graph of b rows sees the
- * first b rows, so a step first swaps the state rows of its slots into rows [0, b) (slot <->
- * row maps; nothing moves while the set of active slots stays put). An idle row inside b is
- * masked, its outputs ignored. Everything else - mHC, MoE, hash routing, the head - is the ordinary per-token graph.
+ * (model_internal.h): each row's RoPE angles, and the attention's extra entries. Per layer the
+ * rings of all rows and the entries (pool, or private) are one array, keys [B·Rc + NE, c], bound
+ * as one leaf that every row sees through a stride-0 expansion (nothing copied), with per-query
+ * GLOBAL index lists built by the host: the visible ring positions of the row, then the usable
+ * compressed entries found through its slot's block table (HCA: all completed; CSA: the
+ * indexer's top-k over the row's cached keys - gathered from the pool by the host's list - and
+ * the pass's new ones, each pick mapped to its global entry by a host-built table). The pass's
+ * own tokens are the attention's ordinary keys (causal, window). A one-token pass leaves the
+ * keys as the extras uncopied and puts the entry its token may complete in front of the token's
+ * key instead, hidden by key_start unless the token completes the block (HCA) or the indexer
+ * picks it (CSA). A longer pass, which must append its entries to the extras (a copy), gathers
+ * each row's own view instead - ring, then its NB entries (host-listed), then the pass's - and
+ * indexes it locally, so a chunk copies the row's cache, not the whole pool. Steps
+ * use T = 1 and the smallest b in 1, 2, 4, .., slots that holds the stepping slots; extend runs
+ * chunks of T = 64, 32, .., 1 on b = 1, whose head computes the logits of the last token only
+ * unless more are asked for. Graphs are built on first use and bound to the same state arrays:
+ * a graph of b rows sees the first b rows of the per-slot arrays, so a step first swaps the
+ * state rows of its slots into rows [0, b) (slot <-> row maps; nothing moves while the set of
+ * active slots stays put; the pool never moves). An idle row inside b is masked, its outputs
+ * ignored. Everything else - mHC, MoE, hash routing, the head - is the ordinary per-token graph.
  * Decoding a sequence in steps, chunks or both gives the full forward's logits
  * (tests/test_decode.c).
  *
@@ -55,6 +72,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/block_pool.h"
 #include "model/decoder_impl.h"
 #include "model/model_internal.h"
 
@@ -72,11 +90,13 @@ typedef struct {
     int64_t m;        /* compression ratio; 0: window only (also when no block fits in max_len) */
     bool csa;
     int64_t R, Rc;    /* visible ring keys (window - 1) and ring capacity (0 without a window) */
-    int64_t NB, P;    /* compressed entries; projection ring positions */
-    void *cache;      /* [B, Rc + NB, 1, c] */
+    int64_t NB, P;    /* compressed entries of a sequence; projection ring positions */
+    int64_t per_block;       /* entries per pool block (block_positions / m); 0: private entries */
+    int64_t NE;              /* entries in the arrays: pool blocks x per_block, or B x NB */
+    void *keys;              /* [B·Rc + NE, c]: the rows' rings, then the entries */
     void *proj_c, *proj_z;   /* [B, P + 2, k] */
     void *iproj_c, *iproj_z; /* CSA: [B, P + 2, 2·ihd] */
-    void *ikeys;             /* CSA: [B, NB, ihd] */
+    void *ikeys;             /* CSA: [NE, ihd] */
 } dec_layer;
 
 /* One layer of a pass graph: its host-written inputs and the outputs read after compute. */
@@ -84,6 +104,9 @@ typedef struct {
     int64_t nb;             /* blocks the pass may complete: ceil(T / m) */
     int64_t E;              /* host-built index slots per query */
     bool lead;              /* T = 1: the new entry leads the keys instead of joining the extras */
+    bool local;             /* the extras are the rows' own views, [ring | NB entries | the pass's]
+                             * (a pass that appends its entries), else the keys array itself */
+    int32_t *view_rows;     /* local: [b, Rc + NB]: each row's ring and entries among the keys */
     int32_t *key_start;     /* lead, HCA: [b, 1]: 0 when the token completes its block, else 1 */
     int32_t *idx;           /* [b, T, E]: visible ring positions (+ HCA entries) */
     int32_t *ring_rows;     /* [b, nb·S]: the blocks' slots (S = m, CSA 2m) in the ring ... */
@@ -91,6 +114,9 @@ typedef struct {
                              * 0: a zero row) */
     void *block_angles;     /* [b, nb, r/2]: RoPE of each block's start */
     void *imask;            /* CSA: [b, T, NB + nb] (0 / -inf) */
+    int32_t *ikey_rows;     /* CSA: [b, NB]: each row's cached indexer keys among ikeys */
+    float *pick_extra;      /* CSA: [1 + b·(NB + nb)]: -1, then the extra entry of each row's pick */
+    float *pick_row;        /* CSA: [b]: where row r's picks start in pick_extra */
     ts_tensor *kv;          /* the tokens' keys [b, T, 1, c] */
     ts_tensor *out_c, *out_z, *entry;    /* projections [b, T, k], entries [b, nb, c] */
     ts_tensor *iout_c, *iout_z, *ientry; /* the indexer's */
@@ -123,7 +149,10 @@ struct v4_decoder {
     int64_t n_layers;       /* L, + 1 with an MTP block (its state is layer L's) */
     int64_t nd;             /* hc_mult x hidden_size: one position's streams */
     dec_layer *layers;
-    state_array *arrays;    /* every dec_layer array, for row swaps */
+    ts_block_pool pool;     /* the main layers' entries, blocks of the lcm of their ratios */
+    void **owned;           /* every state allocation */
+    int n_owned;
+    state_array *arrays;    /* every per-row part of them, for row swaps */
     int n_arrays;
     size_t state_bytes;
     void *swap_tmp;         /* one row of the widest array */
@@ -233,23 +262,31 @@ static ts_tensor *pass_entries(ts_model_builder *b, const dec_layer *L, const pa
     return ts_v4_compress_pool(g, C, ts_add(g, Z, ape), w->norm, angles, (int)b->c->qk_rope_head_dim, b->eps);
 }
 
-/* CSA: the indexer's picks among the cached keys and the pass's new ones, as extra entries
- * (pick i -> Rc + i: the cache's entry i, or for i >= NB the pass's entry i - NB; -1 stays).
- * G->lead: picks of the new entry (i = NB) become -1 and *key_start [B, 1] = 0 when there is
- * one, else 1 (picks never exceed NB there, so i - (NB - 1) is 1 for it and <= 0 otherwise). */
+/* CSA: the indexer's picks among the row's cached keys (gathered from the pool by its block
+ * table) and the pass's new ones, as extra entries: pick i of row r -> pick_extra[1 + r·(NB + nb)
+ * + i] (host-built: the cache's entry i, or for i >= NB the pass's entry i - NB); -1 stays -1.
+ * G->lead: the new entry (i = NB) maps to -1 and *key_start [B, 1] = 0 when it was picked, else 1
+ * (picks never exceed NB there, so i - (NB - 1) is 1 for it and <= 0 otherwise). The map goes
+ * through f32, exact below 2^24 entries (checked at creation). */
 static ts_tensor *indexer_picks(ts_model_builder *b, int layer, const char *prefix, const dec_layer *L, pass_layer *G,
                                 const slot_gather *sg, ts_tensor *bang, ts_tensor *x, ts_tensor *cq,
                                 ts_tensor **key_start) {
     const ts_v4_config *c = b->c;
     ts_graph *g = b->g;
-    int64_t B = b->B, T = b->T, ihd = c->index_head_dim;
-    int64_t ks[3] = {B, L->NB, ihd}, ms[3] = {B, T, L->NB + G->nb}, c3[3] = {B, T, c->q_lora_rank};
+    int64_t B = b->B, T = b->T, ihd = c->index_head_dim, row = L->NB + G->nb;
+    int64_t ks[2] = {L->NE, ihd}, rs[2] = {B, L->NB}, ms[3] = {B, T, row}, c3[3] = {B, T, c->q_lora_rank};
+    int64_t ts[2] = {1 + B * row, 1}, os[3] = {B, 1, 1};
     ts_v4_compressor_w iw = ts_mb_compressor_weights(b, prefix, "attn.indexer.");
     G->ientry = ts_set_output(
         pass_entries(b, L, G, sg, bang, &iw, x, ihd, L->iproj_c, L->iproj_z, &G->iout_c, &G->iout_z));
-    ts_tensor *kk[2] = {bound(b, L->ikeys, b->dt, 3, ks, "decode_index_keys"), G->ientry};
-    ts_tensor *mask;
+    ts_tensor *rows, *mask, *table, *offset;
+    G->ikey_rows = input(b, TS_I32, 2, rs, "decode_index_key_rows", &rows);
+    ts_tensor *kk[2] = {ts_get_rows(g, bound(b, L->ikeys, b->dt, 2, ks, "decode_index_keys"), rows), G->ientry};
     G->imask = input(b, b->dt, 3, ms, "decode_index_mask", &mask);
+    G->pick_extra = input(b, TS_F32, 2, ts, "decode_pick_extra", &table);
+    G->pick_row = input(b, TS_F32, 3, os, "decode_pick_row", &offset);
+    for (int64_t r = 0; G->pick_row && r < B; r++) G->pick_row[r] = (float)(1 + r * row);
+    if (G->pick_extra) G->pick_extra[0] = -1.0f;
     char ip[TS_MODEL_TENSOR_NAME_MAX];
     snprintf(ip, sizeof ip, "%sattn.indexer.", prefix);
     ts_tensor *picks = ts_v4_indexer_select(g, x, ts_reshape(g, cq, 3, c3), ts_mb_param(b, ip, "wq_b.weight"),
@@ -258,32 +295,43 @@ static ts_tensor *indexer_picks(ts_model_builder *b, int layer, const char *pref
                                             (int)c->qk_rope_head_dim, mask, c->index_topk, NULL);
     b->mg->index_idx[layer] = ts_set_output(picks);
     ts_tensor *one = ts_fill(g, TS_F32, 1, (int64_t[]){1}, 1.0f), *fp = ts_cast(g, picks, TS_F32);
-    ts_tensor *valid = ts_clamp(g, ts_add(g, fp, one), 0.0f, 1.0f);
     if (G->lead) {
         ts_tensor *below = ts_fill(g, TS_F32, 1, (int64_t[]){1}, (float)(1 - L->NB));
         ts_tensor *hit = ts_clamp(g, ts_add(g, fp, below), 0.0f, 1.0f);
-        valid = ts_sub(g, valid, hit);
         *key_start = ts_cast(g, ts_sub(g, one, ts_sum(g, hit, -1, false)), TS_I32);
     }
-    /* valid · (pick + Rc + 1) - 1 */
-    ts_tensor *shifted = ts_add(g, fp, ts_fill(g, TS_F32, 1, (int64_t[]){1}, (float)(L->Rc + 1)));
-    return ts_cast(g, ts_sub(g, ts_mul(g, valid, shifted), one), TS_I32);
+    /* valid · (pick + 1 + r·(NB + nb)): 0 (the -1 entry) for no pick */
+    ts_tensor *valid = ts_clamp(g, ts_add(g, fp, one), 0.0f, 1.0f);
+    ts_tensor *at = ts_cast(g, ts_mul(g, valid, ts_add(g, fp, offset)), TS_I32);
+    return ts_cast(g, ts_reshape(g, ts_get_rows(g, table, at), 3, picks ? picks->shape : ms), TS_I32);
 }
 
+/* The attention's extras: the layer's keys array - every row's ring, then the entries - as one
+ * leaf seen by every row (stride-0 expansion, nothing copied), indexed by the host's global
+ * index lists. A pass that appends its entries (extend) must copy anyway, and copies only each
+ * row's own view - its ring and its entries gathered by the host's list - not the whole pool. */
 void ts_decode_cache_entries(ts_model_builder *b, int layer, const char *prefix, ts_tensor *x, ts_tensor *cq,
                              ts_tensor **kv, ts_attention_params *ap) {
     pass *p = b->dec;
     const dec_layer *L = &p->dec->layers[layer];
     pass_layer *G = &p->layers[layer];
     ts_graph *g = b->g;
-    int64_t B = b->B, T = b->T, hd = b->c->head_dim;
+    int64_t B = b->B, T = b->T, hd = b->c->head_dim, N = p->dec->B * L->Rc + L->NE;
     ts_tensor **extra = &ap->extra, **extra_idx = &ap->extra_idx;
     G->kv = ts_set_output(*kv);
     G->nb = L->m > 0 ? (T + L->m - 1) / L->m : 0;
     G->lead = L->m > 0 && T == 1 && b->c->sliding_window >= 2; /* the window must reach the lead key */
     G->E = L->R + (L->m > 0 && !L->csa ? L->NB + (G->lead ? 0 : G->nb) : 0);
-    int64_t cs[4] = {B, L->Rc + L->NB, 1, hd}, is[3] = {B, T, G->E};
-    ts_tensor *cache = L->Rc + L->NB > 0 ? bound(b, L->cache, b->dt, 4, cs, "decode_cache") : NULL;
+    G->local = L->m > 0 && !G->lead;
+    int64_t ls[4] = {1, N, 1, hd}, cs[4] = {B, N, 1, hd}, is[3] = {B, T, G->E};
+    int64_t vs[2] = {B, L->Rc + L->NB}, v4[4] = {B, L->Rc + L->NB, 1, hd};
+    ts_tensor *cache = N > 0 ? bound(b, L->keys, b->dt, 4, ls, "decode_keys") : NULL, *view;
+    if (G->local) {
+        G->view_rows = input(b, TS_I32, 2, vs, "decode_view_rows", &view);
+        cache = ts_reshape(g, ts_get_rows(g, ts_reshape_2d(g, cache, N, hd), view), 4, v4);
+    } else if (cache) {
+        cache = ts_expand(g, cache, 4, cs);
+    }
     ts_tensor *idx = NULL;
     if (G->E > 0) G->idx = input(b, TS_I32, 3, is, "decode_idx", &idx);
     *extra = cache;
@@ -326,6 +374,10 @@ static void free_pass(pass *p, int64_t n_layers) {
         free(G->pass_rows);
         free(G->block_angles);
         free(G->imask);
+        free(G->ikey_rows);
+        free(G->view_rows);
+        free(G->pick_extra);
+        free(G->pick_row);
     }
     free(p->layers);
     free(p->angles[0]);
@@ -378,13 +430,24 @@ static ts_status get_pass(v4_decoder *dec, int64_t b, int64_t T, int64_t R, bool
 
 /* ---------------------------------------------------------------- state rows */
 
-static void *state_alloc_bytes(v4_decoder *dec, size_t row) {
-    void *p = calloc((size_t)dec->B, row > 0 ? row : 1);
+/* A zeroed state allocation of `bytes`, freed with the decoder. */
+static void *owned_alloc(v4_decoder *dec, size_t bytes) {
+    void *p = calloc(1, bytes > 0 ? bytes : 1);
     if (p) {
-        dec->arrays[dec->n_arrays++] = (state_array){p, row};
-        dec->state_bytes += (size_t)dec->B * row;
+        dec->owned[dec->n_owned++] = p;
+        dec->state_bytes += bytes;
     }
     return p;
+}
+
+/* Rows [B, row] at `at` move with their slots. */
+static void *state_rows(v4_decoder *dec, void *at, size_t row) {
+    if (at) dec->arrays[dec->n_arrays++] = (state_array){at, row};
+    return at;
+}
+
+static void *state_alloc_bytes(v4_decoder *dec, size_t row) {
+    return state_rows(dec, owned_alloc(dec, (size_t)dec->B * row), row);
 }
 
 static void *state_alloc(v4_decoder *dec, int64_t row_elems) {
@@ -442,12 +505,42 @@ static void slot_source(const dec_layer *L, const pass_layer *G, int64_t r, int6
     G->pass_rows[at] = in_pass ? (int32_t)(1 + r * T + q - p) : 0;
 }
 
+/* Where entry i of row r lives among the layer's NE entries: in the pool block holding its
+ * first position (held since the slot reached it), or in the row's private run. */
+static int64_t entry_at(const v4_decoder *dec, const dec_layer *L, int64_t r, int64_t i) {
+    if (L->per_block == 0) return r * L->NB + i;
+    return (int64_t)ts_block_pool_block(&dec->pool, dec->slot_of[r], i * L->m) * L->per_block + i % L->per_block;
+}
+
+/* Where row r finds its `done` cached entries: its view of the keys (local passes: ring, then
+ * entries), and on CSA layers its cached indexer keys and where the indexer's picks go. Entries
+ * not cached yet are masked and read any valid row. */
+static void entry_lists(const v4_decoder *dec, const dec_layer *L, const pass_layer *G, int64_t r, int64_t done) {
+    int64_t ring = dec->B * L->Rc, row = L->NB + G->nb;
+    int32_t *view = G->local ? G->view_rows + r * (L->Rc + L->NB) : NULL;
+    int32_t *keys = L->csa ? G->ikey_rows + r * L->NB : NULL;
+    float *picks = L->csa ? G->pick_extra + 1 + r * row : NULL;
+    for (int64_t j = 0; view && j < L->Rc; j++) view[j] = (int32_t)(r * L->Rc + j);
+    for (int64_t i = 0; i < done; i++) {
+        int64_t cached = entry_at(dec, L, r, i);
+        if (view) view[L->Rc + i] = (int32_t)(ring + cached);
+        if (keys) keys[i] = (int32_t)cached;
+        if (picks) picks[i] = (float)(G->local ? L->Rc + i : ring + cached);
+    }
+    for (int64_t i = done; i < L->NB; i++) {
+        if (view) view[L->Rc + i] = (int32_t)ring;
+        if (keys) keys[i] = 0;
+        if (picks) picks[i] = -1.0f;
+    }
+    for (int64_t i = L->NB; picks && i < row; i++) picks[i] = G->lead ? -1.0f : (float)(L->Rc + i); /* the pass's */
+}
+
 /* Compressed-layer inputs of row r: which slots make up each block the pass may complete, the
- * blocks' RoPE, and which entries each query may use (HCA: in its index list; CSA: the
- * indexer's mask). p < 0: an idle row (every entry masked). */
+ * blocks' RoPE, where its entries are (entry_lists), and which entries each query may use (HCA:
+ * in its index list; CSA: the indexer's mask). p < 0: an idle row (every entry masked). */
 static void prepare_blocks(const v4_decoder *dec, const dec_layer *L, const pass_layer *G, int64_t r, int64_t T,
                            int64_t p) {
-    int64_t m = L->m, S = L->csa ? 2 * m : m, done = p > 0 ? p / m : 0;
+    int64_t m = L->m, S = L->csa ? 2 * m : m, done = p > 0 ? p / m : 0, row = L->NB + G->nb;
     for (int64_t k = 0; k < G->nb; k++) {
         int64_t first = (done + k) * m - (L->csa ? m : 0);
         for (int64_t s = 0; s < S; s++) /* an idle row reads zero rows only */
@@ -455,14 +548,16 @@ static void prepare_blocks(const v4_decoder *dec, const dec_layer *L, const pass
         for (int64_t j = 0; j < dec->half; j++)
             put(dec, G->block_angles, (r * G->nb + k) * dec->half + j, (double)((done + k) * m) * dec->omega[1][j]);
     }
+    entry_lists(dec, L, G, r, done);
     for (int64_t t = 0; t < T; t++) {
-        int64_t pos = p + t, row = r * T + t;
-        for (int64_t i = 0; i < L->NB + G->nb; i++) {
+        int64_t pos = p + t, qr = r * T + t;
+        for (int64_t i = 0; i < row; i++) {
             /* cached entries completed before the pass, then the pass's own once complete */
             bool ok = p >= 0 && (i < L->NB ? i < done : (done + i - L->NB + 1) * m - 1 <= pos);
-            int32_t at = (int32_t)(L->Rc + i);
-            if (L->csa) put(dec, G->imask, row * (L->NB + G->nb) + i, ok ? 0.0 : -INFINITY);
-            else if (i < L->NB || !G->lead) G->idx[row * G->E + L->R + i] = ok ? at : -1;
+            if (L->csa) put(dec, G->imask, qr * row + i, ok ? 0.0 : -INFINITY);
+            else if (i < L->NB || !G->lead)
+                G->idx[qr * G->E + L->R + i] =
+                    !ok ? -1 : (int32_t)(G->local ? L->Rc + i : dec->B * L->Rc + entry_at(dec, L, r, i));
             else G->key_start[r] = ok ? 0 : 1;
         }
     }
@@ -481,7 +576,7 @@ static void prepare_row(const v4_decoder *dec, const pass *ps, int64_t r, int64_
         for (int64_t t = 0; t < T && L->R > 0; t++) { /* the ring positions a query sees before the pass */
             int32_t *idx = G->idx + (r * T + t) * G->E;
             int64_t q = p + t - L->R < 0 ? 0 : p + t - L->R, e = 0;
-            for (; p >= 0 && q < p; q++) idx[e++] = (int32_t)(q % L->Rc);
+            for (; p >= 0 && q < p; q++) idx[e++] = (int32_t)((G->local ? 0 : r * L->Rc) + q % L->Rc);
             while (e < L->R) idx[e++] = -1;
         }
         if (L->m > 0) prepare_blocks(dec, L, G, r, T, p);
@@ -489,10 +584,10 @@ static void prepare_row(const v4_decoder *dec, const pass *ps, int64_t r, int64_
 }
 
 /* Files the pass's projections of one compressor into the ring and each block it completed
- * into `entries` (row stride entries_row elements, block i at entry entries_at + i). */
+ * into `entries` (rows of c elements, entry i at entries_at + entry_at(i)). */
 static void commit_comp(const v4_decoder *dec, const dec_layer *L, int64_t r, int64_t T, int64_t p, int64_t c,
                         void *ring_c, void *ring_z, const ts_tensor *out_c, const ts_tensor *out_z,
-                        const ts_tensor *entry, int64_t nb, void *entries, int64_t entries_row, int64_t entries_at) {
+                        const ts_tensor *entry, int64_t nb, void *entries, int64_t entries_at) {
     int64_t k = L->csa ? 2 * c : c;
     for (int64_t t = 0; t < T; t++) {
         int64_t pos = p + t, at = (r * (L->P + 2) + pos % L->P) * k;
@@ -500,7 +595,7 @@ static void commit_comp(const v4_decoder *dec, const dec_layer *L, int64_t r, in
         copy_elems(dec, ring_z, at, out_z->data, (r * T + t) * k, k);
         int64_t blk = pos / L->m;
         if ((pos + 1) % L->m == 0 && blk < L->NB)
-            copy_elems(dec, entries, r * entries_row + (entries_at + blk) * c, entry->data,
+            copy_elems(dec, entries, (entries_at + entry_at(dec, L, r, blk)) * c, entry->data,
                        (r * nb + blk - p / L->m) * c, c);
     }
 }
@@ -517,15 +612,14 @@ static void commit_row(const v4_decoder *dec, const pass *ps, int64_t r, int64_t
     for (int64_t l = ps->l0; l < ps->l1; l++) {
         const dec_layer *L = &dec->layers[l];
         const pass_layer *G = &ps->layers[l];
-        int64_t row = (L->Rc + L->NB) * hd;
         for (int64_t t = 0; t < T && L->Rc > 0; t++)
-            copy_elems(dec, L->cache, r * row + ((p + t) % L->Rc) * hd, G->kv->data, (r * T + t) * hd, hd);
+            copy_elems(dec, L->keys, (r * L->Rc + (p + t) % L->Rc) * hd, G->kv->data, (r * T + t) * hd, hd);
         if (L->m == 0) continue;
-        commit_comp(dec, L, r, T, p, hd, L->proj_c, L->proj_z, G->out_c, G->out_z, G->entry, G->nb, L->cache, row,
-                    L->Rc);
+        commit_comp(dec, L, r, T, p, hd, L->proj_c, L->proj_z, G->out_c, G->out_z, G->entry, G->nb, L->keys,
+                    dec->B * L->Rc);
         if (L->csa)
             commit_comp(dec, L, r, T, p, ihd, L->iproj_c, L->iproj_z, G->iout_c, G->iout_z, G->ientry, G->nb, L->ikeys,
-                        L->NB * ihd, 0);
+                        0);
     }
 }
 
@@ -560,8 +654,10 @@ static void v4_free(void *impl) {
     v4_decoder *dec = impl;
     if (!dec) return;
     for (int i = 0; i < dec->n_passes; i++) free_pass(dec->passes[i], dec->n_layers);
-    for (int i = 0; i < dec->n_arrays; i++) free(dec->arrays[i].data);
+    for (int i = 0; i < dec->n_owned; i++) free(dec->owned[i]);
+    free(dec->owned);
     free(dec->arrays);
+    ts_block_pool_free(&dec->pool);
     free(dec->layers);
     free(dec->swap_tmp);
     free(dec->len);
@@ -580,6 +676,29 @@ static void v4_free(void *impl) {
 static void v4_reset(void *impl, int slot) {
     v4_decoder *dec = impl;
     dec->len[slot] = dec->reach[slot] = dec->mlen[slot] = 0;
+    ts_block_pool_release_to(&dec->pool, slot, 0);
+}
+
+/* Copy on write: the entries of block `from` that start within its first `positions`, every
+ * pooled layer (those not yet complete too: they are recomputed before anyone sees them). */
+static void copy_block(void *ctx, int32_t from, int32_t to, int64_t positions) {
+    const v4_decoder *dec = ctx;
+    for (int64_t l = 0; l < dec->n_layers; l++) {
+        const dec_layer *L = &dec->layers[l];
+        if (L->per_block == 0) continue;
+        int64_t hd = dec->c->head_dim, ihd = dec->c->index_head_dim, n = (positions + L->m - 1) / L->m;
+        int64_t dst = to * L->per_block, src = from * L->per_block, ring = dec->B * L->Rc;
+        copy_elems(dec, L->keys, (ring + dst) * hd, L->keys, (ring + src) * hd, n * hd);
+        if (L->csa) copy_elems(dec, L->ikeys, dst * ihd, L->ikeys, src * ihd, n * ihd);
+    }
+}
+
+static int64_t blocks_needed(const v4_decoder *dec, int slot, int64_t n) {
+    return ts_block_pool_needed(&dec->pool, slot, dec->len[slot], n);
+}
+
+static void reserve(v4_decoder *dec, int slot, int64_t n) {
+    ts_block_pool_reserve(&dec->pool, slot, dec->len[slot], n, copy_block, dec);
 }
 
 static int64_t v4_length(const void *impl, int slot) {
@@ -594,13 +713,19 @@ static int64_t rows_for(const v4_decoder *dec, int n) {
     return b < dec->B ? b : dec->B;
 }
 
+/* Blocks are counted, then taken, before anything moves: too few and nothing has. */
 static ts_status v4_step(void *impl, int n, const int *slots, const int32_t *ids, float *logits) {
     v4_decoder *dec = impl;
-    int64_t b = rows_for(dec, n);
+    int64_t b = rows_for(dec, n), need = 0;
     pass *ps;
     ts_status s = get_pass(dec, b, 1, 1, false, &ps);
     if (s != TS_OK) return s;
-    for (int i = 0; i < n; i++) dec->stepping[slots[i]] = true;
+    for (int i = 0; i < n; i++) need += blocks_needed(dec, slots[i], 1);
+    if (need > dec->pool.n_free) return TS_ERR_OOM;
+    for (int i = 0; i < n; i++) {
+        reserve(dec, slots[i], 1);
+        dec->stepping[slots[i]] = true;
+    }
     place_rows(dec, n, slots, b);
     for (int64_t r = 0; r < b; r++) dec->ids[r] = 0;
     for (int i = 0; i < n; i++) dec->ids[dec->row_of[slots[i]]] = ids[i];
@@ -611,6 +736,7 @@ static ts_status v4_step(void *impl, int n, const int *slots, const int32_t *ids
     s = run_pass(dec, ps);
     for (int i = 0; i < n; i++) {
         if (s == TS_OK) read_logits(dec, ps, dec->row_of[slots[i]], 0, logits + i * dec->c->vocab_size);
+        else ts_block_pool_release_to(&dec->pool, slots[i], dec->len[slots[i]]);
         dec->stepping[slots[i]] = false;
     }
     return s;
@@ -624,12 +750,15 @@ static int64_t chunk_for(int64_t left) {
 }
 
 /* Chunks of V4_CHUNK tokens, then the powers of two of the rest, each one pass on row 0 that
- * computes the logits of its last token only, or of every token when more are asked for. A
- * failed pass leaves the slot with the chunks before it (its length says how many). */
+ * computes the logits of its last token only, or of every token when more are asked for. The
+ * blocks of all n tokens are taken first (TS_ERR_OOM: too few, nothing done). A failed pass
+ * leaves the slot with the chunks before it (its length says how many). */
 static ts_status v4_extend(void *impl, int slot, const int32_t *ids, int64_t n, float *logits, int64_t logit_rows) {
     v4_decoder *dec = impl;
     int64_t V = dec->c->vocab_size;
     ts_status s = TS_OK;
+    if (blocks_needed(dec, slot, n) > dec->pool.n_free) return TS_ERR_OOM;
+    reserve(dec, slot, n);
     dec->stepping[slot] = true;
     place_rows(dec, 1, &slot, 1);
     for (int64_t done = 0, T; s == TS_OK && done < n; done += T) {
@@ -644,6 +773,7 @@ static ts_status v4_extend(void *impl, int slot, const int32_t *ids, int64_t n, 
         for (int64_t t = first > 0 ? first : 0; s == TS_OK && t < T; t++)
             read_logits(dec, ps, 0, t, logits + (done + t - (n - logit_rows)) * V);
     }
+    ts_block_pool_release_to(&dec->pool, slot, dec->len[slot]);
     dec->stepping[slot] = false;
     return s;
 }
@@ -661,14 +791,16 @@ static ts_status v4_truncate(void *impl, int slot, int64_t len) {
     if (!can_rewind(dec, slot, len)) return TS_ERR_UNSUPPORTED;
     dec->len[slot] = len;
     if (dec->mlen[slot] >= len) dec->mlen[slot] = len - 1;
+    ts_block_pool_release_to(&dec->pool, slot, len);
     return TS_OK;
 }
 
-/* A slot's state is its rows (see the file comment): dst gets a copy of src's, then rewinds as
- * truncate does, within the same bound. */
+/* dst shares src's pool blocks of the first len positions and gets a copy of its state rows,
+ * then rewinds as truncate does, within the same bound: the rings hold only the last positions. */
 static ts_status v4_fork(void *impl, int dst, int src, int64_t len) {
     v4_decoder *dec = impl;
     if (!can_rewind(dec, src, len)) return TS_ERR_UNSUPPORTED;
+    ts_block_pool_share(&dec->pool, dst, src, len);
     for (int i = 0; i < dec->n_arrays; i++) {
         const state_array *a = &dec->arrays[i];
         memcpy((char *)a->data + (size_t)dec->row_of[dst] * a->row_bytes,
@@ -715,6 +847,18 @@ static size_t v4_state_bytes(const void *impl) {
     return dec->state_bytes;
 }
 
+/* A block holds per_block entries of every pooled layer (and on CSA layers their indexer keys);
+ * the rest of the state is the slots' own. */
+static void v4_pool(const void *impl, ts_model_decoder_pool *out) {
+    const v4_decoder *dec = impl;
+    ts_block_pool_info(&dec->pool, out);
+    for (int64_t l = 0; l < dec->n_layers; l++) {
+        const dec_layer *L = &dec->layers[l];
+        out->block_bytes += (size_t)(L->per_block * (dec->c->head_dim + (L->csa ? dec->c->index_head_dim : 0))) * dec->esz;
+    }
+    out->slot_bytes = (dec->state_bytes - out->block_bytes * (size_t)out->blocks) / (size_t)dec->B;
+}
+
 static const ts_decoder_ops v4_ops = {
     .free = v4_free,
     .reset = v4_reset,
@@ -725,9 +869,59 @@ static const ts_decoder_ops v4_ops = {
     .mtp = v4_mtp,
     .state_bytes = v4_state_bytes,
     .fork = v4_fork,
+    .pool = v4_pool,
 };
 
 /* ---------------------------------------------------------------- construction */
+
+/* Shapes of layer l's state (file comment). */
+static void layer_shape(v4_decoder *dec, int64_t l) {
+    const ts_v4_config *c = dec->c;
+    dec_layer *L = &dec->layers[l];
+    int64_t m = c->compress_ratios[l];
+    L->m = m > 0 && dec->max_len / m > 0 ? m : 0;
+    L->csa = L->m == TS_V4_RATIO_CSA;
+    L->R = c->sliding_window - 1;
+    L->Rc = L->R > 0 ? L->R + V4_REWIND : 0;
+    L->NB = L->m > 0 ? dec->max_len / L->m : 0;
+    L->P = L->m > 0 ? ((L->csa ? 2 * L->m : L->m) + V4_REWIND + L->m - 1) / L->m * L->m : 0;
+}
+
+static int64_t gcd(int64_t a, int64_t b) { return b ? gcd(b, a % b) : a; }
+
+/* Pool blocks cover the least common multiple of the main layers' ratios (spec §2.13: lcm(4, 128)
+ * = 128 positions, 32 CSA entries + 1 HCA entry): every layer's entries then fill whole blocks,
+ * and a block is all one sequence's. No compressed layer: the pool holds nothing, its blocks only
+ * count positions. The MTP block keeps private entries (per_block 0): it writes entries behind
+ * the sequence (up to TS_MODEL_MTP_MAX_LAG positions, after a draft's own token), which a copy on
+ * write before every draft would have to guard. */
+static void pool_shape(v4_decoder *dec, int64_t pool_positions) {
+    int64_t bp = 1;
+    for (int64_t l = 0; l < dec->c->num_hidden_layers; l++) {
+        int64_t m = dec->layers[l].m;
+        if (m > 0) bp = bp / gcd(bp, m) * m;
+    }
+    bp = dec->pool.block_positions = bp > 1 ? bp : TS_MODEL_DECODER_BLOCK;
+    int64_t per_slot = ts_block_pool_blocks_for(&dec->pool, dec->max_len); /* no overflow: max_len is a length */
+    dec->pool.n_blocks = pool_positions > 0 ? pool_positions / bp + (pool_positions % bp != 0) : dec->B * per_slot;
+    for (int64_t l = 0; l < dec->n_layers; l++) {
+        dec_layer *L = &dec->layers[l];
+        L->per_block = l < dec->c->num_hidden_layers && L->m > 0 ? dec->pool.block_positions / L->m : 0;
+        L->NE = L->per_block > 0 ? dec->pool.n_blocks * L->per_block : dec->B * L->NB;
+    }
+}
+
+/* Whether every extras index (B·Rc + NE, a view's Rc + NB + a pass's entries) fits the i32
+ * index lists, and on CSA layers the f32 pick map exactly. */
+static bool indices_fit(const v4_decoder *dec) {
+    if (dec->pool.n_blocks >= INT32_MAX) return false;
+    for (int64_t l = 0; l < dec->n_layers; l++) {
+        const dec_layer *L = &dec->layers[l];
+        int64_t limit = L->csa ? (int64_t)1 << 24 : INT32_MAX;
+        if (dec->B * L->Rc + L->NE + V4_CHUNK >= limit) return false;
+    }
+    return true;
+}
 
 /* A Z ring [B, P + 2, k]: its void rows (P + 1) -inf, everything else 0. */
 static void *ring_z_alloc(v4_decoder *dec, int64_t P, int64_t k) {
@@ -737,31 +931,33 @@ static void *ring_z_alloc(v4_decoder *dec, int64_t P, int64_t k) {
     return z;
 }
 
-/* Shapes of layer l's state (file comment) and its arrays. */
+/* Layer l's arrays: keys (the rings move with their rows, private entries too), projection
+ * rings, and the indexer's. */
 static bool init_layer(v4_decoder *dec, int64_t l) {
-    const ts_v4_config *c = dec->c;
     dec_layer *L = &dec->layers[l];
-    int64_t m = c->compress_ratios[l], hd = c->head_dim, ihd = c->index_head_dim;
-    L->m = m > 0 && dec->max_len / m > 0 ? m : 0;
-    L->csa = L->m == TS_V4_RATIO_CSA;
-    L->R = c->sliding_window - 1;
-    L->Rc = L->R > 0 ? L->R + V4_REWIND : 0;
-    L->NB = L->m > 0 ? dec->max_len / L->m : 0;
-    L->P = L->m > 0 ? ((L->csa ? 2 * L->m : L->m) + V4_REWIND + L->m - 1) / L->m * L->m : 0;
-    if (L->Rc + L->NB > 0 && !(L->cache = state_alloc(dec, (L->Rc + L->NB) * hd))) return false;
+    int64_t hd = dec->c->head_dim, ihd = dec->c->index_head_dim, ring = dec->B * L->Rc;
+    if (ring + L->NE > 0) {
+        if (!(L->keys = owned_alloc(dec, (size_t)((ring + L->NE) * hd) * dec->esz))) return false;
+        state_rows(dec, L->keys, (size_t)(L->Rc * hd) * dec->esz);
+        if (L->per_block == 0) state_rows(dec, (char *)L->keys + (size_t)(ring * hd) * dec->esz, (size_t)(L->NB * hd) * dec->esz);
+    }
     if (L->m == 0) return true;
     int64_t k = L->csa ? 2 * hd : hd;
     if (!(L->proj_c = state_alloc(dec, (L->P + 2) * k)) || !(L->proj_z = ring_z_alloc(dec, L->P, k))) return false;
     if (!L->csa) return true;
+    L->ikeys = L->per_block > 0 ? owned_alloc(dec, (size_t)(L->NE * ihd) * dec->esz) : state_alloc(dec, L->NB * ihd);
     return (L->iproj_c = state_alloc(dec, (L->P + 2) * 2 * ihd)) && (L->iproj_z = ring_z_alloc(dec, L->P, 2 * ihd)) &&
-           (L->ikeys = state_alloc(dec, L->NB * ihd));
+           L->ikeys;
 }
+
+/* Per layer <= 7 state allocations and row runs (init_layer); MTP: 2 more. */
+#define V4_MAX_ARRAYS(n_layers) ((size_t)(n_layers) * 7 + 2)
 
 static bool alloc_host(v4_decoder *dec) {
     const ts_v4_config *c = dec->c;
     size_t B = (size_t)dec->B;
-    dec->layers = calloc((size_t)dec->n_layers, sizeof *dec->layers);
-    dec->arrays = calloc((size_t)dec->n_layers * 6 + 2, sizeof *dec->arrays); /* init_layer: <= 6 each; MTP: 2 */
+    dec->owned = calloc(V4_MAX_ARRAYS(dec->n_layers), sizeof *dec->owned);
+    dec->arrays = calloc(V4_MAX_ARRAYS(dec->n_layers), sizeof *dec->arrays);
     dec->len = calloc(B, sizeof *dec->len);
     dec->reach = calloc(B, sizeof *dec->reach);
     dec->mlen = calloc(B, sizeof *dec->mlen);
@@ -771,8 +967,9 @@ static bool alloc_host(v4_decoder *dec) {
     dec->ids = calloc(B > V4_CHUNK ? B : V4_CHUNK, sizeof *dec->ids);
     dec->omega[0] = calloc((size_t)dec->half, sizeof(double));
     dec->omega[1] = calloc((size_t)dec->half, sizeof(double));
-    if (!dec->layers || !dec->arrays || !dec->len || !dec->reach || !dec->mlen || !dec->row_of || !dec->slot_of ||
-        !dec->stepping || !dec->ids || !dec->omega[0] || !dec->omega[1])
+    if (!dec->owned || !dec->arrays || !dec->len || !dec->reach || !dec->mlen || !dec->row_of || !dec->slot_of ||
+        !dec->stepping || !dec->ids || !dec->omega[0] || !dec->omega[1] ||
+        !ts_block_pool_init(&dec->pool, (int)dec->B, dec->pool.block_positions, dec->pool.n_blocks, dec->max_len))
         return false;
     for (int64_t l = 0; l < dec->n_layers; l++)
         if (!init_layer(dec, l)) return false;
@@ -791,7 +988,6 @@ static bool alloc_host(v4_decoder *dec) {
 ts_status ts_v4_decoder_new(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
                             int64_t pool_positions, const ts_decoder_ops **ops, void **out, char *err,
                             size_t err_size) {
-    (void)pool_positions; /* each slot owns its state */
     *out = NULL;
     *ops = &v4_ops;
     const ts_v4_config *c = ts_model_weights_config(w);
@@ -807,6 +1003,18 @@ ts_status ts_v4_decoder_new(const ts_model_weights *w, ts_backend *be, int slots
     dec->half = c->qk_rope_head_dim / 2;
     dec->n_layers = c->num_hidden_layers + (c->num_nextn_predict_layers > 0);
     dec->nd = c->hc_mult * c->hidden_size;
+    if (!(dec->layers = calloc((size_t)dec->n_layers, sizeof *dec->layers))) {
+        free(dec);
+        return TS_ERR_OOM;
+    }
+    for (int64_t l = 0; l < dec->n_layers; l++) layer_shape(dec, l);
+    pool_shape(dec, pool_positions);
+    if (!indices_fit(dec)) {
+        ts_error_printf(err, err_size, "decoder: a pool of %lld blocks (%d slots of %lld) exceeds the cache index",
+                        (long long)dec->pool.n_blocks, slots, (long long)max_len);
+        v4_free(dec);
+        return TS_ERR_INVALID_ARG;
+    }
     if (!alloc_host(dec)) {
         v4_free(dec);
         ts_error_printf(err, err_size, "decoder: out of memory for the caches");

@@ -3,13 +3,13 @@
  * new token for each of n slots) or per prefill chunk (up to CHUNK tokens of one slot).
  *
  * Cache: per layer one host array [H, N, 2·hd], N = the pool's positions, in blocks of BLOCK
- * positions shared by all slots; entry (h, e) holds head h's key of a position after RoPE, then
- * its value. Each slot has a block table (its i-th BLOCK positions live in block table[i]);
- * blocks come off a free list as a sequence grows and go back on reset / truncate. They are
- * reference-counted: a fork shares the source's blocks (a K/V row depends only on the tokens up
- * to its position), and a shared block a slot is about to write into (the partly filled last
- * one) is first copied (copy on write). Step and extend count the blocks they will take before
- * touching anything: too few free and they return TS_ERR_OOM with every slot as it was.
+ * positions shared by all slots (block_pool.h: block tables, reference counts, a free list);
+ * entry (h, e) holds head h's key of a position after RoPE, then its value. Blocks come off the
+ * free list as a sequence grows and go back on reset / truncate; a fork shares the source's
+ * blocks (a K/V row depends only on the tokens up to its position), and a shared block a slot is
+ * about to write into (the partly filled last one) is first copied (copy on write). Step and
+ * extend count the blocks they will take before touching anything: too few free and they
+ * return TS_ERR_OOM with every slot as it was.
  * Head-major, so that one head's pass over a block reads one contiguous run (BLOCK entries of
  * 2·hd): the weights streaming through the CPU caches every step evict the KV cache, and
  * position-major entries (512 of every 2 KiB) defeat the hardware prefetcher.
@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/block_pool.h"
 #include "model/decoder_impl.h"
 #include "model/model_internal.h"
 
@@ -61,12 +62,8 @@ typedef struct {
     int64_t max_len, L, H, hd;
     void **cache;      /* [L] arrays [H, N, 2·hd] */
     size_t cache_bytes;
-    int64_t N, n_blocks, per_slot; /* pool positions and blocks; table entries per slot */
-    int32_t *table;    /* [slots, per_slot]: the block of each BLOCK positions of a slot */
-    int64_t *held;     /* [slots]: its table entries in use, ceil(len / BLOCK) between calls */
-    int32_t *refs;     /* [n_blocks]: slots holding each block */
-    int32_t *free_list; /* [n_blocks]: a stack of the n_free unheld blocks */
-    int64_t n_free;
+    int64_t N;         /* pool positions */
+    ts_block_pool pool;
     void *angles;      /* [B, T, hd/2] of the running pass */
     int32_t *idx;      /* [B, E] of the running pass */
     int32_t *key_start; /* [T] of the running extend pass: its padding */
@@ -200,60 +197,31 @@ static pass *find_pass(dense_decoder *d, int64_t B, int64_t T, int64_t E, int64_
 
 /* ---------------------------------------------------------------- the block pool */
 
-static int32_t *table_of(const dense_decoder *d, int slot) { return d->table + slot * d->per_slot; }
-
 static int64_t blocks_for(int64_t len) { return (len + BLOCK - 1) / BLOCK; }
 
 /* Where position pos of a slot lives among the cache's N entries. */
 static int32_t entry_of(const dense_decoder *d, int slot, int64_t pos) {
-    return table_of(d, slot)[pos / BLOCK] * BLOCK + (int32_t)(pos % BLOCK);
+    return ts_block_pool_block(&d->pool, slot, pos) * BLOCK + (int32_t)(pos % BLOCK);
 }
 
-static int32_t take_block(dense_decoder *d) {
-    int32_t b = d->free_list[--d->n_free];
-    d->refs[b] = 1;
-    return b;
+/* Copy on write: the first n positions of block `from`, every layer and head. */
+static void copy_block(void *ctx, int32_t from, int32_t to, int64_t n) {
+    const dense_decoder *d = ctx;
+    size_t head = (size_t)(2 * d->hd) * d->esz;
+    for (int64_t l = 0; l < d->L; l++)
+        for (int64_t h = 0; h < d->H; h++)
+            memcpy((char *)d->cache[l] + (size_t)(h * d->N + to * BLOCK) * head,
+                   (const char *)d->cache[l] + (size_t)(h * d->N + from * BLOCK) * head, (size_t)n * head);
 }
 
-static void drop_block(dense_decoder *d, int32_t b) {
-    if (--d->refs[b] == 0) d->free_list[d->n_free++] = b;
+static void reserve(dense_decoder *d, int slot, int64_t n) {
+    ts_block_pool_reserve(&d->pool, slot, d->len[slot], n, copy_block, d);
 }
 
-/* Gives back the slot's blocks past the first len positions. */
-static void release_to(dense_decoder *d, int slot, int64_t len) {
-    int32_t *t = table_of(d, slot);
-    while (d->held[slot] > blocks_for(len)) drop_block(d, t[--d->held[slot]]);
-}
+static void release_to(dense_decoder *d, int slot, int64_t len) { ts_block_pool_release_to(&d->pool, slot, len); }
 
-/* Whether appending to the slot writes into a block another slot holds too. */
-static bool writes_shared(const dense_decoder *d, int slot) {
-    int64_t len = d->len[slot];
-    return len % BLOCK && d->refs[table_of(d, slot)[len / BLOCK]] > 1;
-}
-
-/* Blocks that appending m tokens to the slot takes from the free list (a shared block written
- * by several slots of one step is counted for each: at most one too many). */
-static int64_t blocks_needed(const dense_decoder *d, int slot, int64_t m) {
-    return blocks_for(d->len[slot] + m) - d->held[slot] + writes_shared(d, slot);
-}
-
-/* Makes room for m tokens after the slot's sequence (blocks_needed(m) must be free): a private
- * copy of a shared last block, then new blocks. */
-static void reserve(dense_decoder *d, int slot, int64_t m) {
-    int32_t *t = table_of(d, slot);
-    int64_t len = d->len[slot];
-    if (writes_shared(d, slot)) {
-        int32_t old = t[len / BLOCK], b = take_block(d);
-        size_t head = (size_t)(2 * d->hd) * d->esz;
-        for (int64_t l = 0; l < d->L; l++)
-            for (int64_t h = 0; h < d->H; h++)
-                memcpy((char *)d->cache[l] + (size_t)(h * d->N + b * BLOCK) * head,
-                       (const char *)d->cache[l] + (size_t)(h * d->N + old * BLOCK) * head,
-                       (size_t)(len % BLOCK) * head);
-        drop_block(d, old);
-        t[len / BLOCK] = b;
-    }
-    while (d->held[slot] < blocks_for(len + m)) t[d->held[slot]++] = take_block(d);
+static int64_t blocks_needed(const dense_decoder *d, int slot, int64_t n) {
+    return ts_block_pool_needed(&d->pool, slot, d->len[slot], n);
 }
 
 /* ---------------------------------------------------------------- host side */
@@ -310,7 +278,7 @@ static ts_status dense_step(void *impl, int n, const int *slots, const int32_t *
         longest = d->len[slots[i]] > longest ? d->len[slots[i]] : longest;
         need += blocks_needed(d, slots[i], 1);
     }
-    if (need > d->n_free) return TS_ERR_OOM;
+    if (need > d->pool.n_free) return TS_ERR_OOM;
     for (int i = 0; i < n; i++) reserve(d, slots[i], 1);
     const pass *p = find_pass(d, n, 1, longest, 1);
     for (int64_t r = 0; r < p->B; r++) {
@@ -334,7 +302,7 @@ static ts_status dense_extend(void *impl, int slot, const int32_t *ids, int64_t 
                               int64_t logit_rows) {
     dense_decoder *d = impl;
     int64_t first_kept = n - logit_rows, start = d->len[slot];
-    if (blocks_needed(d, slot, n) > d->n_free) return TS_ERR_OOM;
+    if (blocks_needed(d, slot, n) > d->pool.n_free) return TS_ERR_OOM;
     reserve(d, slot, n);
     for (int64_t done = 0; done < n;) {
         int64_t m = n - done < CHUNK ? n - done : CHUNK, end = done + m;
@@ -375,19 +343,15 @@ static ts_status dense_truncate(void *impl, int slot, int64_t len) {
 
 static ts_status dense_fork(void *impl, int dst, int src, int64_t len) {
     dense_decoder *d = impl;
-    dense_reset(d, dst);
-    int32_t *to = table_of(d, dst);
-    const int32_t *from = table_of(d, src);
-    for (int64_t i = 0; i < blocks_for(len); i++) d->refs[to[i] = from[i]]++;
-    d->held[dst] = blocks_for(len);
+    ts_block_pool_share(&d->pool, dst, src, len);
     d->len[dst] = len;
     return TS_OK;
 }
 
 static void dense_pool(const void *impl, ts_model_decoder_pool *out) {
     const dense_decoder *d = impl;
-    *out = (ts_model_decoder_pool){.block_positions = BLOCK, .blocks = d->n_blocks, .free_blocks = d->n_free,
-                                   .shared = true};
+    ts_block_pool_info(&d->pool, out);
+    out->block_bytes = (size_t)d->L * d->cache_bytes / (size_t)d->pool.n_blocks;
 }
 
 static size_t dense_state_bytes(const void *impl) {
@@ -408,10 +372,7 @@ static void dense_free(void *impl) {
     free(d->key_start);
     free(d->omega);
     free(d->len);
-    free(d->table);
-    free(d->held);
-    free(d->refs);
-    free(d->free_list);
+    ts_block_pool_free(&d->pool);
     free(d);
 }
 
@@ -427,7 +388,7 @@ static const ts_decoder_ops dense_ops = {
     .pool = dense_pool,
 };
 
-/* The caches, the block pool (every block free, the lowest on top) and the host inputs, sized
+/* The caches, the block pool (every block free) and the host inputs, sized
  * for the largest pass. */
 static ts_status alloc_host(dense_decoder *d) {
     int64_t rows = d->slots > CHUNK ? d->slots : CHUNK; /* B·T of the largest pass */
@@ -439,14 +400,9 @@ static ts_status alloc_host(dense_decoder *d) {
     d->key_start = calloc(CHUNK, sizeof *d->key_start);
     d->omega = calloc((size_t)(d->hd / 2), sizeof *d->omega);
     d->len = calloc((size_t)d->slots, sizeof *d->len);
-    d->table = calloc((size_t)(d->slots * d->per_slot), sizeof *d->table);
-    d->held = calloc((size_t)d->slots, sizeof *d->held);
-    d->refs = calloc((size_t)d->n_blocks, sizeof *d->refs);
-    d->free_list = calloc((size_t)d->n_blocks, sizeof *d->free_list);
-    if (!d->cache || !d->angles || !d->idx || !d->ids || !d->key_start || !d->omega || !d->len || !d->table ||
-        !d->held || !d->refs || !d->free_list)
+    if (!ts_block_pool_init(&d->pool, d->slots, BLOCK, blocks_for(d->N), d->max_len) || !d->cache || !d->angles ||
+        !d->idx || !d->ids || !d->key_start || !d->omega || !d->len)
         return TS_ERR_OOM;
-    for (d->n_free = 0; d->n_free < d->n_blocks; d->n_free++) d->free_list[d->n_free] = (int32_t)(d->n_blocks - 1 - d->n_free);
     for (int64_t l = 0; l < d->L; l++)
         if (!(d->cache[l] = calloc(1, d->cache_bytes))) return TS_ERR_OOM;
     return TS_OK;
@@ -458,6 +414,8 @@ ts_status ts_dense_decoder_new(const ts_model_weights *w, ts_backend *be, int sl
     *out = NULL;
     *ops = &dense_ops;
     const ts_v4_config *c = ts_model_weights_config(w);
+    if (pool_positions == 0) /* every slot can reach max_len at once */
+        pool_positions = blocks_for(max_len) > INT32_MAX / BLOCK / slots ? INT32_MAX : slots * blocks_for(max_len) * BLOCK;
     if (pool_positions > INT32_MAX - BLOCK || max_len > INT32_MAX - BLOCK) {
         ts_error_printf(err, err_size, "dense decoder: a pool of %lld positions (sequences of %lld) exceeds the i32 cache index",
                         (long long)pool_positions, (long long)max_len);
@@ -467,7 +425,7 @@ ts_status ts_dense_decoder_new(const ts_model_weights *w, ts_backend *be, int sl
     if (!d) return TS_ERR_OOM;
     *d = (dense_decoder){.c = c, .dt = ts_model_weights_dtype(w), .slots = slots, .max_len = max_len,
                          .L = c->num_hidden_layers, .H = c->num_attention_heads, .hd = c->head_dim,
-                         .N = blocks_for(pool_positions) * BLOCK, .n_blocks = blocks_for(pool_positions), .per_slot = blocks_for(max_len)};
+                         .N = blocks_for(pool_positions) * BLOCK};
     d->esz = ts_dtype_bytes(d->dt, 1);
     ts_status s = alloc_host(d);
     if (s != TS_OK) {

@@ -34,11 +34,6 @@ ts_status ts_model_decoder_new_pooled(const ts_model_weights *w, ts_backend *be,
     d->slots = slots;
     d->max_len = max_len;
     d->vocab = c->vocab_size;
-    if (pool_positions == 0) { /* every slot can reach max_len at once */
-        int64_t blocks = (max_len + TS_MODEL_DECODER_BLOCK - 1) / TS_MODEL_DECODER_BLOCK;
-        pool_positions = blocks > INT64_MAX / TS_MODEL_DECODER_BLOCK / slots ? INT64_MAX
-                                                                             : slots * blocks * TS_MODEL_DECODER_BLOCK;
-    }
     ts_status s = make(w, be, slots, max_len, pool_positions, &d->ops, &d->impl, err, err_size);
     if (s != TS_OK) {
         free(d);
@@ -129,6 +124,7 @@ void ts_model_decoder_pool_info(const ts_model_decoder *d, ts_model_decoder_pool
         d->ops->pool(d->impl, out);
         return;
     }
-    *out = (ts_model_decoder_pool){.block_positions = d->max_len, .blocks = d->slots};
+    *out = (ts_model_decoder_pool){.block_positions = d->max_len, .blocks = d->slots,
+                                   .block_bytes = d->ops->state_bytes(d->impl) / (size_t)d->slots};
     for (int s = 0; s < d->slots; s++) out->free_blocks += d->ops->length(d->impl, s) == 0;
 }

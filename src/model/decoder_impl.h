@@ -34,7 +34,8 @@ typedef struct {
     void (*pool)(const void *impl, ts_model_decoder_pool *out);
 } ts_decoder_ops;
 
-/* pool_positions: the shared pool's size (> 0; families without one ignore it). */
+/* pool_positions: the shared pool's size (0: every slot can reach max_len at once, in the
+ * family's own blocks). */
 typedef ts_status (*ts_decoder_new_fn)(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
                                        int64_t pool_positions, const ts_decoder_ops **ops, void **impl, char *err,
                                        size_t err_size);

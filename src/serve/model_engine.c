@@ -21,9 +21,9 @@
  * the first output. Ties go to idle slots, then to the least recently used, so fresh caches
  * live longest.
  *
- * Memory: the decoder's pool (ts_model_decoder_pool_info). V4 owns max_len positions per slot,
- * so a slot is all a request needs. A shared pool (dense) of blocks may hold fewer positions
- * than slots x max_len: a request is admitted when the free blocks cover the rest of its prompt
+ * Memory: the decoder's pool (ts_model_decoder_pool_info). A shared pool of blocks (dense: the
+ * KV cache; V4: the compressed entries, its slots owning the fixed state cache besides) may hold
+ * fewer positions than slots x max_len: a request is admitted when the free blocks cover the rest of its prompt
  * plus one block per running sequence (their next steps), evicting idle slots' caches (least
  * recently used first) to get there; else it waits. When the pool still runs short (a step or
  * chunk returns TS_ERR_OOM, nothing appended), an idle cache is evicted, else the youngest
@@ -157,7 +157,9 @@ static bool better_source(const ts_model_engine *e, int a, int b) {
 
 /* Whether a prefill under way will hold at least a block more of prompt p than the `have`
  * tokens any slot offers now: then p had better wait for it than compute it again (requests
- * arriving together with the same system prompt). Shared pools only, where a fork always works. */
+ * arriving together with the same system prompt). Shared pools only, where a fork shares blocks
+ * (V4 refuses one further back than its rewind bound: p then places as it would have, once the
+ * prefill is done). */
 static bool prefix_coming(const ts_model_engine *e, const pending *p, int64_t have) {
     for (int s = 0; e->pool.shared && s < e->opt.slots; s++) {
         const slot_state *sl = &e->slots[s];
@@ -429,6 +431,7 @@ static void after_prefill(ts_model_engine *e, const plan *p, ts_status st) {
 static void after_round(ts_model_engine *e, const plan *p, ts_status st, const int32_t *out, int n_out) {
     int s = e->step_slots[0];
     slot_state *sl = &e->slots[s];
+    if (out_of_blocks(e, st)) return; /* nothing appended; the MTP block's lag is recomputed */
     if (st != TS_OK) {
         fail(e, s);
         return;
@@ -648,25 +651,31 @@ ts_status ts_model_engine_fit(const ts_model_weights *w, ts_backend *be, size_t 
     ts_model_decoder *d = NULL;
     ts_status s = ts_model_decoder_new(w, be, 1, max_len, &d, err, err_size);
     if (s != TS_OK) return s;
-    ts_model_decoder_pool pool;
+    ts_model_decoder_pool pool; /* of one slot: its blocks make one sequence */
     ts_model_decoder_pool_info(d, &pool);
-    size_t block = ts_model_decoder_state_bytes(d) / (size_t)pool.blocks, one = block * (size_t)pool.blocks;
+    size_t one = ts_model_decoder_state_bytes(d), block = pool.block_bytes;
     ts_model_decoder_free(d);
     if (seq_bytes) *seq_bytes = one;
-    size_t fit = block ? kv_bytes / block : (size_t)max_slots * (size_t)pool.blocks; /* blocks */
-    if (fit < (size_t)pool.blocks) {
+    if (kv_bytes < one) {
         ts_error_printf(err, err_size, "a KV-cache budget of %.2f MiB holds no sequence of %lld positions (one needs %.2f MiB)",
                         (double)kv_bytes / (1 << 20), (long long)max_len, (double)one / (1 << 20));
         return TS_ERR_RANGE;
     }
-    if (pool.shared) {
-        int64_t blocks = fit < (size_t)(INT32_MAX / pool.block_positions) ? (int64_t)fit : INT32_MAX / pool.block_positions - 1;
-        *pool_positions = blocks * pool.block_positions;
-        *slots = blocks < max_slots ? (int)blocks : max_slots;
-    } else {
+    if (!pool.shared) {
         *pool_positions = 0;
-        *slots = fit < (size_t)max_slots ? (int)fit : max_slots;
+        *slots = kv_bytes / one < (size_t)max_slots ? (int)(kv_bytes / one) : max_slots;
+        return TS_OK;
     }
+    /* the most slots (at most one per block) whose fixed state leaves a sequence's blocks, then
+     * every whole block the rest holds, up to all slots at max_len */
+    int n = 1;
+    while (n < max_slots && (size_t)(n + 1) * pool.slot_bytes + block * (size_t)(n + 1 > pool.blocks ? n + 1 : pool.blocks) <= kv_bytes)
+        n++;
+    size_t full = (size_t)n * (size_t)pool.blocks, cap = (size_t)(INT32_MAX / pool.block_positions - 1);
+    size_t blocks = block ? (kv_bytes - (size_t)n * pool.slot_bytes) / block : full;
+    blocks = blocks < full ? blocks : full;
+    *pool_positions = (int64_t)(blocks < cap ? blocks : cap) * pool.block_positions;
+    *slots = n;
     return TS_OK;
 }
 
