@@ -105,6 +105,7 @@ typedef struct {
     int64_t prefix_cache_hits;    /* admitted requests that reused a cached prefix (counter) */
     int64_t prefix_reused_tokens; /* prompt tokens taken from the cache instead of prefilled (counter) */
     int64_t prefill_tokens;       /* prompt tokens run through the model (counter) */
+    int64_t forward_passes;       /* the model's forward passes (counter): prompt chunks and decode steps share them */
     int64_t spec_drafted;         /* speculative decoding: draft tokens proposed (counter) */
     int64_t spec_accepted;        /* ... and accepted by the model (counter) */
 } ts_engine_stats;
