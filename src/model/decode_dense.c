@@ -33,10 +33,10 @@
  *
  * Graphs, one per shape (tokens T, index slots E, logit rows R), built on first use (the cross
  * product is large and most of it never runs; the smallest one is built up front to surface
- * errors at creation): T and R in 1, 2, 4, .., T_MAX, the smallest power of two that holds a
- * token for each slot plus a prompt budget of BUDGET (a call with more tokens is split into
- * several passes, a sequence that does not fit continuing in the next - its earlier tokens are
- * then cached); E is the smallest of 64, 256, 1024, .., max_len that holds the longest prefix
+ * errors at creation): T in 1, 2, 4, 8, 16, then multiples of 16 up to T_MAX, a token for each
+ * slot plus a prompt budget of BUDGET rounded up to 16 (a call with more tokens is split into
+ * passes of T_MAX, a sequence that does not fit continuing in the next - its earlier tokens are
+ * then cached); R in 1, 2, 4, .. up to T; E is the smallest of 64, 256, 1024, .., max_len that holds the longest prefix
  * (the kernel visits every index slot). Padding tokens past the packed ones attend to themselves
  * only and are never filed. The graphs share the weights, the caches and the host inputs (one
  * pass runs at a time).
@@ -48,6 +48,7 @@
 #include "model/model_internal.h"
 
 #define BUDGET 64    /* prompt tokens a pass holds besides one token per slot */
+#define T_STEP 16    /* token buckets past this many are its multiples */
 #define BLOCK TS_MODEL_DECODER_BLOCK
 #define E_FIRST 64   /* the smallest index list; each next one is 4x longer */
 
@@ -84,7 +85,7 @@ typedef struct {
     int32_t *refs;     /* [n_blocks]: slots holding each block */
     int32_t *free_list; /* [n_blocks]: a stack of the n_free unheld blocks */
     int64_t n_free;
-    int64_t T_max, n_T, n_E; /* token and index buckets */
+    int64_t T_max, n_T, n_E, n_R; /* token, index and logit-row buckets */
     void *angles;      /* [T, hd/2] of the running pass */
     int32_t *idx;      /* [T, E] of the running pass */
     int32_t *key_start; /* [T] of the running pass: each token's segment start */
@@ -94,7 +95,7 @@ typedef struct {
     int64_t *len;      /* [slots] tokens so far */
     int64_t *start;    /* [slots] of the running call: each sequence's length before it */
     segment *segs;     /* [slots] of the running pass */
-    pass *passes;      /* [n_T (tokens), n_E, n_T (logit rows)] */
+    pass *passes;      /* [n_T, n_E, n_R] */
     int64_t n_run;     /* passes computed */
     pass *building;    /* the pass whose graph the hooks are recording */
 } dense_decoder;
@@ -167,6 +168,15 @@ static int64_t bucket_of(int64_t n, int64_t first, int64_t factor, int64_t cap, 
 
 static int64_t e_first(const dense_decoder *d) { return E_FIRST < d->max_len ? E_FIRST : d->max_len; }
 
+/* The token bucket that holds n (<= T_max): 1, 2, 4, .., T_STEP, then multiples of T_STEP (a
+ * pass of a few decode tokens plus a prompt budget pads to the next T_STEP, not to twice). */
+static int64_t t_bucket(const dense_decoder *d, int64_t n, int64_t *size) {
+    if (n <= T_STEP) return bucket_of(n, 1, 2, T_STEP, size);
+    int64_t k = (n + T_STEP - 1) / T_STEP;
+    *size = k * T_STEP < d->T_max ? k * T_STEP : d->T_max;
+    return bucket_of(T_STEP, 1, 2, T_STEP, &(int64_t){0}) + k - 1;
+}
+
 static void free_pass(pass *p) {
     ts_model_graph_free(p->mg);
     free(p->kv);
@@ -194,9 +204,9 @@ static ts_status build_pass(dense_decoder *d, pass *p, int64_t T, int64_t E, int
  * now if it never ran; NULL (*s says why) when it cannot be built. */
 static pass *pass_for(dense_decoder *d, int64_t T, int64_t E, int64_t R, ts_status *s) {
     int64_t t, e, r;
-    int64_t ti = bucket_of(T, 1, 2, d->T_max, &t), ei = bucket_of(E, e_first(d), 4, d->max_len, &e);
+    int64_t ti = t_bucket(d, T, &t), ei = bucket_of(E, e_first(d), 4, d->max_len, &e);
     int64_t ri = bucket_of(R, 1, 2, t, &r);
-    pass *p = &d->passes[(ti * d->n_E + ei) * d->n_T + ri];
+    pass *p = &d->passes[(ti * d->n_E + ei) * d->n_R + ri];
     char err[256];
     *s = p->mg ? TS_OK : build_pass(d, p, t, e, r, err, sizeof err);
     return *s == TS_OK ? p : NULL;
@@ -273,11 +283,12 @@ static void put(const dense_decoder *d, void *base, int64_t i, double v) {
  * the tokens whose logits are kept. */
 static int pack(dense_decoder *d, int n, const ts_model_decoder_seq *seqs, int *next, int64_t *from, int64_t *T,
                 int64_t *E, int64_t *R) {
+    int64_t cap = d->T_max;
     int k = 0;
     *T = *E = *R = 0;
-    while (*next < n && *T < d->T_max) {
+    while (*next < n && *T < cap) {
         const ts_model_decoder_seq *q = &seqs[*next];
-        int64_t m = q->n - *from < d->T_max - *T ? q->n - *from : d->T_max - *T, first_kept = q->n - q->logit_rows;
+        int64_t m = q->n - *from < cap - *T ? q->n - *from : cap - *T, first_kept = q->n - q->logit_rows;
         d->segs[k++] = (segment){.seq = *next, .from = *from, .m = m, .at = *T};
         *T += m;
         *E = d->len[q->slot] > *E ? d->len[q->slot] : *E;
@@ -349,8 +360,8 @@ static ts_status run(dense_decoder *d, const pass *p) {
     return s == TS_OK ? ts_graph_compute(p->mg->graph) : s;
 }
 
-/* One pass over the next tokens of the call (from sequence *next, token *from on); the logits
- * of its kept tokens at *out_row on. */
+/* One pass over the call's next tokens (from sequence *next, token *from on); the logits of its
+ * kept tokens at *out_row on. */
 static ts_status run_next(dense_decoder *d, int n, const ts_model_decoder_seq *seqs, int *next, int64_t *from,
                           float *logits, int64_t *out_row) {
     int64_t T, E, R;
@@ -434,7 +445,7 @@ static size_t dense_state_bytes(const void *impl) {
 static void dense_free(void *impl) {
     dense_decoder *d = impl;
     if (!d) return;
-    for (int64_t i = 0; d->passes && i < d->n_T * d->n_E * d->n_T; i++) free_pass(&d->passes[i]);
+    for (int64_t i = 0; d->passes && i < d->n_T * d->n_E * d->n_R; i++) free_pass(&d->passes[i]);
     free(d->passes);
     for (int64_t l = 0; d->cache && l < d->L; l++) free(d->cache[l]);
     free(d->cache);
@@ -479,7 +490,7 @@ static ts_status alloc_host(dense_decoder *d) {
     d->rows = calloc((size_t)T, sizeof *d->rows);
     d->start = calloc((size_t)d->slots, sizeof *d->start);
     d->segs = calloc((size_t)d->slots, sizeof *d->segs);
-    d->passes = calloc((size_t)(d->n_T * d->n_E * d->n_T), sizeof *d->passes);
+    d->passes = calloc((size_t)(d->n_T * d->n_E * d->n_R), sizeof *d->passes);
     d->omega = calloc((size_t)(d->hd / 2), sizeof *d->omega);
     d->len = calloc((size_t)d->slots, sizeof *d->len);
     d->table = calloc((size_t)(d->slots * d->per_slot), sizeof *d->table);
@@ -512,8 +523,9 @@ ts_status ts_dense_decoder_new(const ts_model_weights *w, ts_backend *be, int sl
                          .L = c->num_hidden_layers, .H = c->num_attention_heads, .hd = c->head_dim,
                          .N = blocks_for(pool_positions) * BLOCK, .n_blocks = blocks_for(pool_positions), .per_slot = blocks_for(max_len)};
     d->esz = ts_dtype_bytes(d->dt, 1);
-    for (d->T_max = 1; d->T_max < slots + BUDGET; d->T_max *= 2) d->n_T++;
-    d->n_T++;
+    d->T_max = (slots + BUDGET + T_STEP - 1) / T_STEP * T_STEP;
+    d->n_T = t_bucket(d, d->T_max, &(int64_t){0}) + 1;
+    d->n_R = bucket_of(d->T_max, 1, 2, d->T_max, &(int64_t){0}) + 1;
     d->n_E = bucket_of(max_len, e_first(d), 4, max_len, &(int64_t){0}) + 1;
     ts_status s = alloc_host(d);
     if (s != TS_OK) {
