@@ -31,9 +31,9 @@
  * model's work): the pass gathers their R hidden rows (ts_get_rows with an index leaf), unless
  * R = T, where it keeps every row (single-stream decoding then runs no gather).
  *
- * Graphs, one per shape (tokens T, index slots E, logit rows R), built on first use (the cross
- * product is large and most of it never runs; the smallest one is built up front to surface
- * errors at creation): T in 1, 2, 4, 8, 16, then multiples of 16 up to T_MAX, a token for each
+ * Graphs, one per shape (tokens T, index slots E, logit rows R): the steps' shapes (T = R up to
+ * the slots) up front, the rest on first use (the cross product is large and most of it never
+ * runs): T in 1, 2, 4, 8, 16, then multiples of 16 up to T_MAX, a token for each
  * slot plus a prompt budget of BUDGET rounded up to 16 (a call with more tokens is split into
  * passes of T_MAX, a sequence that does not fit continuing in the next - its earlier tokens are
  * then cached); R in 1, 2, 4, .. up to T; E is the smallest of 64, 256, 1024, .., max_len that holds the longest prefix
@@ -201,15 +201,29 @@ static ts_status build_pass(dense_decoder *d, pass *p, int64_t T, int64_t E, int
 }
 
 /* The pass of the smallest shape with at least T tokens, E index slots and R logit rows, built
- * now if it never ran; NULL (*s says why) when it cannot be built. */
-static pass *pass_for(dense_decoder *d, int64_t T, int64_t E, int64_t R, ts_status *s) {
+ * now if it never ran; NULL (*s and err say why) when it cannot be built. */
+static pass *pass_for(dense_decoder *d, int64_t T, int64_t E, int64_t R, ts_status *s, char *err, size_t err_size) {
     int64_t t, e, r;
     int64_t ti = t_bucket(d, T, &t), ei = bucket_of(E, e_first(d), 4, d->max_len, &e);
     int64_t ri = bucket_of(R, 1, 2, t, &r);
     pass *p = &d->passes[(ti * d->n_E + ei) * d->n_R + ri];
-    char err[256];
-    *s = p->mg ? TS_OK : build_pass(d, p, t, e, r, err, sizeof err);
+    *s = p->mg ? TS_OK : build_pass(d, p, t, e, r, err, err_size);
     return *s == TS_OK ? p : NULL;
+}
+
+/* The steps' shapes up front - T = R = each token bucket up to a token per slot, with every E -
+ * so that decoding never stalls on a build as a prefix grows into the next E; the rest (prompt
+ * chunks, mixes) are built on first use. */
+static ts_status build_steps(dense_decoder *d, char *err, size_t err_size) {
+    ts_status s = TS_OK;
+    for (int64_t E = e_first(d); s == TS_OK; E = next_bucket(E, 4, d->max_len)) {
+        for (int64_t T = 1, t = 0; s == TS_OK && t < d->slots; T = t + 1) {
+            t_bucket(d, T, &t);
+            pass_for(d, t, E, t, &s, err, err_size);
+        }
+        if (E == d->max_len) break;
+    }
+    return s;
 }
 
 /* ---------------------------------------------------------------- the block pool */
@@ -367,7 +381,8 @@ static ts_status run_next(dense_decoder *d, int n, const ts_model_decoder_seq *s
     int64_t T, E, R;
     int n_segs = pack(d, n, seqs, next, from, &T, &E, &R);
     ts_status s;
-    const pass *p = pass_for(d, T, E, R > 0 ? R : 1, &s);
+    char err[256];
+    const pass *p = pass_for(d, T, E, R > 0 ? R : 1, &s, err, sizeof err);
     if (!p) return s;
     prepare(d, p, seqs, n_segs, T);
     s = run(d, p);
@@ -536,7 +551,7 @@ ts_status ts_dense_decoder_new(const ts_model_weights *w, ts_backend *be, int sl
                         c->rope_theta);
         s = TS_ERR_INVALID_ARG;
     } else {
-        s = build_pass(d, &d->passes[0], 1, e_first(d), 1, err, err_size); /* T = 1, the first E, R = 1 */
+        s = build_steps(d, err, err_size);
     }
     if (s != TS_OK) {
         dense_free(d);
