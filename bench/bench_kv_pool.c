@@ -37,9 +37,9 @@ typedef struct {
     int64_t tokens;
 } done_count;
 
-static void on_token(void *user, int32_t id) {
+static void on_token(void *user, int32_t id, const ts_token_logprobs *lp) {
     done_count *c = user;
-    (void)id;
+    (void)id, (void)lp;
     pthread_mutex_lock(&c->mu);
     c->tokens++;
     pthread_mutex_unlock(&c->mu);

@@ -269,6 +269,24 @@ static void test_short_demo(void) {
           "short demo output:\n%s", r.out);
 }
 
+/* TESSERA_PROFILE: kernel time per op; "shapes" adds the costliest node shapes, each with its
+ * op and the shapes of its output and sources. */
+static void test_profile(void) {
+    static run_result r;
+    const char *demo = "demo --steps 5 --train 120 --heldout 60 --hidden 16 --batch 30 --threads 1";
+    setenv("TESSERA_PROFILE", "shapes", 1);
+    run(&r, "%s", demo);
+    CHECK(r.exit_code == 0 && has(&r, "profile of backend cpu") && has(&r, "costliest node shapes:"),
+          "TESSERA_PROFILE=shapes demo: exit %d\n%s", r.exit_code, r.out);
+    const char *shapes = strstr(r.out, "costliest node shapes:");
+    CHECK(shapes && strstr(shapes, "matmul") && strstr(shapes, "f32[30,16] <- [30,"), "no matmul node shape:\n%s", r.out);
+    setenv("TESSERA_PROFILE", "1", 1);
+    run(&r, "%s", demo);
+    CHECK(r.exit_code == 0 && has(&r, "profile of backend cpu") && !has(&r, "costliest node shapes:"),
+          "TESSERA_PROFILE=1 demo: exit %d\n%s", r.exit_code, r.out);
+    unsetenv("TESSERA_PROFILE");
+}
+
 /* The logits of a .npy file written by `tessera forward`: checks the format 1.0 header (f32
  * little-endian, C order, shape [rows, cols]) and returns the values (malloc'd) or NULL. */
 static float *read_npy_f32(const char *path, int64_t rows, int64_t cols) {
@@ -722,6 +740,7 @@ int main(void) {
     test_ops();
     test_usage_errors();
     test_short_demo();
+    test_profile();
     test_forward();
     test_bench_gemm();
     test_tokenizer_and_data();

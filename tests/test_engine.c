@@ -56,8 +56,9 @@ typedef struct {
     ts_gen_end end;
 } collector;
 
-static void on_token(void *user, int32_t id) {
+static void on_token(void *user, int32_t id, const ts_token_logprobs *lp) {
     collector *c = user;
+    (void)lp;
     pthread_mutex_lock(&c->mu);
     if (c->n < MAX_OUT) c->tokens[c->n++] = id;
     c->total++;

@@ -13,8 +13,9 @@
  *  - against the original f32 model: the greedy text of the f32 decoder, fed to the bf16 one,
  *    gets the same argmax at >= 90% of its positions, and the logits' relative rms difference
  *    is <= 10% (V4's discrete choices - routing, indexer picks - can flip on a few tokens);
- *  - --dtype names (f32, bf16 only); ts_model_load_for_inference: bf16 loads a checkpoint
- *    narrowed like the weights above, f16 is refused with nothing returned. */
+ *  - --dtype names (f32, bf16 only); ts_model_load_for_inference: bf16 reads a checkpoint
+ *    (both families, stacked experts included) straight into the same tensors, bit for bit the
+ *    f32 load narrowed afterwards; f16 is refused with nothing returned. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -179,24 +180,32 @@ static void test_model(const ts_v4_config *c, float gain, const char *what) {
     ts_model_weights_free(rounded);
 }
 
-/* --dtype names, and a checkpoint through ts_model_load_for_inference. */
-static void test_load(const ts_v4_config *c) {
-    ts_dtype dt = TS_F64;
-    CHECK(!ts_model_matmul_dtype_from_name("fp7", &dt) && !ts_model_matmul_dtype_from_name("f16", &dt) &&
-              dt == TS_F64, "bad names accepted");
-    CHECK(ts_model_matmul_dtype_from_name("bf16", &dt) && dt == TS_BF16, "bf16");
-    CHECK(ts_model_matmul_dtype_from_name("f32", &dt) && dt == TS_F32, "f32");
+/* A checkpoint through ts_model_load_for_inference: the f32 load narrowed afterwards, bit for bit. */
+static void test_load(const ts_v4_config *c, const char *what) {
     char dir[] = "/tmp/tessera_infer_bf16_XXXXXX", err[256] = "";
     CHECK(mkdtemp(dir) != NULL, "mkdtemp");
     CHECK(ts_model_init_write(c, 3, TS_F32, dir, true, err, sizeof err) == TS_OK, "init: %s", err);
-    ts_model_weights *w = NULL;
+    ts_model_weights *w = NULL, *ref = NULL;
     ts_status s = ts_model_load_for_inference(dir, TS_BF16, &w, err, sizeof err);
-    CHECK(s == TS_OK, "load bf16: %s", err);
-    if (s == TS_OK) {
-        int head = ts_model_weights_find(w, "embed.weight"); /* dense-tiny: tied, so narrowed */
-        CHECK(ts_model_weights_mem_dtype(w, head) == TS_BF16, "loaded embed.weight is not bf16");
-        ts_model_weights_free(w);
+    CHECK(s == TS_OK, "%s: load bf16: %s", what, err);
+    CHECK(ts_model_load(dir, TS_F32, &ref, err, sizeof err) == TS_OK &&
+              ts_model_weights_narrow_matmuls(ref, TS_BF16, err, sizeof err) == TS_OK,
+          "%s: f32 load, narrowed: %s", what, err);
+    int narrowed = 0, same = 0;
+    for (int i = 0; w && ref && i < ts_model_weights_count(w); i++) {
+        ts_dtype dt = ts_model_weights_mem_dtype(w, i);
+        size_t bytes = ts_dtype_bytes(dt, ts_model_tensor_numel(ts_model_weights_info(w, i)));
+        narrowed += dt == TS_BF16;
+        same += dt == ts_model_weights_mem_dtype(ref, i) &&
+                !memcmp(ts_model_weights_data(w, i), ts_model_weights_data(ref, i), bytes);
     }
+    CHECK(w && ref && narrowed > 0 && same == ts_model_weights_count(w), "%s: %d of %d tensors as loaded then narrowed (%d bf16)",
+          what, same, w ? ts_model_weights_count(w) : 0, narrowed);
+    if (w && c->kind == TS_MODEL_DENSE) /* tied, so narrowed */
+        CHECK(ts_model_weights_mem_dtype(w, ts_model_weights_find(w, "embed.weight")) == TS_BF16,
+              "loaded embed.weight is not bf16");
+    ts_model_weights_free(w);
+    ts_model_weights_free(ref);
     s = ts_model_load_for_inference(dir, TS_F16, &w, err, sizeof err);
     CHECK(s == TS_ERR_UNSUPPORTED && w == NULL && strstr(err, "f16"), "f16: %s '%s'", ts_status_name(s), err);
     char cmd[128];
@@ -213,6 +222,12 @@ int main(void) {
     v4.q_lora_rank = 32;
     test_model(&dense, 6, "dense-tiny");
     test_model(&v4, 8, "tiny V4");
-    test_load(&dense);
+    ts_dtype dt = TS_F64;
+    CHECK(!ts_model_matmul_dtype_from_name("fp7", &dt) && !ts_model_matmul_dtype_from_name("f16", &dt) &&
+              dt == TS_F64, "bad names accepted");
+    CHECK(ts_model_matmul_dtype_from_name("bf16", &dt) && dt == TS_BF16, "bf16");
+    CHECK(ts_model_matmul_dtype_from_name("f32", &dt) && dt == TS_F32, "f32");
+    test_load(&dense, "dense-tiny");
+    test_load(&v4, "tiny V4");
     return check_summary("infer_bf16");
 }

@@ -6,7 +6,9 @@
  * that distribution; penalties give hand-computed logits; the same seed gives the same tokens
  * and different seeds differ; a vocabulary-sized row (129 280) agrees with the reference and its
  * cost per token is printed. Speculative sampling (probs, draw, verify): verified drafts follow
- * the target distribution, accepted at the rate sum min(p, q). */
+ * the target distribution, accepted at the rate sum min(p, q). logit_bias bans and forces
+ * tokens (greedy and sampled) and is range-checked; ts_logprobs matches a log-softmax and a
+ * full sort computed here in double, ties and NaN included. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -467,8 +469,102 @@ done:
     free(ref);
 }
 
+static void test_logit_bias(void) {
+    enum { V = 8 };
+    const float row[V] = {0.5f, 1.0f, 3.0f, 2.9f, -1.0f, 0.0f, 2.0f, 1.5f};
+    float copy[V];
+    memcpy(copy, row, sizeof copy);
+    ts_sampling_params p = ts_sampling_defaults();
+    p.temperature = 0;
+    p.n_logit_bias = 1;
+    p.logit_bias[0] = (ts_logit_bias){2, -100};
+    ts_sampler *s = new_sampler(V, p);
+    int32_t tok = -1;
+    CHECK(s && ts_sampler_sample(s, copy, &tok, NULL) == TS_OK && tok == 3, "-100 bans greedy's argmax: %d", tok);
+    CHECK(!memcmp(copy, row, sizeof copy), "the caller's row is unchanged");
+    p.logit_bias[0] = (ts_logit_bias){4, 5}; /* -1 + 5 = 4 > 3 */
+    CHECK(s && ts_sampler_start(s, &p, NULL, 0) == TS_OK && ts_sampler_sample(s, row, &tok, NULL) == TS_OK && tok == 4,
+          "+5 lifts token 4 above the rest: %d", tok);
+    /* sampled at temperature 1: a +100 token is drawn every time, a -100 one never */
+    p.temperature = 1;
+    p.n_logit_bias = 2;
+    p.logit_bias[0] = (ts_logit_bias){7, 100};
+    p.logit_bias[1] = (ts_logit_bias){2, -100};
+    bool always = s && ts_sampler_start(s, &p, NULL, 0) == TS_OK;
+    for (int i = 0; always && i < 200; i++) always = ts_sampler_sample(s, row, &tok, NULL) == TS_OK && tok == 7;
+    CHECK(always, "+100 forces token 7 at temperature 1");
+    p.n_logit_bias = 1;
+    p.logit_bias[0] = (ts_logit_bias){2, -100};
+    bool never = s && ts_sampler_start(s, &p, NULL, 0) == TS_OK;
+    for (int i = 0; never && i < 2000; i++) never = ts_sampler_sample(s, row, &tok, NULL) == TS_OK && tok != 2;
+    CHECK(never, "-100 keeps the likeliest token (p = 0.35 unbiased) out of 2000 draws");
+
+    const char *param = NULL;
+    p.logit_bias[0] = (ts_logit_bias){2, 100.5f};
+    CHECK(ts_sampling_params_check(&p, &param) && param && !strcmp(param, "logit_bias") &&
+              ts_sampler_start(s, &p, NULL, 0) == TS_ERR_RANGE,
+          "a bias above 100 is refused");
+    p.logit_bias[0] = (ts_logit_bias){-1, 1};
+    CHECK(ts_sampling_params_check(&p, NULL) != NULL, "a negative id is refused");
+    p.logit_bias[0] = (ts_logit_bias){V, 1};
+    CHECK(ts_sampling_params_check(&p, NULL) == NULL && ts_sampler_start(s, &p, NULL, 0) == TS_ERR_RANGE,
+          "an id outside the vocabulary: TS_ERR_RANGE at start");
+    p.n_logit_bias = TS_SAMPLING_MAX_LOGIT_BIAS + 1;
+    CHECK(ts_sampling_params_check(&p, NULL) != NULL, "more than 300 entries are refused");
+    ts_sampler_free(s);
+}
+
+/* ts_logprobs against log-softmax and a full sort in double. */
+static void test_logprobs(void) {
+    enum { V = 1000 };
+    static float row[V];
+    ts_rng rng;
+    ts_rng_seed(&rng, 7);
+    for (int i = 0; i < V; i++) row[i] = (float)(8 * ts_rng_uniform(&rng) - 4);
+    row[10] = row[20] = row[30] = 5.0f; /* a three-way tie for first: ids 10, 20, 30 in that order */
+    row[40] = NAN;                      /* counts as -inf */
+    row[50] = -INFINITY;
+    double m = 5.0, sum = 0;
+    for (int i = 0; i < V; i++)
+        if (i != 40) sum += exp((double)row[i] - m);
+    double lse = m + log(sum);
+    int order[V];
+    for (int i = 0; i < V; i++) order[i] = i;
+    for (int i = 0; i < V; i++) /* selection sort, ranks as documented: larger, then lower id; NaN last */
+        for (int j = i + 1; j < V; j++) {
+            float a = row[order[i]] == row[order[i]] ? row[order[i]] : -INFINITY;
+            float b = row[order[j]] == row[order[j]] ? row[order[j]] : -INFINITY;
+            if (b > a || (b == a && order[j] < order[i])) {
+                int t = order[i];
+                order[i] = order[j];
+                order[j] = t;
+            }
+        }
+    ts_token_logprobs lp;
+    for (int token = 0; token < V; token += 37) {
+        CHECK(ts_logprobs(row, V, token, 20, &lp) == TS_OK, "logprobs of %d", token);
+        double want = token == 40 ? -INFINITY : (double)row[token] - lse;
+        CHECK(lp.logprob == (float)want || fabs(lp.logprob - want) < 1e-6, "token %d: %g vs %g", token, lp.logprob, want);
+        CHECK(lp.n_top == 20, "20 alternatives: %d", lp.n_top);
+        for (int k = 0; k < lp.n_top; k++)
+            CHECK(lp.top_ids[k] == order[k] && fabs(lp.top_logprobs[k] - ((double)row[order[k]] - lse)) < 1e-6,
+                  "alternative %d: id %d (want %d), %g", k, lp.top_ids[k], order[k], lp.top_logprobs[k]);
+    }
+    CHECK(lp.top_ids[0] == 10 && lp.top_ids[1] == 20 && lp.top_ids[2] == 30, "a tie ranks the lower id first");
+    CHECK(ts_logprobs(row, V, 50, 0, &lp) == TS_OK && isinf(lp.logprob) && lp.n_top == 0, "-inf logit, no alternatives");
+    CHECK(ts_logprobs(row, 3, 0, 20, &lp) == TS_OK && lp.n_top == 3, "no more alternatives than the vocabulary");
+    CHECK(ts_logprobs(row, V, V, 1, &lp) == TS_ERR_INVALID_ARG && ts_logprobs(row, V, 0, 21, &lp) == TS_ERR_INVALID_ARG,
+          "token and n_top are checked");
+    row[0] = INFINITY;
+    CHECK(ts_logprobs(row, V, 0, 1, &lp) == TS_ERR_RANGE, "+inf: TS_ERR_RANGE");
+    const float none[2] = {NAN, -INFINITY};
+    CHECK(ts_logprobs(none, 2, 0, 1, &lp) == TS_ERR_RANGE, "no finite logit: TS_ERR_RANGE");
+}
+
 int main(void) {
     test_params();
+    test_logit_bias();
+    test_logprobs();
     test_greedy();
     test_penalties();
     test_seeds();

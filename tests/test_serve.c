@@ -2,11 +2,14 @@
  * fake engine that follows serve.h's contract: bytes are tokens (id = byte value), and each
  * request generates its prompt reversed, one token per step for every running request
  * (continuous batching in miniature), then ends with a stop token - or, when the prompt holds
- * a '~', cycles forever until max_tokens or a cancel. The client is a small HTTP/1.1 one written
+ * a '~', cycles forever until max_tokens or a cancel. Asked for logprobs, it reports the k-th
+ * token's as -0.25 (k + 1), with up to two alternatives: the token itself, then 'A' at one less. The client is a small HTTP/1.1 one written
  * here (chunked transfer decoding included).
  *
  * Covered: non-streaming and SSE completions and chat (framing, [DONE], usage, finish_reason,
- * stop strings held back while streaming, invalid UTF-8), sampling fields reaching the engine,
+ * stop strings held back while streaming, invalid UTF-8), logprobs in both shapes (whole,
+ * streamed, cut by a stop string), n choices (whole and streamed, seeds seed + i, the prompt
+ * counted once), sampling fields and logit_bias reaching the engine,
  * /v1/models, /health, /metrics (exact token counters, gauges), every error status (400 401 404
  * 405 413 429 503 504) in OpenAI's shape, a client hanging up mid-stream (engine cancelled,
  * next request served), concurrent clients, and shutdown with requests in flight (graceful and
@@ -36,6 +39,8 @@ typedef struct fake_req {
     bool forever, cancelled;
     int32_t stop_ids[TS_GEN_MAX_STOP_IDS];
     int n_stop_ids;
+    bool logprobs;
+    int32_t top_logprobs;
     ts_gen_sink sink;
     struct fake_req *next;
 } fake_req;
@@ -70,7 +75,12 @@ static void fake_step(fake_engine *f) {
         int32_t next = r->prompt[r->n_prompt - 1 - (size_t)r->produced % r->n_prompt];
         for (int i = 0; i < r->n_stop_ids; i++) finished |= next == r->stop_ids[i];
         if (!finished) {
-            r->sink.token(r->sink.user, next);
+            ts_token_logprobs lp = {.logprob = -0.25f * (float)(r->produced + 1),
+                                    .n_top = r->top_logprobs < 2 ? r->top_logprobs : 2,
+                                    .top_ids = {next, 'A'}};
+            lp.top_logprobs[0] = lp.logprob;
+            lp.top_logprobs[1] = lp.logprob - 1;
+            r->sink.token(r->sink.user, next, r->logprobs ? &lp : NULL);
             r->produced++;
             pp = &r->next;
             continue;
@@ -129,6 +139,8 @@ static ts_status fake_submit(void *self, const ts_gen_request *req) {
     fake_engine *f = self;
     for (size_t i = 0; i < req->n_prompt; i++)
         if (req->prompt[i] < 0 || req->prompt[i] >= FAKE_VOCAB) return TS_ERR_RANGE;
+    for (int32_t i = 0; i < req->sampling.n_logit_bias; i++)
+        if (req->sampling.logit_bias[i].id >= FAKE_VOCAB) return TS_ERR_RANGE;
     fake_req *r = calloc(1, sizeof *r);
     if (!r || !(r->prompt = malloc(req->n_prompt * sizeof *r->prompt))) {
         free(r);
@@ -139,6 +151,8 @@ static ts_status fake_submit(void *self, const ts_gen_request *req) {
     r->id = req->id;
     r->max_tokens = req->max_tokens;
     r->n_stop_ids = req->n_stop_ids;
+    r->logprobs = req->logprobs;
+    r->top_logprobs = req->top_logprobs;
     memcpy(r->stop_ids, req->stop_ids, sizeof r->stop_ids);
     r->sink = req->sink;
     for (size_t i = 0; i < req->n_prompt; i++) r->forever |= req->prompt[i] == '~';
@@ -607,6 +621,178 @@ static void test_streaming(int port) {
     resp_free(&r);
 }
 
+/* choices[0].logprobs of a response body (a new reference; NULL when absent or null). */
+static json_t *choice_logprobs(const char *body) {
+    json_t *root = json_loads(body, 0, NULL);
+    json_t *lp = json_object_get(json_array_get(json_object_get(root, "choices"), 0), "logprobs");
+    if (lp && !json_is_null(lp)) json_incref(lp);
+    else lp = NULL;
+    json_decref(root);
+    return lp;
+}
+
+/* Whether a completions logprobs object lists exactly the tokens of `text` (one byte each) with
+ * the fake's values: logprob -0.25 (k + 1), top_logprobs {token, "A"} when two were asked. */
+static bool completion_logprobs_match(const json_t *lp, const char *text, int n_top) {
+    json_t *tokens = json_object_get(lp, "tokens"), *lps = json_object_get(lp, "token_logprobs");
+    json_t *tops = json_object_get(lp, "top_logprobs"), *offs = json_object_get(lp, "text_offset");
+    size_t n = strlen(text);
+    if (json_array_size(tokens) != n || json_array_size(lps) != n || json_array_size(tops) != n || json_array_size(offs) != n)
+        return false;
+    for (size_t k = 0; k < n; k++) {
+        json_t *top = json_array_get(tops, k);
+        char tok[2] = {text[k], 0};
+        double want = -0.25 * (double)(k + 1);
+        if (strcmp(json_string_value(json_array_get(tokens, k)), tok) ||
+            json_real_value(json_array_get(lps, k)) != want || json_integer_value(json_array_get(offs, k)) != (json_int_t)k ||
+            json_real_value(json_object_get(top, tok)) != want ||
+            json_object_size(top) != (size_t)(n_top >= 2 && text[k] != 'A' ? 2 : 1) ||
+            (n_top >= 2 && json_real_value(json_object_get(top, "A")) != (text[k] == 'A' ? want : want - 1)))
+            return false;
+    }
+    return true;
+}
+
+static void test_logprobs(int port, fake_engine *f) {
+    const char *C = "/v1/completions", *CH = "/v1/chat/completions";
+    http_resp r = post(port, C, "{\"prompt\":\"abc\",\"logprobs\":2}");
+    json_t *lp = choice_logprobs(r.body.data);
+    CHECK(r.status == 200 && lp && completion_logprobs_match(lp, "cba", 2), "completion logprobs: %s", r.body.data);
+    json_decref(lp);
+    resp_free(&r);
+
+    r = post(port, C, "{\"prompt\":\"abc\"}");
+    lp = choice_logprobs(r.body.data);
+    CHECK(r.status == 200 && !lp && strstr(r.body.data, "\"logprobs\":null"), "no logprobs unless asked: %s", r.body.data);
+    resp_free(&r);
+
+    /* "~fedYXcba" cut at "YX": the tokens Y and X went through the engine but not into the text */
+    r = post(port, C, "{\"prompt\":\"abcXYdef~\",\"max_tokens\":40,\"stop\":\"YX\",\"logprobs\":0}");
+    lp = choice_logprobs(r.body.data);
+    CHECK(r.status == 200 && lp && completion_logprobs_match(lp, "~fed", 0), "logprobs cut by a stop string: %s",
+          r.body.data);
+    json_decref(lp);
+    resp_free(&r);
+    CHECK(fake_wait_idle(f), "the stopped request ends");
+
+    r = post(port, CH, "{\"messages\":[{\"role\":\"user\",\"content\":\"xy\"}],\"logprobs\":true,\"top_logprobs\":1}");
+    lp = choice_logprobs(r.body.data);
+    json_t *content = json_object_get(lp, "content"), *first = json_array_get(content, 0);
+    json_t *top = json_object_get(first, "top_logprobs");
+    CHECK(r.status == 200 && json_array_size(content) == 2 && !strcmp(json_string_value(json_object_get(first, "token")), "y") &&
+              json_real_value(json_object_get(first, "logprob")) == -0.25 &&
+              json_integer_value(json_array_get(json_object_get(first, "bytes"), 0)) == 'y' && json_array_size(top) == 1 &&
+              !strcmp(json_string_value(json_object_get(json_array_get(top, 0), "token")), "y") &&
+              json_real_value(json_object_get(json_array_get(content, 1), "logprob")) == -0.5,
+          "chat logprobs: %s", r.body.data);
+    json_decref(lp);
+    resp_free(&r);
+
+    /* Streamed: each chunk carries the tokens whose text it sends; together, all of them. */
+    r = post(port, C, "{\"prompt\":\"stream me\",\"stream\":true,\"logprobs\":2}");
+    json_t *all = json_object(), *tokens = json_array(), *lps = json_array(), *tops = json_array(), *offs = json_array();
+    json_object_set_new(all, "tokens", tokens), json_object_set_new(all, "token_logprobs", lps);
+    json_object_set_new(all, "top_logprobs", tops), json_object_set_new(all, "text_offset", offs);
+    int with_logprobs = 0;
+    bool aligned = true;
+    for (const char *p = strstr(r.body.data ? r.body.data : "", "data: {"); p; p = strstr(p + 1, "data: {")) {
+        const char *end = strstr(p, "\n\n");
+        char *ev = strndup(p + 6, end ? (size_t)(end - p - 6) : strlen(p + 6));
+        json_t *root = json_loads(ev, 0, NULL), *ch = json_array_get(json_object_get(root, "choices"), 0);
+        json_t *l = json_object_get(ch, "logprobs");
+        if (json_is_object(l)) {
+            with_logprobs++;
+            json_array_extend(tokens, json_object_get(l, "tokens"));
+            json_array_extend(lps, json_object_get(l, "token_logprobs"));
+            json_array_extend(tops, json_object_get(l, "top_logprobs"));
+            json_array_extend(offs, json_object_get(l, "text_offset"));
+            aligned &= json_array_size(json_object_get(l, "tokens")) == strlen(json_string_value(json_object_get(ch, "text")));
+        }
+        json_decref(root);
+        free(ev);
+    }
+    CHECK(r.status == 200 && with_logprobs >= 3 && aligned && completion_logprobs_match(all, "em maerts", 2),
+          "streamed logprobs (%d chunks with them): %s", with_logprobs, r.body.data);
+    json_decref(all);
+    resp_free(&r);
+
+    r = post(port, C, "{\"prompt\":\"abc\",\"logit_bias\":{\"65\":-100,\"7\":2.5}}");
+    ts_sampling_params s = f->last_sampling;
+    bool both = s.n_logit_bias == 2;
+    for (int i = 0; both && i < 2; i++)
+        both = (s.logit_bias[i].id == 65 && s.logit_bias[i].bias == -100) || (s.logit_bias[i].id == 7 && s.logit_bias[i].bias == 2.5f);
+    CHECK(r.status == 200 && both, "logit_bias reaches the engine: %d entries", s.n_logit_bias);
+    resp_free(&r);
+
+    expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"logprobs\":21}", 400, "logprobs", NULL, "logprobs over 20");
+    expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"logprobs\":true}", 400, "logprobs", NULL, "logprobs type");
+    expect_error(port, "POST", CH, KEY, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":2}", 400,
+                 "logprobs", NULL, "chat logprobs type");
+    expect_error(port, "POST", CH, KEY, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_logprobs\":2}", 400,
+                 "top_logprobs", NULL, "top_logprobs without logprobs");
+    expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"logit_bias\":{\"a\":1}}", 400, "logit_bias", NULL,
+                 "logit_bias key");
+    expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"logit_bias\":{\"1\":101}}", 400, "logit_bias", NULL,
+                 "logit_bias range");
+    expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"logit_bias\":[1]}", 400, "logit_bias", NULL, "logit_bias type");
+    expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"logit_bias\":{\"300\":1}}", 400, NULL,
+                 "context_length_exceeded", "logit_bias id outside the vocabulary");
+}
+
+/* n choices: the fake answers each alike; indexes, usage and the seeds tell them apart. */
+static void test_choices(int port, fake_engine *f) {
+    int submitted = fake_get(f, &f->submitted);
+    http_resp r = post(port, "/v1/completions", "{\"prompt\":\"abc\",\"n\":3,\"seed\":10,\"best_of\":3}");
+    json_t *root = json_loads(r.body.data ? r.body.data : "", 0, NULL), *choices = json_object_get(root, "choices");
+    json_t *u = json_object_get(root, "usage");
+    bool each = json_array_size(choices) == 3;
+    for (size_t i = 0; each && i < 3; i++) {
+        json_t *ch = json_array_get(choices, i);
+        each = json_integer_value(json_object_get(ch, "index")) == (json_int_t)i &&
+               !strcmp(json_string_value(json_object_get(ch, "text")), "cba") &&
+               !strcmp(json_string_value(json_object_get(ch, "finish_reason")), "stop");
+    }
+    CHECK(r.status == 200 && each && json_integer_value(json_object_get(u, "prompt_tokens")) == 3 &&
+              json_integer_value(json_object_get(u, "completion_tokens")) == 9 &&
+              json_integer_value(json_object_get(u, "total_tokens")) == 12 && fake_get(f, &f->submitted) == submitted + 3 &&
+              f->last_sampling.seed == 12,
+          "n = 3: %s", r.body.data);
+    json_decref(root);
+    resp_free(&r);
+
+    r = post(port, "/v1/chat/completions",
+             "{\"messages\":[{\"role\":\"user\",\"content\":\"hey\"}],\"n\":2,\"stream\":true,"
+             "\"stream_options\":{\"include_usage\":true}}");
+    char text[2][16] = {"", ""};
+    int roles[2] = {0, 0}, finishes[2] = {0, 0}, usage_chunks = 0;
+    bool ids_agree = true;
+    char first_id[64] = "";
+    for (const char *p = strstr(r.body.data ? r.body.data : "", "data: {"); p; p = strstr(p + 1, "data: {")) {
+        const char *end = strstr(p, "\n\n");
+        char *ev = strndup(p + 6, end ? (size_t)(end - p - 6) : strlen(p + 6));
+        json_t *ev_root = json_loads(ev, 0, NULL), *ch = json_array_get(json_object_get(ev_root, "choices"), 0);
+        const char *id = json_string_value(json_object_get(ev_root, "id"));
+        if (!first_id[0] && id) snprintf(first_id, sizeof first_id, "%s", id);
+        ids_agree &= id && !strcmp(id, first_id);
+        usage_chunks += json_object_get(ev_root, "usage") != NULL;
+        json_int_t k = json_integer_value(json_object_get(ch, "index"));
+        json_t *delta = json_object_get(ch, "delta");
+        if (ch && k >= 0 && k < 2) {
+            roles[k] += json_object_get(delta, "role") != NULL;
+            finishes[k] += json_is_string(json_object_get(ch, "finish_reason"));
+            if (json_is_string(json_object_get(delta, "content")))
+                strncat(text[k], json_string_value(json_object_get(delta, "content")), sizeof text[k] - strlen(text[k]) - 1);
+        }
+        json_decref(ev_root);
+        free(ev);
+    }
+    CHECK(r.status == 200 && !strcmp(text[0], "yeh") && !strcmp(text[1], "yeh") && roles[0] == 1 && roles[1] == 1 &&
+              finishes[0] == 1 && finishes[1] == 1 && usage_chunks == 1 && ids_agree &&
+              strstr(r.body.data, "\"completion_tokens\":6") && strstr(r.body.data, "data: [DONE]\n\n"),
+          "streamed n = 2 (texts '%s' '%s'): %s", text[0], text[1], r.body.data);
+    resp_free(&r);
+}
+
 static void test_errors(int port, fake_engine *f) {
     const char *C = "/v1/completions", *CH = "/v1/chat/completions";
     expect_error(port, "POST", C, KEY, "{\"prompt\": \"x\",", 400, NULL, NULL, "bad JSON");
@@ -622,7 +808,9 @@ static void test_errors(int port, fake_engine *f) {
                  "negative stop id");
     expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"stop_token_ids\":[1,2,3,4,5,6,7,8]}", 400, "stop_token_ids",
                  NULL, "too many stop ids");
-    expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"n\":2}", 400, "n", NULL, "n > 1");
+    expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"n\":17}", 400, "n", NULL, "n > 16");
+    expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"n\":0}", 400, "n", NULL, "n = 0");
+    expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"n\":2,\"best_of\":3}", 400, "best_of", NULL, "best_of > n");
     expect_error(port, "POST", C, KEY, "{\"prompt\":7}", 400, "prompt", NULL, "prompt type");
     expect_error(port, "POST", C, KEY, "{\"prompt\":\"\"}", 400, "prompt", NULL, "empty prompt");
     expect_error(port, "POST", C, KEY, "{\"prompt\":[300]}", 400, NULL, "context_length_exceeded", "id outside the vocabulary");
@@ -882,6 +1070,8 @@ int main(void) {
         test_completions(port, &f);
         test_chat(port, &f, &template_calls);
         test_streaming(port);
+        test_logprobs(port, &f);
+        test_choices(port, &f);
         test_errors(port, &f);
         test_client_hangup(port, &f);
         test_concurrent(port);

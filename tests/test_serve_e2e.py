@@ -12,6 +12,10 @@ exactly through JSON. Then, against `tessera serve --port 0`:
   - completions and chat completions, plain and SSE: shapes, framing, [DONE], usage,
     finish_reason; the streamed text equals the plain one (greedy);
   - 32 concurrent streaming greedy requests all complete, each equal to the same request alone;
+  - n choices: greedy ones repeat the single answer, seeded sampled ones are reproducible and differ;
+  - logprobs (completions and chat, plain and streamed): greedy tokens are their positions' most
+    likely, the alternatives' probabilities sum to at most 1, tokens spell the text; logit_bias
+    forcing one token makes every generated token that one;
   - `tessera chat` with two turns piped in: deterministic, and each reply equals the server's
     chat completion of the same conversation (the server prefills from scratch; chat reuses its
     KV cache across turns);
@@ -212,6 +216,61 @@ def test_chat_completions(srv):
     check_usage(s_usage, MAX_TOKENS, "streamed chat")
 
 
+def test_logprobs(srv):
+    body = {"model": "tiny", "prompt": "hello there", "max_tokens": MAX_TOKENS, "temperature": 0, "logprobs": 5}
+    status, r = srv.post("/v1/completions", body)
+    ch = r["choices"][0] if status == 200 else {}
+    lp = ch.get("logprobs") or {}
+    tokens = lp.get("tokens", [])
+    check(status == 200 and "".join(tokens) == ch["text"] and len(tokens) == r["usage"]["completion_tokens"],
+          f"logprobs tokens spell the text: {r}")
+    for i, tok in enumerate(tokens):
+        top, own = lp["top_logprobs"][i], lp["token_logprobs"][i]
+        check(own <= 0 and tok in top and len(top) <= 6 and abs(own - max(top.values())) < 1e-6,
+              f"position {i}: greedy's token {tok!r} ({own}) is the most likely of {top}")
+        check(sum(2.718281828459045 ** v for v in top.values()) <= 1 + 1e-5, f"position {i}: probabilities {top}")
+        check(lp["text_offset"][i] == len("".join(tokens[:i]).encode()), f"text_offset {i}: {lp['text_offset']}")
+    status, ctype, raw = srv.request("POST", "/v1/completions", dict(body, stream=True))
+    s_tokens, s_lps = [], []
+    for ev in sse_events(raw):
+        l = ev["choices"][0].get("logprobs")
+        if l:
+            s_tokens += l["tokens"]
+            s_lps += l["token_logprobs"]
+    check((s_tokens, s_lps) == (tokens, lp.get("token_logprobs")), f"streamed logprobs {s_tokens} {s_lps} != {lp}")
+
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "hello world"}], "max_tokens": MAX_TOKENS,
+            "temperature": 0, "logprobs": True, "top_logprobs": 3}
+    status, r = srv.post("/v1/chat/completions", chat)
+    content = ((r or {}).get("choices", [{}])[0].get("logprobs") or {}).get("content", [])
+    check(status == 200 and "".join(c["token"] for c in content) == r["choices"][0]["message"]["content"] and
+          all(bytes(c["bytes"]).decode() == c["token"] and len(c["top_logprobs"]) == 3 and
+              c["top_logprobs"][0]["token"] == c["token"] for c in content), f"chat logprobs: {r}")
+
+    forced = []
+    for x in (101, 150):  # (chat's logprobs give each token's exact bytes)
+        others = {str(i): -100 for i in range(264) if i != x}
+        status, r = srv.post("/v1/chat/completions", dict(chat, logit_bias=others, max_tokens=4))
+        toks = [c["bytes"] for c in r["choices"][0]["logprobs"]["content"]] if status == 200 else []
+        check(len(toks) == 4 and all(t == toks[0] for t in toks), f"logit_bias forces token {x}: {r}")
+        forced.append(toks[:1])
+    check(forced[0] != forced[1], f"two forced ids give two tokens: {forced}")
+
+
+def test_choices(srv):
+    body = {"model": "tiny", "prompt": "hello there", "max_tokens": MAX_TOKENS, "temperature": 0}
+    status, one = srv.post("/v1/completions", body)
+    status2, two = srv.post("/v1/completions", dict(body, n=2))
+    check(status == status2 == 200 and [c["text"] for c in two["choices"]] == [one["choices"][0]["text"]] * 2 and
+          [c["index"] for c in two["choices"]] == [0, 1], f"greedy n=2 repeats n=1's text: {two}")
+    sampled = dict(body, temperature=1.0, n=3, seed=5, logprobs=0)
+    runs = [srv.post("/v1/completions", sampled)[1] for _ in range(2)]
+    texts = [[c["text"] for c in r["choices"]] for r in runs]
+    check(texts[0] == texts[1] and len(set(texts[0])) > 1, f"seeded n=3: reproducible, choices differ: {texts}")
+    tokens = sum(len(c["logprobs"]["tokens"]) for c in runs[0]["choices"])
+    check(runs[0]["usage"]["completion_tokens"] == tokens, f"n=3 usage counts every choice's tokens ({tokens}): {runs[0]}")
+
+
 def test_concurrent(srv):
     prompts = [f"the {w} fox" for w in ("quick", "lazy", "brown", "old", "red", "shy", "wild", "tame")]
     alone = {p: streamed(srv, "/v1/completions", {"prompt": p, "max_tokens": MAX_TOKENS, "temperature": 0})[0]
@@ -260,8 +319,9 @@ def fuzz_cases(rng):
     good = {"model": "tiny", "prompt": "hi", "max_tokens": 2}
     chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     wrong = {"prompt": [123.5, {}, True, None, [1, "a"], [-5], [10 ** 9]], "max_tokens": ["ten", -1, 0, 1.5, 10 ** 12, 65],
-             "temperature": ["hot", -1, []], "top_p": [2, -0.5, "x"], "n": [2, "two"], "stream": ["yes", 1],
-             "stop": [5, [1, 2], ["a"] * 9], "seed": ["x", 1.5], "model": [5, "nope", "", ["tiny"]], "logprobs": [5, "x"],
+             "temperature": ["hot", -1, []], "top_p": [2, -0.5, "x"], "n": [0, 17, "two"], "stream": ["yes", 1],
+             "stop": [5, [1, 2], ["a"] * 9], "seed": ["x", 1.5], "model": [5, "nope", "", ["tiny"]], "logprobs": [25, -1, "x"],
+             "logit_bias": [5, [1], {"x": 1}, {"1": 500}, {"1": "a"}, {"100000": 1}],
              "stream_options": [5, {"include_usage": "yes"}], "frequency_penalty": [9, "x"], "top_k": [-2, "x"]}
     bad_messages = ["hi", [], [{"role": 5}], [{"role": "user"}], [{"role": "robot", "content": "x"}],
                     [{"role": "user", "content": [{"type": "image_url"}]}], [{"role": "user", "content": 5}], None]
@@ -415,6 +475,8 @@ def main():
         try:
             for name, fn in (("basics", lambda: test_basics(srv)), ("completions", lambda: test_completions(srv)),
                              ("chat completions", lambda: test_chat_completions(srv)),
+                             ("logprobs and logit_bias", lambda: test_logprobs(srv)),
+                             ("n choices", lambda: test_choices(srv)),
                              ("32 concurrent streams", lambda: test_concurrent(srv)),
                              ("tessera chat", lambda: test_chat_cli(tessera, model, srv)),
                              ("fuzz", lambda: test_fuzz(srv, sanitized)), ("bench serve", lambda: test_bench(tessera, srv)),

@@ -5,7 +5,9 @@
  *
  * Order of operations in ts_sampler_sample (the order of Hugging Face's logits processors and
  * vLLM, which is what OpenAI-style clients expect):
- *   1. penalties, on a copy of the logits (the caller's row is never changed):
+ *   0. logit bias (OpenAI's logit_bias), on a copy of the logits (the caller's row is never
+ *      changed): l[id] += bias for each listed id (-100 bans a token in practice, +100 forces it);
+ *   1. penalties, on the same copy:
  *        repetition (HF / llama.cpp): for every id seen in the prompt or the output so far,
  *          l > 0 ? l / r : l * r;
  *        then frequency and presence (OpenAI), over the generated ids only:
@@ -38,6 +40,13 @@
 extern "C" {
 #endif
 
+#define TS_SAMPLING_MAX_LOGIT_BIAS 300 /* OpenAI's limit on logit_bias entries */
+
+typedef struct {
+    int32_t id;   /* a token id: [0, n_vocab) (ts_sampler_start checks) */
+    float bias;   /* added to its logit: [-100, 100] (OpenAI's range) */
+} ts_logit_bias;
+
 typedef struct {
     float temperature;        /* >= 0; 0: greedy */
     int32_t top_k;            /* >= 0; 0: off */
@@ -47,6 +56,8 @@ typedef struct {
     float frequency_penalty;  /* [-2, 2] (OpenAI's range); 0: off */
     float presence_penalty;   /* [-2, 2]; 0: off */
     uint64_t seed;            /* seeds the request's ts_rng: same seed and logits, same tokens */
+    int32_t n_logit_bias;     /* [0, TS_SAMPLING_MAX_LOGIT_BIAS] entries of logit_bias in use */
+    ts_logit_bias logit_bias[TS_SAMPLING_MAX_LOGIT_BIAS];
 } ts_sampling_params;
 
 /* temperature 1, every filter and penalty off, seed 0. */
@@ -78,8 +89,8 @@ ts_status ts_sampler_sample(ts_sampler *s, const float *logits, int32_t *token, 
  * generated. TS_ERR_RANGE for an id outside the vocabulary. */
 ts_status ts_sampler_accept(ts_sampler *s, int32_t token);
 
-/* Applies step 1 (the penalties for the history so far) to logits[n_vocab] in place: what
- * ts_sampler_sample does to its copy. */
+/* Applies steps 0 and 1 (the logit bias, then the penalties for the history so far) to
+ * logits[n_vocab] in place: what ts_sampler_sample does to its copy. */
 void ts_sampler_penalize(const ts_sampler *s, float *logits);
 
 /* Speculative sampling (Leviathan et al. 2023, Chen et al. 2023) over the same processing:
@@ -96,6 +107,26 @@ ts_status ts_sampler_probs(ts_sampler *s, const float *logits, float *probs);
 ts_status ts_sampler_draw(ts_sampler *s, const float *probs, int32_t *token);
 ts_status ts_sampler_verify(ts_sampler *s, const float *p, const float *q, int32_t draft, int32_t *token,
                             bool *accepted);
+
+/* ---------------------------------------------------------------- log-probabilities
+ *
+ * What OpenAI's `logprobs` report for a generated token: its log-probability under the model's
+ * own distribution - log_softmax of the raw logits, before bias, penalties, temperature and
+ * filters (vLLM's default "raw" logprobs) - and the n_top most likely tokens with theirs. */
+#define TS_MAX_TOP_LOGPROBS 20 /* OpenAI's limit */
+
+typedef struct {
+    float logprob;    /* log p(token), <= 0 */
+    int32_t n_top;    /* [0, TS_MAX_TOP_LOGPROBS] */
+    int32_t top_ids[TS_MAX_TOP_LOGPROBS];     /* most likely first, the lower id first on a tie */
+    float top_logprobs[TS_MAX_TOP_LOGPROBS];
+} ts_token_logprobs;
+
+/* Fills *out for token (in [0, n_vocab)) after logits[n_vocab], with min(n_top, n_vocab)
+ * alternatives. NaN logits count as -inf. Sums in double; O(n_vocab * n_top) at worst, one
+ * pass when the row is not adversarial. TS_ERR_INVALID_ARG for bad arguments or n_top outside
+ * [0, TS_MAX_TOP_LOGPROBS]; TS_ERR_RANGE when no logit is finite or one is +inf. */
+ts_status ts_logprobs(const float *logits, int32_t n_vocab, int32_t token, int32_t n_top, ts_token_logprobs *out);
 
 #ifdef __cplusplus
 }

@@ -17,8 +17,10 @@
  *               incomplete UTF-8 while streaming);
  *   submit      start generating for a ts_gen_request (copy the prompt: it is the caller's).
  *               The engine's own worker thread (continuous batching) then calls
- *               req->sink.token(user, id) for each generated id, in order, at most max_tokens
- *               times, and finally req->sink.done(user, end) exactly once; after done it
+ *               req->sink.token(user, id, lp) for each generated id, in order, at most
+ *               max_tokens times - lp is the token's ts_logprobs (infer.h) with
+ *               req->top_logprobs alternatives when req->logprobs, else NULL - and finally
+ *               req->sink.done(user, end) exactly once; after done it
  *               never touches the request again. The stop token itself (EOS / end of turn) is
  *               not passed to token(): the engine ends with TS_GEN_STOP_TOKEN. Both callbacks
  *               only append under a mutex and signal; they never block on the network.
@@ -69,7 +71,7 @@ typedef enum {
 
 typedef struct {
     void *user;
-    void (*token)(void *user, int32_t id);
+    void (*token)(void *user, int32_t id, const ts_token_logprobs *lp);
     void (*done)(void *user, ts_gen_end end);
 } ts_gen_sink;
 
@@ -84,6 +86,8 @@ typedef struct {
     int32_t stop_ids[TS_GEN_MAX_STOP_IDS]; /* more ids that end the generation as the EOS does
                                             (the request's stop_token_ids, a chat's end of turn) */
     int n_stop_ids;
+    bool logprobs;            /* report each token's log-probability (sink.token's lp) ... */
+    int32_t top_logprobs;     /* ... and this many alternatives, 0..TS_MAX_TOP_LOGPROBS */
     ts_gen_sink sink;
 } ts_gen_request;
 

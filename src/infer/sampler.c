@@ -54,6 +54,11 @@ const char *ts_sampling_params_check(const ts_sampling_params *p, const char **p
         name = "frequency_penalty", msg = "frequency_penalty must be in [-2, 2]";
     else if (!(p->presence_penalty >= -2 && p->presence_penalty <= 2))
         name = "presence_penalty", msg = "presence_penalty must be in [-2, 2]";
+    else if (p->n_logit_bias < 0 || p->n_logit_bias > TS_SAMPLING_MAX_LOGIT_BIAS)
+        name = "logit_bias", msg = "logit_bias may hold at most 300 tokens";
+    for (int32_t i = 0; !msg && i < p->n_logit_bias; i++)
+        if (p->logit_bias[i].id < 0 || !(p->logit_bias[i].bias >= -100 && p->logit_bias[i].bias <= 100))
+            name = "logit_bias", msg = "logit_bias maps token ids (>= 0) to biases in [-100, 100]";
     if (param) *param = name;
     return msg;
 }
@@ -99,6 +104,8 @@ ts_status ts_sampler_start(ts_sampler *s, const ts_sampling_params *p, const int
     if (ts_sampling_params_check(p, NULL)) return TS_ERR_RANGE;
     for (size_t i = 0; i < n_prompt; i++)
         if (prompt[i] < 0 || prompt[i] >= s->n_vocab) return TS_ERR_RANGE;
+    for (int32_t i = 0; i < p->n_logit_bias; i++)
+        if (p->logit_bias[i].id >= s->n_vocab) return TS_ERR_RANGE;
     for (int32_t i = 0; i < s->n_seen; i++) s->in_prompt[s->seen[i]] = 0, s->gen_count[s->seen[i]] = 0;
     s->n_seen = 0;
     for (size_t i = 0; i < n_prompt; i++) {
@@ -120,6 +127,7 @@ ts_status ts_sampler_accept(ts_sampler *s, int32_t token) {
 
 void ts_sampler_penalize(const ts_sampler *s, float *logits) {
     const ts_sampling_params *p = &s->p;
+    for (int32_t i = 0; i < p->n_logit_bias; i++) logits[p->logit_bias[i].id] += p->logit_bias[i].bias;
     for (int32_t i = 0; i < s->n_seen; i++) {
         int32_t id = s->seen[i], count = s->gen_count[id];
         float l = logits[id];

@@ -4,6 +4,9 @@
  * builder (model_graph.c) binds its parameter leaves to these arrays and the optimizers update
  * them in place, so they are the one copy of the model. For inference the matmul weights can be
  * narrowed to bf16 once (ts_model_weights_narrow_matmuls): the graphs then bind those arrays.
+ * ts_model_load_for_inference narrows before it loads, so those weights are read from the
+ * checkpoint straight into bf16 and the f32 copy never exists (the f32 arrays, calloc'd and
+ * never written, cost no memory): its peak is the inference model, not the f32 one.
  *
  * Routed experts are stored stacked: for each layer and each of w1 / w2 / w3 the E expert
  * matrices are one contiguous [E, rows, cols] block, expert e's tensor pointing into it. The
@@ -142,12 +145,13 @@ ts_status ts_model_weights_init(ts_model_weights *w, uint64_t seed, char *err, s
 
 /* ---------------------------------------------------------------- narrow matmul weights */
 
-/* Tensor i (a routed expert's: its whole stacked block) converted to dt in a new array. */
-static ts_status narrow_tensor(ts_model_weights *w, int i, ts_dtype dt) {
+/* Tensor i (a routed expert's: its whole stacked block) in a new array of dt: its values
+ * converted, or (!convert) left zero for the loader to fill. */
+static ts_status narrow_tensor(ts_model_weights *w, int i, ts_dtype dt, bool convert) {
     int64_t E = w->stack_base[i] == i ? w->cfg.n_routed_experts : 1, numel = ts_model_tensor_numel(&w->info[i]);
-    char *v = malloc(ts_dtype_bytes(dt, E * numel > 0 ? E * numel : 1));
+    char *v = calloc(1, ts_dtype_bytes(dt, E * numel > 0 ? E * numel : 1));
     if (!v) return TS_ERR_OOM;
-    ts_status s = ts_convert(v, dt, w->data[i], w->dt, E * numel);
+    ts_status s = convert ? ts_convert(v, dt, w->data[i], w->dt, E * numel) : TS_OK;
     if (s != TS_OK) {
         free(v);
         return s;
@@ -160,7 +164,7 @@ static ts_status narrow_tensor(ts_model_weights *w, int i, ts_dtype dt) {
     return TS_OK;
 }
 
-ts_status ts_model_weights_narrow_matmuls(ts_model_weights *w, ts_dtype dt, char *err, size_t err_size) {
+static ts_status narrow_matmuls(ts_model_weights *w, ts_dtype dt, bool convert, char *err, size_t err_size) {
     if (!w) return TS_ERR_INVALID_ARG;
     if (dt == TS_F32) return TS_OK;
     if (dt != TS_BF16 || w->dt != TS_F32) {
@@ -173,10 +177,14 @@ ts_status ts_model_weights_narrow_matmuls(ts_model_weights *w, ts_dtype dt, char
     ts_status s = ts_model_autocast_weights(w, dt, cast, err, err_size);
     for (int i = 0; s == TS_OK && i < w->n; i++)
         if (cast[i] && mem_dtype(w, i) != dt && (w->stack_base[i] < 0 || w->stack_base[i] == i))
-            s = narrow_tensor(w, i, dt); /* an expert block's other tensors come with its first */
+            s = narrow_tensor(w, i, dt, convert); /* an expert block's other tensors come with its first */
     free(cast);
     if (s == TS_ERR_OOM) ts_error_printf(err, err_size, "model weights: out of memory narrowing to %s", ts_dtype_name(dt));
     return s;
+}
+
+ts_status ts_model_weights_narrow_matmuls(ts_model_weights *w, ts_dtype dt, char *err, size_t err_size) {
+    return narrow_matmuls(w, dt, true, err, err_size);
 }
 
 bool ts_model_matmul_dtype_from_name(const char *name, ts_dtype *out) {
@@ -186,15 +194,12 @@ bool ts_model_matmul_dtype_from_name(const char *name, ts_dtype *out) {
     return true;
 }
 
+static ts_status load_weights(const char *dir, ts_dtype dt, ts_dtype matmul_dtype, ts_model_weights **out, char *err,
+                              size_t err_size);
+
 ts_status ts_model_load_for_inference(const char *dir, ts_dtype matmul_dtype, ts_model_weights **out, char *err,
                                       size_t err_size) {
-    ts_status s = ts_model_load(dir, TS_F32, out, err, err_size);
-    if (s == TS_OK) s = ts_model_weights_narrow_matmuls(*out, matmul_dtype, err, err_size);
-    if (s != TS_OK && out && *out) {
-        ts_model_weights_free(*out);
-        *out = NULL;
-    }
-    return s;
+    return load_weights(dir, TS_F32, matmul_dtype, out, err, err_size);
 }
 
 /* ---------------------------------------------------------------- loading */
@@ -241,7 +246,10 @@ static ts_status load_tensor(ts_model_weights *w, int i, ts_checkpoint *ck, cons
     return s;
 }
 
-ts_status ts_model_load(const char *dir, ts_dtype dt, ts_model_weights **out, char *err, size_t err_size) {
+/* The checkpoint in dir as weights of dt, the matmul weights in matmul_dtype (== dt: as the
+ * others); those are narrowed before loading, so they are read straight into it. */
+static ts_status load_weights(const char *dir, ts_dtype dt, ts_dtype matmul_dtype, ts_model_weights **out, char *err,
+                              size_t err_size) {
     if (!dir || !out) return TS_ERR_INVALID_ARG;
     *out = NULL;
     ts_v4_config cfg;
@@ -250,6 +258,10 @@ ts_status ts_model_load(const char *dir, ts_dtype dt, ts_model_weights **out, ch
     ts_model_weights *w = NULL;
     s = ts_model_weights_new(&cfg, dt, &w, err, err_size);
     if (s != TS_OK) return s;
+    if (matmul_dtype != dt && (s = narrow_matmuls(w, matmul_dtype, false, err, err_size)) != TS_OK) {
+        ts_model_weights_free(w);
+        return s;
+    }
     ts_checkpoint *ck = NULL;
     ts_io_error ioe;
     s = ts_checkpoint_open(dir, &ck, &ioe);
@@ -262,6 +274,10 @@ ts_status ts_model_load(const char *dir, ts_dtype dt, ts_model_weights **out, ch
     }
     *out = w;
     return TS_OK;
+}
+
+ts_status ts_model_load(const char *dir, ts_dtype dt, ts_model_weights **out, char *err, size_t err_size) {
+    return load_weights(dir, dt, dt, out, err, err_size);
 }
 
 /* ---------------------------------------------------------------- saving */

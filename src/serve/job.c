@@ -8,6 +8,7 @@
  * changed once appended, so the HTTP side reads tokens[n_read, n_tokens) without the lock. */
 #define _GNU_SOURCE /* POLLRDHUP: the peer closed its end */
 #include <inttypes.h>
+#include <math.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #include "serve/serve_internal.h"
 
 #define WAIT_SLICE_S 0.05 /* how often a waiting HTTP thread looks at the client and the clock */
+#define MULTI_WAIT_NS 2000000 /* jobs_wait's poll interval */
 
 static void job_unref(job *j) {
     pthread_mutex_lock(&j->mu);
@@ -26,6 +28,8 @@ static void job_unref(job *j) {
     ts_server *srv = j->srv;
     for (size_t i = 0; i < j->n_stops; i++) free(j->stops[i]);
     free(j->tokens);
+    free(j->lps);
+    free(j->offsets);
     sbuf_free(&j->text);
     ts_token_bytes_free(&j->piece);
     pthread_mutex_destroy(&j->mu);
@@ -34,10 +38,13 @@ static void job_unref(job *j) {
     server_job_freed(srv);
 }
 
-static void sink_token(void *user, int32_t id) {
+static void sink_token(void *user, int32_t id, const ts_token_logprobs *lp) {
     job *j = user;
     pthread_mutex_lock(&j->mu);
-    if (j->n_tokens < j->max_tokens) j->tokens[j->n_tokens++] = id; /* an engine over its limit is ignored */
+    if (j->n_tokens < j->max_tokens) { /* an engine over its limit is ignored */
+        if (j->lps) j->lps[j->n_tokens] = lp ? *lp : (ts_token_logprobs){.logprob = NAN};
+        j->tokens[j->n_tokens++] = id;
+    }
     pthread_cond_signal(&j->cv);
     pthread_mutex_unlock(&j->mu);
 }
@@ -52,11 +59,16 @@ static void sink_done(void *user, ts_gen_end end) {
     job_unref(j);
 }
 
-job *job_new(ts_server *srv, const gen_params *p, int32_t max_tokens, int32_t n_prompt, int conn_fd) {
+job *job_new(ts_server *srv, const gen_params *p, int index, int32_t max_tokens, int32_t n_prompt, int conn_fd) {
     job *j = calloc(1, sizeof *j);
     if (!j) return NULL;
     j->tokens = malloc((size_t)max_tokens * sizeof *j->tokens);
     bool ok = j->tokens != NULL;
+    if (p->logprobs) {
+        j->lps = malloc((size_t)max_tokens * sizeof *j->lps);
+        j->offsets = malloc((size_t)max_tokens * sizeof *j->offsets);
+        ok = ok && j->lps && j->offsets;
+    }
     for (size_t i = 0; ok && i < p->n_stops; i++) {
         ok = (j->stops[i] = strdup(p->stops[i])) != NULL;
         j->n_stops = i + 1;
@@ -66,6 +78,8 @@ job *job_new(ts_server *srv, const gen_params *p, int32_t max_tokens, int32_t n_
     if (!ok || pthread_mutex_init(&j->mu, NULL) != 0) {
         for (size_t i = 0; i < j->n_stops; i++) free(j->stops[i]);
         free(j->tokens);
+        free(j->lps);
+        free(j->offsets);
         free(j);
         return NULL;
     }
@@ -74,6 +88,8 @@ job *job_new(ts_server *srv, const gen_params *p, int32_t max_tokens, int32_t n_
     j->chat = p->chat;
     j->stream = p->stream;
     j->include_usage = p->include_usage;
+    j->index = index;
+    j->top_logprobs = p->top_logprobs;
     j->max_tokens = max_tokens;
     j->n_prompt = n_prompt;
     j->conn_fd = conn_fd;
@@ -97,12 +113,14 @@ bool job_submit(job *j, const int32_t *prompt, const gen_params *p, api_error *e
                           .max_tokens = j->max_tokens,
                           .sampling = p->sampling,
                           .n_stop_ids = p->n_stop_ids,
+                          .logprobs = j->lps != NULL,
+                          .top_logprobs = j->top_logprobs,
                           .sink = {.user = j, .token = sink_token, .done = sink_done}};
     memcpy(req.stop_ids, p->stop_ids, sizeof req.stop_ids);
     const ts_engine *en = &j->srv->engine;
     ts_status st = en->submit(en->self, &req);
     if (st == TS_OK) {
-        metrics_add_tokens(&j->srv->metrics, j->n_prompt, 0);
+        metrics_add_tokens(&j->srv->metrics, j->index == 0 ? j->n_prompt : 0, 0); /* a prompt counts once */
         return true;
     }
     if (st == TS_ERR_STATE)
@@ -174,6 +192,31 @@ void job_wait(job *j, double max_wait_s) {
     }
 }
 
+/* Several choices: each job has its own condition variable, so this polls them in short
+ * sleeps (a few milliseconds of extra latency, for n > 1 only). */
+void jobs_wait(job *const *jobs, int n, double max_wait_s) {
+    if (n == 1) {
+        job_wait(jobs[0], max_wait_s);
+        return;
+    }
+    double until = ts_time_seconds() + max_wait_s;
+    for (;;) {
+        bool news = false, running = false;
+        for (int i = 0; i < n; i++) {
+            job *j = jobs[i];
+            if (j->state != JOB_RUNNING) continue;
+            running = true;
+            pthread_mutex_lock(&j->mu);
+            news |= j->n_tokens > j->n_read || j->engine_done;
+            pthread_mutex_unlock(&j->mu);
+            check_interruptions(j);
+            news |= j->state != JOB_RUNNING;
+        }
+        if (news || !running || ts_time_seconds() >= until) return;
+        nanosleep(&(struct timespec){0, MULTI_WAIT_NS}, NULL);
+    }
+}
+
 /* After text grew from `before` bytes: cut it at the earliest stop string that now occurs. */
 static void check_stops(job *j, size_t before) {
     if (!j->n_stops) return;
@@ -187,6 +230,7 @@ static void check_stops(job *j, size_t before) {
             }
     }
     if (cut == SIZE_MAX) return;
+    while (j->offsets && j->n_kept > 0 && j->offsets[j->n_kept - 1] >= cut) j->n_kept--; /* wholly cut off */
     j->text.n = cut;
     j->text.data[cut] = 0;
     j->finish_reason = "stop";
@@ -209,8 +253,9 @@ void job_advance(job *j) {
             job_fail(j, 500, NULL, "the engine could not detokenize a generated token");
             break;
         }
-        j->n_read++;
         size_t before = j->text.n;
+        if (j->offsets) j->offsets[j->n_read] = before;
+        j->n_kept = ++j->n_read;
         if (!sbuf_append(&j->text, j->piece.data, j->piece.n)) {
             job_fail(j, 500, NULL, "out of memory");
             break;

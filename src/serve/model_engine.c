@@ -60,6 +60,8 @@ typedef struct {
     ts_sampling_params sampling;
     int32_t stop_ids[TS_GEN_MAX_STOP_IDS];
     int n_stop_ids;
+    bool logprobs;       /* ts_gen_request's */
+    int32_t top_logprobs;
     ts_gen_sink sink;
     bool cancelled;
     int32_t generated;   /* tokens reported already: a preempted request's prompt ends with them */
@@ -109,6 +111,7 @@ struct ts_model_engine {
     float *logits;         /* [slots, vocab]: the batch's (at most one row per sequence) */
     float *spare_logits;   /* [vocab], speculative: the MTP catch-ups' and unwanted prefill logits */
     int64_t *reuse;        /* [slots]: placement candidates */
+    ts_token_logprobs lp;  /* the token being delivered's, when its request asked */
 };
 
 /* ---------------------------------------------------------------- admission and prefix reuse */
@@ -372,14 +375,16 @@ static plan make_plan(ts_model_engine *e) {
         if (e->slots[s].phase == SLOT_DECODE) e->batch[p.n++] = (ts_model_decoder_seq){s, &e->slots[s].last, 1, 1};
     p.n_decode = p.n;
     plan_prefill(e, &p);
-    /* a round drafts (and runs the MTP block) whenever there is room for two more tokens */
-    p.speculate = e->spec && p.n == 1 && p.n_decode == 1 && e->slots[e->batch[0].slot].n_tokens + 2 <= e->opt.max_len;
+    /* a round drafts (and runs the MTP block) whenever there is room for two more tokens; not for
+     * a request that wants logprobs (a round's tokens come without the rows of logits) */
+    const slot_state *one = &e->slots[e->batch[0].slot];
+    p.speculate = e->spec && p.n == 1 && p.n_decode == 1 && one->n_tokens + 2 <= e->opt.max_len && !one->req.logprobs;
     return p;
 }
 
-/* Sequence s reports its next token tok (sampled and recorded by its sampler), or ends; true
- * while it goes on. */
-static bool deliver(ts_model_engine *e, int s, int32_t tok) {
+/* Sequence s reports its next token tok (sampled and recorded by its sampler; lp: its
+ * log-probabilities when the request asked), or ends; true while it goes on. */
+static bool deliver(ts_model_engine *e, int s, int32_t tok, const ts_token_logprobs *lp) {
     slot_state *sl = &e->slots[s];
     bool stop = tok == e->eos;
     for (int i = 0; i < sl->req.n_stop_ids; i++) stop |= tok == sl->req.stop_ids[i];
@@ -387,7 +392,7 @@ static bool deliver(ts_model_engine *e, int s, int32_t tok) {
         finish(e, s, TS_GEN_STOP_TOKEN);
         return false;
     }
-    sl->req.sink.token(sl->req.sink.user, tok);
+    sl->req.sink.token(sl->req.sink.user, tok, lp);
     sl->last = tok;
     sl->phase = SLOT_DECODE;
     if (++sl->generated < sl->req.max_tokens && sl->n_tokens < e->opt.max_len) return true;
@@ -397,9 +402,13 @@ static bool deliver(ts_model_engine *e, int s, int32_t tok) {
 
 /* Sequence s samples from its logits row and reports the token, or ends. */
 static void emit(ts_model_engine *e, int s, const float *logits) {
+    const pending *req = &e->slots[s].req;
     int32_t tok;
-    if (ts_sampler_sample(e->slots[s].sampler, logits, &tok, NULL) != TS_OK) finish(e, s, TS_GEN_ERROR);
-    else deliver(e, s, tok);
+    if (ts_sampler_sample(e->slots[s].sampler, logits, &tok, NULL) != TS_OK ||
+        (req->logprobs && ts_logprobs(logits, (int32_t)e->vocab, tok, req->top_logprobs, &e->lp) != TS_OK))
+        finish(e, s, TS_GEN_ERROR);
+    else
+        deliver(e, s, tok, req->logprobs ? &e->lp : NULL);
 }
 
 /* Whether a compute failed for want of pool blocks (then nothing was appended: a retry after
@@ -421,7 +430,7 @@ static void after_round(ts_model_engine *e, ts_status st, const int32_t *out, in
     sl->mtp_covered = sl->n_tokens;
     sl->tokens[sl->n_tokens++] = sl->last;
     if (n_out == 2) sl->tokens[sl->n_tokens++] = out[0];
-    for (int i = 0; i < n_out && deliver(e, s, out[i]); i++) {}
+    for (int i = 0; i < n_out && deliver(e, s, out[i], NULL); i++) {}
 }
 
 /* The batch's tokens are in the caches: each sequence records them, and those with logits
@@ -567,14 +576,19 @@ static ts_status eng_submit(void *self, const ts_gen_request *req) {
         return TS_ERR_RANGE;
     for (size_t i = 0; i < req->n_prompt; i++)
         if (req->prompt[i] < 0 || req->prompt[i] >= e->vocab) return TS_ERR_RANGE;
-    if (ts_sampling_params_check(&req->sampling, NULL) || req->n_stop_ids < 0 || req->n_stop_ids > TS_GEN_MAX_STOP_IDS)
+    if (ts_sampling_params_check(&req->sampling, NULL) || req->n_stop_ids < 0 || req->n_stop_ids > TS_GEN_MAX_STOP_IDS ||
+        req->top_logprobs < 0 || req->top_logprobs > TS_MAX_TOP_LOGPROBS)
         return TS_ERR_RANGE;
+    for (int32_t i = 0; i < req->sampling.n_logit_bias; i++)
+        if (req->sampling.logit_bias[i].id >= e->vocab) return TS_ERR_RANGE;
     pending p = {.id = req->id,
                  .prompt = malloc((size_t)need * sizeof(int32_t)), /* room for a preemption's tokens */
                  .n_prompt = req->n_prompt,
                  .max_tokens = req->max_tokens,
                  .sampling = req->sampling,
                  .n_stop_ids = req->n_stop_ids,
+                 .logprobs = req->logprobs,
+                 .top_logprobs = req->top_logprobs,
                  .sink = req->sink};
     if (!p.prompt) return TS_ERR_OOM;
     memcpy(p.stop_ids, req->stop_ids, sizeof p.stop_ids);

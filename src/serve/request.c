@@ -1,8 +1,8 @@
 /* request.c - reading an OpenAI completions / chat completions request body into gen_params,
  * checking every field it uses (type and range) so that a bad request gets a 400 naming the
- * field, and the OpenAI error shape. Fields this server cannot honour (n > 1, logprobs, echo,
- * suffix, tools) are refused rather than silently ignored; other unknown fields are ignored,
- * as OpenAI's own API does. */
+ * field, and the OpenAI error shape. Fields this server cannot honour (best_of other than n,
+ * echo, suffix, tools) are refused rather than silently ignored; other unknown fields are
+ * ignored, as OpenAI's own API does. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,6 +61,24 @@ static bool get_bool(json_t *body, const char *key, bool *out, api_error *e) {
     return true;
 }
 
+/* OpenAI's "logit_bias": {"<token id>": bias, ...}; the range of each bias is checked with
+ * the other sampling parameters, the ids against the vocabulary by the engine. */
+static bool parse_logit_bias(json_t *body, ts_sampling_params *s, api_error *e) {
+    json_t *v = json_object_get(body, "logit_bias"), *bias;
+    if (!v || json_is_null(v)) return true;
+    if (!json_is_object(v) || json_object_size(v) > TS_SAMPLING_MAX_LOGIT_BIAS)
+        return bad(e, "logit_bias", "'%s' must be an object of up to 300 \"token id\": bias entries", "logit_bias");
+    const char *key;
+    json_object_foreach(v, key, bias) {
+        char *end;
+        long long id = strtoll(key, &end, 10);
+        if (!*key || *end || id < 0 || id > INT32_MAX || !json_is_number(bias))
+            return bad(e, "logit_bias", "'%s' maps token ids (decimal strings) to numbers", "logit_bias");
+        s->logit_bias[s->n_logit_bias++] = (ts_logit_bias){(int32_t)id, (float)json_number_value(bias)};
+    }
+    return true;
+}
+
 static bool parse_sampling(json_t *body, gen_params *p, api_error *e) {
     ts_sampling_params *s = &p->sampling;
     *s = ts_sampling_defaults();
@@ -74,6 +92,7 @@ static bool parse_sampling(json_t *body, gen_params *p, api_error *e) {
     if (top_k < -1 || top_k > INT32_MAX) return bad(e, "top_k", "'%s' must be -1 or 0 (off), or a positive count", "top_k");
     s->top_k = top_k < 0 ? 0 : (int32_t)top_k; /* -1 means off, as in vLLM */
     s->seed = (uint64_t)seed;
+    if (!parse_logit_bias(body, s, e)) return false;
     const char *param = NULL, *msg = ts_sampling_params_check(s, &param);
     if (msg) return bad(e, param, "%s", msg);
     return true;
@@ -99,21 +118,42 @@ static bool parse_stop(json_t *body, gen_params *p, api_error *e) {
     return true;
 }
 
+/* "n" choices (1..MAX_CHOICES); "best_of" only as n itself (nothing is ranked). */
+static bool parse_choices(json_t *body, gen_params *p, api_error *e) {
+    json_int_t n = 1, best_of = 0;
+    bool has_best_of = false;
+    if (!get_int(body, "n", &n, NULL, e) || !get_int(body, "best_of", &best_of, &has_best_of, e)) return false;
+    if (n < 1 || n > MAX_CHOICES) return bad(e, "n", "'%s' must be between 1 and 16", "n");
+    if (has_best_of && best_of != n) return bad(e, "best_of", "'%s' must equal n (choices are not ranked)", "best_of");
+    p->n_choices = (int)n;
+    return true;
+}
+
 /* Refuses the OpenAI features this server does not implement. */
 static bool refuse_unsupported(json_t *body, api_error *e) {
-    json_t *n = json_object_get(body, "n"), *best_of = json_object_get(body, "best_of");
-    if (n && !json_is_null(n) && !(json_is_integer(n) && json_integer_value(n) == 1))
-        return bad(e, "n", "'%s' must be 1: one choice per request is supported", "n");
-    if (best_of && !json_is_null(best_of) && !(json_is_integer(best_of) && json_integer_value(best_of) == 1))
-        return bad(e, "best_of", "'%s' must be 1", "best_of");
-    static const char *const unsupported[] = {"logprobs", "top_logprobs", "echo", "suffix", "tools", "functions",
-                                              "logit_bias"};
+    static const char *const unsupported[] = {"echo", "suffix", "tools", "functions"};
     for (size_t i = 0; i < sizeof unsupported / sizeof unsupported[0]; i++) {
         json_t *v = json_object_get(body, unsupported[i]);
         bool empty = !v || json_is_null(v) || json_is_false(v) || (json_is_array(v) && json_array_size(v) == 0) ||
                      (json_is_object(v) && json_object_size(v) == 0);
         if (!empty) return bad(e, unsupported[i], "'%s' is not supported by this server", unsupported[i]);
     }
+    return true;
+}
+
+/* Completions: "logprobs": the number of alternatives (0..20), null for none. Chat: "logprobs":
+ * true to report them, "top_logprobs" (0..20, only with it) alternatives per token. */
+static bool parse_logprobs(json_t *body, bool chat, gen_params *p, api_error *e) {
+    json_int_t n = 0;
+    bool want = false, has_top = false;
+    if (chat ? !get_bool(body, "logprobs", &want, e) || !get_int(body, "top_logprobs", &n, &has_top, e)
+             : !get_int(body, "logprobs", &n, &want, e))
+        return false;
+    const char *name = chat ? "top_logprobs" : "logprobs";
+    if (has_top && !want) return bad(e, "top_logprobs", "'%s' needs \"logprobs\": true", "top_logprobs");
+    if (n < 0 || n > TS_MAX_TOP_LOGPROBS) return bad(e, name, "'%s' must be between 0 and 20", name);
+    p->logprobs = want;
+    p->top_logprobs = (int32_t)n;
     return true;
 }
 
@@ -225,8 +265,10 @@ bool gen_params_parse(json_t *body, bool chat, const ts_server_options *opt, gen
     }
     json_int_t max_tokens = 0;
     bool has_max = false, has_mct = false;
-    if (!refuse_unsupported(body, e) || !get_bool(body, "stream", &p->stream, e) || !parse_sampling(body, p, e) ||
-        !parse_stop(body, p, e) || !parse_stop_ids(body, p, e) || !get_int(body, "max_tokens", &max_tokens, &has_max, e) ||
+    if (!refuse_unsupported(body, e) || !parse_choices(body, p, e) || !get_bool(body, "stream", &p->stream, e) ||
+        !parse_sampling(body, p, e) ||
+        !parse_stop(body, p, e) || !parse_stop_ids(body, p, e) || !parse_logprobs(body, chat, p, e) ||
+        !get_int(body, "max_tokens", &max_tokens, &has_max, e) ||
         (chat && !has_max && !get_int(body, "max_completion_tokens", &max_tokens, &has_mct, e)))
         return false;
     const char *mt_name = has_mct ? "max_completion_tokens" : "max_tokens";

@@ -44,10 +44,12 @@ void api_error_set(api_error *e, int status, const char *type, const char *param
 char *api_error_json(const api_error *e);
 
 #define MAX_STOPS 4
+#define MAX_CHOICES 16 /* OpenAI's n: completions per request, each a sequence of the engine */
 
 /* A /v1/completions or /v1/chat/completions request, validated. */
 typedef struct {
     bool chat, stream, include_usage;
+    int n_choices;            /* OpenAI's n, 1..MAX_CHOICES */
     int32_t max_tokens;       /* -1: not given */
     bool has_seed;
     ts_sampling_params sampling;
@@ -56,6 +58,8 @@ typedef struct {
     int32_t stop_ids[TS_GEN_MAX_STOP_IDS]; /* stop_token_ids (vLLM's extension), then the chat's
                                               end of turn (added by the server) */
     int n_stop_ids;
+    bool logprobs;            /* ts_gen_request's */
+    int32_t top_logprobs;
     char *prompt_text;        /* the prompt, or the chat template's output (malloc'd)... */
     int32_t *prompt_ids;      /* ...or the prompt as token ids (completions only; malloc'd) */
     size_t n_prompt_ids;
@@ -77,7 +81,8 @@ typedef struct ts_server ts_server;
 typedef struct {
     ts_server *srv;
     uint64_t id;
-    char id_str[48];
+    char id_str[48];  /* the response's id: the first choice's for all of a request */
+    int index;        /* the choice it answers (OpenAI's n) */
     int64_t created;
     bool chat, stream, include_usage;
     int32_t max_tokens, n_prompt;
@@ -89,6 +94,8 @@ typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int32_t *tokens;  /* [max_tokens] */
+    int32_t top_logprobs;   /* alternatives per token, with logprobs */
+    ts_token_logprobs *lps; /* [max_tokens] when logprobs were asked for: each token's, beside tokens */
     int32_t n_tokens; /* appended by the engine thread */
     bool engine_done;
     ts_gen_end end;
@@ -97,6 +104,9 @@ typedef struct {
     /* HTTP side only */
     int32_t n_read;   /* tokens turned into text */
     sbuf text;        /* their bytes, cut at a stop string */
+    size_t *offsets;  /* [max_tokens] with logprobs: where each token's bytes start in text */
+    int32_t n_kept;   /* tokens whose bytes start before the end of text (a stop string cuts) */
+    int32_t n_lp_sent; /* streaming: tokens whose logprobs went out in a chunk */
     ts_token_bytes piece; /* one token's bytes (reused) */
     size_t n_sent;    /* bytes already streamed */
     bool cancel_sent;
@@ -105,13 +115,17 @@ typedef struct {
     api_error error;           /* once failed */
 } job;
 
-/* Creates a job for p (prompt already tokenized: n_prompt ids) with both references held. */
-job *job_new(ts_server *srv, const gen_params *p, int32_t max_tokens, int32_t n_prompt, int conn_fd);
+/* Creates a job for p's choice `index` (prompt already tokenized: n_prompt ids) with both
+ * references held. */
+job *job_new(ts_server *srv, const gen_params *p, int index, int32_t max_tokens, int32_t n_prompt, int conn_fd);
 /* Submits to the engine; on failure fills e (the engine's reference is dropped then). */
 bool job_submit(job *j, const int32_t *prompt, const gen_params *p, api_error *e);
 /* Waits until there are tokens to read, the engine is done, or up to max_wait_s passed;
  * notices a client hang-up, the deadline and a server shutdown (failing the job). */
 void job_wait(job *j, double max_wait_s);
+/* The same for the running jobs among n (the choices of one request): returns when any of
+ * them has news. */
+void jobs_wait(job *const *jobs, int n, double max_wait_s);
 /* Reads the tokens that arrived into text, checks stops; may move the job out of RUNNING. */
 void job_advance(job *j);
 /* Bytes of text that can be sent now (not a possible stop-string start, not a partial character). */
@@ -122,12 +136,13 @@ void job_fail(job *j, int status, const char *code, const char *message);
 
 /* ---------------------------------------------------------------- responses (responses.c) */
 
-/* The whole non-streaming response body (malloc'd JSON string). */
-char *response_json(const job *j, const char *model);
+/* The whole non-streaming response body for the n choices of a request (malloc'd JSON string). */
+char *response_json(job *const *jobs, int n, const char *model);
 /* Appends an SSE event carrying text[from, to) (role_only: the first chat chunk; finish: the
- * final chunk with finish_reason). */
-bool sse_append_chunk(sbuf *out, const job *j, const char *model, size_t from, size_t to, bool role_only, bool finish);
-bool sse_append_usage(sbuf *out, const job *j, const char *model);
+ * final chunk with finish_reason) and, with logprobs, those of the tokens not sent yet whose
+ * bytes start before `to` (all the kept ones with finish). */
+bool sse_append_chunk(sbuf *out, job *j, const char *model, size_t from, size_t to, bool role_only, bool finish);
+bool sse_append_usage(sbuf *out, job *const *jobs, int n, const char *model);
 bool sse_append_error(sbuf *out, const api_error *e);
 
 /* ---------------------------------------------------------------- metrics (metrics.c) */

@@ -2,10 +2,11 @@
  * limits, and the two ways a generation is answered.
  *
  * libmicrohttpd runs one thread per connection, so a handler may block: a non-streaming
- * request waits for its job to finish in the handler; a streaming one returns a response whose
- * content callback blocks until the job has more to send (SSE events, with a keep-alive comment
- * after KEEPALIVE_S of silence). Either way the thread waits in short slices (job.c) so a client
- * hang-up, the deadline or shutdown cancel the engine's work promptly.
+ * request waits for its jobs (one per choice, OpenAI's n) to finish in the handler; a streaming
+ * one returns a response whose content callback blocks until a job has more to send (SSE
+ * events, with a keep-alive comment after KEEPALIVE_S of silence). Either way the thread waits
+ * in short slices (job.c) so a client hang-up, the deadline or shutdown cancel the engine's
+ * work promptly. A choice that fails fails the request: the others are cancelled.
  *
  * Concurrency: at most options.max_concurrent generations are in flight; one more is answered
  * 429 at once. The connection limit is set above that so the 429 can be delivered. */
@@ -57,8 +58,17 @@ static bool server_stopping(ts_server *srv) {
 }
 
 /* Ends the HTTP side of a generation (either way of answering). */
-static void generation_done(ts_server *srv, job *j) {
-    job_release_http(j);
+/* The jobs answering one request, one per choice. */
+typedef struct {
+    job *jobs[MAX_CHOICES];
+    int n;
+} job_group;
+
+/* Releases the HTTP side of a request's jobs (cancelling what still runs) and its in-flight
+ * place. */
+static void generation_done(ts_server *srv, job_group *g) {
+    for (int i = 0; i < g->n; i++) job_release_http(g->jobs[i]);
+    g->n = 0;
     pthread_mutex_lock(&srv->mu);
     srv->in_flight--;
     pthread_cond_broadcast(&srv->cv);
@@ -109,48 +119,62 @@ static enum MHD_Result respond_simple_error(ts_server *srv, struct MHD_Connectio
 typedef struct {
     sbuf body;
     bool too_large;
-    job *blocking_job; /* a non-streaming generation being answered */
+    job_group blocking; /* a non-streaming generation being answered (n = 0: none) */
 } conn_state;
 
 typedef enum { PHASE_ROLE, PHASE_BODY, PHASE_DONE } stream_phase;
 
 typedef struct {
     ts_server *srv;
-    job *j;
+    job_group g;
+    bool finished[MAX_CHOICES]; /* the choice's last chunk went out */
+    int n_finished;
     sbuf out;
     size_t out_pos;
     stream_phase phase;
 } stream;
 
-static bool stream_finish(stream *s) {
-    job *j = s->j;
-    bool ok = sse_append_chunk(&s->out, j, s->srv->model_name, j->n_sent, j->n_sent, false, true) &&
-              (!j->include_usage || sse_append_usage(&s->out, j, s->srv->model_name));
-    s->phase = PHASE_DONE;
-    return ok && sbuf_printf(&s->out, "data: [DONE]\n\n");
-}
-
-/* Fills s->out with the next events (possibly none). False: abort the connection. */
-static bool stream_produce(stream *s) {
-    job *j = s->j;
-    if (s->phase == PHASE_ROLE) {
-        s->phase = PHASE_BODY;
-        return sse_append_chunk(&s->out, j, s->srv->model_name, 0, 0, true, false);
-    }
-    double t0 = ts_time_seconds();
-    job_wait(j, KEEPALIVE_S);
-    job_advance(j);
-    if (j->state == JOB_FAILED) {
-        if (j->error.status == 499) return false; /* nobody is listening */
-        s->phase = PHASE_DONE;
-        return sse_append_error(&s->out, &j->error) && sbuf_printf(&s->out, "data: [DONE]\n\n");
-    }
+/* A choice's new text, and its last chunk once it is finished. */
+static bool stream_choice(stream *s, int i) {
+    job *j = s->g.jobs[i];
     size_t n = job_sendable(j);
     if (n > j->n_sent) {
         if (!sse_append_chunk(&s->out, j, s->srv->model_name, j->n_sent, n, false, false)) return false;
         j->n_sent = n;
     }
-    if (j->state == JOB_FINISHED) return stream_finish(s);
+    if (j->state != JOB_FINISHED) return true;
+    s->finished[i] = true;
+    s->n_finished++;
+    return sse_append_chunk(&s->out, j, s->srv->model_name, j->n_sent, j->n_sent, false, true);
+}
+
+/* Fills s->out with the next events (possibly none). False: abort the connection. */
+static bool stream_produce(stream *s) {
+    const char *model = s->srv->model_name;
+    if (s->phase == PHASE_ROLE) {
+        s->phase = PHASE_BODY;
+        bool ok = true;
+        for (int i = 0; ok && i < s->g.n; i++) ok = sse_append_chunk(&s->out, s->g.jobs[i], model, 0, 0, true, false);
+        return ok;
+    }
+    double t0 = ts_time_seconds();
+    jobs_wait(s->g.jobs, s->g.n, KEEPALIVE_S);
+    for (int i = 0; i < s->g.n; i++) {
+        job *j = s->g.jobs[i];
+        if (s->finished[i]) continue;
+        job_advance(j);
+        if (j->state == JOB_FAILED) {
+            if (j->error.status == 499) return false; /* nobody is listening */
+            s->phase = PHASE_DONE;
+            return sse_append_error(&s->out, &j->error) && sbuf_printf(&s->out, "data: [DONE]\n\n");
+        }
+        if (!stream_choice(s, i)) return false;
+    }
+    if (s->n_finished == s->g.n) {
+        s->phase = PHASE_DONE;
+        return (!s->g.jobs[0]->include_usage || sse_append_usage(&s->out, s->g.jobs, s->g.n, model)) &&
+               sbuf_printf(&s->out, "data: [DONE]\n\n");
+    }
     if (s->out.n == 0 && ts_time_seconds() - t0 >= KEEPALIVE_S) return sbuf_printf(&s->out, ": keep-alive\n\n");
     return true;
 }
@@ -170,21 +194,21 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
 
 static void stream_free(void *cls) {
     stream *s = cls;
-    generation_done(s->srv, s->j);
+    generation_done(s->srv, &s->g);
     sbuf_free(&s->out);
     free(s);
 }
 
-static enum MHD_Result answer_stream(ts_server *srv, struct MHD_Connection *c, job *j) {
+static enum MHD_Result answer_stream(ts_server *srv, struct MHD_Connection *c, job_group *g) {
     stream *s = calloc(1, sizeof *s);
     struct MHD_Response *r = s ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_read, s, stream_free)
                                : NULL;
     if (!r) {
         free(s);
-        generation_done(srv, j);
+        generation_done(srv, g);
         return respond(srv, c, 500, "application/json", NULL, NULL);
     }
-    *s = (stream){.srv = srv, .j = j, .phase = j->chat ? PHASE_ROLE : PHASE_BODY};
+    *s = (stream){.srv = srv, .g = *g, .phase = g->jobs[0]->chat ? PHASE_ROLE : PHASE_BODY};
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, r);
@@ -193,15 +217,20 @@ static enum MHD_Result answer_stream(ts_server *srv, struct MHD_Connection *c, j
     return ret;
 }
 
-/* The job stays in flight until the answer has been sent (on_completed ends it). */
-static enum MHD_Result answer_blocking(ts_server *srv, struct MHD_Connection *c, conn_state *cs, job *j) {
-    cs->blocking_job = j;
-    while (j->state == JOB_RUNNING) {
-        job_wait(j, 1.0);
-        job_advance(j);
+/* The jobs stay in flight until the answer has been sent (on_completed ends them). */
+static enum MHD_Result answer_blocking(ts_server *srv, struct MHD_Connection *c, conn_state *cs, const job_group *g) {
+    cs->blocking = *g;
+    for (;;) {
+        bool running = false;
+        for (int i = 0; i < g->n; i++) {
+            job_advance(g->jobs[i]);
+            if (g->jobs[i]->state == JOB_FAILED) return respond_error(srv, c, &g->jobs[i]->error, NULL);
+            running |= g->jobs[i]->state == JOB_RUNNING;
+        }
+        if (!running) break;
+        jobs_wait(g->jobs, g->n, 1.0);
     }
-    return j->state == JOB_FINISHED ? respond(srv, c, 200, "application/json", response_json(j, srv->model_name), NULL)
-                                    : respond_error(srv, c, &j->error, NULL);
+    return respond(srv, c, 200, "application/json", response_json(g->jobs, g->n, srv->model_name), NULL);
 }
 
 /* ---------------------------------------------------------------- generation endpoints */
@@ -267,32 +296,30 @@ static enum MHD_Result handle_generate(ts_server *srv, struct MHD_Connection *c,
     }
     gen_params p;
     ts_token_ids ids = {0};
-    job *j = NULL;
+    job_group g = {0};
     bool ok = gen_params_parse(body, chat, &srv->opt, &p, &e) && prompt_ids(srv, &p, &ids, &e) && admit(srv, &e);
     if (ok) {
-        if (!p.has_seed) { /* a fresh stream per request; a given seed makes the request reproducible */
-            pthread_mutex_lock(&srv->mu);
-            p.sampling.seed = ts_rng_next(&srv->id_rng);
-            pthread_mutex_unlock(&srv->mu);
-        }
         int32_t max_tokens = p.max_tokens > 0 ? p.max_tokens : srv->opt.max_output_tokens;
-        j = job_new(srv, &p, max_tokens, (int32_t)ids.n, connection_fd(c));
-        if (!j) api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+        uint64_t seed = p.sampling.seed;
         if (chat && srv->end_of_turn >= 0) p.stop_ids[p.n_stop_ids++] = srv->end_of_turn;
-        if (j && !job_submit(j, ids.ids, &p, &e)) {
-            generation_done(srv, j);
-            j = NULL;
-        } else if (!j) {
+        for (int i = 0; ok && i < p.n_choices; i++) {
+            /* a fresh stream per choice; a given seed makes the request reproducible (choice i: seed + i) */
             pthread_mutex_lock(&srv->mu);
-            srv->in_flight--;
+            p.sampling.seed = p.has_seed ? seed + (uint64_t)i : ts_rng_next(&srv->id_rng);
             pthread_mutex_unlock(&srv->mu);
+            job *j = job_new(srv, &p, i, max_tokens, (int32_t)ids.n, connection_fd(c));
+            if (!j) api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+            else if (i) memcpy(j->id_str, g.jobs[0]->id_str, sizeof j->id_str); /* one id per response */
+            ok = j && job_submit(j, ids.ids, &p, &e);
+            if (j) g.jobs[g.n++] = j; /* released below on failure */
         }
+        if (!ok) generation_done(srv, &g);
     }
     ts_token_ids_free(&ids);
     gen_params_free(&p);
     json_decref(body);
-    if (!j) return respond_error(srv, c, &e, NULL);
-    return j->stream ? answer_stream(srv, c, j) : answer_blocking(srv, c, cs, j);
+    if (!ok) return respond_error(srv, c, &e, NULL);
+    return g.jobs[0]->stream ? answer_stream(srv, c, &g) : answer_blocking(srv, c, cs, &g);
 }
 
 /* ---------------------------------------------------------------- other endpoints */
@@ -423,7 +450,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
     conn_state *cs = *con_cls;
     if (!cs) return;
-    if (cs->blocking_job) generation_done(cls, cs->blocking_job);
+    if (cs->blocking.n) generation_done(cls, &cs->blocking);
     sbuf_free(&cs->body);
     free(cs);
     *con_cls = NULL;

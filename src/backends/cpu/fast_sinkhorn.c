@@ -6,10 +6,14 @@
  * of a per-element dtype switch and offset computation; other dtypes and strided views go to
  * the reference kernel. mHC's n = 4 forward (every decode step runs one per token, stream and
  * sub-layer) runs the normalisation steps on AVX2 with a 4 x 4 matrix in four registers: the
- * same additions in the same order and the same divisions, so bit-identical to the reference.
+ * same additions in the same order and the same divisions, so bit-identical to the reference;
+ * so does its backward (every training step runs one per token and sub-layer), whose steps
+ * walk back over the same two layouts: rows in registers for a column step, columns for a row
+ * step, each dot product summed in the reference's order with separate multiplies and adds.
  * One matrix per work item, static chunks: bit-identical for any thread count. Nothing is
  * allocated. */
 #include <math.h>
+#include <string.h>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -28,7 +32,7 @@ typedef struct {
     const float *x, *dy; /* dy: backward only */
     int n, iters;
     double eps;
-    bool avx2; /* forward of n = 4 by steps4_avx2 */
+    bool avx2; /* n = 4 by steps4_avx2 / back4_avx2 */
 } sinkhorn_job;
 
 #if defined(__x86_64__)
@@ -47,12 +51,56 @@ AVX2_INLINE void transpose4(__m256d r[4]) {
 }
 
 /* The reference's column step on rows r: den_j = (((0 + k0j) + k1j) + k2j) + k3j + eps, then
- * k_ij / den_j. On the transposed matrix it is the row step. */
-AVX2_INLINE void normalise_columns(__m256d r[4], __m256d eps) {
+ * k_ij / den_j; returns den. On the transposed matrix it is the row step. */
+AVX2_INLINE __m256d normalise_columns(__m256d r[4], __m256d eps) {
     __m256d s = _mm256_add_pd(_mm256_setzero_pd(), r[0]);
     for (int i = 1; i < 4; i++) s = _mm256_add_pd(s, r[i]);
     s = _mm256_add_pd(s, eps);
     for (int i = 0; i < 4; i++) r[i] = _mm256_div_pd(r[i], s);
+    return s;
+}
+
+/* sum_i a[i] * b[i] lane by lane, in the reference's order: (((0 + a0 b0) + a1 b1) + ...). */
+AVX2_INLINE __m256d dot4(const __m256d a[4], const __m256d b[4]) {
+    __m256d s = _mm256_add_pd(_mm256_setzero_pd(), _mm256_mul_pd(a[0], b[0]));
+    for (int i = 1; i < 4; i++) s = _mm256_add_pd(s, _mm256_mul_pd(a[i], b[i]));
+    return s;
+}
+
+/* ts_sinkhorn_matrix_back for n = 4: x (the logits) in, g (dy in, dx out). */
+AVX2 static void back4_avx2(const double *x, double *g, int iters, double eps) {
+    double k[16], p[16];
+    memcpy(k, x, sizeof k);
+    ts_sinkhorn_matrix_start(k, 4, eps, p);
+    __m256d r[4], d[2 * TS_SINKHORN_MAX_ITERS - 1], e = _mm256_set1_pd(eps), gr[4], pr[4];
+    for (int i = 0; i < 4; i++) r[i] = _mm256_loadu_pd(k + 4 * i);
+    int steps = 2 * iters - 1;
+    d[0] = normalise_columns(r, e);
+    for (int s = 1; s < steps; s++) { /* odd: rows (transposed layout), even: columns */
+        transpose4(r);
+        d[s] = normalise_columns(r, e);
+    }
+    /* the last step is a column one: r holds rows, like g */
+    for (int i = 0; i < 4; i++) gr[i] = _mm256_loadu_pd(g + 4 * i);
+    for (int s = steps - 1; s >= 0; s--) {
+        if (s < steps - 1) { /* the layout of step s */
+            transpose4(r);
+            transpose4(gr);
+        }
+        __m256d dot = dot4(gr, r);
+        for (int i = 0; i < 4; i++) {
+            gr[i] = _mm256_div_pd(_mm256_sub_pd(gr[i], dot), d[s]);
+            r[i] = _mm256_mul_pd(r[i], d[s]);
+        }
+    }
+    /* softmax along rows: columns in registers, so each lane is a row */
+    for (int i = 0; i < 4; i++) pr[i] = _mm256_loadu_pd(p + 4 * i);
+    transpose4(pr);
+    transpose4(gr);
+    __m256d dot = dot4(gr, pr);
+    for (int j = 0; j < 4; j++) gr[j] = _mm256_mul_pd(pr[j], _mm256_sub_pd(gr[j], dot));
+    transpose4(gr);
+    for (int i = 0; i < 4; i++) _mm256_storeu_pd(g + 4 * i, gr[i]);
 }
 
 /* The 2·iters - 1 normalisation steps of a 4 x 4 matrix: columns, then (row, column) pairs. */
@@ -90,6 +138,18 @@ static void forward(double *k, int n, int iters, double eps, bool avx2) {
     ts_sinkhorn_matrix(k, n, iters, eps);
 }
 
+/* The backward of one matrix: k the logits, g dy in and dx out. */
+static void back(const double *k, double *g, int n, int iters, double eps, bool avx2) {
+#if defined(__x86_64__)
+    if (avx2 && n == 4) {
+        back4_avx2(k, g, iters, eps);
+        return;
+    }
+#endif
+    (void)avx2;
+    ts_sinkhorn_matrix_back(k, g, n, iters, eps);
+}
+
 static void sinkhorn_range(void *arg, int64_t begin, int64_t end, int tid) {
     const sinkhorn_job *j = arg;
     int nn = j->n * j->n;
@@ -101,7 +161,7 @@ static void sinkhorn_range(void *arg, int64_t begin, int64_t end, int tid) {
         if (j->dy) {
             const float *dy = j->dy + m * nn;
             for (int e = 0; e < nn; e++) g[e] = dy[e];
-            ts_sinkhorn_matrix_back(k, g, j->n, j->iters, j->eps);
+            back(k, g, j->n, j->iters, j->eps, j->avx2);
             for (int e = 0; e < nn; e++) out[e] = (float)g[e];
         } else {
             forward(k, j->n, j->iters, j->eps, j->avx2);
