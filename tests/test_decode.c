@@ -22,6 +22,10 @@
  *    (switching after forks and truncates, so shared blocks are copied on write): every logit
  *    matches the full pass, TS_ERR_OOM from step and extend changes no length and no block, and
  *    resets give every block back; a pool too large for the cache index is TS_ERR_INVALID_ARG.
+ * 4d. batch (V4 has none of its own: a step for its single tokens, an extend per longer
+ *    sequence): a mix of a single token, a chunk keeping 3 rows and sequences keeping none
+ *    gives the full passes' rows, as does the next step of all; bad batches are refused, and one
+ *    the pool cannot hold is TS_ERR_OOM with nothing appended (its step would have fitted).
  * 5. f32 on the optimized backend: the scaled-down tiny preset (more heads, top-16 indexer over
  *    longer sequences, MTP present but unused, HCA blocks of 32) matches within 1e-4 stepped
  *    and fed in chunks; one slot stepping alone in an 8-slot decoder gives the logits of a
@@ -339,6 +343,68 @@ static void test_pool_random(ts_model_weights *w, ts_backend *be, const int32_t 
           ts_status_name(big), err);
 }
 
+/* ts_model_decoder_batch without a batch of V4's own (decoder.c: one step for the single tokens,
+ * an extend per longer sequence): a mix of a single token, a chunk keeping 3 rows and sequences
+ * keeping none gives the full passes' rows, and the next step of all four (their states after
+ * the batch) too; bad batches are refused with nothing appended. */
+static void test_batch(ts_model_weights *w, ts_backend *be, const int32_t *a, const int32_t *b) {
+    enum { V = 64 };
+    char err[256] = "";
+    ts_model_decoder *dec = NULL;
+    CHECK(ts_model_decoder_new(w, be, 4, 48, &dec, err, sizeof err) == TS_OK, "decoder: %s", err);
+    if (!dec) return;
+    double *full_a = full_logits(w, be, a, 46), *full_b = full_logits(w, be, b, 46);
+    float lg[10 * V];
+    static const int chunk[] = {10};
+    feed(dec, 0, a, 10, chunk, 1, V, lg);
+    feed(dec, 1, b, 3, chunk, 1, V, lg);
+    ts_model_decoder_seq seqs[4] = {{1, b + 3, 1, 1}, {0, a + 10, 7, 3}, {2, a, 1, 0}, {3, b, 5, 0}};
+    int64_t before = ts_model_decoder_passes(dec);
+    CHECK_OK(ts_model_decoder_batch(dec, 4, seqs, lg), NULL);
+    double worst = fmax(worst_diff(lg, full_b + 3 * V, V), worst_diff(lg + V, full_a + 14 * V, 3 * V));
+    CHECK(ts_model_decoder_passes(dec) - before == 3, "V4 runs a batch as a step and two extends: %lld calls",
+          (long long)(ts_model_decoder_passes(dec) - before));
+    int slots[4] = {0, 1, 2, 3};
+    int32_t next[4] = {a[17], b[4], a[1], b[5]};
+    CHECK_OK(ts_model_decoder_step(dec, 4, slots, next, lg), NULL);
+    worst = fmax(worst, fmax(worst_diff(lg, full_a + 17 * V, V), worst_diff(lg + V, full_b + 4 * V, V)));
+    worst = fmax(worst, fmax(worst_diff(lg + 2 * V, full_a + V, V), worst_diff(lg + 3 * V, full_b + 5 * V, V)));
+    CHECK(worst <= 1e-6, "a mixed batch (V4): logits differ from the full passes by %.3e", worst);
+    ts_model_decoder_seq twice[2] = {{0, a, 1, 1}, {0, a, 1, 1}}, too_many_rows = {1, b, 2, 3}, empty = {1, b, 0, 0};
+    ts_model_decoder_seq too_long[2] = {{1, b, 1, 1}, {2, a, 47, 1}};
+    CHECK(ts_model_decoder_batch(dec, 2, twice, lg) == TS_ERR_INVALID_ARG &&
+              ts_model_decoder_batch(dec, 1, &too_many_rows, lg) == TS_ERR_INVALID_ARG &&
+              ts_model_decoder_batch(dec, 1, &empty, lg) == TS_ERR_INVALID_ARG &&
+              ts_model_decoder_batch(dec, 2, too_long, lg) == TS_ERR_RANGE,
+          "a repeated slot, logit_rows > n, n = 0, a slot past max_len");
+    CHECK(ts_model_decoder_length(dec, 0) == 18 && ts_model_decoder_length(dec, 1) == 5 &&
+              ts_model_decoder_length(dec, 2) == 2,
+          "refused batches append nothing");
+    printf("  batch (V4, by steps and extends): a mixed batch and the step after it, max |logit difference| %.2e\n", worst);
+    ts_model_decoder_free(dec);
+
+    /* A pool short for the batch: its step would fit, its extend would not - nothing is appended. */
+    dec = NULL;
+    CHECK(ts_model_decoder_new_pooled(w, be, 2, 48, 3 * 8, &dec, err, sizeof err) == TS_OK, "pooled decoder: %s", err);
+    if (dec) {
+        feed(dec, 0, a, 10, chunk, 1, V, lg);
+        ts_model_decoder_seq short_pool[2] = {{0, a + 10, 1, 1}, {1, b, 17, 1}};
+        ts_model_decoder_pool p;
+        ts_model_decoder_pool_info(dec, &p);
+        int64_t free_before = p.free_blocks;
+        ts_status st = ts_model_decoder_batch(dec, 2, short_pool, lg);
+        ts_model_decoder_pool_info(dec, &p);
+        CHECK(st == TS_ERR_OOM && ts_model_decoder_length(dec, 0) == 10 && ts_model_decoder_length(dec, 1) == 0 &&
+                  p.free_blocks == free_before,
+              "a batch the pool cannot hold: %s, lengths %lld and %lld, %lld of %lld free blocks", ts_status_name(st),
+              (long long)ts_model_decoder_length(dec, 0), (long long)ts_model_decoder_length(dec, 1),
+              (long long)p.free_blocks, (long long)free_before);
+        ts_model_decoder_free(dec);
+    }
+    free(full_a);
+    free(full_b);
+}
+
 static void test_completer(ts_model_weights *w, ts_backend *be, const int32_t *a, const int32_t *b);
 
 static void test_fixture(void) {
@@ -392,6 +458,7 @@ static void test_fixture(void) {
     test_truncate(w, be, a, b);
     test_fork(w, be, a, b);
     test_pool_random(w, be, a, b);
+    test_batch(w, be, a, b);
 
     /* reset and reuse a slot */
     ts_model_decoder *dec = NULL;

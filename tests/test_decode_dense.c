@@ -16,10 +16,14 @@
  *    first write into its shared partial block needs one (copy on write), truncating gives
  *    blocks back; then 400 random operations on 4 slots over a pool of 8 blocks (less than
  *    the texts need together) - steps of random slot subsets, extends of random chunks,
- *    truncates, resets, forks to random lengths that continue as any sequence sharing that
- *    prefix (fork then diverge) - every logit row matches the full pass of its slot's
- *    sequence, exhaustion leaves the lengths unchanged, and emptying every slot frees every
- *    block (no reference leaks). */
+ *    batches (ts_model_decoder_batch: random slot subsets in random order mixing single tokens
+ *    and chunks, 0..n logit rows each), truncates, resets, forks to random lengths that
+ *    continue as any sequence sharing that prefix (fork then diverge) - every logit row
+ *    matches the full pass of its slot's sequence, exhaustion leaves the lengths unchanged
+ *    (and the caches: later rows still match), a batch of at most a token per slot + 64 runs
+ *    in one pass, and emptying every slot frees every block (no reference leaks). The same
+ *    with room for everything and whole texts per batch: batches split over several passes,
+ *    a sequence continuing in the next. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -122,7 +126,7 @@ static double by_steps(const oracle *o, ts_model_weights *w, ts_backend *be) {
 
 /* Each sequence through extend in chunks of 1, 5, 64, then the rest, all rows' logits; then
  * in one call keeping the last 3 rows, and in one call keeping the last row (the prompt's
- * case: passes with padding in front and one logit row). */
+ * case: padded passes that gather one logit row). */
 static double by_chunks(const oracle *o, ts_model_weights *w, ts_backend *be) {
     static const int64_t CHUNKS[] = {1, 5, 64, MAX_LEN};
     ts_model_decoder *d = new_decoder(w, be, 2, MAX_LEN);
@@ -330,9 +334,10 @@ typedef struct {
     ts_model_decoder *d;
     slot_seq st[4];
     uint32_t rng;
+    int64_t max_chunk; /* tokens per sequence of a batch */
     float *logits;
     double worst;
-    int oom, forks, diverged;
+    int oom, forks, diverged, batches, multi_pass;
 } random_run;
 
 static bool lengths_as_known(const random_run *r) {
@@ -382,6 +387,45 @@ static void random_extend(random_run *r, int s) {
     q->len += m;
 }
 
+/* A batch of a random subset of the slots in a random order, each with a single token, a chunk
+ * of 1..max_chunk or max_chunk tokens (as far as its text goes), keeping the logits of its last 0..n tokens; checks the rows, and that
+ * a slot each plus a prompt budget of 64 run in one pass. */
+static void random_batch(random_run *r) {
+    ts_model_decoder_seq seqs[4];
+    int n = 0;
+    int64_t tokens = 0;
+    uint32_t pick = next_rand(&r->rng), first = next_rand(&r->rng) % 4;
+    for (uint32_t j = 0; j < 4; j++) {
+        int s = (int)((first + j) % 4);
+        slot_seq *q = &r->st[s];
+        int64_t room = LENS[q->k] - q->len, most = room < r->max_chunk ? room : r->max_chunk;
+        if (room < 1 || !(pick >> s & 1)) continue;
+        uint32_t kind = next_rand(&r->rng) % 3;
+        int64_t m = kind == 0 ? 1 : kind == 1 ? 1 + (int64_t)(next_rand(&r->rng) % (uint32_t)most) : most;
+        int64_t rows = (int64_t)(next_rand(&r->rng) % (uint32_t)(m + 1));
+        seqs[n++] = (ts_model_decoder_seq){s, r->o->ids[q->k] + q->len, m, rows};
+        tokens += m;
+    }
+    if (n == 0) return;
+    int64_t before = ts_model_decoder_passes(r->d);
+    ts_status st = ts_model_decoder_batch(r->d, n, seqs, r->logits);
+    if (st == TS_ERR_OOM) return on_oom(r);
+    CHECK_OK(st, NULL);
+    if (st != TS_OK) return;
+    int64_t passes = ts_model_decoder_passes(r->d) - before;
+    CHECK(passes >= 1 && (tokens > 4 + 64 || passes == 1), "a batch of %lld tokens took %lld passes", (long long)tokens,
+          (long long)passes);
+    r->batches++;
+    r->multi_pass += passes > 1;
+    const float *row = r->logits;
+    for (int i = 0; i < n; i++) {
+        slot_seq *q = &r->st[seqs[i].slot];
+        r->worst = fmax(r->worst, diff_rows(r->o, q->k, q->len + seqs[i].n - seqs[i].logit_rows, row, seqs[i].logit_rows));
+        row += seqs[i].logit_rows * r->o->V;
+        q->len += seqs[i].n;
+    }
+}
+
 /* dst gets src's first len tokens and goes on as any sequence sharing them. */
 static void random_fork(random_run *r, int dst, int src) {
     if (dst == src || r->st[src].len == 0) return;
@@ -395,22 +439,28 @@ static void random_fork(random_run *r, int dst, int src) {
     r->diverged += k != ks && len > 0;
 }
 
-static void test_pool_random(const oracle *o, ts_model_weights *w, ts_backend *be) {
-    random_run r = {.o = o, .d = new_pooled(w, be, 4, 128), .rng = 12345};
-    r.logits = malloc((size_t)(4 * 20 * o->V) * sizeof *r.logits);
+/* 400 random operations on 4 slots over a pool of `pool` positions (0: room for all) with
+ * batches of up to max_chunk tokens per sequence. */
+static void test_pool_random(const oracle *o, ts_model_weights *w, ts_backend *be, int64_t pool, int64_t max_chunk) {
+    random_run r = {.o = o, .d = new_pooled(w, be, 4, pool), .rng = 12345, .max_chunk = max_chunk};
+    r.logits = malloc((size_t)(4 * MAX_LEN * o->V) * sizeof *r.logits);
     if (!r.d || !r.logits) return;
+    ts_model_decoder_pool p;
+    ts_model_decoder_pool_info(r.d, &p);
     for (int s = 0; s < 4; s++) r.st[s] = (slot_seq){s % N_SEQ, 0};
     for (int it = 0; it < 400; it++) {
-        uint32_t op = next_rand(&r.rng) % 16;
+        uint32_t op = next_rand(&r.rng) % 20;
         int a = (int)(next_rand(&r.rng) % 4), b = (int)(next_rand(&r.rng) % 4);
-        if (op < 8) {
+        if (op < 6) {
             random_step(&r);
-        } else if (op < 12) {
+        } else if (op < 9) {
             random_extend(&r, a);
-        } else if (op == 12) {
+        } else if (op < 14) {
+            random_batch(&r);
+        } else if (op == 14) {
             r.st[a].len = (int64_t)(next_rand(&r.rng) % (uint32_t)(r.st[a].len + 1));
             CHECK_OK(ts_model_decoder_truncate(r.d, a, r.st[a].len), NULL);
-        } else if (op == 13 || r.st[a].len == LENS[r.st[a].k]) {
+        } else if (op == 15 || r.st[a].len == LENS[r.st[a].k]) {
             ts_model_decoder_reset(r.d, a);
             r.st[a] = (slot_seq){(int)(next_rand(&r.rng) % N_SEQ), 0};
         } else {
@@ -419,12 +469,17 @@ static void test_pool_random(const oracle *o, ts_model_weights *w, ts_backend *b
         CHECK(lengths_as_known(&r), "operation %d (%u): lengths differ", it, op);
     }
     for (int s = 0; s < 4; s++) ts_model_decoder_reset(r.d, s);
-    CHECK(free_blocks(r.d) == 8, "every slot empty: %lld of 8 blocks free", (long long)free_blocks(r.d));
+    CHECK(free_blocks(r.d) == p.blocks, "every slot empty: %lld of %lld blocks free", (long long)free_blocks(r.d),
+          (long long)p.blocks);
     r.worst /= o->scale;
     CHECK(r.worst <= 1e-4, "random paged decoding: logits differ from the full pass by %.3e (relative)", r.worst);
-    CHECK(r.oom > 0 && r.diverged > 0, "the random run met %d exhaustions and %d diverging forks", r.oom, r.diverged);
-    printf("  paged, 400 random operations on 4 slots / 8 blocks: %d exhaustions, %d forks (%d diverging), "
-           "|logits - full pass| / scale %.2e\n", r.oom, r.forks, r.diverged, r.worst);
+    CHECK(r.diverged > 0 && r.batches > 20, "the random run met %d diverging forks, %d batches", r.diverged, r.batches);
+    if (pool > 0) CHECK(r.oom > 0, "a pool of %lld positions never ran out", (long long)pool);
+    else CHECK(r.oom == 0 && r.multi_pass > 0, "room for all: %d exhaustions, %d batches of several passes", r.oom,
+               r.multi_pass);
+    printf("  paged, 400 random operations on 4 slots / %lld blocks: %d exhaustions, %d forks (%d diverging), "
+           "%d batches (%d of several passes), |logits - full pass| / scale %.2e\n", (long long)p.blocks, r.oom, r.forks,
+           r.diverged, r.batches, r.multi_pass, r.worst);
     free(r.logits);
     ts_model_decoder_free(r.d);
 }
@@ -437,7 +492,8 @@ static void test_pool(void) {
     oracle o;
     oracle_init(&o, w, be);
     test_pool_exhaustion(&o, w, be);
-    test_pool_random(&o, w, be);
+    test_pool_random(&o, w, be, 128, 64);   /* 8 blocks, less than the texts need together */
+    test_pool_random(&o, w, be, 0, MAX_LEN); /* batches past the largest pass */
     oracle_free(&o);
     ts_backend_free(be);
     ts_model_weights_free(w);

@@ -33,7 +33,10 @@
  *      greedy and with seeded sampling (the preempted keep their sampler state), distinct or
  *      after a shared system prompt (forks, copies on write), and the pool ran out mid-decode
  *      (preemptions counted);
- *    - a budget sizes the pool, not the slots; a request too long for the pool is TS_ERR_RANGE. */
+ *    - a budget sizes the pool, not the slots; a request too long for the pool is TS_ERR_RANGE;
+ *    - a 40-token prompt arriving while a request generates shares its forward passes (the
+ *      engine's pass counter = the generating request's tokens: one ts_model_decoder_batch per
+ *      iteration) and answers like its completion alone. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,7 +54,7 @@ typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int32_t tokens[MAX_OUT];
-    int n;
+    int n, total; /* kept (at most MAX_OUT), reported */
     bool done;
     ts_gen_end end;
 } collector;
@@ -61,6 +64,7 @@ static void on_token(void *user, int32_t id, const ts_token_logprobs *lp) {
     (void)lp;
     pthread_mutex_lock(&c->mu);
     if (c->n < MAX_OUT) c->tokens[c->n++] = id;
+    c->total++;
     pthread_cond_signal(&c->cv);
     pthread_mutex_unlock(&c->mu);
 }
@@ -473,6 +477,39 @@ static void test_shared_prefix(const ts_model_weights *w, ts_backend *be, ts_mod
     ts_model_engine_free(e);
 }
 
+/* A 40-token prompt arrives while a request generates: its prefill rides in a pass of the
+ * other's decoding, so the forward passes equal the generating request's tokens (its prompt's
+ * pass gave the first, each later pass one more; cancelled, it never stopped), and the prompt
+ * answers as it does alone. */
+static void test_shared_passes(const ts_model_weights *w, ts_backend *be, ts_model_completer *cp) {
+    ts_model_engine *e = engine_with(w, be, 2, 128, 0, 4, 64, false);
+    if (!e) return;
+    ts_engine eng;
+    ts_model_engine_table(e, &eng);
+    int32_t first[MAX_LEN], second[MAX_LEN];
+    size_t n1 = tokenize(&eng, "go:", true, first), n2 = tokenize(&eng, "a prompt of forty tokens, give or take.", true, second);
+    CHECK(n2 == 40, "the prompt is %zu tokens", n2);
+    collector a, b;
+    collector_init(&a);
+    collector_init(&b);
+    ts_gen_request ra = request(1, first, n1, (int32_t)(128 - n1), &a), rb = request(2, second, n2, 1, &b);
+    CHECK(eng.submit(eng.self, &ra) == TS_OK, "submit the generating request");
+    wait_tokens(&a, 2);
+    CHECK(eng.submit(eng.self, &rb) == TS_OK, "submit the prompt");
+    wait_done(&b);
+    bool running = !collector_done(&a);
+    eng.cancel(eng.self, 1);
+    wait_done(&a);
+    ts_engine_stats s = stats(&eng);
+    CHECK(running && a.end == TS_GEN_CANCELLED && s.forward_passes == a.total,
+          "a prefill during decoding: %lld forward passes for %d tokens of the generating request (running: %d): the "
+          "prompt did not share a pass", (long long)s.forward_passes, a.total, running);
+    CHECK(matches_oracle(cp, second, n2, 1, &b), "the prompt prefilled beside a decode differs from its completion alone");
+    printf("  a 40-token prefill during decoding: %lld forward passes for %d generated tokens\n",
+           (long long)s.forward_passes, a.total);
+    ts_model_engine_free(e);
+}
+
 /* Eight requests at once (`system` then a text of their own), up to `new` tokens each into
  * col: greedy, checked against the oracle, or sampled with a seed each (cp NULL). */
 static void run_eight(const ts_engine *eng, ts_model_completer *cp, collector col[8], const char *what,
@@ -577,6 +614,7 @@ static void test_dense_pool(void) {
     CHECK(ts_model_completer_new(w, oracle_be, 1, MAX_LEN, &cp, err, sizeof err) == TS_OK, "completer: %s", err);
     if (cp) {
         test_shared_prefix(w, be, cp);
+        test_shared_passes(w, be, cp);
         test_small_pool(w, be, cp, 4 * TS_MODEL_DECODER_BLOCK, TS_MODEL_DECODER_BLOCK);
         test_pool_budget(w, be);
     }

@@ -464,7 +464,7 @@ ts_status ts_model_complete(ts_model_completer *c, int n, const int32_t *const *
  *
  * Statuses: TS_ERR_INVALID_ARG for NULLs, slots out of range, repeated slots, empty calls;
  * TS_ERR_RANGE past max_len; TS_ERR_OOM at creation (memory) and, with a shared pool, from
- * step / extend when the pool has too few free blocks for the new tokens: then nothing was
+ * step / extend / batch when the pool has too few free blocks for the new tokens: then nothing was
  * appended anywhere (every slot's state as before the call), and resetting, truncating or
  * finishing sequences makes room. */
 typedef struct ts_model_decoder ts_model_decoder;
@@ -498,6 +498,25 @@ ts_status ts_model_decoder_step(ts_model_decoder *d, int n, const int *slots, co
  * (nothing appended either way). */
 ts_status ts_model_decoder_extend(ts_model_decoder *d, int slot, const int32_t *ids, int64_t n, float *logits,
                                   int64_t logit_rows);
+/* One sequence of a batch: n >= 1 tokens ids[0..n) to append to slot `slot`, and the number of
+ * its last tokens (0..n) whose logits are wanted. */
+typedef struct {
+    int slot;
+    const int32_t *ids;
+    int64_t n;
+    int64_t logit_rows;
+} ts_model_decoder_seq;
+/* Appends seqs[i].ids to each of n_seqs distinct slots - any mix of prompt chunks, single decode
+ * tokens and drafts - in as few forward passes as the implementation allows (dense: one for up
+ * to a token per slot plus 64, more tokens in several; V4: one step for the single tokens plus
+ * one extend per longer sequence), and writes the logits after the last logit_rows tokens of each sequence,
+ * sequence after sequence, into logits (rows of V; NULL when no sequence wants any). Step and
+ * extend are this call with one token per slot or one sequence. TS_ERR_INVALID_ARG: repeated
+ * or out-of-range slots, n < 1, logit_rows outside 0..n; TS_ERR_RANGE when a slot would pass
+ * max_len, TS_ERR_OOM when the shared pool has no room (nothing appended anywhere either way). */
+ts_status ts_model_decoder_batch(ts_model_decoder *d, int n_seqs, const ts_model_decoder_seq *seqs, float *logits);
+/* Forward passes the decoder has computed (dense; V4: its step and extend calls). */
+int64_t ts_model_decoder_passes(const ts_model_decoder *d);
 /* Shortens a slot's sequence to its first len tokens (rejecting a speculative draft, reusing a
  * cached prefix). len = 0 always works (a reset); otherwise TS_ERR_UNSUPPORTED, slot unchanged,
  * when the model's state cannot rewind that far. */

@@ -109,6 +109,7 @@ typedef struct {
     int64_t prefix_cache_hits;    /* admitted requests that reused a cached prefix (counter) */
     int64_t prefix_reused_tokens; /* prompt tokens taken from the cache instead of prefilled (counter) */
     int64_t prefill_tokens;       /* prompt tokens run through the model (counter) */
+    int64_t forward_passes;       /* the model's forward passes (counter): prompt chunks and decode steps share them */
     int64_t spec_drafted;         /* speculative decoding: draft tokens proposed (counter) */
     int64_t spec_accepted;        /* ... and accepted by the model (counter) */
 } ts_engine_stats;
@@ -255,10 +256,10 @@ void ts_server_shutdown(ts_server *srv, double grace_s);
  * when the running sequences outgrow it the youngest is preempted - back to the queue front, to
  * be recomputed later with its sampler state kept, so its output does not change. A request
  * that could not fit the pool even alone is TS_ERR_RANGE. Each iteration of the engine's
- * worker feeds one prompt chunk of up to prefill_chunk tokens of one prefilling request
- * (round-robin among them) through ts_model_decoder_extend, and advances every generating
- * sequence by one sampled token in one batched decoder step - so a long prompt delays the other
- * streams by one chunk per token, not by its whole length. With prefix_cache, a new request
+ * worker advances every generating sequence by one sampled token and feeds prompt chunks of the
+ * prefilling requests, up to prefill_chunk prompt tokens in all (round-robin among them), in
+ * one ts_model_decoder_batch (the dense model: one forward pass) - so a long prompt delays the
+ * other streams by one chunk per token, not by its whole length. With prefix_cache, a new request
  * starts from the longest prefix of its prompt that any sequence holds, running or finished (a
  * finished sequence's tokens stay in its slot until the memory is needed): only the rest is
  * prefilled (multi-turn chat re-sends the conversation: only the new turn is computed; requests
@@ -279,7 +280,7 @@ typedef struct {
     int slots;           /* sequences decoded together (default 4) */
     int64_t max_len;     /* positions per sequence: prompt + output (default 1024) */
     int max_queue;       /* requests waiting for a slot (default 64) */
-    int prefill_chunk;   /* prompt tokens per extend call (default 64) */
+    int prefill_chunk;   /* prompt tokens per iteration (default 64) */
     bool prefix_cache;   /* reuse cached prefixes (default true) */
     int64_t pool_positions; /* a shared pool's size (0, the default: slots x max_len) */
     bool speculative;    /* MTP speculative decoding when one sequence decodes alone (default

@@ -50,7 +50,7 @@ int cli_serve_main(int argc, char **argv) {
         {"--kv-memory", CLI_OPT_INT, &kv_memory, "MIB",
          "KV-cache budget: the slots' fixed state (V4) and the pool of blocks the sequences share, at most --slots "
          "sequences; a request waits while it is full (0: slots x context)", 0, 1 << 24},
-        {"--prefill-chunk", CLI_OPT_INT, &prefill_chunk, "N", "prompt tokens per prefill pass, interleaved with decoding", 1, 1 << 16},
+        {"--prefill-chunk", CLI_OPT_INT, &prefill_chunk, "N", "prompt tokens per iteration, in the pass of the decode steps", 1, 1 << 16},
         {"--speculative", CLI_OPT_STRING, &speculative, "mtp",
          "speculative decoding with the MTP block as the draft while one sequence decodes alone", 0, 0},
         {"--no-prefix-cache", CLI_OPT_FLAG, &no_prefix_cache, NULL, "do not reuse finished sequences' caches for shared prompt prefixes", 0, 0},

@@ -859,6 +859,8 @@ static void v4_pool(const void *impl, ts_model_decoder_pool *out) {
     out->slot_bytes = (dec->state_bytes - out->block_bytes * (size_t)out->blocks) / (size_t)dec->B;
 }
 
+static int64_t v4_blocks_needed(const void *impl, int slot, int64_t n) { return blocks_needed(impl, slot, n); }
+
 static const ts_decoder_ops v4_ops = {
     .free = v4_free,
     .reset = v4_reset,
@@ -870,6 +872,7 @@ static const ts_decoder_ops v4_ops = {
     .state_bytes = v4_state_bytes,
     .fork = v4_fork,
     .pool = v4_pool,
+    .blocks_needed = v4_blocks_needed,
 };
 
 /* ---------------------------------------------------------------- construction */

@@ -15,7 +15,7 @@
  *
  * Decoding (b->dec non-NULL, decode_dense.c): the same block, with three hooks - each row's
  * own RoPE positions instead of 0..T-1, an attention that also sees the row's cached prefix, and
- * logits of the last few tokens of each row only. */
+ * logits of the few tokens that need them only. */
 #include <math.h>
 #include <stdio.h>
 
@@ -60,11 +60,7 @@ ts_tensor *ts_dense_build(ts_model_builder *b) {
         x = ts_add(g, x, swiglu(b, prefix, ts_rms_norm(g, x, ts_mb_param(b, prefix, "ffn_norm.weight"), b->eps)));
     }
     ts_mb_checkpoint(b, x);
-    int64_t R = b->dec ? ts_dense_decode_logit_rows(b) : b->T; /* logits of each row's last R tokens */
-    if (R < b->T) {
-        int64_t xs[3] = {b->B, b->T, c->hidden_size};
-        x = ts_reshape_2d(g, ts_slice(g, ts_reshape(g, x, 3, xs), 1, b->T - R, R), b->B * R, c->hidden_size);
-    }
+    int64_t R = b->dec ? ts_dense_decode_logit_rows(b, &x) : b->T; /* logits of R tokens per row */
     ts_tensor *y = ts_rms_norm(g, x, ts_mb_param(b, "", "norm.weight"), b->eps);
     ts_tensor *w = ts_mb_param(b, "", c->tie_word_embeddings ? "embed.weight" : "head.weight");
     int64_t ls[3] = {b->B, R, c->vocab_size};

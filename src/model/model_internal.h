@@ -118,13 +118,15 @@ ts_tensor *ts_dense_build(ts_model_builder *b);
  * own state as ts_model_graph_build_with's dec, which model_graph.c only forwards, and
  * dense_graph.c calls these hooks. Angles: each row's RoPE angles [B, T, 1, head_dim/2].
  * Attention: q, k, v [B, T, H, hd] of the new tokens (after RoPE) and the plain forward's
- * params -> [B, T, H, hd], each row attending to its slot's cached prefix and causally to its
- * own new tokens; k and v are kept for the decoder to file into the cache after compute.
- * Logit rows: R in 1..T, the graph's logits are [B, R, V], those of each row's last R tokens. */
+ * params -> [B, T, H, hd], each token attending to the cache entries the decoder lists for it
+ * and causally to the new tokens of its own sequence; k and v are kept for the decoder to file
+ * into the cache after compute.
+ * Logit rows: the final hidden states x [B*T, d] -> [B*R, d], R in 1..T, those of the tokens whose
+ * logits the pass keeps (the graph's logits are [B, R, V]); returns R. */
 ts_tensor *ts_dense_decode_angles(ts_model_builder *b);
 ts_tensor *ts_dense_decode_attention(ts_model_builder *b, int layer, ts_tensor *q, ts_tensor *k, ts_tensor *v,
                                      const ts_attention_params *p);
-int64_t ts_dense_decode_logit_rows(const ts_model_builder *b);
+int64_t ts_dense_decode_logit_rows(ts_model_builder *b, ts_tensor **x);
 
 /* ================================================================ mHC (mhc.c), spec §2.3
  *

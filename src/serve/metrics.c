@@ -85,6 +85,9 @@ char *metrics_render(metrics *m, const ts_engine_stats *es, int in_flight) {
     sbuf_printf(&b, "tessera_prefix_cache_reused_tokens_total %lld\n", (long long)es->prefix_reused_tokens);
     metric_head(&b, "tessera_prefill_tokens_total", "counter", "Prompt tokens run through the model.");
     sbuf_printf(&b, "tessera_prefill_tokens_total %lld\n", (long long)es->prefill_tokens);
+    metric_head(&b, "tessera_forward_passes_total", "counter",
+                "Forward passes of the model (prompt chunks and decode steps share them).");
+    sbuf_printf(&b, "tessera_forward_passes_total %lld\n", (long long)es->forward_passes);
     metric_head(&b, "tessera_spec_draft_tokens_total", "counter", "Speculative decoding: draft tokens proposed.");
     sbuf_printf(&b, "tessera_spec_draft_tokens_total %lld\n", (long long)es->spec_drafted);
     metric_head(&b, "tessera_spec_accepted_tokens_total", "counter", "Speculative decoding: draft tokens accepted.");

@@ -3,14 +3,16 @@
  * slot-level prefix caching.
  *
  * One worker thread owns the decoder. Each iteration it admits queued requests into idle slots
- * (a slot = one sequence's caches), then does two things with the lock released: one prompt
- * chunk of one prefilling request (round-robin, so several long prompts share the iterations)
- * goes through ts_model_decoder_extend, and every generating sequence advances by one token in
- * one batched ts_model_decoder_step. A generating stream therefore waits at most one chunk per
- * token however long the prompts that arrive are, and a prompt costs n / chunk iterations
- * instead of n. When a prompt's last chunk is in, or after each step, the sequence samples (one
- * ts_sampler per slot, infer.h) and reports the token to its sink; it ends at the stop token,
- * at max_tokens, at the context limit, or when cancelled.
+ * (a slot = one sequence's caches), then, with the lock released, runs ONE ts_model_decoder_batch
+ * (vLLM's ragged batch; the dense decoder packs it into one forward pass): every generating
+ * sequence's next token, plus prompt chunks of prefilling requests up to a budget of
+ * prefill_chunk prompt tokens per iteration, handed out round-robin (so several long prompts
+ * share the iterations; short ones share a budget). A generating stream therefore waits at
+ * most one budget of prompt tokens per token however long the prompts that arrive are, and a
+ * prompt costs n / budget iterations instead of n. When a prompt's last chunk is in, or after
+ * each step, the sequence samples (one ts_sampler per slot, infer.h) and reports the token to
+ * its sink; it ends at the stop token, at max_tokens, at the context limit, or when cancelled.
+ * A failed batch (other than for want of blocks) fails every sequence in it.
  *
  * Prefix cache: a slot records the ids its decoder cache holds, and keeps them when its request
  * ends. A new request takes the longest prefix of its prompt that any slot holds, running or
@@ -34,7 +36,10 @@
  * in a bounded queue, and a full queue is refused (HTTP 503).
  *
  * Speculative decoding (options.speculative): an iteration with no prompt chunk and a single
- * generating sequence runs one ts_speculator round for it, which may yield two tokens. The
+ * generating sequence runs one ts_speculator round for it, which may yield two tokens; other
+ * iterations run their prompt chunks through ts_speculator_prefill, one by one, then the steps
+ * (speculation needs an MTP block, which only V4 has, and V4 runs a batch in several passes
+ * anyway). The
  * MTP block lags the sequences it does not draft for; each slot records how far the block has
  * covered it (mtp_covered), and a slot about to step more than TS_MODEL_MTP_MAX_LAG / 2 tokens
  * ahead of it first brings it up to date with ts_model_decoder_mtp, so a round can start on any
@@ -89,6 +94,7 @@ struct ts_model_engine {
     pending *queue;
     int queue_len;
     int prefill_rr;    /* the slot that prefilled last */
+    int64_t passes;    /* the decoder's forward passes, as of the worker's last compute */
     uint64_t clock;
     int64_t prefix_hits, reused_tokens, prefill_tokens, preemptions;
     bool pool_short;   /* the last compute ran out of pool blocks */
@@ -101,10 +107,9 @@ struct ts_model_engine {
     pthread_t worker;
     bool stop, started;
     /* worker scratch */
-    int *step_slots;
-    int32_t *step_ids;
-    float *logits;         /* [slots, vocab]: the step's */
-    float *prefill_logits; /* [vocab]: after a prompt chunk; speculative: the MTP catch-ups' */
+    ts_model_decoder_seq *batch; /* [slots]: the iteration's sequences */
+    float *logits;         /* [slots, vocab]: the batch's (at most one row per sequence) */
+    float *spare_logits;   /* [vocab], speculative: the MTP catch-ups' and unwanted prefill logits */
     int64_t *reuse;        /* [slots]: placement candidates */
     ts_token_logprobs lp;  /* the token being delivered's, when its request asked */
 };
@@ -344,36 +349,38 @@ static void reclaim(ts_model_engine *e) {
 
 /* ---------------------------------------------------------------- the worker */
 
-/* What one iteration computes: a prompt chunk of slot `prefill` (-1: none) and one step of the
- * n slots in step_slots - or, `speculate`, a speculative round of the one slot there. */
+/* What one iteration computes: the batch's first n_decode sequences are generating ones (one
+ * token each), the rest prompt chunks (logits only after a prompt's last token) - or,
+ * `speculate`, a speculative round of the one generating slot. */
 typedef struct {
-    int prefill;
-    int64_t chunk;
-    int n;
+    int n, n_decode;
     bool speculate;
 } plan;
 
+/* Prompt chunks of the prefilling slots after the one served last, up to the budget. */
+static void plan_prefill(ts_model_engine *e, plan *p) {
+    int64_t budget = e->opt.prefill_chunk;
+    for (int k = 1, last = e->prefill_rr; k <= e->opt.slots && budget > 0; k++) {
+        int s = (last + k) % e->opt.slots;
+        const slot_state *sl = &e->slots[s];
+        if (sl->phase != SLOT_PREFILL) continue;
+        int64_t left = (int64_t)sl->req.n_prompt - sl->n_tokens, m = left < budget ? left : budget;
+        e->batch[p->n++] = (ts_model_decoder_seq){s, sl->req.prompt + sl->n_tokens, m, m == left};
+        budget -= m;
+        e->prefill_rr = s;
+    }
+}
+
 static plan make_plan(ts_model_engine *e) {
-    plan p = {-1, 0, 0, false};
-    for (int k = 1; k <= e->opt.slots && p.prefill < 0; k++) {
-        int s = (e->prefill_rr + k) % e->opt.slots;
-        if (e->slots[s].phase == SLOT_PREFILL) p.prefill = s;
-    }
-    if (p.prefill >= 0) {
-        const slot_state *sl = &e->slots[p.prefill];
-        int64_t left = (int64_t)sl->req.n_prompt - sl->n_tokens;
-        p.chunk = left < e->opt.prefill_chunk ? left : e->opt.prefill_chunk;
-        e->prefill_rr = p.prefill;
-    }
-    for (int s = 0; s < e->opt.slots; s++) {
-        if (e->slots[s].phase != SLOT_DECODE) continue;
-        e->step_slots[p.n] = s;
-        e->step_ids[p.n++] = e->slots[s].last;
-    }
+    plan p = {0, 0, false};
+    for (int s = 0; s < e->opt.slots; s++)
+        if (e->slots[s].phase == SLOT_DECODE) e->batch[p.n++] = (ts_model_decoder_seq){s, &e->slots[s].last, 1, 1};
+    p.n_decode = p.n;
+    plan_prefill(e, &p);
     /* a round drafts (and runs the MTP block) whenever there is room for two more tokens; not for
      * a request that wants logprobs (a round's tokens come without the rows of logits) */
-    const slot_state *one = &e->slots[e->step_slots[0]];
-    p.speculate = e->spec && p.prefill < 0 && p.n == 1 && one->n_tokens + 2 <= e->opt.max_len && !one->req.logprobs;
+    const slot_state *one = &e->slots[e->batch[0].slot];
+    p.speculate = e->spec && p.n == 1 && p.n_decode == 1 && one->n_tokens + 2 <= e->opt.max_len && !one->req.logprobs;
     return p;
 }
 
@@ -413,23 +420,10 @@ static bool out_of_blocks(ts_model_engine *e, ts_status st) {
     return st == TS_ERR_OOM && e->pool.shared;
 }
 
-static void after_prefill(ts_model_engine *e, const plan *p, ts_status st) {
-    slot_state *sl = &e->slots[p->prefill];
-    if (out_of_blocks(e, st)) return;
-    if (st != TS_OK) {
-        fail(e, p->prefill);
-        return;
-    }
-    memcpy(sl->tokens + sl->n_tokens, sl->req.prompt + sl->n_tokens, (size_t)p->chunk * sizeof(int32_t));
-    sl->n_tokens += p->chunk;
-    e->prefill_tokens += p->chunk;
-    if (sl->n_tokens == (int64_t)sl->req.n_prompt) emit(e, p->prefill, e->prefill_logits);
-}
-
 /* A speculative round of the plan's slot yielded out[0..n_out): `last` and all but the last
  * of them are in its cache now (the decoder's length says which). */
-static void after_round(ts_model_engine *e, const plan *p, ts_status st, const int32_t *out, int n_out) {
-    int s = e->step_slots[0];
+static void after_round(ts_model_engine *e, ts_status st, const int32_t *out, int n_out) {
+    int s = e->batch[0].slot;
     slot_state *sl = &e->slots[s];
     if (out_of_blocks(e, st)) return; /* nothing appended; the MTP block's lag is recomputed */
     if (st != TS_OK) {
@@ -442,42 +436,61 @@ static void after_round(ts_model_engine *e, const plan *p, ts_status st, const i
     for (int i = 0; i < n_out && deliver(e, s, out[i], NULL); i++) {}
 }
 
-static void after_step(ts_model_engine *e, const plan *p, ts_status st) {
+/* The batch's tokens are in the caches: each sequence records them, and those with logits
+ * sample (rows in batch order). */
+static void after_batch(ts_model_engine *e, const plan *p, ts_status st) {
     if (out_of_blocks(e, st)) return;
+    const float *row = e->logits;
     for (int i = 0; i < p->n; i++) {
-        int s = e->step_slots[i];
+        const ts_model_decoder_seq *q = &e->batch[i];
         if (st != TS_OK) {
-            fail(e, s);
+            fail(e, q->slot);
             continue;
         }
-        slot_state *sl = &e->slots[s];
-        sl->tokens[sl->n_tokens++] = e->step_ids[i];
-        emit(e, s, e->logits + (size_t)i * (size_t)e->vocab);
+        slot_state *sl = &e->slots[q->slot];
+        memcpy(sl->tokens + sl->n_tokens, q->ids, (size_t)q->n * sizeof(int32_t));
+        sl->n_tokens += q->n;
+        if (i >= p->n_decode) e->prefill_tokens += q->n;
+        if (q->logit_rows == 0) continue;
+        emit(e, q->slot, row);
+        row += e->vocab;
     }
 }
 
-/* The plan's prompt chunk; with speculation in pieces the MTP block keeps up with. */
-static ts_status run_prefill(ts_model_engine *e, const plan *p) {
-    slot_state *sl = &e->slots[p->prefill];
-    const int32_t *ids = sl->req.prompt + sl->n_tokens;
-    if (!e->spec) return ts_model_decoder_extend(e->dec, p->prefill, ids, p->chunk, e->prefill_logits, 1);
-    int64_t len = sl->n_tokens + p->chunk, last_piece = (p->chunk - 1) % TS_MODEL_MTP_MAX_LAG + 1;
-    ts_status s = ts_speculator_prefill(e->spec, p->prefill, ids, p->chunk, e->prefill_logits);
+/* Speculation: a prompt chunk in pieces the MTP block keeps up with; its logits (if wanted) at
+ * *row. */
+static ts_status spec_prefill(ts_model_engine *e, const ts_model_decoder_seq *q, float **row) {
+    slot_state *sl = &e->slots[q->slot];
+    int64_t len = sl->n_tokens + q->n, last_piece = (q->n - 1) % TS_MODEL_MTP_MAX_LAG + 1;
+    ts_status s = ts_speculator_prefill(e->spec, q->slot, q->ids, q->n, q->logit_rows ? *row : e->spare_logits);
     if (s == TS_OK) sl->mtp_covered = len - last_piece; /* before the last piece */
+    *row += q->logit_rows * e->vocab;
     return s;
 }
 
 /* Speculation: brings the MTP block up to date on the stepping slots that are more than half
  * its lag limit ahead of it (the step adds one more). */
 static ts_status catch_up_mtp(ts_model_engine *e, const plan *p) {
-    for (int i = 0; e->spec && i < p->n; i++) {
-        slot_state *sl = &e->slots[e->step_slots[i]];
+    for (int i = 0; i < p->n_decode; i++) {
+        slot_state *sl = &e->slots[e->batch[i].slot];
         if (sl->n_tokens - sl->mtp_covered < TS_MODEL_MTP_MAX_LAG / 2) continue;
-        ts_status s = ts_model_decoder_mtp(e->dec, e->step_slots[i], sl->last, e->prefill_logits);
+        ts_status s = ts_model_decoder_mtp(e->dec, e->batch[i].slot, sl->last, e->spare_logits);
         if (s != TS_OK) return s;
         sl->mtp_covered = sl->n_tokens;
     }
     return TS_OK;
+}
+
+/* The plan's batch: one ts_model_decoder_batch; with speculation the prompt chunks first, then
+ * the steps (their logits rows after the steps', as in a batch). */
+static ts_status run_batch(ts_model_engine *e, const plan *p) {
+    if (!e->spec) return ts_model_decoder_batch(e->dec, p->n, e->batch, e->logits);
+    float *row = e->logits + (size_t)p->n_decode * (size_t)e->vocab;
+    ts_status s = TS_OK;
+    for (int i = p->n_decode; s == TS_OK && i < p->n; i++) s = spec_prefill(e, &e->batch[i], &row);
+    if (s == TS_OK) s = catch_up_mtp(e, p);
+    if (s == TS_OK && p->n_decode > 0) s = ts_model_decoder_batch(e->dec, p->n_decode, e->batch, e->logits);
+    return s;
 }
 
 static void *worker_main(void *arg) {
@@ -490,28 +503,27 @@ static void *worker_main(void *arg) {
         admit(e);
         free_blocks(e);
         plan p = make_plan(e);
-        if (p.prefill < 0 && p.n == 0) {
+        if (p.n == 0) {
             pthread_cond_wait(&e->wake, &e->mu);
             continue;
         }
         /* submit / cancel / stats stay responsive during the compute; only this thread changes
          * slots, so what the plan names stays valid */
         pthread_mutex_unlock(&e->mu);
-        ts_status sp = TS_OK, sd = TS_OK;
+        ts_status st;
         int32_t out[2];
         int n_out = 0;
-        if (p.prefill >= 0) sp = run_prefill(e, &p);
         if (p.speculate) {
-            const slot_state *sl = &e->slots[e->step_slots[0]];
-            sd = ts_speculator_step(e->spec, e->step_slots[0], sl->sampler, sl->last, out, &n_out);
-        } else if (p.n > 0) {
-            sd = catch_up_mtp(e, &p);
-            if (sd == TS_OK) sd = ts_model_decoder_step(e->dec, p.n, e->step_slots, e->step_ids, e->logits);
+            const slot_state *sl = &e->slots[e->batch[0].slot];
+            st = ts_speculator_step(e->spec, e->batch[0].slot, sl->sampler, sl->last, out, &n_out);
+        } else {
+            st = run_batch(e, &p);
         }
+        int64_t passes = ts_model_decoder_passes(e->dec);
         pthread_mutex_lock(&e->mu);
-        if (p.prefill >= 0) after_prefill(e, &p, sp);
-        if (p.speculate) after_round(e, &p, sd, out, n_out);
-        else after_step(e, &p, sd);
+        e->passes = passes;
+        if (p.speculate) after_round(e, st, out, n_out);
+        else after_batch(e, &p, st);
         if (e->pool_short) reclaim(e);
     }
     for (int i = 0; i < e->queue_len; i++) drop(e, &e->queue[i], TS_GEN_CANCELLED);
@@ -630,6 +642,7 @@ static void eng_stats(void *self, ts_engine_stats *out) {
     out->prefix_cache_hits = e->prefix_hits;
     out->prefix_reused_tokens = e->reused_tokens;
     out->prefill_tokens = e->prefill_tokens;
+    out->forward_passes = e->passes;
     if (e->spec) ts_speculator_stats(e->spec, &out->spec_drafted, &out->spec_accepted);
     pthread_mutex_unlock(&e->mu);
 }
@@ -693,13 +706,11 @@ static ts_status alloc_scratch(ts_model_engine *e) {
     e->slots = calloc(S, sizeof *e->slots);
     e->queue = calloc((size_t)e->opt.max_queue + S, sizeof *e->queue); /* + the preempted, at most one per slot */
     e->spare = calloc(S, sizeof *e->spare);
-    e->step_slots = calloc(S, sizeof *e->step_slots);
-    e->step_ids = calloc(S, sizeof *e->step_ids);
+    e->batch = calloc(S, sizeof *e->batch);
     e->logits = calloc(S * (size_t)e->vocab, sizeof *e->logits);
-    e->prefill_logits = calloc((size_t)e->vocab, sizeof *e->prefill_logits);
+    e->spare_logits = calloc((size_t)e->vocab, sizeof *e->spare_logits);
     e->reuse = calloc(S, sizeof *e->reuse);
-    if (!e->slots || !e->queue || !e->spare || !e->step_slots || !e->step_ids || !e->logits || !e->prefill_logits ||
-        !e->reuse)
+    if (!e->slots || !e->queue || !e->spare || !e->batch || !e->logits || !e->spare_logits || !e->reuse)
         return TS_ERR_OOM;
     for (size_t i = 0; i < S; i++) {
         e->slots[i].tokens = malloc((size_t)e->opt.max_len * sizeof(int32_t));
@@ -774,10 +785,9 @@ void ts_model_engine_free(ts_model_engine *e) {
     ts_model_decoder_free(e->dec);
     free(e->slots);
     free(e->queue);
-    free(e->step_slots);
-    free(e->step_ids);
+    free(e->batch);
     free(e->logits);
-    free(e->prefill_logits);
+    free(e->spare_logits);
     free(e->reuse);
     free(e);
 }

@@ -4,7 +4,8 @@
  *
  * Forward, per (batch, query head, query tile): Q (pre-scaled) times the tile's columns of K^T
  * (transposed once per call) gives the scores (tiles of fewer than FEW_ROWS queries - decoding -
- * take dot products instead); each row keeps its running max m and denominator l, rescales its
+ * take dot products instead; up to BQ rows with extras, a decoder's packed row, go in one-row
+ * tiles); each row keeps its running max m and denominator l, rescales its
  * output row when m grows, and adds P V. The row's extras (per-row gathers) join the same
  * softmax after the keys; the sink starts the row at m = z, l = 1. A row without a distribution
  * outputs zeros.
@@ -460,9 +461,9 @@ typedef struct {
     int64_t klo, khi;
 } q_tile;
 
-static void make_q_tile(const fa_problem *p, int64_t b, int64_t h, int64_t t0, q_tile *qt) {
+static void make_q_tile(const fa_problem *p, int64_t b, int64_t h, int64_t t0, int64_t rows, q_tile *qt) {
     qt->b = b, qt->h = h, qt->kv = h / p->group, qt->t0 = t0;
-    qt->nq = p->T - t0 < BQ ? p->T - t0 : BQ;
+    qt->nq = p->T - t0 < rows ? p->T - t0 : rows;
     qt->klo = p->S, qt->khi = 0;
     for (int64_t i = 0; i < qt->nq; i++) {
         key_range(p, b, t0 + i, &qt->lo[i], &qt->hi[i]);
@@ -646,6 +647,12 @@ static void run_parallel(const ts_cpu_ctx *ctx, fa_job *job, int64_t n_items, it
 
 static int64_t n_q_tiles(const fa_problem *p) { return (p->T + BQ - 1) / BQ; }
 
+/* Query rows per tile of the forward: BQ, but one for a few rows with extras - a decoder's
+ * packed steps, whose rows spend their time on their own extras, which a tile does not share:
+ * one-row tiles (scored by dot products, no K^T) give the threads as many items as a batch of
+ * separate rows would. */
+static int64_t forward_rows(const fa_problem *p) { return p->E > 0 && p->T <= BQ ? 1 : BQ; }
+
 static int64_t n_k_tiles(const fa_problem *p) { return (p->S + BK - 1) / BK; }
 
 /* Packs K^T (and V^T when job->vt) for one key tile of one (batch, kv head). */
@@ -662,9 +669,10 @@ static void pack_item(fa_job *job, fa_scratch *sc, int64_t item) {
 
 /* Item -> (b, h, query tile) among the tiles of rows [t_begin, t_end) (t_begin a multiple of
  * BQ), the last tiles (which see the most keys when causal) first. */
-static void q_tile_of_item(const fa_problem *p, int64_t item, int64_t t_begin, int64_t t_end, q_tile *qt) {
-    int64_t tiles = (t_end - t_begin + BQ - 1) / BQ, tile = tiles - 1 - item % tiles, bh = item / tiles;
-    make_q_tile(p, bh / p->H, bh % p->H, t_begin + tile * BQ, qt);
+static void q_tile_of_item(const fa_problem *p, int64_t item, int64_t t_begin, int64_t t_end, int64_t rows,
+                           q_tile *qt) {
+    int64_t tiles = (t_end - t_begin + rows - 1) / rows, tile = tiles - 1 - item % tiles, bh = item / tiles;
+    make_q_tile(p, bh / p->H, bh % p->H, t_begin + tile * rows, rows, qt);
     if (t_end - qt->t0 < qt->nq) qt->nq = t_end - qt->t0;
 }
 
@@ -673,7 +681,7 @@ static void q_tile_of_item(const fa_problem *p, int64_t item, int64_t t_begin, i
 static void forward_item(fa_job *job, fa_scratch *sc, int64_t item) {
     const fa_problem *p = job->p;
     q_tile qt;
-    q_tile_of_item(p, item, 0, p->T, &qt);
+    q_tile_of_item(p, item, 0, p->T, forward_rows(p), &qt);
     attend_tile(p, job->kn, sc, &qt, job->kt);
     for (int64_t i = 0; i < qt.nq; i++)
         memcpy(job->out + ((qt.b * p->T + qt.t0 + i) * p->H + qt.h) * p->Dv, sc->acc + i * p->Dv,
@@ -693,7 +701,8 @@ TS_FAST_KERNEL(attention) {
     read_fast_problem(dst, false, &p);
     fa_job job = {.p = &p, .kn = active_kernels(), .per_thread = round_up(scratch_floats(&p)), .out = dst->data};
     int64_t tiles_floats = job.per_thread * ts_threadpool_size(ctx->pool);
-    int64_t kt_floats = p.T >= FEW_ROWS ? p.B * p.Hk * p.D * packed_ld(&p) : 0;
+    int64_t rows = forward_rows(&p); /* tiles of fewer than FEW_ROWS queries need no K^T */
+    int64_t kt_floats = p.T >= FEW_ROWS && rows >= FEW_ROWS ? p.B * p.Hk * p.D * packed_ld(&p) : 0;
     bool temporary;
     job.workspace = workspace_acquire(tiles_floats + kt_floats, &temporary);
     if (!job.workspace) return ts_ref_fail(ctx, TS_ERR_OOM, dst, "out of memory for attention tiles");
@@ -701,7 +710,7 @@ TS_FAST_KERNEL(attention) {
         job.kt = job.workspace + tiles_floats;
         run_parallel(ctx, &job, p.B * p.Hk * n_k_tiles(&p), pack_item);
     }
-    run_parallel(ctx, &job, p.B * p.H * n_q_tiles(&p), forward_item);
+    run_parallel(ctx, &job, p.B * p.H * ((p.T + rows - 1) / rows), forward_item);
     workspace_release(job.workspace, temporary);
     return TS_OK;
 }
@@ -730,7 +739,7 @@ static int64_t stat_index(const fa_problem *p, int64_t b, int64_t h, int64_t t) 
 static void stats_item(fa_job *job, fa_scratch *sc, int64_t item) {
     const fa_problem *p = job->p;
     q_tile qt;
-    q_tile_of_item(p, item, 0, p->T, &qt);
+    q_tile_of_item(p, item, 0, p->T, BQ, &qt);
     attend_tile(p, job->kn, sc, &qt, job->kt);
     for (int64_t i = 0; i < qt.nq; i++) {
         int64_t r = stat_index(p, qt.b, qt.h, qt.t0 + i);
@@ -776,7 +785,7 @@ static void dq_item(fa_job *job, fa_scratch *sc, int64_t item) {
     const fa_problem *p = job->p;
     const fa_kernels *kn = job->kn;
     q_tile qt;
-    q_tile_of_item(p, item, job->t_begin, job->t_end, &qt);
+    q_tile_of_item(p, item, job->t_begin, job->t_end, BQ, &qt);
     drop_empty_rows(job, &qt);
     load_scaled_queries(p, &qt, sc->qs);
     memset(sc->acc, 0, (size_t)(qt.nq * p->D) * sizeof(float));
@@ -862,7 +871,7 @@ static void dkv_item(fa_job *job, fa_scratch *sc, int64_t item) {
     for (int64_t h = kv * p->group; h < (kv + 1) * p->group; h++)
         for (int64_t t0 = t_begin; t0 < t_end; t0 += BQ) {
             q_tile qt;
-            make_q_tile(p, b, h, t0, &qt);
+            make_q_tile(p, b, h, t0, BQ, &qt);
             if (t_end - t0 < qt.nq) qt.nq = t_end - t0;
             drop_empty_rows(job, &qt);
             dkv_from_tile(job, sc, &qt, j0, nk);
