@@ -3,12 +3,13 @@
  * request generates its prompt reversed, one token per step for every running request
  * (continuous batching in miniature), then ends with a stop token - or, when the prompt holds
  * a '~', cycles forever until max_tokens or a cancel. Asked for logprobs, it reports the k-th
- * token's as -0.25 (k + 1), with up to two alternatives: the token itself, then 'A' at one less. The client is a small HTTP/1.1 one written
+ * token's as -0.25 (k + 1), with up to two alternatives: the token itself, then 'A' at one less,
+ * and (echo) the prompt's k-th token's as -0.125 k. The client is a small HTTP/1.1 one written
  * here (chunked transfer decoding included).
  *
  * Covered: non-streaming and SSE completions and chat (framing, [DONE], usage, finish_reason,
  * stop strings held back while streaming, invalid UTF-8), logprobs in both shapes (whole,
- * streamed, cut by a stop string), n choices (whole and streamed, seeds seed + i, the prompt
+ * streamed, cut by a stop string; echo with the prompt's), n choices (whole and streamed, seeds seed + i, the prompt
  * counted once), sampling fields and logit_bias reaching the engine,
  * /v1/models, /health, /metrics (exact token counters, gauges), every error status (400 401 404
  * 405 413 429 503 504) in OpenAI's shape, a client hanging up mid-stream (engine cancelled,
@@ -39,7 +40,7 @@ typedef struct fake_req {
     bool forever, cancelled;
     int32_t stop_ids[TS_GEN_MAX_STOP_IDS];
     int n_stop_ids;
-    bool logprobs;
+    bool logprobs, prompt_logprobs;
     int32_t top_logprobs;
     ts_gen_sink sink;
     struct fake_req *next;
@@ -74,6 +75,9 @@ static void fake_step(fake_engine *f) {
             finished = false;
         int32_t next = r->prompt[r->n_prompt - 1 - (size_t)r->produced % r->n_prompt];
         for (int i = 0; i < r->n_stop_ids; i++) finished |= next == r->stop_ids[i];
+        if (r->produced == 0 && r->prompt_logprobs) /* position k of the prompt: -0.125 k */
+            for (size_t k = 1; k < r->n_prompt; k++)
+                r->sink.prompt_token(r->sink.user, (int64_t)k, &(ts_token_logprobs){.logprob = -0.125f * (float)k});
         if (!finished) {
             ts_token_logprobs lp = {.logprob = -0.25f * (float)(r->produced + 1),
                                     .n_top = r->top_logprobs < 2 ? r->top_logprobs : 2,
@@ -152,6 +156,7 @@ static ts_status fake_submit(void *self, const ts_gen_request *req) {
     r->max_tokens = req->max_tokens;
     r->n_stop_ids = req->n_stop_ids;
     r->logprobs = req->logprobs;
+    r->prompt_logprobs = req->prompt_logprobs;
     r->top_logprobs = req->top_logprobs;
     memcpy(r->stop_ids, req->stop_ids, sizeof r->stop_ids);
     r->sink = req->sink;
@@ -716,6 +721,31 @@ static void test_logprobs(int port, fake_engine *f) {
     json_decref(all);
     resp_free(&r);
 
+    /* echo: the prompt leads the text and the logprobs (the first token's null) */
+    r = post(port, C, "{\"prompt\":\"xyz\",\"echo\":true,\"logprobs\":1,\"max_tokens\":2}");
+    lp = choice_logprobs(r.body.data);
+    json_t *eroot = json_loads(r.body.data ? r.body.data : "", 0, NULL);
+    const char *etext = json_string_value(json_object_get(json_array_get(json_object_get(eroot, "choices"), 0), "text"));
+    json_t *etok = json_object_get(lp, "tokens"), *elp = json_object_get(lp, "token_logprobs");
+    json_t *etop = json_object_get(lp, "top_logprobs"), *eoff = json_object_get(lp, "text_offset");
+    bool shape = json_array_size(etok) == 5 && json_array_size(elp) == 5 && json_array_size(etop) == 5 && json_array_size(eoff) == 5;
+    for (size_t k = 0; shape && k < 5; k++) {
+        static const char *want_tok[] = {"x", "y", "z", "z", "y"};
+        static const double want_lp[] = {0, -0.125, -0.25, -0.25, -0.5};
+        shape = !strcmp(json_string_value(json_array_get(etok, k)), want_tok[k]) &&
+                json_integer_value(json_array_get(eoff, k)) == (json_int_t)k &&
+                (k == 0 ? json_is_null(json_array_get(elp, 0)) && json_is_null(json_array_get(etop, 0))
+                        : json_real_value(json_array_get(elp, k)) == want_lp[k]);
+    }
+    CHECK(r.status == 200 && etext && !strcmp(etext, "xyzzy") && shape, "echo with logprobs: %s", r.body.data);
+    json_decref(eroot);
+    json_decref(lp);
+    resp_free(&r);
+    r = post(port, C, "{\"prompt\":\"xyz\",\"echo\":true,\"max_tokens\":1}");
+    CHECK(r.status == 200 && strstr(r.body.data, "\"text\":\"xyzz\"") && strstr(r.body.data, "\"logprobs\":null"),
+          "echo without logprobs: %s", r.body.data);
+    resp_free(&r);
+
     r = post(port, C, "{\"prompt\":\"abc\",\"logit_bias\":{\"65\":-100,\"7\":2.5}}");
     ts_sampling_params s = f->last_sampling;
     bool both = s.n_logit_bias == 2;
@@ -725,6 +755,10 @@ static void test_logprobs(int port, fake_engine *f) {
     resp_free(&r);
 
     expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"logprobs\":21}", 400, "logprobs", NULL, "logprobs over 20");
+    expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"echo\":true,\"stream\":true}", 400, "echo", NULL, "echo streamed");
+    expect_error(port, "POST", CH, KEY, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"echo\":true}", 400,
+                 "echo", NULL, "echo in a chat");
+    expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"echo\":1}", 400, "echo", NULL, "echo type");
     expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"logprobs\":true}", 400, "logprobs", NULL, "logprobs type");
     expect_error(port, "POST", CH, KEY, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":2}", 400,
                  "logprobs", NULL, "chat logprobs type");

@@ -14,8 +14,9 @@ exactly through JSON. Then, against `tessera serve --port 0`:
   - 32 concurrent streaming greedy requests all complete, each equal to the same request alone;
   - n choices: greedy ones repeat the single answer, seeded sampled ones are reproducible and differ;
   - logprobs (completions and chat, plain and streamed): greedy tokens are their positions' most
-    likely, the alternatives' probabilities sum to at most 1, tokens spell the text; logit_bias
-    forcing one token makes every generated token that one;
+    likely, the alternatives' probabilities sum to at most 1, tokens spell the text; with echo the
+    prompt's positions carry logprobs whose best is what greedy generation after that prefix
+    gives; logit_bias forcing one token makes every generated token that one;
   - `tessera chat` with two turns piped in: deterministic, and each reply equals the server's
     chat completion of the same conversation (the server prefills from scratch; chat reuses its
     KV cache across turns);
@@ -246,6 +247,28 @@ def test_logprobs(srv):
     check(status == 200 and "".join(c["token"] for c in content) == r["choices"][0]["message"]["content"] and
           all(bytes(c["bytes"]).decode() == c["token"] and len(c["top_logprobs"]) == 3 and
               c["top_logprobs"][0]["token"] == c["token"] for c in content), f"chat logprobs: {r}")
+
+    # echo: the prompt's logprobs, position k from the logits after the first k tokens - so the
+    # most likely alternative there is what greedy generation after those k tokens picks
+    ids = [0, 37, 90, 12, 150, 77, 200]
+    status, r = srv.post("/v1/completions", {"model": "tiny", "prompt": ids, "max_tokens": 1, "temperature": 0,
+                                             "logprobs": 5, "echo": True})
+    lp = r["choices"][0]["logprobs"] if status == 200 else {}
+    check(status == 200 and len(lp["tokens"]) >= len(ids) and lp["token_logprobs"][0] is None and
+          lp["top_logprobs"][0] is None and all(v is not None and v <= 0 for v in lp["token_logprobs"][1:len(ids)]) and
+          r["choices"][0]["text"].startswith("".join(lp["tokens"][:len(ids)])), f"echo with logprobs: {r}")
+    compared = 0
+    for k in range(1, len(ids)):
+        status, g = srv.post("/v1/completions", {"model": "tiny", "prompt": ids[:k], "max_tokens": 1, "temperature": 0,
+                                                 "logprobs": 0})
+        glp = g["choices"][0]["logprobs"] if status == 200 else None
+        if not glp or not glp["tokens"]:
+            continue  # the model stopped at once
+        top = lp["top_logprobs"][k]
+        check(abs(max(top.values()) - glp["token_logprobs"][0]) < 1e-4 and glp["tokens"][0] in top,
+              f"echo position {k}: top {top} vs greedy after {k} tokens {glp}")
+        compared += 1
+    check(compared >= 3, f"echo compared at {compared} positions")
 
     forced = []
     for x in (101, 150):  # (chat's logprobs give each token's exact bytes)

@@ -73,6 +73,9 @@ typedef struct {
     void *user;
     void (*token)(void *user, int32_t id, const ts_token_logprobs *lp);
     void (*done)(void *user, ts_gen_end end);
+    /* With prompt_logprobs: the prompt token at pos (1 .. n_prompt - 1, in order, before any
+     * generated token) and its log-probabilities after the tokens before it. */
+    void (*prompt_token)(void *user, int64_t pos, const ts_token_logprobs *lp);
 } ts_gen_sink;
 
 #define TS_GEN_MAX_STOP_IDS 8
@@ -88,6 +91,9 @@ typedef struct {
     int n_stop_ids;
     bool logprobs;            /* report each token's log-probability (sink.token's lp) ... */
     int32_t top_logprobs;     /* ... and this many alternatives, 0..TS_MAX_TOP_LOGPROBS */
+    bool prompt_logprobs;     /* with logprobs, the prompt tokens' too (sink.prompt_token): the
+                                 prompt is then computed whole, not taken from a cached prefix;
+                                 an engine that cannot (speculative) says TS_ERR_UNSUPPORTED */
     ts_gen_sink sink;
 } ts_gen_request;
 

@@ -30,6 +30,10 @@ static void job_unref(job *j) {
     free(j->tokens);
     free(j->lps);
     free(j->offsets);
+    free(j->prompt_ids);
+    free(j->prompt_offsets);
+    free(j->prompt_lps);
+    sbuf_free(&j->prompt_text);
     sbuf_free(&j->text);
     ts_token_bytes_free(&j->piece);
     pthread_mutex_destroy(&j->mu);
@@ -46,6 +50,13 @@ static void sink_token(void *user, int32_t id, const ts_token_logprobs *lp) {
         j->tokens[j->n_tokens++] = id;
     }
     pthread_cond_signal(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+}
+
+static void sink_prompt_token(void *user, int64_t pos, const ts_token_logprobs *lp) {
+    job *j = user;
+    pthread_mutex_lock(&j->mu);
+    if (j->prompt_lps && pos > 0 && pos < j->n_prompt) j->prompt_lps[pos] = *lp;
     pthread_mutex_unlock(&j->mu);
 }
 
@@ -88,6 +99,7 @@ job *job_new(ts_server *srv, const gen_params *p, int index, int32_t max_tokens,
     j->chat = p->chat;
     j->stream = p->stream;
     j->include_usage = p->include_usage;
+    j->echo = p->echo;
     j->index = index;
     j->top_logprobs = p->top_logprobs;
     j->max_tokens = max_tokens;
@@ -106,7 +118,36 @@ job *job_new(ts_server *srv, const gen_params *p, int index, int32_t max_tokens,
     return j;
 }
 
+/* With echo: the prompt's ids, bytes and token offsets (and room for its logprobs). */
+static bool keep_prompt(job *j, const int32_t *prompt, api_error *e) {
+    size_t n = (size_t)j->n_prompt;
+    j->prompt_ids = malloc(n * sizeof *j->prompt_ids);
+    j->prompt_offsets = malloc(n * sizeof *j->prompt_offsets);
+    if (j->lps) j->prompt_lps = malloc(n * sizeof *j->prompt_lps);
+    if (!j->prompt_ids || !j->prompt_offsets || (j->lps && !j->prompt_lps)) {
+        api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+        return false;
+    }
+    memcpy(j->prompt_ids, prompt, n * sizeof *prompt);
+    const ts_engine *en = &j->srv->engine;
+    for (size_t i = 0; i < n; i++) {
+        if (j->prompt_lps) j->prompt_lps[i] = (ts_token_logprobs){.logprob = NAN};
+        j->prompt_offsets[i] = j->prompt_text.n;
+        ts_token_bytes_clear(&j->piece);
+        if (en->detokenize(en->self, prompt[i], &j->piece) != TS_OK || !sbuf_append(&j->prompt_text, j->piece.data, j->piece.n)) {
+            api_error_set(e, 500, "server_error", NULL, NULL, "could not detokenize the prompt to echo it");
+            return false;
+        }
+    }
+    return true;
+}
+
 bool job_submit(job *j, const int32_t *prompt, const gen_params *p, api_error *e) {
+    if (j->echo && !keep_prompt(j, prompt, e)) {
+        j->cancel_sent = true; /* nothing to cancel */
+        job_unref(j);          /* the engine's reference: done will never come */
+        return false;
+    }
     ts_gen_request req = {.id = j->id,
                           .prompt = prompt,
                           .n_prompt = (size_t)j->n_prompt,
@@ -115,7 +156,8 @@ bool job_submit(job *j, const int32_t *prompt, const gen_params *p, api_error *e
                           .n_stop_ids = p->n_stop_ids,
                           .logprobs = j->lps != NULL,
                           .top_logprobs = j->top_logprobs,
-                          .sink = {.user = j, .token = sink_token, .done = sink_done}};
+                          .prompt_logprobs = j->prompt_lps != NULL,
+                          .sink = {.user = j, .token = sink_token, .done = sink_done, .prompt_token = sink_prompt_token}};
     memcpy(req.stop_ids, p->stop_ids, sizeof req.stop_ids);
     const ts_engine *en = &j->srv->engine;
     ts_status st = en->submit(en->self, &req);
@@ -125,6 +167,9 @@ bool job_submit(job *j, const int32_t *prompt, const gen_params *p, api_error *e
     }
     if (st == TS_ERR_STATE)
         api_error_set(e, 503, "server_error", NULL, "overloaded", "the engine is full; retry later");
+    else if (st == TS_ERR_UNSUPPORTED)
+        api_error_set(e, 400, "invalid_request_error", "echo", NULL,
+                      "this server's engine cannot report the prompt's logprobs (echo with logprobs; e.g. under --speculative)");
     else if (st == TS_ERR_RANGE)
         api_error_set(e, 400, "invalid_request_error", NULL, "context_length_exceeded",
                       "the request does not fit the model (prompt of %d tokens + max_tokens %d, or an unknown token id)",

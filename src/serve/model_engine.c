@@ -21,7 +21,10 @@
  * blocks); a model that refuses either just tries the next best, down to an empty slot. Only
  * the rest of the prompt is prefilled; at least its last token is always fed, for the logits of
  * the first output. Ties go to idle slots, then to the least recently used, so fresh caches
- * live longest.
+ * live longest. A request that wants its prompt's log-probabilities (echo) reuses no prefix
+ * whose logits it has not reported yet: its chunks keep every row of logits (as many as the
+ * iteration's logits buffer has left), each row giving the next prompt token's, reported once
+ * even when a preemption makes it prefill again.
  *
  * Memory: the decoder's pool (ts_model_decoder_pool_info). A shared pool of blocks (dense: the
  * KV cache; V4: the compressed entries, its slots owning the fixed state cache besides) may hold
@@ -62,6 +65,9 @@ typedef struct {
     int n_stop_ids;
     bool logprobs;       /* ts_gen_request's */
     int32_t top_logprobs;
+    bool prompt_logprobs;
+    int64_t prompt_lp_next; /* with prompt_logprobs: the next prompt position to report (from 1) */
+    int64_t n_user_prompt;  /* the request's own prompt (n_prompt grows when it is preempted) */
     ts_gen_sink sink;
     bool cancelled;
     int32_t generated;   /* tokens reported already: a preempted request's prompt ends with them */
@@ -187,6 +193,7 @@ static int place(ts_model_engine *e, const pending *p, bool *forked) {
         const slot_state *sl = &e->slots[s];
         if (!running(sl) && (lru < 0 || sl->used_at < e->slots[lru].used_at)) lru = s;
         int64_t common = e->opt.prefix_cache ? common_prefix(sl->tokens, sl->n_tokens, p->prompt, (int64_t)p->n_prompt) : 0;
+        if (p->prompt_logprobs && common > p->prompt_lp_next - 1) common = p->prompt_lp_next - 1; /* their logits */
         e->reuse[s] = common < (int64_t)p->n_prompt ? common : (int64_t)p->n_prompt - 1;
         if (running(sl) && e->reuse[s] == 0) e->reuse[s] = -1;
         have = e->reuse[s] > have ? e->reuse[s] : have;
@@ -357,17 +364,42 @@ typedef struct {
     bool speculate;
 } plan;
 
-/* Prompt chunks of the prefilling slots after the one served last, up to the budget. */
+/* Whether slot s's prompt chunk wants every row of logits (prompt log-probabilities still to report). */
+static bool wants_prompt_rows(const slot_state *sl) {
+    return sl->req.prompt_logprobs && sl->req.prompt_lp_next < sl->req.n_user_prompt;
+}
+
+/* Prompt chunks of the prefilling slots after the one served last, up to the budget; a chunk
+ * whose every row of logits is wanted (prompt logprobs) is cut to the rows left in e->logits. */
 static void plan_prefill(ts_model_engine *e, plan *p) {
-    int64_t budget = e->opt.prefill_chunk;
+    int64_t budget = e->opt.prefill_chunk, rows = p->n;
     for (int k = 1, last = e->prefill_rr; k <= e->opt.slots && budget > 0; k++) {
         int s = (last + k) % e->opt.slots;
         const slot_state *sl = &e->slots[s];
         if (sl->phase != SLOT_PREFILL) continue;
         int64_t left = (int64_t)sl->req.n_prompt - sl->n_tokens, m = left < budget ? left : budget;
-        e->batch[p->n++] = (ts_model_decoder_seq){s, sl->req.prompt + sl->n_tokens, m, m == left};
+        bool all_rows = wants_prompt_rows(sl);
+        if (all_rows && m > e->opt.slots - rows) m = e->opt.slots - rows;
+        if (m < 1) continue;
+        int64_t kept = all_rows ? m : m == left;
+        e->batch[p->n++] = (ts_model_decoder_seq){s, sl->req.prompt + sl->n_tokens, m, kept};
+        rows += kept;
         budget -= m;
         e->prefill_rr = s;
+    }
+}
+
+/* Reports the prompt log-probabilities a chunk's rows give: row r (after the token at position
+ * p0 + r) predicts the token at p0 + r + 1. */
+static void report_prompt_rows(ts_model_engine *e, slot_state *sl, int64_t p0, int64_t n, const float *rows) {
+    pending *req = &sl->req;
+    for (int64_t r = 0; r < n; r++) {
+        int64_t pos = p0 + r + 1;
+        if (pos >= req->n_user_prompt || pos < req->prompt_lp_next) continue;
+        if (ts_logprobs(rows + r * e->vocab, (int32_t)e->vocab, req->prompt[pos], req->top_logprobs, &e->lp) != TS_OK)
+            continue; /* a row without a distribution: nothing to say */
+        if (req->sink.prompt_token) req->sink.prompt_token(req->sink.user, pos, &e->lp);
+        req->prompt_lp_next = pos + 1;
     }
 }
 
@@ -448,12 +480,15 @@ static void after_batch(ts_model_engine *e, const plan *p, ts_status st) {
             continue;
         }
         slot_state *sl = &e->slots[q->slot];
+        int64_t p0 = sl->n_tokens;
         memcpy(sl->tokens + sl->n_tokens, q->ids, (size_t)q->n * sizeof(int32_t));
         sl->n_tokens += q->n;
         if (i >= p->n_decode) e->prefill_tokens += q->n;
         if (q->logit_rows == 0) continue;
-        emit(e, q->slot, row);
-        row += e->vocab;
+        if (i >= p->n_decode && sl->req.prompt_logprobs && q->logit_rows == q->n) report_prompt_rows(e, sl, p0, q->n, row);
+        const float *last = row + (q->logit_rows - 1) * e->vocab;
+        row += q->logit_rows * e->vocab;
+        if (i < p->n_decode || p0 + q->n == (int64_t)sl->req.n_prompt) emit(e, q->slot, last); /* a prompt's end */
     }
 }
 
@@ -582,6 +617,7 @@ static ts_status eng_submit(void *self, const ts_gen_request *req) {
     if (ts_sampling_params_check(&req->sampling, NULL) || req->n_stop_ids < 0 || req->n_stop_ids > TS_GEN_MAX_STOP_IDS ||
         req->top_logprobs < 0 || req->top_logprobs > TS_MAX_TOP_LOGPROBS)
         return TS_ERR_RANGE;
+    if (req->prompt_logprobs && e->spec) return TS_ERR_UNSUPPORTED; /* its prefill keeps the last row only */
     for (int32_t i = 0; i < req->sampling.n_logit_bias; i++)
         if (req->sampling.logit_bias[i].id >= e->vocab) return TS_ERR_RANGE;
     pending p = {.id = req->id,
@@ -592,6 +628,9 @@ static ts_status eng_submit(void *self, const ts_gen_request *req) {
                  .n_stop_ids = req->n_stop_ids,
                  .logprobs = req->logprobs,
                  .top_logprobs = req->top_logprobs,
+                 .prompt_logprobs = req->logprobs && req->prompt_logprobs,
+                 .prompt_lp_next = 1,
+                 .n_user_prompt = (int64_t)req->n_prompt,
                  .sink = req->sink};
     if (!p.prompt) return TS_ERR_OOM;
     memcpy(p.stop_ids, req->stop_ids, sizeof p.stop_ids);

@@ -12,7 +12,9 @@
  * {"content": [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}]}.
  * A token's text is its bytes with invalid UTF-8 replaced (chat's "bytes" are exact); a
  * logprob of -inf is written -9999.0, OpenAI's stand-in. A streamed chunk carries the tokens
- * whose bytes start in the text it sends. */
+ * whose bytes start in the text it sends. With echo (completions, not streamed) the prompt
+ * leads the text and, with logprobs, its tokens lead the arrays, the first with null entries
+ * (nothing precedes it), the text offsets counting the prompt's bytes. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,25 +83,43 @@ static json_t *token_text(const job *j, int32_t id, ts_token_bytes *b) {
     return bytes_of(j, id, b) ? json_utf8_string((const char *)b->data, b->n) : NULL;
 }
 
+/* Appends one token to the legacy shape's four arrays: its text, its logprob and top_logprobs
+ * (null both for the prompt's first token, lp NULL), its offset in the text. */
+static bool append_completion_token(const job *j, json_t *root, int32_t id, const ts_token_logprobs *lp, size_t offset,
+                                    ts_token_bytes *b) {
+    json_t *text = token_text(j, id, b), *top = lp ? json_object() : json_null();
+    bool ok = text && top && (!lp || !json_object_set_new(top, json_string_value(text), logprob_value(lp->logprob)));
+    for (int32_t k = 0; ok && lp && k < lp->n_top; k++) {
+        json_t *alt = token_text(j, lp->top_ids[k], b);
+        ok = alt && !json_object_set_new(top, json_string_value(alt), logprob_value(lp->top_logprobs[k]));
+        json_decref(alt);
+    }
+    if (!ok) {
+        json_decref(text);
+        json_decref(top);
+        return false;
+    }
+    return !json_array_append_new(json_object_get(root, "tokens"), text) &&
+           !json_array_append_new(json_object_get(root, "token_logprobs"), lp ? logprob_value(lp->logprob) : json_null()) &&
+           !json_array_append_new(json_object_get(root, "top_logprobs"), top) &&
+           !json_array_append_new(json_object_get(root, "text_offset"), json_integer((json_int_t)offset));
+}
+
+/* Tokens [from, to), led by the prompt's with echo (from 0). */
 static json_t *completion_logprobs(const job *j, int32_t from, int32_t to, ts_token_bytes *b) {
-    json_t *tokens = json_array(), *lps = json_array(), *tops = json_array(), *offsets = json_array();
-    json_t *root = json_pack("{s:o,s:o,s:o,s:o}", "tokens", tokens, "token_logprobs", lps, "top_logprobs", tops,
-                             "text_offset", offsets);
-    for (int32_t i = from; root && i < to; i++) {
-        const ts_token_logprobs *lp = &j->lps[i];
-        json_t *top = json_object(), *text = token_text(j, j->tokens[i], b);
-        bool ok = top && text && !json_object_set_new(top, json_string_value(text), logprob_value(lp->logprob));
-        for (int32_t k = 0; ok && k < lp->n_top; k++) {
-            json_t *alt = token_text(j, lp->top_ids[k], b);
-            ok = alt && !json_object_set_new(top, json_string_value(alt), logprob_value(lp->top_logprobs[k]));
-            json_decref(alt);
-        }
-        ok = ok && !json_array_append_new(tokens, text) && !json_array_append_new(lps, logprob_value(lp->logprob)) &&
-             !json_array_append_new(tops, top) && !json_array_append_new(offsets, json_integer((json_int_t)j->offsets[i]));
-        if (!ok) {
-            json_decref(root);
-            return NULL;
-        }
+    json_t *root = json_pack("{s:[],s:[],s:[],s:[]}", "tokens", "token_logprobs", "top_logprobs", "text_offset");
+    bool ok = root != NULL;
+    size_t lead = 0;
+    if (j->echo) {
+        for (int32_t i = 0; ok && from == 0 && i < j->n_prompt; i++)
+            ok = append_completion_token(j, root, j->prompt_ids[i], i ? &j->prompt_lps[i] : NULL, j->prompt_offsets[i], b);
+        lead = j->prompt_text.n;
+    }
+    for (int32_t i = from; ok && i < to; i++)
+        ok = append_completion_token(j, root, j->tokens[i], &j->lps[i], lead + j->offsets[i], b);
+    if (!ok) {
+        json_decref(root);
+        return NULL;
     }
     return root;
 }
@@ -107,7 +127,7 @@ static json_t *completion_logprobs(const job *j, int32_t from, int32_t to, ts_to
 /* Tokens [from, to)'s logprobs in the job's kind's shape; JSON null without them, NULL on
  * failure. */
 static json_t *logprobs_json(const job *j, int32_t from, int32_t to) {
-    if (!j->lps || from >= to) return json_null();
+    if (!j->lps || (from >= to && !(j->echo && from == 0))) return json_null();
     ts_token_bytes b = {0};
     json_t *v = j->chat ? chat_logprobs(j, from, to, &b) : completion_logprobs(j, from, to, &b);
     ts_token_bytes_free(&b);
@@ -115,7 +135,16 @@ static json_t *logprobs_json(const job *j, int32_t from, int32_t to) {
 }
 
 static json_t *choice_json(const job *j) {
-    json_t *text = json_utf8_string(j->text.data ? j->text.data : "", j->text.n);
+    json_t *text;
+    if (j->echo) { /* the prompt, then the completion */
+        sbuf both = {0};
+        bool ok = sbuf_append(&both, j->prompt_text.data ? j->prompt_text.data : "", j->prompt_text.n) &&
+                  sbuf_append(&both, j->text.data ? j->text.data : "", j->text.n);
+        text = ok ? json_utf8_string(both.data ? both.data : "", both.n) : NULL;
+        sbuf_free(&both);
+    } else {
+        text = json_utf8_string(j->text.data ? j->text.data : "", j->text.n);
+    }
     if (j->chat)
         return json_pack("{s:i,s:{s:s,s:o},s:o,s:s}", "index", j->index, "message", "role", "assistant", "content", text,
                          "logprobs", logprobs_json(j, 0, j->n_kept), "finish_reason", j->finish_reason);

@@ -49,6 +49,7 @@ char *api_error_json(const api_error *e);
 /* A /v1/completions or /v1/chat/completions request, validated. */
 typedef struct {
     bool chat, stream, include_usage;
+    bool echo;                /* completions: the prompt leads the text (and its logprobs, when asked) */
     int n_choices;            /* OpenAI's n, 1..MAX_CHOICES */
     int32_t max_tokens;       /* -1: not given */
     bool has_seed;
@@ -96,6 +97,11 @@ typedef struct {
     int32_t *tokens;  /* [max_tokens] */
     int32_t top_logprobs;   /* alternatives per token, with logprobs */
     ts_token_logprobs *lps; /* [max_tokens] when logprobs were asked for: each token's, beside tokens */
+    bool echo;
+    int32_t *prompt_ids;    /* [n_prompt] with echo */
+    sbuf prompt_text;       /* with echo: the prompt's bytes, token after token */
+    size_t *prompt_offsets; /* [n_prompt] with echo: where each prompt token's bytes start */
+    ts_token_logprobs *prompt_lps; /* [n_prompt] with echo and logprobs (position 0: none, NaN) */
     int32_t n_tokens; /* appended by the engine thread */
     bool engine_done;
     ts_gen_end end;
