@@ -143,8 +143,23 @@ static void test_draft_logits(ts_backend *be) {
             ts_model_decoder_reset(dec, 1);
             CHECK(ts_model_decoder_mtp(dec, 1, 3, lg) == TS_ERR_INVALID_ARG, "empty slot");
             CHECK_OK(ts_model_decoder_extend(dec, 1, ids, TS_MODEL_MTP_MAX_LAG + 1, lg, 1), NULL);
+            CHECK(ts_model_decoder_mtp_lag(dec, 1) == TS_MODEL_MTP_MAX_LAG + 1, "lag %lld after %d tokens",
+                  (long long)ts_model_decoder_mtp_lag(dec, 1), TS_MODEL_MTP_MAX_LAG + 1);
             CHECK(ts_model_decoder_mtp(dec, 1, 3, lg) == TS_ERR_RANGE, "a lag of %d accepted", TS_MODEL_MTP_MAX_LAG + 1);
             CHECK(ts_model_decoder_mtp(dec, 1, V, lg) == TS_ERR_INVALID_ARG, "token out of range");
+            /* the lag the engine reads instead of keeping its own count */
+            ts_model_decoder_reset(dec, 1);
+            CHECK_OK(ts_model_decoder_extend(dec, 1, ids, 10, lg, 1), NULL);
+            CHECK(ts_model_decoder_mtp_lag(dec, 1) == 10, "lag %lld after 10 tokens", (long long)ts_model_decoder_mtp_lag(dec, 1));
+            CHECK_OK(ts_model_decoder_mtp(dec, 1, 3, lg), NULL);
+            int64_t covered = ts_model_decoder_mtp_lag(dec, 1);
+            CHECK_OK(ts_model_decoder_extend(dec, 1, ids + 10, 5, lg, 1), NULL);
+            int64_t after = ts_model_decoder_mtp_lag(dec, 1);
+            CHECK_OK(ts_model_decoder_truncate(dec, 1, 10), NULL);
+            CHECK(covered == 0 && after == 5 && ts_model_decoder_mtp_lag(dec, 1) == 1,
+                  "lag after a draft %lld, after 5 more tokens %lld, after rewinding onto the drafted position %lld "
+                  "(its entry read the token after it: open again)",
+                  (long long)covered, (long long)after, (long long)ts_model_decoder_mtp_lag(dec, 1));
         }
         ts_model_decoder_free(dec);
         free(ref);
@@ -363,6 +378,7 @@ static void test_dense_refused(ts_backend *be) {
     int32_t one = 5;
     CHECK_OK(ts_model_decoder_extend(dec, 0, &one, 1, lg, 1), NULL);
     CHECK(ts_model_decoder_mtp(dec, 0, 5, lg) == TS_ERR_UNSUPPORTED, "dense decoder drafted");
+    CHECK(ts_model_decoder_mtp_lag(dec, 0) == 0, "a dense decoder has no MTP lag");
     free(lg);
     ts_model_decoder_free(dec);
     ts_model_weights_free(w);

@@ -558,6 +558,9 @@ void ts_model_decoder_pool_info(const ts_model_decoder *d, ts_model_decoder_pool
  * no MTP block (dense models, num_nextn_predict_layers 0); TS_ERR_INVALID_ARG: an empty slot. */
 #define TS_MODEL_MTP_MAX_LAG 64
 ts_status ts_model_decoder_mtp(ts_model_decoder *d, int slot, int32_t next_id, float *logits);
+/* Positions of the slot's sequence the MTP block has not covered yet (length - covered; 0
+ * without an MTP block or for a bad slot): a caller keeps it below TS_MODEL_MTP_MAX_LAG. */
+int64_t ts_model_decoder_mtp_lag(const ts_model_decoder *d, int slot);
 
 /* ---------------------------------------------------------------- speculative decoding (speculative.c)
  *

@@ -861,6 +861,11 @@ static void v4_pool(const void *impl, ts_model_decoder_pool *out) {
 
 static int64_t v4_blocks_needed(const void *impl, int slot, int64_t n) { return blocks_needed(impl, slot, n); }
 
+static int64_t v4_mtp_lag(const void *impl, int slot) {
+    const v4_decoder *dec = impl;
+    return dec->c->num_nextn_predict_layers > 0 ? dec->len[slot] - dec->mlen[slot] : 0;
+}
+
 static const ts_decoder_ops v4_ops = {
     .free = v4_free,
     .reset = v4_reset,
@@ -873,6 +878,7 @@ static const ts_decoder_ops v4_ops = {
     .fork = v4_fork,
     .pool = v4_pool,
     .blocks_needed = v4_blocks_needed,
+    .mtp_lag = v4_mtp_lag,
 };
 
 /* ---------------------------------------------------------------- construction */

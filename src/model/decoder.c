@@ -209,6 +209,11 @@ ts_status ts_model_decoder_mtp(ts_model_decoder *d, int slot, int32_t next_id, f
     return d->ops->mtp ? d->ops->mtp(d->impl, slot, next_id, logits) : TS_ERR_UNSUPPORTED;
 }
 
+int64_t ts_model_decoder_mtp_lag(const ts_model_decoder *d, int slot) {
+    if (slot < 0 || slot >= d->slots || !d->ops->mtp_lag) return 0;
+    return d->ops->mtp_lag(d->impl, slot);
+}
+
 ts_status ts_model_decoder_fork(ts_model_decoder *d, int dst, int src, int64_t len) {
     if (dst < 0 || dst >= d->slots || src < 0 || src >= d->slots || dst == src || len < 0) return TS_ERR_INVALID_ARG;
     if (len > d->ops->length(d->impl, src)) return TS_ERR_RANGE;

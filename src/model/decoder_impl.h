@@ -32,6 +32,8 @@ typedef struct {
     /* The MTP block's draft logits [V] after next_id (model.h, ts_model_decoder_mtp; the slot
      * holds >= 1 token). NULL: the model has none. */
     ts_status (*mtp)(void *impl, int slot, int32_t next_id, float *logits);
+    /* Positions the MTP block has not covered yet. NULL: the model has none. */
+    int64_t (*mtp_lag)(const void *impl, int slot);
     /* Host memory of all slots' caches. */
     size_t (*state_bytes)(const void *impl);
     /* Slot dst drops its sequence and holds src's first len tokens. NULL, or

@@ -43,10 +43,9 @@
  * iterations run their prompt chunks through ts_speculator_prefill, one by one, then the steps
  * (speculation needs an MTP block, which only V4 has, and V4 runs a batch in several passes
  * anyway). The
- * MTP block lags the sequences it does not draft for; each slot records how far the block has
- * covered it (mtp_covered), and a slot about to step more than TS_MODEL_MTP_MAX_LAG / 2 tokens
- * ahead of it first brings it up to date with ts_model_decoder_mtp, so a round can start on any
- * slot at any time. */
+ * MTP block lags the sequences it does not draft for (ts_model_decoder_mtp_lag), and a slot
+ * about to step more than TS_MODEL_MTP_MAX_LAG / 2 tokens ahead of it first brings it up to date
+ * with ts_model_decoder_mtp, so a round can start on any slot at any time. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,7 +84,6 @@ typedef struct {
     int32_t generated;
     uint64_t used_at;  /* when its last request ended (engine clock) */
     uint64_t admitted_at; /* when its request was admitted: the youngest is preempted first */
-    int64_t mtp_covered; /* speculative: positions the MTP block has run over */
     ts_sampler *sampler;
 } slot_state;
 
@@ -134,13 +132,7 @@ static void finish(ts_model_engine *e, int s, ts_gen_end end) {
 /* Drops slot s's cache (its blocks go back to a shared pool). */
 static void empty_slot(ts_model_engine *e, int s) {
     ts_model_decoder_reset(e->dec, s);
-    e->slots[s].n_tokens = e->slots[s].mtp_covered = 0;
-}
-
-/* After a rewind (or a fork) to n_tokens: the MTP block's entry at the last position read the
- * token after it, which may change. */
-static void reopen_mtp(slot_state *sl) {
-    if (sl->mtp_covered >= sl->n_tokens) sl->mtp_covered = sl->n_tokens > 0 ? sl->n_tokens - 1 : 0;
+    e->slots[s].n_tokens = 0;
 }
 
 /* A failed decoder call may leave the slot's cache half-written: it is emptied, not reused. */
@@ -206,15 +198,12 @@ static int place(ts_model_engine *e, const pending *p, bool *forked) {
         slot_state *src = &e->slots[best];
         if (!running(src) && ts_model_decoder_truncate(e->dec, best, e->reuse[best]) == TS_OK) { /* 0 always works */
             src->n_tokens = e->reuse[best];
-            reopen_mtp(src);
             return best;
         }
         if (running(src) && ts_model_decoder_fork(e->dec, lru, best, e->reuse[best]) == TS_OK) {
             slot_state *dst = &e->slots[lru];
             memcpy(dst->tokens, src->tokens, (size_t)e->reuse[best] * sizeof(int32_t));
             dst->n_tokens = e->reuse[best];
-            dst->mtp_covered = src->mtp_covered;
-            reopen_mtp(dst);
             *forked = true;
             return lru;
         }
@@ -457,12 +446,11 @@ static bool out_of_blocks(ts_model_engine *e, ts_status st) {
 static void after_round(ts_model_engine *e, ts_status st, const int32_t *out, int n_out) {
     int s = e->batch[0].slot;
     slot_state *sl = &e->slots[s];
-    if (out_of_blocks(e, st)) return; /* nothing appended; the MTP block's lag is recomputed */
+    if (out_of_blocks(e, st)) return; /* nothing appended */
     if (st != TS_OK) {
         fail(e, s);
         return;
     }
-    sl->mtp_covered = sl->n_tokens;
     sl->tokens[sl->n_tokens++] = sl->last;
     if (n_out == 2) sl->tokens[sl->n_tokens++] = out[0];
     for (int i = 0; i < n_out && deliver(e, s, out[i], NULL); i++) {}
@@ -495,10 +483,7 @@ static void after_batch(ts_model_engine *e, const plan *p, ts_status st) {
 /* Speculation: a prompt chunk in pieces the MTP block keeps up with; its logits (if wanted) at
  * *row. */
 static ts_status spec_prefill(ts_model_engine *e, const ts_model_decoder_seq *q, float **row) {
-    slot_state *sl = &e->slots[q->slot];
-    int64_t len = sl->n_tokens + q->n, last_piece = (q->n - 1) % TS_MODEL_MTP_MAX_LAG + 1;
     ts_status s = ts_speculator_prefill(e->spec, q->slot, q->ids, q->n, q->logit_rows ? *row : e->spare_logits);
-    if (s == TS_OK) sl->mtp_covered = len - last_piece; /* before the last piece */
     *row += q->logit_rows * e->vocab;
     return s;
 }
@@ -508,10 +493,9 @@ static ts_status spec_prefill(ts_model_engine *e, const ts_model_decoder_seq *q,
 static ts_status catch_up_mtp(ts_model_engine *e, const plan *p) {
     for (int i = 0; i < p->n_decode; i++) {
         slot_state *sl = &e->slots[e->batch[i].slot];
-        if (sl->n_tokens - sl->mtp_covered < TS_MODEL_MTP_MAX_LAG / 2) continue;
+        if (ts_model_decoder_mtp_lag(e->dec, e->batch[i].slot) < TS_MODEL_MTP_MAX_LAG / 2) continue;
         ts_status s = ts_model_decoder_mtp(e->dec, e->batch[i].slot, sl->last, e->spare_logits);
         if (s != TS_OK) return s;
-        sl->mtp_covered = sl->n_tokens;
     }
     return TS_OK;
 }
