@@ -477,12 +477,13 @@ static void test_shared_prefix(const ts_model_weights *w, ts_backend *be, ts_mod
     ts_model_engine_free(e);
 }
 
-/* A 40-token prompt arrives while a request generates: its prefill rides in a pass of the
- * other's decoding, so the forward passes equal the generating request's tokens (its prompt's
- * pass gave the first, each later pass one more; cancelled, it never stopped), and the prompt
- * answers as it does alone. */
+/* A 40-token prompt arrives while a request generates: its prefill, 5 chunks of 8, rides in
+ * passes of the other's decoding, so the forward passes equal the generating request's tokens
+ * (its prompt's pass gave the first, each later pass one more), and the prompt answers as it
+ * does alone. One pass more is allowed: the cancel may land on a computed token (on a loaded
+ * machine it did); prefills of their own would add five. */
 static void test_shared_passes(const ts_model_weights *w, ts_backend *be, ts_model_completer *cp) {
-    ts_model_engine *e = engine_with(w, be, 2, 128, 0, 4, 64, false);
+    ts_model_engine *e = engine_with(w, be, 2, 128, 0, 4, 8, false);
     if (!e) return;
     ts_engine eng;
     ts_model_engine_table(e, &eng);
@@ -501,7 +502,7 @@ static void test_shared_passes(const ts_model_weights *w, ts_backend *be, ts_mod
     eng.cancel(eng.self, 1);
     wait_done(&a);
     ts_engine_stats s = stats(&eng);
-    CHECK(running && a.end == TS_GEN_CANCELLED && s.forward_passes == a.total,
+    CHECK(running && a.end == TS_GEN_CANCELLED && s.forward_passes >= a.total && s.forward_passes <= a.total + 1,
           "a prefill during decoding: %lld forward passes for %d tokens of the generating request (running: %d): the "
           "prompt did not share a pass", (long long)s.forward_passes, a.total, running);
     CHECK(matches_oracle(cp, second, n2, 1, &b), "the prompt prefilled beside a decode differs from its completion alone");
