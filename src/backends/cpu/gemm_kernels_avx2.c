@@ -418,12 +418,12 @@ AVX2_INLINE void nt_block(const ts_gemm_small_args *p, int64_t i0, int64_t j, co
     const void *b = b16 ? (const void *)(p->b_bf16 + j * p->ldb) : (const void *)(p->b + j * p->ldb);
     int64_t K = p->k, k = 0;
     for (; k + 8 * nacc <= K; k += 8 * nacc) {
-        if (b16) /* B's r rows as one run (a weight matrix): its bytes NT_PREFETCH_BYTES on, as read
-                  * (r streams prefetched separately halve the DRAM rate) */
-            for (int o = 0; o < 2 * r * 8 * nacc; o += 64)
-                _mm_prefetch(b_addr(b, 0, 1) + NT_PREFETCH_BYTES + 2 * r * k + o, _MM_HINT_T0);
+        if (b16 || r > 1) /* B's r rows as one run (a weight matrix): its bytes NT_PREFETCH_BYTES on,
+                           * as read (r streams prefetched separately halve the DRAM rate) */
+            for (int o = 0; o < (b16 ? 2 : 4) * r * 8 * nacc; o += 64)
+                _mm_prefetch(b_addr(b, 0, 0) + NT_PREFETCH_BYTES + (b16 ? 2 : 4) * r * k + o, _MM_HINT_T0);
         for (int q = 0; q < r; q++) {
-            if (!b16) _mm_prefetch(b_addr(b, q * p->ldb + k, 0) + NT_PREFETCH_BYTES, _MM_HINT_T0);
+            if (!b16 && r == 1) _mm_prefetch(b_addr(b, q * p->ldb + k, 0) + NT_PREFETCH_BYTES, _MM_HINT_T0);
             for (int h = 0; h < nacc; h++) {
                 __m256 bv = load_b(b, q * p->ldb + k + 8 * h, b16);
                 for (int i = 0; i < mb; i++)
@@ -594,18 +594,17 @@ AVX2_INLINE void ot_rows(const ts_gemm_small_args *p, int64_t n0, int64_t n1, co
 }
 
 AVX2_INLINE void nt_by_m(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int b16) {
-    /* (B rows at once, partial sums per element): at most 8 accumulators. One B row at a time
-     * is a single sequential stream: a GEMV over 17 MB of f32 weights (from DRAM) read 7.6 GB/s
-     * with 4 rows at once, 13.1 GB/s with one; 4 x 128 x 256 (a decode batch's expert) took
-     * 13-28 us with 2 rows and 2 x 1 partial sums, 11.5 us with 1 row and 4 x 2 (medians on a
-     * loaded 2-core Zen VM). Two rows of A keep two B rows for enough independent sums.
-     * bf16 B (decoding on bf16 weights, which then often stay in L3) takes 4 rows for M = 1: a
-     * row's two FMA chains are latency-bound when B is cached (1 x 704 x 256 from cache: 24 us
-     * with one row, 14 us with four), and prefetching the rows as one run (nt_block) keeps
-     * DRAM streaming as fast as one row does (28-31 us either way; min of 200 thread-CPU
-     * times, same VM). Past 8 rows of A, the packed-A form. */
+    /* (B rows at once, partial sums per element): at most 8 accumulators. M = 1 takes 4 rows
+     * of B: a row's two FMA chains are latency-bound when B is cached (1 x 704 x 256 bf16 from
+     * cache: 24 us with one row, 14 us with four), and prefetching the 4 rows as one run
+     * (nt_block) streams DRAM faster than one row with its own prefetch did (1 x 4096 x 4096 f32:
+     * 8.4-9.1 -> 10.3-10.4 GFLOP/s on 1 thread, 73 -> 84% of the read bandwidth; 13.5-14.0 ->
+     * 15.2-16.2 on 2; quiet 2-core Zen VM) - prefetching 4 streams separately had halved it.
+     * 4 x 128 x 256 (a decode batch's expert) took 13-28 us with 2 rows and 2 x 1 partial sums,
+     * 11.5 us with 1 row and 4 x 2 (medians on a loaded 2-core Zen VM). Two rows of A keep two B
+     * rows for enough independent sums. Past 8 rows of A, the packed-A form. */
     switch (p->m) {
-    case 1: nt_cols(p, n0, n1, b16 ? 4 : 1, 2, b16); break;
+    case 1: nt_cols(p, n0, n1, 4, 2, b16); break;
     case 2: nt_cols(p, n0, n1, 2, 2, b16); break;
     default:
         if (p->m <= 8) nt_cols(p, n0, n1, 1, 2, b16); /* 4 rows of A at a time */
