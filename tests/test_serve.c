@@ -666,6 +666,13 @@ static void test_logprobs(int port, fake_engine *f) {
     json_decref(lp);
     resp_free(&r);
 
+    /* 'A' is also the fake's second alternative: the chosen token keeps its own value */
+    r = post(port, C, "{\"prompt\":\"bAc\",\"logprobs\":2}");
+    lp = choice_logprobs(r.body.data);
+    CHECK(r.status == 200 && lp && completion_logprobs_match(lp, "cAb", 2), "colliding alternative: %s", r.body.data);
+    json_decref(lp);
+    resp_free(&r);
+
     r = post(port, C, "{\"prompt\":\"abc\"}");
     lp = choice_logprobs(r.body.data);
     CHECK(r.status == 200 && !lp && strstr(r.body.data, "\"logprobs\":null"), "no logprobs unless asked: %s", r.body.data);

@@ -8,7 +8,9 @@
  *
  * Log-probabilities, when asked, take each kind's shape: completions the legacy
  * {"tokens", "token_logprobs", "top_logprobs": [{text: logprob}], "text_offset"} (each
- * position's top_logprobs also holds the chosen token, as vLLM's do), chat
+ * position's top_logprobs also holds the chosen token, as vLLM's do; when two tokens' texts
+ * collide - bytes of broken UTF-8 all read U+FFFD - the chosen one, then the likelier, keeps
+ * the key), chat
  * {"content": [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}]}.
  * A token's text is its bytes with invalid UTF-8 replaced (chat's "bytes" are exact); a
  * logprob of -inf is written -9999.0, OpenAI's stand-in. A streamed chunk carries the tokens
@@ -89,9 +91,10 @@ static bool append_completion_token(const job *j, json_t *root, int32_t id, cons
                                     ts_token_bytes *b) {
     json_t *text = token_text(j, id, b), *top = lp ? json_object() : json_null();
     bool ok = text && top && (!lp || !json_object_set_new(top, json_string_value(text), logprob_value(lp->logprob)));
-    for (int32_t k = 0; ok && lp && k < lp->n_top; k++) {
+    for (int32_t k = 0; ok && lp && k < lp->n_top; k++) { /* texts can collide (bytes of broken UTF-8): the first stays */
         json_t *alt = token_text(j, lp->top_ids[k], b);
-        ok = alt && !json_object_set_new(top, json_string_value(alt), logprob_value(lp->top_logprobs[k]));
+        ok = alt && (json_object_get(top, json_string_value(alt)) ||
+                     !json_object_set_new(top, json_string_value(alt), logprob_value(lp->top_logprobs[k])));
         json_decref(alt);
     }
     if (!ok) {
