@@ -9,7 +9,7 @@
  *
  * Covered: non-streaming and SSE completions and chat (framing, [DONE], usage, finish_reason,
  * stop strings held back while streaming, invalid UTF-8), logprobs in both shapes (whole,
- * streamed, cut by a stop string; echo with the prompt's), n choices (whole and streamed, seeds seed + i, the prompt
+ * streamed, cut by a stop string; echo with the prompt's, whole and streamed), n choices (whole and streamed, seeds seed + i, the prompt
  * counted once), sampling fields and logit_bias reaching the engine,
  * /v1/models, /health, /metrics (exact token counters, gauges), every error status (400 401 404
  * 405 413 429 503 504) in OpenAI's shape, a client hanging up mid-stream (engine cancelled,
@@ -748,6 +748,36 @@ static void test_logprobs(int port, fake_engine *f) {
     json_decref(eroot);
     json_decref(lp);
     resp_free(&r);
+    /* streamed: the prompt's chunk (text and logprobs) first, then the generated text */
+    r = post(port, C, "{\"prompt\":\"xyz\",\"echo\":true,\"logprobs\":1,\"max_tokens\":2,\"stream\":true}");
+    char stext[32] = "";
+    json_t *all_tok = json_array(), *all_off = json_array();
+    bool first_is_prompt = false;
+    int chunk = 0;
+    for (const char *p = strstr(r.body.data ? r.body.data : "", "data: {"); p; p = strstr(p + 1, "data: {"), chunk++) {
+        const char *end = strstr(p, "\n\n");
+        char *ev = strndup(p + 6, end ? (size_t)(end - p - 6) : strlen(p + 6));
+        json_t *ev_root = json_loads(ev, 0, NULL), *ch = json_array_get(json_object_get(ev_root, "choices"), 0);
+        const char *t = json_string_value(json_object_get(ch, "text"));
+        json_t *l = json_object_get(ch, "logprobs");
+        if (chunk == 0)
+            first_is_prompt = t && !strcmp(t, "xyz") && json_array_size(json_object_get(l, "tokens")) == 3 &&
+                              json_is_null(json_array_get(json_object_get(l, "token_logprobs"), 0));
+        if (t) strncat(stext, t, sizeof stext - strlen(stext) - 1);
+        if (json_is_object(l)) {
+            json_array_extend(all_tok, json_object_get(l, "tokens"));
+            json_array_extend(all_off, json_object_get(l, "text_offset"));
+        }
+        json_decref(ev_root);
+        free(ev);
+    }
+    CHECK(r.status == 200 && first_is_prompt && !strcmp(stext, "xyzzy") && json_array_size(all_tok) == 5 &&
+              json_integer_value(json_array_get(all_off, 4)) == 4,
+          "streamed echo (text '%s'): %s", stext, r.body.data);
+    json_decref(all_tok);
+    json_decref(all_off);
+    resp_free(&r);
+
     r = post(port, C, "{\"prompt\":\"xyz\",\"echo\":true,\"max_tokens\":1}");
     CHECK(r.status == 200 && strstr(r.body.data, "\"text\":\"xyzz\"") && strstr(r.body.data, "\"logprobs\":null"),
           "echo without logprobs: %s", r.body.data);
@@ -762,7 +792,6 @@ static void test_logprobs(int port, fake_engine *f) {
     resp_free(&r);
 
     expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"logprobs\":21}", 400, "logprobs", NULL, "logprobs over 20");
-    expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"echo\":true,\"stream\":true}", 400, "echo", NULL, "echo streamed");
     expect_error(port, "POST", CH, KEY, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"echo\":true}", 400,
                  "echo", NULL, "echo in a chat");
     expect_error(port, "POST", C, KEY, "{\"prompt\":\"x\",\"echo\":1}", 400, "echo", NULL, "echo type");

@@ -16,7 +16,7 @@ exactly through JSON. Then, against `tessera serve --port 0`:
   - logprobs (completions and chat, plain and streamed): greedy tokens are their positions' most
     likely, the alternatives' probabilities sum to at most 1, tokens spell the text; with echo the
     prompt's positions carry logprobs whose best is what greedy generation after that prefix
-    gives; logit_bias forcing one token makes every generated token that one;
+    gives, streamed as well; logit_bias forcing one token makes every generated token that one;
   - `tessera chat` with two turns piped in: deterministic, and each reply equals the server's
     chat completion of the same conversation (the server prefills from scratch; chat reuses its
     KV cache across turns);
@@ -251,12 +251,22 @@ def test_logprobs(srv):
     # echo: the prompt's logprobs, position k from the logits after the first k tokens - so the
     # most likely alternative there is what greedy generation after those k tokens picks
     ids = [0, 37, 90, 12, 150, 77, 200]
-    status, r = srv.post("/v1/completions", {"model": "tiny", "prompt": ids, "max_tokens": 1, "temperature": 0,
-                                             "logprobs": 5, "echo": True})
+    echo_body = {"model": "tiny", "prompt": ids, "max_tokens": 1, "temperature": 0, "logprobs": 5, "echo": True}
+    status, r = srv.post("/v1/completions", echo_body)
     lp = r["choices"][0]["logprobs"] if status == 200 else {}
     check(status == 200 and len(lp["tokens"]) >= len(ids) and lp["token_logprobs"][0] is None and
           lp["top_logprobs"][0] is None and all(v is not None and v <= 0 for v in lp["token_logprobs"][1:len(ids)]) and
           r["choices"][0]["text"].startswith("".join(lp["tokens"][:len(ids)])), f"echo with logprobs: {r}")
+    status, ctype, raw = srv.request("POST", "/v1/completions", dict(echo_body, stream=True))
+    s_text, s_tokens, s_lps = "", [], []
+    for ev in sse_events(raw):
+        ch = ev["choices"][0]
+        s_text += ch["text"]
+        if ch.get("logprobs"):
+            s_tokens += ch["logprobs"]["tokens"]
+            s_lps += ch["logprobs"]["token_logprobs"]
+    check((s_text, s_tokens, s_lps) == (r["choices"][0]["text"], lp.get("tokens"), lp.get("token_logprobs")),
+          f"streamed echo {s_text!r} {s_tokens} {s_lps} != {r}")
     compared = 0
     for k in range(1, len(ids)):
         status, g = srv.post("/v1/completions", {"model": "tiny", "prompt": ids[:k], "max_tokens": 1, "temperature": 0,

@@ -1,8 +1,8 @@
 /* request.c - reading an OpenAI completions / chat completions request body into gen_params,
  * checking every field it uses (type and range) so that a bad request gets a 400 naming the
  * field, and the OpenAI error shape. Fields this server cannot honour (best_of other than n,
- * echo in a chat or a stream, suffix, tools) are refused rather than silently ignored; other
- * unknown fields are ignored, as OpenAI's own API does. */
+ * echo in a chat, suffix, tools) are refused rather than silently ignored; other unknown fields
+ * are ignored, as OpenAI's own API does. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -282,8 +282,7 @@ bool gen_params_parse(json_t *body, bool chat, const ts_server_options *opt, gen
         p->max_tokens = (int32_t)max_tokens;
     }
     if (!get_bool(body, "echo", &p->echo, e)) return false;
-    if (p->echo && (chat || p->stream))
-        return bad(e, "echo", "'%s' is supported for non-streaming completions", "echo");
+    if (p->echo && chat) return bad(e, "echo", "'%s' is supported for completions", "echo");
     json_t *so = json_object_get(body, "stream_options");
     if (so && !json_is_null(so)) {
         if (!json_is_object(so)) return bad(e, "stream_options", "'%s' must be an object", "stream_options");

@@ -14,9 +14,10 @@
  * {"content": [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}]}.
  * A token's text is its bytes with invalid UTF-8 replaced (chat's "bytes" are exact); a
  * logprob of -inf is written -9999.0, OpenAI's stand-in. A streamed chunk carries the tokens
- * whose bytes start in the text it sends. With echo (completions, not streamed) the prompt
- * leads the text and, with logprobs, its tokens lead the arrays, the first with null entries
- * (nothing precedes it), the text offsets counting the prompt's bytes. */
+ * whose bytes start in the text it sends. With echo (completions) the prompt leads the text
+ * and, with logprobs, its tokens lead the arrays, the first with null entries (nothing precedes
+ * it), the text offsets counting the prompt's bytes; streamed, the prompt is a chunk of its own
+ * before the choice's first generated text. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,16 +109,14 @@ static bool append_completion_token(const job *j, json_t *root, int32_t id, cons
            !json_array_append_new(json_object_get(root, "text_offset"), json_integer((json_int_t)offset));
 }
 
-/* Tokens [from, to), led by the prompt's with echo (from 0). */
-static json_t *completion_logprobs(const job *j, int32_t from, int32_t to, ts_token_bytes *b) {
+/* Tokens [from, to), led by the prompt's when with_prompt (echo); with echo the offsets count
+ * the prompt's bytes. */
+static json_t *completion_logprobs(const job *j, int32_t from, int32_t to, bool with_prompt, ts_token_bytes *b) {
     json_t *root = json_pack("{s:[],s:[],s:[],s:[]}", "tokens", "token_logprobs", "top_logprobs", "text_offset");
     bool ok = root != NULL;
-    size_t lead = 0;
-    if (j->echo) {
-        for (int32_t i = 0; ok && from == 0 && i < j->n_prompt; i++)
-            ok = append_completion_token(j, root, j->prompt_ids[i], i ? &j->prompt_lps[i] : NULL, j->prompt_offsets[i], b);
-        lead = j->prompt_text.n;
-    }
+    for (int32_t i = 0; ok && with_prompt && i < j->n_prompt; i++)
+        ok = append_completion_token(j, root, j->prompt_ids[i], i ? &j->prompt_lps[i] : NULL, j->prompt_offsets[i], b);
+    size_t lead = j->echo ? j->prompt_text.n : 0;
     for (int32_t i = from; ok && i < to; i++)
         ok = append_completion_token(j, root, j->tokens[i], &j->lps[i], lead + j->offsets[i], b);
     if (!ok) {
@@ -127,12 +126,12 @@ static json_t *completion_logprobs(const job *j, int32_t from, int32_t to, ts_to
     return root;
 }
 
-/* Tokens [from, to)'s logprobs in the job's kind's shape; JSON null without them, NULL on
- * failure. */
-static json_t *logprobs_json(const job *j, int32_t from, int32_t to) {
-    if (!j->lps || (from >= to && !(j->echo && from == 0))) return json_null();
+/* Tokens [from, to)'s logprobs in the job's kind's shape (with_prompt: the echoed prompt's
+ * first); JSON null without them, NULL on failure. */
+static json_t *logprobs_json(const job *j, int32_t from, int32_t to, bool with_prompt) {
+    if (!j->lps || (from >= to && !with_prompt)) return json_null();
     ts_token_bytes b = {0};
-    json_t *v = j->chat ? chat_logprobs(j, from, to, &b) : completion_logprobs(j, from, to, &b);
+    json_t *v = j->chat ? chat_logprobs(j, from, to, &b) : completion_logprobs(j, from, to, with_prompt, &b);
     ts_token_bytes_free(&b);
     return v;
 }
@@ -150,9 +149,9 @@ static json_t *choice_json(const job *j) {
     }
     if (j->chat)
         return json_pack("{s:i,s:{s:s,s:o},s:o,s:s}", "index", j->index, "message", "role", "assistant", "content", text,
-                         "logprobs", logprobs_json(j, 0, j->n_kept), "finish_reason", j->finish_reason);
-    return json_pack("{s:i,s:o,s:o,s:s}", "index", j->index, "text", text, "logprobs", logprobs_json(j, 0, j->n_kept),
-                     "finish_reason", j->finish_reason);
+                         "logprobs", logprobs_json(j, 0, j->n_kept, false), "finish_reason", j->finish_reason);
+    return json_pack("{s:i,s:o,s:o,s:s}", "index", j->index, "text", text, "logprobs",
+                     logprobs_json(j, 0, j->n_kept, j->echo), "finish_reason", j->finish_reason);
 }
 
 char *response_json(job *const *jobs, int n, const char *model) {
@@ -179,7 +178,7 @@ bool sse_append_chunk(sbuf *out, job *j, const char *model, size_t from, size_t 
     int32_t first = j->n_lp_sent, last = first;
     if (j->lps && !role_only)
         while (last < j->n_kept && (finish || j->offsets[last] < to)) last++;
-    json_t *lps = logprobs_json(j, first, last);
+    json_t *lps = logprobs_json(j, first, last, false);
     j->n_lp_sent = last;
     if (j->chat) {
         json_t *delta = role_only ? json_pack("{s:s,s:s}", "role", "assistant", "content", "")
@@ -191,6 +190,18 @@ bool sse_append_chunk(sbuf *out, job *j, const char *model, size_t from, size_t 
         choice = json_pack("{s:i,s:o,s:o,s:o}", "index", j->index, "text", text, "logprobs", lps, "finish_reason", reason);
     }
     json_t *root = envelope(j, j->chat ? "chat.completion.chunk" : "text_completion", model);
+    if (!root || !choice || json_object_set_new(root, "choices", json_pack("[o]", choice))) {
+        json_decref(root);
+        return false;
+    }
+    return append_event(out, root);
+}
+
+bool sse_append_echo(sbuf *out, const job *j, const char *model) {
+    json_t *choice = json_pack("{s:i,s:o,s:o,s:n}", "index", j->index, "text",
+                               json_utf8_string(j->prompt_text.data ? j->prompt_text.data : "", j->prompt_text.n),
+                               "logprobs", logprobs_json(j, 0, 0, true), "finish_reason");
+    json_t *root = envelope(j, "text_completion", model);
     if (!root || !choice || json_object_set_new(root, "choices", json_pack("[o]", choice))) {
         json_decref(root);
         return false;

@@ -149,6 +149,8 @@ char *response_json(job *const *jobs, int n, const char *model);
  * bytes start before `to` (all the kept ones with finish). */
 bool sse_append_chunk(sbuf *out, job *j, const char *model, size_t from, size_t to, bool role_only, bool finish);
 bool sse_append_usage(sbuf *out, job *const *jobs, int n, const char *model);
+/* Appends the chunk of an echoed prompt (its text and, with logprobs, its tokens'). */
+bool sse_append_echo(sbuf *out, const job *j, const char *model);
 bool sse_append_error(sbuf *out, const api_error *e);
 
 /* ---------------------------------------------------------------- metrics (metrics.c) */

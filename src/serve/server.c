@@ -128,6 +128,7 @@ typedef struct {
     ts_server *srv;
     job_group g;
     bool finished[MAX_CHOICES]; /* the choice's last chunk went out */
+    bool echoed[MAX_CHOICES];   /* echo: the choice's prompt chunk went out */
     int n_finished;
     sbuf out;
     size_t out_pos;
@@ -167,6 +168,11 @@ static bool stream_produce(stream *s) {
             if (j->error.status == 499) return false; /* nobody is listening */
             s->phase = PHASE_DONE;
             return sse_append_error(&s->out, &j->error) && sbuf_printf(&s->out, "data: [DONE]\n\n");
+        }
+        if (j->echo && !s->echoed[i]) { /* once the prompt's logprobs are in: they precede any token */
+            if (j->n_read == 0 && j->state == JOB_RUNNING) continue;
+            if (!sse_append_echo(&s->out, j, model)) return false;
+            s->echoed[i] = true;
         }
         if (!stream_choice(s, i)) return false;
     }
