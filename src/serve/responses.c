@@ -55,13 +55,16 @@ static bool bytes_of(const job *j, int32_t id, ts_token_bytes *b) {
     return j->srv->engine.detokenize(j->srv->engine.self, id, b) == TS_OK;
 }
 
+/* One token's text as a JSON string (its bytes left in b). */
+static json_t *token_text(const job *j, int32_t id, ts_token_bytes *b) {
+    return bytes_of(j, id, b) ? json_utf8_string((const char *)b->data, b->n) : NULL;
+}
+
 /* Chat's {"token", "logprob", "bytes"} of one token. */
 static json_t *chat_entry(const job *j, int32_t id, float lp, ts_token_bytes *b) {
-    if (!bytes_of(j, id, b)) return NULL;
-    json_t *bytes = json_array();
+    json_t *text = token_text(j, id, b), *bytes = text ? json_array() : NULL;
     for (size_t i = 0; bytes && i < b->n; i++) json_array_append_new(bytes, json_integer(b->data[i]));
-    return json_pack("{s:o,s:o,s:o}", "token", json_utf8_string((const char *)b->data, b->n), "logprob",
-                     logprob_value(lp), "bytes", bytes);
+    return json_pack("{s:o,s:o,s:o}", "token", text, "logprob", logprob_value(lp), "bytes", bytes);
 }
 
 static json_t *chat_logprobs(const job *j, int32_t from, int32_t to, ts_token_bytes *b) {
@@ -79,11 +82,6 @@ static json_t *chat_logprobs(const job *j, int32_t from, int32_t to, ts_token_by
         }
     }
     return json_pack("{s:o}", "content", content);
-}
-
-/* One token's text as a JSON string. */
-static json_t *token_text(const job *j, int32_t id, ts_token_bytes *b) {
-    return bytes_of(j, id, b) ? json_utf8_string((const char *)b->data, b->n) : NULL;
 }
 
 /* Appends one token to the legacy shape's four arrays: its text, its logprob and top_logprobs
