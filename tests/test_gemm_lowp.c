@@ -11,8 +11,9 @@
  *  - bit for bit against ts_gemm_f32 on f32 copies of the converted matrices where both take
  *    the same path (gemm.h: conversion is exact and changes nothing else);
  *  - bit for bit across 1 and 2 threads.
- * bf16 B^T with small M is read by a fused kernel (no conversion pass), which must still equal
- * ts_gemm_f32 on the converted B bit for bit, with A f32 or bf16.
+ * Narrow B with small M is read by a fused kernel where the tier has one (no conversion pass:
+ * bf16, f16 and fp8 B or B^T on x86-64, bf16 B^T elsewhere), which must still equal ts_gemm_f32
+ * on the converted B bit for bit, with A f32 or narrow.
  * Data: fp8 takes every finite code at random (subnormals included); bf16/f16 take random values
  * over 2^-12..2^3 (f16 subnormals included). Shapes: 1, 7, 33 in every combination, 1000 in
  * one dimension at a time, GEMVs (M = 1, 8) on the strip-converting small-M path, and K large
@@ -216,15 +217,19 @@ static void test_shapes_for_tier(void) {
     check_large(8, 100, 1000, true);
     check_large(1, 40, 8000, false); /* no 32-column strip of B [K,N] fits the small-M scratch: blocked path */
     check_large(8, 5, 31000, true);  /* narrow A too large to convert whole: blocked path */
-    /* A x bf16^T, the decode GEMV on bf16 weights (the tiers' fused small_nt_bf16), A f32 or bf16:
-     * every row grouping of the small-M path, K with whole 16-blocks, a leftover 8-block, a masked rest */
+    /* A x narrow B, B^T or not: the decode GEMVs on narrow weights (the tiers' small_nt_narrow /
+     * small_nn_narrow, reading B as stored where the tier has them), A f32 or of B's type: every
+     * row grouping of the small-M paths, K with whole 16-blocks, a leftover 8-block, a masked
+     * rest; 37 columns leave a masked rest of B [K,N] rows */
     static const int64_t gemv_m[] = {1, 2, 3, 5, 16}, gemv_k[] = {256, 264, 1003};
-    for (int i = 0; i < 5; i++)
-        for (int l = 0; l < 3; l++) {
-            lp_case g = {.a_type = (i + l) % 2 ? TS_BF16 : TS_F32, .b_type = TS_BF16, .tb = true, .m = gemv_m[i], .n = 37, .k = gemv_k[l],
-                         .variant = (int)(next_seed % 3)};
-            check_case(&g, next_seed++);
-        }
+    for (int ti = 0; ti < N_NARROW; ti++)
+        for (int i = 0; i < 5; i++)
+            for (int l = 0; l < 3; l++) {
+                ts_dtype bt = narrow_types[ti];
+                lp_case g = {.a_type = (i + l) % 2 ? bt : TS_F32, .b_type = bt, .tb = (i + l + ti) % 4 != 0,
+                             .m = gemv_m[i], .n = 37, .k = gemv_k[l], .variant = (int)(next_seed % 3)};
+                check_case(&g, next_seed++);
+            }
     /* not even one row of B [N,K] fits: blocked path */
     lp_case t = {.a_type = TS_F32, .b_type = TS_BF16, .tb = true, .m = 1, .n = 3, .k = 250000};
     check_case(&t, next_seed++);

@@ -25,7 +25,8 @@
  * call that finds every cached workspace busy (concurrent callers) allocates a temporary one,
  * and a new thread count evicts an idle entry once all slots are taken. The memory stays until
  * process exit. The small-M path needs a workspace only for narrow operands (per-thread areas
- * hold their f32 conversions); on f32, and f32 times bf16^T, it needs none. */
+ * hold their f32 conversions); on f32, and f32 times a B the tier's narrow kernels read as
+ * stored, it needs none. */
 #include "backends/cpu/gemm.h"
 
 #include <pthread.h>
@@ -343,9 +344,9 @@ void ts_gemm_set_parallel_threshold(int64_t fmas) {
     atomic_store(&min_fmas_per_thread, fmas > 0 ? fmas : DEFAULT_MIN_FMAS_PER_THREAD);
 }
 
-/* The small-M kernels read f32, except small_nt_bf16 (bf16 B^T: the decode GEMV on bf16 weights,
- * which widens B in registers). A narrow op(A) is converted whole (M x K, row-major) into each
- * thread's scratch; another narrow op(B) a strip of columns at a time: NT_STRIP_MAX rows of the
+/* The small-M kernels read f32, except the tier's narrow ones (small_nn_narrow / small_nt_narrow:
+ * the decode GEMV on bf16, f16 or fp8 weights, which widen B in registers). A narrow op(A) is converted whole (M x K, row-major) into each
+ * thread's scratch; a narrow op(B) no narrow kernel reads, a strip of columns at a time: NT_STRIP_MAX rows of the
  * stored N x K matrix, or NN_STRIP columns of the stored K x N one (a 32-wide panel the tier's
  * converting packer vectorizes), each used right after conversion while it is in L1/L2. The
  * kernels' per-element arithmetic does not depend on which columns a call gets, so the result
@@ -437,9 +438,11 @@ static bool small_m_gemm(ts_threadpool *pool, const ts_gemm_kernels *kern, small
     job->cvt = kern->pack_cvt ? kern->pack_cvt : ts_gemm_pack_cvt_generic;
     /* nn vectorizes across columns: hand out whole vectors' worth so chunks stay aligned. */
     job->group = job->trans_b ? 1 : 16;
-    if (job->trans_b && job->b.type == TS_BF16 && kern->small_nt_bf16) {
-        job->fn = kern->small_nt_bf16; /* decoding on bf16 weights: B read as stored, no copy */
-        job->args.b_bf16 = job->b.data;
+    unsigned read_as_stored = job->trans_b ? kern->narrow_nt_types : kern->narrow_nn_types;
+    if (job->b.type != TS_F32 && (read_as_stored >> job->b.type & 1u)) {
+        job->fn = job->trans_b ? kern->small_nt_narrow : kern->small_nn_narrow; /* B read as stored, no copy */
+        job->args.b_narrow = job->b.data;
+        job->args.b_type = job->b.type;
     } else {
         job->convert_b = job->b.type != TS_F32;
     }

@@ -41,8 +41,8 @@ bool ts_gemm_dtype_supported(ts_dtype t);
  * are packed; C, alpha, beta and all arithmetic stay f32. The result equals ts_gemm_f32's on the
  * converted matrices bit for bit whenever both take the same path: always for M >
  * TS_GEMM_SMALL_M (TS_GEMM_SMALL_M_NT with trans_b); for small M the narrow call converts op(A)
- * (making it k-contiguous) and strips of op(B) (except bf16 B^T, which the tier's small_nt_bf16
- * reads as stored) into a per-thread scratch of about 1 MiB, and takes the blocked path when they do not
+ * (making it k-contiguous) and strips of op(B) (except the B the tier's narrow kernels read as
+ * stored: bf16, f16 and fp8 on x86-64, bf16 B^T elsewhere) into a per-thread scratch of about 1 MiB, and takes the blocked path when they do not
  * fit (K beyond ~7600 for B [K,N], ~245000 for B [N,K]), so its path can differ from the f32
  * call's there (both stay within the f32 accumulation bound). Same threading, determinism and
  * thread-safety contract. */
@@ -131,7 +131,8 @@ typedef struct {
     const float *a;
     int64_t a_rs, a_cs; /* op(A)(i, k) = a[i*a_rs + k*a_cs] */
     const float *b;
-    const uint16_t *b_bf16; /* small_nt_bf16 only: op(B)^T in bf16 (b[j*ldb + k]), b unused */
+    const void *b_narrow; /* the narrow kernels only: B as stored, in b_type (b unused) */
+    ts_dtype b_type;
     int64_t ldb;
     float *c;
     int64_t ldc;
@@ -148,10 +149,13 @@ typedef struct {
     ts_gemm_small_fn small_nn;
     ts_gemm_small_fn small_nt;
     ts_gemm_pack_cvt_fn pack_cvt; /* may be NULL (the portable converting packer) */
-    /* small_nt with bf16 B (b_bf16), widening B as it loads: the decode GEMV on bf16
-     * weights reads half the bytes and writes no f32 copy. Same per-element arithmetic as
-     * small_nt on the widened values (so the same bits). */
-    ts_gemm_small_fn small_nt_bf16;
+    /* small_nn / small_nt on a narrow B (b_narrow, b_type), widening B as it loads: a decode
+     * GEMV on bf16, f16 or fp8 weights reads 2-4x fewer bytes than f32 and writes no f32 copy.
+     * Same per-element arithmetic as small_nn / small_nt on the widened values (so the same
+     * bits). Bit (1u << dtype) of narrow_nn_types / narrow_nt_types: the dtypes each reads (a
+     * NULL kernel, none); other narrow B goes through f32 strips (gemm.c). */
+    ts_gemm_small_fn small_nn_narrow, small_nt_narrow;
+    unsigned narrow_nn_types, narrow_nt_types;
 } ts_gemm_kernels;
 
 /* Defined by the kernel files; the x86 ones exist only in x86-64 builds. */
@@ -163,7 +167,10 @@ extern const ts_gemm_kernels ts_gemm_kernels_avx512;
  * vectorizes full panels of width 6, 12, 16 and 32 and defers everything else to the portable one. */
 void ts_gemm_small_nn_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1);
 void ts_gemm_small_nt_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1);
-void ts_gemm_small_nt_bf16_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1);
+/* The narrow B types the AVX2 small-M kernels widen as they load (F16C for f16 and fp8). */
+#define TS_GEMM_AVX2_NARROW_TYPES (1u << TS_BF16 | 1u << TS_F16 | 1u << TS_F8_E4M3 | 1u << TS_F8_E5M2)
+void ts_gemm_small_nn_narrow_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1);
+void ts_gemm_small_nt_narrow_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1);
 void ts_gemm_pack_avx2(float *dst, const float *src, int64_t rs, int64_t cs, int rows, int w, int64_t kc);
 /* Converting packer of the AVX2 and AVX-512 tiers (needs F16C too, which the AVX2 tier requires). */
 void ts_gemm_pack_cvt_avx2(float *dst, const void *src, ts_dtype type, int64_t rs, int64_t cs, int rows, int w,

@@ -12,8 +12,9 @@
 
 #include "backends/cpu/gemm.h"
 
-#define AVX2 __attribute__((target("avx2,fma")))
-#define AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma")))
+/* F16C too: the small-M kernels widen f16 and fp8 B as they load it (load_cvt). */
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+#define AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
 
 /* ---------------------------------------------------------------- micro-kernel 6 x 16 */
 
@@ -194,11 +195,15 @@ AVX2_CVT_INLINE __m256 load_cvt(const void *src, const ts_dtype type, const int 
     case TS_BF16: return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
     case TS_F16: return _mm256_cvtph_ps(raw);
     case TS_F8_E5M2: return _mm256_cvtph_ps(_mm_slli_epi16(_mm_cvtepu8_epi16(raw), 8));
-    default: { /* e4m3 */
-        __m128i x = _mm_cvtepu8_epi16(raw), mag = _mm_and_si128(x, _mm_set1_epi16(0x7F));
-        __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(x, _mm_set1_epi16(0x80)), 8), _mm_slli_epi16(mag, 7));
+    default: { /* e4m3: the byte in the upper half of a 16-bit lane, shifted right arithmetically
+                * by one: the sign stays in bit 15 (its copy in bit 14 is cleared), exponent and
+                * mantissa land in the f16's fields. Only the NaN code widens to +-480 (448 is
+                * e4m3's largest finite value): the cheapest test for it (a fast-path GEMV on fp8
+                * weights is bound by these operations, not by memory). */
+        __m128i y = _mm_unpacklo_epi8(_mm_setzero_si128(), raw);
+        __m128i h = _mm_and_si128(_mm_srai_epi16(y, 1), _mm_set1_epi16((short)0xBFFF));
         __m256 v = _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0f));
-        __m256 nan = _mm256_castsi256_ps(_mm256_cvtepi16_epi32(_mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7F))));
+        __m256 nan = _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v), _mm256_set1_ps(480.0f), _CMP_EQ_OQ);
         return _mm256_blendv_ps(v, _mm256_set1_ps(NAN), nan);
     }
     }
@@ -269,6 +274,39 @@ AVX2_INLINE __m256i tail_mask(int64_t n) { /* lanes [0, n) set, 0 < n < 8 */
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+/* B's element type in the small-M kernels: TS_F32, or a narrow one (bt, a compile-time
+ * constant in every instantiation) widened exactly as it is loaded. */
+AVX2_INLINE int b_bytes(const int bt) { return bt == TS_F32 ? 4 : bt == TS_BF16 || bt == TS_F16 ? 2 : 1; }
+
+/* B's storage: the f32 array, or the narrow one. */
+AVX2_INLINE const void *b_base(const ts_gemm_small_args *p, const int bt) {
+    return bt == TS_F32 ? (const void *)p->b : p->b_narrow;
+}
+
+/* The element at (in elements from b). */
+AVX2_INLINE const char *b_addr(const void *b, int64_t at, const int bt) { return (const char *)b + at * b_bytes(bt); }
+
+/* 8 elements of B from b_addr(at). bf16 widens exactly (it is the upper half of an f32): the 16
+ * bytes are loaded into both 128-bit lanes and one byte shuffle puts element j into the high half
+ * of lane j, zeros below: a single ALU operation per 8 elements (zero-extend then shift is two,
+ * and the GEMV from cache is bound by them beside its FMAs). f16 and fp8: load_cvt. */
+AVX2_INLINE __m256 load_b(const void *b, int64_t at, const int bt) {
+    if (bt == TS_F32) return _mm256_loadu_ps((const float *)b_addr(b, at, bt));
+    if (bt != TS_BF16) return load_cvt(b_addr(b, at, bt), (ts_dtype)bt, 8);
+    const __m256i widen = _mm256_setr_epi8(-128, -128, 0, 1, -128, -128, 2, 3, -128, -128, 4, 5, -128, -128, 6, 7,
+                                           -128, -128, 8, 9, -128, -128, 10, 11, -128, -128, 12, 13, -128, -128, 14, 15);
+    __m256i h = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)b_addr(b, at, bt)));
+    return _mm256_castsi256_ps(_mm256_shuffle_epi8(h, widen));
+}
+
+/* The last n < 8 elements, zeros after them (reads nothing past them). */
+AVX2_INLINE __m256 load_b_tail(const void *b, int64_t at, int64_t n, __m256i mask, const int bt) {
+    if (bt == TS_F32) return _mm256_maskload_ps((const float *)b_addr(b, at, bt), mask);
+    _Alignas(16) unsigned char buf[32] = {0};
+    memcpy(buf, b_addr(b, at, bt), (size_t)(n * b_bytes(bt)));
+    return load_b(buf, 0, bt);
+}
+
 AVX2_INLINE __m256 final_value(__m256 acc, __m256 c_old, __m256 alpha, __m256 beta, int beta_zero) {
     acc = _mm256_mul_ps(alpha, acc);
     return beta_zero ? acc : _mm256_fmadd_ps(beta, c_old, acc);
@@ -287,13 +325,15 @@ AVX2_INLINE __m256 final_value(__m256 acc, __m256 c_old, __m256 alpha, __m256 be
  * used below, so strips tile it exactly). */
 static inline int64_t nn_chunk(int m) { return (int64_t)(NN_PART_FLOATS / m) / 96 * 96; }
 
-AVX2_INLINE __m256 load_cols(const float *src, int masked, __m256i mask) {
-    return masked ? _mm256_maskload_ps(src, mask) : _mm256_loadu_ps(src);
+/* 8 columns of B at src (the first n_valid when masked, zeros after), f32 or narrow (bt). */
+AVX2_INLINE __m256 load_cols(const char *src, int masked, __m256i mask, int64_t n_valid, const int bt) {
+    if (bt == TS_F32) return masked ? _mm256_maskload_ps((const float *)src, mask) : _mm256_loadu_ps((const float *)src);
+    return masked ? load_cvt(src, (ts_dtype)bt, (int)n_valid) : load_cvt(src, (ts_dtype)bt, 8);
 }
 
 /* Rows k0..k0+ku of B against M x (8*NV) partial sums at chunk offset jb (column j of C). */
 AVX2_INLINE void nn_step(const ts_gemm_small_args *p, float *part, int64_t j, int64_t jb, int64_t k0, int64_t ku,
-                         const int m, const int nv, int64_t n_valid) {
+                         const int m, const int nv, int64_t n_valid, const int bt) {
     const int64_t chunk = nn_chunk(m);
     const int masked = n_valid < 8 * nv;
     const __m256i mask = masked ? tail_mask(n_valid) : _mm256_set1_epi32(-1);
@@ -301,11 +341,12 @@ AVX2_INLINE void nn_step(const ts_gemm_small_args *p, float *part, int64_t j, in
     for (int i = 0; i < m; i++)
         for (int v = 0; v < nv; v++)
             acc[i][v] = k0 == 0 ? _mm256_setzero_ps() : _mm256_load_ps(part + i * chunk + jb + 8 * v);
-    const float *bk = p->b + k0 * p->ldb + j, *ak = p->a + k0 * p->a_cs;
+    const char *bk = b_addr(b_base(p, bt), k0 * p->ldb + j, bt);
+    const float *ak = p->a + k0 * p->a_cs;
 #pragma GCC unroll 4
-    for (int64_t kk = 0; kk < ku; kk++, bk += p->ldb, ak += p->a_cs) {
+    for (int64_t kk = 0; kk < ku; kk++, bk = b_addr(bk, p->ldb, bt), ak += p->a_cs) {
         __m256 bv[4];
-        for (int v = 0; v < nv; v++) bv[v] = load_cols(bk + 8 * v, masked, mask);
+        for (int v = 0; v < nv; v++) bv[v] = load_cols(b_addr(bk, 8 * v, bt), masked, mask, n_valid, bt);
         for (int i = 0; i < m; i++) {
             __m256 av = _mm256_broadcast_ss(ak + i * p->a_rs);
             for (int v = 0; v < nv; v++) acc[i][v] = _mm256_fmadd_ps(av, bv[v], acc[i][v]);
@@ -335,31 +376,45 @@ AVX2_INLINE void nn_finish(const ts_gemm_small_args *p, const float *part, int64
         }
 }
 
-AVX2_INLINE void nn_rows(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int m, const int nv) {
+AVX2_INLINE void nn_rows(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int m, const int nv, const int bt) {
     _Alignas(32) float part[NN_PART_FLOATS];
     const int64_t chunk = nn_chunk(m);
     for (int64_t j0 = n0; j0 < n1; j0 += chunk) {
         int64_t w = n1 - j0 < chunk ? n1 - j0 : chunk;
         for (int64_t k0 = 0; k0 < p->k; k0 += NN_KU) {
             int64_t ku = p->k - k0 < NN_KU ? p->k - k0 : NN_KU, jb = 0;
-            for (; jb + 8 * nv <= w; jb += 8 * nv) nn_step(p, part, j0 + jb, jb, k0, ku, m, nv, 8 * nv);
-            for (; jb + 8 <= w; jb += 8) nn_step(p, part, j0 + jb, jb, k0, ku, m, 1, 8);
-            if (jb < w) nn_step(p, part, j0 + jb, jb, k0, ku, m, 1, w - jb);
+            for (; jb + 8 * nv <= w; jb += 8 * nv) nn_step(p, part, j0 + jb, jb, k0, ku, m, nv, 8 * nv, bt);
+            for (; jb + 8 <= w; jb += 8) nn_step(p, part, j0 + jb, jb, k0, ku, m, 1, 8, bt);
+            if (jb < w) nn_step(p, part, j0 + jb, jb, k0, ku, m, 1, w - jb, bt);
         }
         nn_finish(p, part, j0, w, m);
     }
 }
 
-AVX2 void ts_gemm_small_nn_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1) {
+AVX2_INLINE void nn_by_m(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int bt) {
     switch (p->m) { /* M x NV partial sums in registers, at most 12 */
-    case 1: nn_rows(p, n0, n1, 1, 4); break;
-    case 2: nn_rows(p, n0, n1, 2, 4); break;
-    case 3: nn_rows(p, n0, n1, 3, 3); break;
-    case 4: nn_rows(p, n0, n1, 4, 2); break;
-    case 5: nn_rows(p, n0, n1, 5, 2); break;
-    case 6: nn_rows(p, n0, n1, 6, 2); break;
-    case 7: nn_rows(p, n0, n1, 7, 1); break;
-    default: nn_rows(p, n0, n1, 8, 1); break;
+    case 1: nn_rows(p, n0, n1, 1, 4, bt); break;
+    case 2: nn_rows(p, n0, n1, 2, 4, bt); break;
+    case 3: nn_rows(p, n0, n1, 3, 3, bt); break;
+    case 4: nn_rows(p, n0, n1, 4, 2, bt); break;
+    case 5: nn_rows(p, n0, n1, 5, 2, bt); break;
+    case 6: nn_rows(p, n0, n1, 6, 2, bt); break;
+    case 7: nn_rows(p, n0, n1, 7, 1, bt); break;
+    default: nn_rows(p, n0, n1, 8, 1, bt); break;
+    }
+}
+
+AVX2 void ts_gemm_small_nn_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1) { nn_by_m(p, n0, n1, TS_F32); }
+
+/* small_nn on narrow B (p->b_narrow, p->b_type): the same blocking and arithmetic, B widened as
+ * it loads. */
+AVX2 void ts_gemm_small_nn_narrow_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1) {
+    switch (p->b_type) {
+    case TS_BF16: nn_by_m(p, n0, n1, TS_BF16); break;
+    case TS_F16: nn_by_m(p, n0, n1, TS_F16); break;
+    case TS_F8_E4M3: nn_by_m(p, n0, n1, TS_F8_E4M3); break;
+    case TS_F8_E5M2: nn_by_m(p, n0, n1, TS_F8_E5M2); break;
+    default: break; /* gemm.c hands over only AVX2_NARROW_TYPES */
     }
 }
 
@@ -377,55 +432,30 @@ AVX2_INLINE float hsum(__m256 v) {
  * faults, so running past the end of B is harmless. */
 #define NT_PREFETCH_BYTES 16384
 
-/* B row q's element at (in elements from the block's first row), f32 or bf16 (b16). */
-AVX2_INLINE const char *b_addr(const void *b, int64_t at, const int b16) {
-    return (const char *)b + at * (b16 ? 2 : 4);
-}
-
-/* 8 elements of B from b_addr(at): bf16 widens exactly (it is the upper half of an f32). The 16
- * bytes are loaded into both 128-bit lanes and one byte shuffle puts element j into the high half
- * of lane j, zeros below: a single ALU operation per 8 elements (zero-extend then shift is two,
- * and the GEMV from cache is bound by them beside its FMAs). */
-AVX2_INLINE __m256 load_b(const void *b, int64_t at, const int b16) {
-    if (!b16) return _mm256_loadu_ps((const float *)b_addr(b, at, 0));
-    const __m256i widen = _mm256_setr_epi8(-128, -128, 0, 1, -128, -128, 2, 3, -128, -128, 4, 5, -128, -128, 6, 7,
-                                           -128, -128, 8, 9, -128, -128, 10, 11, -128, -128, 12, 13, -128, -128, 14, 15);
-    __m256i h = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)b_addr(b, at, 1)));
-    return _mm256_castsi256_ps(_mm256_shuffle_epi8(h, widen));
-}
-
-/* The last n < 8 elements, zeros after them (reads nothing past them). */
-AVX2_INLINE __m256 load_b_tail(const void *b, int64_t at, int64_t n, __m256i mask, const int b16) {
-    if (!b16) return _mm256_maskload_ps((const float *)b_addr(b, at, 0), mask);
-    _Alignas(16) uint16_t buf[8] = {0};
-    memcpy(buf, b_addr(b, at, 1), (size_t)n * sizeof *buf);
-    return load_b(buf, 0, 1);
-}
-
 /* op(B)^T row-major (the GEMV y = W x with W stored N x K): MB rows of op(A) (k-contiguous)
- * dotted with R rows of B (f32, or bf16 widened as loaded when b16), each dot product in NACC
+ * dotted with R rows of B (f32, or narrow widened as loaded), each dot product in NACC
  * 8-lane partial sums. With NACC = 2 the even 8-blocks of k go to the first, odd ones and a
  * masked tail to the second; with NACC = 1 all go to one. NACC depends only on M, and every
  * MB/R grouping runs the same per-element arithmetic, so the column split never changes a bit
- * (nor does bf16 storage: its products are those of f32 B holding the same values).
+ * (nor does narrow storage: its products are those of f32 B holding the same values).
  * MB*R*NACC <= 8 chains keep both FMA pipes busy. */
 AVX2_INLINE void nt_block(const ts_gemm_small_args *p, int64_t i0, int64_t j, const int mb, const int r,
-                          const int nacc, const int b16) {
+                          const int nacc, const int bt) {
     __m256 acc[4][4][2];
     for (int i = 0; i < mb; i++)
         for (int q = 0; q < r; q++) acc[i][q][0] = acc[i][q][1] = _mm256_setzero_ps();
     const float *a = p->a + i0 * p->a_rs;
-    const void *b = b16 ? (const void *)(p->b_bf16 + j * p->ldb) : (const void *)(p->b + j * p->ldb);
+    const void *b = b_addr(b_base(p, bt), j * p->ldb, bt);
     int64_t K = p->k, k = 0;
     for (; k + 8 * nacc <= K; k += 8 * nacc) {
-        if (b16 || r > 1) /* B's r rows as one run (a weight matrix): its bytes NT_PREFETCH_BYTES on,
+        if (bt != TS_F32 || r > 1) /* B's r rows as one run (a weight matrix): its bytes NT_PREFETCH_BYTES on,
                            * as read (r streams prefetched separately halve the DRAM rate) */
-            for (int o = 0; o < (b16 ? 2 : 4) * r * 8 * nacc; o += 64)
-                _mm_prefetch(b_addr(b, 0, 0) + NT_PREFETCH_BYTES + (b16 ? 2 : 4) * r * k + o, _MM_HINT_T0);
+            for (int o = 0; o < b_bytes(bt) * r * 8 * nacc; o += 64)
+                _mm_prefetch(b_addr(b, r * k, bt) + NT_PREFETCH_BYTES + o, _MM_HINT_T0);
         for (int q = 0; q < r; q++) {
-            if (!b16 && r == 1) _mm_prefetch(b_addr(b, q * p->ldb + k, 0) + NT_PREFETCH_BYTES, _MM_HINT_T0);
+            if (bt == TS_F32 && r == 1) _mm_prefetch(b_addr(b, q * p->ldb + k, bt) + NT_PREFETCH_BYTES, _MM_HINT_T0);
             for (int h = 0; h < nacc; h++) {
-                __m256 bv = load_b(b, q * p->ldb + k + 8 * h, b16);
+                __m256 bv = load_b(b, q * p->ldb + k + 8 * h, bt);
                 for (int i = 0; i < mb; i++)
                     acc[i][q][h] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i * p->a_rs + k + 8 * h), bv, acc[i][q][h]);
             }
@@ -434,7 +464,7 @@ AVX2_INLINE void nt_block(const ts_gemm_small_args *p, int64_t i0, int64_t j, co
     if (nacc == 2 && k + 8 <= K) {
         for (int q = 0; q < r; q++)
             for (int i = 0; i < mb; i++)
-                acc[i][q][0] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i * p->a_rs + k), load_b(b, q * p->ldb + k, b16),
+                acc[i][q][0] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i * p->a_rs + k), load_b(b, q * p->ldb + k, bt),
                                                acc[i][q][0]);
         k += 8;
     }
@@ -443,7 +473,7 @@ AVX2_INLINE void nt_block(const ts_gemm_small_args *p, int64_t i0, int64_t j, co
         for (int q = 0; q < r; q++)
             for (int i = 0; i < mb; i++)
                 acc[i][q][nacc - 1] = _mm256_fmadd_ps(_mm256_maskload_ps(a + i * p->a_rs + k, mask),
-                                                      load_b_tail(b, q * p->ldb + k, K - k, mask, b16),
+                                                      load_b_tail(b, q * p->ldb + k, K - k, mask, bt),
                                                       acc[i][q][nacc - 1]);
     }
     for (int i = 0; i < mb; i++)
@@ -456,22 +486,22 @@ AVX2_INLINE void nt_block(const ts_gemm_small_args *p, int64_t i0, int64_t j, co
 }
 
 /* All rows of op(A), four at a time, against B rows j..j+r. */
-AVX2_INLINE void nt_b_rows(const ts_gemm_small_args *p, int64_t j, const int r, const int nacc, const int b16) {
+AVX2_INLINE void nt_b_rows(const ts_gemm_small_args *p, int64_t j, const int r, const int nacc, const int bt) {
     for (int64_t i0 = 0; i0 < p->m; i0 += 4) {
         switch (p->m - i0 < 4 ? p->m - i0 : 4) {
-        case 1: nt_block(p, i0, j, 1, r, nacc, b16); break;
-        case 2: nt_block(p, i0, j, 2, r, nacc, b16); break;
-        case 3: nt_block(p, i0, j, 3, r, nacc, b16); break;
-        default: nt_block(p, i0, j, 4, r, nacc, b16); break;
+        case 1: nt_block(p, i0, j, 1, r, nacc, bt); break;
+        case 2: nt_block(p, i0, j, 2, r, nacc, bt); break;
+        case 3: nt_block(p, i0, j, 3, r, nacc, bt); break;
+        default: nt_block(p, i0, j, 4, r, nacc, bt); break;
         }
     }
 }
 
 AVX2_INLINE void nt_cols(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int r, const int nacc,
-                         const int b16) {
+                         const int bt) {
     int64_t j = n0;
-    for (; j + r <= n1; j += r) nt_b_rows(p, j, r, nacc, b16);
-    for (; j < n1; j++) nt_b_rows(p, j, 1, nacc, b16);
+    for (; j + r <= n1; j += r) nt_b_rows(p, j, r, nacc, bt);
+    for (; j < n1; j++) nt_b_rows(p, j, 1, nacc, bt);
 }
 
 /* op(B)^T row-major with 8 < M <= 16 (a decode batch): op(A) is small, so it is packed k-major
@@ -503,39 +533,40 @@ AVX2_INLINE void ot_pack_a(const ts_gemm_small_args *p, float *pa, int64_t k0, i
         for (int i = 0; i < OT_W; i++) pa[k * OT_W + i] = i < p->m ? a[i * p->a_rs + k] : 0.0f;
 }
 
-/* Rows j..j+r of bf16 B, depth [k0, k0 + kc), widened into wide[q * kc + k]: 8 elements per
- * byte shuffle (load_b). Broadcasting bf16 elements one by one costs a scalar load, a shift
- * and a broadcast each - it made 16 x 256 x 256 run at 57% of the f32 speed - while this pass
- * costs about one operation per 8 elements, read again 16 times from L1. */
-AVX2_INLINE void ot_widen(const ts_gemm_small_args *p, float *wide, int64_t j, int64_t k0, int64_t kc, const int r) {
+/* Rows j..j+r of narrow B, depth [k0, k0 + kc), widened into wide[q * kc + k], 8 elements per
+ * load_b (bf16: one byte shuffle). Broadcasting bf16 elements one by one costs a scalar load, a
+ * shift and a broadcast each - it made 16 x 256 x 256 run at 57% of the f32 speed - while this
+ * pass costs a few operations per 8 elements, read again 16 times from L1. */
+AVX2_INLINE void ot_widen(const ts_gemm_small_args *p, float *wide, int64_t j, int64_t k0, int64_t kc, const int r,
+                          const int bt) {
     for (int q = 0; q < r; q++) {
-        const uint16_t *row = p->b_bf16 + (j + q) * p->ldb + k0;
+        const char *row = b_addr(p->b_narrow, (j + q) * p->ldb + k0, bt);
         float *dst = wide + q * kc;
         int64_t k = 0;
-        for (; k + 8 <= kc; k += 8) _mm256_storeu_ps(dst + k, load_b(row, k, 1));
-        if (k < kc) _mm256_maskstore_ps(dst + k, tail_mask(kc - k), load_b_tail(row, k, kc - k, tail_mask(kc - k), 1));
+        for (; k + 8 <= kc; k += 8) _mm256_storeu_ps(dst + k, load_b(row, k, bt));
+        if (k < kc) _mm256_maskstore_ps(dst + k, tail_mask(kc - k), load_b_tail(row, k, kc - k, tail_mask(kc - k), bt));
     }
 }
 
 /* C columns j..j+r (partial sums at part + jb * OT_W) over the packed slice [k0, k0 + kc):
  * starts from zero on the first slice, writes C on the last, else keeps the sums in part. The
- * next tile's rows of B are prefetched along (the rows usually follow each other). bf16 B is
- * widened first (ot_widen), so both run the same f32 arithmetic: the same bits. */
+ * next tile's rows of B are prefetched along (the rows usually follow each other). Narrow B is
+ * widened first (ot_widen), so all run the same f32 arithmetic: the same bits. */
 AVX2_INLINE void ot_tile(const ts_gemm_small_args *p, const float *pa, float *part, int64_t j, int64_t jb,
-                         int64_t k0, int64_t kc, const int r, const int b16) {
+                         int64_t k0, int64_t kc, const int r, const int bt) {
     /* Column q's rows 0-7 in acc[2q], 8-15 in acc[2q + 1]; every index is a constant once the
      * loops are unrolled, which keeps the accumulators in registers. */
     __m256 acc[2 * OT_R];
 #pragma GCC unroll 12
     for (int q = 0; q < 2 * r; q++) acc[q] = k0 == 0 ? _mm256_setzero_ps() : _mm256_load_ps(part + jb * OT_W + 8 * q);
-    _Alignas(32) float wide[b16 ? OT_R * OT_KC : 1];
-    if (b16) ot_widen(p, wide, j, k0, kc, r);
-    const float *b = b16 ? wide : p->b + j * p->ldb + k0;
-    const int64_t ldb = b16 ? kc : p->ldb;
-    const void *next = b16 ? (const void *)(p->b_bf16 + (j + r) * p->ldb + k0) : (const void *)(b + r * ldb);
+    _Alignas(32) float wide[bt != TS_F32 ? OT_R * OT_KC : 1];
+    if (bt != TS_F32) ot_widen(p, wide, j, k0, kc, r, bt);
+    const float *b = bt != TS_F32 ? wide : p->b + j * p->ldb + k0;
+    const int64_t ldb = bt != TS_F32 ? kc : p->ldb;
+    const char *next = b_addr(b_base(p, bt), (j + r) * p->ldb + k0, bt);
     for (int64_t kb = 0; kb < kc; kb += 16) {
 #pragma GCC unroll 6
-        for (int q = 0; q < r; q++) _mm_prefetch(b_addr(next, q * p->ldb + kb, b16), _MM_HINT_T0);
+        for (int q = 0; q < r; q++) _mm_prefetch(b_addr(next, q * p->ldb + kb, bt), _MM_HINT_T0);
         int64_t k1 = kc - kb < 16 ? kc : kb + 16;
         for (int64_t k = kb; k < k1; k++) {
             __m256 a0 = _mm256_load_ps(pa + k * OT_W), a1 = _mm256_load_ps(pa + k * OT_W + 8);
@@ -563,24 +594,24 @@ AVX2_INLINE void ot_tile(const ts_gemm_small_args *p, const float *pa, float *pa
 /* Columns [j0, j1) of C over the packed slice [k0, k0 + kc), partial sums of column j at
  * part + (j - j0) * OT_W: whole tiles, then one narrower. */
 AVX2_INLINE void ot_columns(const ts_gemm_small_args *p, const float *pa, float *part, int64_t j0, int64_t j1,
-                            int64_t k0, int64_t kc, const int b16) {
+                            int64_t k0, int64_t kc, const int bt) {
     int64_t j = j0;
-    for (; j + OT_R <= j1; j += OT_R) ot_tile(p, pa, part, j, j - j0, k0, kc, OT_R, b16);
+    for (; j + OT_R <= j1; j += OT_R) ot_tile(p, pa, part, j, j - j0, k0, kc, OT_R, bt);
     switch (j1 - j) {
-    case 1: ot_tile(p, pa, part, j, j - j0, k0, kc, 1, b16); break;
-    case 2: ot_tile(p, pa, part, j, j - j0, k0, kc, 2, b16); break;
-    case 3: ot_tile(p, pa, part, j, j - j0, k0, kc, 3, b16); break;
-    case 4: ot_tile(p, pa, part, j, j - j0, k0, kc, 4, b16); break;
-    case 5: ot_tile(p, pa, part, j, j - j0, k0, kc, 5, b16); break;
+    case 1: ot_tile(p, pa, part, j, j - j0, k0, kc, 1, bt); break;
+    case 2: ot_tile(p, pa, part, j, j - j0, k0, kc, 2, bt); break;
+    case 3: ot_tile(p, pa, part, j, j - j0, k0, kc, 3, bt); break;
+    case 4: ot_tile(p, pa, part, j, j - j0, k0, kc, 4, bt); break;
+    case 5: ot_tile(p, pa, part, j, j - j0, k0, kc, 5, bt); break;
     default: break;
     }
 }
 
-AVX2_INLINE void ot_rows(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int b16) {
+AVX2_INLINE void ot_rows(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int bt) {
     _Alignas(32) float pa[OT_KC * OT_W], part[OT_NC * OT_W];
     if (p->k <= OT_KC) { /* one slice: pack A once, no partial sums */
         ot_pack_a(p, pa, 0, p->k);
-        ot_columns(p, pa, part, n0, n1, 0, p->k, b16);
+        ot_columns(p, pa, part, n0, n1, 0, p->k, bt);
         return;
     }
     for (int64_t j0 = n0; j0 < n1; j0 += OT_NC) {
@@ -588,12 +619,12 @@ AVX2_INLINE void ot_rows(const ts_gemm_small_args *p, int64_t n0, int64_t n1, co
         for (int64_t k0 = 0; k0 < p->k; k0 += OT_KC) {
             int64_t kc = p->k - k0 < OT_KC ? p->k - k0 : OT_KC;
             ot_pack_a(p, pa, k0, kc);
-            ot_columns(p, pa, part, j0, j1, k0, kc, b16);
+            ot_columns(p, pa, part, j0, j1, k0, kc, bt);
         }
     }
 }
 
-AVX2_INLINE void nt_by_m(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int b16) {
+AVX2_INLINE void nt_by_m(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int bt) {
     /* (B rows at once, partial sums per element): at most 8 accumulators. M = 1 takes 4 rows
      * of B: a row's two FMA chains are latency-bound when B is cached (1 x 704 x 256 bf16 from
      * cache: 24 us with one row, 14 us with four), and prefetching the 4 rows as one run
@@ -604,19 +635,27 @@ AVX2_INLINE void nt_by_m(const ts_gemm_small_args *p, int64_t n0, int64_t n1, co
      * 11.5 us with 1 row and 4 x 2 (medians on a loaded 2-core Zen VM). Two rows of A keep two B
      * rows for enough independent sums. Past 8 rows of A, the packed-A form. */
     switch (p->m) {
-    case 1: nt_cols(p, n0, n1, 4, 2, b16); break;
-    case 2: nt_cols(p, n0, n1, 2, 2, b16); break;
+    case 1: nt_cols(p, n0, n1, 4, 2, bt); break;
+    case 2: nt_cols(p, n0, n1, 2, 2, bt); break;
     default:
-        if (p->m <= 8) nt_cols(p, n0, n1, 1, 2, b16); /* 4 rows of A at a time */
-        else ot_rows(p, n0, n1, b16);
+        if (p->m <= 8) nt_cols(p, n0, n1, 1, 2, bt); /* 4 rows of A at a time */
+        else ot_rows(p, n0, n1, bt);
         break;
     }
 }
 
-AVX2 void ts_gemm_small_nt_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1) { nt_by_m(p, n0, n1, 0); }
+AVX2 void ts_gemm_small_nt_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1) { nt_by_m(p, n0, n1, TS_F32); }
 
-/* small_nt on bf16 B: the same blocking and arithmetic, B widened in registers. */
-AVX2 void ts_gemm_small_nt_bf16_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1) { nt_by_m(p, n0, n1, 1); }
+/* small_nt on narrow B: the same blocking and arithmetic, B widened in registers. */
+AVX2 void ts_gemm_small_nt_narrow_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1) {
+    switch (p->b_type) {
+    case TS_BF16: nt_by_m(p, n0, n1, TS_BF16); break;
+    case TS_F16: nt_by_m(p, n0, n1, TS_F16); break;
+    case TS_F8_E4M3: nt_by_m(p, n0, n1, TS_F8_E4M3); break;
+    case TS_F8_E5M2: nt_by_m(p, n0, n1, TS_F8_E5M2); break;
+    default: break;
+    }
+}
 
 const ts_gemm_kernels ts_gemm_kernels_avx2 = {
     .name = "avx2",
@@ -635,7 +674,10 @@ const ts_gemm_kernels ts_gemm_kernels_avx2 = {
     .small_nn = ts_gemm_small_nn_avx2,
     .small_nt = ts_gemm_small_nt_avx2,
     .pack_cvt = ts_gemm_pack_cvt_avx2,
-    .small_nt_bf16 = ts_gemm_small_nt_bf16_avx2,
+    .small_nn_narrow = ts_gemm_small_nn_narrow_avx2,
+    .small_nt_narrow = ts_gemm_small_nt_narrow_avx2,
+    .narrow_nn_types = TS_GEMM_AVX2_NARROW_TYPES,
+    .narrow_nt_types = TS_GEMM_AVX2_NARROW_TYPES,
 };
 
 #endif /* __x86_64__ */

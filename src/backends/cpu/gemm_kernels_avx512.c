@@ -97,7 +97,10 @@ const ts_gemm_kernels ts_gemm_kernels_avx512 = {
     .small_nn = ts_gemm_small_nn_avx2,
     .small_nt = ts_gemm_small_nt_avx2,
     .pack_cvt = ts_gemm_pack_cvt_avx2,
-    .small_nt_bf16 = ts_gemm_small_nt_bf16_avx2,
+    .small_nn_narrow = ts_gemm_small_nn_narrow_avx2,
+    .small_nt_narrow = ts_gemm_small_nt_narrow_avx2,
+    .narrow_nn_types = TS_GEMM_AVX2_NARROW_TYPES,
+    .narrow_nt_types = TS_GEMM_AVX2_NARROW_TYPES,
 };
 
 #endif /* __x86_64__ */

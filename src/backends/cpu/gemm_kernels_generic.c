@@ -92,7 +92,7 @@ static inline __attribute__((always_inline)) float dot_k(const float *x, const v
 static inline __attribute__((always_inline)) void small_nt(const ts_gemm_small_args *p, int64_t n0, int64_t n1,
                                                            const int b16) {
     for (int64_t j = n0; j < n1; j++) {
-        const void *bj = b16 ? (const void *)(p->b_bf16 + j * p->ldb) : (const void *)(p->b + j * p->ldb);
+        const void *bj = b16 ? (const void *)((const uint16_t *)p->b_narrow + j * p->ldb) : (const void *)(p->b + j * p->ldb);
         for (int64_t i = 0; i < p->m; i++) {
             float *c = p->c + i * p->ldc + j;
             *c = small_update(dot_k(p->a + i * p->a_rs, bj, p->k, b16), p->alpha, p->beta, c);
@@ -117,5 +117,6 @@ const ts_gemm_kernels ts_gemm_kernels_generic = {
     .pack_b = NULL,
     .small_nn = generic_small_nn,
     .small_nt = generic_small_nt,
-    .small_nt_bf16 = generic_small_nt_bf16,
+    .small_nt_narrow = generic_small_nt_bf16,
+    .narrow_nt_types = 1u << TS_BF16,
 };

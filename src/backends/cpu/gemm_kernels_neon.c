@@ -213,7 +213,7 @@ static inline __attribute__((always_inline)) void nt_block(const ts_gemm_small_a
     for (int i = 0; i < mb; i++)
         for (int q = 0; q < r; q++) acc[i][q][0] = acc[i][q][1] = vdupq_n_f32(0.0f);
     const float *a = p->a + i0 * p->a_rs;
-    const void *b = b16 ? (const void *)(p->b_bf16 + j * p->ldb) : (const void *)(p->b + j * p->ldb);
+    const void *b = b16 ? (const void *)((const uint16_t *)p->b_narrow + j * p->ldb) : (const void *)(p->b + j * p->ldb);
     int64_t K = p->k, k = 0;
     for (; k + 8 <= K; k += 8)
         for (int q = 0; q < r; q++) {
@@ -283,7 +283,8 @@ const ts_gemm_kernels ts_gemm_kernels_neon = {
     .pack_b = ts_gemm_pack_neon,
     .small_nn = neon_small_nn,
     .small_nt = neon_small_nt,
-    .small_nt_bf16 = neon_small_nt_bf16,
+    .small_nt_narrow = neon_small_nt_bf16,
+    .narrow_nt_types = 1u << TS_BF16,
 };
 
 #endif /* __aarch64__ */
