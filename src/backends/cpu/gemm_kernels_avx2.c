@@ -406,16 +406,20 @@ AVX2_INLINE void nn_by_m(const ts_gemm_small_args *p, int64_t n0, int64_t n1, co
 
 AVX2 void ts_gemm_small_nn_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1) { nn_by_m(p, n0, n1, TS_F32); }
 
-/* small_nn on narrow B (p->b_narrow, p->b_type): the same blocking and arithmetic, B widened as
- * it loads. */
-AVX2 void ts_gemm_small_nn_narrow_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1) {
-    switch (p->b_type) {
-    case TS_BF16: nn_by_m(p, n0, n1, TS_BF16); break;
-    case TS_F16: nn_by_m(p, n0, n1, TS_F16); break;
-    case TS_F8_E4M3: nn_by_m(p, n0, n1, TS_F8_E4M3); break;
-    case TS_F8_E5M2: nn_by_m(p, n0, n1, TS_F8_E5M2); break;
-    default: break; /* gemm.c hands over only AVX2_NARROW_TYPES */
+/* The instance of a small-M kernel (nn_by_m, nt_by_m) for narrow B's type (p->b_narrow,
+ * p->b_type): the same blocking and arithmetic as on f32, B widened as it loads. gemm.c hands
+ * over only TS_GEMM_AVX2_NARROW_TYPES. */
+#define SMALL_NARROW(by_m, p, n0, n1)                                  \
+    switch ((p)->b_type) {                                             \
+    case TS_BF16: by_m(p, n0, n1, TS_BF16); break;                     \
+    case TS_F16: by_m(p, n0, n1, TS_F16); break;                       \
+    case TS_F8_E4M3: by_m(p, n0, n1, TS_F8_E4M3); break;               \
+    case TS_F8_E5M2: by_m(p, n0, n1, TS_F8_E5M2); break;               \
+    default: break;                                                    \
     }
+
+AVX2 void ts_gemm_small_nn_narrow_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1) {
+    SMALL_NARROW(nn_by_m, p, n0, n1)
 }
 
 /* Horizontal sum in a fixed order (part of the bit-reproducibility contract). */
@@ -646,15 +650,8 @@ AVX2_INLINE void nt_by_m(const ts_gemm_small_args *p, int64_t n0, int64_t n1, co
 
 AVX2 void ts_gemm_small_nt_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1) { nt_by_m(p, n0, n1, TS_F32); }
 
-/* small_nt on narrow B: the same blocking and arithmetic, B widened in registers. */
 AVX2 void ts_gemm_small_nt_narrow_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t n1) {
-    switch (p->b_type) {
-    case TS_BF16: nt_by_m(p, n0, n1, TS_BF16); break;
-    case TS_F16: nt_by_m(p, n0, n1, TS_F16); break;
-    case TS_F8_E4M3: nt_by_m(p, n0, n1, TS_F8_E4M3); break;
-    case TS_F8_E5M2: nt_by_m(p, n0, n1, TS_F8_E5M2); break;
-    default: break;
-    }
+    SMALL_NARROW(nt_by_m, p, n0, n1)
 }
 
 const ts_gemm_kernels ts_gemm_kernels_avx2 = {
