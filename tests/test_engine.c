@@ -16,7 +16,8 @@
  *    same tokens with no reuse counted.
  * 5. Sizing from a memory budget: ts_model_engine_fit's slots x one slot's bytes fits the budget
  *    and one more does not; the engine's reported pool memory is slots x one slot's; too small a
- *    budget is TS_ERR_RANGE. V4's pool (blocks of lcm(4, 32) = 32 positions of compressed
+ *    budget is TS_ERR_RANGE; prefix checkpoints add their slots' fixed state, to the engine's
+ *    memory and to the sizing. V4's pool (blocks of lcm(4, 32) = 32 positions of compressed
  *    entries, the slots' fixed state besides): eight requests through 8 slots over 3 blocks give
  *    the tokens of the full pool, greedy and sampled, with preemptions (as for dense in 7).
  * 6. Speculative decoding: greedy outputs of an engine with MTP speculation equal those of one
@@ -36,7 +37,13 @@
  *    - a budget sizes the pool, not the slots; a request too long for the pool is TS_ERR_RANGE;
  *    - a 40-token prompt arriving while a request generates shares its forward passes (the
  *      engine's pass counter = the generating request's tokens: one ts_model_decoder_batch per
- *      iteration) and answers like its completion alone. */
+ *      iteration) and answers like its completion alone.
+ * 8. V4 prefix checkpoints (prompts sharing 70 tokens, then 21 of their own, so no cache can
+ *    rewind to the shared part): the second request checkpoints at 64, the later ones reuse 64
+ *    each (none without checkpoints), greedy, seeded and speculative outputs as without a prefix
+ *    cache; a checkpoint taken at admission (a request starting at the boundary); on a pool of 5
+ *    blocks the checkpoint survives the running requests' eviction of idle caches, is evicted
+ *    for a prompt that needs the whole pool, and every output stays the same. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,10 +130,12 @@ static ts_model_weights *small_model(void) {
     return w;
 }
 
-/* An engine of `slots` slots of max_len positions over a pool of `pool` (0: the full one). */
+/* An engine of `slots` slots of max_len positions over a pool of `pool` (0: the full one), with
+ * options.checkpoints = checkpoints. */
 static ts_model_engine *engine_with(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len, int64_t pool,
-                                    int max_queue, int chunk, bool prefix_cache) {
+                                    int max_queue, int chunk, bool prefix_cache, int checkpoints) {
     ts_model_engine_options o = ts_model_engine_defaults();
+    o.checkpoints = checkpoints;
     o.slots = slots;
     o.max_len = max_len;
     o.pool_positions = pool;
@@ -141,7 +150,7 @@ static ts_model_engine *engine_with(const ts_model_weights *w, ts_backend *be, i
 
 static ts_model_engine *engine_new(const ts_model_weights *w, ts_backend *be, int slots, int max_queue, int chunk,
                                    bool prefix_cache) {
-    return engine_with(w, be, slots, MAX_LEN, 0, max_queue, chunk, prefix_cache);
+    return engine_with(w, be, slots, MAX_LEN, 0, max_queue, chunk, prefix_cache, -1);
 }
 
 static size_t tokenize(const ts_engine *eng, const char *text, bool bos, int32_t *out) {
@@ -379,20 +388,64 @@ out:
     ts_model_engine_free(plain);
 }
 
+/* 5. The prefix checkpoints' fixed state (V4: a slot's each, the pool as without them) is in the
+ * engine's memory and in the budget's sizing: the default, max(2, 3 / 2), adds two slots' fixed
+ * state to 3 slots, 3 checkpoints three; fitted with them, `budget` (3.5 slots without) holds
+ * fewer slots, an engine of the fitted shape stays within it, and one more slot with its
+ * checkpoints and the fewest blocks would not. */
+static void test_checkpoint_budget(const ts_model_weights *w, ts_backend *be, size_t budget) {
+    ts_model_decoder *d = NULL;
+    char err[256] = "";
+    CHECK(ts_model_decoder_new(w, be, 1, MAX_LEN, &d, err, sizeof err) == TS_OK, "decoder: %s", err);
+    if (!d) return;
+    ts_model_decoder_pool pool;
+    ts_model_decoder_pool_info(d, &pool);
+    ts_model_decoder_free(d);
+    int64_t bytes[3] = {0};
+    const int wanted[3] = {0, -1, 3};
+    for (int i = 0; i < 3; i++) {
+        ts_model_engine *e = engine_with(w, be, 3, MAX_LEN, 0, 4, 4, true, wanted[i]);
+        ts_engine eng;
+        if (!e) return;
+        ts_model_engine_table(e, &eng);
+        bytes[i] = stats(&eng).kv_bytes;
+        ts_model_engine_free(e);
+    }
+    CHECK(pool.rewind >= 0 && bytes[1] - bytes[0] == 2 * (int64_t)pool.slot_bytes &&
+              bytes[2] - bytes[0] == 3 * (int64_t)pool.slot_bytes,
+          "3 slots: %lld bytes, %lld with the default checkpoints, %lld with 3; a slot's fixed state %zu (rewind %lld)",
+          (long long)bytes[0], (long long)bytes[1], (long long)bytes[2], pool.slot_bytes, (long long)pool.rewind);
+    int slots = 0;
+    int64_t positions = 0;
+    ts_status st = ts_model_engine_fit(w, be, budget, MAX_LEN, 64, -1, &slots, &positions, NULL, err, sizeof err);
+    ts_model_engine *e = st == TS_OK ? engine_with(w, be, slots, MAX_LEN, positions, 4, 4, true, -1) : NULL;
+    if (!e) return;
+    ts_engine eng;
+    ts_model_engine_table(e, &eng);
+    int n = slots + 1, blocks = n > pool.blocks ? n : (int)pool.blocks; /* a block per slot, a sequence's at least */
+    int64_t fitted = stats(&eng).kv_bytes, more = (n + (n / 2 > 2 ? n / 2 : 2)) * (int64_t)pool.slot_bytes + blocks * (int64_t)pool.block_bytes;
+    CHECK(slots >= 1 && slots < 3 && fitted <= (int64_t)budget && more > (int64_t)budget,
+          "a budget of %zu with checkpoints: %d slots, %lld bytes; one more slot %lld", budget, slots, (long long)fitted,
+          (long long)more);
+    printf("  checkpoints: a slot's fixed state each (%.1f KiB); budget %.1f KiB: %d slots with their checkpoints\n",
+           pool.slot_bytes / 1024.0, budget / 1024.0, slots);
+    ts_model_engine_free(e);
+}
+
 /* 5. */
 static void test_budget(const ts_model_weights *w, ts_backend *be) {
     char err[256] = "";
     int slots = 0;
     int64_t pool = -1;
     size_t one = 0;
-    ts_status st = ts_model_engine_fit(w, be, 1 << 30, MAX_LEN, 7, &slots, &pool, &one, err, sizeof err);
+    ts_status st = ts_model_engine_fit(w, be, 1 << 30, MAX_LEN, 7, -1, &slots, &pool, &one, err, sizeof err);
     CHECK(st == TS_OK && slots == 7 && one > 0 && pool == 7 * V4_SEQ, "a large budget: %d slots (max 7), %zu bytes each, pool %lld: %s",
           slots, one, (long long)pool, err);
     if (one == 0) return;
     size_t budget = 3 * one + one / 2;
-    st = ts_model_engine_fit(w, be, budget, MAX_LEN, 64, &slots, &pool, NULL, err, sizeof err);
+    st = ts_model_engine_fit(w, be, budget, MAX_LEN, 64, 0, &slots, &pool, NULL, err, sizeof err);
     CHECK(st == TS_OK && slots == 3, "3.5 slots' worth: %d slots", slots);
-    ts_model_engine *e = engine_new(w, be, slots, 4, 4, true);
+    ts_model_engine *e = engine_with(w, be, slots, MAX_LEN, 0, 4, 4, true, 0);
     if (e) {
         ts_engine eng;
         ts_model_engine_table(e, &eng);
@@ -402,8 +455,9 @@ static void test_budget(const ts_model_weights *w, ts_backend *be) {
         printf("  budget %.1f KiB: 3 slots of %d positions, %.1f KiB each\n", budget / 1024.0, MAX_LEN, one / 1024.0);
         ts_model_engine_free(e);
     }
+    test_checkpoint_budget(w, be, budget);
     err[0] = '\0';
-    st = ts_model_engine_fit(w, be, one - 1, MAX_LEN, 64, &slots, &pool, NULL, err, sizeof err);
+    st = ts_model_engine_fit(w, be, one - 1, MAX_LEN, 64, 0, &slots, &pool, NULL, err, sizeof err);
     CHECK(st == TS_ERR_RANGE && strstr(err, "needs"), "a budget below one slot: %s (%s)", ts_status_name(st), err);
 }
 
@@ -426,7 +480,7 @@ static ts_model_weights *dense_model(void) {
 }
 
 static ts_model_engine *pooled_engine(const ts_model_weights *w, ts_backend *be, int slots, int64_t pool, int64_t max_len) {
-    return engine_with(w, be, slots, max_len, pool, 16, 4, true);
+    return engine_with(w, be, slots, max_len, pool, 16, 4, true, -1);
 }
 
 static bool collector_done(collector *c) {
@@ -483,7 +537,7 @@ static void test_shared_prefix(const ts_model_weights *w, ts_backend *be, ts_mod
  * does alone. One pass more is allowed: the cancel may land on a computed token (on a loaded
  * machine it did); prefills of their own would add five. */
 static void test_shared_passes(const ts_model_weights *w, ts_backend *be, ts_model_completer *cp) {
-    ts_model_engine *e = engine_with(w, be, 2, 128, 0, 4, 8, false);
+    ts_model_engine *e = engine_with(w, be, 2, 128, 0, 4, 8, false, -1);
     if (!e) return;
     ts_engine eng;
     ts_model_engine_table(e, &eng);
@@ -577,14 +631,14 @@ static void test_pool_budget(const ts_model_weights *w, ts_backend *be) {
     int slots = 0;
     int64_t pool = 0;
     size_t one = 0;
-    ts_status st = ts_model_engine_fit(w, be, 1 << 30, MAX_LEN, 16, &slots, &pool, &one, err, sizeof err);
+    ts_status st = ts_model_engine_fit(w, be, 1 << 30, MAX_LEN, 16, -1, &slots, &pool, &one, err, sizeof err);
     CHECK(st == TS_OK && slots == 16 && one > 0, "a large budget: %d slots, %zu bytes per sequence: %s", slots, one, err);
     if (one == 0) return;
     size_t block = one / 3; /* 48 positions = 3 blocks */
-    st = ts_model_engine_fit(w, be, 10 * block + block / 2, MAX_LEN, 16, &slots, &pool, NULL, err, sizeof err);
+    st = ts_model_engine_fit(w, be, 10 * block + block / 2, MAX_LEN, 16, -1, &slots, &pool, NULL, err, sizeof err);
     CHECK(st == TS_OK && pool == 10 * TS_MODEL_DECODER_BLOCK && slots == 10,
           "10.5 blocks' worth: a pool of %lld positions, %d slots", (long long)pool, slots);
-    st = ts_model_engine_fit(w, be, one - 1, MAX_LEN, 16, &slots, &pool, NULL, err, sizeof err);
+    st = ts_model_engine_fit(w, be, one - 1, MAX_LEN, 16, -1, &slots, &pool, NULL, err, sizeof err);
     CHECK(st == TS_ERR_RANGE, "a budget below one sequence: %s", ts_status_name(st));
     ts_model_engine *e = pooled_engine(w, be, 2, 2 * TS_MODEL_DECODER_BLOCK, MAX_LEN);
     if (!e) return;
@@ -705,6 +759,188 @@ out:
     ts_model_engine_free(spec);
 }
 
+/* ---------------------------------------------------------------- 8. V4 prefix checkpoints */
+
+enum { CK_LEN = 160, CK_NEW = 16, CK_PREFIX = 70, CK_N = 8 };
+
+/* Shared-prefix request i: CK_PREFIX tokens (BOS + 69 bytes: two blocks of 32 and 6 more) alike,
+ * then 21 bytes of its own whose first differs from every other's - so a cache holding one
+ * prompt is always more than the V4 rewind bound (16) past the shared part. Request 4 is a long
+ * prompt of its own (140 tokens: with its output the whole pool of test_checkpoint_eviction). */
+static size_t shared_prompt(const ts_engine *eng, int i, int32_t *out) {
+    static const char *own[CK_N] = {"k1:red k2:blue k1?=..", "copy hello world=....", "rev abcdefghij=......",
+                                    "sort dcbaxyzwv=......", "", "12+34+56+78=.........",
+                                    "the quick brown fox=.", "lorem ipsum dolor=..."};
+    if (i == 4) return long_prompt(eng, "zyxwvu tsrq ", 140, out);
+    size_t n = long_prompt(eng, "sys: be terse. ", CK_PREFIX, out);
+    return n + tokenize(eng, own[i], false, out + n);
+}
+
+/* Requests from..to of the prompts into col: one after another, or all at once (together);
+ * greedy, or sampled with seed 11 + i. */
+static void run_set(const ts_engine *eng, int32_t prompts[][CK_LEN], const size_t *lens, int from, int to, bool sampled,
+                    bool together, collector *col) {
+    for (int i = from; i < to; i++) {
+        collector_init(&col[i]);
+        ts_gen_request r = request(200 + (uint64_t)i, prompts[i], lens[i], CK_NEW, &col[i]);
+        if (sampled) {
+            r.sampling.temperature = 0.8f;
+            r.sampling.seed = 11 + (uint64_t)i;
+        }
+        CHECK(eng->submit(eng->self, &r) == TS_OK, "submit shared-prefix request %d", i);
+        if (!together) wait_done(&col[i]);
+    }
+    for (int i = from; i < to; i++) wait_done(&col[i]);
+}
+
+static bool same_output(const collector *a, const collector *b) {
+    return a->n == b->n && a->end == b->end && !memcmp(a->tokens, b->tokens, (size_t)a->n * sizeof(int32_t));
+}
+
+/* Requests 0..3 one after another on engines with checkpoints, without (options.checkpoints 0)
+ * and without a prefix cache: the first reuses nothing; the second finds the first's cache too
+ * far past the shared 70 tokens to rewind, so it checkpoints at 64; the third and fourth fork
+ * the checkpoint (64 tokens reused each, counted exactly); without checkpoints nothing is ever
+ * reused. Outputs equal the engine's without a prefix cache, greedy and then with seeds (the
+ * checkpoint serving all four); greedy, also with speculative decoding and checkpoints (the
+ * MTP block's state goes with the checkpoint). */
+static void test_checkpoint_reuse(const ts_model_weights *w, ts_backend *be) {
+    ts_model_engine *e[4] = {engine_with(w, be, 2, CK_LEN, 0, 8, 16, true, -1), engine_with(w, be, 2, CK_LEN, 0, 8, 16, true, 0),
+                             engine_with(w, be, 2, CK_LEN, 0, 8, 16, false, -1), NULL};
+    ts_model_engine_options o = ts_model_engine_defaults();
+    o.slots = 2;
+    o.max_len = CK_LEN;
+    o.prefill_chunk = 16;
+    o.speculative = true;
+    char err[256] = "";
+    CHECK(ts_model_engine_new(w, NULL, be, &o, &e[3], err, sizeof err) == TS_OK, "speculative engine: %s", err);
+    if (!e[0] || !e[1] || !e[2] || !e[3]) goto out;
+    ts_engine eng[4];
+    for (int k = 0; k < 4; k++) ts_model_engine_table(e[k], &eng[k]);
+    int32_t prompts[4][CK_LEN];
+    size_t lens[4];
+    int64_t total = 0;
+    for (int i = 0; i < 4; i++) {
+        lens[i] = shared_prompt(&eng[0], i, prompts[i]);
+        total += (int64_t)lens[i];
+        CHECK(lens[i] == CK_PREFIX + 21, "shared-prefix prompt %d: %zu tokens", i, lens[i]);
+    }
+    collector col[4][4];
+    for (int sampled = 0; sampled < 2; sampled++) {
+        ts_engine_stats before = stats(&eng[0]);
+        for (int k = 0; k < 4 - sampled; k++) run_set(&eng[k], prompts, lens, 0, 4, sampled, false, col[k]);
+        for (int i = 0; i < 4; i++)
+            CHECK(same_output(&col[0][i], &col[2][i]) && same_output(&col[1][i], &col[2][i]) &&
+                      (sampled || same_output(&col[3][i], &col[2][i])),
+                  "%s shared-prefix request %d: with checkpoints (%d tokens), without (%d), without a prefix cache (%d), "
+                  "speculative (%d) differ", sampled ? "sampled" : "greedy", i, col[0][i].n, col[1][i].n, col[2][i].n,
+                  col[3][i].n);
+        if (!sampled) {
+            ts_engine_stats sp = stats(&eng[3]);
+            CHECK(sp.prefix_reused_tokens == 2 * 64 && sp.prefix_checkpoints == 1,
+                  "speculative: %lld tokens reused, %lld checkpoints", (long long)sp.prefix_reused_tokens,
+                  (long long)sp.prefix_checkpoints);
+        }
+        ts_engine_stats s = stats(&eng[0]);
+        int64_t reused = s.prefix_reused_tokens - before.prefix_reused_tokens;
+        if (!sampled)
+            CHECK(s.prefix_cache_hits == 2 && reused == 2 * 64 && s.prefix_checkpoints == 1 &&
+                      s.prefill_tokens + reused == total,
+                  "4 prompts sharing 70 tokens: %lld hits, %lld reused, %lld prefilled of %lld, %lld checkpoints",
+                  (long long)s.prefix_cache_hits, (long long)reused, (long long)s.prefill_tokens, (long long)total,
+                  (long long)s.prefix_checkpoints);
+        else
+            CHECK(s.prefix_cache_hits - before.prefix_cache_hits == 4 && reused >= 4 * 64,
+                  "the checkpoint again: %lld hits, %lld reused", (long long)(s.prefix_cache_hits - before.prefix_cache_hits),
+                  (long long)reused);
+    }
+    ts_engine_stats off = stats(&eng[1]);
+    CHECK(off.prefix_reused_tokens == 0 && off.prefix_checkpoints == 0,
+          "V4 without checkpoints: %lld tokens reused, %lld checkpoints", (long long)off.prefix_reused_tokens,
+          (long long)off.prefix_checkpoints);
+    printf("  V4 checkpoints: 4 prompts sharing 70 tokens, one after another: the 3rd and 4th reuse 64 (none without "
+           "checkpoints); greedy and seeded outputs as without a prefix cache\n");
+out:
+    for (int k = 0; k < 4; k++) ts_model_engine_free(e[k]);
+}
+
+/* A checkpoint taken at admission: request 0 is the 64 shared tokens and one more, answered with
+ * a single token, so its cache (65 tokens) rewinds to 64 for request 1, which starts there and
+ * keeps that state before it moves on; request 2 then finds only the checkpoint at 64 (64 tokens
+ * reused by each of 1 and 2). Outputs equal the engine's without a prefix cache. */
+static void test_checkpoint_at_admission(const ts_model_weights *w, ts_backend *be) {
+    ts_model_engine *ck = engine_with(w, be, 2, CK_LEN, 0, 8, 16, true, -1),
+                    *plain = engine_with(w, be, 2, CK_LEN, 0, 8, 16, false, -1);
+    if (!ck || !plain) goto out;
+    ts_engine eng, ref;
+    ts_model_engine_table(ck, &eng);
+    ts_model_engine_table(plain, &ref);
+    const char *own[3] = {"k", "copy hello world=....", "rev abcdefghij=......"};
+    int32_t prompts[3][CK_LEN];
+    size_t lens[3];
+    for (int i = 0; i < 3; i++) {
+        lens[i] = long_prompt(&eng, "sys: be terse. ", 64, prompts[i]);
+        lens[i] += tokenize(&eng, own[i], false, prompts[i] + lens[i]);
+    }
+    collector got[3], want[3];
+    for (int i = 0; i < 3; i++) {
+        collector_init(&got[i]);
+        collector_init(&want[i]);
+        ts_gen_request r = request(300 + (uint64_t)i, prompts[i], lens[i], i == 0 ? 1 : CK_NEW, &got[i]);
+        CHECK(eng.submit(eng.self, &r) == TS_OK, "submit %d", i);
+        wait_done(&got[i]);
+        r.sink.user = &want[i];
+        CHECK(ref.submit(ref.self, &r) == TS_OK, "submit %d without a prefix cache", i);
+        wait_done(&want[i]);
+        CHECK(same_output(&got[i], &want[i]), "request %d: %d tokens with checkpoints, %d without a prefix cache, or others",
+              i, got[i].n, want[i].n);
+    }
+    ts_engine_stats s = stats(&eng);
+    CHECK(lens[0] == 65 && s.prefix_cache_hits == 2 && s.prefix_reused_tokens == 2 * 64 && s.prefix_checkpoints == 1,
+          "a checkpoint at admission: %lld hits, %lld tokens reused, %lld checkpoints", (long long)s.prefix_cache_hits,
+          (long long)s.prefix_reused_tokens, (long long)s.prefix_checkpoints);
+out:
+    ts_model_engine_free(ck);
+    ts_model_engine_free(plain);
+}
+
+/* A pool of 5 blocks (160 positions, 2 slots): requests 0..3 one after another (the 3rd and 4th
+ * fork the checkpoint; the running ones evict the idle caches, not the more recently used
+ * checkpoint), then request 4, whose prompt needs the whole pool (the checkpoint is evicted),
+ * then 5..7 at once, sampled, sharing the prefix (forks of a running prefill, preemptions).
+ * Every output equals that of the full pool without a prefix cache. */
+static void test_checkpoint_eviction(const ts_model_weights *w, ts_backend *be) {
+    ts_model_engine *small = engine_with(w, be, 2, CK_LEN, 5 * V4_BLOCK, 8, 16, true, -1),
+                    *plain = engine_with(w, be, 2, CK_LEN, 0, 8, 16, false, -1);
+    if (!small || !plain) goto out;
+    ts_engine eng, ref;
+    ts_model_engine_table(small, &eng);
+    ts_model_engine_table(plain, &ref);
+    int32_t prompts[CK_N][CK_LEN];
+    size_t lens[CK_N];
+    for (int i = 0; i < CK_N; i++) lens[i] = shared_prompt(&eng, i, prompts[i]);
+    collector got[CK_N], want[CK_N];
+    run_set(&eng, prompts, lens, 0, 4, false, false, got);
+    ts_engine_stats s1 = stats(&eng);
+    run_set(&eng, prompts, lens, 4, 5, false, false, got);
+    ts_engine_stats s2 = stats(&eng);
+    run_set(&eng, prompts, lens, 5, CK_N, true, true, got);
+    run_set(&ref, prompts, lens, 0, 5, false, false, want);
+    run_set(&ref, prompts, lens, 5, CK_N, true, true, want);
+    for (int i = 0; i < CK_N; i++)
+        CHECK(same_output(&got[i], &want[i]), "request %d on a pool of 5 blocks with checkpoints: %d tokens (end %d), "
+              "without a prefix cache %d (end %d), or others", i, got[i].n, (int)got[i].end, want[i].n, (int)want[i].end);
+    CHECK(s1.prefix_reused_tokens == 2 * 64 && s1.prefix_checkpoints == 1 && s2.prefix_checkpoints == 0,
+          "a pool of 5 blocks: %lld tokens reused by requests 0..3, %lld checkpoints; after the long prompt %lld",
+          (long long)s1.prefix_reused_tokens, (long long)s1.prefix_checkpoints, (long long)s2.prefix_checkpoints);
+    ts_engine_stats s = stats(&eng);
+    printf("  V4 checkpoints on a pool of 5 blocks: reused while they fit, evicted for a long prompt, %lld preemptions; "
+           "outputs as without a prefix cache\n", (long long)s.preemptions);
+out:
+    ts_model_engine_free(small);
+    ts_model_engine_free(plain);
+}
+
 int main(void) {
     test_dense_pool();
     ts_model_weights *w = small_model();
@@ -724,6 +960,9 @@ int main(void) {
         test_small_pool(w, be, cp, 3 * V4_BLOCK, V4_BLOCK);
         test_speculative(w, be, 0);
         test_speculative(w, be, 6 * V4_BLOCK);
+        test_checkpoint_reuse(w, be);
+        test_checkpoint_at_admission(w, be);
+        test_checkpoint_eviction(w, be);
     }
     ts_model_completer_free(cp);
     ts_backend_free(be);

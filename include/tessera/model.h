@@ -537,11 +537,15 @@ size_t ts_model_decoder_state_bytes(const ts_model_decoder *d);
  * ones held by no slot, block_bytes each, plus slot_bytes of fixed state per slot (V4's state
  * cache; dense: 0). Per-slot memory (a family without a pool): one block of max_len positions
  * per slot, free while its slot holds no token. state_bytes = slots x slot_bytes + blocks x
- * block_bytes. */
+ * block_bytes. rewind: how many tokens truncate and fork can always take back behind the
+ * furthest length a slot reached since its reset (V4: about 16), -1 when any prefix can be
+ * reached (dense): a caller that wants older prefixes of a bounded model keeps copies of the
+ * sequence (fork at its current length) while it is there. */
 typedef struct {
     int64_t block_positions, blocks, free_blocks;
     size_t block_bytes, slot_bytes;
-    bool shared; /* blocks move between slots (a shared pool) */
+    bool shared;    /* blocks move between slots (a shared pool) */
+    int64_t rewind; /* -1: unbounded */
 } ts_model_decoder_pool;
 
 void ts_model_decoder_pool_info(const ts_model_decoder *d, ts_model_decoder_pool *out);

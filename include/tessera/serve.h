@@ -106,7 +106,7 @@ typedef struct {
     int64_t queued;        /* requests waiting for admission */
     int64_t running;       /* sequences in the running batch */
     int64_t kv_positions_running; /* cache positions held by running sequences */
-    int64_t kv_positions_cached;  /* positions idle slots keep for prefix reuse (reclaimable) */
+    int64_t kv_positions_cached;  /* positions idle slots and prefix checkpoints keep for prefix reuse (reclaimable) */
     int64_t kv_positions_capacity;/* positions of the whole pool (blocks x positions per block) */
     int64_t kv_bytes;             /* memory of the whole pool */
     int64_t kv_blocks;            /* blocks of the pool (ts_model_decoder_pool) */
@@ -114,6 +114,7 @@ typedef struct {
     int64_t preemptions;          /* running requests sent back to the queue for want of blocks (counter) */
     int64_t prefix_cache_hits;    /* admitted requests that reused a cached prefix (counter) */
     int64_t prefix_reused_tokens; /* prompt tokens taken from the cache instead of prefilled (counter) */
+    int64_t prefix_checkpoints;   /* sequences' states kept at block boundaries for prefix reuse (V4) */
     int64_t prefill_tokens;       /* prompt tokens run through the model (counter) */
     int64_t forward_passes;       /* the model's forward passes (counter): prompt chunks and decode steps share them */
     int64_t spec_drafted;         /* speculative decoding: draft tokens proposed (counter) */
@@ -269,7 +270,10 @@ void ts_server_shutdown(ts_server *srv, double grace_s);
  * starts from the longest prefix of its prompt that any sequence holds, running or finished (a
  * finished sequence's tokens stay in its slot until the memory is needed): only the rest is
  * prefilled (multi-turn chat re-sends the conversation: only the new turn is computed; requests
- * sharing a system prompt share its blocks).
+ * sharing a system prompt share its blocks). A model whose caches rewind only a few tokens (V4)
+ * reaches a prefix further back through checkpoints: up to `checkpoints` extra slots of fixed
+ * state (pool blocks shared) hold a sequence at a block boundary, taken when a request repeats a
+ * prefix longer than a block that no cache could rewind to, for the requests after it.
  * With speculative, an iteration whose only work is one generating sequence runs a round of
  * ts_speculator (model.h: the MTP block drafts a token, one two-token pass verifies it) instead
  * of a one-row step - a server's quiet periods, where batching has nothing to share; the MTP
@@ -291,6 +295,9 @@ typedef struct {
     int64_t pool_positions; /* a shared pool's size (0, the default: slots x max_len) */
     bool speculative;    /* MTP speculative decoding when one sequence decodes alone (default
                             false; a model without an MTP block is TS_ERR_UNSUPPORTED) */
+    int checkpoints;     /* prefix checkpoint slots of a model that needs them (V4; each one
+                            slot's fixed state): -1, the default, max(2, slots / 2); 0: none.
+                            A model that forks any prefix (dense), or prefix_cache off: none */
 } ts_model_engine_options;
 
 ts_model_engine_options ts_model_engine_defaults(void);
@@ -300,13 +307,15 @@ ts_status ts_model_engine_new(const ts_model_weights *w, ts_tokenizer *tok, ts_b
 
 /* Sizing from a memory budget of kv_bytes of decoder caches (measured on a one-slot decoder).
  * A shared pool (dense, V4): *slots = the most slots (at most max_slots, and one per block) whose
- * fixed per-slot state (V4's state cache; dense has none) still leaves room for the blocks of one
+ * fixed per-slot state (V4's state cache; dense has none), with that of the checkpoint slots
+ * options.checkpoints = `checkpoints` gives them, still leaves room for the blocks of one
  * sequence of max_len, *pool_positions = the whole blocks the rest holds - the pool, not the
  * slots, bounds the memory. Per-slot memory: *slots = how many sequences of max_len fit (at most
  * max_slots), *pool_positions = 0. *seq_bytes: the memory of one sequence of max_len.
  * TS_ERR_RANGE, with err saying what one sequence needs, when not even one fits. */
 ts_status ts_model_engine_fit(const ts_model_weights *w, ts_backend *be, size_t kv_bytes, int64_t max_len, int max_slots,
-                              int *slots, int64_t *pool_positions, size_t *seq_bytes, char *err, size_t err_size);
+                              int checkpoints, int *slots, int64_t *pool_positions, size_t *seq_bytes, char *err,
+                              size_t err_size);
 /* Stops the worker: running and queued requests end with TS_GEN_CANCELLED. */
 void ts_model_engine_free(ts_model_engine *e);
 /* The table to hand to ts_server_start (or to call directly). */

@@ -7,9 +7,11 @@
  *   inter-token latency (the gaps between text events), median and p99;
  *   aggregate generated tokens/s (the usage chunks' completion_tokens over the wall time);
  *   request errors (no connection, a status other than 200, an error event, no [DONE]).
- * Prompts are --prompt-tokens token ids (the first differs per request, so no two share a
- * cached prefix); generation is greedy and may stop early at the end-of-sequence token. The
- * HTTP client is serve's (http_client.c). */
+ * Prompts are --prompt-tokens token ids, alike but for the one at position --shared-prefix
+ * (default 0), which differs per request: by default no two share a cached prefix; with N > 0
+ * they share N tokens, as requests after one system prompt do (with --streams 1, the prefix
+ * cache's effect on time to first token). Generation is greedy and may stop early at the
+ * end-of-sequence token. The HTTP client is serve's (http_client.c). */
 #include <jansson.h>
 #include <pthread.h>
 #include <signal.h>
@@ -29,7 +31,7 @@ typedef struct {
     char host[256];
     int port;
     char auth[512]; /* the Authorization header line, or "" */
-    int requests, max_tokens, prompt_tokens;
+    int requests, max_tokens, prompt_tokens, shared_prefix;
     double timeout_s;
 } bench_target;
 
@@ -78,12 +80,12 @@ static void on_event(void *user, const char *data, size_t n, double t) {
     json_decref(ev);
 }
 
-/* The request body: prompt_tokens ids, the first one depending on the request's index. */
+/* The request body: prompt_tokens ids, the one at shared_prefix depending on the request's index. */
 static bool request_body(const bench_target *tg, int index, sbuf *body) {
     body->n = 0;
     bool ok = sbuf_append(body, "{\"prompt\": [", 12);
     for (int i = 0; ok && i < tg->prompt_tokens; i++)
-        ok = sbuf_printf(body, "%s%d", i ? ", " : "", 10 + (i == 0 ? index : i * 37) % 200);
+        ok = sbuf_printf(body, "%s%d", i ? ", " : "", 10 + (i == tg->shared_prefix ? index : i * 37) % 200);
     return ok && sbuf_printf(body, "], \"max_tokens\": %d, \"temperature\": 0, \"stream\": true, "
                                    "\"stream_options\": {\"include_usage\": true}}", tg->max_tokens);
 }
@@ -277,7 +279,7 @@ static int parse_streams(const char *list, int *streams, int *n) {
 
 int cli_bench_serve_main(int argc, char **argv) {
     const char *url = NULL, *model = NULL, *streams_list = "1,4,16,64", *api_key = NULL;
-    int requests = 0, max_tokens = 32, prompt_tokens = 32, slots = 0, threads = 0;
+    int requests = 0, max_tokens = 32, prompt_tokens = 32, shared_prefix = 0, slots = 0, threads = 0;
     float timeout = 300;
     bool as_json = false;
     const cli_option options[] = {
@@ -287,6 +289,7 @@ int cli_bench_serve_main(int argc, char **argv) {
         {"--requests", CLI_OPT_INT, &requests, "N", "requests per level (0: 2 per stream; at least 1 per stream)", 0, 1 << 20},
         {"--max-tokens", CLI_OPT_INT, &max_tokens, "N", "max_tokens of each request", 1, 1 << 16},
         {"--prompt-tokens", CLI_OPT_INT, &prompt_tokens, "N", "prompt length in tokens", 1, 1 << 16},
+        {"--shared-prefix", CLI_OPT_INT, &shared_prefix, "N", "leading prompt tokens every request shares (< --prompt-tokens)", 0, 1 << 16},
         {"--api-key", CLI_OPT_STRING, &api_key, "K", "sent as 'Authorization: Bearer K'", 0, 0},
         {"--slots", CLI_OPT_INT, &slots, "N", "with --model: the server's --slots (0: its default)", 0, 1024},
         {"--threads", CLI_OPT_INT, &threads, "N", "with --model: the server's compute threads (0: every core)", 0, 1024},
@@ -300,8 +303,10 @@ int cli_bench_serve_main(int argc, char **argv) {
     int rc = cli_parse(&spec, argc, argv);
     if (rc != CLI_CONTINUE) return rc;
     if (!url == !model) return cli_usage_error(CMD, "give exactly one of --url and --model");
+    if (shared_prefix >= prompt_tokens) return cli_usage_error(CMD, "--shared-prefix must be below --prompt-tokens");
     int streams[MAX_LEVELS], n_levels;
-    bench_target tg = {.max_tokens = max_tokens, .prompt_tokens = prompt_tokens, .timeout_s = timeout};
+    bench_target tg = {.max_tokens = max_tokens, .prompt_tokens = prompt_tokens, .shared_prefix = shared_prefix,
+                       .timeout_s = timeout};
     if (api_key) snprintf(tg.auth, sizeof tg.auth, "Authorization: Bearer %.400s\r\n", api_key);
     if ((rc = parse_streams(streams_list, streams, &n_levels)) != CLI_CONTINUE) return rc;
     pid_t server = 0;
@@ -313,8 +318,8 @@ int cli_bench_serve_main(int argc, char **argv) {
     }
     rc = parse_url(model ? started_url : url, &tg);
     if (rc == CLI_CONTINUE && !as_json)
-        printf("server %s:%d, prompts of %d tokens, max_tokens %d\n%7s %8s %6s %10s %10s %10s %10s %10s\n", tg.host,
-               tg.port, prompt_tokens, max_tokens, "streams", "requests", "errors", "ttft_med", "ttft_p99", "itl_med",
+        printf("server %s:%d, prompts of %d tokens (the first %d shared), max_tokens %d\n%7s %8s %6s %10s %10s %10s %10s %10s\n", tg.host,
+               tg.port, prompt_tokens, shared_prefix, max_tokens, "streams", "requests", "errors", "ttft_med", "ttft_p99", "itl_med",
                "itl_p99", "tokens/s");
     for (int i = 0; rc == CLI_CONTINUE && i < n_levels; i++) {
         level_result r = {0};

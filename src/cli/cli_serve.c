@@ -2,8 +2,8 @@
  * the model engine (continuous batching on the incremental decoder, chunked prefill, prefix
  * cache). The KV cache is slots x context positions, or sized from a memory budget
  * (--kv-memory): the pool of blocks the sequences share (dense: the KV cache; V4: the compressed
- * entries, each slot owning its fixed state cache besides; --slots then only caps how many run
- * at once); the chosen shape is printed, then "listening on http://HOST:PORT" once
+ * entries, each slot owning its fixed state cache besides, and so does each V4 prefix checkpoint
+ * (--checkpoints); --slots then only caps how many run at once); the chosen shape is printed, then "listening on http://HOST:PORT" once
  * it accepts connections; SIGTERM or SIGINT shuts it down gracefully (in-flight requests get a
  * few seconds to finish, the rest are cancelled), exit 0. */
 #include <libgen.h>
@@ -33,7 +33,7 @@ int cli_serve_main(int argc, char **argv) {
     const char *model = NULL, *dtype = "f32", *host = "127.0.0.1", *api_key = NULL, *model_name = NULL,
                *speculative = NULL;
     int port = 8080, max_concurrent = 16, slots = 0, context = 1024, threads = 0, max_queue = 64;
-    int max_prompt = 0, max_output = 256, kv_memory = 0, prefill_chunk = 64;
+    int max_prompt = 0, max_output = 256, kv_memory = 0, prefill_chunk = 64, checkpoints = -1;
     bool no_prefix_cache = false;
     float timeout = 600, grace = 5;
     const cli_option options[] = {
@@ -54,6 +54,9 @@ int cli_serve_main(int argc, char **argv) {
         {"--speculative", CLI_OPT_STRING, &speculative, "mtp",
          "speculative decoding with the MTP block as the draft while one sequence decodes alone", 0, 0},
         {"--no-prefix-cache", CLI_OPT_FLAG, &no_prefix_cache, NULL, "do not reuse finished sequences' caches for shared prompt prefixes", 0, 0},
+        {"--checkpoints", CLI_OPT_INT, &checkpoints, "N",
+         "prefix checkpoints of a model whose caches rewind only a few tokens (V4): extra slots of fixed state keeping "
+         "a sequence at a block boundary for later prompts sharing it (-1: max(2, slots / 2); 0: none)", -1, 1024},
         {"--max-queue", CLI_OPT_INT, &max_queue, "N", "requests waiting for a slot (more: HTTP 503)", 1, 1 << 20},
         {"--max-prompt-tokens", CLI_OPT_INT, &max_prompt, "N", "longest prompt (0: context - 1)", 0, 1 << 24},
         {"--max-output-tokens", CLI_OPT_INT, &max_output, "N", "largest max_tokens, and its default", 1, 1 << 24},
@@ -101,9 +104,10 @@ int cli_serve_main(int argc, char **argv) {
     eo.prefill_chunk = prefill_chunk;
     eo.prefix_cache = !no_prefix_cache;
     eo.speculative = speculative != NULL;
+    eo.checkpoints = checkpoints;
     if (rc == 0 && kv_memory > 0 &&
-        ts_model_engine_fit(w, be, (size_t)kv_memory << 20, context, slots ? slots : MAX_AUTO_SLOTS, &eo.slots,
-                            &eo.pool_positions, NULL, err, sizeof err) != TS_OK)
+        ts_model_engine_fit(w, be, (size_t)kv_memory << 20, context, slots ? slots : MAX_AUTO_SLOTS,
+                            eo.prefix_cache ? checkpoints : 0, &eo.slots, &eo.pool_positions, NULL, err, sizeof err) != TS_OK)
         rc = fail(err, NULL);
     if (rc == 0 && ts_model_engine_new(w, tok, be, &eo, &engine, err, sizeof err) != TS_OK) rc = fail(err, NULL);
     ts_chat_template tmpl; /* the model's own chat template (serve.h), else the default */

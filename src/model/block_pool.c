@@ -74,5 +74,5 @@ void ts_block_pool_share(ts_block_pool *p, int dst, int src, int64_t len) {
 
 void ts_block_pool_info(const ts_block_pool *p, ts_model_decoder_pool *out) {
     *out = (ts_model_decoder_pool){.block_positions = p->block_positions, .blocks = p->n_blocks,
-                                   .free_blocks = p->n_free, .shared = true};
+                                   .free_blocks = p->n_free, .shared = true, .rewind = -1};
 }

@@ -39,6 +39,7 @@ void ts_block_pool_reserve(ts_block_pool *p, int slot, int64_t len, int64_t n, t
 void ts_block_pool_release_to(ts_block_pool *p, int slot, int64_t len);
 /* Slot dst drops its blocks and shares src's blocks of the first len positions. */
 void ts_block_pool_share(ts_block_pool *p, int dst, int src, int64_t len);
-/* The pool's blocks (the memory fields left 0 for the caller). */
+/* The pool's blocks (the memory fields left 0 for the caller; rewind -1, any prefix: the pool
+ * itself keeps every block a slot holds). */
 void ts_block_pool_info(const ts_block_pool *p, ts_model_decoder_pool *out);
 #endif

@@ -857,6 +857,7 @@ static void v4_pool(const void *impl, ts_model_decoder_pool *out) {
         out->block_bytes += (size_t)(L->per_block * (dec->c->head_dim + (L->csa ? dec->c->index_head_dim : 0))) * dec->esz;
     }
     out->slot_bytes = (dec->state_bytes - out->block_bytes * (size_t)out->blocks) / (size_t)dec->B;
+    out->rewind = V4_REWIND - (dec->streams != NULL); /* can_rewind's bound */
 }
 
 static int64_t v4_blocks_needed(const void *impl, int slot, int64_t n) { return blocks_needed(impl, slot, n); }

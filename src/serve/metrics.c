@@ -64,7 +64,7 @@ char *metrics_render(metrics *m, const ts_engine_stats *es, int in_flight) {
     metric_head(&b, "tessera_kv_cache_usage_ratio", "gauge", "Fraction of the KV-cache pool in use.");
     sbuf_printf(&b, "tessera_kv_cache_usage_ratio %.6f\n", es->kv_cache_usage);
     metric_head(&b, "tessera_kv_cache_positions", "gauge",
-                "KV-cache positions held: by running sequences, and kept by idle slots for prefix reuse.");
+                "KV-cache positions held: by running sequences, and kept by idle slots and checkpoints for prefix reuse.");
     sbuf_printf(&b, "tessera_kv_cache_positions{state=\"running\"} %lld\n", (long long)es->kv_positions_running);
     sbuf_printf(&b, "tessera_kv_cache_positions{state=\"cached\"} %lld\n", (long long)es->kv_positions_cached);
     metric_head(&b, "tessera_kv_cache_capacity_positions", "gauge", "KV-cache positions of the whole pool.");
@@ -83,6 +83,9 @@ char *metrics_render(metrics *m, const ts_engine_stats *es, int in_flight) {
     metric_head(&b, "tessera_prefix_cache_reused_tokens_total", "counter",
                 "Prompt tokens taken from the prefix cache instead of prefilled.");
     sbuf_printf(&b, "tessera_prefix_cache_reused_tokens_total %lld\n", (long long)es->prefix_reused_tokens);
+    metric_head(&b, "tessera_prefix_cache_checkpoints", "gauge",
+                "Sequence states kept at block boundaries for prefix reuse (models whose caches rewind only a few tokens).");
+    sbuf_printf(&b, "tessera_prefix_cache_checkpoints %lld\n", (long long)es->prefix_checkpoints);
     metric_head(&b, "tessera_prefill_tokens_total", "counter", "Prompt tokens run through the model.");
     sbuf_printf(&b, "tessera_prefill_tokens_total %lld\n", (long long)es->prefill_tokens);
     metric_head(&b, "tessera_forward_passes_total", "counter",

@@ -26,6 +26,26 @@
  * iteration's logits buffer has left), each row giving the next prompt token's, reported once
  * even when a preemption makes it prefill again.
  *
+ * Prefix checkpoints: a model whose caches rewind only a few tokens (V4: the fixed state cache
+ * holds the last ~16 positions; ts_model_decoder_pool's rewind) reuses none of a cached
+ * sequence that has gone further than that past the shared part - requests sharing a system
+ * prompt but not what follows would each compute it again. The engine then keeps extra decoder
+ * slots (options.checkpoints) holding a sequence's state at a block boundary of the pool, taken
+ * by forking a prefilling slot at the moment its length is that boundary (nothing to rewind;
+ * whole blocks are shared, none copied). Policy: when a request is admitted, the deepest
+ * boundary within the longest prefix some cache (a slot or a checkpoint) shares with its prompt
+ * is its checkpoint, unless it reuses more than that: its prefill chunks are cut to end there
+ * (it reused less: the source refused the rewind), or it is taken at once (it starts right
+ * there: a fork of a prefill under way or an idle cache rewound there, both about to move on).
+ * So the first request to repeat a prefix pays for it, and the later ones fork the checkpoint
+ * (it stays) and prefill only the rest. Not every prompt's own deepest boundary: that lies in
+ * its private part, and with few checkpoint slots it would push out the shared ones (a
+ * conversation's next turn finds its idle slot, which holds the whole turn). A checkpoint
+ * already holding the prefix is only touched; else an empty checkpoint slot, else the least
+ * recently used one (taken or forked from) is replaced. Under memory pressure checkpoints are
+ * evicted as idle caches are, least recently used first, before anyone is preempted. A model
+ * that forks any prefix (dense) gets none.
+ *
  * Memory: the decoder's pool (ts_model_decoder_pool_info). A shared pool of blocks (dense: the
  * KV cache; V4: the compressed entries, its slots owning the fixed state cache besides) may hold
  * fewer positions than slots x max_len: a request is admitted when the free blocks cover the rest of its prompt
@@ -82,7 +102,8 @@ typedef struct {
     int64_t n_tokens;  /* == ts_model_decoder_length of the slot, kept here for the lock's sake */
     int32_t last;      /* the last sampled token: the next step's input */
     int32_t generated;
-    uint64_t used_at;  /* when its last request ended (engine clock) */
+    int64_t checkpoint_at; /* prefilling: the block boundary to checkpoint its state at (0: none) */
+    uint64_t used_at;  /* when its last request ended, a checkpoint's when taken or forked from (engine clock) */
     uint64_t admitted_at; /* when its request was admitted: the youngest is preempted first */
     ts_sampler *sampler;
 } slot_state;
@@ -93,6 +114,7 @@ struct ts_model_engine {
     ts_model_decoder *dec;
     ts_model_decoder_pool pool; /* as of the worker's last look (free_blocks) */
     ts_model_engine_options opt;
+    int n_checkpoints; /* checkpoint slots: slots[opt.slots .. opt.slots + n_checkpoints), never running */
     size_t kv_bytes;
     slot_state *slots;
     pending *queue;
@@ -114,7 +136,7 @@ struct ts_model_engine {
     ts_model_decoder_seq *batch; /* [slots]: the iteration's sequences */
     float *logits;         /* [slots, vocab]: the batch's (at most one row per sequence) */
     float *spare_logits;   /* [vocab], speculative: the MTP catch-ups' and unwanted prefill logits */
-    int64_t *reuse;        /* [slots]: placement candidates */
+    int64_t *reuse;        /* [slots + checkpoints]: placement candidates */
     ts_token_logprobs lp;  /* the token being delivered's, when its request asked */
 };
 
@@ -149,13 +171,18 @@ static int64_t common_prefix(const int32_t *a, int64_t na, const int32_t *b, int
 
 static bool running(const slot_state *sl) { return sl->phase != SLOT_IDLE; }
 
+static int all_slots(const ts_model_engine *e) { return e->opt.slots + e->n_checkpoints; }
+
+/* Whether slot s keeps its sequence when it is a prefix source (forked from, never rewound): a
+ * running one, or a checkpoint. */
+static bool keeps(const ts_model_engine *e, int s) { return s >= e->opt.slots || running(&e->slots[s]); }
+
 /* Whether slot a is a better prefix source than b: a longer prefix; equal, an idle slot (no
  * copy), then the least recently used. */
 static bool better_source(const ts_model_engine *e, int a, int b) {
-    const slot_state *x = &e->slots[a], *y = &e->slots[b];
     if (e->reuse[a] != e->reuse[b]) return e->reuse[a] > e->reuse[b];
-    if (running(x) != running(y)) return !running(x);
-    return x->used_at < y->used_at;
+    if (keeps(e, a) != keeps(e, b)) return !keeps(e, a);
+    return e->slots[a].used_at < e->slots[b].used_at;
 }
 
 /* Whether a prefill under way will hold at least a block more of prompt p than the `have`
@@ -174,41 +201,79 @@ static bool prefix_coming(const ts_model_engine *e, const pending *p, int64_t ha
     return false;
 }
 
-/* Fills an idle slot with the longest prefix of prompt p any slot holds (its n_tokens then;
- * *forked: copied from a running one) and returns it; -1 when every slot is busy, or when a
- * prefill under way is about to offer more. reuse[s]: what slot s offers (-1: nothing left to
+/* Fills an idle slot with the longest prefix of prompt p any slot or checkpoint holds (its
+ * n_tokens then; *forked: copied from a running one or a checkpoint) and returns it; -1 when
+ * every slot is busy, or when a prefill under way is about to offer more. *shared: the longest
+ * prefix any of them holds, reusable or not. reuse[s]: what slot s offers (-1: nothing left to
  * try); an idle slot's own rewind the model refuses leaves it a candidate, empty. */
-static int place(ts_model_engine *e, const pending *p, bool *forked) {
+static int place(ts_model_engine *e, const pending *p, bool *forked, int64_t *shared) {
     int lru = -1;
     int64_t have = 0;
-    for (int s = 0; s < e->opt.slots; s++) {
+    for (int s = 0; s < all_slots(e); s++) {
         const slot_state *sl = &e->slots[s];
-        if (!running(sl) && (lru < 0 || sl->used_at < e->slots[lru].used_at)) lru = s;
+        if (!keeps(e, s) && (lru < 0 || sl->used_at < e->slots[lru].used_at)) lru = s;
         int64_t common = e->opt.prefix_cache ? common_prefix(sl->tokens, sl->n_tokens, p->prompt, (int64_t)p->n_prompt) : 0;
         if (p->prompt_logprobs && common > p->prompt_lp_next - 1) common = p->prompt_lp_next - 1; /* their logits */
         e->reuse[s] = common < (int64_t)p->n_prompt ? common : (int64_t)p->n_prompt - 1;
-        if (running(sl) && e->reuse[s] == 0) e->reuse[s] = -1;
+        if (keeps(e, s) && e->reuse[s] == 0) e->reuse[s] = -1;
         have = e->reuse[s] > have ? e->reuse[s] : have;
     }
+    *shared = have;
     if (lru < 0 || (e->opt.prefix_cache && prefix_coming(e, p, have))) return -1;
     for (;;) {
         int best = -1;
-        for (int s = 0; s < e->opt.slots; s++)
+        for (int s = 0; s < all_slots(e); s++)
             if (e->reuse[s] >= 0 && (best < 0 || better_source(e, s, best))) best = s;
         slot_state *src = &e->slots[best];
-        if (!running(src) && ts_model_decoder_truncate(e->dec, best, e->reuse[best]) == TS_OK) { /* 0 always works */
+        if (!keeps(e, best) && ts_model_decoder_truncate(e->dec, best, e->reuse[best]) == TS_OK) { /* 0 always works */
             src->n_tokens = e->reuse[best];
             return best;
         }
-        if (running(src) && ts_model_decoder_fork(e->dec, lru, best, e->reuse[best]) == TS_OK) {
+        if (keeps(e, best) && ts_model_decoder_fork(e->dec, lru, best, e->reuse[best]) == TS_OK) {
             slot_state *dst = &e->slots[lru];
             memcpy(dst->tokens, src->tokens, (size_t)e->reuse[best] * sizeof(int32_t));
             dst->n_tokens = e->reuse[best];
+            if (!running(src)) src->used_at = ++e->clock; /* a checkpoint: recently used */
             *forked = true;
             return lru;
         }
-        e->reuse[best] = running(src) ? -1 : 0;
+        e->reuse[best] = keeps(e, best) ? -1 : 0;
     }
+}
+
+/* The block boundary a request placed with `reused` tokens of its prompt, which shares `shared`
+ * with some cache, checkpoints at (0: none; the policy is the file comment's). */
+static int64_t checkpoint_target(const ts_model_engine *e, int64_t shared, int64_t reused) {
+    int64_t at = e->n_checkpoints > 0 ? shared / e->pool.block_positions * e->pool.block_positions : 0;
+    return at >= reused ? at : 0;
+}
+
+/* Whether checkpoint slot a is a better one to replace than b: empty, then least recently used. */
+static bool replace_first(const ts_model_engine *e, int a, int b) {
+    const slot_state *x = &e->slots[a], *y = &e->slots[b];
+    if ((x->n_tokens == 0) != (y->n_tokens == 0)) return x->n_tokens == 0;
+    return x->used_at < y->used_at;
+}
+
+/* Keeps a copy of slot s's sequence (its length a block boundary: the copy shares whole blocks
+ * and takes none) in a checkpoint slot: the one holding it already is only touched; else an
+ * empty one or the least recently used is replaced. A fork the model refuses changes nothing. */
+static void take_checkpoint(ts_model_engine *e, int s) {
+    const slot_state *sl = &e->slots[s];
+    int c = -1;
+    for (int k = e->opt.slots; k < all_slots(e); k++) {
+        slot_state *ck = &e->slots[k];
+        if (ck->n_tokens == sl->n_tokens && !memcmp(ck->tokens, sl->tokens, (size_t)sl->n_tokens * sizeof(int32_t))) {
+            ck->used_at = ++e->clock;
+            return;
+        }
+        if (c < 0 || replace_first(e, k, c)) c = k;
+    }
+    if (c < 0 || ts_model_decoder_fork(e->dec, c, s, sl->n_tokens) != TS_OK) return;
+    slot_state *ck = &e->slots[c];
+    memcpy(ck->tokens, sl->tokens, (size_t)sl->n_tokens * sizeof(int32_t));
+    ck->n_tokens = sl->n_tokens;
+    ck->used_at = ++e->clock;
 }
 
 static int64_t blocks_for(const ts_model_engine *e, int64_t positions) {
@@ -223,11 +288,11 @@ static int64_t free_blocks(ts_model_engine *e) {
     return e->pool.free_blocks = now.free_blocks;
 }
 
-/* Empties the least recently used idle slot that holds a cache, other than `keep`; false when
- * there is none. */
+/* Empties the least recently used idle slot or checkpoint that holds a cache, other than `keep`;
+ * false when there is none. */
 static bool evict_idle(ts_model_engine *e, int keep) {
     int victim = -1;
-    for (int s = 0; s < e->opt.slots; s++) {
+    for (int s = 0; s < all_slots(e); s++) {
         const slot_state *sl = &e->slots[s];
         if (s != keep && !running(sl) && sl->n_tokens > 0 && (victim < 0 || sl->used_at < e->slots[victim].used_at))
             victim = s;
@@ -250,12 +315,15 @@ static bool has_room(ts_model_engine *e, int s, const pending *p) {
     return true;
 }
 
-/* A preempted request resumes with its own sampler (the slot's goes to the spares). */
-static void start(ts_model_engine *e, int s, pending p) {
+/* A preempted request resumes with its own sampler (the slot's goes to the spares). shared: the
+ * longest prefix of its prompt some cache holds (place). */
+static void start(ts_model_engine *e, int s, pending p, int64_t shared) {
     slot_state *sl = &e->slots[s];
     sl->phase = SLOT_PREFILL;
     sl->req = p;
     sl->generated = p.generated;
+    sl->checkpoint_at = checkpoint_target(e, shared, sl->n_tokens);
+    if (sl->checkpoint_at > 0 && sl->checkpoint_at == sl->n_tokens) take_checkpoint(e, s);
     sl->admitted_at = ++e->clock;
     if (sl->n_tokens > 0) {
         e->prefix_hits++;
@@ -283,7 +351,8 @@ static void admit(ts_model_engine *e) {
     while (e->queue_len > 0) {
         pending p = e->queue[0];
         bool forked = false;
-        int s = p.cancelled ? -1 : place(e, &p, &forked);
+        int64_t shared = 0;
+        int s = p.cancelled ? -1 : place(e, &p, &forked, &shared);
         if (s >= 0 && !has_room(e, s, &p)) {
             if (forked) empty_slot(e, s); /* kept while p waits, the copy would pin blocks others need */
             return;
@@ -292,7 +361,7 @@ static void admit(ts_model_engine *e) {
         memmove(e->queue, e->queue + 1, (size_t)(e->queue_len - 1) * sizeof *e->queue);
         e->queue_len--;
         if (p.cancelled) drop(e, &p, TS_GEN_CANCELLED);
-        else start(e, s, p);
+        else start(e, s, p, shared);
     }
 }
 
@@ -359,7 +428,8 @@ static bool wants_prompt_rows(const slot_state *sl) {
 }
 
 /* Prompt chunks of the prefilling slots after the one served last, up to the budget; a chunk
- * whose every row of logits is wanted (prompt logprobs) is cut to the rows left in e->logits. */
+ * ends at its slot's checkpoint boundary, and one whose every row of logits is wanted (prompt
+ * logprobs) is cut to the rows left in e->logits. */
 static void plan_prefill(ts_model_engine *e, plan *p) {
     int64_t budget = e->opt.prefill_chunk, rows = p->n;
     for (int k = 1, last = e->prefill_rr; k <= e->opt.slots && budget > 0; k++) {
@@ -367,6 +437,7 @@ static void plan_prefill(ts_model_engine *e, plan *p) {
         const slot_state *sl = &e->slots[s];
         if (sl->phase != SLOT_PREFILL) continue;
         int64_t left = (int64_t)sl->req.n_prompt - sl->n_tokens, m = left < budget ? left : budget;
+        if (sl->checkpoint_at > sl->n_tokens && sl->n_tokens + m > sl->checkpoint_at) m = sl->checkpoint_at - sl->n_tokens;
         bool all_rows = wants_prompt_rows(sl);
         if (all_rows && m > e->opt.slots - rows) m = e->opt.slots - rows;
         if (m < 1) continue;
@@ -472,6 +543,7 @@ static void after_batch(ts_model_engine *e, const plan *p, ts_status st) {
         memcpy(sl->tokens + sl->n_tokens, q->ids, (size_t)q->n * sizeof(int32_t));
         sl->n_tokens += q->n;
         if (i >= p->n_decode) e->prefill_tokens += q->n;
+        if (i >= p->n_decode && sl->n_tokens == sl->checkpoint_at) take_checkpoint(e, q->slot);
         if (q->logit_rows == 0) continue;
         if (i >= p->n_decode && sl->req.prompt_logprobs && q->logit_rows == q->n) report_prompt_rows(e, sl, p0, q->n, row);
         const float *last = row + (q->logit_rows - 1) * e->vocab;
@@ -644,10 +716,11 @@ static void eng_stats(void *self, ts_engine_stats *out) {
     ts_model_engine *e = self;
     *out = (ts_engine_stats){0};
     pthread_mutex_lock(&e->mu);
-    for (int s = 0; s < e->opt.slots; s++) {
+    for (int s = 0; s < all_slots(e); s++) {
         const slot_state *sl = &e->slots[s];
         if (sl->phase == SLOT_IDLE) {
             out->kv_positions_cached += sl->n_tokens;
+            out->prefix_checkpoints += s >= e->opt.slots && sl->n_tokens > 0;
         } else {
             out->running++;
             out->kv_positions_running += sl->n_tokens;
@@ -678,23 +751,44 @@ void ts_model_engine_table(ts_model_engine *e, ts_engine *out) {
 
 ts_model_engine_options ts_model_engine_defaults(void) {
     return (ts_model_engine_options){.slots = 4, .max_len = 1024, .max_queue = 64, .prefill_chunk = 64, .prefix_cache = true,
-                                     .pool_positions = 0};
+                                     .pool_positions = 0, .checkpoints = -1};
 }
 
-ts_status ts_model_engine_fit(const ts_model_weights *w, ts_backend *be, size_t kv_bytes, int64_t max_len, int max_slots,
-                              int *slots, int64_t *pool_positions, size_t *seq_bytes, char *err, size_t err_size) {
-    if (!w || !be || !slots || !pool_positions || max_len < 2 || max_slots < 1) return TS_ERR_INVALID_ARG;
+/* The checkpoint slots `wanted` (options.checkpoints) makes for `slots` slots over the pool:
+ * none unless the pool is shared and its slots rewind only so far. */
+static int checkpoint_slots(const ts_model_decoder_pool *pool, int wanted, int slots) {
+    if (!pool->shared || pool->rewind < 0 || wanted == 0) return 0;
+    return wanted > 0 ? wanted : slots / 2 > 2 ? slots / 2 : 2;
+}
+
+/* The pool's shape (its free blocks those of one sequence) and one sequence's memory (a slot's
+ * fixed state and the blocks of max_len positions), from a decoder of one slot. */
+static ts_status probe(const ts_model_weights *w, ts_backend *be, int64_t max_len, ts_model_decoder_pool *pool,
+                       size_t *one, char *err, size_t err_size) {
     ts_model_decoder *d = NULL;
     ts_status s = ts_model_decoder_new(w, be, 1, max_len, &d, err, err_size);
     if (s != TS_OK) return s;
-    ts_model_decoder_pool pool; /* of one slot: its blocks make one sequence */
-    ts_model_decoder_pool_info(d, &pool);
-    size_t one = ts_model_decoder_state_bytes(d), block = pool.block_bytes;
+    ts_model_decoder_pool_info(d, pool);
+    *one = ts_model_decoder_state_bytes(d);
     ts_model_decoder_free(d);
+    return TS_OK;
+}
+
+ts_status ts_model_engine_fit(const ts_model_weights *w, ts_backend *be, size_t kv_bytes, int64_t max_len, int max_slots,
+                              int checkpoints, int *slots, int64_t *pool_positions, size_t *seq_bytes, char *err,
+                              size_t err_size) {
+    if (!w || !be || !slots || !pool_positions || max_len < 2 || max_slots < 1 || checkpoints < -1) return TS_ERR_INVALID_ARG;
+    ts_model_decoder_pool pool; /* of one slot: its blocks make one sequence */
+    size_t one;
+    ts_status s = probe(w, be, max_len, &pool, &one, err, err_size);
+    if (s != TS_OK) return s;
+    size_t block = pool.block_bytes;
     if (seq_bytes) *seq_bytes = one;
-    if (kv_bytes < one) {
-        ts_error_printf(err, err_size, "a KV-cache budget of %.2f MiB holds no sequence of %lld positions (one needs %.2f MiB)",
-                        (double)kv_bytes / (1 << 20), (long long)max_len, (double)one / (1 << 20));
+    size_t need = one + (size_t)checkpoint_slots(&pool, checkpoints, 1) * pool.slot_bytes;
+    if (kv_bytes < need) {
+        ts_error_printf(err, err_size, "a KV-cache budget of %.2f MiB holds no sequence of %lld positions (one needs %.2f "
+                        "MiB, with its prefix checkpoints' state)", (double)kv_bytes / (1 << 20), (long long)max_len,
+                        (double)need / (1 << 20));
         return TS_ERR_RANGE;
     }
     if (!pool.shared) {
@@ -702,13 +796,14 @@ ts_status ts_model_engine_fit(const ts_model_weights *w, ts_backend *be, size_t 
         *slots = kv_bytes / one < (size_t)max_slots ? (int)(kv_bytes / one) : max_slots;
         return TS_OK;
     }
-    /* the most slots (at most one per block) whose fixed state leaves a sequence's blocks, then
-     * every whole block the rest holds, up to all slots at max_len */
+    /* the most slots (at most one per block) whose fixed state, with their checkpoints', leaves a
+     * sequence's blocks, then every whole block the rest holds, up to all slots at max_len */
     int n = 1;
-    while (n < max_slots && (size_t)(n + 1) * pool.slot_bytes + block * (size_t)(n + 1 > pool.blocks ? n + 1 : pool.blocks) <= kv_bytes)
+    while (n < max_slots && (size_t)(n + 1 + checkpoint_slots(&pool, checkpoints, n + 1)) * pool.slot_bytes +
+                                    block * (size_t)(n + 1 > pool.blocks ? n + 1 : pool.blocks) <= kv_bytes)
         n++;
     size_t full = (size_t)n * (size_t)pool.blocks, cap = (size_t)(INT32_MAX / pool.block_positions - 1);
-    size_t blocks = block ? (kv_bytes - (size_t)n * pool.slot_bytes) / block : full;
+    size_t blocks = block ? (kv_bytes - (size_t)(n + checkpoint_slots(&pool, checkpoints, n)) * pool.slot_bytes) / block : full;
     blocks = blocks < full ? blocks : full;
     *pool_positions = (int64_t)(blocks < cap ? blocks : cap) * pool.block_positions;
     *slots = n;
@@ -716,32 +811,51 @@ ts_status ts_model_engine_fit(const ts_model_weights *w, ts_backend *be, size_t 
 }
 
 static ts_status check_options(const ts_model_engine_options *o, char *err, size_t err_size) {
-    if (o->slots >= 1 && o->max_len >= 2 && o->max_queue >= 1 && o->prefill_chunk >= 1 && o->pool_positions >= 0)
+    if (o->slots >= 1 && o->max_len >= 2 && o->max_queue >= 1 && o->prefill_chunk >= 1 && o->pool_positions >= 0 &&
+        o->checkpoints >= -1)
         return TS_OK;
     ts_error_printf(err, err_size, "engine: need slots >= 1, max_len >= 2, max_queue >= 1, prefill_chunk >= 1, "
-                    "pool_positions >= 0 (got %d, %lld, %d, %d, %lld)", o->slots, (long long)o->max_len, o->max_queue,
-                    o->prefill_chunk, (long long)o->pool_positions);
+                    "pool_positions >= 0, checkpoints >= -1 (got %d, %lld, %d, %d, %lld, %d)", o->slots,
+                    (long long)o->max_len, o->max_queue, o->prefill_chunk, (long long)o->pool_positions, o->checkpoints);
     return TS_ERR_INVALID_ARG;
 }
 
 static ts_status alloc_scratch(ts_model_engine *e) {
-    size_t S = (size_t)e->opt.slots;
-    e->slots = calloc(S, sizeof *e->slots);
+    size_t S = (size_t)e->opt.slots, all = (size_t)all_slots(e);
+    e->slots = calloc(all, sizeof *e->slots);
     e->queue = calloc((size_t)e->opt.max_queue + S, sizeof *e->queue); /* + the preempted, at most one per slot */
     e->spare = calloc(S, sizeof *e->spare);
     e->batch = calloc(S, sizeof *e->batch);
     e->logits = calloc(S * (size_t)e->vocab, sizeof *e->logits);
     e->spare_logits = calloc((size_t)e->vocab, sizeof *e->spare_logits);
-    e->reuse = calloc(S, sizeof *e->reuse);
+    e->reuse = calloc(all, sizeof *e->reuse);
     if (!e->slots || !e->queue || !e->spare || !e->batch || !e->logits || !e->spare_logits || !e->reuse)
         return TS_ERR_OOM;
-    for (size_t i = 0; i < S; i++) {
+    for (size_t i = 0; i < all; i++) { /* checkpoints sample nothing */
         e->slots[i].tokens = malloc((size_t)e->opt.max_len * sizeof(int32_t));
-        if (!e->slots[i].tokens || ts_sampler_new(e->vocab, &e->slots[i].sampler) != TS_OK ||
-            ts_sampler_new(e->vocab, &e->spare[e->n_spare++]) != TS_OK)
+        if (!e->slots[i].tokens || (i < S && (ts_sampler_new(e->vocab, &e->slots[i].sampler) != TS_OK ||
+                                              ts_sampler_new(e->vocab, &e->spare[e->n_spare++]) != TS_OK)))
             return TS_ERR_OOM;
     }
     return TS_OK;
+}
+
+/* The decoder: the slots, and the checkpoint slots the model needs (the pool then sized for the
+ * slots alone when options leave it to the slots: checkpoints share their blocks). */
+static ts_status make_decoder(ts_model_engine *e, const ts_model_weights *w, ts_backend *be, char *err, size_t err_size) {
+    const ts_model_engine_options *o = &e->opt;
+    ts_model_decoder_pool pool;
+    size_t one;
+    ts_status s = probe(w, be, o->max_len, &pool, &one, err, err_size);
+    if (s != TS_OK) return s;
+    e->n_checkpoints = checkpoint_slots(&pool, o->prefix_cache ? o->checkpoints : 0, o->slots);
+    int64_t positions = o->pool_positions;
+    if (positions == 0 && e->n_checkpoints > 0) positions = o->slots * pool.blocks * pool.block_positions;
+    if ((s = alloc_scratch(e)) != TS_OK) {
+        ts_error_printf(err, err_size, "engine: out of memory");
+        return s;
+    }
+    return ts_model_decoder_new_pooled(w, be, all_slots(e), o->max_len, positions, &e->dec, err, err_size);
 }
 
 ts_status ts_model_engine_new(const ts_model_weights *w, ts_tokenizer *tok, ts_backend *be,
@@ -763,10 +877,7 @@ ts_status ts_model_engine_new(const ts_model_weights *w, ts_tokenizer *tok, ts_b
     e->eos = tok ? ts_tokenizer_eos_id(tok) : TS_BYTE_EOS;
     e->opt = *opt;
     e->prefill_rr = opt->slots - 1; /* slot 0 is the first to prefill */
-    s = alloc_scratch(e);
-    if (s != TS_OK) ts_error_printf(err, err_size, "engine: out of memory");
-    if (s == TS_OK)
-        s = ts_model_decoder_new_pooled(w, be, opt->slots, opt->max_len, opt->pool_positions, &e->dec, err, err_size);
+    s = make_decoder(e, w, be, err, err_size);
     if (s == TS_OK && opt->speculative) s = ts_speculator_new(w, e->dec, &e->spec, err, err_size);
     if (s == TS_OK) {
         e->kv_bytes = ts_model_decoder_state_bytes(e->dec);
@@ -798,7 +909,7 @@ void ts_model_engine_free(ts_model_engine *e) {
         pthread_mutex_destroy(&e->mu);
         pthread_cond_destroy(&e->wake);
     }
-    for (int i = 0; e->slots && i < e->opt.slots; i++) {
+    for (int i = 0; e->slots && i < all_slots(e); i++) {
         ts_sampler_free(e->slots[i].sampler);
         free(e->slots[i].tokens);
     }
