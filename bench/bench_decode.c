@@ -2,6 +2,8 @@
  * on a checkpoint, for the three shapes a server meets:
  *   single  one sequence stepping alone in a decoder of --slots slots (the others idle);
  *   all     every slot stepping together (aggregate tokens/s);
+ * both from empty slots, or (--context N) after each stepping slot was given an N-token prompt
+ * (untimed), so that steps attend to N + 1 .. N + steps positions;
  *   prefill one --prompt-token prompt fed with ts_model_decoder_extend (tokens/s; "cold" is the
  *           first call, which also builds the chunk graphs it needs, "warm" the median after).
  * Each figure is the median of --reps runs after a warm-up, with --steps tokens per run. On a
@@ -9,7 +11,7 @@
  * per second of process CPU time ("cpu"; with --threads 1 the steadier of the two).
  *
  *   tessera_bench_decode --model DIR [--threads N] [--slots N] [--steps N] [--prompt N]
- *                        [--max-len N] [--reps N] [--dtype f32|bf16]
+ *                        [--context N] [--max-len N] [--reps N] [--dtype f32|bf16]
  *
  * --dtype bf16: matmul weights in bf16 (ts_model_load_for_inference), the rest f32.
  *
@@ -26,7 +28,7 @@
 typedef struct {
     const char *model, *dtype;
     ts_dtype matmul_dtype;
-    int threads, slots, steps, prompt, reps;
+    int threads, slots, steps, prompt, reps, context;
     int64_t max_len;
 } bench_opts;
 
@@ -69,13 +71,16 @@ static span median_span(const span *runs, int n, double *scratch) {
 
 static int32_t token(int64_t i) { return (int32_t)(3 + (i * 37 + 11) % 250); }
 
-/* Time of `steps` steps of slots 0..n-1 from empty slots (wall < 0: a call failed). */
-static span time_steps(ts_model_decoder *dec, int n, int steps, float *logits) {
+/* Time of `steps` steps of slots 0..n-1, each emptied and then given the first `context` tokens
+ * of prompt untimed (wall < 0: a call failed). */
+static span time_steps(ts_model_decoder *dec, int n, int steps, const int32_t *prompt, int context, float *logits) {
     int slots[256];
     int32_t ids[256];
     for (int i = 0; i < n; i++) {
         slots[i] = i;
         ts_model_decoder_reset(dec, i);
+        if (context > 0 && ts_model_decoder_extend(dec, i, prompt, context, logits, 1) != TS_OK)
+            return (span){-1, -1};
     }
     span t0 = now();
     for (int s = 0; s < steps; s++) {
@@ -93,7 +98,7 @@ static span time_prefill(ts_model_decoder *dec, const int32_t *prompt, int n, fl
 }
 
 static int parse(int argc, char **argv, bench_opts *o) {
-    *o = (bench_opts){NULL, "f32", TS_F32, 1, 16, 64, 200, 3, 256};
+    *o = (bench_opts){NULL, "f32", TS_F32, 1, 16, 64, 200, 3, 0, 256};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--model") == 0 && v) o->model = argv[++i];
@@ -102,6 +107,7 @@ static int parse(int argc, char **argv, bench_opts *o) {
         else if (strcmp(a, "--steps") == 0 && v) o->steps = atoi(argv[++i]);
         else if (strcmp(a, "--prompt") == 0 && v) o->prompt = atoi(argv[++i]);
         else if (strcmp(a, "--reps") == 0 && v) o->reps = atoi(argv[++i]);
+        else if (strcmp(a, "--context") == 0 && v) o->context = atoi(argv[++i]);
         else if (strcmp(a, "--max-len") == 0 && v) o->max_len = atoll(argv[++i]);
         else if (strcmp(a, "--dtype") == 0 && v) o->dtype = argv[++i];
         else {
@@ -110,10 +116,12 @@ static int parse(int argc, char **argv, bench_opts *o) {
         }
     }
     if (!o->model || o->threads < 1 || o->slots < 1 || o->slots > 256 || o->steps < 1 || o->reps < 1 ||
-        o->prompt < 1 || o->steps > o->max_len || o->prompt > o->max_len ||
+        o->prompt < 1 || o->context < 0 || o->context > o->prompt || o->context + o->steps > o->max_len ||
+        o->prompt > o->max_len ||
         !ts_model_matmul_dtype_from_name(o->dtype, &o->matmul_dtype)) {
         fprintf(stderr, "usage: tessera_bench_decode --model DIR [--threads N] [--slots 1..256] [--steps N] "
-                        "[--prompt N] [--max-len N] [--reps N] [--dtype f32|bf16] (steps, prompt <= max-len)\n");
+                        "[--prompt N] [--context N] [--max-len N] [--reps N] [--dtype f32|bf16] "
+                        "(context <= prompt <= max-len, context + steps <= max-len)\n");
         return 2;
     }
     return 0;
@@ -144,18 +152,19 @@ int main(int argc, char **argv) {
     span cold = time_prefill(dec, prompt, o.prompt, logits);
     for (int r = 0; r < o.reps; r++) t[r] = time_prefill(dec, prompt, o.prompt, logits);
     span warm = median_span(t, o.reps, scratch);
-    time_steps(dec, 1, 4, logits); /* warm-up: builds the graphs it needs */
-    for (int r = 0; r < o.reps; r++) t[r] = time_steps(dec, 1, o.steps, logits);
+    time_steps(dec, 1, 4, prompt, o.context, logits); /* warm-up: builds the graphs it needs */
+    for (int r = 0; r < o.reps; r++) t[r] = time_steps(dec, 1, o.steps, prompt, o.context, logits);
     span single = median_span(t, o.reps, scratch);
-    time_steps(dec, o.slots, 4, logits);
-    for (int r = 0; r < o.reps; r++) t[r] = time_steps(dec, o.slots, o.steps, logits);
+    time_steps(dec, o.slots, 4, prompt, o.context, logits);
+    for (int r = 0; r < o.reps; r++) t[r] = time_steps(dec, o.slots, o.steps, prompt, o.context, logits);
     span all = median_span(t, o.reps, scratch);
     if (cold.wall < 0 || warm.wall < 0 || single.wall < 0 || all.wall < 0) {
         fprintf(stderr, "bench_decode: a decoder call failed\n");
         return 1;
     }
-    printf("threads %d, %d slots, max_len %lld, %d steps, %s matmul weights, median of %d; tokens/s (wall | cpu)\n",
-           o.threads, o.slots, (long long)o.max_len, o.steps, o.dtype, o.reps);
+    printf("threads %d, %d slots, max_len %lld, %d steps after %d tokens of context, %s matmul weights, median of %d; "
+           "tokens/s (wall | cpu)\n",
+           o.threads, o.slots, (long long)o.max_len, o.steps, o.context, o.dtype, o.reps);
     printf("  single slot of %d:  %8.1f | %8.1f\n", o.slots, o.steps / single.wall, o.steps / single.cpu);
     printf("  all %d slots:       %8.1f | %8.1f aggregate\n", o.slots, o.slots * o.steps / all.wall,
            o.slots * o.steps / all.cpu);

@@ -7,7 +7,8 @@
  *
  * Covered: causal / non-causal, sliding windows, sinks, grouped heads, V4's shared K=V head
  * (one tensor as k and v), extra entries with -1 slots and duplicates (HCA- and CSA-like index
- * patterns), document masks (key_start: packed documents, arbitrary bounds), decoding (T < S),
+ * patterns), both as one vector serving as key and value and as key | value rows (D + Dv wide,
+ * a KV cache's layout), document masks (key_start: packed documents, arbitrary bounds), decoding (T < S),
  * queries at negative positions (T > S, fully masked rows give zeros), lengths spanning several
  * kernel tiles, f64 and f32 inputs, forward and every gradient. Then properties: key_start over
  * packed documents equals running each document as its own sequence, causality (a future key
@@ -52,6 +53,7 @@ typedef struct {
     bool shared_kv;  /* one tensor as k and v (then Dv == D) */
     extras_kind extras;
     int64_t N, E;    /* extra rows and index slots per query */
+    bool split_extra; /* extra rows are key | value (D + Dv wide), not one vector for both (D) */
     float scale;
     docs_kind docs;
 } attn_config;
@@ -72,7 +74,8 @@ static int64_t n_q(const attn_config *c) { return c->B * c->T * c->H * c->D; }
 static int64_t n_k(const attn_config *c) { return c->B * c->S * c->Hk * c->D; }
 static int64_t n_v(const attn_config *c) { return c->B * c->S * c->Hk * c->Dv; }
 static int64_t n_out(const attn_config *c) { return c->B * c->T * c->H * c->Dv; }
-static int64_t n_extra(const attn_config *c) { return c->B * c->N * c->Hk * c->D; }
+static int64_t extra_width(const attn_config *c) { return c->split_extra ? c->D + c->Dv : c->D; }
+static int64_t n_extra(const attn_config *c) { return c->B * c->N * c->Hk * extra_width(c); }
 static int64_t n_idx(const attn_config *c) { return c->B * c->T * c->E; }
 
 /* ---------------------------------------------------------------- data */
@@ -172,7 +175,8 @@ static bool naive_entry(const attn_config *c, const attn_data *x, int64_t b, int
     }
     int64_t n = x->idx[(b * c->T + t) * c->E + (i - c->S)];
     if (n < 0) return false;
-    *key = *val = x->extra + ((b * c->N + n) * c->Hk + g) * c->D;
+    *key = x->extra + ((b * c->N + n) * c->Hk + g) * extra_width(c);
+    *val = *key + (c->split_extra ? c->D : 0);
     return true;
 }
 
@@ -237,9 +241,9 @@ static attn_result naive_attention(const attn_config *c, const attn_data *x) {
                     bool is_key = i < c->S;
                     int64_t n = is_key ? 0 : x->idx[(b * c->T + t) * c->E + (i - c->S)];
                     double *dkey = is_key ? r.dk + ((b * c->S + i) * c->Hk + g) * c->D
-                                          : r.dextra + ((b * c->N + n) * c->Hk + g) * c->D;
+                                          : r.dextra + ((b * c->N + n) * c->Hk + g) * extra_width(c);
                     double *dval = is_key ? (c->shared_kv ? dkey : r.dv + ((b * c->S + i) * c->Hk + g) * c->Dv)
-                                          : dkey;
+                                          : dkey + (c->split_extra ? c->D : 0);
                     for (int64_t d = 0; d < c->D; d++) {
                         dq[d] += ds * key[d];
                         dkey[d] += ds * q[d];
@@ -282,7 +286,7 @@ static attn_graph build_graph(const attn_config *c, ts_dtype dt, bool backward) 
         p.sink = ag.sink;
     }
     if (c->extras != EXTRAS_NONE) {
-        ag.extra = leaf4(g, dt, c->B, c->N, c->Hk, c->D, "extra", backward);
+        ag.extra = leaf4(g, dt, c->B, c->N, c->Hk, extra_width(c), "extra", backward);
         ag.idx = ts_new_tensor_3d(g, TS_I32, c->B, c->T, c->E, "extra_idx");
         p.extra = ag.extra;
         p.extra_idx = ag.idx;
@@ -448,6 +452,17 @@ static const attn_config configs[] = {
      .scale = 0.25f, .docs = DOCS_PACKED},
     {.name = "tiles: full T=70 S=90 + decode shift", .B = 1, .T = 70, .S = 90, .H = 3, .Hk = 3, .D = 9, .Dv = 5,
      .scale = 0.3f},
+    {.name = "key|value extras: GQA, window 4, sink, HCA", .B = 2, .T = 10, .S = 10, .H = 4, .Hk = 2, .D = 5,
+     .Dv = 3, .causal = true, .window = 4, .sink = true, .extras = EXTRAS_HCA, .N = 3, .E = 3, .split_extra = true,
+     .scale = 0.45f},
+    {.name = "key|value extras: decode T=3, docs, CSA", .B = 1, .T = 3, .S = 3, .H = 4, .Hk = 4, .D = 16, .Dv = 16,
+     .causal = true, .extras = EXTRAS_CSA, .N = 40, .E = 40, .split_extra = true, .scale = 0.25f,
+     .docs = DOCS_PACKED},
+    {.name = "key|value extras: T=6 > S=3, Dv > D", .B = 1, .T = 6, .S = 3, .H = 2, .Hk = 1, .D = 3, .Dv = 7,
+     .causal = true, .extras = EXTRAS_CSA, .N = 4, .E = 3, .split_extra = true, .scale = 0.5f},
+    {.name = "tiles: key|value extras, window 20, docs", .B = 1, .T = 70, .S = 70, .H = 4, .Hk = 2, .D = 12,
+     .Dv = 20, .causal = true, .window = 20, .sink = true, .extras = EXTRAS_CSA, .N = 9, .E = 5,
+     .split_extra = true, .scale = 0.3f, .docs = DOCS_PACKED},
 };
 
 /* ---------------------------------------------------------------- properties */
@@ -638,11 +653,11 @@ static void test_segments_are_sequences(ts_backend *be, ts_dtype dt, double tol,
 
 static bool has(const char *haystack, const char *needle) { return strstr(haystack, needle) != NULL; }
 
-typedef enum { NO_EXTRAS, EXTRA_WITHOUT_IDX, EXTRAS_WITH_IDX } extras_given;
+typedef enum { NO_EXTRAS, EXTRA_WITHOUT_IDX, EXTRAS_WITH_IDX, EXTRAS_ONE_WIDER } extras_given;
 
-/* Builds attention on fresh f32 leaves shaped as given (plus a sink, extras [B, 3, Hk, D] and
- * extra_idx [B, T, 2] of idx_type when asked) and expects status `want` with a message
- * containing every needle (NULL-terminated). */
+/* Builds attention on fresh f32 leaves shaped as given (plus a sink, extras [B, 3, Hk, D] - one
+ * wider with EXTRAS_ONE_WIDER - and extra_idx [B, T, 2] of idx_type when asked) and expects
+ * status `want` with a message containing every needle (NULL-terminated). */
 static void expect_error(const char *what, const int64_t *qs, const int64_t *ks, const int64_t *vs, int32_t window,
                          const int64_t *sink_shape, extras_given extras, ts_dtype idx_type, ts_status want,
                          const char *const *needles) {
@@ -651,8 +666,10 @@ static void expect_error(const char *what, const int64_t *qs, const int64_t *ks,
     ts_tensor *v = ts_new_tensor(g, TS_F32, 4, vs, "v");
     ts_attention_params p = {.scale = 0.5f, .causal = true, .window = window};
     if (sink_shape) p.sink = ts_new_tensor(g, TS_F32, 1, sink_shape, "sink");
-    if (extras != NO_EXTRAS) p.extra = ts_new_tensor_4d(g, TS_F32, ks[0], 3, ks[2], ks[3], "extra");
-    if (extras == EXTRAS_WITH_IDX) p.extra_idx = ts_new_tensor_3d(g, idx_type, qs[0], qs[1], 2, "extra_idx");
+    if (extras != NO_EXTRAS)
+        p.extra = ts_new_tensor_4d(g, TS_F32, ks[0], 3, ks[2], ks[3] + (extras == EXTRAS_ONE_WIDER), "extra");
+    if (extras == EXTRAS_WITH_IDX || extras == EXTRAS_ONE_WIDER)
+        p.extra_idx = ts_new_tensor_3d(g, idx_type, qs[0], qs[1], 2, "extra_idx");
     ts_tensor *out = ts_attention(g, q, k, v, &p);
     CHECK(out == NULL && ts_graph_status(g) == want, "%s: got %s (%s)", what, ts_status_name(ts_graph_status(g)),
           ts_graph_error(g));
@@ -677,6 +694,8 @@ static void test_constructor_errors(ts_backend *be) {
                  EXTRA_WITHOUT_IDX, TS_I32, TS_ERR_INVALID_ARG, NEEDLES("extra_idx", "together"));
     expect_error("extras need Dv == D", SHAPE4(1, 4, 2, 8), SHAPE4(1, 4, 1, 8), SHAPE4(1, 4, 1, 6), 0, NULL,
                  EXTRAS_WITH_IDX, TS_I32, TS_ERR_SHAPE, NEEDLES("Dv", "'v' f32[1,4,1,6]"));
+    expect_error("extra neither D nor D + Dv wide", SHAPE4(1, 4, 2, 8), SHAPE4(1, 4, 1, 8), SHAPE4(1, 4, 1, 6), 0,
+                 NULL, EXTRAS_ONE_WIDER, TS_I32, TS_ERR_SHAPE, NEEDLES("D + Dv", "'extra' f32[1,3,1,9]"));
     expect_error("float extra_idx", SHAPE4(1, 4, 2, 8), SHAPE4(1, 4, 1, 8), SHAPE4(1, 4, 1, 8), 0, NULL,
                  EXTRAS_WITH_IDX, TS_F32, TS_ERR_DTYPE, NEEDLES("i32 or i64", "'extra_idx' f32[1,4,2]"));
     expect_error("negative window", SHAPE4(1, 4, 2, 8), SHAPE4(1, 4, 2, 8), SHAPE4(1, 4, 2, 8), -1, NULL, NO_EXTRAS,
@@ -738,8 +757,7 @@ static const attn_config *config_named(const char *name) {
 /* The flash-style kernel must really run on f32 graphs (else every comparison with it would
  * compare the reference with itself), and hand f64 and transposed views to the reference. It
  * also checks extra_idx values, so the inputs are written first. */
-static void test_fast_path_taken(ts_backend *fast) {
-    const attn_config *c = config_named("tiles: window 40 + docs + K=V + CSA");
+static void check_fast_path_on(ts_backend *fast, const attn_config *c) {
     for (int f64 = 0; f64 <= 1 && c; f64++) {
         attn_data x = make_data(c, 11, !f64);
         attn_graph ag = build_graph(c, f64 ? TS_F64 : TS_F32, true);
@@ -751,12 +769,17 @@ static void test_fast_path_taken(ts_backend *fast) {
             ts_tensor *n = ts_graph_node(ag.g, i);
             if (n->op != TS_OP_ATTENTION && n->op != TS_OP_ATTENTION_BACK) continue;
             seen++;
-            CHECK(ts_fast_attention_applies(n) == !f64, "%s %s: fast path %s", ts_op_name(n->op), f64 ? "f64" : "f32",
-                  f64 ? "taken" : "not taken");
+            CHECK(ts_fast_attention_applies(n) == !f64, "%s: %s %s: fast path %s", c->name, ts_op_name(n->op),
+                  f64 ? "f64" : "f32", f64 ? "taken" : "not taken");
         }
         CHECK(seen == 2, "expected attention and attention_back nodes, saw %d", seen);
         ts_graph_free(ag.g);
     }
+}
+
+static void test_fast_path_taken(ts_backend *fast) {
+    check_fast_path_on(fast, config_named("tiles: window 40 + docs + K=V + CSA"));
+    check_fast_path_on(fast, config_named("tiles: key|value extras, window 20, docs"));
     ts_graph *g = ts_graph_new(); /* q as a transposed view: no unit stride on its last axis */
     ts_tensor *qt = ts_new_tensor_4d(g, TS_F32, 1, 4, 8, 2, "q^T"), *k = ts_new_tensor_4d(g, TS_F32, 1, 4, 2, 8, "k");
     ts_attention_params p = {.scale = 0.5f, .causal = true};
@@ -785,8 +808,7 @@ static void test_fast_against_naive(ts_backend *fast) {
 
 /* Items are handed to threads dynamically, but each output element has one owner and a fixed
  * summation order: 1, 2 and 3 threads must agree bit for bit. */
-static void test_fast_thread_count_invariance(void) {
-    const attn_config *c = config_named("tiles: window 40 + docs + K=V + CSA");
+static void fast_thread_count_invariance_on(const attn_config *c) {
     attn_data x = make_data(c, 4321, true);
     attn_result base = {0};
     for (int threads = 1; threads <= 3 && c; threads++) {
@@ -798,7 +820,8 @@ static void test_fast_thread_count_invariance(void) {
             base = r;
         } else {
             bool same = same_array(r.out, base.out, n_out(c)) && same_array(r.dq, base.dq, n_q(c)) &&
-                        same_array(r.dk, base.dk, n_k(c)) && same_array(r.dsink, base.dsink, c->H) &&
+                        same_array(r.dk, base.dk, n_k(c)) && same_array(r.dv, base.dv, n_v(c)) &&
+                        same_array(r.dsink, base.dsink, c->H) &&
                         same_array(r.dextra, base.dextra, n_extra(c));
             CHECK(same, "cpu backend: %d threads give results different from 1 thread", threads);
             free_result(&r);
@@ -807,6 +830,11 @@ static void test_fast_thread_count_invariance(void) {
     }
     free_result(&base);
     free_data(c, &x);
+}
+
+static void test_fast_thread_count_invariance(void) {
+    fast_thread_count_invariance_on(config_named("tiles: window 40 + docs + K=V + CSA"));
+    fast_thread_count_invariance_on(config_named("tiles: key|value extras, window 20, docs"));
 }
 
 /* key_start's constructor checks: integer dtype and shape [B, T], each named. */

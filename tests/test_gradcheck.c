@@ -561,6 +561,21 @@ static ts_tensor *case_attention_extras(gc_case *c) {
     return ts_attention(c->g, q, kv, kv, &p);
 }
 
+/* extras as key | value rows (D = 3, Dv = 2: 5 wide) with grouped heads (H = 4 over Hk = 2), a
+ * window, a sink and a document mask: -1 slots, a query without extras, an entry listed twice
+ * (t = 2, batch 0), the key part and the value part getting their gradients apart */
+static ts_tensor *case_attention_split_extras(gc_case *c) {
+    static const int64_t idx[] = {-1, -1, 0, -1, 1, 1, 2, 0, -1, 3, 0, 2, 1, -1, 3, -1, 2, 2, 0, 1};
+    static const int64_t starts[] = {0, 0, 0, 1, 1, 0, 0, 2, 2, 2};
+    ts_tensor *q = P("q", INIT_UNIFORM, 2, 5, 4, 3), *k = P("k", INIT_UNIFORM, 2, 5, 2, 3);
+    ts_tensor *v = P("v", INIT_UNIFORM, 2, 5, 2, 2), *sink = P("sink", INIT_UNIFORM, 4);
+    ts_tensor *extra = P("extra", INIT_UNIFORM, 2, 4, 2, 5);
+    ts_attention_params p = {.scale = 0.6f, .causal = true, .window = 3, .sink = sink, .extra = extra,
+                             .extra_idx = IDS("extra_idx", TS_I64, idx, 2, 5, 2),
+                             .key_start = IDS("key_start", TS_I32, starts, 2, 5)};
+    return ts_attention(c->g, q, k, v, &p);
+}
+
 /* grouped heads (H = 4 over Hk = 2) decoding 3 queries against 6 cached keys */
 static ts_tensor *case_attention_gqa_decode(gc_case *c) {
     ts_tensor *q = P("q", INIT_UNIFORM, 2, 3, 4, 3), *k = P("k", INIT_UNIFORM, 2, 6, 2, 3);
@@ -725,6 +740,7 @@ static const gc_spec cases[] = {
     CASE("attention non-causal window 3 + sink", case_attention_noncausal_window),
     CASE("attention shared K=V (Hk=1) + sink", case_attention_shared_kv),
     CASE("attention shared K=V + extras, -1 slots", case_attention_extras),
+    CASE("attention key|value extras + GQA + docs", case_attention_split_extras),
     CASE("attention GQA H=4 Hk=2 decode T<S", case_attention_gqa_decode),
     CASE("attention doc mask (key_start) + sink", case_attention_key_start),
     CASE("sinkhorn [3,4,4] 20 iterations", case_sinkhorn),

@@ -78,7 +78,7 @@ typedef enum {
                            >= 0 of -log softmax(logits)[target]; targets < 0 are ignored.
                            Output shape [1]. */
     TS_OP_ATTENTION,    /* fused softmax attention (see ts_attention): src q [B,T,H,D], k [B,S,Hk,D],
-                           v [B,S,Hk,Dv], then sink [H] if ip[2], then extra [B,N,Hk,D] and
+                           v [B,S,Hk,Dv], then sink [H] if ip[2], then extra [B,N,Hk,D or D+Dv] and
                            extra_idx [B,T,E] if ip[3], then key_start [B,T] if ip[4] (only the
                            present ones, in this order); ip[0] = causal, ip[1] = window (0: none),
                            fp[0] = scale -> [B,T,H,Dv] */
@@ -296,16 +296,18 @@ ts_tensor *ts_cross_entropy(ts_graph *g, ts_tensor *logits, ts_tensor *targets);
  *   (the caller builds extra_idx and leaves out what a document must not see).
  *   sink (optional) [H]: a logit z_h joining every softmax of head h with value zero (it only
  *   absorbs probability mass, spec 2.5 step 6). Any float dtype (V4 keeps it in f32).
- *   extra (optional) [B, N, Hk, D] with extra_idx [B, T, E] (i32 or i64): extra entries used as
- *   both key and value (V4's compressed entries; requires Dv == D). Query t of batch b also
+ *   extra (optional) [B, N, Hk, X] with extra_idx [B, T, E] (i32 or i64): extra entries, each a
+ *   key and a value. X = D: one vector serves as both (V4's compressed entries; requires
+ *   Dv == D). X = D + Dv: the first D elements are the key, the last Dv the value (a KV cache
+ *   stored as key | value rows; unambiguous, since D + Dv != D). Query t of batch b also
  *   attends to extra[b, extra_idx[b, t, e], h / (H / Hk)] for every slot e whose index is not
  *   -1 (-1 = unused slot; other values must lie in [0, N)). They join the same softmax as the
  *   visible keys: one softmax over the union (spec 2.5 / 2.9); an entry listed twice, or also
  *   present among the window keys, counts twice, as intended. The op applies no mask to extras:
  *   the caller builds extra_idx to be causal (HCA: every completed block; CSA: the top-k
  *   selected completed blocks).
- *   out[b, t, h] = sum_j p_j v_j + sum_e p_e extra_e, p = softmax over {scale * q.k_j for
- *   visible j} U {scale * q.extra_e} U {z_h}. A row with no visible entry and no sink has no
+ *   out[b, t, h] = sum_j p_j v_j + sum_e p_e value(extra_e), p = softmax over {scale * q.k_j for
+ *   visible j} U {scale * q.key(extra_e)} U {z_h}. A row with no visible entry and no sink has no
  *   distribution: its output (and every gradient through it) is zero, never NaN.
  *   Output [B, T, H, Dv] in q's dtype; k, v and extra must have q's dtype.
  *
@@ -315,13 +317,14 @@ ts_tensor *ts_cross_entropy(ts_graph *g, ts_tensor *logits, ts_tensor *targets);
  * node that recomputes each row's softmax; with p the probabilities, dp_j = <dout, v_j>,
  * D = sum_j p_j dp_j:
  *   dl_j = p_j (dp_j - D); dq = scale sum_j dl_j k_j; dk_j += scale dl_j q; dv_j += p_j dout;
- *   dsink_h = -sum p_sink D; an extra entry receives both its key and its value share. */
+ *   dsink_h = -sum p_sink D; an extra entry receives its key share in its key part and its value
+ *   share in its value part (both in the same elements when X = D). */
 typedef struct {
     float scale;             /* multiplies q.k (usually 1 / sqrt(D)) */
     bool causal;
     int32_t window;          /* 0: unlimited; else keys pos-window+1 .. pos */
     ts_tensor *sink;         /* NULL or [H] */
-    ts_tensor *extra;        /* NULL or [B, N, Hk, D] */
+    ts_tensor *extra;        /* NULL or [B, N, Hk, D] (key = value) or [B, N, Hk, D + Dv] (key | value) */
     ts_tensor *extra_idx;    /* with extra: [B, T, E] i32/i64, -1 = unused slot */
     ts_tensor *key_start;    /* NULL or [B, T] i32/i64: keys j < key_start[b, t] are hidden */
 } ts_attention_params;

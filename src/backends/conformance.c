@@ -270,7 +270,7 @@ static const variant cross_entropy_variants[] = { /* logits, targets (some -1 = 
 /* q, k, v [, sink] [, extra, extra_idx] [, key_start]; ip = causal, window, has_sink, has_extra,
  * has_key_start; fp[0] = scale. Odd sizes, Dv != D, grouped heads (H = 4 over Hk = 2), V4's
  * shared head (Hk = 1) with extra entries whose index slots hold some -1 (TGT draws about 1 in
- * 6), decoding (T < S, T = 1), a window without causality, document masks (key_start: packed
+ * 6), extras as key | value rows (D + Dv wide; sliced and transposed too), decoding (T < S, T = 1), a window without causality, document masks (key_start: packed
  * documents, and arbitrary bounds that leave some rows empty), strided q and k, and lengths past
  * the optimized kernel's tiles (33, 100, 257: several query and key tiles, ragged last ones). */
 static const variant attention_variants[] = {
@@ -302,6 +302,13 @@ static const variant attention_variants[] = {
      .note = "causal window=40 sink"},
     {.in = {F(1, 257, 2, 8), F(1, 257, 2, 8), F(1, 257, 2, 8), DOC(TS_I32, 257, 1, 257)}, .ip = {1, 0, 0, 0, 1},
      .fp = {0.35f}, .note = "causal key_start"},
+    {.in = {F(2, 9, 4, 5), F(2, 9, 2, 5), F(2, 9, 2, 3), F(4), F(2, 4, 2, 8), TGT(TS_I32, 4, 2, 9, 3),
+            DOC(TS_I32, 9, 2, 9)},
+     .ip = {1, 3, 1, 1, 1}, .fp = {0.4f}, .note = "causal window=3 sink gqa key|value extras key_start"},
+    {.in = {F(1, 1, 4, 16), F(1, 1, 4, 16), F(1, 1, 4, 16), FS(1, 70, 4, 32), TGT(TS_I32, 70, 1, 1, 70)},
+     .ip = {1, 0, 0, 1}, .fp = {0.25f}, .note = "decode T=1 causal key|value extras"},
+    {.in = {F(1, 7, 2, 3), F(1, 9, 2, 3), F(1, 9, 2, 6), FT(1, 5, 2, 9), TGT(TS_I64, 5, 1, 7, 2)}, .ip = {0, 0, 0, 1},
+     .fp = {0.5f}, .note = "key|value extras Dv > D"},
 };
 
 static const variant attention_back_variants[] = { /* attention's inputs, then dout */
@@ -327,6 +334,17 @@ static const variant attention_back_variants[] = { /* attention's inputs, then d
      .fp = {0.25f}, .note = "causal window=40 sink gqa"},
     {.in = {F(1, 257, 2, 8), F(1, 257, 1, 8), F(1, 257, 1, 8), DOC(TS_I32, 257, 1, 257), F(1, 257, 2, 8)},
      .ip = {1, 0, 0, 0, 1}, .fp = {0.35f}, .note = "causal key_start"},
+    {.in = {F(2, 9, 4, 5), F(2, 9, 2, 5), F(2, 9, 2, 3), F(4), F(2, 4, 2, 8), TGT(TS_I32, 4, 2, 9, 3),
+            DOC(TS_I32, 9, 2, 9), F(2, 9, 4, 3)},
+     .ip = {1, 3, 1, 1, 1}, .fp = {0.4f}, .note = "causal window=3 sink gqa key|value extras key_start"},
+    {.in = {F(1, 3, 4, 16), F(1, 3, 4, 16), F(1, 3, 4, 16), FS(1, 40, 4, 32), TGT(TS_I32, 40, 1, 3, 40),
+            DOC(TS_I32, 3, 1, 3), F(1, 3, 4, 16)},
+     .ip = {1, 0, 0, 1, 1}, .fp = {0.25f}, .note = "decode causal key|value extras key_start"},
+    {.in = {F(1, 70, 4, 12), F(1, 70, 2, 12), F(1, 70, 2, 20), F(4), F(1, 9, 2, 32), TGT(TS_I32, 9, 1, 70, 5),
+            F(1, 70, 4, 20)},
+     .ip = {1, 20, 1, 1}, .fp = {0.3f}, .note = "causal window=20 sink gqa key|value extras"},
+    {.in = {F(1, 7, 2, 3), F(1, 9, 2, 3), F(1, 9, 2, 6), FT(1, 5, 2, 9), TGT(TS_I64, 5, 1, 7, 2), F(1, 7, 2, 6)},
+     .ip = {0, 0, 0, 1}, .fp = {0.5f}, .note = "key|value extras Dv > D"},
 };
 
 /* x [..., n, n]; ip[0] = iters, fp[0] = eps. mHC's shape (n = 4, 20 iterations, eps 1e-6) over

@@ -744,11 +744,17 @@ static bool attention_extra_ok(ts_graph *g, const char *name, const attention_in
         return false;
     }
     if (extra->dtype != q->dtype) return refuse(g, TS_ERR_DTYPE, name, "extra must have q's dtype", q, extra);
+    int64_t D = k->shape[3], Dv = v->shape[3];
     if (!dims_are(extra, 4) || extra->shape[0] != k->shape[0] || extra->shape[2] != k->shape[2] ||
-        extra->shape[3] != k->shape[3])
-        return refuse(g, TS_ERR_SHAPE, name, "extra must be [B, N, Hk, D] with k's B, Hk and D", k, extra);
-    if (v->shape[3] != k->shape[3])
-        return refuse(g, TS_ERR_SHAPE, name, "extra entries are values too, so v's Dv must equal D", v, extra);
+        (extra->shape[3] != D && extra->shape[3] != D + Dv))
+        return refuse(g, TS_ERR_SHAPE, name,
+                      "extra must be [B, N, Hk, D] (key and value in one) or [B, N, Hk, D + Dv] (key | value) with "
+                      "k's B, Hk and D",
+                      k, extra);
+    if (extra->shape[3] != D + Dv && Dv != D)
+        return refuse(g, TS_ERR_SHAPE, name,
+                      "extra entries of width D are values too, so v's Dv must equal D (or give key | value, D + Dv)",
+                      v, extra);
     if (!need_int(g, name, idx)) return false;
     if (!dims_are(idx, 3) || idx->shape[0] != q->shape[0] || idx->shape[1] != q->shape[1])
         return refuse(g, TS_ERR_SHAPE, name, "extra_idx must be [B, T, E] with q's B and T", q, idx);

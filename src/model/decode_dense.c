@@ -19,14 +19,12 @@
  * The pass: all sequences' new tokens packed into one row (B = 1) of T tokens, sequence after
  * sequence. Each token has its own RoPE angle (its position in its sequence) and its own index
  * list [1, T, E] of its slot's cached positions (-1 past the prefix): ts_attention takes extra
- * entries that serve as key and value at once (V4's shared K = V), so the pass hands it the
- * whole cache as extras - a permuted view of one leaf bound to the array, nothing copied - with
- * the query widened to q | 0: then q'·e = q·k, and the second half of the weighted sum is Σ p·v,
- * the output. The new tokens are the attention's ordinary keys [k | v], causal, and each token's
- * key_start is the start of its sequence's segment: it sees the earlier new tokens of its own
- * sequence only. After compute the host files them into the cache at the entry of (slot,
- * position). The price: over the prefix the attention does twice the arithmetic of separate K
- * and V (half of each dot product and weighted sum works on the other half).
+ * entries stored as key | value rows, so the pass hands it the whole cache as extras - a
+ * permuted view of one leaf bound to the array, nothing copied. The new tokens are the
+ * attention's ordinary keys and values, causal, and each token's key_start is the start of its
+ * sequence's segment: it sees the earlier new tokens of its own sequence only. Their [k | v]
+ * rows (one concat, an output of the graph) are what the host files into the cache at the entry
+ * of (slot, position) after compute.
  * Only the tokens that need logits go through the final norm and the head (a quarter of a small
  * model's work): the pass gathers their R hidden rows (ts_get_rows with an index leaf), unless
  * R = T, where it keeps every row (single-stream decoding then runs no gather).
@@ -58,7 +56,6 @@
 typedef struct {
     ts_model_graph *mg;
     int64_t T, E, R;
-    ts_tensor *zeros;  /* [1, T, H, hd]: the query's second half */
     ts_tensor *idx;    /* [1, T, E] i32 leaf: each token's cache entries */
     ts_tensor **kv;    /* [layers]: the new tokens' [k | v] [1, T, H, 2·hd] */
 } pass;
@@ -124,22 +121,17 @@ ts_tensor *ts_dense_decode_attention(ts_model_builder *b, int layer, ts_tensor *
     dense_decoder *d = decoder_of(b);
     pass *p = d->building;
     ts_graph *g = b->g;
-    int64_t w = 2 * d->hd;
-    if (!p->idx) { /* shared by every layer */
-        int64_t is[3] = {1, p->T, p->E}, qs[4] = {1, p->T, d->H, d->hd};
-        p->idx = host_leaf(b, d->idx, TS_I32, 3, is, "decode_idx");
-        p->zeros = ts_fill(g, b->dt, 4, qs, 0.0f);
-    }
-    int64_t cs[4] = {1, d->H, d->N, w};
+    if (!p->idx) /* shared by every layer */
+        p->idx = host_leaf(b, d->idx, TS_I32, 3, (int64_t[]){1, p->T, p->E}, "decode_idx");
+    int64_t cs[4] = {1, d->H, d->N, 2 * d->hd};
     const int entries_first[4] = {0, 2, 1, 3}; /* the head-major array as [1, N, H, 2·hd] */
-    ts_tensor *kv_parts[2] = {k, v}, *q_parts[2] = {q, p->zeros};
-    ts_tensor *kv = p->kv[layer] = ts_set_output(ts_concat(g, kv_parts, 2, 3));
+    ts_tensor *kv_parts[2] = {k, v};
+    p->kv[layer] = ts_set_output(ts_concat(g, kv_parts, 2, 3));
     ts_attention_params ap = *params;
     if (p->T > 1) ap.key_start = host_leaf(b, d->key_start, TS_I32, 2, (int64_t[]){1, p->T}, "decode_key_start");
     ap.extra = ts_permute(g, host_leaf(b, d->cache[layer], b->dt, 4, cs, "kv_cache"), entries_first);
     ap.extra_idx = p->idx;
-    ts_tensor *o = ts_attention(g, ts_concat(g, q_parts, 2, 3), kv, kv, &ap);
-    return ts_slice(g, o, 3, d->hd, d->hd);
+    return ts_attention(g, q, k, v, &ap);
 }
 
 int64_t ts_dense_decode_logit_rows(ts_model_builder *b, ts_tensor **x) {

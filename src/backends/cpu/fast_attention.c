@@ -6,9 +6,9 @@
  * (transposed once per call) gives the scores (tiles of fewer than FEW_ROWS queries - decoding -
  * take dot products instead; up to BQ rows with extras, a decoder's packed row, go in one-row
  * tiles); each row keeps its running max m and denominator l, rescales its
- * output row when m grows, and adds P V. The row's extras (per-row gathers) join the same
- * softmax after the keys; the sink starts the row at m = z, l = 1. A row without a distribution
- * outputs zeros.
+ * output row when m grows, and adds P V. The row's extras (per-row gathers; an extra row is one
+ * vector serving as key and value, or key | value) join the same softmax after the keys; the
+ * sink starts the row at m = z, l = 1. A row without a distribution outputs zeros.
  *
  * Backward (FlashAttention-2 style, probabilities recomputed from the row's logsumexp):
  *   A. per query tile: the forward again, keeping per row lse = m + log l and
@@ -86,6 +86,7 @@ typedef struct {
     int_input idx, key_start;
     bool has_sink, has_extra, has_key_start;
     int64_t B, T, S, H, Hk, D, Dv, N, E, group;
+    int64_t X, xv; /* extra's row width (D: key = value; D + Dv: key | value) and its value's start */
     float scale;
     bool causal;
     int64_t window;
@@ -154,8 +155,11 @@ static bool read_fast_problem(const ts_tensor *dst, bool back, fa_problem *p) {
         p->sink_stride = sink->stride[0];
     }
     if (extra) {
+        p->X = extra->shape[3];
+        p->xv = p->X == p->D + p->Dv ? p->D : 0;
         if (!is_f32_rows(extra) || !is_int_input(idx, 3) || extra->shape[0] != p->B || extra->shape[2] != p->Hk ||
-            extra->shape[3] != p->D || p->Dv != p->D || idx->shape[0] != p->B || idx->shape[1] != p->T)
+            (p->X != p->D + p->Dv && (p->X != p->D || p->Dv != p->D)) || idx->shape[0] != p->B ||
+            idx->shape[1] != p->T)
             return false;
         p->extra = rows_of(extra);
         p->idx = int_input_of(idx);
@@ -194,7 +198,7 @@ static bool output_fits(const fa_problem *p, const ts_tensor *dst, bool back) {
     if (!back)
         return dst->ndim == 4 && dst->shape[0] == p->B && dst->shape[1] == p->T && dst->shape[2] == p->H &&
                dst->shape[3] == p->Dv;
-    int64_t total = p->B * (p->T * p->H * p->D + p->S * p->Hk * (p->D + p->Dv) + p->N * p->Hk * p->D) +
+    int64_t total = p->B * (p->T * p->H * p->D + p->S * p->Hk * (p->D + p->Dv) + p->N * p->Hk * p->X) +
                     (p->has_sink ? p->H : 0);
     return dst->ndim == 1 && dst->shape[0] == total;
 }
@@ -517,10 +521,10 @@ static float raise_max(fa_scratch *sc, int64_t i, float top, int64_t width) {
  * -15%, measured against the matmuls of the same runs). A prefetch never faults. */
 #define EXTRA_AHEAD_BYTES 8192
 
-/* The extras of row i (online step; extras are keys and values, D == Dv): the listed ones'
- * rows and scores compacted, so that one vector exp serves them all and the dot products and
- * the weighted sum each run over many rows at once, EXTRA_BATCH rows at a time (scored right
- * after their prefetches ahead were issued). */
+/* The extras of row i (online step): the listed ones' rows and scores compacted, so that one
+ * vector exp serves them all and the dot products (over the keys) and the weighted sum (over
+ * the values, xv further on in the same rows) each run over many rows at once, EXTRA_BATCH rows
+ * at a time (scored right after their prefetches ahead were issued). */
 #define EXTRA_BATCH 16
 static void attend_extras(const fa_problem *p, const fa_kernels *kn, fa_scratch *sc, const q_tile *qt, int64_t i) {
     const float *q = sc->qs + i * p->D;
@@ -529,7 +533,7 @@ static void attend_extras(const fa_problem *p, const fa_kernels *kn, fa_scratch 
         int64_t n = int_at(&p->idx, qt->b, t, e);
         if (n >= 0) {
             const float *x = sc->extra_x[listed++] = row_of(&p->extra, qt->b, n, qt->kv);
-            for (int64_t d = 0; d < p->D; d += 16) __builtin_prefetch((const char *)(x + d) + EXTRA_AHEAD_BYTES);
+            for (int64_t d = 0; d < p->X; d += 16) __builtin_prefetch((const char *)(x + d) + EXTRA_AHEAD_BYTES);
         }
         if (listed - scored == EXTRA_BATCH || (e + 1 == p->E && listed > scored)) {
             kn->dots(q, sc->extra_x + scored, listed - scored, p->D, sc->extra_s + scored);
@@ -542,6 +546,7 @@ static void attend_extras(const fa_problem *p, const fa_kernels *kn, fa_scratch 
     if (top == -INFINITY) return;
     float m = raise_max(sc, i, top, p->Dv);
     sc->l[i] += kn->exp_sum(sc->extra_s, listed, m);
+    for (int64_t e = 0; p->xv && e < listed; e++) sc->extra_x[e] += p->xv; /* keys -> values */
     for (int64_t e = 0; e < listed; e += EXTRA_BATCH) /* a batch's rows stay in L1 across the output's parts */
         kn->axpys(sc->acc + i * p->Dv, sc->extra_s + e, sc->extra_x + e,
                   listed - e < EXTRA_BATCH ? listed - e : EXTRA_BATCH, p->Dv);
@@ -772,7 +777,7 @@ static void extras_dq(fa_job *job, fa_scratch *sc, const q_tile *qt, int64_t i, 
         if (n >= 0 && lse != -INFINITY) {
             const float *x = row_of(&p->extra, qt->b, n, qt->kv);
             prob = expf(job->kn->dot(q, x, p->D) - lse);
-            dl = prob * (job->kn->dot(dout, x, p->D) - delta);
+            dl = prob * (job->kn->dot(dout, x + p->xv, p->Dv) - delta);
             job->kn->axpy(sc->acc + i * p->D, dl, x, p->D);
         }
         job->extra_p[base + e] = prob;
@@ -886,23 +891,26 @@ static void dkv_item(fa_job *job, fa_scratch *sc, int64_t item) {
 }
 
 /* Step D: columns [c0, c0 + DCOLS) of dextra of one (batch, kv head): every slot of every row of
- * the chunk in its query heads adds scale dl q (key share) + p dout (value share), in (h, t, e)
- * order (chunks in ascending order: a fixed order in all). */
+ * the chunk in its query heads adds scale dl q to the key's columns (key share) and p dout to
+ * the value's (value share; the same columns when X = D), in (h, t, e) order (chunks in
+ * ascending order: a fixed order in all). */
 static void dextra_item(fa_job *job, fa_scratch *sc, int64_t item) {
     const fa_problem *p = job->p;
-    int64_t blocks = (p->D + DCOLS - 1) / DCOLS, pair = item / blocks, c0 = (item % blocks) * DCOLS;
-    int64_t b = pair / p->Hk, kv = pair % p->Hk, w = p->D - c0 < DCOLS ? p->D - c0 : DCOLS;
+    int64_t blocks = (p->X + DCOLS - 1) / DCOLS, pair = item / blocks, c0 = (item % blocks) * DCOLS;
+    int64_t b = pair / p->Hk, kv = pair % p->Hk, c1 = p->X - c0 < DCOLS ? p->X : c0 + DCOLS;
+    int64_t key_end = c1 < p->D ? c1 : p->D, value_begin = c0 > p->xv ? c0 : p->xv;
     float *dx = job->out + grad_layout_of(p).dextra;
     for (int64_t h = kv * p->group; h < (kv + 1) * p->group; h++)
         for (int64_t t = job->t_begin; t < job->t_end; t++) {
-            const float *q = row_of(&p->q, b, t, h) + c0, *dout = row_of(&p->dout, b, t, h) + c0;
+            const float *q = row_of(&p->q, b, t, h), *dout = row_of(&p->dout, b, t, h);
             int64_t base = slot_base(job, b, t, h);
             for (int64_t e = 0; e < p->E; e++) {
                 int64_t n = int_at(&p->idx, b, t, e);
                 if (n < 0) continue;
-                float *row = dx + ((b * p->N + n) * p->Hk + kv) * p->D + c0;
+                float *row = dx + ((b * p->N + n) * p->Hk + kv) * p->X;
                 float key_share = p->scale * job->extra_dl[base + e], value_share = job->extra_p[base + e];
-                for (int64_t d = 0; d < w; d++) row[d] += key_share * q[d] + value_share * dout[d];
+                for (int64_t d = c0; d < key_end; d++) row[d] += key_share * q[d];
+                for (int64_t d = value_begin; d < c1; d++) row[d] += value_share * dout[d - p->xv];
             }
         }
 }
@@ -935,12 +943,12 @@ static int64_t chunk_rows(const fa_problem *p) {
 static void dq_and_dextra(const ts_cpu_ctx *ctx, fa_job *job) {
     const fa_problem *p = job->p;
     if (p->has_extra)
-        memset(job->out + grad_layout_of(p).dextra, 0, (size_t)(p->B * p->N * p->Hk * p->D) * sizeof(float));
+        memset(job->out + grad_layout_of(p).dextra, 0, (size_t)(p->B * p->N * p->Hk * p->X) * sizeof(float));
     int64_t rows = chunk_rows(p);
     for (job->t_begin = 0; job->t_begin < p->T; job->t_begin += rows) {
         job->t_end = p->T - job->t_begin < rows ? p->T : job->t_begin + rows;
         run_parallel(ctx, job, p->B * p->H * ((job->t_end - job->t_begin + BQ - 1) / BQ), dq_item);
-        if (p->has_extra) run_parallel(ctx, job, p->B * p->Hk * ((p->D + DCOLS - 1) / DCOLS), dextra_item);
+        if (p->has_extra) run_parallel(ctx, job, p->B * p->Hk * ((p->X + DCOLS - 1) / DCOLS), dextra_item);
     }
 }
 

@@ -38,6 +38,8 @@
 typedef struct {
     const ts_tensor *q, *k, *v, *sink, *extra, *idx, *key_start, *dout;
     int64_t B, T, S, H, Hk, D, Dv, N, E;
+    int64_t X;      /* extra's row width: D (one vector is key and value) or D + Dv (key | value) */
+    int64_t xv;     /* where an extra row's value starts: 0 or D */
     int64_t group;  /* query heads per kv head: query head h reads kv head h / group */
     double scale;
     bool causal;
@@ -73,6 +75,8 @@ static ts_status read_problem(const ts_cpu_ctx *ctx, const ts_tensor *dst, bool 
     p->Dv = p->v->shape[3];
     p->N = p->extra ? p->extra->shape[1] : 0;
     p->E = p->idx ? p->idx->shape[2] : 0;
+    p->X = p->extra ? p->extra->shape[3] : 0;
+    p->xv = p->X == p->D + p->Dv ? p->D : 0;
     p->group = p->H / p->Hk;
     p->scale = dst->fp[0];
     p->causal = dst->ip[0] != 0;
@@ -94,9 +98,10 @@ static ts_status check_problem(const ts_cpu_ctx *ctx, const ts_tensor *dst, cons
         p->v->shape[2] != p->Hk)
         return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "q, k, v must be [B,T,H,D], [B,S,Hk,D], [B,S,Hk,Dv]");
     if (p->extra && (p->extra->ndim != 4 || p->extra->shape[0] != p->B || p->extra->shape[2] != p->Hk ||
-                     p->extra->shape[3] != p->D || p->Dv != p->D || p->idx->ndim != 3 ||
+                     (p->X != p->D + p->Dv && (p->X != p->D || p->Dv != p->D)) || p->idx->ndim != 3 ||
                      p->idx->shape[0] != p->B || p->idx->shape[1] != p->T))
-        return ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "extra must be [B,N,Hk,D] (Dv == D), extra_idx [B,T,E]");
+        return ts_ref_fail(ctx, TS_ERR_SHAPE, dst,
+                           "extra must be [B,N,Hk,D] (Dv == D) or [B,N,Hk,D+Dv], extra_idx [B,T,E]");
     if (p->idx && p->idx->dtype != TS_I32 && p->idx->dtype != TS_I64)
         return ts_ref_fail(ctx, TS_ERR_DTYPE, dst, "extra_idx must be i32 or i64");
     const ts_tensor *ks = p->key_start;
@@ -171,7 +176,8 @@ static attn_row make_row(const attn_problem *p, int64_t b, int64_t t, int64_t h,
 static int64_t entry_count(const attn_problem *p, const attn_row *r) { return r->key_hi - r->key_lo + p->E; }
 
 /* One entry of a row: where its key and value rows start, and which accumulator row its
- * gradients go to (a key j: row j of dk and dv; an extra: row n of dextra, for both roles). */
+ * gradients go to (a key j: row j of dk and dv; an extra: row n of dextra, its first D columns
+ * for the key role and the Dv from xv on for the value role - the same ones when shared). */
 typedef struct {
     const ts_tensor *kt, *vt;
     int64_t k_off, v_off;
@@ -190,7 +196,7 @@ static bool get_entry(const attn_problem *p, const attn_row *r, int64_t i, attn_
     int64_t n = index_at(p, r->b, r->t, i - n_keys);
     if (n < 0) return false;
     int64_t off = row_start(p->extra, r->b, n, r->kv);
-    *e = (attn_entry){p->extra, p->extra, off, off, true, n};
+    *e = (attn_entry){p->extra, p->extra, off, off + p->xv * p->extra->stride[3], true, n};
     return true;
 }
 
@@ -304,7 +310,7 @@ static back_layout layout_of(const attn_problem *p) {
     l.dv = l.dk + p->B * p->S * p->Hk * p->D;
     l.dsink = l.dv + p->B * p->S * p->Hk * p->Dv;
     l.dextra = l.dsink + (p->sink ? p->H : 0);
-    l.total = l.dextra + (p->extra ? p->B * p->N * p->Hk * p->D : 0);
+    l.total = l.dextra + (p->extra ? p->B * p->N * p->Hk * p->X : 0);
     return l;
 }
 
@@ -312,7 +318,7 @@ static back_layout layout_of(const attn_problem *p) {
 typedef struct {
     double *q, *dout, *dq; /* one row: D, Dv, D */
     double *dk, *dv;       /* S rows of D / Dv: this kv head's keys */
-    double *dextra;        /* N rows of D: this kv head's extra entries */
+    double *dextra;        /* N rows of X: this kv head's extra entries */
 } back_accumulators;
 
 typedef struct {
@@ -325,7 +331,7 @@ typedef struct {
 } back_job;
 
 static int64_t back_scratch_len(const attn_problem *p) {
-    return 2 * p->D + p->Dv + p->S * (p->D + p->Dv) + p->N * p->D;
+    return 2 * p->D + p->Dv + p->S * (p->D + p->Dv) + p->N * p->X;
 }
 
 static back_accumulators accumulators_for(const back_job *job, int tid) {
@@ -363,8 +369,8 @@ static double backward_row(const attn_problem *p, const attn_row *r, back_accumu
         if (!get_entry(p, r, i, &e)) continue;
         double prob = exp(entry_score(p, r, &e) - sm.max) / sm.denom;
         double dl = prob * (value_dot(p, &e, a->dout) - delta), g = p->scale * dl;
-        double *dkey = e.is_extra ? a->dextra + e.row * p->D : a->dk + e.row * p->D;
-        double *dval = e.is_extra ? a->dextra + e.row * p->D : a->dv + e.row * p->Dv;
+        double *dkey = e.is_extra ? a->dextra + e.row * p->X : a->dk + e.row * p->D;
+        double *dval = e.is_extra ? dkey + p->xv : a->dv + e.row * p->Dv;
         for (int64_t d = 0; d < p->D; d++) {
             a->dq[d] += g * ref_get(e.kt, e.k_off + d * e.kt->stride[3]);
             dkey[d] += g * r->q[d];
@@ -388,7 +394,7 @@ static void store_rows(const back_job *job, int64_t base, int64_t b, int64_t kv,
 /* One (batch, kv head) pair: every query row of its query heads, in order. */
 static void backward_pair(const back_job *job, int64_t b, int64_t kv, back_accumulators *a) {
     const attn_problem *p = job->p;
-    memset(a->dk, 0, (size_t)(p->S * (p->D + p->Dv) + p->N * p->D) * sizeof(double)); /* dk, dv, dextra */
+    memset(a->dk, 0, (size_t)(p->S * (p->D + p->Dv) + p->N * p->X) * sizeof(double)); /* dk, dv, dextra */
     for (int64_t h = kv * p->group; h < (kv + 1) * p->group; h++) {
         double dsink = 0;
         for (int64_t t = 0; t < p->T; t++) {
@@ -403,7 +409,7 @@ static void backward_pair(const back_job *job, int64_t b, int64_t kv, back_accum
     }
     store_rows(job, job->layout.dk, b, kv, p->S, p->D, a->dk);
     store_rows(job, job->layout.dv, b, kv, p->S, p->Dv, a->dv);
-    if (p->extra) store_rows(job, job->layout.dextra, b, kv, p->N, p->D, a->dextra);
+    if (p->extra) store_rows(job, job->layout.dextra, b, kv, p->N, p->X, a->dextra);
 }
 
 /* Pairs are numbered b * Hk + kv. */
