@@ -535,7 +535,9 @@ static void test_shared_prefix(const ts_model_weights *w, ts_backend *be, ts_mod
  * passes of the other's decoding, so the forward passes equal the generating request's tokens
  * (its prompt's pass gave the first, each later pass one more), and the prompt answers as it
  * does alone. One pass more is allowed: the cancel may land on a computed token (on a loaded
- * machine it did); prefills of their own would add five. */
+ * machine it did); prefills of their own would add five. The generating request cannot stop
+ * before it is cancelled (its EOS is banned): greedy, it reached the EOS after 31 tokens, and a
+ * test thread descheduled for those few milliseconds then found it finished. */
 static void test_shared_passes(const ts_model_weights *w, ts_backend *be, ts_model_completer *cp) {
     ts_model_engine *e = engine_with(w, be, 2, 128, 0, 4, 8, false, -1);
     if (!e) return;
@@ -548,6 +550,7 @@ static void test_shared_passes(const ts_model_weights *w, ts_backend *be, ts_mod
     collector_init(&a);
     collector_init(&b);
     ts_gen_request ra = request(1, first, n1, (int32_t)(128 - n1), &a), rb = request(2, second, n2, 1, &b);
+    ra.sampling.logit_bias[ra.sampling.n_logit_bias++] = (ts_logit_bias){.id = TS_BYTE_EOS, .bias = -100.0f};
     CHECK(eng.submit(eng.self, &ra) == TS_OK, "submit the generating request");
     wait_tokens(&a, 2);
     CHECK(eng.submit(eng.self, &rb) == TS_OK, "submit the prompt");
