@@ -344,10 +344,11 @@ void ts_gemm_set_parallel_threshold(int64_t fmas) {
     atomic_store(&min_fmas_per_thread, fmas > 0 ? fmas : DEFAULT_MIN_FMAS_PER_THREAD);
 }
 
-/* The small-M kernels read f32, except the tier's narrow ones (small_nn_narrow / small_nt_narrow:
- * the decode GEMV on bf16, f16 or fp8 weights, which widen B in registers). A narrow op(A) is converted whole (M x K, row-major) into each
- * thread's scratch; a narrow op(B) no narrow kernel reads, a strip of columns at a time: NT_STRIP_MAX rows of the
- * stored N x K matrix, or NN_STRIP columns of the stored K x N one (a 32-wide panel the tier's
+/* The small-M kernels read f32, except the tier's narrow ones (small_nn_narrow /
+ * small_nt_narrow: the decode GEMV on bf16, f16 or fp8 weights, which widen B in registers). A
+ * narrow op(A) is converted whole (M x K, row-major) into each thread's scratch; a narrow op(B)
+ * that no narrow kernel reads, a strip of columns at a time: NT_STRIP_MAX rows of the stored
+ * N x K matrix, or NN_STRIP columns of the stored K x N one (a 32-wide panel the tier's
  * converting packer vectorizes), each used right after conversion while it is in L1/L2. The
  * kernels' per-element arithmetic does not depend on which columns a call gets, so the result
  * is the f32 path's on the converted values, whatever the strips or threads. */

@@ -42,10 +42,10 @@ bool ts_gemm_dtype_supported(ts_dtype t);
  * converted matrices bit for bit whenever both take the same path: always for M >
  * TS_GEMM_SMALL_M (TS_GEMM_SMALL_M_NT with trans_b); for small M the narrow call converts op(A)
  * (making it k-contiguous) and strips of op(B) (except the B the tier's narrow kernels read as
- * stored: bf16, f16 and fp8 on x86-64, bf16 B^T elsewhere) into a per-thread scratch of about 1 MiB, and takes the blocked path when they do not
- * fit (K beyond ~7600 for B [K,N], ~245000 for B [N,K]), so its path can differ from the f32
- * call's there (both stay within the f32 accumulation bound). Same threading, determinism and
- * thread-safety contract. */
+ * stored: bf16, f16 and fp8 on x86-64, bf16 B^T elsewhere) into a per-thread scratch of about
+ * 1 MiB, and takes the blocked path when they do not fit (K beyond ~7600 for B [K,N], ~245000
+ * for B [N,K]), so its path can differ from the f32 call's there (both stay within the f32
+ * accumulation bound). Same threading, determinism and thread-safety contract. */
 void ts_gemm(ts_threadpool *pool, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
              const void *A, ts_dtype a_type, int64_t lda, const void *B, ts_dtype b_type, int64_t ldb, float beta,
              float *C, int64_t ldc);
