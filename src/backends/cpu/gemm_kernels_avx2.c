@@ -551,20 +551,36 @@ AVX2_INLINE void ot_pack_a(const ts_gemm_small_args *p, float *pa, int64_t k0, i
         for (int i = 0; i < OT_W; i++) pa[k * OT_W + i] = i < p->m ? a[i * p->a_rs + k] : 0.0f;
 }
 
+/* kc elements of a narrow row into dst, 8 per load_b. */
+AVX2_INLINE void widen_row(float *dst, const char *row, int64_t kc, const int bt) {
+    int64_t k = 0;
+    for (; k + 8 <= kc; k += 8) _mm256_storeu_ps(dst + k, load_b(row, k, bt));
+    if (k < kc) _mm256_maskstore_ps(dst + k, tail_mask(kc - k), load_b_tail(row, k, kc - k, tail_mask(kc - k), bt));
+}
+
 /* Rows j..j+r of narrow B, depth [k0, k0 + kc), widened into wide[q * kc + k], 8 elements per
  * load_b (bf16: one byte shuffle). Broadcasting bf16 elements one by one costs a scalar load, a
  * shift and a broadcast each - it made 16 x 256 x 256 run at 57% of the f32 speed - while this
- * pass costs a few operations per 8 elements, read again 16 times from L1. */
-AVX2_INLINE void ot_widen(const ts_gemm_small_args *p, float *wide, int64_t j, int64_t k0, int64_t kc, const int r,
-                          const int bt) {
+ * pass costs a few operations per 8 elements, read again 16 times from L1. bf16 (the inference
+ * weights) is widened inline; the other narrow types by this one function, which looks at the
+ * type per row, so that the tiles below exist once for all of them (an instance per type made
+ * this file take minutes to compile under the sanitizers, and the call costs bf16 10-15%). */
+__attribute__((noinline)) AVX2 static void ot_widen_any(const ts_gemm_small_args *p, float *wide, int64_t j,
+                                                        int64_t k0, int64_t kc, int r) {
     for (int q = 0; q < r; q++) {
-        const char *row = b_addr(p->b_narrow, (j + q) * p->ldb + k0, bt);
+        const int64_t at = (j + q) * p->ldb + k0;
         float *dst = wide + q * kc;
-        int64_t k = 0;
-        for (; k + 8 <= kc; k += 8) _mm256_storeu_ps(dst + k, load_b(row, k, bt));
-        if (k < kc) _mm256_maskstore_ps(dst + k, tail_mask(kc - k), load_b_tail(row, k, kc - k, tail_mask(kc - k), bt));
+        switch (p->b_type) {
+        case TS_BF16: widen_row(dst, b_addr(p->b_narrow, at, TS_BF16), kc, TS_BF16); break;
+        case TS_F16: widen_row(dst, b_addr(p->b_narrow, at, TS_F16), kc, TS_F16); break;
+        case TS_F8_E4M3: widen_row(dst, b_addr(p->b_narrow, at, TS_F8_E4M3), kc, TS_F8_E4M3); break;
+        default: widen_row(dst, b_addr(p->b_narrow, at, TS_F8_E5M2), kc, TS_F8_E5M2); break;
+        }
     }
 }
+
+/* ot_tile's bt for a narrow type looked up at run time (ot_widen_any). */
+#define OT_ANY_NARROW (-1)
 
 /* C columns j..j+r (partial sums at part + jb * OT_W) over the packed slice [k0, k0 + kc):
  * starts from zero on the first slice, writes C on the last, else keeps the sums in part. The
@@ -577,14 +593,17 @@ AVX2_INLINE void ot_tile(const ts_gemm_small_args *p, const float *pa, float *pa
     __m256 acc[2 * OT_R];
 #pragma GCC unroll 12
     for (int q = 0; q < 2 * r; q++) acc[q] = k0 == 0 ? _mm256_setzero_ps() : _mm256_load_ps(part + jb * OT_W + 8 * q);
-    _Alignas(32) float wide[bt != TS_F32 ? OT_R * OT_KC : 1];
-    if (bt != TS_F32) ot_widen(p, wide, j, k0, kc, r, bt);
-    const float *b = bt != TS_F32 ? wide : p->b + j * p->ldb + k0;
-    const int64_t ldb = bt != TS_F32 ? kc : p->ldb;
-    const char *next = b_addr(b_base(p, bt), (j + r) * p->ldb + k0, bt);
+    const int narrow = bt != TS_F32;
+    _Alignas(32) float wide[narrow ? OT_R * OT_KC : 1];
+    if (bt == TS_BF16)
+        for (int q = 0; q < r; q++) widen_row(wide + q * kc, b_addr(p->b_narrow, (j + q) * p->ldb + k0, bt), kc, bt);
+    else if (narrow) ot_widen_any(p, wide, j, k0, kc, r);
+    const float *b = narrow ? wide : p->b + j * p->ldb + k0;
+    const int64_t ldb = narrow ? kc : p->ldb, bytes = bt == OT_ANY_NARROW ? b_bytes(p->b_type) : b_bytes(bt);
+    const char *next = (const char *)(narrow ? p->b_narrow : (const void *)p->b) + ((j + r) * p->ldb + k0) * bytes;
     for (int64_t kb = 0; kb < kc; kb += 16) {
 #pragma GCC unroll 6
-        for (int q = 0; q < r; q++) _mm_prefetch(b_addr(next, q * p->ldb + kb, bt), _MM_HINT_T0);
+        for (int q = 0; q < r; q++) _mm_prefetch(next + (q * p->ldb + kb) * bytes, _MM_HINT_T0);
         int64_t k1 = kc - kb < 16 ? kc : kb + 16;
         for (int64_t k = kb; k < k1; k++) {
             __m256 a0 = _mm256_load_ps(pa + k * OT_W), a1 = _mm256_load_ps(pa + k * OT_W + 8);
@@ -642,6 +661,10 @@ AVX2_INLINE void ot_rows(const ts_gemm_small_args *p, int64_t n0, int64_t n1, co
     }
 }
 
+__attribute__((noinline)) AVX2 static void ot_rows_narrow(const ts_gemm_small_args *p, int64_t n0, int64_t n1) {
+    ot_rows(p, n0, n1, OT_ANY_NARROW);
+}
+
 AVX2_INLINE void nt_by_m(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int bt) {
     /* (B rows at once, partial sums per element): at most 8 accumulators. M = 1 takes 4 rows
      * of B: a row's two FMA chains are latency-bound when B is cached (1 x 704 x 256 bf16 from
@@ -657,7 +680,8 @@ AVX2_INLINE void nt_by_m(const ts_gemm_small_args *p, int64_t n0, int64_t n1, co
     case 2: nt_cols(p, n0, n1, 2, 2, bt); break;
     default:
         if (p->m <= 8) nt_cols(p, n0, n1, 1, 2, bt); /* 4 rows of A at a time */
-        else ot_rows(p, n0, n1, bt);
+        else if (bt == TS_F32 || bt == TS_BF16) ot_rows(p, n0, n1, bt);
+        else ot_rows_narrow(p, n0, n1);
         break;
     }
 }
