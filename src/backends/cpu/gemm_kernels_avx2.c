@@ -325,11 +325,6 @@ AVX2_INLINE __m256 final_value(__m256 acc, __m256 c_old, __m256 alpha, __m256 be
  * used below, so strips tile it exactly). */
 static inline int64_t nn_chunk(int m) { return (int64_t)(NN_PART_FLOATS / m) / 96 * 96; }
 
-/* 8 columns of B at src (the first n_valid when masked, zeros after), f32 or narrow (bt). */
-AVX2_INLINE __m256 load_cols(const char *src, int masked, __m256i mask, int64_t n_valid, const int bt) {
-    if (bt == TS_F32) return masked ? _mm256_maskload_ps((const float *)src, mask) : _mm256_loadu_ps((const float *)src);
-    return masked ? load_cvt(src, (ts_dtype)bt, (int)n_valid) : load_cvt(src, (ts_dtype)bt, 8);
-}
 
 /* Rows k0..k0+ku of B against M x (8*NV) partial sums at chunk offset jb (column j of C). */
 AVX2_INLINE void nn_step(const ts_gemm_small_args *p, float *part, int64_t j, int64_t jb, int64_t k0, int64_t ku,
@@ -346,7 +341,8 @@ AVX2_INLINE void nn_step(const ts_gemm_small_args *p, float *part, int64_t j, in
 #pragma GCC unroll 4
     for (int64_t kk = 0; kk < ku; kk++, bk = b_addr(bk, p->ldb, bt), ak += p->a_cs) {
         __m256 bv[4];
-        for (int v = 0; v < nv; v++) bv[v] = load_cols(b_addr(bk, 8 * v, bt), masked, mask, n_valid, bt);
+        for (int v = 0; v < nv; v++) /* masked: the first n_valid columns, zeros after */
+            bv[v] = masked ? load_b_tail(bk, 0, n_valid, mask, bt) : load_b(bk, 8 * v, bt);
         for (int i = 0; i < m; i++) {
             __m256 av = _mm256_broadcast_ss(ak + i * p->a_rs);
             for (int v = 0; v < nv; v++) acc[i][v] = _mm256_fmadd_ps(av, bv[v], acc[i][v]);
