@@ -668,14 +668,16 @@ AVX2_INLINE void nt_by_m(const ts_gemm_small_args *p, int64_t n0, int64_t n1, co
      * (nt_block) streams DRAM faster than one row with its own prefetch did (1 x 4096 x 4096 f32:
      * 8.4-9.1 -> 10.3-10.4 GFLOP/s on 1 thread, 73 -> 84% of the read bandwidth; 13.5-14.0 ->
      * 15.2-16.2 on 2; quiet 2-core Zen VM) - prefetching 4 streams separately had halved it.
-     * 4 x 128 x 256 (a decode batch's expert) took 13-28 us with 2 rows and 2 x 1 partial sums,
-     * 11.5 us with 1 row and 4 x 2 (medians on a loaded 2-core Zen VM). Two rows of A keep two B
-     * rows for enough independent sums. Past 8 rows of A, the packed-A form. */
+     * M = 3..8 (a decode batch's experts) takes 4 rows of A against 2 rows of B with one partial
+     * sum each: 6 loads per 8 FMAs, where 1 row of B with 2 partial sums needed 10 (load-bound).
+     * Streaming from DRAM (1 thread, quiet 2-core Zen 3 VM, medians): 4 x 128 x 256 9.2-11.3 ->
+     * 7.2-7.4 us, 8 x 128 x 256 12.6 -> 10.0, 4 x 256 x 128 9.6 -> 7.6; 3 B rows spilled. Two
+     * rows of A keep two B rows for enough independent sums. Past 8 rows of A, the packed-A form. */
     switch (p->m) {
     case 1: nt_cols(p, n0, n1, 4, 2, bt); break;
     case 2: nt_cols(p, n0, n1, 2, 2, bt); break;
     default:
-        if (p->m <= 8) nt_cols(p, n0, n1, 1, 2, bt); /* 4 rows of A at a time */
+        if (p->m <= 8) nt_cols(p, n0, n1, 2, 1, bt); /* 4 rows of A at a time */
         else if (bt == TS_F32 || bt == TS_BF16) ot_rows(p, n0, n1, bt);
         else ot_rows_narrow(p, n0, n1);
         break;
