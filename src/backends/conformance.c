@@ -192,6 +192,9 @@ static const variant matmul_variants[] = { /* ip = trans_a, trans_b; M, N, K amo
     {.in = {F(16, 1, 64), F(33, 64)}, .ip = {0, 1}, .note = "trans_b, batches folded"},
     {.in = {FS(16, 1, 64), F(7, 64)}, .ip = {0, 1}, .note = "trans_b, sliced batches folded"},
     {.in = {F(3, 4, 1, 33), F(1, 7, 33)}, .ip = {0, 1}, .note = "trans_b, 2 batch dims folded"},
+    /* many small batches of their own B (a decode step's mHC mixes): spread over the threads */
+    {.in = {F(16, 4, 7), F(16, 7, 33)}, .note = "16 small batches"},
+    {.in = {F(16, 4, 1), F(16, 1, 33)}, .note = "16 outer products"},
 };
 
 static const variant softmax_variants[] = { /* ip[0] = axis; optional additive mask */

@@ -10,7 +10,8 @@
  * along one of them: contiguous, row- or column-sliced, or a transposed view. Trans flags and
  * leading dimensions come from the strides, so views are multiplied where they lie, never
  * copied. Batch dims follow the reference's broadcasting (size-1 or stride-0 dims reuse one
- * matrix); batches run one after another, each GEMM using the backend's whole thread pool, except
+ * matrix); batches run one after another, each GEMM using the backend's whole thread pool, or
+ * (f32, as many batches as threads or more) are spread over the pool, a GEMM per thread; except
  * that batches sharing one B matrix whose A rows follow each other at a uniform stride (a linear
  * layer over [rows, tokens, features], as in a batched decode step) are one GEMM of all their
  * rows: B is then read once for all of them rather than once per batch. Any
@@ -202,10 +203,46 @@ static void gemm_rows(const ts_cpu_ctx *ctx, const gemm_plan *p, const ts_tensor
             elem_ptr(b->t, batch_offset(b->t, dst, batch)), b->t->dtype, b->ld, 0.0f, c, p->N);
 }
 
+typedef struct {
+    const ts_cpu_ctx *ctx;
+    const gemm_plan *p;
+    const ts_tensor *dst;
+} batches_job;
+
+/* Output batches [begin, end), each a GEMM on this thread (a parallel-for inside a job runs
+ * serially). */
+static void batches_range(void *arg, int64_t begin, int64_t end, int tid) {
+    const batches_job *j = arg;
+    for (int64_t batch = begin; batch < end; batch++)
+        gemm_rows(j->ctx, j->p, j->dst, batch, 0, j->p->M, (float *)j->dst->data + batch * j->p->M * j->p->N);
+}
+
+/* Multiply-adds a thread should get before batches are spread (a GEMM call costs about as
+ * much as BATCH_CALL_FMAS of them on top of its own), and the overhead of a call. */
+#define BATCH_MIN_FMAS ((int64_t)1 << 16)
+#define BATCH_CALL_FMAS ((int64_t)1 << 13)
+
+/* f32 batches: spread over the pool, a single-threaded GEMM each, when they divide evenly among
+ * the threads or are many - a decode step's per-sequence products ([16, 4, 256] <- [16, 4, 4]
+ * [16, 4, 256] for mHC, the indexer's scores) are each far too small for a GEMM to split, so
+ * one after another they kept every other thread idle; otherwise one after another, each GEMM
+ * on the whole pool. Either way each batch's bits are the same (GEMM results do not depend on
+ * the thread count). */
+static void run_f32_batches(const ts_cpu_ctx *ctx, const gemm_plan *p, ts_tensor *dst) {
+    int64_t threads = ts_threadpool_size(ctx->pool);
+    batches_job j = {.ctx = ctx, .p = p, .dst = dst};
+    if (threads > 1 && p->n_batch >= threads && (p->n_batch % threads == 0 || p->n_batch >= 8 * threads)) {
+        int64_t per_batch = p->M * p->N * p->K + BATCH_CALL_FMAS;
+        ts_parallel_for(ctx->pool, p->n_batch, (BATCH_MIN_FMAS + per_batch - 1) / per_batch, batches_range, &j);
+        return;
+    }
+    for (int64_t batch = 0; batch < p->n_batch; batch++)
+        gemm_rows(ctx, p, dst, batch, 0, p->M, (float *)dst->data + batch * p->M * p->N);
+}
+
 static ts_status run_gemm(const ts_cpu_ctx *ctx, const gemm_plan *p, ts_tensor *dst) {
     if (dst->dtype == TS_F32) {
-        for (int64_t batch = 0; batch < p->n_batch; batch++)
-            gemm_rows(ctx, p, dst, batch, 0, p->M, (float *)dst->data + batch * p->M * p->N);
+        run_f32_batches(ctx, p, dst);
         return TS_OK;
     }
     int64_t chunk_rows = OUT_CHUNK_FLOATS / p->N > 0 ? OUT_CHUNK_FLOATS / p->N : 1;
