@@ -182,7 +182,36 @@ static void test_detach(void) {
     ts_backend_free(be);
 }
 
+/* ts_graph_compute_range: y = x + 1, z = y * 2 as two ranges, the second alone after y was
+ * overwritten by hand; ranges outside the graph are refused. */
+static void test_compute_range(void) {
+    ts_graph *g = ts_graph_new();
+    ts_tensor *x = ts_new_tensor_1d(g, TS_F32, 4, "x");
+    ts_tensor *one = ts_fill(g, TS_F32, 1, (int64_t[]){1}, 1.0f);
+    ts_tensor *y = ts_set_output(ts_add(g, x, one));
+    int cut = ts_graph_n_nodes(g);
+    ts_tensor *z = ts_set_output(ts_scale(g, y, 2.0f));
+    ts_backend *be = NULL;
+    CHECK_OK(ts_backend_cpu_ref_new(1, &be), NULL);
+    CHECK_OK(ts_graph_alloc(g, be, NULL, NULL), g);
+    float xs[4] = {1, 2, 3, 4}, ys[4] = {10, 20, 30, 40}, out[4];
+    CHECK_OK(ts_tensor_write_f32(x, xs, 4), g);
+    CHECK_OK(ts_graph_compute_range(g, 0, cut), g);
+    CHECK_OK(ts_tensor_read_f32(y, out, 4), g);
+    CHECK(out[0] == 2 && out[3] == 5, "first range: y = %g .. %g", out[0], out[3]);
+    CHECK_OK(ts_tensor_write_f32(y, ys, 4), g);
+    CHECK_OK(ts_graph_compute_range(g, cut, ts_graph_n_nodes(g)), g);
+    CHECK_OK(ts_tensor_read_f32(z, out, 4), g);
+    CHECK(out[0] == 20 && out[3] == 80, "second range alone reads y as written: z = %g .. %g", out[0], out[3]);
+    CHECK(ts_graph_compute_range(g, -1, 2) == TS_ERR_INVALID_ARG, "a range before node 0 is refused");
+    CHECK(ts_graph_compute_range(g, 0, ts_graph_n_nodes(g) + 1) == TS_ERR_INVALID_ARG, "a range past the end");
+    CHECK(ts_graph_compute_range(g, 2, 1) == TS_ERR_INVALID_ARG, "a reversed range is refused");
+    ts_graph_free(g);
+    ts_backend_free(be);
+}
+
 int main(void) {
+    test_compute_range();
     test_detach();
     test_errors();
     test_error_propagation();

@@ -395,6 +395,10 @@ typedef struct {
  * calls). opts and stats may be NULL. Nothing is allocated during compute afterwards. */
 ts_status ts_graph_alloc(ts_graph *g, ts_backend *be, const ts_plan_options *opts, ts_plan_stats *stats);
 ts_status ts_graph_compute(ts_graph *g);
+/* Computes only nodes [first, last) (topological order, ts_graph_node), for a caller that skips
+ * a part of the graph whose results nothing computed afterwards depends on (a decoder's
+ * pooling of a block no sequence completes this step); a full compute is [0, n_nodes). */
+ts_status ts_graph_compute_range(ts_graph *g, int first, int last);
 /* After compute with guard_bytes > 0: TS_OK, or an error naming the tensor whose guard changed. */
 ts_status ts_graph_check_guards(ts_graph *g);
 

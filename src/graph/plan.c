@@ -470,12 +470,17 @@ ts_status ts_graph_alloc(ts_graph *g, ts_backend *be, const ts_plan_options *opt
 
 /* ---------------------------------------------------------------- execution */
 
-ts_status ts_graph_compute(ts_graph *g) {
+ts_status ts_graph_compute(ts_graph *g) { return ts_graph_compute_range(g, 0, g ? g->n_nodes : 0); }
+
+ts_status ts_graph_compute_range(ts_graph *g, int first, int last) {
     if (!g) return TS_ERR_INVALID_ARG;
     if (!g->plan)
         return ts_graph_set_error(g, TS_ERR_STATE, "ts_graph_compute: graph is not allocated (call ts_graph_alloc first)");
+    if (first < 0 || last > g->n_nodes || first > last)
+        return ts_graph_set_error(g, TS_ERR_INVALID_ARG, "ts_graph_compute_range: [%d, %d) is not within the %d nodes",
+                                  first, last, g->n_nodes);
     ts_backend *be = g->plan->backend;
-    ts_status s = be->iface->compute(be, g, 0, g->n_nodes);
+    ts_status s = be->iface->compute(be, g, first, last);
     ts_status sync = ts_backend_synchronize(be);
     if (s != TS_OK) return s;
     if (sync != TS_OK)

@@ -28,7 +28,9 @@
  * private per slot (pool_shape says why). k = c for HCA, 2c for CSA (series b | a). A block's
  * entry is pooled inside the pass that completes it: each of its slots is gathered from the
  * ring (positions before the pass, or a constant row) plus a row gathered from the pass's own
- * projections (or zeros); entries are filed into the cache after compute. Rewinding to len only
+ * projections (or zeros); entries are filed into the cache after compute. A one-token pass
+ * (a step) in which no row completes a layer's block skips that layer's pooling nodes and
+ * writes zeros in place of the masked entry (skippable_pooling). Rewinding to len only
  * needs len >= (furthest length reached since the last reset) - V4_REWIND: the ring and the
  * projection rings still hold those positions, and stale entries past len are invisible until
  * recomputed. A fork has the same bound on src (dst gets a copy of src's state rows).
@@ -120,6 +122,8 @@ typedef struct {
     ts_tensor *kv;          /* the tokens' keys [b, T, 1, c] */
     ts_tensor *out_c, *out_z, *entry;    /* projections [b, T, k], entries [b, nb, c] */
     ts_tensor *iout_c, *iout_z, *ientry; /* the indexer's */
+    int pool_nodes[2][2];   /* T = 1: the nodes [first, last) that pool entry and ientry (see
+                             * skippable_pooling); [0, 0) when they must always run */
 } pass_layer;
 
 typedef struct v4_decoder v4_decoder;
@@ -240,12 +244,13 @@ static ts_tensor *pass_rows(ts_graph *g, ts_tensor *ids, ts_tensor *p) {
  * as the ring keeps them) go to *out_c / *out_z. */
 static ts_tensor *pass_entries(ts_model_builder *b, const dec_layer *L, const pass_layer *G, const slot_gather *sg,
                                ts_tensor *angles, const ts_v4_compressor_w *w, ts_tensor *x, int64_t c, void *ring_c,
-                               void *ring_z, ts_tensor **out_c, ts_tensor **out_z) {
+                               void *ring_z, ts_tensor **out_c, ts_tensor **out_z, int pool_nodes[2]) {
     ts_graph *g = b->g;
     int64_t B = b->B, m = L->m, k = L->csa ? 2 * c : c, S = L->csa ? 2 * m : m;
     int64_t rs[2] = {B * (L->P + 2), k}, s4[4] = {B, G->nb, S, k};
     *out_c = ts_set_output(ts_matmul(g, x, w->wkv, false, true));
     *out_z = ts_set_output(ts_matmul(g, x, w->wgate, false, true));
+    pool_nodes[0] = ts_graph_n_nodes(g); /* the projections go to the rings every pass; the pooling ... */
     ts_tensor *rc = bound(b, ring_c, b->dt, 2, rs, "decode_proj_c");
     ts_tensor *rz = bound(b, ring_z, b->dt, 2, rs, "decode_proj_z");
     ts_tensor *C = ts_add(g, ts_get_rows(g, rc, sg->ring_rows), pass_rows(g, sg->pass_rows, *out_c));
@@ -259,7 +264,10 @@ static ts_tensor *pass_entries(ts_model_builder *b, const dec_layer *L, const pa
         Z = csa_series(g, Z, m, c);
         ape = ts_concat(g, aa, 2, 0);
     }
-    return ts_v4_compress_pool(g, C, ts_add(g, Z, ape), w->norm, angles, (int)b->c->qk_rope_head_dim, b->eps);
+    ts_tensor *entries =
+        ts_v4_compress_pool(g, C, ts_add(g, Z, ape), w->norm, angles, (int)b->c->qk_rope_head_dim, b->eps);
+    pool_nodes[1] = ts_graph_n_nodes(g); /* ... only when a block completes */
+    return entries;
 }
 
 /* CSA: the indexer's picks among the row's cached keys (gathered from the pool by its block
@@ -278,7 +286,7 @@ static ts_tensor *indexer_picks(ts_model_builder *b, int layer, const char *pref
     int64_t ts[2] = {1 + B * row, 1}, os[3] = {B, 1, 1};
     ts_v4_compressor_w iw = ts_mb_compressor_weights(b, prefix, "attn.indexer.");
     G->ientry = ts_set_output(
-        pass_entries(b, L, G, sg, bang, &iw, x, ihd, L->iproj_c, L->iproj_z, &G->iout_c, &G->iout_z));
+        pass_entries(b, L, G, sg, bang, &iw, x, ihd, L->iproj_c, L->iproj_z, &G->iout_c, &G->iout_z, G->pool_nodes[1]));
     ts_tensor *rows, *mask, *table, *offset;
     G->ikey_rows = input(b, TS_I32, 2, rs, "decode_index_key_rows", &rows);
     ts_tensor *kk[2] = {ts_get_rows(g, bound(b, L->ikeys, b->dt, 2, ks, "decode_index_keys"), rows), G->ientry};
@@ -346,7 +354,8 @@ void ts_decode_cache_entries(ts_model_builder *b, int layer, const char *prefix,
     G->pass_rows = input(b, TS_I32, 2, gs, "decode_pass_rows", &sg.pass_rows);
     G->block_angles = input(b, b->dt, 3, as, "decode_block_angles", &bang);
     ts_v4_compressor_w w = ts_mb_compressor_weights(b, prefix, "attn.");
-    G->entry = ts_set_output(pass_entries(b, L, G, &sg, bang, &w, x, hd, L->proj_c, L->proj_z, &G->out_c, &G->out_z));
+    G->entry = ts_set_output(
+        pass_entries(b, L, G, &sg, bang, &w, x, hd, L->proj_c, L->proj_z, &G->out_c, &G->out_z, G->pool_nodes[0]));
     int64_t e4[4] = {B, G->nb, 1, hd}, ks[2] = {B, 1};
     ts_tensor *ex[2] = {cache, ts_reshape(g, G->entry, 4, e4)};
     if (G->lead) { /* [entry, token]: the token at position 1, the entry visible from key_start 0 */
@@ -387,6 +396,44 @@ static void free_pass(pass *p, int64_t n_layers) {
     free(p);
 }
 
+/* A one-token pass completes a block of a compressed layer only at every m-th position, and
+ * the entry it pools otherwise is masked (the HCA lead key behind key_start, the CSA indexer's
+ * candidate at -inf): pooling it - gathering the block's projections, the softmax over its
+ * slots - was about a tenth of a 16-row step of the tiny model. So a step skips the nodes that
+ * pool an entry no row completes and writes zeros for it instead (finite, and masked like the
+ * entry it stands for). That holds only if nothing else reads those nodes: checked here once
+ * per graph, node by node; a range that fails is never skipped. */
+static bool pooling_isolated(const ts_graph *g, const int range[2], const ts_tensor *entry) {
+    if (range[1] <= range[0] || entry->id != range[1] - 1 || !ts_is_contiguous(entry)) return false;
+    for (int i = 0; i < ts_graph_n_nodes(g); i++) {
+        const ts_tensor *n = ts_graph_node(g, i);
+        bool inside = i >= range[0] && i < range[1];
+        if (inside && n != entry && (n->flags & TS_FLAG_OUTPUT)) return false;
+        if (inside) continue;
+        const ts_tensor *v = n->view_src;
+        if (v && v != entry && v->id >= range[0] && v->id < range[1]) return false;
+        for (int k = 0; k < n->n_src; k++) {
+            const ts_tensor *src = n->src[k];
+            if (src && src != entry && src->id >= range[0] && src->id < range[1]) return false;
+        }
+    }
+    return true;
+}
+
+static void skippable_pooling(pass *p) {
+    const ts_graph *g = p->mg->graph;
+    int prev = 0; /* ranges must come in graph order */
+    for (int64_t l = p->l0; l < p->l1; l++) {
+        pass_layer *G = &p->layers[l];
+        const ts_tensor *entries[2] = {G->entry, G->ientry};
+        for (int k = 0; k < 2; k++) {
+            int *r = G->pool_nodes[k];
+            if (p->T != 1 || !entries[k] || r[0] < prev || !pooling_isolated(g, r, entries[k])) r[0] = r[1] = 0;
+            if (r[1] > r[0]) prev = r[1];
+        }
+    }
+}
+
 static ts_status build_pass(v4_decoder *dec, int64_t b, int64_t T, int64_t R, bool mtp, pass **out, char *err,
                             size_t err_size) {
     pass *p = calloc(1, sizeof *p);
@@ -410,6 +457,7 @@ static ts_status build_pass(v4_decoder *dec, int64_t b, int64_t T, int64_t R, bo
         free_pass(p, dec->n_layers);
         return s;
     }
+    skippable_pooling(p);
     dec->passes[dec->n_passes++] = p;
     *out = p;
     return TS_OK;
@@ -633,11 +681,41 @@ static void read_logits(const v4_decoder *dec, const pass *ps, int64_t r, int64_
 
 /* Runs pass ps on the ids staged in dec->ids and files every row whose slot is stepping (an MTP
  * pass advances what the MTP block covered, a main pass the sequence). */
+/* Whether a stepping row of a one-token pass completes a block of layer L (lens: positions). */
+static bool completes_block(const v4_decoder *dec, const pass *ps, const dec_layer *L, const int64_t *lens) {
+    for (int64_t r = 0; r < ps->b; r++) {
+        int slot = dec->slot_of[r];
+        if (dec->stepping[slot] && (lens[slot] + 1) % L->m == 0) return true;
+    }
+    return false;
+}
+
+/* The pass's graph, but for the pooling of entries no row completes (skippable_pooling). */
+static ts_status compute_pass(const v4_decoder *dec, const pass *ps, const int64_t *lens) {
+    ts_graph *g = ps->mg->graph;
+    int done = 0;
+    ts_status s = TS_OK;
+    for (int64_t l = ps->l0; l < ps->l1 && s == TS_OK; l++) {
+        const pass_layer *G = &ps->layers[l];
+        if (G->pool_nodes[0][1] == 0 && G->pool_nodes[1][1] == 0) continue;
+        if (completes_block(dec, ps, &dec->layers[l], lens)) continue;
+        ts_tensor *entries[2] = {G->entry, G->ientry};
+        for (int k = 0; k < 2 && s == TS_OK; k++) {
+            const int *r = G->pool_nodes[k];
+            if (r[1] == 0) continue;
+            s = ts_graph_compute_range(g, done, r[0]);
+            memset(entries[k]->data, 0, ts_nbytes(entries[k]));
+            done = r[1];
+        }
+    }
+    return s == TS_OK ? ts_graph_compute_range(g, done, ts_graph_n_nodes(g)) : s;
+}
+
 static ts_status run_pass(v4_decoder *dec, pass *ps) {
-    ts_status s = ts_tensor_write(ps->mg->ids, dec->ids, (size_t)(ps->b * ps->T) * sizeof(int32_t));
-    if (s == TS_OK) s = ts_graph_compute(ps->mg->graph);
-    if (s != TS_OK) return s;
     int64_t *len = ps->mtp ? dec->mlen : dec->len;
+    ts_status s = ts_tensor_write(ps->mg->ids, dec->ids, (size_t)(ps->b * ps->T) * sizeof(int32_t));
+    if (s == TS_OK) s = compute_pass(dec, ps, len);
+    if (s != TS_OK) return s;
     for (int64_t r = 0; r < ps->b; r++) {
         int slot = dec->slot_of[r];
         if (!dec->stepping[slot]) continue;
