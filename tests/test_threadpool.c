@@ -1,11 +1,9 @@
 /* test_threadpool.c - the thread pool (src/core/threadpool.c): ts_parallel_for hands out every
  * index of [0, n) exactly once, in one contiguous chunk per thread and the same chunks on every
  * call (the determinism the kernels rely on); a parallel-for from inside a job runs serially on
- * its thread; and ts_threadpool_stay_awake keeps idle workers spinning (seen as process CPU time
- * while the caller sleeps), nests, and once undone lets them sleep again. */
+ * its thread. */
 #include <stdatomic.h>
 #include <string.h>
-#include <time.h>
 
 #include "check.h"
 #include "tessera/core.h"
@@ -87,50 +85,6 @@ static void test_nested(ts_threadpool *pool) {
           (int)j.nested_bad);
 }
 
-static double cpu_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static void noop(void *arg, int64_t b, int64_t e, int tid) {
-    (void)arg, (void)b, (void)e, (void)tid;
-}
-
-/* Process CPU seconds burnt while the caller sleeps `seconds` right after a parallel-for (which
- * wakes every worker). */
-static double idle_cpu(ts_threadpool *pool, double seconds) {
-    ts_parallel_for(pool, 2, 1, noop, NULL);
-    double c0 = cpu_seconds();
-    struct timespec d = {0, (long)(seconds * 1e9)};
-    nanosleep(&d, NULL);
-    return cpu_seconds() - c0;
-}
-
-static void test_stay_awake(void) {
-    ts_threadpool *pool = NULL;
-    CHECK_OK(ts_threadpool_new(2, &pool), NULL);
-    if (!pool) return;
-    const double idle = 0.2;
-    /* the worker spins ~50 us, then sleeps: a few ms at most even on a slow machine */
-    double asleep = idle_cpu(pool, idle);
-    CHECK(asleep < 0.25 * idle, "an idle pool burnt %.3f s of CPU in %.1f s", asleep, idle);
-    ts_threadpool_stay_awake(pool, true);
-    ts_threadpool_stay_awake(pool, true);
-    double awake = idle_cpu(pool, idle);
-    CHECK(awake > 0.25 * idle, "a pool kept awake burnt only %.3f s of CPU in %.1f s (its worker slept)", awake,
-          idle);
-    ts_threadpool_stay_awake(pool, false); /* one of two undone: still awake */
-    double half = idle_cpu(pool, idle);
-    CHECK(half > 0.25 * idle, "stay_awake does not nest: %.3f s of CPU in %.1f s", half, idle);
-    ts_threadpool_stay_awake(pool, false);
-    double again = idle_cpu(pool, idle);
-    CHECK(again < 0.25 * idle, "undone, the pool still burnt %.3f s of CPU in %.1f s", again, idle);
-    ts_threadpool_stay_awake(pool, true); /* freed while awake: the workers must still exit */
-    ts_threadpool_free(pool);
-    ts_threadpool_stay_awake(NULL, true); /* no pool: nothing to do */
-}
-
 int main(void) {
     for (int threads = 1; threads <= 3; threads++) {
         ts_threadpool *pool = NULL;
@@ -140,6 +94,5 @@ int main(void) {
         test_nested(pool);
         ts_threadpool_free(pool);
     }
-    test_stay_awake();
     return check_summary("test_threadpool");
 }

@@ -105,10 +105,6 @@ typedef void (*ts_range_fn)(void *ctx, int64_t begin, int64_t end, int thread_id
 ts_status ts_threadpool_new(int n_threads, ts_threadpool **out);
 void ts_threadpool_free(ts_threadpool *pool);
 int ts_threadpool_size(const ts_threadpool *pool);
-/* While on (calls nest: each true is undone by a false), idle workers keep spinning instead of
- * going to sleep after a short spin: for a stretch of many short parallel-fors (a graph run),
- * where a wake-up would cost more than the ops. */
-void ts_threadpool_stay_awake(ts_threadpool *pool, bool on);
 /* min_chunk: do not give a thread fewer than this many items (limits overhead on small n). */
 void ts_parallel_for(ts_threadpool *pool, int64_t n, int64_t min_chunk, ts_range_fn fn, void *ctx);
 

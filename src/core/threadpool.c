@@ -5,11 +5,7 @@
  * A graph runs one short op after another (a decode step: dozens of sub-millisecond kernels),
  * and waking a sleeping thread costs tens of microseconds on a VM, more than many of those
  * kernels take; a bounded spin keeps a busy pool's workers awake between ops without burning a
- * core when it goes quiet. While the pool is kept awake (ts_threadpool_stay_awake: the CPU
- * backend does so for the run of a graph) the spin has no bound: the next op comes within
- * microseconds, and a worker that fell asleep in a run of serial ops made the next parallel one
- * wait for its wake-up (a 16-slot decode step at 2 threads: ~10 sleeps per step, more when the
- * machine is shared). [0, n) is cut into one contiguous chunk per thread, identical for
+ * core when it goes quiet. [0, n) is cut into one contiguous chunk per thread, identical for
  * identical (n, threads), so every reduction a kernel does per chunk happens in the same order
  * every run. A parallel-for issued from inside a job runs serially on the calling thread. */
 #include <pthread.h>
@@ -35,7 +31,6 @@ struct ts_threadpool {
     int n_chunks;
     _Atomic uint64_t generation; /* bumped per job so workers know a new one arrived */
     _Atomic int pending;         /* workers still running the current job */
-    _Atomic int awake;           /* ts_threadpool_stay_awake calls not yet undone */
     atomic_bool stop;
 };
 
@@ -55,16 +50,12 @@ static void cpu_relax(void) {
 #endif
 }
 
-/* Polls until done(p, arg) holds or SPIN_NS pass with the pool not kept awake; whether it held. */
+/* Polls until done(p, arg) holds or SPIN_NS pass; whether it held. */
 static bool spin_until(const ts_threadpool *p, bool (*done)(const ts_threadpool *, uint64_t), uint64_t arg) {
     int64_t t0 = now_ns();
     for (int i = 1;; i++) {
         if (done(p, arg)) return true;
-        if (i % 64 == 0) {
-            int64_t t = now_ns();
-            if (atomic_load_explicit(&p->awake, memory_order_relaxed) > 0) t0 = t;
-            else if (t - t0 > SPIN_NS) return false;
-        }
+        if (i % 64 == 0 && now_ns() - t0 > SPIN_NS) return false;
         cpu_relax();
     }
 }
@@ -169,10 +160,6 @@ void ts_threadpool_free(ts_threadpool *p) {
 }
 
 int ts_threadpool_size(const ts_threadpool *p) { return p ? p->n_threads : 1; }
-
-void ts_threadpool_stay_awake(ts_threadpool *p, bool on) {
-    if (p) atomic_fetch_add_explicit(&p->awake, on ? 1 : -1, memory_order_relaxed);
-}
 
 void ts_parallel_for(ts_threadpool *p, int64_t n, int64_t min_chunk, ts_range_fn fn, void *ctx) {
     if (n <= 0) return;

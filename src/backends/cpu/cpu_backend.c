@@ -144,7 +144,8 @@ static bool cpu_supports_op(ts_backend *be, const ts_tensor *node) {
     return node->op == TS_OP_NONE || ts_op_is_view(node->op) || st->kernels[node->op] != NULL;
 }
 
-static ts_status run_nodes(cpu_state *st, ts_graph *g, int first, int last) {
+static ts_status cpu_compute(ts_backend *be, ts_graph *g, int first, int last) {
+    cpu_state *st = be->impl;
     ts_cpu_ctx ctx = {.graph = g, .pool = st->pool};
     for (int i = first; i < last; i++) {
         ts_tensor *t = g->nodes[i];
@@ -169,15 +170,6 @@ static ts_status run_nodes(cpu_state *st, ts_graph *g, int first, int last) {
         }
     }
     return TS_OK;
-}
-
-/* The nodes one after another, the pool's workers kept spinning between them. */
-static ts_status cpu_compute(ts_backend *be, ts_graph *g, int first, int last) {
-    cpu_state *st = be->impl;
-    ts_threadpool_stay_awake(st->pool, true);
-    ts_status s = run_nodes(st, g, first, last);
-    ts_threadpool_stay_awake(st->pool, false);
-    return s;
 }
 
 static ts_status cpu_synchronize(ts_backend *be) { return TS_OK; }

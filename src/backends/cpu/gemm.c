@@ -336,9 +336,7 @@ static void naive_gemm(int64_t M, int64_t N, int64_t K, float alpha, const gemm_
 
 /* Multiply-adds a thread must get before another one is worth its wake-up (tens of
  * microseconds on a VM): the blocked path's threshold; the small-M path, with no barriers and
- * one fork, uses a sixteenth of it (inside a graph the workers spin between ops, so a fork costs
- * about half a microsecond: a 16-row decode step's 16 x 64 x 256 products now split, +2-3% on 2
- * threads). Tests lower it so small shapes exercise every thread. */
+ * one fork, uses an eighth of it. Tests lower it so small shapes exercise every thread. */
 #define DEFAULT_MIN_FMAS_PER_THREAD ((int64_t)1 << 21)
 static _Atomic int64_t min_fmas_per_thread = DEFAULT_MIN_FMAS_PER_THREAD;
 
@@ -457,7 +455,7 @@ static bool small_m_gemm(ts_threadpool *pool, const ts_gemm_kernels *kern, small
     job->scratch = ws ? ws->thread_area : NULL;
     int64_t items = (job->n + job->group - 1) / job->group;
     int64_t fmas_per_item = job->args.m * job->args.k * job->group;
-    int64_t min_fmas = atomic_load(&min_fmas_per_thread) / 16;
+    int64_t min_fmas = atomic_load(&min_fmas_per_thread) / 8;
     int64_t min_chunk = (min_fmas + fmas_per_item - 1) / fmas_per_item;
     ts_parallel_for(pool, items, min_chunk, small_range, job);
     if (ws) ws_release(ws);
