@@ -217,17 +217,33 @@ typedef struct {
     int64_t n_slices;
 } experts_job;
 
-/* Slice i runs, each on its own thread, the experts whose first pair lies in the i-th share of
- * the pairs (the last slice also takes the empty experts at the very end): contiguous runs of
- * experts, balanced by rows. */
+/* An expert's share of the work when the experts are spread over threads: its rows, plus the
+ * cost of streaming its weight matrix, which with few rows (decoding: a 16-row batch gives each
+ * of 8 experts about 4) is most of it - balanced by rows alone, one thread got 6 experts of a
+ * skewed routing and the other 2. About 8 rows' worth (the small-M kernels run DRAM-bound up
+ * to about that many). */
+#define EXPERT_READ_ROWS 8
+
+static int64_t expert_cost(const moe_work *w, int64_t e) {
+    int64_t rows = w->start[e + 1] - w->start[e];
+    return rows > 0 ? rows + EXPERT_READ_ROWS : 0;
+}
+
+/* Slice i runs, each on its own thread, the experts whose cost-weighted start lies in the i-th
+ * share of the total (expert_cost; the empty ones too, which grad_w zeroes, and those at the
+ * very end in the last slice): contiguous runs of experts, balanced by cost. */
 static void experts_range(void *arg, int64_t begin, int64_t end, int tid) {
     const experts_job *j = arg;
     const moe_plan *p = j->p;
+    int64_t total = 0;
+    for (int64_t e = 0; e < p->E; e++) total += expert_cost(j->w, e);
     for (int64_t i = begin; i < end; i++) {
-        int64_t lo = i * p->n_pairs / j->n_slices, hi = (i + 1) * p->n_pairs / j->n_slices;
-        if (i == j->n_slices - 1) hi = p->n_pairs + 1;
-        for (int64_t e = 0; e < p->E; e++)
-            if (j->w->start[e] >= lo && j->w->start[e] < hi) j->fn(NULL, p, j->w, e);
+        int64_t before = 0;
+        for (int64_t e = 0; e < p->E; e++) {
+            int64_t slice = total > 0 ? before * j->n_slices / total : 0;
+            if ((slice < j->n_slices ? slice : j->n_slices - 1) == i) j->fn(NULL, p, j->w, e);
+            before += expert_cost(j->w, e);
+        }
     }
 }
 
