@@ -285,14 +285,17 @@ typedef struct {
  * same on the left, a transposed view on the left (falls back), or a column slice of a wider
  * matrix on the left (unit-stride rows, read row by row) and a scalar on the right (as mHC
  * scales its coefficients). */
-enum { BIN_SAME, BIN_ROW_RIGHT, BIN_SCALAR_RIGHT, BIN_ROW_LEFT, BIN_SCALAR_LEFT, BIN_VIEW_LEFT, BIN_SLICE_LEFT, BIN_KINDS };
+enum {
+    BIN_SAME, BIN_ROW_RIGHT, BIN_SCALAR_RIGHT, BIN_ROW_LEFT, BIN_SCALAR_LEFT, BIN_VIEW_LEFT, BIN_SLICE_LEFT, BIN_KINDS
+};
 
 static ts_tensor *binary_operand(ts_graph *g, const ew_spec *p, bool left) {
     bool row = p->kind == (left ? BIN_ROW_LEFT : BIN_ROW_RIGHT);
     bool scalar = p->kind == (left ? BIN_SCALAR_LEFT : BIN_SCALAR_RIGHT) || (!left && p->kind == BIN_SLICE_LEFT);
     if (row) return ts_new_tensor_1d(g, TS_F32, p->cols, "row");
     if (scalar) return ts_new_tensor_1d(g, TS_F32, 1, "scalar");
-    if (left && p->kind == BIN_SLICE_LEFT) return ts_slice(g, ts_new_tensor_2d(g, TS_F32, p->rows, p->cols + 9, "wide"), 1, 4, p->cols);
+    if (left && p->kind == BIN_SLICE_LEFT)
+        return ts_slice(g, ts_new_tensor_2d(g, TS_F32, p->rows, p->cols + 9, "wide"), 1, 4, p->cols);
     return matrix_leaf(g, p->rows, p->cols, left && p->kind == BIN_VIEW_LEFT);
 }
 

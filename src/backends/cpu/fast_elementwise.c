@@ -35,24 +35,6 @@
  * bound, and waking a worker costs about as much as streaming this many floats. */
 #define FAST_MIN_CHUNK 32768
 
-/* A range function `name` whose work is body(job, begin, end), an always-inline function of
- * plain loops, and on x86-64 also name_avx2: the same body compiled for AVX2, whose vectors hold
- * twice the baseline's (SSE2) floats and doubles. The same C, hence the same operations and
- * the same bits; PICK_RANGE takes the AVX2 one when the AVX2 tier is active. */
-#if defined(__x86_64__)
-#define RANGE_FNS(name, body)                                                                            \
-    static void name(void *arg, int64_t begin, int64_t end, int tid) { body(arg, begin, end); }          \
-    __attribute__((target("avx2"))) static void name##_avx2(void *arg, int64_t begin, int64_t end, int tid) { \
-        body(arg, begin, end);                                                                           \
-    }
-#define PICK_RANGE(name) (ts_vmath_avx2_active() ? name##_avx2 : name)
-#else
-#define RANGE_FNS(name, body) \
-    static void name(void *arg, int64_t begin, int64_t end, int tid) { body(arg, begin, end); }
-#define PICK_RANGE(name) (name)
-#endif
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
-
 static bool is_f32_on_host(const ts_tensor *t) { return t && t->dtype == TS_F32 && t->data; }
 
 /* A contiguous f32 tensor shaped exactly like dst (the planner may let dst share its storage;
@@ -125,7 +107,7 @@ typedef struct {
             for (int64_t k = 0; k < n; k++) d[k] = a[0] OPER b[0];           \
     } while (0)
 
-ALWAYS_INLINE void binary_segment(ts_op op, float *d, const float *a, int sa, const float *b, int sb, int64_t n) {
+TS_ALWAYS_INLINE void binary_segment(ts_op op, float *d, const float *a, int sa, const float *b, int sb, int64_t n) {
     switch (op) {
     case TS_OP_ADD: BINARY_LOOPS(+); break;
     case TS_OP_SUB: BINARY_LOOPS(-); break;
@@ -161,7 +143,7 @@ static const float *operand_run(const bcast_operand *o, int64_t i, int64_t *n, i
 }
 
 /* Walks [begin, end) in segments over which each operand advances or holds steadily. */
-ALWAYS_INLINE void binary_items(const binary_job *j, int64_t begin, int64_t end) {
+TS_ALWAYS_INLINE void binary_items(const binary_job *j, int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end;) {
         int64_t n = end - i;
         int sa, sb;
@@ -171,7 +153,7 @@ ALWAYS_INLINE void binary_items(const binary_job *j, int64_t begin, int64_t end)
     }
 }
 
-RANGE_FNS(binary_range, binary_items)
+TS_RANGE_FNS(binary_range, binary_items)
 
 static bool plan_binary(const ts_tensor *dst, binary_job *j) {
     bool is_binary = dst->op == TS_OP_ADD || dst->op == TS_OP_SUB || dst->op == TS_OP_MUL || dst->op == TS_OP_DIV;
@@ -187,7 +169,7 @@ static bool plan_binary(const ts_tensor *dst, binary_job *j) {
 TS_FAST_KERNEL(binary) {
     binary_job j;
     if (!plan_binary(dst, &j)) return ts_ref_binary(ctx, dst);
-    ts_parallel_for(ctx->pool, ts_nelements(dst), FAST_MIN_CHUNK, PICK_RANGE(binary_range), &j);
+    ts_parallel_for(ctx->pool, ts_nelements(dst), FAST_MIN_CHUNK, TS_PICK_RANGE(binary_range), &j);
     return TS_OK;
 }
 
@@ -206,10 +188,10 @@ typedef struct {
 /* 1 / (1 + e^-x) from z = e^-|x|, which never overflows (the reference's formula, in float):
  * 1 / (1 + z) for x >= 0, z / (1 + z) below. A select, not a branch, so the loops vectorize
  * (the signs of activations are a coin toss for a branch predictor). */
-static inline float sigmoid_of(float x, float z) { return (x >= 0 ? 1.0f : z) / (1.0f + z); }
+TS_ALWAYS_INLINE float sigmoid_of(float x, float z) { return (x >= 0 ? 1.0f : z) / (1.0f + z); }
 
 /* The ops built on z = e^-|x|, one stack block at a time through the vector exp. */
-static void exp_abs_block(const unary_job *j, float *d, const float *x, const float *dy, int64_t n) {
+TS_ALWAYS_INLINE void exp_abs_block(const unary_job *j, float *d, const float *x, const float *dy, int64_t n) {
     float z[EXP_BLOCK];
     if (n <= 0) return; /* (and tells the compiler z is written before the exp reads it) */
     for (int64_t k = 0; k < n; k++) z[k] = -fabsf(x[k]);
@@ -238,8 +220,7 @@ static bool uses_exp_abs(ts_op op) {
     return op == TS_OP_SILU || op == TS_OP_SIGMOID || op == TS_OP_SOFTPLUS || op == TS_OP_SILU_BACK;
 }
 
-static void unary_range(void *arg, int64_t begin, int64_t end, int tid) {
-    const unary_job *j = arg;
+TS_ALWAYS_INLINE void unary_items(const unary_job *j, int64_t begin, int64_t end) {
     float *d = j->d + begin;
     const float *x = j->x + begin, *dy = j->dy ? j->dy + begin : NULL;
     int64_t n = end - begin;
@@ -288,6 +269,8 @@ static void unary_range(void *arg, int64_t begin, int64_t end, int tid) {
     }
 }
 
+TS_RANGE_FNS(unary_range, unary_items)
+
 static bool has_fast_unary(ts_op op) {
     switch (op) {
     case TS_OP_SCALE: case TS_OP_RELU: case TS_OP_CLAMP: case TS_OP_SILU: case TS_OP_EXP: case TS_OP_LOG:
@@ -315,7 +298,7 @@ static bool plan_unary(const ts_tensor *dst, unary_job *j) {
 }
 
 static ts_status run_unary(const ts_cpu_ctx *ctx, ts_tensor *dst, const unary_job *j) {
-    ts_parallel_for(ctx->pool, ts_nelements(dst), FAST_MIN_CHUNK, unary_range, (void *)j);
+    ts_parallel_for(ctx->pool, ts_nelements(dst), FAST_MIN_CHUNK, TS_PICK_RANGE(unary_range), (void *)j);
     return TS_OK;
 }
 
@@ -341,8 +324,8 @@ typedef struct {
 
 /* Elements [k0, k0 + m) of a block: the clamped gate and up (as the reference clamps them),
  * z = e^-|gate|, and whether each clamp passes the gradient. */
-static void swiglu_block(const swiglu_job *j, int64_t k0, int64_t m, float *ac, float *bc, float *z, float *a_in,
-                         float *b_in) {
+TS_ALWAYS_INLINE void swiglu_block(const swiglu_job *j, int64_t k0, int64_t m, float *ac, float *bc, float *z,
+                                    float *a_in, float *b_in) {
     float L = j->limit;
     const float *a = j->a + k0, *b = j->b + k0;
     if (L > 0) { /* selects without short-circuits, and float flags: the loop vectorizes */
@@ -363,8 +346,7 @@ static void swiglu_block(const swiglu_job *j, int64_t k0, int64_t m, float *ac, 
     j->vm->exp(z, z, m);
 }
 
-static void swiglu_range(void *arg, int64_t begin, int64_t end, int tid) {
-    const swiglu_job *j = arg;
+TS_ALWAYS_INLINE void swiglu_items(const swiglu_job *j, int64_t begin, int64_t end) {
     float ac[EXP_BLOCK], bc[EXP_BLOCK], z[EXP_BLOCK], a_in[EXP_BLOCK], b_in[EXP_BLOCK];
     for (int64_t k0 = begin; k0 < end; k0 += EXP_BLOCK) {
         int64_t m = end - k0 < EXP_BLOCK ? end - k0 : EXP_BLOCK;
@@ -389,6 +371,8 @@ static void swiglu_range(void *arg, int64_t begin, int64_t end, int tid) {
     }
 }
 
+TS_RANGE_FNS(swiglu_range, swiglu_items)
+
 /* Contiguous f32 sources of dst's (forward) or dst's trailing (backward) shape. */
 static bool plan_swiglu(const ts_tensor *dst, swiglu_job *j) {
     bool back = dst->op == TS_OP_SWIGLU_BACK;
@@ -405,7 +389,7 @@ static bool plan_swiglu(const ts_tensor *dst, swiglu_job *j) {
 TS_FAST_KERNEL(swiglu) {
     swiglu_job j;
     if (!plan_swiglu(dst, &j)) return ts_ref_swiglu(ctx, dst);
-    ts_parallel_for(ctx->pool, j.n, FAST_MIN_CHUNK, swiglu_range, &j);
+    ts_parallel_for(ctx->pool, j.n, FAST_MIN_CHUNK, TS_PICK_RANGE(swiglu_range), &j);
     return TS_OK;
 }
 
@@ -464,7 +448,8 @@ static void softmax_range(void *arg, int64_t begin, int64_t end, int tid) {
  * block's column group. */
 #define SOFTMAX_COLS 64
 
-ALWAYS_INLINE void softmax_cols(const ts_vmath *vm, float *y, const float *x, int64_t len, int64_t inner, int64_t w) {
+TS_ALWAYS_INLINE void softmax_cols(const ts_vmath *vm, float *y, const float *x, int64_t len, int64_t inner,
+                                    int64_t w) {
     float m[SOFTMAX_COLS], inv[SOFTMAX_COLS], e[SOFTMAX_COLS];
     double sum[SOFTMAX_COLS] = {0};
     for (int64_t c = 0; c < w; c++) m[c] = -INFINITY;
@@ -492,7 +477,7 @@ ALWAYS_INLINE void softmax_cols(const ts_vmath *vm, float *y, const float *x, in
         for (int64_t c = 0; c < w; c++) y[k * inner + c] *= inv[c];
 }
 
-ALWAYS_INLINE void softmax_cols_items(const row_job *j, int64_t begin, int64_t end) {
+TS_ALWAYS_INLINE void softmax_cols_items(const row_job *j, int64_t begin, int64_t end) {
     int64_t groups = (j->inner + SOFTMAX_COLS - 1) / SOFTMAX_COLS;
     for (int64_t item = begin; item < end; item++) {
         int64_t c0 = item % groups * SOFTMAX_COLS, at = item / groups * j->len * j->inner + c0;
@@ -501,7 +486,7 @@ ALWAYS_INLINE void softmax_cols_items(const row_job *j, int64_t begin, int64_t e
     }
 }
 
-RANGE_FNS(softmax_cols_range, softmax_cols_items)
+TS_RANGE_FNS(softmax_cols_range, softmax_cols_items)
 
 /* Softmax of a contiguous x along any axis, with no mask; along the last axis also with a
  * contiguous mask repeating along the trailing dims (e.g. one [T, S] causal mask for every
@@ -533,12 +518,12 @@ TS_FAST_KERNEL(softmax) {
         return TS_OK;
     }
     int64_t items = ts_nelements(dst) / (j.len * j.inner) * ((j.inner + SOFTMAX_COLS - 1) / SOFTMAX_COLS);
-    ts_parallel_for(ctx->pool, items, ref_items_min_chunk(j.len * SOFTMAX_COLS), PICK_RANGE(softmax_cols_range), &j);
+    ts_parallel_for(ctx->pool, items, ref_items_min_chunk(j.len * SOFTMAX_COLS), TS_PICK_RANGE(softmax_cols_range), &j);
     return TS_OK;
 }
 
 /* y = x * r (* w), r = 1 / sqrt(mean(x^2) + eps), in double like the reference, rounded once. */
-ALWAYS_INLINE void rms_norm_row(const row_job *j, int64_t r, double ss) {
+TS_ALWAYS_INLINE void rms_norm_row(const row_job *j, int64_t r, double ss) {
     int64_t n = j->len;
     const float *x = j->x + r * n;
     float *y = j->y + r * n;
@@ -607,7 +592,7 @@ static bool plan_rms_norm(const ts_tensor *dst, row_job *j) {
 TS_FAST_KERNEL(rms_norm) {
     row_job j;
     if (!plan_rms_norm(dst, &j)) return ts_ref_rms_norm(ctx, dst);
-    run_rows(ctx, dst, j.len, PICK_RANGE(rms_norm_range), &j);
+    run_rows(ctx, dst, j.len, TS_PICK_RANGE(rms_norm_range), &j);
     return TS_OK;
 }
 

@@ -5,8 +5,9 @@
  * result rounded once). What this adds over the reference kernel is direct addressing instead
  * of a per-element dtype switch and offset computation; other dtypes and strided views go to
  * the reference kernel. mHC's n = 4 forward (every decode step runs one per token, stream and
- * sub-layer) runs the normalisation steps on AVX2 with a 4 x 4 matrix in four registers: the
- * same additions in the same order and the same divisions, so bit-identical to the reference;
+ * sub-layer) runs the normalisation steps on AVX2 with a 4 x 4 matrix in four registers, two
+ * matrices at a time (one's steps run while the other's wait on their divisions): the same
+ * additions in the same order and the same divisions, so bit-identical to the reference;
  * so does its backward (every training step runs one per token and sub-layer), whose steps
  * walk back over the same two layouts: rows in registers for a column step, columns for a row
  * step, each dot product summed in the reference's order with separate multiplies and adds.
