@@ -472,7 +472,9 @@ TS_ALWAYS_INLINE void softmax_cols(const ts_vmath *vm, float *y, const float *x,
         for (int64_t c = 0; c < w; c++) yr[c] = xr[c] == -INFINITY ? 0.0f : e[c];
         for (int64_t c = 0; c < w; c++) sum[c] += yr[c];
     }
-    for (int64_t c = 0; c < w; c++) inv[c] = m[c] == -INFINITY ? 0.0f : (float)(1.0 / sum[c]);
+    /* every column divided (an all -inf column's 1 / 0 then replaced): two loops that vectorize */
+    for (int64_t c = 0; c < w; c++) inv[c] = (float)(1.0 / sum[c]);
+    for (int64_t c = 0; c < w; c++) inv[c] = m[c] == -INFINITY ? 0.0f : inv[c];
     for (int64_t k = 0; k < len; k++)
         for (int64_t c = 0; c < w; c++) y[k * inner + c] *= inv[c];
 }
