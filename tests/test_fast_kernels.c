@@ -9,7 +9,8 @@
  * the reference kernel: ts_fast_matmul_uses_gemm says which path a node takes. Elementwise:
  * every fast path (bias-row and scalar broadcasts, column slices, unary ops, relu/silu
  * backward, softmax with a repeating mask or over a middle axis, there with -inf entries that
- * must give exact zeros, rms_norm with a weight) and views that must fall back. Concat (of slices and transposed views) and get_rows: the memcpy paths; topk (ties). Results must be
+ * must give exact zeros, rms_norm with a weight) and views that must fall back. Concat (of
+ * slices and transposed views), get_rows and gather: the memcpy paths; topk (ties). Results must be
  * bit-identical for 1, 2 and 3 threads. The vector math's many-row dots and axpys (the attention's
  * cache rows) must give the bits of one dot / axpy per row, on every length class and row count. Finally a 512 x 512 x 512 matmul (128^3 with
  * TS_TEST_QUICK=1) is timed on both backends (printed, not asserted: timing depends on the
@@ -59,7 +60,7 @@ static ts_status fill_leaves(ts_graph *g) {
 static bool takes_fast_path(const ts_tensor *node) {
     switch (node->op) {
     case TS_OP_MATMUL: return ts_fast_matmul_uses_gemm(node);
-    case TS_OP_CONCAT: case TS_OP_GET_ROWS: return ts_fast_move_applies(node);
+    case TS_OP_CONCAT: case TS_OP_GET_ROWS: case TS_OP_GATHER: return ts_fast_move_applies(node);
     case TS_OP_TOPK: return ts_fast_rows_applies(node);
     default: return ts_fast_elementwise_applies(node);
     }
@@ -433,12 +434,24 @@ static ts_tensor *build_topk(ts_graph *g, const void *arg) {
     return ts_topk(g, row, 16, &values, &ids) == TS_OK ? ids : NULL;
 }
 
+/* The scores of each row's top 5 of [2, 3, 33] gathered back from x (ids valid by construction),
+ * along the last axis (*arg false) or, from x's transpose, along the first (falls back). */
+static ts_tensor *build_gather(ts_graph *g, const void *arg) {
+    bool first_axis = *(const bool *)arg;
+    ts_tensor *x = ts_new_tensor_3d(g, TS_F32, 2, 3, 33, "x"), *values = NULL, *ids = NULL;
+    if (ts_topk(g, x, 5, &values, &ids) != TS_OK) return NULL;
+    if (!first_axis) return ts_gather(g, x, 2, ids);
+    return ts_gather(g, ts_cont(g, ts_permute(g, x, (int[]){2, 1, 0})), 0, ts_cont(g, ts_permute(g, ids, (int[]){2, 1, 0})));
+}
+
 static void test_moves(void) {
     compare_backends("concat of row halves", build_concat_slices, NULL, true);
     compare_backends("concat of a transposed view", build_concat_transposed, NULL, true);
     static const bool transposed[2] = {false, true};
     compare_backends("get_rows", build_get_rows, &transposed[0], true);
     compare_backends("get_rows of a transposed table (falls back)", build_get_rows, &transposed[1], false);
+    compare_backends("gather along the last axis", build_gather, &transposed[0], true);
+    compare_backends("gather along the first axis (falls back)", build_gather, &transposed[1], false);
     compare_backends("topk with ties", build_topk, &transposed[0], true);
     compare_backends("topk of a transposed view (falls back)", build_topk, &transposed[1], false);
 }

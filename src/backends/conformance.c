@@ -254,6 +254,7 @@ static const variant gather_variants[] = { /* x, idx; ip[0] = axis */
     {.in = {F(7, 33), IDX(TS_I64, 7, 3, 33)}, .ip = {0}, .note = "axis=0"},
     {.in = {F(2, 7, 33), IDX(TS_I32, 33, 2, 7, 1)}, .ip = {2}, .note = "axis=2"},
     {.in = {F(3, 1000), IDX(TS_I64, 1000, 3, 10)}, .ip = {1}, .note = "axis=1"},
+    {.in = {F(5, 1, 65), IDX(TS_I32, 65, 5, 1, 16)}, .ip = {2}, .note = "axis=2"},
     {.in = {FT(7, 33), IDX(TS_I32, 33, 7, 4)}, .ip = {1}, .note = "axis=1"},
 };
 

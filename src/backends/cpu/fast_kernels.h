@@ -46,10 +46,11 @@ TS_FAST_KERNEL(copy);   /* strided views -> contiguous, casts f32 <-> f16 / bf16
 /* Whether a sum_to / sum / mean / max / copy node takes its f32 path (tests). */
 bool ts_fast_reduce_applies(const ts_tensor *dst);
 
-/* fast_move.c: concat and get_rows as memcpy runs on contiguous storage */
+/* fast_move.c: concat, get_rows and gather (along the last axis) as memcpy runs on contiguous storage */
 TS_FAST_KERNEL(concat);
 TS_FAST_KERNEL(get_rows);
-/* Whether a concat / get_rows node takes its memcpy path (tests). */
+TS_FAST_KERNEL(gather);
+/* Whether a concat / get_rows / gather node takes its memcpy path (tests). */
 bool ts_fast_move_applies(const ts_tensor *dst);
 
 /* fast_rows.c: row kernels along the last axis (topk: the indices of the k largest) */
