@@ -5,10 +5,11 @@
  * unit-stride rows), scale, relu, silu, clamp, exp, log, sqrt, sigmoid, softplus and the
  * relu/silu/sigmoid/clamp backward helpers, swiglu and its backward, softmax (along any axis)
  * and rms_norm along the last axis. Each works on contiguous f32 storage with plain loops the
- * compiler vectorizes (the row kernels also in an AVX2 build of the same loops, or AVX2 code of
- * their own with the same arithmetic); anything else (other dtypes, views with odd strides,
- * other axes, other broadcasts) goes to the reference kernel of the op (ref_elementwise.c,
- * ref_nn.c), which also reports malformed nodes.
+ * compiler vectorizes, built a second time for AVX2 where that tier is active (TS_RANGE_FNS:
+ * the same loops, vectors twice as wide; rms_norm has AVX2 code of its own with the same
+ * arithmetic); anything else (other dtypes, views with odd strides, other axes, other
+ * broadcasts) goes to the reference kernel of the op (ref_elementwise.c, ref_nn.c), which also
+ * reports malformed nodes.
  *
  * Accuracy and determinism (the conformance suite compares with the reference at f32 nmse
  * 1e-10): + - * / of two floats rounded once in float equal the reference's double result
@@ -16,8 +17,9 @@
  * and so do scale, relu, clamp and clamp's backward; exp, softmax, silu, sigmoid, softplus and
  * the backwards of the last three take e^x from the vector math of fast_vmath.h (about 1 ulp;
  * results below FLT_MIN flush to 0), log and sqrt from libm, a few ulps from the reference. Row
- * kernels sum in double, in index order (rms_norm's squares in four interleaved partial sums),
- * one row per thread at a time. Every element is computed by the same operations whichever
+ * kernels sum in double, in index order (rms_norm's squares in four interleaved partial sums,
+ * on AVX2 for four rows at once, each row's sums its own), a thread's rows one after another.
+ * Every element is computed by the same operations whichever
  * thread owns it, so results are bit-identical for any thread count. Nothing is allocated. */
 #include <math.h>
 #include <string.h>

@@ -4,10 +4,12 @@
  * the reference kernel of the same op, so it accepts every node the reference accepts and fails
  * the same way on bad input. fast_matmul.c holds matmul; fast_elementwise.c the elementwise,
  * softmax and rms_norm paths; fast_attention.c fused attention and its backward; fast_reduce.c
- * sum_to, sum / mean / max and copy; fast_rows.c rms_norm_back, softmax_back and rope;
- * fast_sinkhorn.c the Sinkhorn projection and its backward; fast_moe.c the mixture-of-experts
- * matmul_id and its weight gradient; fast_loss.c the cross-entropy loss and its backward. The
- * vector math several of them share (row max, exp, dot, axpy per SIMD tier) is fast_vmath.h. */
+ * sum_to, sum / mean / max and copy; fast_move.c concat, get_rows and gather; fast_rows.c
+ * rms_norm_back, softmax_back, rope and topk; fast_sinkhorn.c the Sinkhorn projection and its
+ * backward; fast_moe.c the mixture-of-experts matmul_id and its weight gradient; fast_loss.c the
+ * cross-entropy loss and its backward. The vector math several of them share (row max, exp,
+ * dot, axpy per SIMD tier) is fast_vmath.h; TS_RANGE_FNS below builds a kernel's plain loops for
+ * AVX2 as well. */
 #ifndef TS_FAST_KERNELS_H
 #define TS_FAST_KERNELS_H
 
