@@ -1,7 +1,7 @@
 /* test_fast_backward.c - the "cpu" backend's fast kernels for what a training step's backward
  * pass runs besides matmul and attention (fast_reduce.c, fast_rows.c and the newer paths of
  * fast_elementwise.c): sum_to over leading, trailing, middle and alternating dims, sum / mean /
- * max over an axis, strided copies and f32 <-> f16 / bf16 / f64 casts, per-row broadcasts of
+ * max over an axis, strided copies and f32 <-> f16 / bf16 / f64 / i32 casts, per-row broadcasts of
  * the binary ops, exp / log / sqrt / sigmoid / softplus, sigmoid_back and clamp_back, swiglu and
  * its backward, cross-entropy and its backward, rms_norm_back, softmax_back and rope.
  *
@@ -156,6 +156,15 @@ static ts_tensor *cast_from_f64(ts_graph *g) {
     return ts_cast(g, ts_transpose(g, ts_cast(g, LEAF("x", 333, 301), TS_F64), 0, 1), TS_F32);
 }
 
+/* casts between f32 and i32 (a decode step's top-k ids go to f32 and back) and an i32 copy, of
+ * transposed views: the reference's conversion through double, element by element */
+static ts_tensor *ids_i32(ts_graph *g) { return ts_cast(g, ts_scale(g, LEAF("x", 333, 301), 1000.0f), TS_I32); }
+static ts_tensor *cast_to_i32(ts_graph *g) {
+    return ts_cast(g, ts_transpose(g, ts_scale(g, LEAF("x", 301, 333), 1000.0f), 0, 1), TS_I32);
+}
+static ts_tensor *cast_from_i32(ts_graph *g) { return ts_cast(g, ts_transpose(g, ids_i32(g), 0, 1), TS_F32); }
+static ts_tensor *copy_i32(ts_graph *g) { return ts_cont(g, ts_transpose(g, ids_i32(g), 0, 1)); }
+
 /* binary ops with an operand held along the trailing dims, or two broadcast operands */
 static ts_tensor *mul_row_scale(ts_graph *g) { return ts_mul(g, LEAF("x", 7, 333, 301), LEAF("s", 7, 333, 1)); }
 static ts_tensor *div_row_scale(ts_graph *g) {
@@ -239,6 +248,9 @@ static const fb_case cases[] = {
     {"cast f32 -> f16", cast_to_f16, true},
     {"cast bf16 -> f32", cast_from_bf16, true},
     {"cast transposed f64 -> f32", cast_from_f64, true},
+    {"cast transposed f32 -> i32", cast_to_i32, true},
+    {"cast transposed i32 -> f32", cast_from_i32, true},
+    {"copy of a transposed i32", copy_i32, true},
     {"mul [7,333,301] * [7,333,1]", mul_row_scale, true},
     {"div [7,333,301] / [333,1]", div_row_scale, true},
     {"add [333,1] + [1,301]", add_outer, true},

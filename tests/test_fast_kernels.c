@@ -7,9 +7,10 @@
  * (leading dimension wider than the matrix, still on the GEMM), and layouts the GEMM cannot
  * address (no unit stride in the matrix, a stride-0 matrix dim, f64), which must fall back to
  * the reference kernel: ts_fast_matmul_uses_gemm says which path a node takes. Elementwise:
- * every fast path (bias-row and scalar broadcasts, unary ops, relu/silu backward, softmax with
- * a repeating mask or over a middle axis, rms_norm with a weight) and views that must fall
- * back. Concat (of slices and transposed views) and get_rows: the memcpy paths; topk (ties). Results must be
+ * every fast path (bias-row and scalar broadcasts, column slices, unary ops, relu/silu
+ * backward, softmax with a repeating mask or over a middle axis, there with -inf entries that
+ * must give exact zeros, rms_norm with a weight) and views that must fall back. Concat (of
+ * slices and transposed views), get_rows and gather: the memcpy paths; topk (ties). Results must be
  * bit-identical for 1, 2 and 3 threads. The vector math's many-row dots and axpys (the attention's
  * cache rows) must give the bits of one dot / axpy per row, on every length class and row count. Finally a 512 x 512 x 512 matmul (128^3 with
  * TS_TEST_QUICK=1) is timed on both backends (printed, not asserted: timing depends on the
@@ -59,7 +60,7 @@ static ts_status fill_leaves(ts_graph *g) {
 static bool takes_fast_path(const ts_tensor *node) {
     switch (node->op) {
     case TS_OP_MATMUL: return ts_fast_matmul_uses_gemm(node);
-    case TS_OP_CONCAT: case TS_OP_GET_ROWS: return ts_fast_move_applies(node);
+    case TS_OP_CONCAT: case TS_OP_GET_ROWS: case TS_OP_GATHER: return ts_fast_move_applies(node);
     case TS_OP_TOPK: return ts_fast_rows_applies(node);
     default: return ts_fast_elementwise_applies(node);
     }
@@ -282,14 +283,20 @@ typedef struct {
 } ew_spec;
 
 /* Operand kinds of the binary cases: same shape, a [cols] row or a [1] scalar on the right, the
- * same on the left, or a transposed view on the left (falls back). */
-enum { BIN_SAME, BIN_ROW_RIGHT, BIN_SCALAR_RIGHT, BIN_ROW_LEFT, BIN_SCALAR_LEFT, BIN_VIEW_LEFT, BIN_KINDS };
+ * same on the left, a transposed view on the left (falls back), or a column slice of a wider
+ * matrix on the left (unit-stride rows, read row by row) and a scalar on the right (as mHC
+ * scales its coefficients). */
+enum {
+    BIN_SAME, BIN_ROW_RIGHT, BIN_SCALAR_RIGHT, BIN_ROW_LEFT, BIN_SCALAR_LEFT, BIN_VIEW_LEFT, BIN_SLICE_LEFT, BIN_KINDS
+};
 
 static ts_tensor *binary_operand(ts_graph *g, const ew_spec *p, bool left) {
     bool row = p->kind == (left ? BIN_ROW_LEFT : BIN_ROW_RIGHT);
-    bool scalar = p->kind == (left ? BIN_SCALAR_LEFT : BIN_SCALAR_RIGHT);
+    bool scalar = p->kind == (left ? BIN_SCALAR_LEFT : BIN_SCALAR_RIGHT) || (!left && p->kind == BIN_SLICE_LEFT);
     if (row) return ts_new_tensor_1d(g, TS_F32, p->cols, "row");
     if (scalar) return ts_new_tensor_1d(g, TS_F32, 1, "scalar");
+    if (left && p->kind == BIN_SLICE_LEFT)
+        return ts_slice(g, ts_new_tensor_2d(g, TS_F32, p->rows, p->cols + 9, "wide"), 1, 4, p->cols);
     return matrix_leaf(g, p->rows, p->cols, left && p->kind == BIN_VIEW_LEFT);
 }
 
@@ -315,11 +322,19 @@ static ts_tensor *build_unary(ts_graph *g, const void *arg) {
 }
 
 /* softmax over the last axis of [2, rows, cols] with a [rows, cols] mask (kind 1), no mask
- * (kind 0), over the middle axis (kind 2; V4's compressor pools that way), or over a transposed
- * view (kind 3, falls back). */
+ * (kind 0), over the middle axis (kind 2; V4's compressor pools that way), over a transposed
+ * view (kind 3, falls back), or over the middle axis of [2, rows, cols + 5] whose last three
+ * rows and last five columns are -inf (kind 4: masked entries, and columns that must become 0). */
 static ts_tensor *build_softmax(ts_graph *g, const void *arg) {
     const ew_spec *p = arg;
     if (p->kind == 3) return ts_softmax(g, matrix_leaf(g, p->rows, p->cols, true), 1, NULL);
+    if (p->kind == 4) {
+        int64_t low[3] = {2, 3, p->cols}, right[3] = {2, p->rows, 5};
+        ts_tensor *rows[2] = {ts_new_tensor_3d(g, TS_F32, 2, p->rows - 3, p->cols, "x"),
+                              ts_fill(g, TS_F32, 3, low, -INFINITY)};
+        ts_tensor *cols[2] = {ts_concat(g, rows, 2, 1), ts_fill(g, TS_F32, 3, right, -INFINITY)};
+        return ts_softmax(g, ts_concat(g, cols, 2, 2), 1, NULL);
+    }
     ts_tensor *x = ts_new_tensor_3d(g, TS_F32, 2, p->rows, p->cols, "x");
     ts_tensor *mask = p->kind == 1 ? ts_new_tensor_2d(g, TS_F32, p->rows, p->cols, "mask") : NULL;
     return ts_softmax(g, x, p->kind == 2 ? 1 : 2, mask);
@@ -332,6 +347,20 @@ static ts_tensor *build_rms_norm(ts_graph *g, const void *arg) {
     ts_tensor *x = matrix_leaf(g, p->rows, p->cols, p->kind == 3);
     ts_tensor *w = p->kind == 1 ? ts_new_tensor_1d(g, TS_F32, p->cols, "w") : NULL;
     return ts_rms_norm(g, x, w, 1e-5f);
+}
+
+/* The -inf entries of build_softmax's kind 4 come out exactly 0 (e^-inf; all -inf columns),
+ * which the nmse comparison cannot tell from tiny values. */
+static void check_masked_zeros(const ew_spec *p) {
+    run_result r;
+    if (!run_graph(ts_backend_cpu_new, 1, build_softmax, p, 1, &r)) return;
+    int64_t cols = p->cols + 5, bad = 0;
+    for (int64_t i = 0; i < r.n; i++) {
+        int64_t row = i / cols % p->rows, col = i % cols;
+        if ((row >= p->rows - 3 || col >= p->cols) && r.out[i] != 0.0f) bad++;
+    }
+    CHECK(r.n == 2 * p->rows * cols && bad == 0, "masked softmax: %lld -inf entries not 0", (long long)bad);
+    free(r.out);
 }
 
 static void test_elementwise(void) {
@@ -366,6 +395,9 @@ static void test_elementwise(void) {
     }
     ew_spec middle = {.rows = 33, .cols = 64, .kind = 2};
     compare_backends("softmax over the middle axis", build_softmax, &middle, true);
+    ew_spec masked = {.rows = 33, .cols = 64, .kind = 4};
+    compare_backends("softmax over the middle axis with -inf entries and columns", build_softmax, &masked, true);
+    check_masked_zeros(&masked);
 }
 
 /* ---------------------------------------------------------------- concat, get_rows */
@@ -402,12 +434,24 @@ static ts_tensor *build_topk(ts_graph *g, const void *arg) {
     return ts_topk(g, row, 16, &values, &ids) == TS_OK ? ids : NULL;
 }
 
+/* The scores of each row's top 5 of [2, 3, 33] gathered back from x (ids valid by construction),
+ * along the last axis (*arg false) or, from x's transpose, along the first (falls back). */
+static ts_tensor *build_gather(ts_graph *g, const void *arg) {
+    bool first_axis = *(const bool *)arg;
+    ts_tensor *x = ts_new_tensor_3d(g, TS_F32, 2, 3, 33, "x"), *values = NULL, *ids = NULL;
+    if (ts_topk(g, x, 5, &values, &ids) != TS_OK) return NULL;
+    if (!first_axis) return ts_gather(g, x, 2, ids);
+    return ts_gather(g, ts_cont(g, ts_permute(g, x, (int[]){2, 1, 0})), 0, ts_cont(g, ts_permute(g, ids, (int[]){2, 1, 0})));
+}
+
 static void test_moves(void) {
     compare_backends("concat of row halves", build_concat_slices, NULL, true);
     compare_backends("concat of a transposed view", build_concat_transposed, NULL, true);
     static const bool transposed[2] = {false, true};
     compare_backends("get_rows", build_get_rows, &transposed[0], true);
     compare_backends("get_rows of a transposed table (falls back)", build_get_rows, &transposed[1], false);
+    compare_backends("gather along the last axis", build_gather, &transposed[0], true);
+    compare_backends("gather along the first axis (falls back)", build_gather, &transposed[1], false);
     compare_backends("topk with ties", build_topk, &transposed[0], true);
     compare_backends("topk of a transposed view (falls back)", build_topk, &transposed[1], false);
 }

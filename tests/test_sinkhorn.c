@@ -21,7 +21,7 @@
 
 #define ITERS 20
 #define EPS 1e-6f
-#define TOKENS 37
+#define TOKENS 39 /* odd, and 4k + 3: the f32 forward interleaves 4, then 2, then 1 matrix */
 #define N 4
 
 /* ---------------------------------------------------------------- 1. constructor */

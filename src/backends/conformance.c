@@ -147,6 +147,9 @@ static const variant binary_variants[] = {
     {.in = {FT(7, 33), F(7, 33)}},
     {.in = {F(7, 33), FS(7, 33)}},
     {.in = {F(33), FT(7, 33)}},
+    /* column slices (unit-stride rows) against a scalar and a row, as mHC's coefficients */
+    {.in = {FS(7, 9), F(1)}},
+    {.in = {FS(2, 7, 33), F(33)}},
 };
 
 static const variant reduce_variants[] = { /* ip[0] = axis */
@@ -203,6 +206,7 @@ static const variant softmax_variants[] = { /* ip[0] = axis; optional additive m
     {.in = {F(7, 33)}, .ip = {0}, .note = "axis=0"},
     {.in = {F(3, 1000)}, .ip = {1}, .note = "axis=1"},
     {.in = {F(2, 7, 100)}, .ip = {1}, .note = "axis=1 (middle)"},
+    {.in = {F(3, 33, 64)}, .ip = {1}, .note = "axis=1 (middle)"},
     {.in = {F(2, 7, 7), FG(GEN_CAUSAL_MASK, 7, 7)}, .ip = {2}, .note = "axis=2 causal mask"},
     {.in = {F(2, 7, 33), F(7, 33)}, .ip = {2}, .note = "axis=2 mask"},
     {.in = {FT(7, 33)}, .ip = {1}, .note = "axis=1"},
@@ -216,6 +220,8 @@ static const variant rms_norm_variants[] = { /* x, optional weight */
     {.in = {F(7, 33), F(33)}},
     {.in = {F(7, 33)}},
     {.in = {F(3, 1000), F(1000)}},
+    {.in = {F(9, 1000)}},
+    {.in = {F(5, 7, 64), F(64)}},
     {.in = {FT(7, 33), F(33)}},
     {.in = {FS(2, 7, 33), F(33)}},
 };
@@ -251,6 +257,7 @@ static const variant gather_variants[] = { /* x, idx; ip[0] = axis */
     {.in = {F(7, 33), IDX(TS_I64, 7, 3, 33)}, .ip = {0}, .note = "axis=0"},
     {.in = {F(2, 7, 33), IDX(TS_I32, 33, 2, 7, 1)}, .ip = {2}, .note = "axis=2"},
     {.in = {F(3, 1000), IDX(TS_I64, 1000, 3, 10)}, .ip = {1}, .note = "axis=1"},
+    {.in = {F(5, 1, 65), IDX(TS_I32, 65, 5, 1, 16)}, .ip = {2}, .note = "axis=2"},
     {.in = {FT(7, 33), IDX(TS_I32, 33, 7, 4)}, .ip = {1}, .note = "axis=1"},
 };
 
@@ -355,6 +362,7 @@ static const variant attention_back_variants[] = { /* attention's inputs, then d
 static const variant sinkhorn_variants[] = {
     {.in = {F(4, 4)}, .ip = {20}, .fp = {1e-6f}, .note = "iters=20"},
     {.in = {F(2, 33, 4, 4)}, .ip = {20}, .fp = {1e-6f}, .note = "iters=20"},
+    {.in = {F(7, 4, 4)}, .ip = {20}, .fp = {1e-6f}, .note = "iters=20 odd count"},
     {.in = {F(5, 1, 1)}, .ip = {3}, .fp = {1e-6f}, .note = "iters=3"},
     {.in = {F(3, 16, 16)}, .ip = {4}, .fp = {0.05f}, .note = "iters=4 eps=0.05"},
     {.in = {F(2, 7, 7)}, .ip = {1}, .fp = {0}, .note = "iters=1 eps=0"},

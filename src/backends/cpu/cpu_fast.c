@@ -38,6 +38,7 @@ static const ts_cpu_kernel fast_kernels[TS_OP_COUNT] = {
     [TS_OP_COPY] = ts_fast_copy,
     [TS_OP_CONCAT] = ts_fast_concat,
     [TS_OP_GET_ROWS] = ts_fast_get_rows,
+    [TS_OP_GATHER] = ts_fast_gather,
     [TS_OP_SOFTMAX] = ts_fast_softmax,
     [TS_OP_SOFTMAX_BACK] = ts_fast_softmax_back,
     [TS_OP_RMS_NORM] = ts_fast_rms_norm,

@@ -52,7 +52,6 @@
 
 #include "backends/cpu/fast_kernels.h"
 #include "backends/cpu/fast_vmath.h"
-#include "backends/cpu/gemm.h"
 #include "backends/cpu/ref_common.h"
 #include "backends/cpu/ref_kernels.h"
 
@@ -370,8 +369,7 @@ static const fa_kernels avx2_kernels = {gemm_avx2,         ts_vmax_avx2,  ts_vex
 /* The GEMM's tier decides (AVX-512 CPUs all have AVX2 + FMA). */
 static const fa_kernels *active_kernels(void) {
 #if defined(__x86_64__)
-    ts_gemm_tier t = ts_gemm_tier_active();
-    if (t == TS_GEMM_TIER_AVX2 || t == TS_GEMM_TIER_AVX512) return &avx2_kernels;
+    if (ts_vmath_avx2_active()) return &avx2_kernels;
 #endif
     return &generic_kernels;
 }

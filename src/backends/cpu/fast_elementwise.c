@@ -1,10 +1,13 @@
 /* fast_elementwise.c - the "cpu" backend's f32 fast paths for the elementwise ops and row
  * kernels that dominate an MLP or transformer step after matmul: add/sub/mul/div (same shape,
  * or one operand repeating along the trailing dims, such as a bias row, or a scalar, or held
- * along them, such as a per-row scale [.., T, 1]), scale, relu, silu, clamp, exp, log, sqrt,
- * sigmoid, softplus and the relu/silu/sigmoid/clamp backward helpers, swiglu and its backward,
- * softmax (along any axis) and rms_norm along the last axis. Each works on contiguous f32 storage with plain loops the compiler
- * vectorizes; anything else (other dtypes, views with odd strides, other axes, other
+ * along them, such as a per-row scale [.., T, 1]; a same-shaped operand may also be a view with
+ * unit-stride rows), scale, relu, silu, clamp, exp, log, sqrt, sigmoid, softplus and the
+ * relu/silu/sigmoid/clamp backward helpers, swiglu and its backward, softmax (along any axis)
+ * and rms_norm along the last axis. Each works on contiguous f32 storage with plain loops the
+ * compiler vectorizes, built a second time for AVX2 where that tier is active (TS_RANGE_FNS:
+ * the same loops, vectors twice as wide; rms_norm has AVX2 code of its own with the same
+ * arithmetic); anything else (other dtypes, views with odd strides, other axes, other
  * broadcasts) goes to the reference kernel of the op (ref_elementwise.c, ref_nn.c), which also
  * reports malformed nodes.
  *
@@ -14,11 +17,16 @@
  * and so do scale, relu, clamp and clamp's backward; exp, softmax, silu, sigmoid, softplus and
  * the backwards of the last three take e^x from the vector math of fast_vmath.h (about 1 ulp;
  * results below FLT_MIN flush to 0), log and sqrt from libm, a few ulps from the reference. Row
- * kernels sum in double, in index order (rms_norm's squares in four interleaved partial sums),
- * one row per thread at a time. Every element is computed by the same operations whichever
+ * kernels sum in double, in index order (rms_norm's squares in four interleaved partial sums,
+ * on AVX2 for four rows at once, each row's sums its own), a thread's rows one after another.
+ * Every element is computed by the same operations whichever
  * thread owns it, so results are bit-identical for any thread count. Nothing is allocated. */
 #include <math.h>
 #include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "backends/cpu/fast_kernels.h"
 #include "backends/cpu/fast_vmath.h"
@@ -47,6 +55,7 @@ static bool is_dense_like(const ts_tensor *t, const ts_tensor *dst) {
 typedef struct {
     const float *p;
     int64_t period, inner;
+    const ts_tensor *rows; /* non-NULL: a strided view of dst's shape read row by row (period: the row) */
 } bcast_operand;
 
 /* True when t is contiguous and, leading and trailing size-1 dims dropped, has exactly a
@@ -59,10 +68,18 @@ static bool window_operand(const ts_tensor *t, const ts_tensor *dst, bcast_opera
     int lead = dst->ndim - t->ndim;
     for (int d = first; d < last; d++)
         if (t->shape[d] != dst->shape[d + lead]) return false;
-    out->p = t->data;
-    out->period = ts_nelements(t);
-    out->inner = 1;
+    *out = (bcast_operand){.p = t->data, .period = ts_nelements(t), .inner = 1};
     for (int d = last; d < t->ndim; d++) out->inner *= dst->shape[d + lead];
+    return true;
+}
+
+/* A view of dst's shape whose last dim is unit-stride (a slice of columns, such as mHC's
+ * coefficients cut from one projection): contiguous runs of a row's length. */
+static bool rows_operand(const ts_tensor *t, const ts_tensor *dst, bcast_operand *out) {
+    if (!is_f32_on_host(t) || !ts_same_shape(t, dst) || t->ndim < 1) return false;
+    int last = t->ndim - 1;
+    if (t->shape[last] != 1 && t->stride[last] != 1) return false;
+    *out = (bcast_operand){.p = t->data, .period = t->shape[last], .inner = 1, .rows = t};
     return true;
 }
 
@@ -92,7 +109,7 @@ typedef struct {
             for (int64_t k = 0; k < n; k++) d[k] = a[0] OPER b[0];           \
     } while (0)
 
-static void binary_segment(ts_op op, float *d, const float *a, int sa, const float *b, int sb, int64_t n) {
+TS_ALWAYS_INLINE void binary_segment(ts_op op, float *d, const float *a, int sa, const float *b, int sb, int64_t n) {
     switch (op) {
     case TS_OP_ADD: BINARY_LOOPS(+); break;
     case TS_OP_SUB: BINARY_LOOPS(-); break;
@@ -105,6 +122,16 @@ static void binary_segment(ts_op op, float *d, const float *a, int sa, const flo
 /* Where operand o is read for output i, whether it advances with i (stride 1) or holds (0),
  * and *n shortened to the run over which that stays true. */
 static const float *operand_run(const bcast_operand *o, int64_t i, int64_t *n, int *stride) {
+    if (o->rows) { /* the row's remaining run, at the row's offset in the view */
+        int64_t k = i % o->period, at = k;
+        if (o->period - k < *n) *n = o->period - k;
+        *stride = 1;
+        for (int64_t r = i / o->period, d = o->rows->ndim - 2; d >= 0; d--) {
+            at += r % o->rows->shape[d] * o->rows->stride[d];
+            r /= o->rows->shape[d];
+        }
+        return o->p + at;
+    }
     if (o->inner > 1) { /* held for the rest of its inner block */
         int64_t left = o->inner - i % o->inner;
         if (left < *n) *n = left;
@@ -118,8 +145,7 @@ static const float *operand_run(const bcast_operand *o, int64_t i, int64_t *n, i
 }
 
 /* Walks [begin, end) in segments over which each operand advances or holds steadily. */
-static void binary_range(void *arg, int64_t begin, int64_t end, int tid) {
-    const binary_job *j = arg;
+TS_ALWAYS_INLINE void binary_items(const binary_job *j, int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end;) {
         int64_t n = end - i;
         int sa, sb;
@@ -129,10 +155,14 @@ static void binary_range(void *arg, int64_t begin, int64_t end, int tid) {
     }
 }
 
+TS_RANGE_FNS(binary_range, binary_items)
+
 static bool plan_binary(const ts_tensor *dst, binary_job *j) {
     bool is_binary = dst->op == TS_OP_ADD || dst->op == TS_OP_SUB || dst->op == TS_OP_MUL || dst->op == TS_OP_DIV;
     if (!is_binary || dst->n_src != 2 || !is_f32_on_host(dst) || !ts_is_contiguous(dst)) return false;
-    if (!window_operand(dst->src[0], dst, &j->a) || !window_operand(dst->src[1], dst, &j->b)) return false;
+    for (int k = 0; k < 2; k++)
+        if (!window_operand(dst->src[k], dst, k ? &j->b : &j->a) && !rows_operand(dst->src[k], dst, k ? &j->b : &j->a))
+            return false;
     j->op = dst->op;
     j->d = dst->data;
     return true;
@@ -141,7 +171,7 @@ static bool plan_binary(const ts_tensor *dst, binary_job *j) {
 TS_FAST_KERNEL(binary) {
     binary_job j;
     if (!plan_binary(dst, &j)) return ts_ref_binary(ctx, dst);
-    ts_parallel_for(ctx->pool, ts_nelements(dst), FAST_MIN_CHUNK, binary_range, &j);
+    ts_parallel_for(ctx->pool, ts_nelements(dst), FAST_MIN_CHUNK, TS_PICK_RANGE(binary_range), &j);
     return TS_OK;
 }
 
@@ -160,10 +190,10 @@ typedef struct {
 /* 1 / (1 + e^-x) from z = e^-|x|, which never overflows (the reference's formula, in float):
  * 1 / (1 + z) for x >= 0, z / (1 + z) below. A select, not a branch, so the loops vectorize
  * (the signs of activations are a coin toss for a branch predictor). */
-static inline float sigmoid_of(float x, float z) { return (x >= 0 ? 1.0f : z) / (1.0f + z); }
+TS_ALWAYS_INLINE float sigmoid_of(float x, float z) { return (x >= 0 ? 1.0f : z) / (1.0f + z); }
 
 /* The ops built on z = e^-|x|, one stack block at a time through the vector exp. */
-static void exp_abs_block(const unary_job *j, float *d, const float *x, const float *dy, int64_t n) {
+TS_ALWAYS_INLINE void exp_abs_block(const unary_job *j, float *d, const float *x, const float *dy, int64_t n) {
     float z[EXP_BLOCK];
     if (n <= 0) return; /* (and tells the compiler z is written before the exp reads it) */
     for (int64_t k = 0; k < n; k++) z[k] = -fabsf(x[k]);
@@ -192,8 +222,7 @@ static bool uses_exp_abs(ts_op op) {
     return op == TS_OP_SILU || op == TS_OP_SIGMOID || op == TS_OP_SOFTPLUS || op == TS_OP_SILU_BACK;
 }
 
-static void unary_range(void *arg, int64_t begin, int64_t end, int tid) {
-    const unary_job *j = arg;
+TS_ALWAYS_INLINE void unary_items(const unary_job *j, int64_t begin, int64_t end) {
     float *d = j->d + begin;
     const float *x = j->x + begin, *dy = j->dy ? j->dy + begin : NULL;
     int64_t n = end - begin;
@@ -242,6 +271,8 @@ static void unary_range(void *arg, int64_t begin, int64_t end, int tid) {
     }
 }
 
+TS_RANGE_FNS(unary_range, unary_items)
+
 static bool has_fast_unary(ts_op op) {
     switch (op) {
     case TS_OP_SCALE: case TS_OP_RELU: case TS_OP_CLAMP: case TS_OP_SILU: case TS_OP_EXP: case TS_OP_LOG:
@@ -269,7 +300,7 @@ static bool plan_unary(const ts_tensor *dst, unary_job *j) {
 }
 
 static ts_status run_unary(const ts_cpu_ctx *ctx, ts_tensor *dst, const unary_job *j) {
-    ts_parallel_for(ctx->pool, ts_nelements(dst), FAST_MIN_CHUNK, unary_range, (void *)j);
+    ts_parallel_for(ctx->pool, ts_nelements(dst), FAST_MIN_CHUNK, TS_PICK_RANGE(unary_range), (void *)j);
     return TS_OK;
 }
 
@@ -295,8 +326,8 @@ typedef struct {
 
 /* Elements [k0, k0 + m) of a block: the clamped gate and up (as the reference clamps them),
  * z = e^-|gate|, and whether each clamp passes the gradient. */
-static void swiglu_block(const swiglu_job *j, int64_t k0, int64_t m, float *ac, float *bc, float *z, float *a_in,
-                         float *b_in) {
+TS_ALWAYS_INLINE void swiglu_block(const swiglu_job *j, int64_t k0, int64_t m, float *ac, float *bc, float *z,
+                                    float *a_in, float *b_in) {
     float L = j->limit;
     const float *a = j->a + k0, *b = j->b + k0;
     if (L > 0) { /* selects without short-circuits, and float flags: the loop vectorizes */
@@ -317,8 +348,7 @@ static void swiglu_block(const swiglu_job *j, int64_t k0, int64_t m, float *ac, 
     j->vm->exp(z, z, m);
 }
 
-static void swiglu_range(void *arg, int64_t begin, int64_t end, int tid) {
-    const swiglu_job *j = arg;
+TS_ALWAYS_INLINE void swiglu_items(const swiglu_job *j, int64_t begin, int64_t end) {
     float ac[EXP_BLOCK], bc[EXP_BLOCK], z[EXP_BLOCK], a_in[EXP_BLOCK], b_in[EXP_BLOCK];
     for (int64_t k0 = begin; k0 < end; k0 += EXP_BLOCK) {
         int64_t m = end - k0 < EXP_BLOCK ? end - k0 : EXP_BLOCK;
@@ -343,6 +373,8 @@ static void swiglu_range(void *arg, int64_t begin, int64_t end, int tid) {
     }
 }
 
+TS_RANGE_FNS(swiglu_range, swiglu_items)
+
 /* Contiguous f32 sources of dst's (forward) or dst's trailing (backward) shape. */
 static bool plan_swiglu(const ts_tensor *dst, swiglu_job *j) {
     bool back = dst->op == TS_OP_SWIGLU_BACK;
@@ -359,7 +391,7 @@ static bool plan_swiglu(const ts_tensor *dst, swiglu_job *j) {
 TS_FAST_KERNEL(swiglu) {
     swiglu_job j;
     if (!plan_swiglu(dst, &j)) return ts_ref_swiglu(ctx, dst);
-    ts_parallel_for(ctx->pool, j.n, FAST_MIN_CHUNK, swiglu_range, &j);
+    ts_parallel_for(ctx->pool, j.n, FAST_MIN_CHUNK, TS_PICK_RANGE(swiglu_range), &j);
     return TS_OK;
 }
 
@@ -418,8 +450,9 @@ static void softmax_range(void *arg, int64_t begin, int64_t end, int tid) {
  * block's column group. */
 #define SOFTMAX_COLS 64
 
-static void softmax_cols(const ts_vmath *vm, float *y, const float *x, int64_t len, int64_t inner, int64_t w) {
-    float m[SOFTMAX_COLS], inv[SOFTMAX_COLS];
+TS_ALWAYS_INLINE void softmax_cols(const ts_vmath *vm, float *y, const float *x, int64_t len, int64_t inner,
+                                    int64_t w) {
+    float m[SOFTMAX_COLS], inv[SOFTMAX_COLS], e[SOFTMAX_COLS];
     double sum[SOFTMAX_COLS] = {0};
     for (int64_t c = 0; c < w; c++) m[c] = -INFINITY;
     /* branch-free selects (v != v: NaN), so that the compiler vectorizes across the columns */
@@ -433,21 +466,22 @@ static void softmax_cols(const ts_vmath *vm, float *y, const float *x, int64_t l
     for (int64_t k = 0; k < len; k++) {
         const float *xr = x + k * inner;
         float *yr = y + k * inner;
-        memcpy(yr, xr, (size_t)w * sizeof *yr);
-        vm->exp_each(yr, m, w);
-        for (int64_t c = 0; c < w; c++) {
-            float e = xr[c] == -INFINITY || m[c] == -INFINITY ? 0.0f : yr[c];
-            yr[c] = e;
-            sum[c] += e;
-        }
+        memcpy(e, xr, (size_t)w * sizeof *e);
+        vm->exp_each(e, m, w);
+        /* a column's max is -inf only when all of it is, so x = -inf alone picks the zeros; the
+         * select and the double sums in loops of their own, which vectorize (x is read before y
+         * is written: y may be x) */
+        for (int64_t c = 0; c < w; c++) yr[c] = xr[c] == -INFINITY ? 0.0f : e[c];
+        for (int64_t c = 0; c < w; c++) sum[c] += yr[c];
     }
-    for (int64_t c = 0; c < w; c++) inv[c] = m[c] == -INFINITY ? 0.0f : (float)(1.0 / sum[c]);
+    /* every column divided (an all -inf column's 1 / 0 then replaced): two loops that vectorize */
+    for (int64_t c = 0; c < w; c++) inv[c] = (float)(1.0 / sum[c]);
+    for (int64_t c = 0; c < w; c++) inv[c] = m[c] == -INFINITY ? 0.0f : inv[c];
     for (int64_t k = 0; k < len; k++)
         for (int64_t c = 0; c < w; c++) y[k * inner + c] *= inv[c];
 }
 
-static void softmax_cols_range(void *arg, int64_t begin, int64_t end, int tid) {
-    const row_job *j = arg;
+TS_ALWAYS_INLINE void softmax_cols_items(const row_job *j, int64_t begin, int64_t end) {
     int64_t groups = (j->inner + SOFTMAX_COLS - 1) / SOFTMAX_COLS;
     for (int64_t item = begin; item < end; item++) {
         int64_t c0 = item % groups * SOFTMAX_COLS, at = item / groups * j->len * j->inner + c0;
@@ -455,6 +489,8 @@ static void softmax_cols_range(void *arg, int64_t begin, int64_t end, int tid) {
         softmax_cols(j->vm, j->y + at, j->x + at, j->len, j->inner, w);
     }
 }
+
+TS_RANGE_FNS(softmax_cols_range, softmax_cols_items)
 
 /* Softmax of a contiguous x along any axis, with no mask; along the last axis also with a
  * contiguous mask repeating along the trailing dims (e.g. one [T, S] causal mask for every
@@ -486,25 +522,61 @@ TS_FAST_KERNEL(softmax) {
         return TS_OK;
     }
     int64_t items = ts_nelements(dst) / (j.len * j.inner) * ((j.inner + SOFTMAX_COLS - 1) / SOFTMAX_COLS);
-    ts_parallel_for(ctx->pool, items, ref_items_min_chunk(j.len * SOFTMAX_COLS), softmax_cols_range, &j);
+    ts_parallel_for(ctx->pool, items, ref_items_min_chunk(j.len * SOFTMAX_COLS), TS_PICK_RANGE(softmax_cols_range), &j);
     return TS_OK;
 }
 
 /* y = x * r (* w), r = 1 / sqrt(mean(x^2) + eps), in double like the reference, rounded once. */
+TS_ALWAYS_INLINE void rms_norm_row(const row_job *j, int64_t r, double ss) {
+    int64_t n = j->len;
+    const float *x = j->x + r * n;
+    float *y = j->y + r * n;
+    double inv = 1.0 / sqrt(ss / (double)n + j->eps);
+    if (j->aux && j->aux_period == 1) /* (a loop of its own: unit strides vectorize) */
+        for (int64_t k = 0; k < n; k++) y[k] = (float)(x[k] * inv * j->aux[k]);
+    else if (j->aux)
+        for (int64_t k = 0; k < n; k++) y[k] = (float)(x[k] * inv * j->aux[k * j->aux_period]);
+    else
+        for (int64_t k = 0; k < n; k++) y[k] = (float)(x[k] * inv);
+}
+
 static void rms_norm_range(void *arg, int64_t begin, int64_t end, int tid) {
     const row_job *j = arg;
-    int64_t n = j->len;
-    for (int64_t r = begin; r < end; r++) {
-        const float *x = j->x + r * n;
-        float *y = j->y + r * n;
-        double ss = ts_fast_sum_squares(x, n);
-        double inv = 1.0 / sqrt(ss / (double)n + j->eps);
-        if (j->aux)
-            for (int64_t k = 0; k < n; k++) y[k] = (float)(x[k] * inv * j->aux[k * j->aux_period]);
-        else
-            for (int64_t k = 0; k < n; k++) y[k] = (float)(x[k] * inv);
+    for (int64_t r = begin; r < end; r++) rms_norm_row(j, r, ts_fast_sum_squares(j->x + r * j->len, j->len));
+}
+
+#if defined(__x86_64__)
+/* ts_fast_sum_squares of the four rows of n at x, each row's four partial sums the lanes of one
+ * register: the same products and adds, but four rows' chains of dependent adds in flight (one
+ * row's kept the adder waiting: 1.4 cycles per element of a 1024-wide row). */
+static inline __attribute__((always_inline, target("avx2"))) void sum_squares4_avx2(const float *x, int64_t n,
+                                                                                  double out[4]) {
+    __m256d s[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+    int64_t k = 0;
+    for (; k + 4 <= n; k += 4)
+        for (int r = 0; r < 4; r++) {
+            __m256d v = _mm256_cvtps_pd(_mm_loadu_ps(x + r * n + k));
+            s[r] = _mm256_add_pd(s[r], _mm256_mul_pd(v, v));
+        }
+    for (int r = 0; r < 4; r++) {
+        double t[4];
+        _mm256_storeu_pd(t, s[r]);
+        for (int64_t i = k; i < n; i++) t[0] += (double)x[r * n + i] * x[r * n + i];
+        out[r] = (t[0] + t[1]) + (t[2] + t[3]);
     }
 }
+
+/* rms_norm_range for AVX2: rows four at a time, and the row loops vectorized twice as wide. */
+__attribute__((target("avx2"))) static void rms_norm_range_avx2(void *arg, int64_t begin, int64_t end, int tid) {
+    const row_job *j = arg;
+    int64_t r = begin;
+    for (double ss[4]; r + 4 <= end; r += 4) {
+        sum_squares4_avx2(j->x + r * j->len, j->len, ss);
+        for (int i = 0; i < 4; i++) rms_norm_row(j, r + i, ss[i]);
+    }
+    for (; r < end; r++) rms_norm_row(j, r, ts_fast_sum_squares(j->x + r * j->len, j->len));
+}
+#endif
 
 /* rms_norm of a contiguous x; the optional weight is a 1-D f32 vector of the row's length with
  * any non-negative stride. */
@@ -524,7 +596,7 @@ static bool plan_rms_norm(const ts_tensor *dst, row_job *j) {
 TS_FAST_KERNEL(rms_norm) {
     row_job j;
     if (!plan_rms_norm(dst, &j)) return ts_ref_rms_norm(ctx, dst);
-    run_rows(ctx, dst, j.len, rms_norm_range, &j);
+    run_rows(ctx, dst, j.len, TS_PICK_RANGE(rms_norm_range), &j);
     return TS_OK;
 }
 

@@ -4,10 +4,12 @@
  * the reference kernel of the same op, so it accepts every node the reference accepts and fails
  * the same way on bad input. fast_matmul.c holds matmul; fast_elementwise.c the elementwise,
  * softmax and rms_norm paths; fast_attention.c fused attention and its backward; fast_reduce.c
- * sum_to, sum / mean / max and copy; fast_rows.c rms_norm_back, softmax_back and rope;
- * fast_sinkhorn.c the Sinkhorn projection and its backward; fast_moe.c the mixture-of-experts
- * matmul_id and its weight gradient; fast_loss.c the cross-entropy loss and its backward. The
- * vector math several of them share (row max, exp, dot, axpy per SIMD tier) is fast_vmath.h. */
+ * sum_to, sum / mean / max and copy; fast_move.c concat, get_rows and gather; fast_rows.c
+ * rms_norm_back, softmax_back, rope and topk; fast_sinkhorn.c the Sinkhorn projection and its
+ * backward; fast_moe.c the mixture-of-experts matmul_id and its weight gradient; fast_loss.c the
+ * cross-entropy loss and its backward. The vector math several of them share (row max, exp,
+ * dot, axpy per SIMD tier) is fast_vmath.h; TS_RANGE_FNS below builds a kernel's plain loops for
+ * AVX2 as well. */
 #ifndef TS_FAST_KERNELS_H
 #define TS_FAST_KERNELS_H
 
@@ -42,14 +44,15 @@ bool ts_fast_attention_applies(const ts_tensor *dst);
 /* fast_reduce.c: reductions planned as [s0, k0, s1, k1, s2] -> [k0, k1], and strided copies / casts */
 TS_FAST_KERNEL(sum_to);
 TS_FAST_KERNEL(reduce); /* sum, mean, max over one axis */
-TS_FAST_KERNEL(copy);   /* strided f32 -> contiguous, casts f32 <-> f16 / bf16 / f64 */
+TS_FAST_KERNEL(copy);   /* strided views -> contiguous, casts f32 <-> f16 / bf16 / f64 (and others) */
 /* Whether a sum_to / sum / mean / max / copy node takes its f32 path (tests). */
 bool ts_fast_reduce_applies(const ts_tensor *dst);
 
-/* fast_move.c: concat and get_rows as memcpy runs on contiguous storage */
+/* fast_move.c: concat, get_rows and gather (along the last axis) as memcpy runs on contiguous storage */
 TS_FAST_KERNEL(concat);
 TS_FAST_KERNEL(get_rows);
-/* Whether a concat / get_rows node takes its memcpy path (tests). */
+TS_FAST_KERNEL(gather);
+/* Whether a concat / get_rows / gather node takes its memcpy path (tests). */
 bool ts_fast_move_applies(const ts_tensor *dst);
 
 /* fast_rows.c: row kernels along the last axis (topk: the indices of the k largest) */
@@ -76,6 +79,25 @@ TS_FAST_KERNEL(cross_entropy);
 TS_FAST_KERNEL(cross_entropy_back);
 /* Whether a cross_entropy / cross_entropy_back node takes the f32 path (tests). */
 bool ts_fast_loss_applies(const ts_tensor *dst);
+
+/* A range function `name` (for ts_parallel_for) whose work is body(job, begin, end), an
+ * always-inlined function of plain loops, and on x86-64 also name_avx2: the same body compiled
+ * for AVX2 (not FMA: no contracted multiply-adds), whose vectors hold twice the baseline's (SSE2)
+ * floats and doubles. The same C, hence the same operations and the same bits;
+ * TS_PICK_RANGE(name) takes the AVX2 one when the AVX2 tier is active (ts_vmath_avx2_active). */
+#define TS_ALWAYS_INLINE static inline __attribute__((always_inline))
+#if defined(__x86_64__)
+#define TS_RANGE_FNS(name, body)                                                                           \
+    static void name(void *arg, int64_t begin, int64_t end, int tid) { body(arg, begin, end); }            \
+    __attribute__((target("avx2"))) static void name##_avx2(void *arg, int64_t begin, int64_t end, int tid) { \
+        body(arg, begin, end);                                                                             \
+    }
+#define TS_PICK_RANGE(name) (ts_vmath_avx2_active() ? name##_avx2 : name)
+#else
+#define TS_RANGE_FNS(name, body) \
+    static void name(void *arg, int64_t begin, int64_t end, int tid) { body(arg, begin, end); }
+#define TS_PICK_RANGE(name) (name)
+#endif
 
 /* Sum of x[k]^2 in double (rms_norm and its backward): four interleaved partial sums, so that
  * the adds do not wait on each other; the products are exact in double, and the order differs

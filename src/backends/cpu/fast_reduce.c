@@ -1,6 +1,7 @@
 /* fast_reduce.c - the "cpu" backend's f32 reductions and copies: sum_to (the sums autodiff
  * emits to undo a broadcast: over leading, trailing or middle dims), sum / mean / max over one
- * axis, and copy (a strided view made contiguous, with the casts f32 <-> f16 / bf16 / f64).
+ * axis, and copy (a strided view made contiguous, with the casts f32 <-> f16 / bf16 / f64 in
+ * loops of their own and between other byte-sized dtypes as the reference moves elements).
  *
  * Every reduction is planned as one shape: x contiguous, seen as [s0, k0, s1, k1, s2] (adjacent
  * dims of one kind merged, size-1 dims dropped), out[k0, k1] = reduce over s0, s1, s2 of
@@ -8,13 +9,15 @@
  * four times (all of them for rank <= 4 but S K S K S) and every single-axis reduction. A work
  * item is one k0 and a tile of k1 columns accumulated in double on the stack, over the summed
  * dims in row-major order - the reference's order, so sums round once to the same float - and
- * the tiles are split over threads in static chunks: bit-identical for any thread count.
- * Anything else (other dtypes, strided x) goes to the reference kernel, which also reports
- * malformed nodes. Nothing is allocated. */
+ * the tiles are split over threads in static chunks: bit-identical for any thread count (and
+ * with the AVX2 build of the loops, TS_RANGE_FNS: the same operations). Anything else (other
+ * dtypes, strided x) goes to the reference kernel, which also reports malformed nodes. Nothing
+ * is allocated. */
 #include <math.h>
 #include <string.h>
 
 #include "backends/cpu/fast_kernels.h"
+#include "backends/cpu/fast_vmath.h"
 #include "backends/cpu/ref_common.h"
 #include "backends/cpu/ref_kernels.h"
 
@@ -34,7 +37,7 @@ typedef struct {
 } reduce_job;
 
 /* Accumulates one [s2] run per column c of the tile into acc, in order. */
-static void accumulate(double *acc, const float *row, int64_t c0, int64_t width, int64_t s2, ts_op op) {
+TS_ALWAYS_INLINE void accumulate(double *acc, const float *row, int64_t c0, int64_t width, int64_t s2, ts_op op) {
     if (op == TS_OP_MAX) {
         for (int64_t c = 0; c < width; c++)
             for (int64_t q = 0; q < s2; q++) {
@@ -49,8 +52,7 @@ static void accumulate(double *acc, const float *row, int64_t c0, int64_t width,
     }
 }
 
-static void reduce_range(void *arg, int64_t begin, int64_t end, int tid) {
-    const reduce_job *j = arg;
+TS_ALWAYS_INLINE void reduce_items(const reduce_job *j, int64_t begin, int64_t end) {
     double acc[TILE];
     int64_t row_len = j->k1 * j->s2, terms = j->s0 * j->s1 * j->s2;
     for (int64_t item = begin; item < end; item++) {
@@ -66,6 +68,8 @@ static void reduce_range(void *arg, int64_t begin, int64_t end, int tid) {
         for (int64_t c = 0; c < width; c++) out[c] = (float)(j->op == TS_OP_MEAN ? acc[c] / (double)terms : acc[c]);
     }
 }
+
+TS_RANGE_FNS(reduce_range, reduce_items)
 
 /* Fits the dims of x (summed[d] says which are reduced) into [s0, k0, s1, k1, s2], aligned on
  * the right; false when they alternate too often. */
@@ -134,7 +138,8 @@ static bool plan_reduce(const ts_tensor *dst, reduce_job *j) {
 static ts_status run_reduce(const ts_cpu_ctx *ctx, const reduce_job *j) {
     int64_t per_item = j->s0 * j->s1 * j->s2 * (j->k1 < TILE ? j->k1 : TILE);
     int64_t min_items = MIN_CHUNK_ELEMS / (per_item > 0 ? per_item : 1);
-    ts_parallel_for(ctx->pool, j->k0 * j->tiles, min_items > 0 ? min_items : 1, reduce_range, (void *)j);
+    ts_parallel_for(ctx->pool, j->k0 * j->tiles, min_items > 0 ? min_items : 1, TS_PICK_RANGE(reduce_range),
+                    (void *)j);
     return TS_OK;
 }
 
@@ -161,13 +166,26 @@ typedef struct {
     int64_t rows, len; /* len = shape[ndim - 1]; rows = elements / len */
 } copy_job;
 
+/* The pairs with loops of their own; other byte-sized pairs move as the reference moves them. */
 static bool convertible(ts_dtype from, ts_dtype to) {
     bool narrow_or_wide = to == TS_F16 || to == TS_BF16 || to == TS_F64;
     return (from == TS_F32 && (to == TS_F32 || narrow_or_wide)) || (to == TS_F32 && (from == TS_F16 || from == TS_BF16 || from == TS_F64));
 }
 
+static bool byte_sized(ts_dtype t) { return ts_dtype_get_info(t)->bits % 8 == 0; }
+
 /* n elements, src `step` apart, converted into contiguous out. */
 static void convert_run(void *out, ts_dtype to, const void *src, ts_dtype from, int64_t step, int64_t n) {
+    if (!convertible(from, to)) { /* as ts_ref_move_element (e.g. a decode step's ids to f32 and back) */
+        size_t size = (size_t)ts_dtype_get_info(to)->bits / 8;
+        if (from == to && step == 1)
+            memcpy(out, src, (size_t)n * size);
+        else if (from == to)
+            for (int64_t k = 0; k < n; k++) memcpy((char *)out + k * size, (const char *)src + k * step * size, size);
+        else
+            for (int64_t k = 0; k < n; k++) ts_store_f64(out, to, k, ts_load_f64(src, from, k * step));
+        return;
+    }
     if (from == TS_F32) {
         const float *s = src;
         switch (to) {
@@ -207,7 +225,8 @@ static void copy_range(void *arg, int64_t begin, int64_t end, int tid) {
 static bool plan_copy(const ts_tensor *dst, copy_job *j) {
     if (dst->op != TS_OP_COPY || dst->n_src != 1 || !dst->data || !ts_is_contiguous(dst)) return false;
     const ts_tensor *x = dst->src[0];
-    if (!x || !x->data || !convertible(x->dtype, dst->dtype) || ts_nelements(x) != ts_nelements(dst)) return false;
+    if (!x || !x->data || !byte_sized(x->dtype) || !byte_sized(dst->dtype) || ts_nelements(x) != ts_nelements(dst))
+        return false;
     *j = (copy_job){.out = dst->data, .src = x->data, .from = x->dtype, .to = dst->dtype};
     for (int d = 0; d < x->ndim; d++) {
         if (x->shape[d] == 1) continue;

@@ -215,10 +215,14 @@ static const ts_vmath ts_vmath_avx2 = {ts_vmax_avx2,  ts_vexp_avx2,  ts_vexp_sum
 #endif
 
 /* AVX-512 CPUs all have AVX2 + FMA; wider vectors buy little on these memory-bound loops. */
+bool ts_vmath_avx2_active(void) {
+    ts_gemm_tier t = ts_gemm_tier_active();
+    return t == TS_GEMM_TIER_AVX2 || t == TS_GEMM_TIER_AVX512;
+}
+
 const ts_vmath *ts_vmath_active(void) {
 #if defined(__x86_64__)
-    ts_gemm_tier t = ts_gemm_tier_active();
-    if (t == TS_GEMM_TIER_AVX2 || t == TS_GEMM_TIER_AVX512) return &ts_vmath_avx2;
+    if (ts_vmath_avx2_active()) return &ts_vmath_avx2;
 #endif
     return &ts_vmath_generic;
 }

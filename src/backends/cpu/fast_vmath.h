@@ -8,6 +8,7 @@
 #ifndef TS_FAST_VMATH_H
 #define TS_FAST_VMATH_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef struct {
@@ -28,6 +29,10 @@ typedef struct {
 
 /* The table of the active tier. */
 const ts_vmath *ts_vmath_active(void);
+
+/* Whether the active tier is AVX2 + FMA (the GEMM's tier decides; AVX-512 CPUs have both): the
+ * fast kernels with AVX2 code of their own pick it by this too. */
+bool ts_vmath_avx2_active(void);
 
 /* The tables' functions, for kernels that build their own per-tier tables around them. */
 #define TS_VMATH_TIER(tier)                                                \
