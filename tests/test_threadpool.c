@@ -57,8 +57,8 @@ static void test_partition(ts_threadpool *pool) {
                   (long long)n, (long long)min_chunks[m], bad);
             int64_t want_calls = (n + min_chunks[m] - 1) / min_chunks[m];
             if (want_calls > threads) want_calls = threads;
-            CHECK(first.calls >= 1 && first.calls <= want_calls, "n %lld min_chunk %lld: %d chunks on %d threads", (long long)n,
-                  (long long)min_chunks[m], first.calls, threads);
+            CHECK(first.calls >= 1 && first.calls <= want_calls, "n %lld min_chunk %lld: %d chunks on %d threads",
+                  (long long)n, (long long)min_chunks[m], first.calls, threads);
             int64_t covered = 0;
             for (int t = 0; t < first.calls; t++) covered += first.end[t] - first.begin[t];
             CHECK(covered == n, "the %d chunks cover %lld of %lld indices", first.calls, (long long)covered,

@@ -404,7 +404,7 @@ static void free_pass(pass *p, int64_t n_layers) {
  * entry it stands for). That holds only if nothing else reads those nodes: checked here once
  * per graph, node by node; a range that fails is never skipped. */
 static bool pooling_isolated(const ts_graph *g, const int range[2], const ts_tensor *entry) {
-    if (range[1] <= range[0] || entry->id != range[1] - 1 || !ts_is_contiguous(entry)) return false;
+    if (range[1] <= range[0] || entry->id != range[1] - 1 || !ts_is_contiguous(entry) || !entry->data) return false;
     for (int i = 0; i < ts_graph_n_nodes(g); i++) {
         const ts_tensor *n = ts_graph_node(g, i);
         bool inside = i >= range[0] && i < range[1];
@@ -679,8 +679,6 @@ static void read_logits(const v4_decoder *dec, const pass *ps, int64_t r, int64_
         out[v] = dec->dt == TS_F64 ? (float)((const double *)src)[at + v] : ((const float *)src)[at + v];
 }
 
-/* Runs pass ps on the ids staged in dec->ids and files every row whose slot is stepping (an MTP
- * pass advances what the MTP block covered, a main pass the sequence). */
 /* Whether a stepping row of a one-token pass completes a block of layer L (lens: positions). */
 static bool completes_block(const v4_decoder *dec, const pass *ps, const dec_layer *L, const int64_t *lens) {
     for (int64_t r = 0; r < ps->b; r++) {
@@ -711,6 +709,8 @@ static ts_status compute_pass(const v4_decoder *dec, const pass *ps, const int64
     return s == TS_OK ? ts_graph_compute_range(g, done, ts_graph_n_nodes(g)) : s;
 }
 
+/* Runs pass ps on the ids staged in dec->ids and files every row whose slot is stepping (an MTP
+ * pass advances what the MTP block covered, a main pass the sequence). */
 static ts_status run_pass(v4_decoder *dec, pass *ps) {
     int64_t *len = ps->mtp ? dec->mlen : dec->len;
     ts_status s = ts_tensor_write(ps->mg->ids, dec->ids, (size_t)(ps->b * ps->T) * sizeof(int32_t));
