@@ -407,19 +407,16 @@ AVX2 void ts_gemm_small_nn_avx2(const ts_gemm_small_args *p, int64_t n0, int64_t
  * TS_GEMM_AVX2_NARROW_TYPES. Each instance is a function of its own: inlined together into one
  * dispatcher, GCC stopped keeping their accumulators in registers (16 x 1024 x 1024 on bf16
  * B^T ran at 30 instead of 61-70 GFLOP/s). */
-#define SMALL_NARROW(by_m, name)                                                                                \
-    __attribute__((noinline)) AVX2 static void by_m##_bf16(const ts_gemm_small_args *p, int64_t n0, int64_t n1) { \
-        by_m(p, n0, n1, TS_BF16);                                                                           \
-    }                                                                                                       \
-    __attribute__((noinline)) AVX2 static void by_m##_f16(const ts_gemm_small_args *p, int64_t n0, int64_t n1) {  \
-        by_m(p, n0, n1, TS_F16);                                                                            \
-    }                                                                                                       \
-    __attribute__((noinline)) AVX2 static void by_m##_e4m3(const ts_gemm_small_args *p, int64_t n0, int64_t n1) { \
-        by_m(p, n0, n1, TS_F8_E4M3);                                                                        \
-    }                                                                                                       \
-    __attribute__((noinline)) AVX2 static void by_m##_e5m2(const ts_gemm_small_args *p, int64_t n0, int64_t n1) { \
-        by_m(p, n0, n1, TS_F8_E5M2);                                                                        \
-    }                                                                                                       \
+#define NARROW_INSTANCE(by_m, suffix, type)                                                                 \
+    __attribute__((noinline)) AVX2 static void by_m##_##suffix(const ts_gemm_small_args *p, int64_t n0,    \
+                                                               int64_t n1) {                               \
+        by_m(p, n0, n1, type);                                                                              \
+    }
+#define SMALL_NARROW(by_m, name)                                                                            \
+    NARROW_INSTANCE(by_m, bf16, TS_BF16)                                                                    \
+    NARROW_INSTANCE(by_m, f16, TS_F16)                                                                      \
+    NARROW_INSTANCE(by_m, e4m3, TS_F8_E4M3)                                                                 \
+    NARROW_INSTANCE(by_m, e5m2, TS_F8_E5M2)                                                                 \
     AVX2 void name(const ts_gemm_small_args *p, int64_t n0, int64_t n1) {                                    \
         switch (p->b_type) {                                                                                \
         case TS_BF16: by_m##_bf16(p, n0, n1); break;                                                        \
