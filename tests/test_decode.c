@@ -22,10 +22,12 @@
  *    (switching after forks and truncates, so shared blocks are copied on write): every logit
  *    matches the full pass, TS_ERR_OOM from step and extend changes no length and no block, and
  *    resets give every block back; a pool too large for the cache index is TS_ERR_INVALID_ARG.
- * 4d. batch (V4 has none of its own: a step for its single tokens, an extend per longer
- *    sequence): a mix of a single token, a chunk keeping 3 rows and sequences keeping none
- *    gives the full passes' rows, as does the next step of all; bad batches are refused, and one
- *    the pool cannot hold is TS_ERR_OOM with nothing appended (its step would have fitted).
+ * 4d. batch: a mix of a single token, a chunk keeping 3 rows and sequences keeping none gives
+ *    the full passes' rows in one pass per chunk length, as does the next step of all; 60 random
+ *    batches over 4 slots (chunks of equal length from different slots and positions sharing
+ *    passes) give the full passes' rows in one pass per distinct chunk length each; bad batches
+ *    are refused, and one the pool cannot hold is TS_ERR_OOM with nothing appended (its single
+ *    tokens would have fitted).
  * 5. f32 on the optimized backend: the scaled-down tiny preset (more heads, top-16 indexer over
  *    longer sequences, MTP present but unused, HCA blocks of 32) matches within 1e-4 stepped
  *    and fed in chunks; one slot stepping alone in an 8-slot decoder gives the logits of a
@@ -343,10 +345,10 @@ static void test_pool_random(ts_model_weights *w, ts_backend *be, const int32_t 
           ts_status_name(big), err);
 }
 
-/* ts_model_decoder_batch without a batch of V4's own (decoder.c: one step for the single tokens,
- * an extend per longer sequence): a mix of a single token, a chunk keeping 3 rows and sequences
- * keeping none gives the full passes' rows, and the next step of all four (their states after
- * the batch) too; bad batches are refused with nothing appended. */
+/* ts_model_decoder_batch: a mix of a single token, a chunk keeping 3 rows and sequences keeping
+ * none gives the full passes' rows in three passes (chunks of 4 of two sequences together, the
+ * 2 of one, then the single tokens of all four), and the next step of all four (their states
+ * after the batch) too; bad batches are refused with nothing appended. */
 static void test_batch(ts_model_weights *w, ts_backend *be, const int32_t *a, const int32_t *b) {
     enum { V = 64 };
     char err[256] = "";
@@ -362,7 +364,7 @@ static void test_batch(ts_model_weights *w, ts_backend *be, const int32_t *a, co
     int64_t before = ts_model_decoder_passes(dec);
     CHECK_OK(ts_model_decoder_batch(dec, 4, seqs, lg), NULL);
     double worst = fmax(worst_diff(lg, full_b + 3 * V, V), worst_diff(lg + V, full_a + 14 * V, 3 * V));
-    CHECK(ts_model_decoder_passes(dec) - before == 3, "V4 runs a batch as a step and two extends: %lld calls",
+    CHECK(ts_model_decoder_passes(dec) - before == 3, "a batch of chunks 4 2 1, 1, 1, 4 1: %lld passes",
           (long long)(ts_model_decoder_passes(dec) - before));
     int slots[4] = {0, 1, 2, 3};
     int32_t next[4] = {a[17], b[4], a[1], b[5]};
@@ -380,7 +382,7 @@ static void test_batch(ts_model_weights *w, ts_backend *be, const int32_t *a, co
     CHECK(ts_model_decoder_length(dec, 0) == 18 && ts_model_decoder_length(dec, 1) == 5 &&
               ts_model_decoder_length(dec, 2) == 2,
           "refused batches append nothing");
-    printf("  batch (V4, by steps and extends): a mixed batch and the step after it, max |logit difference| %.2e\n", worst);
+    printf("  batch: a mixed batch in 3 passes and the step after it, max |logit difference| %.2e\n", worst);
     ts_model_decoder_free(dec);
 
     /* A pool short for the batch: its step would fit, its extend would not - nothing is appended. */
@@ -403,6 +405,71 @@ static void test_batch(ts_model_weights *w, ts_backend *be, const int32_t *a, co
     }
     free(full_a);
     free(full_b);
+}
+
+/* Tokens of a sequence's next pass when `left` remain (decode.c's chunks: 64, 32, .., 1). */
+static int64_t chunk_of(int64_t left) {
+    int64_t T = 64;
+    while (T > left) T /= 2;
+    return T;
+}
+
+/* Random batches over 4 slots (two following a, two following b, from different positions;
+ * each sequence 1..12 tokens keeping 0..n rows of logits, a slot sitting out now and then and
+ * starting over when full) give the full passes' rows, and each batch costs one pass per
+ * distinct chunk length its sequences break into - rows of equal chunks share a pass. */
+static void test_batch_groups(ts_model_weights *w, ts_backend *be, const int32_t *a, const int32_t *b) {
+    enum { V = 64, SLOTS = 4, N = 46, BATCHES = 60 };
+    char err[256] = "";
+    ts_model_decoder *dec = NULL;
+    CHECK(ts_model_decoder_new(w, be, SLOTS, 48, &dec, err, sizeof err) == TS_OK, "decoder: %s", err);
+    if (!dec) return;
+    double *full_a = full_logits(w, be, a, N), *full_b = full_logits(w, be, b, N);
+    const int32_t *src[SLOTS] = {a, b, a, b};
+    const double *full[SLOTS] = {full_a, full_b, full_a, full_b};
+    float lg[SLOTS * 12 * V];
+    feed(dec, 2, a, 5, (const int[]){1}, 1, V, lg);
+    feed(dec, 3, b, 3, (const int[]){1}, 1, V, lg);
+    unsigned rng = 2024u;
+#define RND(n) ((int)((rng = rng * 1103515245u + 12345u) >> 16) % (n))
+    double worst = 0;
+    int bad_passes = 0, shared = 0;
+    for (int it = 0; it < BATCHES; it++) {
+        ts_model_decoder_seq seqs[SLOTS];
+        int64_t pos[SLOTS];
+        int n = 0, uses[7] = {0};
+        for (int s = 0; s < SLOTS; s++) {
+            int64_t len = ts_model_decoder_length(dec, s);
+            if (len >= N - 1) ts_model_decoder_reset(dec, s), len = 0;
+            if (RND(5) == 0) continue;
+            int64_t k = 1 + RND(12);
+            if (k > N - len) k = N - len;
+            pos[n] = len;
+            seqs[n++] = (ts_model_decoder_seq){s, src[s] + len, k, RND((int)k + 1)};
+            for (int64_t left = k; left > 0; left -= chunk_of(left)) uses[__builtin_ctzll((unsigned long long)chunk_of(left))]++;
+        }
+        if (n == 0) continue;
+        int distinct = 0;
+        for (int c = 0; c < 7; c++) distinct += uses[c] > 0, shared += c > 0 && uses[c] > 1;
+        int64_t before = ts_model_decoder_passes(dec);
+        CHECK_OK(ts_model_decoder_batch(dec, n, seqs, lg), NULL);
+        bad_passes += ts_model_decoder_passes(dec) - before != distinct;
+        for (int i = 0, row = 0; i < n; i++) {
+            const ts_model_decoder_seq *q = &seqs[i];
+            for (int64_t r = 0; r < q->logit_rows; r++, row++)
+                worst = fmax(worst, worst_diff(lg + row * V, full[q->slot] + (pos[i] + q->n - q->logit_rows + r) * V, V));
+            CHECK(ts_model_decoder_length(dec, q->slot) == pos[i] + q->n, "slot %d holds its tokens", q->slot);
+        }
+    }
+#undef RND
+    CHECK(worst <= 1e-6, "random batches: logits differ from the full passes by %.3e", worst);
+    CHECK(bad_passes == 0 && shared > 0, "%d batches missed one pass per chunk length; %d passes of chunks shared",
+          bad_passes, shared);
+    printf("  batch: %d random batches over 4 slots (%d chunk passes shared by several slots), one pass per chunk "
+           "length, max |logit difference| %.2e\n", BATCHES, shared, worst);
+    free(full_a);
+    free(full_b);
+    ts_model_decoder_free(dec);
 }
 
 static void test_completer(ts_model_weights *w, ts_backend *be, const int32_t *a, const int32_t *b);
@@ -459,6 +526,7 @@ static void test_fixture(void) {
     test_fork(w, be, a, b);
     test_pool_random(w, be, a, b);
     test_batch(w, be, a, b);
+    test_batch_groups(w, be, a, b);
 
     /* reset and reuse a slot */
     ts_model_decoder *dec = NULL;

@@ -508,14 +508,15 @@ typedef struct {
 } ts_model_decoder_seq;
 /* Appends seqs[i].ids to each of n_seqs distinct slots - any mix of prompt chunks, single decode
  * tokens and drafts - in as few forward passes as the implementation allows (dense: one for up
- * to a token per slot plus 64, more tokens in several; V4: one step for the single tokens plus
- * one extend per longer sequence), and writes the logits after the last logit_rows tokens of each sequence,
+ * to a token per slot plus 64, more tokens in several; V4: one per distinct chunk length, the
+ * sequences' chunks of 64, 32, .., 1 tokens that share a length going together, the single
+ * tokens all in one), and writes the logits after the last logit_rows tokens of each sequence,
  * sequence after sequence, into logits (rows of V; NULL when no sequence wants any). Step and
  * extend are this call with one token per slot or one sequence. TS_ERR_INVALID_ARG: repeated
  * or out-of-range slots, n < 1, logit_rows outside 0..n; TS_ERR_RANGE when a slot would pass
  * max_len, TS_ERR_OOM when the shared pool has no room (nothing appended anywhere either way). */
 ts_status ts_model_decoder_batch(ts_model_decoder *d, int n_seqs, const ts_model_decoder_seq *seqs, float *logits);
-/* Forward passes the decoder has computed (dense; V4: its step and extend calls). */
+/* Forward passes the decoder has computed. */
 int64_t ts_model_decoder_passes(const ts_model_decoder *d);
 /* Shortens a slot's sequence to its first len tokens (rejecting a speculative draft, reusing a
  * cached prefix). len = 0 always works (a reset); otherwise TS_ERR_UNSUPPORTED, slot unchanged,

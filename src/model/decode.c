@@ -1,6 +1,6 @@
 /* decode.c - incremental decoding of DeepSeek-V4 (spec §2.13), the V4 implementation of
  * decoder_impl.h: sequences in `slots` slots advance by one token per step (any subset of the
- * slots together) or by a chunk of tokens of one slot per pass (extend), against per-sequence
+ * slots together), by chunks of tokens (prompts, drafts), or any mix (a batch), against per-sequence
  * caches instead of the whole prefix, and can be rewound by a few tokens (truncate) or copied
  * into another slot with the same bound (fork).
  *
@@ -21,7 +21,7 @@
  * list), a block covering the least common multiple of the main layers' ratios (spec: lcm(4,
  * 128) = 128 positions) and holding every layer's entries of that span, so one table serves all
  * layers. A slot holds the blocks of its len positions (ceil(len / block)): taken as it grows
- * (step and extend count them before touching anything, TS_ERR_OOM with every slot unchanged
+ * (a batch counts them before touching anything, TS_ERR_OOM with every slot unchanged
  * when too few are free), given back on reset / truncate; a fork shares the source's blocks
  * (an entry depends only on the tokens up to its block's end), and a shared block a slot is
  * about to write into (the partly filled last one) is first copied. The MTP block's entries stay
@@ -48,14 +48,17 @@
  * key instead, hidden by key_start unless the token completes the block (HCA) or the indexer
  * picks it (CSA). A longer pass, which must append its entries to the extras (a copy), gathers
  * each row's own view instead - ring, then its NB entries (host-listed), then the pass's - and
- * indexes it locally, so a chunk copies the row's cache, not the whole pool. Steps
- * use T = 1 and the smallest b in 1, 2, 4, .., slots that holds the stepping slots; extend runs
- * chunks of T = 64, 32, .., 1 on b = 1, whose head computes the logits of the last token only
- * unless more are asked for. Graphs are built on first use and bound to the same state arrays:
- * a graph of b rows sees the first b rows of the per-slot arrays, so a step first swaps the
- * state rows of its slots into rows [0, b) (slot <-> row maps; nothing moves while the set of
- * active slots stays put; the pool never moves). An idle row inside b is masked, its outputs
- * ignored. Everything else - mHC, MoE, hash routing, the head - is the ordinary per-token graph.
+ * indexes it locally, so a chunk copies the row's cache, not the whole pool. A batch (any mix
+ * of sequences: single tokens, prompt chunks, drafts) breaks each sequence into chunks of 64,
+ * 32, .., 1 tokens and runs one pass per chunk length, largest first, every sequence with a
+ * chunk of that length in it (up to V4_PASS_TOKENS tokens a pass): the single tokens of the
+ * generating sequences and the prompts' last ones meet in the final T = 1 pass. A pass uses the
+ * smallest b in 1, 2, 4, .., slots that holds its sequences, and its head computes the logits
+ * of each row's last token only unless some row asks for more. Graphs are built on first use
+ * and bound to the same state arrays: a graph of b rows sees the first b rows of the per-slot
+ * arrays, so a pass first swaps the state rows of its slots into rows [0, b) (slot <-> row
+ * maps; nothing moves while the set of active slots stays put; the pool never moves). An idle
+ * row inside b is masked, its outputs ignored. Everything else - mHC, MoE, hash routing, the head - is the ordinary per-token graph.
  * Decoding a sequence in steps, chunks or both gives the full forward's logits
  * (tests/test_decode.c).
  *
@@ -79,8 +82,10 @@
 #include "model/model_internal.h"
 
 #define V4_REWIND 16    /* tokens truncate can always take back behind the furthest length */
-#define V4_CHUNK 64     /* tokens per extend pass at most */
-#define V4_MAX_GRAPHS 64 /* step shapes (<= 32 row counts) + extend shapes (7 x 2) + MTP shapes (7) */
+#define V4_CHUNK 64     /* tokens per row of a pass at most */
+#define V4_PASS_TOKENS 128 /* rows x tokens of a pass of chunks at most (single tokens: any rows) */
+#define V4_MAX_GRAPHS 128 /* one-token shapes (<= 32 row counts) + chunk shapes (<= 33 pairs of rows
+                           * and length x 2 logit row counts) + MTP shapes (7) */
 #define V4_KEEP (TS_MODEL_MTP_MAX_LAG + V4_REWIND) /* positions whose final streams and ids are kept */
 
 typedef struct {
@@ -165,8 +170,11 @@ struct v4_decoder {
     void *streams;          /* with MTP: [B, V4_KEEP, nd] the final streams of position q at q % V4_KEEP */
     int32_t *tokens;        /* with MTP: [B, V4_KEEP] the token fed at position q, likewise */
     int *row_of, *slot_of;  /* slot <-> state row */
-    bool *stepping;         /* [slot] scratch of a step */
-    int32_t *ids;           /* [max(B, V4_CHUNK)] */
+    bool *stepping;         /* [slot]: in the pass being run */
+    int *group, *group_slots; /* [B] scratch of a batch: a pass's sequences and their slots */
+    int64_t *done;          /* [2B] scratch of a batch: tokens in, first logit row per sequence */
+    int32_t *ids;           /* [max(B, V4_PASS_TOKENS)] */
+    int64_t n_runs;         /* passes computed */
     double *omega[2];       /* RoPE frequencies: main, compressed */
     pass *passes[V4_MAX_GRAPHS];
     int n_passes;
@@ -316,7 +324,7 @@ static ts_tensor *indexer_picks(ts_model_builder *b, int layer, const char *pref
 
 /* The attention's extras: the layer's keys array - every row's ring, then the entries - as one
  * leaf seen by every row (stride-0 expansion, nothing copied), indexed by the host's global
- * index lists. A pass that appends its entries (extend) must copy anyway, and copies only each
+ * index lists. A pass that appends its entries (a chunk) must copy anyway, and copies only each
  * row's own view - its ring and its entries gathered by the host's list - not the whole pool. */
 void ts_decode_cache_entries(ts_model_builder *b, int layer, const char *prefix, ts_tensor *x, ts_tensor *cq,
                              ts_tensor **kv, ts_attention_params *ap) {
@@ -716,6 +724,7 @@ static ts_status run_pass(v4_decoder *dec, pass *ps) {
     ts_status s = ts_tensor_write(ps->mg->ids, dec->ids, (size_t)(ps->b * ps->T) * sizeof(int32_t));
     if (s == TS_OK) s = compute_pass(dec, ps, len);
     if (s != TS_OK) return s;
+    dec->n_runs++;
     for (int64_t r = 0; r < ps->b; r++) {
         int slot = dec->slot_of[r];
         if (!dec->stepping[slot]) continue;
@@ -744,6 +753,9 @@ static void v4_free(void *impl) {
     free(dec->row_of);
     free(dec->slot_of);
     free(dec->stepping);
+    free(dec->group);
+    free(dec->group_slots);
+    free(dec->done);
     free(dec->ids);
     free(dec->omega[0]);
     free(dec->omega[1]);
@@ -791,69 +803,114 @@ static int64_t rows_for(const v4_decoder *dec, int n) {
     return b < dec->B ? b : dec->B;
 }
 
-/* Blocks are counted, then taken, before anything moves: too few and nothing has. */
-static ts_status v4_step(void *impl, int n, const int *slots, const int32_t *ids, float *logits) {
-    v4_decoder *dec = impl;
-    int64_t b = rows_for(dec, n), need = 0;
-    pass *ps;
-    ts_status s = get_pass(dec, b, 1, 1, false, &ps);
-    if (s != TS_OK) return s;
-    for (int i = 0; i < n; i++) need += blocks_needed(dec, slots[i], 1);
-    if (need > dec->pool.n_free) return TS_ERR_OOM;
-    for (int i = 0; i < n; i++) {
-        reserve(dec, slots[i], 1);
-        dec->stepping[slots[i]] = true;
-    }
-    place_rows(dec, n, slots, b);
-    for (int64_t r = 0; r < b; r++) dec->ids[r] = 0;
-    for (int i = 0; i < n; i++) dec->ids[dec->row_of[slots[i]]] = ids[i];
-    for (int64_t r = 0; r < b; r++) {
-        int slot = dec->slot_of[r];
-        prepare_row(dec, ps, r, dec->stepping[slot] ? dec->len[slot] : -1);
-    }
-    s = run_pass(dec, ps);
-    for (int i = 0; i < n; i++) {
-        if (s == TS_OK) read_logits(dec, ps, dec->row_of[slots[i]], 0, logits + i * dec->c->vocab_size);
-        else ts_block_pool_release_to(&dec->pool, slots[i], dec->len[slots[i]]);
-        dec->stepping[slots[i]] = false;
-    }
-    return s;
-}
-
-/* Tokens of the next one-row pass when `left` remain: V4_CHUNK, else the largest power of two. */
+/* Tokens of a sequence's next pass when `left` remain: V4_CHUNK, else the largest power of two. */
 static int64_t chunk_for(int64_t left) {
     int64_t T = V4_CHUNK;
     while (T > left) T /= 2;
     return T;
 }
 
-/* Chunks of V4_CHUNK tokens, then the powers of two of the rest, each one pass on row 0 that
- * computes the logits of its last token only, or of every token when more are asked for. The
- * blocks of all n tokens are taken first (TS_ERR_OOM: too few, nothing done). A failed pass
- * leaves the slot with the chunks before it (its length says how many). */
-static ts_status v4_extend(void *impl, int slot, const int32_t *ids, int64_t n, float *logits, int64_t logit_rows) {
-    v4_decoder *dec = impl;
-    int64_t V = dec->c->vocab_size;
-    ts_status s = TS_OK;
-    if (blocks_needed(dec, slot, n) > dec->pool.n_free) return TS_ERR_OOM;
-    reserve(dec, slot, n);
-    dec->stepping[slot] = true;
-    place_rows(dec, 1, &slot, 1);
-    for (int64_t done = 0, T; s == TS_OK && done < n; done += T) {
-        T = chunk_for(n - done);
-        int64_t first = n - logit_rows - done; /* the chunk's first token with logits out */
-        pass *ps;
-        s = get_pass(dec, 1, T, first >= T - 1 ? 1 : T, false, &ps);
-        if (s != TS_OK) break;
-        memcpy(dec->ids, ids + done, (size_t)T * sizeof(int32_t));
-        prepare_row(dec, ps, 0, dec->len[slot]);
-        s = run_pass(dec, ps);
-        for (int64_t t = first > 0 ? first : 0; s == TS_OK && t < T; t++)
-            read_logits(dec, ps, 0, t, logits + (done + t - (n - logit_rows)) * V);
+/* The next pass of a batch whose sequence i has done[i] of its tokens in: the largest chunk
+ * (chunk_for of what is left) any sequence still has, for the first sequences with that chunk
+ * - at most V4_PASS_TOKENS tokens, or every single token - listed in dec->group; 0 when all are
+ * in. Largest first: every sequence's chunks shrink towards single tokens, so a batch costs a
+ * pass per distinct chunk length, and the last one takes the generating sequences' tokens and
+ * the prompts' final tokens together. */
+static int64_t next_group(v4_decoder *dec, int n, const ts_model_decoder_seq *seqs, const int64_t *done, int *k) {
+    int64_t T = 0;
+    for (int i = 0; i < n; i++)
+        if (done[i] < seqs[i].n && chunk_for(seqs[i].n - done[i]) > T) T = chunk_for(seqs[i].n - done[i]);
+    int64_t cap = T > 1 && V4_PASS_TOKENS / T < dec->B ? V4_PASS_TOKENS / T : dec->B;
+    *k = 0;
+    for (int i = 0; T > 0 && i < n && *k < cap; i++)
+        if (done[i] < seqs[i].n && chunk_for(seqs[i].n - done[i]) == T) dec->group[(*k)++] = i;
+    return T;
+}
+
+/* The first of sequence q's chunk of T tokens from done whose logits are wanted (T: none). */
+static int64_t first_wanted(const ts_model_decoder_seq *q, int64_t done, int64_t T) {
+    int64_t first = q->n - q->logit_rows - done;
+    return q->logit_rows == 0 || first > T ? T : first < 0 ? 0 : first;
+}
+
+/* The pass graph of the group: b rows for its k sequences, and the logits of every token when
+ * one of them wants more than its chunk's last. */
+static ts_status group_pass(v4_decoder *dec, const ts_model_decoder_seq *seqs, int k, int64_t T, const int64_t *done,
+                            pass **ps) {
+    int64_t R = 1;
+    for (int j = 0; j < k; j++) {
+        int i = dec->group[j];
+        if (first_wanted(&seqs[i], done[i], T) < T - 1) R = T;
     }
-    ts_block_pool_release_to(&dec->pool, slot, dec->len[slot]);
-    dec->stepping[slot] = false;
+    return get_pass(dec, rows_for(dec, k), T, R, false, ps);
+}
+
+/* One pass of the batch: the group's next T tokens each, in rows [0, b) (place_rows), their
+ * wanted logits to rows at[i] + (token - first wanted token) of logits. */
+static ts_status run_group(v4_decoder *dec, const ts_model_decoder_seq *seqs, int k, int64_t T, int64_t *done,
+                           const int64_t *at, float *logits) {
+    pass *ps;
+    ts_status s = group_pass(dec, seqs, k, T, done, &ps);
+    if (s != TS_OK) return s;
+    for (int j = 0; j < k; j++) {
+        dec->group_slots[j] = seqs[dec->group[j]].slot;
+        dec->stepping[dec->group_slots[j]] = true;
+    }
+    place_rows(dec, k, dec->group_slots, ps->b);
+    memset(dec->ids, 0, (size_t)(ps->b * T) * sizeof *dec->ids);
+    for (int j = 0; j < k; j++) {
+        const ts_model_decoder_seq *q = &seqs[dec->group[j]];
+        memcpy(dec->ids + dec->row_of[q->slot] * T, q->ids + done[dec->group[j]], (size_t)T * sizeof *dec->ids);
+    }
+    for (int64_t r = 0; r < ps->b; r++) {
+        int slot = dec->slot_of[r];
+        prepare_row(dec, ps, r, dec->stepping[slot] ? dec->len[slot] : -1);
+    }
+    s = run_pass(dec, ps);
+    for (int j = 0; j < k; j++) {
+        int i = dec->group[j];
+        const ts_model_decoder_seq *q = &seqs[i];
+        for (int64_t t = first_wanted(q, done[i], T); s == TS_OK && t < T; t++)
+            read_logits(dec, ps, dec->row_of[q->slot], t,
+                        logits + (at[i] + done[i] + t - (q->n - q->logit_rows)) * dec->c->vocab_size);
+        if (s == TS_OK) done[i] += T;
+        dec->stepping[q->slot] = false;
+    }
     return s;
+}
+
+/* A batch (decoder_impl.h) in passes of equal chunks (next_group). Every pass graph it needs is
+ * built, and the blocks of all its tokens counted and taken, before anything moves: a graph
+ * that cannot be built or too few blocks (TS_ERR_OOM) and nothing has. A pass that fails
+ * leaves each sequence with the passes before it (its length says how many). */
+static ts_status v4_batch(void *impl, int n, const ts_model_decoder_seq *seqs, float *logits) {
+    v4_decoder *dec = impl;
+    int64_t *done = dec->done, *at = dec->done + dec->B, need = 0;
+    ts_status s = TS_OK;
+    int k;
+    memset(done, 0, (size_t)n * sizeof *done);
+    for (int64_t T; s == TS_OK && (T = next_group(dec, n, seqs, done, &k)) > 0;) {
+        pass *ps;
+        s = group_pass(dec, seqs, k, T, done, &ps);
+        for (int j = 0; j < k; j++) done[dec->group[j]] += T;
+    }
+    if (s != TS_OK) return s;
+    for (int i = 0; i < n; i++) need += blocks_needed(dec, seqs[i].slot, seqs[i].n);
+    if (need > dec->pool.n_free) return TS_ERR_OOM;
+    for (int i = 0; i < n; i++) {
+        reserve(dec, seqs[i].slot, seqs[i].n);
+        at[i] = i > 0 ? at[i - 1] + seqs[i - 1].logit_rows : 0;
+        done[i] = 0;
+    }
+    for (int64_t T; s == TS_OK && (T = next_group(dec, n, seqs, done, &k)) > 0;)
+        s = run_group(dec, seqs, k, T, done, at, logits);
+    for (int i = 0; s != TS_OK && i < n; i++) ts_block_pool_release_to(&dec->pool, seqs[i].slot, dec->len[seqs[i].slot]);
+    return s;
+}
+
+static int64_t v4_passes(const void *impl) {
+    const v4_decoder *dec = impl;
+    return dec->n_runs;
 }
 
 /* Rewinding keeps every array as it is (see the file comment); only how far back the rings
@@ -890,7 +947,7 @@ static ts_status v4_fork(void *impl, int dst, int src, int64_t len) {
     return v4_truncate(dec, dst, len);
 }
 
-/* The MTP block over positions mlen..len-1 in one-row passes (chunks as extend), position q
+/* The MTP block over positions mlen..len-1 in one-row passes (chunks as a batch), position q
  * with its kept streams and the token after it: the kept one, or next_id for the last. mlen = len
  * (a second draft at the same position) first takes the last position back. */
 static ts_status v4_mtp(void *impl, int slot, int32_t next_id, float *logits) {
@@ -938,8 +995,6 @@ static void v4_pool(const void *impl, ts_model_decoder_pool *out) {
     out->rewind = V4_REWIND - (dec->streams != NULL); /* can_rewind's bound */
 }
 
-static int64_t v4_blocks_needed(const void *impl, int slot, int64_t n) { return blocks_needed(impl, slot, n); }
-
 static int64_t v4_mtp_lag(const void *impl, int slot) {
     const v4_decoder *dec = impl;
     return dec->c->num_nextn_predict_layers > 0 ? dec->len[slot] - dec->mlen[slot] : 0;
@@ -949,14 +1004,13 @@ static const ts_decoder_ops v4_ops = {
     .free = v4_free,
     .reset = v4_reset,
     .length = v4_length,
-    .step = v4_step,
-    .extend = v4_extend,
+    .batch = v4_batch,
+    .passes = v4_passes,
     .truncate = v4_truncate,
     .mtp = v4_mtp,
     .state_bytes = v4_state_bytes,
     .fork = v4_fork,
     .pool = v4_pool,
-    .blocks_needed = v4_blocks_needed,
     .mtp_lag = v4_mtp_lag,
 };
 
@@ -1052,11 +1106,14 @@ static bool alloc_host(v4_decoder *dec) {
     dec->row_of = calloc(B, sizeof *dec->row_of);
     dec->slot_of = calloc(B, sizeof *dec->slot_of);
     dec->stepping = calloc(B, sizeof *dec->stepping);
-    dec->ids = calloc(B > V4_CHUNK ? B : V4_CHUNK, sizeof *dec->ids);
+    dec->group = calloc(B, sizeof *dec->group);
+    dec->group_slots = calloc(B, sizeof *dec->group_slots);
+    dec->done = calloc(2 * B, sizeof *dec->done);
+    dec->ids = calloc(B > V4_PASS_TOKENS ? B : V4_PASS_TOKENS, sizeof *dec->ids);
     dec->omega[0] = calloc((size_t)dec->half, sizeof(double));
     dec->omega[1] = calloc((size_t)dec->half, sizeof(double));
     if (!dec->owned || !dec->arrays || !dec->len || !dec->reach || !dec->mlen || !dec->row_of || !dec->slot_of ||
-        !dec->stepping || !dec->ids || !dec->omega[0] || !dec->omega[1] ||
+        !dec->stepping || !dec->group || !dec->group_slots || !dec->done || !dec->ids || !dec->omega[0] || !dec->omega[1] ||
         !ts_block_pool_init(&dec->pool, (int)dec->B, dec->pool.block_positions, dec->pool.n_blocks, dec->max_len))
         return false;
     for (int64_t l = 0; l < dec->n_layers; l++)

@@ -1,9 +1,7 @@
 /* decoder.c - the public incremental decoder (model.h): argument checks and bookkeeping shared
  * by every model family, over the family's implementation (decoder_impl.h). Step, extend and
- * batch meet in the one call a family gives: a family with a batch (dense) runs steps and
- * extends through it; one without (V4) runs a batch as one step for its single tokens and an
- * extend per longer sequence - several passes, and not all or nothing should a later one fail
- * for another reason than the up-front checks. */
+ * batch meet in the one call every family gives, its batch: a step is a batch of single
+ * tokens, an extend a batch of one sequence. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,32 +12,19 @@ struct ts_model_decoder {
     void *impl;
     int slots;
     int64_t max_len, vocab;
-    int64_t calls;          /* into the implementation (the pass count without ops->passes) */
     ts_model_decoder_seq *seqs; /* [slots]: a step as a batch */
     bool *seen;             /* [slots]: argument checks */
-    /* without ops->batch: a batch's single tokens as a step */
-    int *step_slots;        /* [slots] */
-    int32_t *step_ids;      /* [slots] */
-    float *step_logits;     /* [slots + 1, V]: the step's, then the logits nobody wants */
 };
 
 static void free_scratch(ts_model_decoder *d) {
     free(d->seqs);
     free(d->seen);
-    free(d->step_slots);
-    free(d->step_ids);
-    free(d->step_logits);
 }
 
 static ts_status alloc_scratch(ts_model_decoder *d) {
     d->seqs = calloc((size_t)d->slots, sizeof *d->seqs);
     d->seen = calloc((size_t)d->slots, sizeof *d->seen);
-    if (!d->seqs || !d->seen) return TS_ERR_OOM;
-    if (d->ops->batch) return TS_OK;
-    d->step_slots = calloc((size_t)d->slots, sizeof *d->step_slots);
-    d->step_ids = calloc((size_t)d->slots, sizeof *d->step_ids);
-    d->step_logits = calloc((size_t)((d->slots + 1) * d->vocab), sizeof *d->step_logits);
-    return d->step_slots && d->step_ids && d->step_logits ? TS_OK : TS_ERR_OOM;
+    return d->seqs && d->seen ? TS_OK : TS_ERR_OOM;
 }
 
 ts_status ts_model_decoder_new(const ts_model_weights *w, ts_backend *be, int slots, int64_t max_len,
@@ -93,59 +78,19 @@ int64_t ts_model_decoder_length(const ts_model_decoder *d, int slot) {
     return slot >= 0 && slot < d->slots ? d->ops->length(d->impl, slot) : -1;
 }
 
-/* Whether the n slots are distinct and in range. */
-static bool distinct_slots(ts_model_decoder *d, int n, const int *slots, const ts_model_decoder_seq *seqs) {
+/* Whether the n sequences' slots are distinct and in range. */
+static bool distinct_slots(ts_model_decoder *d, int n, const ts_model_decoder_seq *seqs) {
     memset(d->seen, 0, (size_t)d->slots * sizeof *d->seen);
     for (int i = 0; i < n; i++) {
-        int s = slots ? slots[i] : seqs[i].slot;
+        int s = seqs[i].slot;
         if (s < 0 || s >= d->slots || d->seen[s]) return false;
         d->seen[s] = true;
     }
     return true;
 }
 
-/* Without ops->batch: the single tokens in one step (their logits through step_logits), then
- * each longer sequence through extend (with at least one logit row: the last row of
- * step_logits takes it when none is wanted). The blocks of all of them are counted first: a
- * pool too short for the batch is TS_ERR_OOM before anything is appended, as it is for a
- * family's own batch (a later pass refused for want of blocks would leave the earlier ones in). */
-static ts_status batch_by_steps(ts_model_decoder *d, int n, const ts_model_decoder_seq *seqs, float *logits) {
-    if (d->ops->pool && d->ops->blocks_needed) {
-        ts_model_decoder_pool pool;
-        d->ops->pool(d->impl, &pool);
-        int64_t need = 0;
-        for (int i = 0; i < n; i++) need += d->ops->blocks_needed(d->impl, seqs[i].slot, seqs[i].n);
-        if (need > pool.free_blocks) return TS_ERR_OOM;
-    }
-    int n_step = 0;
-    for (int i = 0; i < n; i++) {
-        if (seqs[i].n > 1) continue;
-        d->step_slots[n_step] = seqs[i].slot;
-        d->step_ids[n_step++] = seqs[i].ids[0];
-    }
-    ts_status s = TS_OK;
-    if (n_step > 0) {
-        d->calls++;
-        s = d->ops->step(d->impl, n_step, d->step_slots, d->step_ids, d->step_logits);
-    }
-    int64_t row = 0, stepped = 0;
-    for (int i = 0; s == TS_OK && i < n; i++) {
-        const ts_model_decoder_seq *q = &seqs[i];
-        float *out = q->logit_rows > 0 ? logits + row * d->vocab : d->step_logits + d->slots * d->vocab;
-        if (q->n == 1 && q->logit_rows > 0)
-            memcpy(out, d->step_logits + stepped * d->vocab, (size_t)d->vocab * sizeof *out);
-        stepped += q->n == 1;
-        if (q->n > 1) {
-            d->calls++;
-            s = d->ops->extend(d->impl, q->slot, q->ids, q->n, out, q->logit_rows > 0 ? q->logit_rows : 1);
-        }
-        row += q->logit_rows;
-    }
-    return s;
-}
-
 ts_status ts_model_decoder_batch(ts_model_decoder *d, int n_seqs, const ts_model_decoder_seq *seqs, float *logits) {
-    if (n_seqs < 1 || n_seqs > d->slots || !seqs || !distinct_slots(d, n_seqs, NULL, seqs)) return TS_ERR_INVALID_ARG;
+    if (n_seqs < 1 || n_seqs > d->slots || !seqs || !distinct_slots(d, n_seqs, seqs)) return TS_ERR_INVALID_ARG;
     int64_t rows = 0;
     for (int i = 0; i < n_seqs; i++) {
         const ts_model_decoder_seq *q = &seqs[i];
@@ -155,39 +100,24 @@ ts_status ts_model_decoder_batch(ts_model_decoder *d, int n_seqs, const ts_model
     if (rows > 0 && !logits) return TS_ERR_INVALID_ARG;
     for (int i = 0; i < n_seqs; i++)
         if (seqs[i].n > d->max_len - d->ops->length(d->impl, seqs[i].slot)) return TS_ERR_RANGE;
-    if (!d->ops->batch) return batch_by_steps(d, n_seqs, seqs, logits);
-    d->calls++;
     return d->ops->batch(d->impl, n_seqs, seqs, logits);
 }
 
 ts_status ts_model_decoder_step(ts_model_decoder *d, int n, const int *slots, const int32_t *ids, float *logits) {
-    if (n < 1 || n > d->slots || !slots || !ids || !logits || !distinct_slots(d, n, slots, NULL))
-        return TS_ERR_INVALID_ARG;
-    if (d->ops->batch) {
-        for (int i = 0; i < n; i++) d->seqs[i] = (ts_model_decoder_seq){slots[i], &ids[i], 1, 1};
-        return ts_model_decoder_batch(d, n, d->seqs, logits);
-    }
-    for (int i = 0; i < n; i++)
-        if (d->ops->length(d->impl, slots[i]) >= d->max_len) return TS_ERR_RANGE;
-    d->calls++;
-    return d->ops->step(d->impl, n, slots, ids, logits);
+    if (n < 1 || n > d->slots || !slots || !ids || !logits) return TS_ERR_INVALID_ARG;
+    for (int i = 0; i < n; i++) d->seqs[i] = (ts_model_decoder_seq){slots[i], &ids[i], 1, 1};
+    return ts_model_decoder_batch(d, n, d->seqs, logits);
 }
 
 ts_status ts_model_decoder_extend(ts_model_decoder *d, int slot, const int32_t *ids, int64_t n, float *logits,
                                   int64_t logit_rows) {
-    if (slot < 0 || slot >= d->slots || !ids || n < 1 || !logits || logit_rows < 1 || logit_rows > n)
-        return TS_ERR_INVALID_ARG;
-    if (d->ops->batch) {
-        ts_model_decoder_seq q = {slot, ids, n, logit_rows};
-        return ts_model_decoder_batch(d, 1, &q, logits);
-    }
-    if (d->ops->length(d->impl, slot) + n > d->max_len) return TS_ERR_RANGE;
-    d->calls++;
-    return d->ops->extend(d->impl, slot, ids, n, logits, logit_rows);
+    if (!ids || n < 1 || !logits || logit_rows < 1 || logit_rows > n) return TS_ERR_INVALID_ARG;
+    ts_model_decoder_seq q = {slot, ids, n, logit_rows};
+    return ts_model_decoder_batch(d, 1, &q, logits);
 }
 
 int64_t ts_model_decoder_passes(const ts_model_decoder *d) {
-    return d->ops->passes ? d->ops->passes(d->impl) : d->calls;
+    return d->ops->passes(d->impl);
 }
 
 ts_status ts_model_decoder_truncate(ts_model_decoder *d, int slot, int64_t len) {

@@ -2,9 +2,9 @@
  * the public ts_model_decoder (model.h): it checks every argument, then calls one of these
  * tables - decode.c for DeepSeek-V4 (window ring, compressed caches, compressor state) and
  * decode_dense.c for the dense baseline (a plain KV cache). Slots and lengths reaching an
- * implementation are valid: 0 <= slot < slots, distinct slots in a step, no sequence pushed
+ * implementation are valid: 0 <= slot < slots, distinct slots in a batch, no sequence pushed
  * past max_len, truncation only to len <= length, fork between distinct slots with
- * len <= length(src). An implementation gives batch, or step and extend. */
+ * len <= length(src). */
 #ifndef TS_MODEL_DECODER_IMPL_H
 #define TS_MODEL_DECODER_IMPL_H
 
@@ -14,17 +14,12 @@ typedef struct {
     void (*free)(void *impl);
     void (*reset)(void *impl, int slot);
     int64_t (*length)(const void *impl, int slot);
-    /* One token for each of n slots; logits [n, V]. NULL when batch is given (decoder.c runs
-     * steps through it). */
-    ts_status (*step)(void *impl, int n, const int *slots, const int32_t *ids, float *logits);
-    /* n tokens of one slot in as few passes as the implementation can; the logits after each of
-     * the last logit_rows tokens [logit_rows, V]. NULL when batch is given. */
-    ts_status (*extend)(void *impl, int slot, const int32_t *ids, int64_t n, float *logits, int64_t logit_rows);
-    /* Any mix of sequences of distinct slots in as few passes as the implementation can, all or
-     * nothing (model.h, ts_model_decoder_batch; every n >= 1, 0 <= logit_rows <= n). NULL:
-     * decoder.c runs the single tokens in one step and each longer sequence through extend. */
+    /* Any mix of sequences of distinct slots (prompt chunks, single decode tokens, drafts) in as
+     * few passes as the implementation can (model.h, ts_model_decoder_batch; every n >= 1,
+     * 0 <= logit_rows <= n, no sequence past max_len): all or nothing but for a pass failing
+     * after the up-front checks (blocks, graphs). A step and an extend are batches too. */
     ts_status (*batch)(void *impl, int n, const ts_model_decoder_seq *seqs, float *logits);
-    /* Forward passes computed so far. NULL: decoder.c counts the calls into the implementation. */
+    /* Forward passes computed so far. */
     int64_t (*passes)(const void *impl);
     /* Forget the tokens after the first len. NULL, or TS_ERR_UNSUPPORTED with the slot
      * unchanged: the state cannot rewind that far. */
@@ -41,10 +36,6 @@ typedef struct {
     ts_status (*fork)(void *impl, int dst, int src, int64_t len);
     /* The shared block pool (model.h). NULL: each slot owns max_len positions. */
     void (*pool)(const void *impl, ts_model_decoder_pool *out);
-    /* Free blocks of the pool that appending n tokens to the slot takes (at most one too many).
-     * With a pool and no batch: decoder.c checks a batch against the free blocks before its
-     * first pass, so that running out is still all or nothing. */
-    int64_t (*blocks_needed)(const void *impl, int slot, int64_t n);
 } ts_decoder_ops;
 
 /* pool_positions: the shared pool's size (0: every slot can reach max_len at once, in the

@@ -4,7 +4,8 @@
  *
  * One worker thread owns the decoder. Each iteration it admits queued requests into idle slots
  * (a slot = one sequence's caches), then, with the lock released, runs ONE ts_model_decoder_batch
- * (vLLM's ragged batch; the dense decoder packs it into one forward pass): every generating
+ * (vLLM's ragged batch; the dense decoder packs it into one forward pass, V4 into one per
+ * chunk length, single tokens together): every generating
  * sequence's next token, plus prompt chunks of prefilling requests up to a budget of
  * prefill_chunk prompt tokens per iteration, handed out round-robin (so several long prompts
  * share the iterations; short ones share a budget). A generating stream therefore waits at
@@ -61,9 +62,8 @@
  * Speculative decoding (options.speculative): an iteration with no prompt chunk and a single
  * generating sequence runs one ts_speculator round for it, which may yield two tokens; other
  * iterations run their prompt chunks through ts_speculator_prefill, one by one, then the steps
- * (speculation needs an MTP block, which only V4 has, and V4 runs a batch in several passes
- * anyway). The
- * MTP block lags the sequences it does not draft for (ts_model_decoder_mtp_lag), and a slot
+ * (the MTP block must keep up with a prompt piece by piece, so under speculation prompt chunks
+ * do not share the batch's passes). The MTP block lags the sequences it does not draft for (ts_model_decoder_mtp_lag), and a slot
  * about to step more than TS_MODEL_MTP_MAX_LAG / 2 tokens ahead of it first brings it up to date
  * with ts_model_decoder_mtp, so a round can start on any slot at any time. */
 #include <pthread.h>
