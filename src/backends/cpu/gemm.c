@@ -336,8 +336,10 @@ static void naive_gemm(int64_t M, int64_t N, int64_t K, float alpha, const gemm_
 
 /* Multiply-adds a thread must get before another one is worth its wake-up (tens of
  * microseconds on a VM): the blocked path's threshold; the small-M path, with no barriers and
- * one fork, uses an eighth of it. Tests lower it so small shapes exercise every thread. */
+ * one fork, uses an eighth of it (SMALL_M_FORK_DIVISOR), as does a blocked call of one row
+ * block split by columns. Tests lower it so small shapes exercise every thread. */
 #define DEFAULT_MIN_FMAS_PER_THREAD ((int64_t)1 << 21)
+#define SMALL_M_FORK_DIVISOR 8
 static _Atomic int64_t min_fmas_per_thread = DEFAULT_MIN_FMAS_PER_THREAD;
 
 void ts_gemm_set_parallel_threshold(int64_t fmas) {
@@ -455,7 +457,7 @@ static bool small_m_gemm(ts_threadpool *pool, const ts_gemm_kernels *kern, small
     job->scratch = ws ? ws->thread_area : NULL;
     int64_t items = (job->n + job->group - 1) / job->group;
     int64_t fmas_per_item = job->args.m * job->args.k * job->group;
-    int64_t min_fmas = atomic_load(&min_fmas_per_thread) / 8;
+    int64_t min_fmas = atomic_load(&min_fmas_per_thread) / SMALL_M_FORK_DIVISOR;
     int64_t min_chunk = (min_fmas + fmas_per_item - 1) / fmas_per_item;
     ts_parallel_for(pool, items, min_chunk, small_range, job);
     if (ws) ws_release(ws);
@@ -698,8 +700,11 @@ static void blocked_gemm(ts_threadpool *pool, gemm_ws *ws, gemm_job *job) {
     job->b_panel = ws->b_panel;
     job->thread_area = ws->thread_area;
     double fmas = (double)job->m * (double)job->n * (double)job->k;
-    double min_fmas = (double)atomic_load(&min_fmas_per_thread);
     int team = ts_threadpool_size(pool);
+    /* One row block split by columns (team_member) meets at no barrier: like the small-M
+     * path, a member costs one wake-up, so it takes the small-M path's threshold. */
+    bool barrier_free = job->m <= job->mc && ceil_div(job->nc_max, kern->nr) >= 2 * (int64_t)team;
+    double min_fmas = (double)(atomic_load(&min_fmas_per_thread) / (barrier_free ? SMALL_M_FORK_DIVISOR : 1));
     if (fmas < min_fmas * team) team = (int)(fmas / min_fmas);
     if (team < 1) team = 1;
     job->team = team;
