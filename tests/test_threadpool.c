@@ -1,9 +1,13 @@
 /* test_threadpool.c - the thread pool (src/core/threadpool.c): ts_parallel_for hands out every
  * index of [0, n) exactly once, in one contiguous chunk per thread and the same chunks on every
  * call (the determinism the kernels rely on); a parallel-for from inside a job runs serially on
- * its thread. */
+ * its thread; jobs issued while the workers sleep (the caller then claims the chunks they have
+ * not started) still run every chunk once, as its own tid, and every index once. */
+#define _POSIX_C_SOURCE 200809L /* nanosleep */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <time.h>
 
 #include "check.h"
 #include "tessera/core.h"
@@ -85,6 +89,44 @@ static void test_nested(ts_threadpool *pool) {
           (int)j.nested_bad);
 }
 
+/* Chunk tid's range and runner, for the claims test. */
+typedef struct {
+    _Atomic int hits[MAX_N];
+    int64_t begin[MAX_THREADS], end[MAX_THREADS];
+    _Atomic int runs[MAX_THREADS];
+    pthread_t caller;
+    _Atomic int by_caller; /* chunks other than 0 the caller ran */
+} claim_job;
+
+static void claim_chunk(void *arg, int64_t b, int64_t e, int tid) {
+    claim_job *j = arg;
+    j->begin[tid] = b;
+    j->end[tid] = e;
+    atomic_fetch_add(&j->runs[tid], 1);
+    if (tid != 0 && pthread_equal(pthread_self(), j->caller)) atomic_fetch_add(&j->by_caller, 1);
+    for (int64_t i = b; i < e; i++) atomic_fetch_add(&j->hits[i], 1);
+}
+
+static void test_claims(ts_threadpool *pool) {
+    int threads = ts_threadpool_size(pool), bad = 0, stolen = 0;
+    static claim_job j;
+    for (int it = 0; it < 100; it++) {
+        nanosleep(&(struct timespec){0, 200000}, NULL); /* past the workers' spin: they sleep */
+        memset(&j, 0, sizeof j);
+        j.caller = pthread_self();
+        int64_t n = 97 + it;
+        ts_parallel_for(pool, n, 1, claim_chunk, &j);
+        for (int64_t i = 0; i < n; i++) bad += j.hits[i] != 1;
+        int64_t chunk = (n + threads - 1) / threads;
+        for (int t = 0; t < threads; t++)
+            bad += j.runs[t] != 1 || j.begin[t] != t * chunk || j.end[t] != (t + 1 < threads ? (t + 1) * chunk : n);
+        stolen += j.by_caller;
+    }
+    CHECK(bad == 0, "%d threads, jobs on sleeping workers: %d indices or chunks not run exactly once, as cut", threads,
+          bad);
+    printf("  %d threads: 100 jobs on sleeping workers, %d of their chunks run by the caller\n", threads, stolen);
+}
+
 int main(void) {
     for (int threads = 1; threads <= 3; threads++) {
         ts_threadpool *pool = NULL;
@@ -92,6 +134,7 @@ int main(void) {
         if (!pool) continue;
         test_partition(pool);
         test_nested(pool);
+        test_claims(pool);
         ts_threadpool_free(pool);
     }
     return check_summary("test_threadpool");
