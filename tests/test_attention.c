@@ -738,9 +738,10 @@ static void test_constructor_errors(ts_backend *be) {
     extra = ts_new_tensor_4d(g, TS_F16, 2, 3, 2, 8, "extra");
     idx = ts_new_tensor_3d(g, TS_I64, 2, 3, 2, "extra_idx");
     ts_tensor *dout = ts_new_tensor_4d(g, TS_F16, 2, 3, 4, 8, "dout");
+    ts_tensor *o = ts_new_tensor_4d(g, TS_F16, 2, 3, 4, 8, "out");
     int32_t bip[4] = {1, 0, 1, 1};
-    ts_tensor *back = ts_op_node(g, TS_OP_ATTENTION_BACK, (ts_tensor *[]){q, k, v, sink, extra, idx, dout}, 7, bip, 4,
-                                 fp, 1);
+    ts_tensor *back = ts_op_node(g, TS_OP_ATTENTION_BACK, (ts_tensor *[]){q, k, v, sink, extra, idx, dout, o}, 8, bip,
+                                 4, fp, 1);
     CHECK(back && back->dtype == TS_F32 && back->ndim == 1 && back->shape[0] == 192 + 160 + 160 + 4 + 96,
           "attention_back buffer: %s", back ? "wrong dtype or length" : ts_graph_error(g));
     ts_graph_free(g);

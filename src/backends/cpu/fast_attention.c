@@ -11,8 +11,9 @@
  * sink starts the row at m = z, l = 1. A row without a distribution outputs zeros.
  *
  * Backward (FlashAttention-2 style, probabilities recomputed from the row's logsumexp):
- *   A. per query tile: the forward again, keeping per row lse = m + log l and
- *      delta = <dout, out> (the forward output is not a source of the backward node);
+ *   A. per query tile: the forward's scores and softmax statistics again (not its values), for
+ *      lse = m + log l per row, and delta = <dout, out> from the forward's output (a source of
+ *      the backward node);
  *   B. per (batch, kv head, key tile): every (query tile, key tile) block of the group's query
  *      heads whose keys reach the tile, S and dP computed once: dv += P^T dout and dk += dS^T q
  *      summed in the item; dq += dS K added to the output rows, the key tiles of a query tile
@@ -29,24 +30,24 @@
  * Each output element is owned by one work item, or (dq) summed by items in a fixed order, so
  * results are bit-identical for any thread count with a given tier (items are handed out
  * dynamically, which is free then).
- * The backward computes QK^T twice and dout V^T once: per (query tile, key tile) block 2 tile
- * GEMMs in step A (QK^T, P V) and 5 in step B (QK^T, dout V^T, dv, dk, dq), 7 against the 5 of
- * a FlashAttention-2 backward that has the forward's output and lse saved.
+ * The backward computes QK^T twice and dout V^T once: per (query tile, key tile) block 1 tile
+ * GEMM in step A (QK^T) and 5 in step B (QK^T, dout V^T, dv, dk, dq), 6 against the 5 of a
+ * FlashAttention-2 backward that has the forward's lse saved too.
  *
  * Inner loops are small row-major GEMMs (C += A B on tiles), exp over score rows, dots and
  * axpys; an AVX2 + FMA version of each is picked at run time from the GEMM's instruction-set
  * tier (gemm.h: TESSERA_CPU_TIER applies here too), with a plain C fallback. Scores, softmax
  * sums and accumulators are f32 (the conformance suite holds it to f32 nmse 1e-10).
  *
- * The fast path takes f32 q, k, v, extra, dout, sink and output, with a unit stride on the last
- * axis of q, k, v, extra and dout (other strides are read where they lie: sliced views run
- * here) and i32/i64 extra_idx and key_start of any strides. Anything else - f64 and the narrow
- * types, transposed views, an extra_idx value out of range, a malformed node - goes to the
- * reference kernel, which computes it or reports the error. Workspace: per thread a few tiles
- * (O(BQ * BK + (BQ + BK) * (D + Dv) + E) floats); K^T (backward: and V^T), the size of k (and
- * v); for backward 2 floats per query row, an int per query tile (its dq turn) and 2 floats per
- * (row, extra slot) of one chunk (at most 8 MiB unless one query tile needs more). It is kept
- * between calls, so a graph allocates only on its first run. */
+ * The fast path takes f32 q, k, v, extra, dout, out, sink and output, with a unit stride on the
+ * last axis of q, k, v, extra, dout and out (other strides are read where they lie: sliced
+ * views run here) and i32/i64 extra_idx and key_start of any strides. Anything else - f64 and
+ * the narrow types, transposed views, an extra_idx value out of range, a malformed node - goes
+ * to the reference kernel, which computes it or reports the error. Workspace: per thread a few
+ * tiles (O(BQ * BK + (BQ + BK) * (D + Dv) + E) floats); K^T (backward: and V^T), the size of k
+ * (and v); for backward 2 floats per query row, an int per query tile (its dq turn) and 2
+ * floats per (row, extra slot) of one chunk (at most 8 MiB unless one query tile needs more).
+ * It is kept between calls, so a graph allocates only on its first run. */
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
@@ -86,7 +87,7 @@ typedef struct {
 } int_input;
 
 typedef struct {
-    rows4 q, k, v, extra, dout;
+    rows4 q, k, v, extra, dout, out; /* out: the forward's output (backward) */
     const float *sink;
     int64_t sink_stride;
     int_input idx, key_start;
@@ -128,25 +129,34 @@ static int_input int_input_of(const ts_tensor *t) {
     return x;
 }
 
+/* t is f32 rows shaped like the forward's output, [B, T, H, Dv]. */
+static bool output_shaped(const fa_problem *p, const ts_tensor *t) {
+    return is_f32_rows(t) && t->shape[0] == p->B && t->shape[1] == p->T && t->shape[2] == p->H &&
+           t->shape[3] == p->Dv;
+}
+
 /* Reads dst's sources when they fit the fast path (see the file comment); false otherwise. */
 static bool read_fast_problem(const ts_tensor *dst, bool back, fa_problem *p) {
     memset(p, 0, sizeof *p);
     p->has_sink = dst->ip[2] != 0;
     p->has_extra = dst->ip[3] != 0;
     p->has_key_start = dst->ip[4] != 0;
-    int want = 3 + p->has_sink + 2 * p->has_extra + p->has_key_start + back, i = 3;
+    int want = 3 + p->has_sink + 2 * p->has_extra + p->has_key_start + 2 * back, i = 3;
     if (dst->n_src != want || dst->dtype != TS_F32 || !dst->data || !ts_is_contiguous(dst)) return false;
     for (int s = 0; s < want; s++)
         if (!dst->src[s]) return false;
     const ts_tensor *q = dst->src[0], *k = dst->src[1], *v = dst->src[2], *sink = NULL, *extra = NULL, *idx = NULL,
-                    *ks = NULL, *dout = NULL;
+                    *ks = NULL, *dout = NULL, *out = NULL;
     if (p->has_sink) sink = dst->src[i++];
     if (p->has_extra) {
         extra = dst->src[i++];
         idx = dst->src[i++];
     }
     if (p->has_key_start) ks = dst->src[i++];
-    if (back) dout = dst->src[i];
+    if (back) {
+        dout = dst->src[i];
+        out = dst->src[i + 1];
+    }
     if (!is_f32_rows(q) || !is_f32_rows(k) || !is_f32_rows(v)) return false;
     p->B = q->shape[0], p->T = q->shape[1], p->H = q->shape[2], p->D = q->shape[3];
     p->S = k->shape[1], p->Hk = k->shape[2], p->Dv = v->shape[3];
@@ -176,11 +186,10 @@ static bool read_fast_problem(const ts_tensor *dst, bool back, fa_problem *p) {
         if (!is_int_input(ks, 2) || ks->shape[0] != p->B || ks->shape[1] != p->T) return false;
         p->key_start = int_input_of(ks);
     }
-    if (dout) {
-        if (!is_f32_rows(dout) || dout->shape[0] != p->B || dout->shape[1] != p->T || dout->shape[2] != p->H ||
-            dout->shape[3] != p->Dv)
-            return false;
+    if (back) {
+        if (!output_shaped(p, dout) || !output_shaped(p, out)) return false;
         p->dout = rows_of(dout);
+        p->out = rows_of(out);
     }
     p->scale = dst->fp[0];
     p->causal = dst->ip[0] != 0;
@@ -527,7 +536,8 @@ static float raise_max(fa_scratch *sc, int64_t i, float top, int64_t width) {
  * the values, xv further on in the same rows) each run over many rows at once, EXTRA_BATCH rows
  * at a time (scored right after their prefetches ahead were issued). */
 #define EXTRA_BATCH 16
-static void attend_extras(const fa_problem *p, const fa_kernels *kn, fa_scratch *sc, const q_tile *qt, int64_t i) {
+static void attend_extras(const fa_problem *p, const fa_kernels *kn, fa_scratch *sc, const q_tile *qt, int64_t i,
+                          int64_t width) {
     const float *q = sc->qs + i * p->D;
     int64_t t = qt->t0 + i, listed = 0, scored = 0;
     for (int64_t e = 0; e < p->E; e++) {
@@ -545,8 +555,9 @@ static void attend_extras(const fa_problem *p, const fa_kernels *kn, fa_scratch 
     for (int64_t e = 0; e < listed; e++)
         if (sc->extra_s[e] > top || isnan(sc->extra_s[e])) top = sc->extra_s[e];
     if (top == -INFINITY) return;
-    float m = raise_max(sc, i, top, p->Dv);
+    float m = raise_max(sc, i, top, width);
     sc->l[i] += kn->exp_sum(sc->extra_s, listed, m);
+    if (!width) return;
     for (int64_t e = 0; p->xv && e < listed; e++) sc->extra_x[e] += p->xv; /* keys -> values */
     for (int64_t e = 0; e < listed; e += EXTRA_BATCH) /* a batch's rows stay in L1 across the output's parts */
         kn->axpys(sc->acc + i * p->Dv, sc->extra_s + e, sc->extra_x + e,
@@ -578,15 +589,17 @@ static void score_keys(const fa_problem *p, const fa_kernels *kn, fa_scratch *sc
 }
 
 /* The forward of one query tile: on return acc holds the output rows (zeros for a row without a
- * distribution), m and l each row's max and denominator (m = -inf: no distribution). */
-static void attend_tile(const fa_problem *p, const fa_kernels *kn, fa_scratch *sc, const q_tile *qt, float *kt) {
+ * distribution), m and l each row's max and denominator (m = -inf: no distribution). width 0
+ * computes m and l alone (the backward's statistics: no P V); else it is Dv. */
+static void attend_tile(const fa_problem *p, const fa_kernels *kn, fa_scratch *sc, const q_tile *qt, float *kt,
+                        int64_t width) {
     load_scaled_queries(p, qt, sc->qs);
     float z = sink_of(p, qt->h);
     for (int64_t i = 0; i < qt->nq; i++) {
         sc->m[i] = z;
         sc->l[i] = p->has_sink ? 1.0f : 0.0f;
     }
-    memset(sc->acc, 0, (size_t)(qt->nq * p->Dv) * sizeof(float));
+    memset(sc->acc, 0, (size_t)(qt->nq * width) * sizeof(float));
     const float *vals = row_of(&p->v, qt->b, 0, qt->kv);
     for (int64_t j0 = qt->klo; j0 < qt->khi; j0 += BK) {
         int64_t nk = qt->khi - j0 < BK ? qt->khi - j0 : BK;
@@ -596,17 +609,17 @@ static void attend_tile(const fa_problem *p, const fa_kernels *kn, fa_scratch *s
             int64_t a, e;
             visible_part(qt, i, j0, nk, &a, &e);
             if (a < e) {
-                float m = raise_max(sc, i, kn->max(row + a, e - a), p->Dv);
+                float m = raise_max(sc, i, kn->max(row + a, e - a), width);
                 sc->l[i] += kn->exp_sum(row + a, e - a, m);
             }
             zero_outside(row, nk, a, e);
         }
-        kn->gemm(qt->nq, p->Dv, nk, sc->s, BK, vals + j0 * p->v.sr, p->v.sr, sc->acc, p->Dv, true);
+        if (width) kn->gemm(qt->nq, width, nk, sc->s, BK, vals + j0 * p->v.sr, p->v.sr, sc->acc, width, true);
     }
     for (int64_t i = 0; i < qt->nq; i++) {
-        if (p->E) attend_extras(p, kn, sc, qt, i);
-        float *o = sc->acc + i * p->Dv, inv = sc->m[i] == -INFINITY ? 0.0f : 1.0f / sc->l[i];
-        for (int64_t d = 0; d < p->Dv; d++) o[d] *= inv;
+        if (p->E) attend_extras(p, kn, sc, qt, i, width);
+        float *o = sc->acc + i * width, inv = sc->m[i] == -INFINITY ? 0.0f : 1.0f / sc->l[i];
+        for (int64_t d = 0; d < width; d++) o[d] *= inv;
     }
 }
 
@@ -689,7 +702,7 @@ static void forward_item(fa_job *job, fa_scratch *sc, int64_t item) {
     const fa_problem *p = job->p;
     q_tile qt;
     q_tile_of_item(p, item, 0, p->T, forward_rows(p), &qt);
-    attend_tile(p, job->kn, sc, &qt, job->kt);
+    attend_tile(p, job->kn, sc, &qt, job->kt, p->Dv);
     for (int64_t i = 0; i < qt.nq; i++)
         memcpy(job->out + ((qt.b * p->T + qt.t0 + i) * p->H + qt.h) * p->Dv, sc->acc + i * p->Dv,
                (size_t)p->Dv * sizeof(float));
@@ -753,19 +766,20 @@ static float *dq_rows(const fa_job *job, int64_t b, int64_t t, int64_t h) {
     return job->out + grad_layout_of(p).dq + ((b * p->T + t) * p->H + h) * p->D;
 }
 
-/* Step A: lse = m + log l and delta = <dout, out> of every row of the tile; hands the tile's dq
- * turn to the first key tile it sees (a tile that sees no key gets zeros here: no item of
- * step B writes it). */
+/* Step A: lse = m + log l (the forward's statistics without its values) and delta =
+ * <dout, out> of every row of the tile; hands the tile's dq turn to the first key tile it sees
+ * (a tile that sees no key gets zeros here: no item of step B writes it). */
 static void stats_item(fa_job *job, fa_scratch *sc, int64_t item) {
     const fa_problem *p = job->p;
     q_tile qt;
     q_tile_of_item(p, item, 0, p->T, BQ, &qt);
-    attend_tile(p, job->kn, sc, &qt, job->kt);
+    attend_tile(p, job->kn, sc, &qt, job->kt, 0);
     for (int64_t i = 0; i < qt.nq; i++) {
         int64_t r = stat_index(p, qt.b, qt.h, qt.t0 + i);
         bool none = sc->m[i] == -INFINITY;
+        const float *dout = row_of(&p->dout, qt.b, qt.t0 + i, qt.h), *out = row_of(&p->out, qt.b, qt.t0 + i, qt.h);
         job->lse[r] = none ? -INFINITY : sc->m[i] + logf(sc->l[i]);
-        job->delta[r] = none ? 0.0f : job->kn->dot(row_of(&p->dout, qt.b, qt.t0 + i, qt.h), sc->acc + i * p->Dv, p->Dv);
+        job->delta[r] = none ? 0.0f : job->kn->dot(dout, out, p->Dv);
         if (qt.klo == qt.khi) memset(dq_rows(job, qt.b, qt.t0 + i, qt.h), 0, (size_t)p->D * sizeof(float));
     }
     atomic_store_explicit(dq_turn_of(job, qt.b, qt.h, qt.t0), (int)(qt.klo / BK), memory_order_relaxed);
