@@ -744,6 +744,12 @@ static void test_constructor_errors(ts_backend *be) {
                                  4, fp, 1);
     CHECK(back && back->dtype == TS_F32 && back->ndim == 1 && back->shape[0] == 192 + 160 + 160 + 4 + 96,
           "attention_back buffer: %s", back ? "wrong dtype or length" : ts_graph_error(g));
+    ts_tensor *short_out = ts_new_tensor_4d(g, TS_F16, 2, 2, 4, 8, "short_out");
+    back = ts_op_node(g, TS_OP_ATTENTION_BACK, (ts_tensor *[]){q, k, v, sink, extra, idx, dout, short_out}, 8, bip, 4,
+                      fp, 1);
+    CHECK(!back && ts_graph_status(g) == TS_ERR_SHAPE && has(ts_graph_error(g), "dout and out must be [B, T, H, Dv]") &&
+              has(ts_graph_error(g), "'short_out' f16[2,2,4,8]"),
+          "attention_back with an out of the wrong shape: %s", ts_graph_error(g));
     ts_graph_free(g);
 }
 
