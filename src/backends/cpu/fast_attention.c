@@ -294,11 +294,13 @@ AVX2_INLINE void store_part(float *p, __m256 v, __m256i mask, bool full) {
     else _mm256_maskstore_ps(p, mask, v);
 }
 
-/* ROWS (1 or 4) rows x 16 columns of C (+)= A B: per k, 2 loads of B, ROWS broadcasts of A and
- * 2 * ROWS FMAs into register accumulators. Columns past n are masked (full: all 16 valid). */
+/* ROWS (at most 6) rows x 16 columns of C (+)= A B: per k, 2 loads of B, ROWS broadcasts of A
+ * and 2 * ROWS FMAs into register accumulators (12 of the 16 registers at 6 rows: enough
+ * independent FMAs in flight to hide their latency). Columns past n are masked (full: all 16
+ * valid). */
 AVX2_INLINE void gemm_block(int rows, int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
                             int64_t ldc, __m256i m0, __m256i m1, bool full, bool accumulate) {
-    __m256 acc[4][2];
+    __m256 acc[6][2];
     for (int r = 0; r < rows; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     for (int64_t l = 0; l < k; l++) {
         __m256 b0 = load_part(b + l * ldb, m0, full), b1 = load_part(b + l * ldb + 8, m1, full);
@@ -319,18 +321,27 @@ AVX2_INLINE void gemm_block(int rows, int64_t k, const float *a, int64_t lda, co
     }
 }
 
+/* Blocks of 6 rows, then 4, 2 and 1 for the rest (a tile's 32 or 64 rows leave 2 or 4). Each
+ * element sums over k in the same order whatever its block: the blocking changes no bits. */
+AVX2_INLINE void gemm_rows(int64_t m, int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
+                           int64_t ldc, __m256i m0, __m256i m1, bool full, bool accumulate) {
+    int64_t i = 0;
+    for (; i + 6 <= m; i += 6) gemm_block(6, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, m0, m1, full, accumulate);
+    if (i + 4 <= m) {
+        gemm_block(4, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, m0, m1, full, accumulate);
+        i += 4;
+    }
+    if (i + 2 <= m) {
+        gemm_block(2, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, m0, m1, full, accumulate);
+        i += 2;
+    }
+    if (i < m) gemm_block(1, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, m0, m1, full, accumulate);
+}
+
 AVX2 static void gemm_columns(int64_t m, int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
                               int64_t ldc, __m256i m0, __m256i m1, bool full, bool accumulate) {
-    int64_t i = 0;
-    if (full) {
-        for (; i + 4 <= m; i += 4)
-            gemm_block(4, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, m0, m1, true, accumulate);
-        for (; i < m; i++) gemm_block(1, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, m0, m1, true, accumulate);
-    } else {
-        for (; i + 4 <= m; i += 4)
-            gemm_block(4, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, m0, m1, false, accumulate);
-        for (; i < m; i++) gemm_block(1, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, m0, m1, false, accumulate);
-    }
+    if (full) gemm_rows(m, k, a, lda, b, ldb, c, ldc, m0, m1, true, accumulate);
+    else gemm_rows(m, k, a, lda, b, ldb, c, ldc, m0, m1, false, accumulate);
 }
 
 AVX2 static void gemm_avx2(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb,
