@@ -738,11 +738,18 @@ static void test_constructor_errors(ts_backend *be) {
     extra = ts_new_tensor_4d(g, TS_F16, 2, 3, 2, 8, "extra");
     idx = ts_new_tensor_3d(g, TS_I64, 2, 3, 2, "extra_idx");
     ts_tensor *dout = ts_new_tensor_4d(g, TS_F16, 2, 3, 4, 8, "dout");
+    ts_tensor *o = ts_new_tensor_4d(g, TS_F16, 2, 3, 4, 8, "out");
     int32_t bip[4] = {1, 0, 1, 1};
-    ts_tensor *back = ts_op_node(g, TS_OP_ATTENTION_BACK, (ts_tensor *[]){q, k, v, sink, extra, idx, dout}, 7, bip, 4,
-                                 fp, 1);
+    ts_tensor *back = ts_op_node(g, TS_OP_ATTENTION_BACK, (ts_tensor *[]){q, k, v, sink, extra, idx, dout, o}, 8, bip,
+                                 4, fp, 1);
     CHECK(back && back->dtype == TS_F32 && back->ndim == 1 && back->shape[0] == 192 + 160 + 160 + 4 + 96,
           "attention_back buffer: %s", back ? "wrong dtype or length" : ts_graph_error(g));
+    ts_tensor *short_out = ts_new_tensor_4d(g, TS_F16, 2, 2, 4, 8, "short_out");
+    back = ts_op_node(g, TS_OP_ATTENTION_BACK, (ts_tensor *[]){q, k, v, sink, extra, idx, dout, short_out}, 8, bip, 4,
+                      fp, 1);
+    CHECK(!back && ts_graph_status(g) == TS_ERR_SHAPE && has(ts_graph_error(g), "dout and out must be [B, T, H, Dv]") &&
+              has(ts_graph_error(g), "'short_out' f16[2,2,4,8]"),
+          "attention_back with an out of the wrong shape: %s", ts_graph_error(g));
     ts_graph_free(g);
 }
 
@@ -806,8 +813,9 @@ static void test_fast_against_naive(ts_backend *fast) {
     ts_gemm_tier_set(saved);
 }
 
-/* Items are handed to threads dynamically, but each output element has one owner and a fixed
- * summation order: 1, 2 and 3 threads must agree bit for bit. */
+/* Items are handed to threads dynamically, but each output element is summed in a fixed order
+ * (dk and dv by one owner, dq by the key tiles taking turns in order): 1, 2 and 3 threads must
+ * agree bit for bit. */
 static void fast_thread_count_invariance_on(const attn_config *c) {
     attn_data x = make_data(c, 4321, true);
     attn_result base = {0};
@@ -833,6 +841,7 @@ static void fast_thread_count_invariance_on(const attn_config *c) {
 }
 
 static void test_fast_thread_count_invariance(void) {
+    fast_thread_count_invariance_on(config_named("tiles: causal T=S=150 D=24 Dv=16 + sink"));
     fast_thread_count_invariance_on(config_named("tiles: window 40 + docs + K=V + CSA"));
     fast_thread_count_invariance_on(config_named("tiles: key|value extras, window 20, docs"));
 }

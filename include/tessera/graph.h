@@ -22,7 +22,7 @@ extern "C" {
 #endif
 
 #define TS_MAX_DIMS 4
-#define TS_MAX_SRC 8 /* attention_back reads up to 8: q, k, v, sink, extra, extra_idx, key_start, dout */
+#define TS_MAX_SRC 9 /* attention_back reads up to 9: q, k, v, sink, extra, extra_idx, key_start, dout, out */
 #define TS_MAX_NAME 64
 
 typedef struct ts_graph ts_graph;
@@ -103,7 +103,8 @@ typedef enum {
     TS_OP_RMS_NORM_BACK,/* src0 x, src1 dy, src2 optional weight, fp[0] = eps -> dx */
     TS_OP_GET_ROWS_BACK,/* src0 ids, src1 dy; node shape = table shape -> scatter-added rows */
     TS_OP_CROSS_ENTROPY_BACK, /* src0 logits, src1 targets, src2 dloss [1] -> dlogits */
-    TS_OP_ATTENTION_BACK, /* the sources of ATTENTION (same ip/fp) followed by dout [B,T,H,Dv] ->
+    TS_OP_ATTENTION_BACK, /* the sources of ATTENTION (same ip/fp) followed by dout [B,T,H,Dv] and
+                           out [B,T,H,Dv] (the forward's output: D = <dout, out>, see ts_attention) ->
                            one flat f64 (q f64) or f32 (otherwise) buffer holding, in this order and
                            each row-major in its source's shape, dq | dk | dv | dsink (if a sink)
                            | dextra (if extras); every part is always present, so offsets depend
@@ -315,7 +316,8 @@ ts_tensor *ts_cross_entropy(ts_graph *g, ts_tensor *logits, ts_tensor *targets);
  * never T x S); the optimized "cpu" backend runs f32 through a flash-style tiled kernel
  * (src/backends/cpu/fast_attention.c), also linear in T. Backward is one TS_OP_ATTENTION_BACK
  * node that recomputes each row's softmax; with p the probabilities, dp_j = <dout, v_j>,
- * D = sum_j p_j dp_j:
+ * D = sum_j p_j dp_j = <dout, out> (taken from the forward's output, a source of the backward
+ * node, so no kernel has to recompute the weighted values):
  *   dl_j = p_j (dp_j - D); dq = scale sum_j dl_j k_j; dk_j += scale dl_j q; dv_j += p_j dout;
  *   dsink_h = -sum p_sink D; an extra entry receives its key share in its key part and its value
  *   share in its value part (both in the same elements when X = D). */

@@ -3,9 +3,10 @@
  * reference kernel ("cpu-ref", ref_attention.c, double precision) on the same graph.
  *
  * Each configuration builds a graph of one ATTENTION node (forward) or an ATTENTION node and an
- * ATTENTION_BACK node fed by a dout leaf (forward + backward), so only the attention kernels
- * are timed. Reported per configuration: median seconds over --reps runs after a warm-up, and
- * GFLOP/s counting visible entries only: an entry is a (query row, visible key) pair, and
+ * ATTENTION_BACK node fed by a dout leaf and the forward's output (forward + backward, as
+ * autodiff builds them), so only the attention kernels are timed. Reported per configuration:
+ * median seconds over --reps runs after a warm-up, and GFLOP/s counting visible entries only:
+ * an entry is a (query row, visible key) pair, and
  *   forward  FLOPs = 2 (D + Dv) x entries      (q.k and p v, a multiply-add counted as 2)
  *   backward FLOPs = 2.5 x forward             (the FlashAttention convention: 5 GEMMs vs 2;
  *                                               the kernel's recomputation is not counted)
@@ -100,12 +101,13 @@ static ts_status build(const bench_config *c, ts_backend *be, bench_graph *bg) {
     ts_tensor *v = c->shared_kv ? k : ts_new_tensor_4d(g, TS_F32, 1, c->T, c->Hk, c->D, "v");
     int32_t ip[5] = {c->mask != MASK_FULL, c->mask == MASK_WINDOW ? c->window : 0, 0, 0, 0};
     float fp[1] = {0.125f};
-    ts_tensor *src[4] = {q, k, v, NULL};
+    ts_tensor *src[5] = {q, k, v, NULL, NULL};
     ts_tensor *out = ts_op_node(g, TS_OP_ATTENTION, src, 3, ip, 5, fp, 1);
     bg->leaves[0] = q, bg->leaves[1] = k, bg->leaves[2] = c->shared_kv ? NULL : v;
     if (c->backward) {
         src[3] = bg->leaves[3] = ts_new_tensor_4d(g, TS_F32, 1, c->T, c->H, c->D, "dout");
-        ts_set_output(ts_op_node(g, TS_OP_ATTENTION_BACK, src, 4, ip, 5, fp, 1));
+        src[4] = out;
+        ts_set_output(ts_op_node(g, TS_OP_ATTENTION_BACK, src, 5, ip, 5, fp, 1));
     }
     ts_set_output(out);
     ts_plan_stats st = {0};

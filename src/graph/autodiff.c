@@ -256,8 +256,9 @@ static void back_cross_entropy(ts_graph *g, ts_tensor *node, ts_tensor *dy, ts_t
 }
 
 /* One ATTENTION_BACK node computes every gradient of an attention node at once (each row's
- * softmax is recomputed there, nothing T x S is stored); its flat output holds dq | dk | dv |
- * dsink | dextra, each row-major in its source's shape. Each source that needs a gradient
+ * softmax is recomputed there, nothing T x S is stored; the node itself, the forward's output,
+ * is its last source, so D = <dout, out> needs no recomputed values); its flat output holds
+ * dq | dk | dv | dsink | dextra, each row-major in its source's shape. Each source that needs a gradient
  * gets a slice of that buffer reshaped to its shape: views, no copy. When k and v are the
  * same tensor (V4's shared K=V head), the two slices are summed by the caller like any two
  * uses of one tensor. extra_idx and key_start (integers) get nothing. */
@@ -266,7 +267,8 @@ static void back_attention(ts_graph *g, ts_tensor *node, ts_tensor *dy, ts_tenso
     int n = node->n_src;
     for (int i = 0; i < n; i++) src[i] = node->src[i];
     src[n] = dy;
-    ts_tensor *flat = ts_op_node(g, TS_OP_ATTENTION_BACK, src, n + 1, node->ip, 5, node->fp, 1);
+    src[n + 1] = node;
+    ts_tensor *flat = ts_op_node(g, TS_OP_ATTENTION_BACK, src, n + 2, node->ip, 5, node->fp, 1);
     if (!flat) return;
     int64_t offset = 0;
     for (int i = 0; i < n; i++) {

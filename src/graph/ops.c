@@ -776,10 +776,11 @@ static bool attention_params_ok(ts_graph *g, const char *name, const ts_tensor *
     return true;
 }
 
-/* Records an attention node (op ATTENTION, or ATTENTION_BACK with dout) after every check.
- * Sources are q, k, v, then the optional ones that are present; ip[2] / ip[3] / ip[4] say which. */
-static ts_tensor *attention_node(ts_graph *g, ts_op op, const attention_inputs *in, ts_tensor *dout, bool causal,
-                                 int32_t window, float scale) {
+/* Records an attention node (op ATTENTION, or ATTENTION_BACK with dout and the forward's out)
+ * after every check. Sources are q, k, v, then the optional ones that are present (ip[2] / ip[3]
+ * / ip[4] say which), then dout and out. */
+static ts_tensor *attention_node(ts_graph *g, ts_op op, const attention_inputs *in, ts_tensor *dout, ts_tensor *out,
+                                 bool causal, int32_t window, float scale) {
     const char *name = ts_op_name(op);
     if (!attention_qkv_ok(g, name, in) || !attention_sink_ok(g, name, in) || !attention_extra_ok(g, name, in) ||
         !attention_key_start_ok(g, name, in) || !attention_params_ok(g, name, in->q, window, scale))
@@ -798,11 +799,14 @@ static ts_tensor *attention_node(ts_graph *g, ts_op op, const attention_inputs *
     if (op == TS_OP_ATTENTION) {
         r = ts_graph_add_node(g, op, q->dtype, 4, out_shape, src, n);
     } else {
-        if (!need_float(g, name, dout)) return NULL;
-        bool fits = dims_are(dout, 4);
-        for (int d = 0; fits && d < 4; d++) fits = dout->shape[d] == out_shape[d];
-        if (!fits) return fail(g, TS_ERR_SHAPE, name, "dout must be [B, T, H, Dv], the attention output's shape", q, dout);
+        if (!need_float(g, name, dout) || !need_float(g, name, out)) return NULL;
+        bool fits = dims_are(dout, 4) && dims_are(out, 4);
+        for (int d = 0; fits && d < 4; d++) fits = dout->shape[d] == out_shape[d] && out->shape[d] == out_shape[d];
+        if (!fits)
+            return fail(g, TS_ERR_SHAPE, name, "dout and out must be [B, T, H, Dv], the attention output's shape", dout,
+                        out);
         src[n++] = dout;
+        src[n++] = out;
         int64_t total = ts_nelements(q) + ts_nelements(in->k) + ts_nelements(v); /* dq | dk | dv */
         if (in->sink) total += ts_nelements(in->sink);                             /* | dsink */
         if (in->extra) total += ts_nelements(in->extra);                           /* | dextra */
@@ -823,7 +827,7 @@ ts_tensor *ts_attention(ts_graph *g, ts_tensor *q, ts_tensor *k, ts_tensor *v, c
     if (!q || !k || !v) return NULL;
     if (!p) return fail(g, TS_ERR_INVALID_ARG, "attention", "params is NULL", q, NULL);
     attention_inputs in = {q, k, v, p->sink, p->extra, p->extra_idx, p->key_start};
-    return attention_node(g, TS_OP_ATTENTION, &in, NULL, p->causal, p->window, p->scale);
+    return attention_node(g, TS_OP_ATTENTION, &in, NULL, NULL, p->causal, p->window, p->scale);
 }
 
 /* ts_op_node's path: unpacks the compact source list as ip[2] (sink), ip[3] (extras) and ip[4]
@@ -833,11 +837,11 @@ static ts_tensor *attention_from_sources(ts_graph *g, ts_op op, ts_tensor *const
     int32_t ip[5] = {0};
     memcpy(ip, given_ip, (size_t)(n_ip < 0 ? 0 : n_ip < 5 ? n_ip : 5) * sizeof ip[0]);
     bool has_sink = ip[2] != 0, has_extra = ip[3] != 0, has_key_start = ip[4] != 0, back = op == TS_OP_ATTENTION_BACK;
-    int want = 3 + has_sink + 2 * has_extra + has_key_start + back;
+    int want = 3 + has_sink + 2 * has_extra + has_key_start + 2 * back;
     if (n_src != want) {
         ts_graph_set_error(g, TS_ERR_INVALID_ARG, "%s: %d sources given, expected %d (q, k, v%s%s%s%s)",
                            ts_op_name(op), n_src, want, has_sink ? ", sink" : "", has_extra ? ", extra, extra_idx" : "",
-                           has_key_start ? ", key_start" : "", back ? ", dout" : "");
+                           has_key_start ? ", key_start" : "", back ? ", dout, out" : "");
         return NULL;
     }
     attention_inputs in = {src[0], src[1], src[2], NULL, NULL, NULL, NULL};
@@ -848,7 +852,7 @@ static ts_tensor *attention_from_sources(ts_graph *g, ts_op op, ts_tensor *const
         in.extra_idx = src[i++];
     }
     if (has_key_start) in.key_start = src[i++];
-    return attention_node(g, op, &in, back ? src[i] : NULL, ip[0] != 0, ip[1], fp[0]);
+    return attention_node(g, op, &in, back ? src[i] : NULL, back ? src[i + 1] : NULL, ip[0] != 0, ip[1], fp[0]);
 }
 
 /* ---------------------------------------------------------------- sinkhorn */

@@ -11,38 +11,46 @@
  * sink starts the row at m = z, l = 1. A row without a distribution outputs zeros.
  *
  * Backward (FlashAttention-2 style, probabilities recomputed from the row's logsumexp):
- *   A. per query tile: the forward again, keeping per row lse = m + log l and
- *      delta = <dout, out> (the forward output is not a source of the backward node);
- *   B. per query tile: dq = scale sum_j P (dP - delta) k_j over the key tiles, plus the extras,
- *      whose p and dl (per row and slot) are kept for step D;
- *   C. per (batch, kv head, key tile): dk and dv of those keys, summing over the query heads of
- *      the group and the query tiles that can see the tile (S^T and dP^T recomputed);
- *   D. per (batch, kv head, column block): dextra from the p and dl of step B (extras are
- *      scattered by index, so an owner per column block keeps the sums race-free); B and D run
+ *   A. per query tile: the forward's scores and softmax statistics again (not its values), for
+ *      lse = m + log l per row, and delta = <dout, out> from the forward's output (a source of
+ *      the backward node);
+ *   B. per (batch, kv head, key tile): every (query tile, key tile) block of the group's query
+ *      heads whose keys reach the tile, S and dP computed once: dv += P^T dout and dk += dS^T q
+ *      summed in the item; dq += dS K added to the output rows, the key tiles of a query tile
+ *      in ascending order: each query tile has a turn (the key tile that may add next), which
+ *      an item waits for and passes on. Items are handed out in order, so the one waited for is
+ *      running, and all walk their blocks in the same order (last query tile first, heads
+ *      innermost), so it is about one block ahead;
+ *   C. per query tile: dq's share of the extras, whose p and dl (per row and slot) are kept for
+ *      step D;
+ *   D. per (batch, kv head, column block): dextra from the p and dl of step C (extras are
+ *      scattered by index, so an owner per column block keeps the sums race-free); C and D run
  *      chunk by chunk of query rows, so only one chunk's p and dl are kept;
  *   and dsink = -sum p_sink delta, summed serially in (b, t) order.
- * Each output element is owned by one work item and summed in a fixed order, so results are
- * bit-identical for any thread count with a given tier (items are handed out dynamically,
- * which is free then).
- * The backward recomputes QK^T three times and dout V^T twice: about 9 tile GEMMs against the
- * 5 of a FlashAttention-2 backward that has the forward's output and lse saved.
+ * Each output element is owned by one work item, or (dq) summed by items in a fixed order, so
+ * results are bit-identical for any thread count with a given tier (items are handed out
+ * dynamically, which is free then).
+ * The backward computes QK^T twice and dout V^T once: per (query tile, key tile) block 1 tile
+ * GEMM in step A (QK^T) and 5 in step B (QK^T, dout V^T, dv, dk, dq), 6 against the 5 of a
+ * FlashAttention-2 backward that has the forward's lse saved too.
  *
  * Inner loops are small row-major GEMMs (C += A B on tiles), exp over score rows, dots and
  * axpys; an AVX2 + FMA version of each is picked at run time from the GEMM's instruction-set
  * tier (gemm.h: TESSERA_CPU_TIER applies here too), with a plain C fallback. Scores, softmax
  * sums and accumulators are f32 (the conformance suite holds it to f32 nmse 1e-10).
  *
- * The fast path takes f32 q, k, v, extra, dout, sink and output, with a unit stride on the last
- * axis of q, k, v, extra and dout (other strides are read where they lie: sliced views run
- * here) and i32/i64 extra_idx and key_start of any strides. Anything else - f64 and the narrow
- * types, transposed views, an extra_idx value out of range, a malformed node - goes to the
- * reference kernel, which computes it or reports the error. Workspace: per thread a few tiles
- * (O(BQ * BK + (BQ + BK) * (D + Dv) + E) floats); K^T (backward: and V^T), the size of k (and
- * v); for backward 2 floats per query row and 2 per (row, extra slot) of one chunk (at most
- * 8 MiB unless one query tile needs more). It is kept between calls, so a graph allocates only
- * on its first run. */
+ * The fast path takes f32 q, k, v, extra, dout, out, sink and output, with a unit stride on the
+ * last axis of q, k, v, extra, dout and out (other strides are read where they lie: sliced
+ * views run here) and i32/i64 extra_idx and key_start of any strides. Anything else - f64 and
+ * the narrow types, transposed views, an extra_idx value out of range, a malformed node - goes
+ * to the reference kernel, which computes it or reports the error. Workspace: per thread a few
+ * tiles (O(BQ * BK + (BQ + BK) * (D + Dv) + E) floats); K^T (backward: and V^T), the size of k
+ * (and v); for backward 2 floats per query row, an int per query tile (its dq turn) and 2
+ * floats per (row, extra slot) of one chunk (at most 8 MiB unless one query tile needs more).
+ * It is kept between calls, so a graph allocates only on its first run. */
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,7 +87,7 @@ typedef struct {
 } int_input;
 
 typedef struct {
-    rows4 q, k, v, extra, dout;
+    rows4 q, k, v, extra, dout, out; /* out: the forward's output (backward) */
     const float *sink;
     int64_t sink_stride;
     int_input idx, key_start;
@@ -121,25 +129,34 @@ static int_input int_input_of(const ts_tensor *t) {
     return x;
 }
 
+/* t is f32 rows shaped like the forward's output, [B, T, H, Dv]. */
+static bool output_shaped(const fa_problem *p, const ts_tensor *t) {
+    return is_f32_rows(t) && t->shape[0] == p->B && t->shape[1] == p->T && t->shape[2] == p->H &&
+           t->shape[3] == p->Dv;
+}
+
 /* Reads dst's sources when they fit the fast path (see the file comment); false otherwise. */
 static bool read_fast_problem(const ts_tensor *dst, bool back, fa_problem *p) {
     memset(p, 0, sizeof *p);
     p->has_sink = dst->ip[2] != 0;
     p->has_extra = dst->ip[3] != 0;
     p->has_key_start = dst->ip[4] != 0;
-    int want = 3 + p->has_sink + 2 * p->has_extra + p->has_key_start + back, i = 3;
+    int want = 3 + p->has_sink + 2 * p->has_extra + p->has_key_start + 2 * back, i = 3;
     if (dst->n_src != want || dst->dtype != TS_F32 || !dst->data || !ts_is_contiguous(dst)) return false;
     for (int s = 0; s < want; s++)
         if (!dst->src[s]) return false;
     const ts_tensor *q = dst->src[0], *k = dst->src[1], *v = dst->src[2], *sink = NULL, *extra = NULL, *idx = NULL,
-                    *ks = NULL, *dout = NULL;
+                    *ks = NULL, *dout = NULL, *out = NULL;
     if (p->has_sink) sink = dst->src[i++];
     if (p->has_extra) {
         extra = dst->src[i++];
         idx = dst->src[i++];
     }
     if (p->has_key_start) ks = dst->src[i++];
-    if (back) dout = dst->src[i];
+    if (back) {
+        dout = dst->src[i];
+        out = dst->src[i + 1];
+    }
     if (!is_f32_rows(q) || !is_f32_rows(k) || !is_f32_rows(v)) return false;
     p->B = q->shape[0], p->T = q->shape[1], p->H = q->shape[2], p->D = q->shape[3];
     p->S = k->shape[1], p->Hk = k->shape[2], p->Dv = v->shape[3];
@@ -169,11 +186,10 @@ static bool read_fast_problem(const ts_tensor *dst, bool back, fa_problem *p) {
         if (!is_int_input(ks, 2) || ks->shape[0] != p->B || ks->shape[1] != p->T) return false;
         p->key_start = int_input_of(ks);
     }
-    if (dout) {
-        if (!is_f32_rows(dout) || dout->shape[0] != p->B || dout->shape[1] != p->T || dout->shape[2] != p->H ||
-            dout->shape[3] != p->Dv)
-            return false;
+    if (back) {
+        if (!output_shaped(p, dout) || !output_shaped(p, out)) return false;
         p->dout = rows_of(dout);
+        p->out = rows_of(out);
     }
     p->scale = dst->fp[0];
     p->causal = dst->ip[0] != 0;
@@ -229,7 +245,6 @@ typedef struct {
                  int64_t ldc, bool accumulate);
     float (*max)(const float *x, int64_t n);                      /* n >= 1 */
     float (*exp_sum)(float *x, int64_t n, float shift);          /* x = exp(x - shift); returns the sum */
-    void (*exp_each)(float *x, const float *shift, int64_t n);   /* x[i] = exp(x[i] - shift[i]) */
     float (*dot)(const float *a, const float *b, int64_t n);
     void (*axpy)(float *y, float a, const float *x, int64_t n);   /* y += a x */
     /* out[e] = dot(a, x[e], n) and y += a[0] x[0] + a[1] x[1] + ... (in that order), for e < count:
@@ -261,9 +276,9 @@ static void pack_transposed_generic(const float *x, int64_t ld, int64_t n_rows, 
         for (int64_t c = 0; c < n_cols; c++) out[c * ldo + r] = scale * x[r * ld + c];
 }
 
-static const fa_kernels generic_kernels = {gemm_generic,         ts_vmax_generic, ts_vexp_sum_generic,
-                                           ts_vexp_each_generic, ts_vdot_generic, ts_vaxpy_generic,
-                                           ts_vdots_generic,     ts_vaxpys_generic, pack_transposed_generic};
+static const fa_kernels generic_kernels = {gemm_generic,     ts_vmax_generic,   ts_vexp_sum_generic,
+                                           ts_vdot_generic,  ts_vaxpy_generic,  ts_vdots_generic,
+                                           ts_vaxpys_generic, pack_transposed_generic};
 
 #if defined(__x86_64__)
 
@@ -279,11 +294,13 @@ AVX2_INLINE void store_part(float *p, __m256 v, __m256i mask, bool full) {
     else _mm256_maskstore_ps(p, mask, v);
 }
 
-/* ROWS (1 or 4) rows x 16 columns of C (+)= A B: per k, 2 loads of B, ROWS broadcasts of A and
- * 2 * ROWS FMAs into register accumulators. Columns past n are masked (full: all 16 valid). */
+/* ROWS (at most 6) rows x 16 columns of C (+)= A B: per k, 2 loads of B, ROWS broadcasts of A
+ * and 2 * ROWS FMAs into register accumulators (12 of the 16 registers at 6 rows: enough
+ * independent FMAs in flight to hide their latency). Columns past n are masked (full: all 16
+ * valid). */
 AVX2_INLINE void gemm_block(int rows, int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
                             int64_t ldc, __m256i m0, __m256i m1, bool full, bool accumulate) {
-    __m256 acc[4][2];
+    __m256 acc[6][2];
     for (int r = 0; r < rows; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     for (int64_t l = 0; l < k; l++) {
         __m256 b0 = load_part(b + l * ldb, m0, full), b1 = load_part(b + l * ldb + 8, m1, full);
@@ -304,18 +321,27 @@ AVX2_INLINE void gemm_block(int rows, int64_t k, const float *a, int64_t lda, co
     }
 }
 
+/* Blocks of 6 rows, then 4, 2 and 1 for the rest (a tile's 32 or 64 rows leave 2 or 4). Each
+ * element sums over k in the same order whatever its block: the blocking changes no bits. */
+AVX2_INLINE void gemm_rows(int64_t m, int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
+                           int64_t ldc, __m256i m0, __m256i m1, bool full, bool accumulate) {
+    int64_t i = 0;
+    for (; i + 6 <= m; i += 6) gemm_block(6, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, m0, m1, full, accumulate);
+    if (i + 4 <= m) {
+        gemm_block(4, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, m0, m1, full, accumulate);
+        i += 4;
+    }
+    if (i + 2 <= m) {
+        gemm_block(2, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, m0, m1, full, accumulate);
+        i += 2;
+    }
+    if (i < m) gemm_block(1, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, m0, m1, full, accumulate);
+}
+
 AVX2 static void gemm_columns(int64_t m, int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
                               int64_t ldc, __m256i m0, __m256i m1, bool full, bool accumulate) {
-    int64_t i = 0;
-    if (full) {
-        for (; i + 4 <= m; i += 4)
-            gemm_block(4, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, m0, m1, true, accumulate);
-        for (; i < m; i++) gemm_block(1, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, m0, m1, true, accumulate);
-    } else {
-        for (; i + 4 <= m; i += 4)
-            gemm_block(4, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, m0, m1, false, accumulate);
-        for (; i < m; i++) gemm_block(1, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, m0, m1, false, accumulate);
-    }
+    if (full) gemm_rows(m, k, a, lda, b, ldb, c, ldc, m0, m1, true, accumulate);
+    else gemm_rows(m, k, a, lda, b, ldb, c, ldc, m0, m1, false, accumulate);
 }
 
 AVX2 static void gemm_avx2(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb,
@@ -360,9 +386,8 @@ AVX2 static void pack_transposed_avx2(const float *x, int64_t ld, int64_t n_rows
         for (int64_t c = rr < r8 ? c8 : 0; c < n_cols; c++) out[c * ldo + rr] = scale * x[rr * ld + c];
 }
 
-static const fa_kernels avx2_kernels = {gemm_avx2,         ts_vmax_avx2,  ts_vexp_sum_avx2,
-                                        ts_vexp_each_avx2, ts_vdot_avx2,  ts_vaxpy_avx2,
-                                        ts_vdots_avx2,     ts_vaxpys_avx2, pack_transposed_avx2};
+static const fa_kernels avx2_kernels = {gemm_avx2,     ts_vmax_avx2,   ts_vexp_sum_avx2, ts_vdot_avx2,
+                                        ts_vaxpy_avx2, ts_vdots_avx2,  ts_vaxpys_avx2,   pack_transposed_avx2};
 
 #endif
 
@@ -382,13 +407,12 @@ typedef struct {
     float *tile;     /* max(D, Dv) x BK (or BQ): a transposed key, value, query or dout tile */
     float *s;        /* BQ x BK (or BK x BQ): scores, then probabilities */
     float *dp;       /* BQ x BK (or BK x BQ): dP, then dS */
-    float *acc;      /* BQ x max(D, Dv): output or dq rows; backward step C: dk (BK x D) */
-    float *acc2;     /* BK x Dv: dv (step C) */
+    float *acc;      /* BQ x max(D, Dv): output rows; backward step B: dk (BK x D) */
+    float *acc2;     /* BK x Dv: dv (step B) */
+    float *tile_t;   /* BK x BQ: P or dS transposed (step B) */
     float *m, *l;    /* BQ: running row max and denominator */
     float *extra_s;  /* E: one row's extra scores */
     const float **extra_x; /* E: their rows of extra */
-    float *rowvec;   /* BQ: lse or delta of a query tile, as a vector */
-    float *rowvec2;  /* BQ */
 } fa_scratch;
 
 static int64_t round_up(int64_t n) { return (n + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS; }
@@ -398,7 +422,7 @@ static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static int64_t scratch_floats(const fa_problem *p) {
     int64_t w = max64(p->D, p->Dv);
     return round_up(BQ * p->D) + round_up(w * max64(BK, BQ)) + 2 * round_up(BQ * BK) + round_up(max64(BQ, BK) * w) +
-           round_up(BK * p->Dv) + 4 * round_up(BQ) + 3 * round_up(p->E); /* extra_s, extra_x */
+           round_up(BK * p->Dv) + round_up(BK * BQ) + 2 * round_up(BQ) + 3 * round_up(p->E); /* extra_s, extra_x */
 }
 
 static fa_scratch scratch_at(const fa_problem *p, float *base) {
@@ -411,10 +435,9 @@ static fa_scratch scratch_at(const fa_problem *p, float *base) {
     s.dp = c, c += round_up(BQ * BK);
     s.acc = c, c += round_up(max64(BQ, BK) * w);
     s.acc2 = c, c += round_up(BK * p->Dv);
+    s.tile_t = c, c += round_up(BK * BQ);
     s.m = c, c += round_up(BQ);
     s.l = c, c += round_up(BQ);
-    s.rowvec = c, c += round_up(BQ);
-    s.rowvec2 = c, c += round_up(BQ);
     s.extra_s = c, c += round_up(p->E);
     s.extra_x = (const float **)(void *)c; /* 64-byte aligned: every part is a multiple of 16 floats */
     return s;
@@ -524,7 +547,8 @@ static float raise_max(fa_scratch *sc, int64_t i, float top, int64_t width) {
  * the values, xv further on in the same rows) each run over many rows at once, EXTRA_BATCH rows
  * at a time (scored right after their prefetches ahead were issued). */
 #define EXTRA_BATCH 16
-static void attend_extras(const fa_problem *p, const fa_kernels *kn, fa_scratch *sc, const q_tile *qt, int64_t i) {
+static void attend_extras(const fa_problem *p, const fa_kernels *kn, fa_scratch *sc, const q_tile *qt, int64_t i,
+                          int64_t width) {
     const float *q = sc->qs + i * p->D;
     int64_t t = qt->t0 + i, listed = 0, scored = 0;
     for (int64_t e = 0; e < p->E; e++) {
@@ -542,8 +566,9 @@ static void attend_extras(const fa_problem *p, const fa_kernels *kn, fa_scratch 
     for (int64_t e = 0; e < listed; e++)
         if (sc->extra_s[e] > top || isnan(sc->extra_s[e])) top = sc->extra_s[e];
     if (top == -INFINITY) return;
-    float m = raise_max(sc, i, top, p->Dv);
+    float m = raise_max(sc, i, top, width);
     sc->l[i] += kn->exp_sum(sc->extra_s, listed, m);
+    if (!width) return;
     for (int64_t e = 0; p->xv && e < listed; e++) sc->extra_x[e] += p->xv; /* keys -> values */
     for (int64_t e = 0; e < listed; e += EXTRA_BATCH) /* a batch's rows stay in L1 across the output's parts */
         kn->axpys(sc->acc + i * p->Dv, sc->extra_s + e, sc->extra_x + e,
@@ -575,15 +600,17 @@ static void score_keys(const fa_problem *p, const fa_kernels *kn, fa_scratch *sc
 }
 
 /* The forward of one query tile: on return acc holds the output rows (zeros for a row without a
- * distribution), m and l each row's max and denominator (m = -inf: no distribution). */
-static void attend_tile(const fa_problem *p, const fa_kernels *kn, fa_scratch *sc, const q_tile *qt, float *kt) {
+ * distribution), m and l each row's max and denominator (m = -inf: no distribution). width 0
+ * computes m and l alone (the backward's statistics: no P V); else it is Dv. */
+static void attend_tile(const fa_problem *p, const fa_kernels *kn, fa_scratch *sc, const q_tile *qt, float *kt,
+                        int64_t width) {
     load_scaled_queries(p, qt, sc->qs);
     float z = sink_of(p, qt->h);
     for (int64_t i = 0; i < qt->nq; i++) {
         sc->m[i] = z;
         sc->l[i] = p->has_sink ? 1.0f : 0.0f;
     }
-    memset(sc->acc, 0, (size_t)(qt->nq * p->Dv) * sizeof(float));
+    memset(sc->acc, 0, (size_t)(qt->nq * width) * sizeof(float));
     const float *vals = row_of(&p->v, qt->b, 0, qt->kv);
     for (int64_t j0 = qt->klo; j0 < qt->khi; j0 += BK) {
         int64_t nk = qt->khi - j0 < BK ? qt->khi - j0 : BK;
@@ -593,17 +620,17 @@ static void attend_tile(const fa_problem *p, const fa_kernels *kn, fa_scratch *s
             int64_t a, e;
             visible_part(qt, i, j0, nk, &a, &e);
             if (a < e) {
-                float m = raise_max(sc, i, kn->max(row + a, e - a), p->Dv);
+                float m = raise_max(sc, i, kn->max(row + a, e - a), width);
                 sc->l[i] += kn->exp_sum(row + a, e - a, m);
             }
             zero_outside(row, nk, a, e);
         }
-        kn->gemm(qt->nq, p->Dv, nk, sc->s, BK, vals + j0 * p->v.sr, p->v.sr, sc->acc, p->Dv, true);
+        if (width) kn->gemm(qt->nq, width, nk, sc->s, BK, vals + j0 * p->v.sr, p->v.sr, sc->acc, width, true);
     }
     for (int64_t i = 0; i < qt->nq; i++) {
-        if (p->E) attend_extras(p, kn, sc, qt, i);
-        float *o = sc->acc + i * p->Dv, inv = sc->m[i] == -INFINITY ? 0.0f : 1.0f / sc->l[i];
-        for (int64_t d = 0; d < p->Dv; d++) o[d] *= inv;
+        if (p->E) attend_extras(p, kn, sc, qt, i, width);
+        float *o = sc->acc + i * width, inv = sc->m[i] == -INFINITY ? 0.0f : 1.0f / sc->l[i];
+        for (int64_t d = 0; d < width; d++) o[d] *= inv;
     }
 }
 
@@ -626,6 +653,7 @@ struct fa_job {
     float *kt, *vt;         /* K^T and (backward) V^T, see packed_columns; kt NULL when T < FEW_ROWS */
     float *lse, *delta;     /* backward: [B, H, T] */
     float *extra_p, *extra_dl; /* backward with extras: [B, chunk rows, H, E] */
+    atomic_int *dq_turn;       /* backward: per (batch, head, query tile), see dq_turn_of */
     int64_t t_begin, t_end;    /* backward steps B and D: the chunk of query rows (BQ-aligned) */
 };
 
@@ -685,7 +713,7 @@ static void forward_item(fa_job *job, fa_scratch *sc, int64_t item) {
     const fa_problem *p = job->p;
     q_tile qt;
     q_tile_of_item(p, item, 0, p->T, forward_rows(p), &qt);
-    attend_tile(p, job->kn, sc, &qt, job->kt);
+    attend_tile(p, job->kn, sc, &qt, job->kt, p->Dv);
     for (int64_t i = 0; i < qt.nq; i++)
         memcpy(job->out + ((qt.b * p->T + qt.t0 + i) * p->H + qt.h) * p->Dv, sc->acc + i * p->Dv,
                (size_t)p->Dv * sizeof(float));
@@ -738,18 +766,34 @@ static grad_layout grad_layout_of(const fa_problem *p) {
 /* Index of query row (b, h, t) in lse / delta: a tile's rows are adjacent. */
 static int64_t stat_index(const fa_problem *p, int64_t b, int64_t h, int64_t t) { return (b * p->H + h) * p->T + t; }
 
-/* Step A: lse = m + log l and delta = <dout, out> of every row of the tile. */
+/* Where query tile (b, h, t0) keeps its dq turn: the key tile whose item may add to its dq
+ * rows next (see the file comment). */
+static atomic_int *dq_turn_of(const fa_job *job, int64_t b, int64_t h, int64_t t0) {
+    return job->dq_turn + (b * job->p->H + h) * n_q_tiles(job->p) + t0 / BQ;
+}
+
+static float *dq_rows(const fa_job *job, int64_t b, int64_t t, int64_t h) {
+    const fa_problem *p = job->p;
+    return job->out + grad_layout_of(p).dq + ((b * p->T + t) * p->H + h) * p->D;
+}
+
+/* Step A: lse = m + log l (the forward's statistics without its values) and delta =
+ * <dout, out> of every row of the tile; hands the tile's dq turn to the first key tile it sees
+ * (a tile that sees no key gets zeros here: no item of step B writes it). */
 static void stats_item(fa_job *job, fa_scratch *sc, int64_t item) {
     const fa_problem *p = job->p;
     q_tile qt;
     q_tile_of_item(p, item, 0, p->T, BQ, &qt);
-    attend_tile(p, job->kn, sc, &qt, job->kt);
+    attend_tile(p, job->kn, sc, &qt, job->kt, 0);
     for (int64_t i = 0; i < qt.nq; i++) {
         int64_t r = stat_index(p, qt.b, qt.h, qt.t0 + i);
         bool none = sc->m[i] == -INFINITY;
+        const float *dout = row_of(&p->dout, qt.b, qt.t0 + i, qt.h), *out = row_of(&p->out, qt.b, qt.t0 + i, qt.h);
         job->lse[r] = none ? -INFINITY : sc->m[i] + logf(sc->l[i]);
-        job->delta[r] = none ? 0.0f : job->kn->dot(row_of(&p->dout, qt.b, qt.t0 + i, qt.h), sc->acc + i * p->Dv, p->Dv);
+        job->delta[r] = none ? 0.0f : job->kn->dot(dout, out, p->Dv);
+        if (qt.klo == qt.khi) memset(dq_rows(job, qt.b, qt.t0 + i, qt.h), 0, (size_t)p->D * sizeof(float));
     }
+    atomic_store_explicit(dq_turn_of(job, qt.b, qt.h, qt.t0), (int)(qt.klo / BK), memory_order_relaxed);
 }
 
 /* A row without a distribution has zero gradients: it sees no key here. */
@@ -758,63 +802,55 @@ static void drop_empty_rows(const fa_job *job, q_tile *qt) {
         if (job->lse[stat_index(job->p, qt->b, qt->h, qt->t0 + i)] == -INFINITY) qt->lo[i] = qt->hi[i] = 0;
 }
 
-/* Where the p and dl of the extra slots of row (b, t, h) of the current chunk start. */
-static int64_t slot_base(const fa_job *job, int64_t b, int64_t t, int64_t h) {
-    const fa_problem *p = job->p;
-    return ((b * (job->t_end - job->t_begin) + t - job->t_begin) * p->H + h) * p->E;
-}
+/* Spins that wait for a dq turn before each one yields the CPU: the item it waits for is running
+ * (items are handed out in order) and is about one tile GEMM from done, unless its thread was
+ * preempted - then spinning would only delay it. */
+#define TURN_SPINS 4096
 
-/* dq's share of row i's extras; keeps each slot's p and dl for step D. */
-static void extras_dq(fa_job *job, fa_scratch *sc, const q_tile *qt, int64_t i, float lse, float delta) {
-    const fa_problem *p = job->p;
-    int64_t t = qt->t0 + i, base = slot_base(job, qt->b, t, qt->h);
-    const float *q = sc->qs + i * p->D, *dout = row_of(&p->dout, qt->b, t, qt->h);
-    for (int64_t e = 0; e < p->E; e++) {
-        int64_t n = int_at(&p->idx, qt->b, t, e);
-        float prob = 0, dl = 0;
-        if (n >= 0 && lse != -INFINITY) {
-            const float *x = row_of(&p->extra, qt->b, n, qt->kv);
-            prob = expf(job->kn->dot(q, x, p->D) - lse);
-            dl = prob * (job->kn->dot(dout, x + p->xv, p->Dv) - delta);
-            job->kn->axpy(sc->acc + i * p->D, dl, x, p->D);
+/* Waits until key tile `tile` may add to the dq rows guarded by `turn`. */
+static void wait_turn(atomic_int *turn, int64_t tile) {
+    for (int spins = 0; atomic_load_explicit(turn, memory_order_acquire) != tile;)
+        if (++spins >= TURN_SPINS) {
+            sched_yield();
+            spins = 0;
         }
-        job->extra_p[base + e] = prob;
-        job->extra_dl[base + e] = dl;
-    }
 }
 
-/* Step B: dq of one query tile. */
-static void dq_item(fa_job *job, fa_scratch *sc, int64_t item) {
+/* Step B for one (query tile, key tile) block: S and dP once, then dv += P^T dout and
+ * dk += dS^T q (scale q: dk needs no scaling later) into the item's accumulators (acc: dk,
+ * acc2: dv), and dq += dS K into the output when the tile's turn comes (the first key tile
+ * overwrites, the last scales by `scale`). */
+static void backward_block(fa_job *job, fa_scratch *sc, q_tile *qt, int64_t j0, int64_t nk) {
     const fa_problem *p = job->p;
     const fa_kernels *kn = job->kn;
-    q_tile qt;
-    q_tile_of_item(p, item, job->t_begin, job->t_end, BQ, &qt);
-    drop_empty_rows(job, &qt);
-    load_scaled_queries(p, &qt, sc->qs);
-    memset(sc->acc, 0, (size_t)(qt.nq * p->D) * sizeof(float));
-    const float *keys = row_of(&p->k, qt.b, 0, qt.kv);
-    const float *dout = row_of(&p->dout, qt.b, qt.t0, qt.h), *lse = job->lse + stat_index(p, qt.b, qt.h, qt.t0);
-    const float *delta = job->delta + stat_index(p, qt.b, qt.h, qt.t0);
-    for (int64_t j0 = qt.klo; j0 < qt.khi; j0 += BK) {
-        int64_t nk = qt.khi - j0 < BK ? qt.khi - j0 : BK;
-        score_keys(p, kn, sc, &qt, job->kt, j0, nk);
-        kn->gemm(qt.nq, nk, p->Dv, dout, p->dout.sr, packed_columns(p, job->vt, p->Dv, qt.b, qt.kv, j0), packed_ld(p),
-                 sc->dp, BK, false);
-        for (int64_t i = 0; i < qt.nq; i++) {
-            float *ps = sc->s + i * BK, *dp = sc->dp + i * BK;
-            int64_t a, e;
-            visible_part(&qt, i, j0, nk, &a, &e);
-            if (a < e) kn->exp_sum(ps + a, e - a, lse[i]);
-            zero_outside(ps, nk, a, e);
-            for (int64_t j = 0; j < nk; j++) ps[j] *= dp[j] - delta[i]; /* dS = P (dP - delta) */
-        }
-        kn->gemm(qt.nq, p->D, nk, sc->s, BK, keys + j0 * p->k.sr, p->k.sr, sc->acc, p->D, true);
+    int64_t nq = qt->nq, r0 = stat_index(p, qt->b, qt->h, qt->t0), tile = j0 / BK;
+    const float *lse = job->lse + r0, *delta = job->delta + r0, *dout = row_of(&p->dout, qt->b, qt->t0, qt->h);
+    drop_empty_rows(job, qt);
+    load_scaled_queries(p, qt, sc->qs);
+    score_keys(p, kn, sc, qt, job->kt, j0, nk);
+    kn->gemm(nq, nk, p->Dv, dout, p->dout.sr, packed_columns(p, job->vt, p->Dv, qt->b, qt->kv, j0), packed_ld(p),
+             sc->dp, BK, false);
+    for (int64_t i = 0; i < nq; i++) {
+        float *ps = sc->s + i * BK, *dp = sc->dp + i * BK;
+        int64_t a, e;
+        visible_part(qt, i, j0, nk, &a, &e);
+        if (a < e) kn->exp_sum(ps + a, e - a, lse[i]);
+        zero_outside(ps, nk, a, e);
+        for (int64_t j = 0; j < nk; j++) dp[j] = ps[j] * (dp[j] - delta[i]); /* dS = P (dP - delta) */
     }
-    for (int64_t i = 0; i < qt.nq; i++) {
-        if (p->E) extras_dq(job, sc, &qt, i, lse[i], delta[i]);
-        float *dq = job->out + grad_layout_of(p).dq + ((qt.b * p->T + qt.t0 + i) * p->H + qt.h) * p->D;
-        for (int64_t d = 0; d < p->D; d++) dq[d] = p->scale * sc->acc[i * p->D + d];
-    }
+    kn->pack_transposed(sc->s, BK, nq, nk, 1.0f, sc->tile_t, BQ);
+    kn->gemm(nk, p->Dv, nq, sc->tile_t, BQ, dout, p->dout.sr, sc->acc2, p->Dv, true); /* dv += P^T dout */
+    kn->pack_transposed(sc->dp, BK, nq, nk, 1.0f, sc->tile_t, BQ);
+    kn->gemm(nk, p->D, nq, sc->tile_t, BQ, sc->qs, p->D, sc->acc, p->D, true); /* dk += dS^T (scale q) */
+    atomic_int *turn = dq_turn_of(job, qt->b, qt->h, qt->t0);
+    float *dq = dq_rows(job, qt->b, qt->t0, qt->h);
+    int64_t ld = p->H * p->D;
+    wait_turn(turn, tile);
+    kn->gemm(nq, p->D, nk, sc->dp, BK, row_of(&p->k, qt->b, j0, qt->kv), p->k.sr, dq, ld, tile != qt->klo / BK);
+    if (tile == (qt->khi - 1) / BK)
+        for (int64_t i = 0; i < nq; i++)
+            for (int64_t d = 0; d < p->D; d++) dq[i * ld + d] *= p->scale;
+    atomic_store_explicit(turn, (int)tile + 1, memory_order_release);
 }
 
 /* Queries that may see a key in [j0, j0 + nk) by causality and window (key_start is per row). */
@@ -826,65 +862,60 @@ static void query_span(const fa_problem *p, int64_t j0, int64_t nk, int64_t *t_b
     *t_end = e > b ? e : b;
 }
 
-/* Step C for one query tile: adds its share to the dk (acc) and dv (acc2) rows of keys
- * [j0, j0 + nk), working transposed (rows = keys, columns = queries). */
-static void dkv_from_tile(fa_job *job, fa_scratch *sc, const q_tile *qt, int64_t j0, int64_t nk) {
-    const fa_problem *p = job->p;
-    const fa_kernels *kn = job->kn;
-    bool all_visible = true, any_visible = false;
-    for (int64_t i = 0; i < qt->nq; i++) {
-        all_visible = all_visible && qt->lo[i] <= j0 && qt->hi[i] >= j0 + nk;
-        any_visible = any_visible || (qt->lo[i] < j0 + nk && qt->hi[i] > j0 && qt->lo[i] < qt->hi[i]);
-    }
-    if (!any_visible) return;
-    int64_t nq = qt->nq;
-    const float *q = row_of(&p->q, qt->b, qt->t0, qt->h), *dout = row_of(&p->dout, qt->b, qt->t0, qt->h);
-    const float *keys = row_of(&p->k, qt->b, j0, qt->kv), *vals = row_of(&p->v, qt->b, j0, qt->kv);
-    for (int64_t i = 0; i < nq; i++) {
-        sc->rowvec[i] = job->lse[stat_index(p, qt->b, qt->h, qt->t0 + i)];
-        sc->rowvec2[i] = job->delta[stat_index(p, qt->b, qt->h, qt->t0 + i)];
-    }
-    kn->pack_transposed(q, p->q.sr, nq, p->D, p->scale, sc->tile, BQ);
-    kn->gemm(nk, nq, p->D, keys, p->k.sr, sc->tile, BQ, sc->s, BQ, false); /* S^T */
-    for (int64_t j = 0; j < nk; j++) {
-        float *pt = sc->s + j * BQ;
-        kn->exp_each(pt, sc->rowvec, nq);
-        if (!all_visible)
-            for (int64_t i = 0; i < nq; i++)
-                if (j0 + j < qt->lo[i] || j0 + j >= qt->hi[i]) pt[i] = 0;
-    }
-    kn->pack_transposed(dout, p->dout.sr, nq, p->Dv, 1.0f, sc->tile, BQ);
-    kn->gemm(nk, nq, p->Dv, vals, p->v.sr, sc->tile, BQ, sc->dp, BQ, false); /* dP^T */
-    kn->gemm(nk, p->Dv, nq, sc->s, BQ, dout, p->dout.sr, sc->acc2, p->Dv, true); /* dv += P^T dout */
-    for (int64_t j = 0; j < nk; j++) {
-        float *pt = sc->s + j * BQ, *ds = sc->dp + j * BQ;
-        for (int64_t i = 0; i < nq; i++) ds[i] = pt[i] * (ds[i] - sc->rowvec2[i]);
-    }
-    kn->gemm(nk, p->D, nq, sc->dp, BQ, q, p->q.sr, sc->acc, p->D, true); /* dk += dS^T q (scaled at the end) */
-}
-
-/* Step C: dk and dv of one key tile of one (batch, kv head). */
-static void dkv_item(fa_job *job, fa_scratch *sc, int64_t item) {
+/* Step B: one key tile of one (batch, kv head) against every query tile whose keys reach it,
+ * last query tile first and the group's heads innermost - the order of every item, so an item
+ * waiting for its predecessor's turn on a tile finds it about one block ahead. */
+static void backward_item(fa_job *job, fa_scratch *sc, int64_t item) {
     const fa_problem *p = job->p;
     int64_t tiles = n_k_tiles(p), pair = item / tiles, j0 = (item % tiles) * BK;
     int64_t b = pair / p->Hk, kv = pair % p->Hk, nk = p->S - j0 < BK ? p->S - j0 : BK, t_begin, t_end;
     memset(sc->acc, 0, (size_t)(nk * p->D) * sizeof(float));
     memset(sc->acc2, 0, (size_t)(nk * p->Dv) * sizeof(float));
     query_span(p, j0, nk, &t_begin, &t_end);
-    for (int64_t h = kv * p->group; h < (kv + 1) * p->group; h++)
-        for (int64_t t0 = t_begin; t0 < t_end; t0 += BQ) {
+    for (int64_t t0 = t_end > t_begin ? (t_end - 1) / BQ * BQ : -1; t0 >= 0 && t0 + BQ > t_begin; t0 -= BQ)
+        for (int64_t h = kv * p->group; h < (kv + 1) * p->group; h++) {
             q_tile qt;
             make_q_tile(p, b, h, t0, BQ, &qt);
-            if (t_end - t0 < qt.nq) qt.nq = t_end - t0;
-            drop_empty_rows(job, &qt);
-            dkv_from_tile(job, sc, &qt, j0, nk);
+            if (qt.klo < qt.khi && qt.klo < j0 + nk && qt.khi > j0) backward_block(job, sc, &qt, j0, nk);
         }
     grad_layout g = grad_layout_of(p);
     for (int64_t j = 0; j < nk; j++) {
-        float *dk = job->out + g.dk + ((b * p->S + j0 + j) * p->Hk + kv) * p->D;
-        float *dv = job->out + g.dv + ((b * p->S + j0 + j) * p->Hk + kv) * p->Dv;
-        for (int64_t d = 0; d < p->D; d++) dk[d] = p->scale * sc->acc[j * p->D + d];
-        memcpy(dv, sc->acc2 + j * p->Dv, (size_t)p->Dv * sizeof(float));
+        memcpy(job->out + g.dk + ((b * p->S + j0 + j) * p->Hk + kv) * p->D, sc->acc + j * p->D,
+               (size_t)p->D * sizeof(float));
+        memcpy(job->out + g.dv + ((b * p->S + j0 + j) * p->Hk + kv) * p->Dv, sc->acc2 + j * p->Dv,
+               (size_t)p->Dv * sizeof(float));
+    }
+}
+
+/* Where the p and dl of the extra slots of row (b, t, h) of the current chunk start. */
+static int64_t slot_base(const fa_job *job, int64_t b, int64_t t, int64_t h) {
+    const fa_problem *p = job->p;
+    return ((b * (job->t_end - job->t_begin) + t - job->t_begin) * p->H + h) * p->E;
+}
+
+/* Step C: dq's share of the extras of one query tile's rows (added to step B's dq); keeps each
+ * slot's p and dl for step D. */
+static void extras_dq_item(fa_job *job, fa_scratch *sc, int64_t item) {
+    const fa_problem *p = job->p;
+    q_tile qt;
+    q_tile_of_item(p, item, job->t_begin, job->t_end, BQ, &qt);
+    load_scaled_queries(p, &qt, sc->qs);
+    for (int64_t i = 0; i < qt.nq; i++) {
+        int64_t t = qt.t0 + i, base = slot_base(job, qt.b, t, qt.h), r = stat_index(p, qt.b, qt.h, t);
+        const float *q = sc->qs + i * p->D, *dout = row_of(&p->dout, qt.b, t, qt.h);
+        float lse = job->lse[r], *dq = dq_rows(job, qt.b, t, qt.h);
+        for (int64_t e = 0; e < p->E; e++) {
+            int64_t n = int_at(&p->idx, qt.b, t, e);
+            float prob = 0, dl = 0;
+            if (n >= 0 && lse != -INFINITY) {
+                const float *x = row_of(&p->extra, qt.b, n, qt.kv);
+                prob = expf(job->kn->dot(q, x, p->D) - lse);
+                dl = prob * (job->kn->dot(dout, x + p->xv, p->Dv) - job->delta[r]);
+                job->kn->axpy(dq, p->scale * dl, x, p->D);
+            }
+            job->extra_p[base + e] = prob;
+            job->extra_dl[base + e] = dl;
+        }
     }
 }
 
@@ -928,7 +959,7 @@ static void store_dsink(const fa_job *job) {
     }
 }
 
-/* Query rows per chunk of steps B and D: whole query tiles, as many as keep the chunk's extra
+/* Query rows per chunk of steps C and D: whole query tiles, as many as keep the chunk's extra
  * slots within EXTRA_SLOTS_MAX (at least one tile); all of T without extras. */
 static int64_t chunk_rows(const fa_problem *p) {
     int64_t per_tile = p->B * BQ * p->H * p->E, tiles = per_tile > 0 ? EXTRA_SLOTS_MAX / per_tile : n_q_tiles(p);
@@ -936,17 +967,16 @@ static int64_t chunk_rows(const fa_problem *p) {
     return tiles >= n_q_tiles(p) ? p->T : tiles * BQ;
 }
 
-/* Steps B and D chunk by chunk of query rows, so that the p and dl of the extra slots of one
+/* Steps C and D chunk by chunk of query rows, so that the p and dl of the extra slots of one
  * chunk only are kept; dextra (zeroed first) sums the chunks in order. */
-static void dq_and_dextra(const ts_cpu_ctx *ctx, fa_job *job) {
+static void extras_backward(const ts_cpu_ctx *ctx, fa_job *job) {
     const fa_problem *p = job->p;
-    if (p->has_extra)
-        memset(job->out + grad_layout_of(p).dextra, 0, (size_t)(p->B * p->N * p->Hk * p->X) * sizeof(float));
+    memset(job->out + grad_layout_of(p).dextra, 0, (size_t)(p->B * p->N * p->Hk * p->X) * sizeof(float));
     int64_t rows = chunk_rows(p);
     for (job->t_begin = 0; job->t_begin < p->T; job->t_begin += rows) {
         job->t_end = p->T - job->t_begin < rows ? p->T : job->t_begin + rows;
-        run_parallel(ctx, job, p->B * p->H * ((job->t_end - job->t_begin + BQ - 1) / BQ), dq_item);
-        if (p->has_extra) run_parallel(ctx, job, p->B * p->Hk * ((p->X + DCOLS - 1) / DCOLS), dextra_item);
+        run_parallel(ctx, job, p->B * p->H * ((job->t_end - job->t_begin + BQ - 1) / BQ), extras_dq_item);
+        run_parallel(ctx, job, p->B * p->Hk * ((p->X + DCOLS - 1) / DCOLS), dextra_item);
     }
 }
 
@@ -955,13 +985,13 @@ TS_FAST_KERNEL(attention_back) {
     if (!ts_fast_attention_applies(dst)) return ts_ref_attention_back(ctx, dst);
     read_fast_problem(dst, true, &p);
     int threads = ts_threadpool_size(ctx->pool);
-    int64_t rows = p.B * p.T * p.H, slots = p.B * chunk_rows(&p) * p.H * p.E;
+    int64_t rows = p.B * p.T * p.H, slots = p.B * chunk_rows(&p) * p.H * p.E, turns = p.B * p.H * n_q_tiles(&p);
     fa_job job = {.p = &p, .kn = active_kernels(), .per_thread = round_up(scratch_floats(&p)), .out = dst->data};
     int64_t tiles_floats = job.per_thread * threads, kt_floats = p.B * p.Hk * p.D * packed_ld(&p);
     int64_t vt_floats = p.B * p.Hk * p.Dv * packed_ld(&p);
     bool temporary;
-    job.workspace = workspace_acquire(tiles_floats + kt_floats + vt_floats + 2 * round_up(rows) + 2 * round_up(slots),
-                                      &temporary);
+    job.workspace = workspace_acquire(
+        tiles_floats + kt_floats + vt_floats + 2 * round_up(rows) + 2 * round_up(slots) + round_up(turns), &temporary);
     if (!job.workspace) return ts_ref_fail(ctx, TS_ERR_OOM, dst, "out of memory for attention tiles");
     job.kt = job.workspace + tiles_floats;
     job.vt = job.kt + kt_floats;
@@ -969,10 +999,11 @@ TS_FAST_KERNEL(attention_back) {
     job.delta = job.lse + round_up(rows);
     job.extra_p = job.delta + round_up(rows);
     job.extra_dl = job.extra_p + round_up(slots);
+    job.dq_turn = (atomic_int *)(void *)(job.extra_dl + round_up(slots)); /* one float's room each */
     run_parallel(ctx, &job, p.B * p.Hk * n_k_tiles(&p), pack_item);
     run_parallel(ctx, &job, p.B * p.H * n_q_tiles(&p), stats_item);
-    dq_and_dextra(ctx, &job);
-    run_parallel(ctx, &job, p.B * p.Hk * n_k_tiles(&p), dkv_item);
+    run_parallel(ctx, &job, p.B * p.Hk * n_k_tiles(&p), backward_item);
+    if (p.has_extra) extras_backward(ctx, &job);
     if (p.has_sink) store_dsink(&job);
     workspace_release(job.workspace, temporary);
     return TS_OK;

@@ -6,9 +6,10 @@
  *
  * Memory is linear in T and S: both kernels walk one query row (b, t, h) at a time and recompute
  * its scores whenever they are needed again - forward in two passes (the row max; then the
- * exp-sum and the weighted values), backward in three (max and sum; D = sum_j p_j dp_j; the
- * gradients) - so nothing T x S ever exists. Scratch per thread: a few vectors of D doubles,
- * and backward the double accumulators of one (batch, kv head)'s dk, dv and dextra rows.
+ * exp-sum and the weighted values), backward in two too (max and sum; the gradients, with
+ * D = sum_j p_j dp_j = <dout, out> read from the forward's output) - so nothing T x S ever
+ * exists. Scratch per thread: a few vectors of D doubles, and backward the double accumulators
+ * of one (batch, kv head)'s dk, dv and dextra rows.
  *
  * The entries of a row are its visible keys j in [key_lo, key_hi) in ascending order (causal,
  * window and key_start only narrow that range), then its extra slots e = 0..E-1 in order (slots
@@ -24,7 +25,9 @@
  *  - the row max includes the sink logit; a row with neither entries nor sink has no
  *    distribution and outputs zeros (its gradients are zero too), never NaN;
  *  - a NaN score makes the row NaN; extra_idx values must be -1 or in [0, N), which is checked
- *    before anything is written (TS_ERR_RANGE naming the value and its position). */
+ *    before anything is written (TS_ERR_RANGE naming the value and its position);
+ *  - backward takes each row's D from the out source (whatever it holds), never from the
+ *    recomputed probabilities. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +39,7 @@
 
 /* Everything both kernels read from the node: inputs (NULL when absent), sizes, parameters. */
 typedef struct {
-    const ts_tensor *q, *k, *v, *sink, *extra, *idx, *key_start, *dout;
+    const ts_tensor *q, *k, *v, *sink, *extra, *idx, *key_start, *dout, *out; /* out: the forward's */
     int64_t B, T, S, H, Hk, D, Dv, N, E;
     int64_t X;      /* extra's row width: D (one vector is key and value) or D + Dv (key | value) */
     int64_t xv;     /* where an extra row's value starts: 0 or D */
@@ -46,12 +49,12 @@ typedef struct {
     int64_t window; /* 0: unlimited */
 } attn_problem;
 
-/* Unpacks the compact source list (q, k, v, [sink], [extra, extra_idx], [key_start], [dout]) of
- * dst. */
+/* Unpacks the compact source list (q, k, v, [sink], [extra, extra_idx], [key_start], [dout, out])
+ * of dst. */
 static ts_status read_problem(const ts_cpu_ctx *ctx, const ts_tensor *dst, bool back, attn_problem *p) {
     memset(p, 0, sizeof *p);
     bool has_sink = dst->ip[2] != 0, has_extra = dst->ip[3] != 0, has_key_start = dst->ip[4] != 0;
-    int want = 3 + has_sink + 2 * has_extra + has_key_start + back;
+    int want = 3 + has_sink + 2 * has_extra + has_key_start + 2 * back;
     if (dst->n_src != want) return ts_ref_fail(ctx, TS_ERR_INTERNAL, dst, "sources do not match ip[2..4]");
     for (int i = 0; i < want; i++)
         if (!dst->src[i]) return ts_ref_fail(ctx, TS_ERR_INTERNAL, dst, "missing inputs");
@@ -65,7 +68,10 @@ static ts_status read_problem(const ts_cpu_ctx *ctx, const ts_tensor *dst, bool 
         p->idx = dst->src[i++];
     }
     if (has_key_start) p->key_start = dst->src[i++];
-    if (back) p->dout = dst->src[i];
+    if (back) {
+        p->dout = dst->src[i];
+        p->out = dst->src[i + 1];
+    }
     p->B = p->q->shape[0];
     p->T = p->q->shape[1];
     p->H = p->q->shape[2];
@@ -90,7 +96,7 @@ static ts_status check_problem(const ts_cpu_ctx *ctx, const ts_tensor *dst, cons
     ts_status s = ts_ref_need_host_data(ctx, dst);
     if (s != TS_OK) return s;
     if (!ts_is_contiguous(dst)) return ts_ref_fail(ctx, TS_ERR_INTERNAL, dst, "output is not contiguous");
-    const ts_tensor *floats[] = {p->q, p->k, p->v, p->sink, p->extra, p->dout, dst};
+    const ts_tensor *floats[] = {p->q, p->k, p->v, p->sink, p->extra, p->dout, p->out, dst};
     for (size_t i = 0; i < sizeof floats / sizeof floats[0]; i++)
         if ((s = ref_need_float(ctx, dst, floats[i]))) return s;
     if (p->q->ndim != 4 || p->k->ndim != 4 || p->v->ndim != 4 || p->Hk < 1 || p->H % p->Hk ||
@@ -347,23 +353,22 @@ static back_accumulators accumulators_for(const back_job *job, int tid) {
     return a;
 }
 
-/* D = sum_i p_i dp_i with dp_i = <dout, value_i>: the softmax backward's row constant. */
-static double row_delta(const attn_problem *p, const attn_row *r, row_softmax sm, const double *dout) {
+/* D = sum_i p_i dp_i with dp_i = <dout, value_i>, the softmax backward's row constant, is
+ * <dout, out> of the row: out = sum_i p_i value_i. */
+static double row_delta(const attn_problem *p, int64_t b, int64_t t, int64_t h, const double *dout) {
+    int64_t off = row_start(p->out, b, t, h);
     double delta = 0;
-    attn_entry e;
-    for (int64_t i = 0; i < entry_count(p, r); i++)
-        if (get_entry(p, r, i, &e)) delta += exp(entry_score(p, r, &e) - sm.max) / sm.denom * value_dot(p, &e, dout);
+    for (int64_t d = 0; d < p->Dv; d++) delta += dout[d] * ref_get(p->out, off + d * p->out->stride[3]);
     return delta;
 }
 
 /* The gradients of one query row (spec 3.7): dl_i = p_i (dp_i - D); dq = scale sum_i dl_i key_i;
  * key_i receives scale dl_i q and value_i receives p_i dout. Returns this row's share of dsink,
  * -p_sink D (0 without a sink or without a distribution). */
-static double backward_row(const attn_problem *p, const attn_row *r, back_accumulators *a) {
+static double backward_row(const attn_problem *p, const attn_row *r, double delta, back_accumulators *a) {
     for (int64_t d = 0; d < p->D; d++) a->dq[d] = 0;
     row_softmax sm = row_softmax_of(p, r);
     if (sm.max == -INFINITY) return 0; /* no entries, no sink: the output was 0 whatever the inputs */
-    double delta = row_delta(p, r, sm, a->dout);
     attn_entry e;
     for (int64_t i = 0; i < entry_count(p, r); i++) {
         if (!get_entry(p, r, i, &e)) continue;
@@ -401,7 +406,7 @@ static void backward_pair(const back_job *job, int64_t b, int64_t kv, back_accum
             attn_row r = make_row(p, b, t, h, a->q);
             int64_t dout_off = row_start(p->dout, b, t, h);
             for (int64_t d = 0; d < p->Dv; d++) a->dout[d] = ref_get(p->dout, dout_off + d * p->dout->stride[3]);
-            dsink += backward_row(p, &r, a);
+            dsink += backward_row(p, &r, row_delta(p, b, t, h, a->dout), a);
             int64_t dq_out = job->layout.dq + ((b * p->T + t) * p->H + h) * p->D;
             for (int64_t d = 0; d < p->D; d++) ref_set(job->dst, dq_out + d, a->dq[d]);
         }
@@ -419,13 +424,17 @@ static void backward_range(void *arg, int64_t begin, int64_t end, int tid) {
     for (int64_t pair = begin; pair < end; pair++) backward_pair(job, pair / job->p->Hk, pair % job->p->Hk, &a);
 }
 
+/* t is shaped like the forward's output, [B, T, H, Dv]. */
+static bool output_shaped(const attn_problem *p, const ts_tensor *t) {
+    return t->ndim == 4 && t->shape[0] == p->B && t->shape[1] == p->T && t->shape[2] == p->H && t->shape[3] == p->Dv;
+}
+
 TS_REF_KERNEL(attention_back) {
     attn_problem p;
     ts_status s = read_problem(ctx, dst, true, &p);
     if (s == TS_OK) s = check_problem(ctx, dst, &p);
-    bool dout_fits = s == TS_OK && p.dout->ndim == 4 && p.dout->shape[0] == p.B && p.dout->shape[1] == p.T &&
-                     p.dout->shape[2] == p.H && p.dout->shape[3] == p.Dv;
-    if (s == TS_OK && !dout_fits) s = ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "dout must be [B, T, H, Dv]");
+    bool dout_fits = s == TS_OK && output_shaped(&p, p.dout) && output_shaped(&p, p.out);
+    if (s == TS_OK && !dout_fits) s = ts_ref_fail(ctx, TS_ERR_SHAPE, dst, "dout and out must be [B, T, H, Dv]");
     back_job job = {.p = &p, .dst = dst};
     if (s == TS_OK) job.layout = layout_of(&p);
     if (s == TS_OK && (dst->ndim != 1 || dst->shape[0] != job.layout.total))
