@@ -412,7 +412,8 @@ typedef struct {
     float *tile_t;   /* BK x BQ: P or dS transposed (step B) */
     float *m, *l;    /* BQ: running row max and denominator */
     float *extra_s;  /* E: one row's extra scores */
-    const float **extra_x; /* E: their rows of extra */
+    const float **extra_x; /* E: their rows of extra (keys; values while they are summed) */
+    int64_t listed;  /* how many of extra_x hold the current row's */
 } fa_scratch;
 
 static int64_t round_up(int64_t n) { return (n + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS; }
@@ -545,34 +546,42 @@ static float raise_max(fa_scratch *sc, int64_t i, float top, int64_t width) {
 /* The extras of row i (online step): the listed ones' rows and scores compacted, so that one
  * vector exp serves them all and the dot products (over the keys) and the weighted sum (over
  * the values, xv further on in the same rows) each run over many rows at once, EXTRA_BATCH rows
- * at a time (scored right after their prefetches ahead were issued). */
+ * at a time (scored right after their prefetches ahead were issued). `listed`: sc->extra_x
+ * already holds the row's extras - another query head of the same kv head and position has
+ * listed them (they depend on the batch, position and kv head only). */
 #define EXTRA_BATCH 16
 static void attend_extras(const fa_problem *p, const fa_kernels *kn, fa_scratch *sc, const q_tile *qt, int64_t i,
-                          int64_t width) {
+                          int64_t width, bool listed) {
     const float *q = sc->qs + i * p->D;
-    int64_t t = qt->t0 + i, listed = 0, scored = 0;
-    for (int64_t e = 0; e < p->E; e++) {
+    int64_t t = qt->t0 + i, scored = 0;
+    if (!listed) sc->listed = 0;
+    for (int64_t e = 0; e < (listed ? 0 : p->E); e++) {
         int64_t n = int_at(&p->idx, qt->b, t, e);
         if (n >= 0) {
-            const float *x = sc->extra_x[listed++] = row_of(&p->extra, qt->b, n, qt->kv);
+            const float *x = sc->extra_x[sc->listed++] = row_of(&p->extra, qt->b, n, qt->kv);
             for (int64_t d = 0; d < p->X; d += 16) __builtin_prefetch((const char *)(x + d) + EXTRA_AHEAD_BYTES);
         }
-        if (listed - scored == EXTRA_BATCH || (e + 1 == p->E && listed > scored)) {
-            kn->dots(q, sc->extra_x + scored, listed - scored, p->D, sc->extra_s + scored);
-            scored = listed;
+        if (sc->listed - scored == EXTRA_BATCH || (e + 1 == p->E && sc->listed > scored)) {
+            kn->dots(q, sc->extra_x + scored, sc->listed - scored, p->D, sc->extra_s + scored);
+            scored = sc->listed;
         }
     }
+    for (; scored < sc->listed; scored += EXTRA_BATCH) /* listed before: the same batches */
+        kn->dots(q, sc->extra_x + scored, sc->listed - scored < EXTRA_BATCH ? sc->listed - scored : EXTRA_BATCH, p->D,
+                 sc->extra_s + scored);
     float top = -INFINITY;
-    for (int64_t e = 0; e < listed; e++)
+    for (int64_t e = 0; e < sc->listed; e++)
         if (sc->extra_s[e] > top || isnan(sc->extra_s[e])) top = sc->extra_s[e];
     if (top == -INFINITY) return;
     float m = raise_max(sc, i, top, width);
-    sc->l[i] += kn->exp_sum(sc->extra_s, listed, m);
+    sc->l[i] += kn->exp_sum(sc->extra_s, sc->listed, m);
     if (!width) return;
-    for (int64_t e = 0; p->xv && e < listed; e++) sc->extra_x[e] += p->xv; /* keys -> values */
-    for (int64_t e = 0; e < listed; e += EXTRA_BATCH) /* a batch's rows stay in L1 across the output's parts */
-        kn->axpys(sc->acc + i * p->Dv, sc->extra_s + e, sc->extra_x + e,
-                  listed - e < EXTRA_BATCH ? listed - e : EXTRA_BATCH, p->Dv);
+    for (int64_t e = 0; e < sc->listed; e += EXTRA_BATCH) { /* a batch's rows stay in L1 across the output's parts */
+        int64_t n = sc->listed - e < EXTRA_BATCH ? sc->listed - e : EXTRA_BATCH;
+        for (int64_t k = 0; k < n; k++) sc->extra_x[e + k] += p->xv; /* keys -> values, and back after */
+        kn->axpys(sc->acc + i * p->Dv, sc->extra_s + e, sc->extra_x + e, n, p->Dv);
+        for (int64_t k = 0; k < n; k++) sc->extra_x[e + k] -= p->xv;
+    }
 }
 
 /* Keys (or values) transposed once per call for every (batch, kv head): width rows of
@@ -601,9 +610,10 @@ static void score_keys(const fa_problem *p, const fa_kernels *kn, fa_scratch *sc
 
 /* The forward of one query tile: on return acc holds the output rows (zeros for a row without a
  * distribution), m and l each row's max and denominator (m = -inf: no distribution). width 0
- * computes m and l alone (the backward's statistics: no P V); else it is Dv. */
+ * computes m and l alone (the backward's statistics: no P V); else it is Dv. extras_listed: a
+ * one-row tile whose extras sc->extra_x holds (attend_extras). */
 static void attend_tile(const fa_problem *p, const fa_kernels *kn, fa_scratch *sc, const q_tile *qt, float *kt,
-                        int64_t width) {
+                        int64_t width, bool extras_listed) {
     load_scaled_queries(p, qt, sc->qs);
     float z = sink_of(p, qt->h);
     for (int64_t i = 0; i < qt->nq; i++) {
@@ -628,7 +638,7 @@ static void attend_tile(const fa_problem *p, const fa_kernels *kn, fa_scratch *s
         if (width) kn->gemm(qt->nq, width, nk, sc->s, BK, vals + j0 * p->v.sr, p->v.sr, sc->acc, width, true);
     }
     for (int64_t i = 0; i < qt->nq; i++) {
-        if (p->E) attend_extras(p, kn, sc, qt, i, width);
+        if (p->E) attend_extras(p, kn, sc, qt, i, width, extras_listed);
         float *o = sc->acc + i * width, inv = sc->m[i] == -INFINITY ? 0.0f : 1.0f / sc->l[i];
         for (int64_t d = 0; d < width; d++) o[d] *= inv;
     }
@@ -709,14 +719,32 @@ static void q_tile_of_item(const fa_problem *p, int64_t item, int64_t t_begin, i
 
 /* ---------------------------------------------------------------- forward */
 
-static void forward_item(fa_job *job, fa_scratch *sc, int64_t item) {
+static void store_rows(fa_job *job, const fa_scratch *sc, const q_tile *qt) {
     const fa_problem *p = job->p;
-    q_tile qt;
-    q_tile_of_item(p, item, 0, p->T, forward_rows(p), &qt);
-    attend_tile(p, job->kn, sc, &qt, job->kt, p->Dv);
-    for (int64_t i = 0; i < qt.nq; i++)
-        memcpy(job->out + ((qt.b * p->T + qt.t0 + i) * p->H + qt.h) * p->Dv, sc->acc + i * p->Dv,
+    for (int64_t i = 0; i < qt->nq; i++)
+        memcpy(job->out + ((qt->b * p->T + qt->t0 + i) * p->H + qt->h) * p->Dv, sc->acc + i * p->Dv,
                (size_t)p->Dv * sizeof(float));
+}
+
+static void forward_item(fa_job *job, fa_scratch *sc, int64_t item) {
+    q_tile qt;
+    q_tile_of_item(job->p, item, 0, job->p->T, forward_rows(job->p), &qt);
+    attend_tile(job->p, job->kn, sc, &qt, job->kt, job->p->Dv, false);
+    store_rows(job, sc, &qt);
+}
+
+/* One-row tiles (forward_rows): an item per (batch, kv head, position), its query heads one
+ * after another, the extras listed once for them all (a V4 decode step: 4 query heads on its
+ * K = V head, 47 extras per position, so the item overhead and index lookups were most of it). */
+static void forward_group_item(fa_job *job, fa_scratch *sc, int64_t item) {
+    const fa_problem *p = job->p;
+    int64_t t = p->T - 1 - item % p->T, bk = item / p->T, b = bk / p->Hk, kv = bk % p->Hk; /* last first */
+    for (int64_t g = 0; g < p->group; g++) {
+        q_tile qt;
+        make_q_tile(p, b, kv * p->group + g, t, 1, &qt);
+        attend_tile(p, job->kn, sc, &qt, job->kt, p->Dv, g > 0);
+        store_rows(job, sc, &qt);
+    }
 }
 
 bool ts_fast_attention_applies(const ts_tensor *dst) {
@@ -741,7 +769,8 @@ TS_FAST_KERNEL(attention) {
         job.kt = job.workspace + tiles_floats;
         run_parallel(ctx, &job, p.B * p.Hk * n_k_tiles(&p), pack_item);
     }
-    run_parallel(ctx, &job, p.B * p.H * ((p.T + rows - 1) / rows), forward_item);
+    if (rows == 1) run_parallel(ctx, &job, p.B * p.Hk * p.T, forward_group_item);
+    else run_parallel(ctx, &job, p.B * p.H * ((p.T + rows - 1) / rows), forward_item);
     workspace_release(job.workspace, temporary);
     return TS_OK;
 }
@@ -784,7 +813,7 @@ static void stats_item(fa_job *job, fa_scratch *sc, int64_t item) {
     const fa_problem *p = job->p;
     q_tile qt;
     q_tile_of_item(p, item, 0, p->T, BQ, &qt);
-    attend_tile(p, job->kn, sc, &qt, job->kt, 0);
+    attend_tile(p, job->kn, sc, &qt, job->kt, 0, false);
     for (int64_t i = 0; i < qt.nq; i++) {
         int64_t r = stat_index(p, qt.b, qt.h, qt.t0 + i);
         bool none = sc->m[i] == -INFINITY;
