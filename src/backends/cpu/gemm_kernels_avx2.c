@@ -496,15 +496,12 @@ AVX2_INLINE void nt_block(const ts_gemm_small_args *p, int64_t i0, int64_t j, co
                                                       load_b_tail(b, q * p->ldb + k, K - k, mask, bt),
                                                       acc[i][q][nacc - 1]);
     }
-    __m256 sums[16];
+    __m256 sums[16] = {0}; /* the last group of eight padded with zeros */
     _Alignas(32) float dot[16];
     for (int i = 0; i < mb; i++)
         for (int q = 0; q < r; q++)
             sums[i * r + q] = nacc == 2 ? _mm256_add_ps(acc[i][q][0], acc[i][q][1]) : acc[i][q][0];
-    for (int g = 0; g < mb * r; g += 8) {
-        for (int x = mb * r; x < g + 8; x++) sums[x] = _mm256_setzero_ps();
-        _mm256_store_ps(dot + g, hsum8(sums + g));
-    }
+    for (int g = 0; g < mb * r; g += 8) _mm256_store_ps(dot + g, hsum8(sums + g));
     for (int i = 0; i < mb; i++)
         for (int q = 0; q < r; q++) {
             float *c = p->c + (i0 + i) * p->ldc + j + q, s = p->alpha * dot[i * r + q];
