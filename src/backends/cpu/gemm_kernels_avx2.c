@@ -647,7 +647,7 @@ AVX2_INLINE void ot_tile(const ts_gemm_small_args *p, const float *pa, float *pa
                 for (int q = 0; q < r; q++)
                     widen_row(wide + q * OT_WS, b_addr(p->b_narrow, (j + q) * p->ldb + k0 + c0, bt), c1 - c0, bt);
             else ot_widen_any(p, wide, j, k0 + c0, c1 - c0, r);
-            ot_span(p, pa + c0 * w, acc, wide, OT_WS, next + c0 * bytes, bytes, 0, c1 - c0, r, w);
+            ot_span(p, pa + c0 * w, acc, wide, OT_WS, next + c0 * r * bytes, bytes, 0, c1 - c0, r, w);
         }
     }
     const int last = k0 + kc == p->k;
