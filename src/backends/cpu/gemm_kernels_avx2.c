@@ -541,7 +541,7 @@ AVX2_INLINE void nt_cols(const ts_gemm_small_args *p, int64_t n0, int64_t n1, co
  * rows). With 8 lanes every FMA needs its own broadcast, and the form ran at about 63% of the
  * FMA peak: for 6-8 rows of f32 B 1.0-1.13x faster than the dot products (8 x 128 x 256 from
  * cache 9.2 -> 8.5 us, 8 x 256 x 128 10.8 -> 9.5; from DRAM 1.0-1.09x), for bf16 B 0.78-0.99x
- * from cache and 0.69-0.97x from DRAM (it widens B first; the dot products read half the
+ * from cache and 0.81-0.87x from DRAM (it widens B first; the dot products read half the
  * bytes), and slower at 5 rows (1 thread, shared 2-core Zen VM, medians). Each C element is one
  * FMA chain over k in order (partial sums of k slices round-trip through memory exactly),
  * whatever M, the slicing or the column split. */
