@@ -528,33 +528,42 @@ AVX2_INLINE void nt_cols(const ts_gemm_small_args *p, int64_t n0, int64_t n1, co
     for (; j < n1; j++) nt_b_rows(p, j, 1, nacc, bt);
 }
 
-/* op(B)^T row-major with 8 < M <= 16 (a decode batch): op(A) is small, so it is packed k-major
- * into 16 lanes (rows past M zero) on the stack, and each element of OT_R rows of B at once is
- * broadcast against it: per k, 2 loads of A, OT_R broadcasts, 2 * OT_R FMAs into 12
- * accumulators. B is read once, in its natural order, with no horizontal sums; the dot-product
- * form above re-reads each B row once per 4 rows of A and pays a horizontal sum per element,
- * which made it 1.15-1.5x slower for 16 rows (16 x 128 x 256, 16 x 256 x 128, 16 x 24 x 1024,
- * from L3; about even at 9 and 10 rows, and below 9 the dot products win: 8 of the 16 lanes idle). Each C element is one FMA chain over k in order
- * (partial sums of k slices round-trip through memory exactly), whatever M, the slicing or the
- * column split. */
-#define OT_W 16   /* lanes of packed A */
-#define OT_R 6    /* B rows per tile: 2 x 6 accumulators */
+/* op(B)^T row-major with 6 <= M <= 16 (a decode batch, a MoE expert's rows): op(A) is small, so
+ * it is packed k-major into w lanes on the stack (w = 16 past 8 rows, else 8; rows past M zero),
+ * and each element of OT_R_OF(w) rows of B at once is broadcast against it: per k, w / 8 loads
+ * of A, 6 (w = 16) or 12 (w = 8) broadcasts and 12 FMAs into 12 accumulators. B is read once,
+ * in its natural order, with no horizontal sums; the dot-product form above re-reads each B row
+ * once per 4 rows of A and pays a horizontal sum per element, which made it 1.15-1.5x slower
+ * for 16 rows (16 x 128 x 256, 16 x 256 x 128, 16 x 24 x 1024, from L3; about even at 9 and 10
+ * rows). With 8 lanes every FMA needs its own broadcast, and the form ran at about 63% of the
+ * FMA peak: for 6-8 rows of f32 B 1.0-1.13x faster than the dot products (8 x 128 x 256 from
+ * cache 9.2 -> 8.5 us, 8 x 256 x 128 10.8 -> 9.5; from DRAM 1.0-1.09x), for bf16 B 0.78-0.99x
+ * from cache and 0.81-0.87x from DRAM (it widens B first; the dot products read half the
+ * bytes), and slower at 5 rows (1 thread, shared 2-core Zen VM, medians). Each C element is one
+ * FMA chain over k in order (partial sums of k slices round-trip through memory exactly),
+ * whatever M, the slicing or the column split. */
+#define OT_W 16   /* most lanes of packed A (W below: 8 or 16, a compile-time argument) */
+#define OT_ACC 12 /* accumulators per tile: OT_R_OF(W) B rows x W / 8 vectors */
+#define OT_R_OF(w) (OT_ACC * 8 / (w))
+#define OT_R OT_R_OF(8) /* most B rows per tile */
 #define OT_KC 512 /* k per packed A slice: 512 x 16 floats = 32 KiB */
-#define OT_NC 96  /* columns per partial-sum block when K takes several slices (OT_R divides it) */
+#define OT_WC 128 /* k per widened chunk of narrow B */
+#define OT_WS (OT_WC + 16) /* floats per widened row: the pad keeps a tile's rows in different L1 sets */
+#define OT_NC 96  /* columns per partial-sum block when K takes several slices (each OT_R_OF divides it) */
 
-/* Rows [0, m) of op(A), depth [k0, k0 + kc), into pa[k * OT_W + i]: 8 x 8 register transposes,
+/* Rows [0, m) of op(A), depth [k0, k0 + kc), into pa[k * w + i]: 8 x 8 register transposes,
  * the leftover k one by one. */
-AVX2_INLINE void ot_pack_a(const ts_gemm_small_args *p, float *pa, int64_t k0, int64_t kc) {
+AVX2_INLINE void ot_pack_a(const ts_gemm_small_args *p, float *pa, int64_t k0, int64_t kc, const int w) {
     const float *a = p->a + k0;
     int64_t k = 0;
     for (; k + 8 <= kc; k += 8)
-        for (int g = 0; g < OT_W; g += 8) {
+        for (int g = 0; g < w; g += 8) {
             __m256 r[8];
             load_transposed(r, a + g * p->a_rs + k, p->a_rs, p->m - g < 8 ? (int)(p->m - g) : 8);
-            for (int q = 0; q < 8; q++) _mm256_store_ps(pa + (k + q) * OT_W + g, r[q]);
+            for (int q = 0; q < 8; q++) _mm256_store_ps(pa + (k + q) * w + g, r[q]);
         }
     for (; k < kc; k++)
-        for (int i = 0; i < OT_W; i++) pa[k * OT_W + i] = i < p->m ? a[i * p->a_rs + k] : 0.0f;
+        for (int i = 0; i < w; i++) pa[k * w + i] = i < p->m ? a[i * p->a_rs + k] : 0.0f;
 }
 
 /* kc elements of a narrow row into dst, 8 per load_b. */
@@ -564,7 +573,7 @@ AVX2_INLINE void widen_row(float *dst, const char *row, int64_t kc, const int bt
     if (k < kc) _mm256_maskstore_ps(dst + k, tail_mask(kc - k), load_b_tail(row, k, kc - k, tail_mask(kc - k), bt));
 }
 
-/* Rows j..j+r of narrow B, depth [k0, k0 + kc), widened into wide[q * kc + k], 8 elements per
+/* Rows j..j+r of narrow B, depth [k0, k0 + kc), widened into wide[q * OT_WS + k], 8 elements per
  * load_b (bf16: one byte shuffle). Broadcasting bf16 elements one by one costs a scalar load, a
  * shift and a broadcast each - it made 16 x 256 x 256 run at 57% of the f32 speed - while this
  * pass costs a few operations per 8 elements, read again 16 times from L1. bf16 (the inference
@@ -575,7 +584,7 @@ __attribute__((noinline)) AVX2 static void ot_widen_any(const ts_gemm_small_args
                                                         int64_t k0, int64_t kc, int r) {
     for (int q = 0; q < r; q++) {
         const int64_t at = (j + q) * p->ldb + k0;
-        float *dst = wide + q * kc;
+        float *dst = wide + q * OT_WS;
         switch (p->b_type) {
         case TS_BF16: widen_row(dst, b_addr(p->b_narrow, at, TS_BF16), kc, TS_BF16); break;
         case TS_F16: widen_row(dst, b_addr(p->b_narrow, at, TS_F16), kc, TS_F16); break;
@@ -588,88 +597,130 @@ __attribute__((noinline)) AVX2 static void ot_widen_any(const ts_gemm_small_args
 /* ot_tile's bt for a narrow type looked up at run time (ot_widen_any). */
 #define OT_ANY_NARROW (-1)
 
-/* C columns j..j+r (partial sums at part + jb * OT_W) over the packed slice [k0, k0 + kc):
- * starts from zero on the first slice, writes C on the last, else keeps the sums in part. The
- * next tile's rows of B are prefetched along (the rows usually follow each other). Narrow B is
- * widened first (ot_widen), so all run the same f32 arithmetic: the same bits. */
-AVX2_INLINE void ot_tile(const ts_gemm_small_args *p, const float *pa, float *part, int64_t j, int64_t jb,
-                         int64_t k0, int64_t kc, const int r, const int bt) {
-    /* Column q's rows 0-7 in acc[2q], 8-15 in acc[2q + 1]; every index is a constant once the
-     * loops are unrolled, which keeps the accumulators in registers. */
-    __m256 acc[2 * OT_R];
-#pragma GCC unroll 12
-    for (int q = 0; q < 2 * r; q++) acc[q] = k0 == 0 ? _mm256_setzero_ps() : _mm256_load_ps(part + jb * OT_W + 8 * q);
-    const int narrow = bt != TS_F32;
-    _Alignas(32) float wide[narrow ? OT_R * OT_KC : 1];
-    if (bt == TS_BF16)
-        for (int q = 0; q < r; q++) widen_row(wide + q * kc, b_addr(p->b_narrow, (j + q) * p->ldb + k0, bt), kc, bt);
-    else if (narrow) ot_widen_any(p, wide, j, k0, kc, r);
-    const float *b = narrow ? wide : p->b + j * p->ldb + k0;
-    const int64_t ldb = narrow ? kc : p->ldb, bytes = bt == OT_ANY_NARROW ? b_bytes(p->b_type) : b_bytes(bt);
-    const char *next = (const char *)(narrow ? p->b_narrow : (const void *)p->b) + ((j + r) * p->ldb + k0) * bytes;
-    for (int64_t kb = 0; kb < kc; kb += 16) {
-#pragma GCC unroll 6
-        for (int q = 0; q < r; q++) _mm_prefetch(next + (q * p->ldb + kb) * bytes, _MM_HINT_T0);
+/* Adds k in [0, kc) of packed A (pa[k * w + i]) times rows 0..r of B (element k of row q at
+ * b[q * ldb + k]) to the tile's accumulators, prefetching the next tile's rows (next) along. */
+AVX2_INLINE void ot_span(const ts_gemm_small_args *p, const float *pa, __m256 *acc, const float *b, int64_t ldb,
+                         const char *next, int64_t bytes, int64_t k0, int64_t kc, const int r, const int w) {
+    const int v = w / 8;
+    for (int64_t kb = k0; kb < kc; kb += 16) {
+        for (int64_t o = kb * r * bytes; o < (kb + 16) * r * bytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
         int64_t k1 = kc - kb < 16 ? kc : kb + 16;
         for (int64_t k = kb; k < k1; k++) {
-            __m256 a0 = _mm256_load_ps(pa + k * OT_W), a1 = _mm256_load_ps(pa + k * OT_W + 8);
-#pragma GCC unroll 6
+            __m256 a[OT_W / 8];
+            for (int g = 0; g < v; g++) a[g] = _mm256_load_ps(pa + k * w + 8 * g);
+#pragma GCC unroll 12
             for (int q = 0; q < r; q++) {
                 __m256 bv = _mm256_broadcast_ss(b + q * ldb + k);
-                acc[2 * q] = _mm256_fmadd_ps(a0, bv, acc[2 * q]);
-                acc[2 * q + 1] = _mm256_fmadd_ps(a1, bv, acc[2 * q + 1]);
+                for (int g = 0; g < v; g++) acc[v * q + g] = _mm256_fmadd_ps(a[g], bv, acc[v * q + g]);
             }
         }
     }
-    const int last = k0 + kc == p->k;
-    _Alignas(32) float tile[OT_R * OT_W]; /* column q, row i at q * OT_W + i */
-    float *sums = last ? tile : part + jb * OT_W;
+}
+
+/* C columns j..j+r (partial sums at part + jb * w) over the packed slice [k0, k0 + kc):
+ * starts from zero on the first slice, writes C on the last, else keeps the sums in part. The
+ * next tile's rows of B are prefetched along as one run (the rows usually follow each other;
+ * 12 rows prefetched as 12 streams made 8 x 256 x 128 from DRAM 1.35x slower). Narrow B is
+ * widened first, OT_WC of k at a time (12 whole rows next to packed A overflowed L1), so all
+ * run the same f32 arithmetic: the same bits. */
+AVX2_INLINE void ot_tile(const ts_gemm_small_args *p, const float *pa, float *part, int64_t j, int64_t jb,
+                         int64_t k0, int64_t kc, const int r, const int w, const int bt) {
+    /* Column q's rows 8g..8g+7 in acc[v * q + g]; every index is a constant once the loops are
+     * unrolled, which keeps the accumulators in registers. */
+    const int v = w / 8;
+    __m256 acc[OT_ACC];
 #pragma GCC unroll 12
-    for (int q = 0; q < 2 * r; q++) _mm256_store_ps(sums + 8 * q, acc[q]);
+    for (int q = 0; q < v * r; q++) acc[q] = k0 == 0 ? _mm256_setzero_ps() : _mm256_load_ps(part + jb * w + 8 * q);
+    const int narrow = bt != TS_F32;
+    const int64_t bytes = bt == OT_ANY_NARROW ? b_bytes(p->b_type) : b_bytes(bt);
+    const char *next = (const char *)(narrow ? p->b_narrow : (const void *)p->b) + ((j + r) * p->ldb + k0) * bytes;
+    if (!narrow) {
+        ot_span(p, pa, acc, p->b + j * p->ldb + k0, p->ldb, next, bytes, 0, kc, r, w);
+    } else {
+        _Alignas(32) float wide[OT_R * OT_WS];
+        for (int64_t c0 = 0; c0 < kc; c0 += OT_WC) {
+            const int64_t c1 = kc - c0 < OT_WC ? kc : c0 + OT_WC;
+            if (bt == TS_BF16)
+                for (int q = 0; q < r; q++)
+                    widen_row(wide + q * OT_WS, b_addr(p->b_narrow, (j + q) * p->ldb + k0 + c0, bt), c1 - c0, bt);
+            else ot_widen_any(p, wide, j, k0 + c0, c1 - c0, r);
+            ot_span(p, pa + c0 * w, acc, wide, OT_WS, next + c0 * r * bytes, bytes, 0, c1 - c0, r, w);
+        }
+    }
+    const int last = k0 + kc == p->k;
+    _Alignas(32) float tile[OT_ACC * 8]; /* column q, row i at q * w + i */
+    float *sums = last ? tile : part + jb * w;
+#pragma GCC unroll 12
+    for (int q = 0; q < v * r; q++) _mm256_store_ps(sums + 8 * q, acc[q]);
     if (!last) return;
     for (int q = 0; q < r; q++)
         for (int64_t i = 0; i < p->m; i++) {
-            float *c = p->c + i * p->ldc + j + q, s = p->alpha * tile[q * OT_W + i];
+            float *c = p->c + i * p->ldc + j + q, s = p->alpha * tile[q * w + i];
             *c = p->beta == 0.0f ? s : _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(p->beta), _mm_set_ss(*c), _mm_set_ss(s)));
         }
 }
 
 /* Columns [j0, j1) of C over the packed slice [k0, k0 + kc), partial sums of column j at
- * part + (j - j0) * OT_W: whole tiles, then one narrower. */
+ * part + (j - j0) * w: whole tiles, then (w = 8) tiles of 6, then one narrower. The grouping
+ * of columns never changes a bit, so the leftovers share the 16-lane form's tile widths. */
 AVX2_INLINE void ot_columns(const ts_gemm_small_args *p, const float *pa, float *part, int64_t j0, int64_t j1,
-                            int64_t k0, int64_t kc, const int bt) {
+                            int64_t k0, int64_t kc, const int w, const int bt) {
     int64_t j = j0;
-    for (; j + OT_R <= j1; j += OT_R) ot_tile(p, pa, part, j, j - j0, k0, kc, OT_R, bt);
+    for (; j + OT_R_OF(w) <= j1; j += OT_R_OF(w)) ot_tile(p, pa, part, j, j - j0, k0, kc, OT_R_OF(w), w, bt);
+    if (w == 8 && j + 8 <= j1) { /* 8 accumulators: still both FMA pipes busy */
+        ot_tile(p, pa, part, j, j - j0, k0, kc, 8, w, bt);
+        j += 8;
+    }
+    for (; j + 6 <= j1; j += 6) ot_tile(p, pa, part, j, j - j0, k0, kc, 6, w, bt);
     switch (j1 - j) {
-    case 1: ot_tile(p, pa, part, j, j - j0, k0, kc, 1, bt); break;
-    case 2: ot_tile(p, pa, part, j, j - j0, k0, kc, 2, bt); break;
-    case 3: ot_tile(p, pa, part, j, j - j0, k0, kc, 3, bt); break;
-    case 4: ot_tile(p, pa, part, j, j - j0, k0, kc, 4, bt); break;
-    case 5: ot_tile(p, pa, part, j, j - j0, k0, kc, 5, bt); break;
+    case 1: ot_tile(p, pa, part, j, j - j0, k0, kc, 1, w, bt); break;
+    case 2: ot_tile(p, pa, part, j, j - j0, k0, kc, 2, w, bt); break;
+    case 3: ot_tile(p, pa, part, j, j - j0, k0, kc, 3, w, bt); break;
+    case 4: ot_tile(p, pa, part, j, j - j0, k0, kc, 4, w, bt); break;
+    case 5: ot_tile(p, pa, part, j, j - j0, k0, kc, 5, w, bt); break;
     default: break;
     }
 }
 
-AVX2_INLINE void ot_rows(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int bt) {
+/* Rows of op(A) packed into w lanes: w = 16 for 8 < M <= 16, w = 8 for M <= 8. */
+AVX2_INLINE void ot_rows(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int w, const int bt) {
     _Alignas(32) float pa[OT_KC * OT_W], part[OT_NC * OT_W];
     if (p->k <= OT_KC) { /* one slice: pack A once, no partial sums */
-        ot_pack_a(p, pa, 0, p->k);
-        ot_columns(p, pa, part, n0, n1, 0, p->k, bt);
+        ot_pack_a(p, pa, 0, p->k, w);
+        ot_columns(p, pa, part, n0, n1, 0, p->k, w, bt);
         return;
     }
     for (int64_t j0 = n0; j0 < n1; j0 += OT_NC) {
         int64_t j1 = n1 - j0 < OT_NC ? n1 : j0 + OT_NC;
         for (int64_t k0 = 0; k0 < p->k; k0 += OT_KC) {
             int64_t kc = p->k - k0 < OT_KC ? p->k - k0 : OT_KC;
-            ot_pack_a(p, pa, k0, kc);
-            ot_columns(p, pa, part, j0, j1, k0, kc, bt);
+            ot_pack_a(p, pa, k0, kc, w);
+            ot_columns(p, pa, part, j0, j1, k0, kc, w, bt);
         }
     }
 }
 
 __attribute__((noinline)) AVX2 static void ot_rows_narrow(const ts_gemm_small_args *p, int64_t n0, int64_t n1) {
-    ot_rows(p, n0, n1, OT_ANY_NARROW);
+    if (p->m <= 8) ot_rows(p, n0, n1, 8, OT_ANY_NARROW);
+    else ot_rows(p, n0, n1, 16, OT_ANY_NARROW);
 }
+
+/* Each form in a function of its own per type of B: with both widths inlined next to the dot
+ * products, GCC spilled the dot products' pointers (4 x 128 x 256 f32: 5.0 -> 6.9 us). */
+AVX2_INLINE void ot_rows8(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int bt) { ot_rows(p, n0, n1, 8, bt); }
+AVX2_INLINE void ot_rows16(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int bt) {
+    ot_rows(p, n0, n1, 16, bt);
+}
+NARROW_INSTANCE(ot_rows8, f32, TS_F32)
+NARROW_INSTANCE(ot_rows8, bf16, TS_BF16)
+NARROW_INSTANCE(ot_rows16, f32, TS_F32)
+NARROW_INSTANCE(ot_rows16, bf16, TS_BF16)
+
+/* Whether M <= 8 rows take the 8-lane packed-A form rather than the dot products (see nt_by_m):
+ * from 6 rows on, unless B's rows lie a multiple of 2 KiB apart (f32), where a tile's 12 rows
+ * share a few L1 sets and evict each other (6 x 24 x 1024 ran 2x slower). It looks at M and
+ * ldb only, so f32 and narrow B with the same values take the same path. */
+AVX2_INLINE int ot8_wins(const ts_gemm_small_args *p) { return p->m >= 6 && p->ldb % 512 != 0; }
 
 AVX2_INLINE void nt_by_m(const ts_gemm_small_args *p, int64_t n0, int64_t n1, const int bt) {
     /* (B rows at once, partial sums per element): at most 8 accumulators. M = 1 takes 4 rows
@@ -682,14 +733,18 @@ AVX2_INLINE void nt_by_m(const ts_gemm_small_args *p, int64_t n0, int64_t n1, co
      * sum each: 6 loads per 8 FMAs, where 1 row of B with 2 partial sums needed 10 (load-bound).
      * Streaming from DRAM (1 thread, quiet 2-core Zen 3 VM, medians): 4 x 128 x 256 9.2-11.3 ->
      * 7.2-7.4 us, 8 x 128 x 256 12.6 -> 10.0, 4 x 256 x 128 9.6 -> 7.6; 3 B rows spilled. Two
-     * rows of A keep two B rows for enough independent sums. Past 8 rows of A, the packed-A form. */
+     * rows of A keep two B rows for enough independent sums. Past 8 rows of A, and from 6 rows
+     * (ot8_wins), the packed-A form. */
     switch (p->m) {
     case 1: nt_cols(p, n0, n1, 4, 2, bt); break;
     case 2: nt_cols(p, n0, n1, 2, 2, bt); break;
     default:
-        if (p->m <= 8) nt_cols(p, n0, n1, 2, 1, bt); /* 4 rows of A at a time */
-        else if (bt == TS_F32 || bt == TS_BF16) ot_rows(p, n0, n1, bt);
-        else ot_rows_narrow(p, n0, n1);
+        if (p->m <= 8 && !ot8_wins(p)) nt_cols(p, n0, n1, 2, 1, bt); /* 4 rows of A at a time */
+        else if (bt != TS_F32 && bt != TS_BF16) ot_rows_narrow(p, n0, n1);
+        else if (p->m <= 8 && bt == TS_F32) ot_rows8_f32(p, n0, n1);
+        else if (p->m <= 8) ot_rows8_bf16(p, n0, n1);
+        else if (bt == TS_F32) ot_rows16_f32(p, n0, n1);
+        else ot_rows16_bf16(p, n0, n1);
         break;
     }
 }
