@@ -25,7 +25,8 @@
  * 4d. batch: a mix of a single token, a chunk keeping 3 rows and sequences keeping none gives
  *    the full passes' rows in one pass per chunk length, as does the next step of all; 60 random
  *    batches over 4 slots (chunks of equal length from different slots and positions sharing
- *    passes) give the full passes' rows in one pass per distinct chunk length each; bad batches
+ *    passes, chunks padded up to the next power of two) give the full passes' rows in one pass
+ *    per distinct chunk length each; bad batches
  *    are refused, and one the pool cannot hold is TS_ERR_OOM with nothing appended (its single
  *    tokens would have fitted).
  * 5. f32 on the optimized backend: the scaled-down tiny preset (more heads, top-16 indexer over
@@ -346,9 +347,9 @@ static void test_pool_random(ts_model_weights *w, ts_backend *be, const int32_t 
 }
 
 /* ts_model_decoder_batch: a mix of a single token, a chunk keeping 3 rows and sequences keeping
- * none gives the full passes' rows in three passes (chunks of 4 of two sequences together, the
- * 2 of one, then the single tokens of all four), and the next step of all four (their states
- * after the batch) too; bad batches are refused with nothing appended. */
+ * none gives the full passes' rows in three passes (the 7 tokens as a chunk of 8 with one
+ * padding token, 4 of the 5, then the single tokens of the rest), and the next step of all four
+ * (their states after the batch) too; bad batches are refused with nothing appended. */
 static void test_batch(ts_model_weights *w, ts_backend *be, const int32_t *a, const int32_t *b) {
     enum { V = 64 };
     char err[256] = "";
@@ -364,7 +365,7 @@ static void test_batch(ts_model_weights *w, ts_backend *be, const int32_t *a, co
     int64_t before = ts_model_decoder_passes(dec);
     CHECK_OK(ts_model_decoder_batch(dec, 4, seqs, lg), NULL);
     double worst = fmax(worst_diff(lg, full_b + 3 * V, V), worst_diff(lg + V, full_a + 14 * V, 3 * V));
-    CHECK(ts_model_decoder_passes(dec) - before == 3, "a batch of chunks 4 2 1, 1, 1, 4 1: %lld passes",
+    CHECK(ts_model_decoder_passes(dec) - before == 3, "a batch of chunks 1, 8 (7 + padding), 1, 4 1: %lld passes",
           (long long)(ts_model_decoder_passes(dec) - before));
     int slots[4] = {0, 1, 2, 3};
     int32_t next[4] = {a[17], b[4], a[1], b[5]};
@@ -407,11 +408,12 @@ static void test_batch(ts_model_weights *w, ts_backend *be, const int32_t *a, co
     free(full_b);
 }
 
-/* Tokens of a sequence's next pass when `left` remain (decode.c's chunks: 64, 32, .., 1). */
+/* Tokens of a sequence's next pass when `left` remain (decode.c's chunks: 64, 32, .., 1, or the
+ * next power of two when its padding is at most a quarter of it). */
 static int64_t chunk_of(int64_t left) {
     int64_t T = 64;
     while (T > left) T /= 2;
-    return T;
+    return T < left && T < 64 && 2 * T - left <= T / 2 ? 2 * T : T;
 }
 
 /* Random batches over 4 slots (two following a, two following b, from different positions;
@@ -446,7 +448,8 @@ static void test_batch_groups(ts_model_weights *w, ts_backend *be, const int32_t
             if (k > N - len) k = N - len;
             pos[n] = len;
             seqs[n++] = (ts_model_decoder_seq){s, src[s] + len, k, RND((int)k + 1)};
-            for (int64_t left = k; left > 0; left -= chunk_of(left)) uses[__builtin_ctzll((unsigned long long)chunk_of(left))]++;
+            for (int64_t left = k; left > 0; left -= chunk_of(left) < left ? chunk_of(left) : left)
+                uses[__builtin_ctzll((unsigned long long)chunk_of(left))]++;
         }
         if (n == 0) continue;
         int distinct = 0;
