@@ -509,8 +509,9 @@ typedef struct {
 /* Appends seqs[i].ids to each of n_seqs distinct slots - any mix of prompt chunks, single decode
  * tokens and drafts - in as few forward passes as the implementation allows (dense: one for up
  * to a token per slot plus 64, more tokens in several; V4: one per distinct chunk length, the
- * sequences' chunks of 64, 32, .., 1 tokens that share a length going together, the single
- * tokens all in one), and writes the logits after the last logit_rows tokens of each sequence,
+ * sequences' chunks of 64, 32, .., 1 tokens (padded up to the next power of two when that costs
+ * at most a quarter) that share a length going together, the single tokens all in one), and
+ * writes the logits after the last logit_rows tokens of each sequence,
  * sequence after sequence, into logits (rows of V; NULL when no sequence wants any). Step and
  * extend are this call with one token per slot or one sequence. TS_ERR_INVALID_ARG: repeated
  * or out-of-range slots, n < 1, logit_rows outside 0..n; TS_ERR_RANGE when a slot would pass

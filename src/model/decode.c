@@ -50,7 +50,8 @@
  * each row's own view instead - ring, then its NB entries (host-listed), then the pass's - and
  * indexes it locally, so a chunk copies the row's cache, not the whole pool. A batch (any mix
  * of sequences: single tokens, prompt chunks, drafts) breaks each sequence into chunks of 64,
- * 32, .., 1 tokens and runs one pass per chunk length, largest first, every sequence with a
+ * 32, .., 1 tokens (the last one padded up to the next power of two when that is at most a
+ * quarter padding: chunk_for) and runs one pass per chunk length, largest first, every sequence with a
  * chunk of that length in it (up to V4_PASS_TOKENS tokens a pass): the single tokens of the
  * generating sequences and the prompts' last ones meet in the final T = 1 pass. A pass uses the
  * smallest b in 1, 2, 4, .., slots that holds its sequences, and its head computes the logits
