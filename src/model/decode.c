@@ -173,7 +173,7 @@ struct v4_decoder {
     int *row_of, *slot_of;  /* slot <-> state row */
     bool *stepping;         /* [slot]: in the pass being run */
     int *group, *group_slots; /* [B] scratch of a batch: a pass's sequences and their slots */
-    int64_t *done;          /* [2B] scratch of a batch: tokens in, first logit row per sequence */
+    int64_t *done, *logit_at; /* [B] scratch of a batch, per sequence: tokens in, its first logit row */
     int64_t *filled;        /* [B] scratch of a batch: real tokens of each row of a pass */
     int32_t *ids;           /* [max(B, V4_PASS_TOKENS)] */
     int64_t n_runs;         /* passes computed */
@@ -762,6 +762,7 @@ static void v4_free(void *impl) {
     free(dec->group);
     free(dec->group_slots);
     free(dec->done);
+    free(dec->logit_at);
     free(dec->filled);
     free(dec->ids);
     free(dec->omega[0]);
@@ -911,7 +912,7 @@ static ts_status run_group(v4_decoder *dec, const ts_model_decoder_seq *seqs, in
  * leaves each sequence with the passes before it (its length says how many). */
 static ts_status v4_batch(void *impl, int n, const ts_model_decoder_seq *seqs, float *logits) {
     v4_decoder *dec = impl;
-    int64_t *done = dec->done, *at = dec->done + dec->B, need = 0;
+    int64_t *done = dec->done, *at = dec->logit_at, need = 0;
     ts_status s = TS_OK;
     int k;
     memset(done, 0, (size_t)n * sizeof *done);
@@ -1134,13 +1135,14 @@ static bool alloc_host(v4_decoder *dec) {
     dec->stepping = calloc(B, sizeof *dec->stepping);
     dec->group = calloc(B, sizeof *dec->group);
     dec->group_slots = calloc(B, sizeof *dec->group_slots);
-    dec->done = calloc(2 * B, sizeof *dec->done);
+    dec->done = calloc(B, sizeof *dec->done);
+    dec->logit_at = calloc(B, sizeof *dec->logit_at);
     dec->filled = calloc(B, sizeof *dec->filled);
     dec->ids = calloc(B > V4_PASS_TOKENS ? B : V4_PASS_TOKENS, sizeof *dec->ids);
     dec->omega[0] = calloc((size_t)dec->half, sizeof(double));
     dec->omega[1] = calloc((size_t)dec->half, sizeof(double));
     if (!dec->owned || !dec->arrays || !dec->len || !dec->reach || !dec->mlen || !dec->row_of || !dec->slot_of ||
-        !dec->stepping || !dec->group || !dec->group_slots || !dec->done || !dec->filled || !dec->ids || !dec->omega[0] || !dec->omega[1] ||
+        !dec->stepping || !dec->group || !dec->group_slots || !dec->done || !dec->logit_at || !dec->filled || !dec->ids || !dec->omega[0] || !dec->omega[1] ||
         !ts_block_pool_init(&dec->pool, (int)dec->B, dec->pool.block_positions, dec->pool.n_blocks, dec->max_len))
         return false;
     for (int64_t l = 0; l < dec->n_layers; l++)
