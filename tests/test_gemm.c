@@ -194,6 +194,8 @@ static void test_odd_shapes(void) {
     run_shape(8, 2000, 9);
     run_shape(9, 203, 1031); /* B^T past 8 rows: several packed k slices and column blocks */
     run_shape(16, 100, 517);
+    run_shape(40, 32, 129); /* few columns of B^T at any M: row groups of the small-M kernels, */
+    run_shape(40, 33, 129); /* and one column past that bound (blocked) */
 }
 
 /* Shapes one off the active tier's blocks (most of this program's run time). */

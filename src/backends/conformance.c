@@ -198,6 +198,11 @@ static const variant matmul_variants[] = { /* ip = trans_a, trans_b; M, N, K amo
     /* many small batches of their own B (a decode step's mHC mixes): spread over the threads */
     {.in = {F(16, 4, 7), F(16, 7, 33)}, .note = "16 small batches"},
     {.in = {F(16, 4, 1), F(16, 1, 33)}, .note = "16 outer products"},
+    /* K <= 8 with B not transposed: scaled rows of B added up (the fast kernel's tiny-K path) */
+    {.in = {F(16, 1, 4), F(16, 4, 33)}, .note = "16 tiny-K products"},
+    {.in = {FT(7, 8), F(8, 33)}, .note = "tiny K, A a transposed view"},
+    {.in = {F(3, 7, 8), FS(8, 33)}, .note = "tiny K, B sliced and shared"},
+    {.in = {F(2, 7, 9), F(2, 9, 33)}, .note = "K one past the tiny-K path"},
 };
 
 static const variant softmax_variants[] = { /* ip[0] = axis; optional additive mask */

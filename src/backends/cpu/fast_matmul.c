@@ -24,6 +24,7 @@
 #include <stdlib.h>
 
 #include "backends/cpu/fast_kernels.h"
+#include "backends/cpu/fast_vmath.h"
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/ref_common.h"
 #include "backends/cpu/ref_kernels.h"
@@ -228,7 +229,58 @@ static void batches_range(void *arg, int64_t begin, int64_t end, int tid) {
  * one after another they kept every other thread idle; otherwise one after another, each GEMM
  * on the whole pool. Either way each batch's bits are the same (GEMM results do not depend on
  * the thread count). */
+/* ---------------------------------------------------------------- tiny inner dimension */
+
+/* Products with K <= TINY_K and B not transposed - mHC's stream mixing, per token: [T, 1, 4] x
+ * [T, 4, D], [T, 4, 4] x [T, 4, D], [T, 4, 1] x [T, 1, D] - are K rows of B scaled and added
+ * into each output row (axpys), the rows of all batches split over the pool: a GEMM call per
+ * matrix cost several times the arithmetic. Each element is one FMA chain over k in order
+ * from zero (the GEMM micro-kernels' arithmetic), whatever the batch count or the split. */
+#define TINY_K 8
+#define TINY_MIN_FMAS ((int64_t)1 << 15) /* per thread chunk */
+
+typedef struct {
+    const gemm_plan *p;
+    const ts_tensor *dst;
+    const ts_vmath *vm;
+} tiny_job;
+
+static bool tiny_k_applies(const gemm_plan *p) {
+    return p->K <= TINY_K && !p->b.trans && p->a.t->dtype == TS_F32 && p->b.t->dtype == TS_F32;
+}
+
+/* Output rows [begin, end) of all batches (row r: batch r / M, row r % M). */
+static void tiny_k_range(void *arg, int64_t begin, int64_t end, int tid) {
+    const tiny_job *j = arg;
+    const gemm_plan *p = j->p;
+    const float *a = NULL, *b_rows[TINY_K];
+    float a_row[TINY_K];
+    for (int64_t r = begin, batch = -1; r < end; r++) {
+        int64_t i = r % p->M;
+        if (r / p->M != batch) {
+            batch = r / p->M;
+            a = (const float *)p->a.t->data + batch_offset(p->a.t, j->dst, batch);
+            const float *b = (const float *)p->b.t->data + batch_offset(p->b.t, j->dst, batch);
+            for (int64_t k = 0; k < p->K; k++) b_rows[k] = b + k * p->b.ld;
+        }
+        for (int64_t k = 0; k < p->K; k++) a_row[k] = p->a.trans ? a[k * p->a.ld + i] : a[i * p->a.ld + k];
+        float *c = (float *)j->dst->data + r * p->N;
+        for (int64_t n = 0; n < p->N; n++) c[n] = 0.0f;
+        j->vm->axpys(c, a_row, b_rows, p->K, p->N);
+    }
+}
+
+static void run_tiny_k(const ts_cpu_ctx *ctx, const gemm_plan *p, ts_tensor *dst) {
+    tiny_job j = {.p = p, .dst = dst, .vm = ts_vmath_active()};
+    int64_t per_row = p->K * p->N;
+    ts_parallel_for(ctx->pool, p->n_batch * p->M, (TINY_MIN_FMAS + per_row - 1) / per_row, tiny_k_range, &j);
+}
+
 static void run_f32_batches(const ts_cpu_ctx *ctx, const gemm_plan *p, ts_tensor *dst) {
+    if (tiny_k_applies(p)) {
+        run_tiny_k(ctx, p, dst);
+        return;
+    }
     int64_t threads = ts_threadpool_size(ctx->pool);
     batches_job j = {.ctx = ctx, .p = p, .dst = dst};
     if (threads > 1 && p->n_batch >= threads && (p->n_batch % threads == 0 || p->n_batch >= 8 * threads)) {

@@ -389,12 +389,32 @@ static int64_t convert_b_strip(const small_job *job, float *dst, int64_t j0, int
     return NN_STRIP;
 }
 
+/* Products with B stored [N, K] and few columns (N <= NARROW_N: mHC's [T, 24] <- [T, 1024]
+ * projection, the router's [T, 8]) take the small-M path at any M, its kernels run on
+ * groups of TS_GEMM_SMALL_M_NT rows over the same columns of B, which stay in L1/L2 from one
+ * group to the next. Blocked, such a B fills one or two NR panels: 24 columns split between
+ * two threads as one panel each (45 GFLOP/s on 64 x 24 x 1024, no faster on 2 threads than on
+ * 1), while the groups ran 64-1024 rows at 1.0-2.0x that (2 threads, Zen 3 VM). */
+#define NARROW_N 32
+
+/* The tier's kernel over columns [n0, n1) of all of args's rows, TS_GEMM_SMALL_M_NT at a time
+ * when there are more (only narrow-N products with B stored [N, K] have more). */
+static void small_rows(const small_job *job, const ts_gemm_small_args *args, int64_t n0, int64_t n1) {
+    ts_gemm_small_args g = *args;
+    for (int64_t i0 = 0; i0 < args->m; i0 += TS_GEMM_SMALL_M_NT) {
+        g.m = args->m - i0 < TS_GEMM_SMALL_M_NT ? args->m - i0 : TS_GEMM_SMALL_M_NT;
+        g.a = args->a + i0 * args->a_rs;
+        g.c = args->c + i0 * args->ldc;
+        job->fn(&g, n0, n1);
+    }
+}
+
 static void small_range(void *ctx, int64_t begin, int64_t end, int thread_id) {
     small_job *job = ctx;
     int64_t n0 = begin * job->group, n1 = end * job->group;
     if (n1 > job->n) n1 = job->n;
     if (!job->scratch) {
-        job->fn(&job->args, n0, n1);
+        small_rows(job, &job->args, n0, n1);
         return;
     }
     ts_gemm_small_args args = job->args;
@@ -411,7 +431,7 @@ static void small_range(void *ctx, int64_t begin, int64_t end, int thread_id) {
         scratch += args.m * args.k;
     }
     if (!job->convert_b) {
-        job->fn(&args, n0, n1);
+        small_rows(job, &args, n0, n1);
         return;
     }
     float *c = args.c;
@@ -420,7 +440,7 @@ static void small_range(void *ctx, int64_t begin, int64_t end, int thread_id) {
         args.ldb = convert_b_strip(job, scratch, j0, w);
         args.b = scratch;
         args.c = c + j0;
-        job->fn(&args, 0, w);
+        small_rows(job, &args, 0, w);
     }
 }
 
@@ -728,9 +748,12 @@ void ts_gemm(ts_threadpool *pool, bool trans_a, bool trans_b, int64_t M, int64_t
     gemm_src a = {.data = A, .type = a_type, .rs = trans_a ? 1 : lda, .cs = trans_a ? lda : 1};
     gemm_src b = {.data = B, .type = b_type, .rs = trans_b ? ldb : 1, .cs = trans_b ? 1 : ldb};
 
-    /* Small M: bandwidth-bound, stream B once without packing. The dot-product form (B^T)
-     * needs op(A) contiguous along k (narrow A is converted so that it is). */
-    if (M <= (trans_b ? TS_GEMM_SMALL_M_NT : TS_GEMM_SMALL_M) && (!trans_b || a.cs == 1 || a_type != TS_F32)) {
+    /* Small M: bandwidth-bound, stream B once without packing; so are few columns of B^T
+     * (NARROW_N), in row groups, when op(A) lies contiguous along k (whatever its dtype, so
+     * that narrow operands get the f32 path's bits). The B^T forms need op(A) contiguous along
+     * k (narrow A is converted so that it is). */
+    bool small = trans_b ? M <= TS_GEMM_SMALL_M_NT || (N <= NARROW_N && a.cs == 1) : M <= TS_GEMM_SMALL_M;
+    if (small && (!trans_b || a.cs == 1 || a_type != TS_F32)) {
         small_job job = {.args = {.m = M, .k = K, .alpha = alpha, .beta = beta, .a = A, .a_rs = a.rs, .a_cs = a.cs,
                                   .b = B, .ldb = ldb, .c = C, .ldc = ldc},
                          .trans_b = trans_b, .n = N, .a = a, .b = b};
