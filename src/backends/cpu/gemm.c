@@ -389,16 +389,21 @@ static int64_t convert_b_strip(const small_job *job, float *dst, int64_t j0, int
     return NN_STRIP;
 }
 
-/* Products with B stored [N, K] and few columns (N <= NARROW_N: mHC's [T, 24] <- [T, 1024]
- * projection, the router's [T, 8]) take the small-M path at any M, its kernels run on
- * groups of TS_GEMM_SMALL_M_NT rows over the same columns of B, which stay in L1/L2 from one
- * group to the next. Blocked, such a B fills one or two NR panels: 24 columns split between
- * two threads as one panel each (45 GFLOP/s on 64 x 24 x 1024, no faster on 2 threads than on
- * 1), while the groups ran 64-1024 rows at 1.0-2.0x that (2 threads, Zen 3 VM). */
+/* Products with B stored [N, K] and up to GROUPED_M rows (a MoE expert's rows of a prefill
+ * chunk, a 32- or 48-token chunk's linear layers) or few columns (N <= NARROW_N: mHC's
+ * [T, 24] <- [T, 1024] projection, the router's [T, 8]) at any M take the small-M path: its
+ * kernels run on groups of TS_GEMM_SMALL_M_NT rows over the same columns of B, which stay in
+ * L1/L2 from one group to the next, and B is never packed. Packing B costs about as much as
+ * the multiply at these M when B comes from DRAM (a weight): 20-48 x 128 x 256 ran 1.25-1.8x
+ * faster in groups on 1 thread, 32 rows 1.3-1.6x on 2, about even at 64. Blocked, a narrow
+ * B fills one or two NR panels: 24 columns split between two threads as one panel each (45
+ * GFLOP/s on 64 x 24 x 1024, no faster on 2 threads than on 1), while the groups ran 64-1024
+ * rows at 1.0-2.0x that (Zen 3 VM, cold weights). */
+#define GROUPED_M 48
 #define NARROW_N 32
 
 /* The tier's kernel over columns [n0, n1) of all of args's rows, TS_GEMM_SMALL_M_NT at a time
- * when there are more (only narrow-N products with B stored [N, K] have more). */
+ * when there are more (only B^T products have more: GROUPED_M, NARROW_N). */
 static void small_rows(const small_job *job, const ts_gemm_small_args *args, int64_t n0, int64_t n1) {
     ts_gemm_small_args g = *args;
     for (int64_t i0 = 0; i0 < args->m; i0 += TS_GEMM_SMALL_M_NT) {
@@ -748,11 +753,12 @@ void ts_gemm(ts_threadpool *pool, bool trans_a, bool trans_b, int64_t M, int64_t
     gemm_src a = {.data = A, .type = a_type, .rs = trans_a ? 1 : lda, .cs = trans_a ? lda : 1};
     gemm_src b = {.data = B, .type = b_type, .rs = trans_b ? ldb : 1, .cs = trans_b ? 1 : ldb};
 
-    /* Small M: bandwidth-bound, stream B once without packing; so are few columns of B^T
-     * (NARROW_N), in row groups, when op(A) lies contiguous along k (whatever its dtype, so
-     * that narrow operands get the f32 path's bits). The B^T forms need op(A) contiguous along
-     * k (narrow A is converted so that it is). */
-    bool small = trans_b ? M <= TS_GEMM_SMALL_M_NT || (N <= NARROW_N && a.cs == 1) : M <= TS_GEMM_SMALL_M;
+    /* Small M: bandwidth-bound, stream B once without packing; so do B^T products of up to
+     * GROUPED_M rows or NARROW_N columns, in row groups, when op(A) lies contiguous along k
+     * (whatever its dtype, so that narrow operands get the f32 path's bits). The B^T forms need
+     * op(A) contiguous along k (narrow A is converted so that it is). */
+    bool small = trans_b ? M <= TS_GEMM_SMALL_M_NT || ((M <= GROUPED_M || N <= NARROW_N) && a.cs == 1)
+                         : M <= TS_GEMM_SMALL_M;
     if (small && (!trans_b || a.cs == 1 || a_type != TS_F32)) {
         small_job job = {.args = {.m = M, .k = K, .alpha = alpha, .beta = beta, .a = A, .a_rs = a.rs, .a_cs = a.cs,
                                   .b = B, .ldb = ldb, .c = C, .ldc = ldc},
