@@ -55,7 +55,7 @@
  * chunk of that length in it (up to V4_PASS_TOKENS tokens a pass): the single tokens of the
  * generating sequences and the prompts' last ones meet in the final T = 1 pass. A pass uses the
  * smallest b in 1, 2, 4, .., slots that holds its sequences, and its head computes the logits
- * of each row's last token only unless some row asks for more. Graphs are built on first use
+ * of each row's last token only unless some row asks for more (group_pass). Graphs are built on first use
  * and bound to the same state arrays: a graph of b rows sees the first b rows of the per-slot
  * arrays, so a pass first swaps the state rows of its slots into rows [0, b) (slot <-> row
  * maps; nothing moves while the set of active slots stays put; the pool never moves). An idle
@@ -85,8 +85,8 @@
 #define V4_REWIND 16    /* tokens truncate can always take back behind the furthest length */
 #define V4_CHUNK 64     /* tokens per row of a pass at most */
 #define V4_PASS_TOKENS 128 /* rows x tokens of a pass of chunks at most (single tokens: any rows) */
-#define V4_MAX_GRAPHS 128 /* one-token shapes (<= 32 row counts) + chunk shapes (<= 33 pairs of rows
-                           * and length x 2 logit row counts) + MTP shapes (7) */
+#define V4_MAX_GRAPHS 160 /* one-token shapes (<= 32 row counts) + chunk shapes (<= 33 pairs of rows
+                           * and length x 3 logit row counts) + MTP shapes (7) */
 #define V4_KEEP (TS_MODEL_MTP_MAX_LAG + V4_REWIND) /* positions whose final streams and ids are kept */
 
 typedef struct {
@@ -856,15 +856,20 @@ static int64_t first_wanted(const ts_model_decoder_seq *q, int64_t done, int64_t
     return q->logit_rows == 0 || first >= filled_of(q, done, T) ? T : first < 0 ? 0 : first;
 }
 
-/* The pass graph of the group: b rows for its k sequences, and the logits of every token when
- * one of them wants more than its chunk's last. */
+/* The pass graph of the group: b rows for its k sequences, and logits of the last R tokens of
+ * each row: 1 when every sequence wants its chunk's last token at most, T / 4 + 1 when that
+ * reaches back to the last real token of a padded chunk (at most T / 4 padding: chunk_for),
+ * else all T. The head costs a vocabulary x hidden product per row - with a large vocabulary
+ * most of a short pass - so a 27-token prompt padded to 32 runs it on 9 rows, not 32. */
 static ts_status group_pass(v4_decoder *dec, const ts_model_decoder_seq *seqs, int k, int64_t T, const int64_t *done,
                             pass **ps) {
-    int64_t R = 1;
+    int64_t need = 1;
     for (int j = 0; j < k; j++) {
         int i = dec->group[j];
-        if (first_wanted(&seqs[i], done[i], T) < T - 1) R = T;
+        int64_t back = T - first_wanted(&seqs[i], done[i], T);
+        if (back > need) need = back;
     }
+    int64_t R = need <= 1 ? 1 : need <= T / 4 + 1 ? T / 4 + 1 : T;
     return get_pass(dec, rows_for(dec, k), T, R, false, ps);
 }
 
