@@ -8,7 +8,7 @@
  *    Eight sequences in eight slots, starting at different steps and each sitting out a
  *    different subset of steps (so passes of 1, 2, 4 and 8 rows run and the slots' state rows
  *    move): each matches its own full forward pass.
- * 3. extend: a sequence fed in chunks of many sizes (one pass per 64, 32, .., 1 tokens), mixed
+ * 3. extend: a sequence fed in chunks of many sizes (one pass per chunk of 64, a multiple of 8 or 4, 2, 1 tokens), mixed
  *    with single steps, gives the full pass's logits after every token (logit_rows = chunk),
  *    and only the last rows when logit_rows is smaller.
  * 4. truncate: A, then B, truncated back to A, then C gives the logits of A + C, for cuts on and
@@ -25,7 +25,7 @@
  * 4d. batch: a mix of a single token, a chunk keeping 3 rows and sequences keeping none gives
  *    the full passes' rows in one pass per chunk length, as does the next step of all; 60 random
  *    batches over 4 slots (chunks of equal length from different slots and positions sharing
- *    passes, chunks padded up to the next power of two) give the full passes' rows in one pass
+ *    passes, chunks padded up to the next chunk length) give the full passes' rows in one pass
  *    per distinct chunk length each; bad batches
  *    are refused, and one the pool cannot hold is TS_ERR_OOM with nothing appended (its single
  *    tokens would have fitted).
@@ -408,18 +408,25 @@ static void test_batch(ts_model_weights *w, ts_backend *be, const int32_t *a, co
     free(full_b);
 }
 
-/* Tokens of a sequence's next pass when `left` remain (decode.c's chunks: 64, 32, .., 1, or the
- * next power of two when its padding is at most a quarter of it). */
-static int64_t chunk_of(int64_t left) {
-    int64_t T = 64;
-    while (T > left) T /= 2;
-    return T < left && T < 64 && 2 * T - left <= T / 2 ? 2 * T : T;
+/* Chunk lengths of decode.c, ascending: 1, 2, 4, then the multiples of 8 up to 64. */
+static const int64_t chunk_lengths[] = {1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64};
+enum { N_CHUNK_LENGTHS = sizeof chunk_lengths / sizeof chunk_lengths[0] };
+
+/* Index in chunk_lengths of the tokens of a sequence's next pass when `left` remain: the
+ * longest chunk length it fills, or the next one when its padding is at most a quarter of it. */
+static int chunk_of(int64_t left) {
+    int c = N_CHUNK_LENGTHS - 1;
+    while (c > 0 && chunk_lengths[c] > left) c--;
+    if (chunk_lengths[c] < left && c + 1 < N_CHUNK_LENGTHS && 4 * (chunk_lengths[c + 1] - left) <= chunk_lengths[c + 1])
+        c++;
+    return c;
 }
 
 /* Random batches over 4 slots (two following a, two following b, from different positions;
- * each sequence 1..12 tokens keeping 0..n rows of logits, a slot sitting out now and then and
- * starting over when full) give the full passes' rows, and each batch costs one pass per
- * distinct chunk length its sequences break into - rows of equal chunks share a pass. */
+ * each sequence 1..12 tokens, or 13..40 one time in four, keeping 0..n rows of logits, a slot
+ * sitting out now and then and starting over when full) give the full passes' rows, and each
+ * batch costs one pass per distinct chunk length its sequences break into - rows of equal
+ * chunks share a pass. */
 static void test_batch_groups(ts_model_weights *w, ts_backend *be, const int32_t *a, const int32_t *b) {
     enum { V = 64, SLOTS = 4, N = 46, BATCHES = 60 };
     char err[256] = "";
@@ -429,7 +436,7 @@ static void test_batch_groups(ts_model_weights *w, ts_backend *be, const int32_t
     double *full_a = full_logits(w, be, a, N), *full_b = full_logits(w, be, b, N);
     const int32_t *src[SLOTS] = {a, b, a, b};
     const double *full[SLOTS] = {full_a, full_b, full_a, full_b};
-    float lg[SLOTS * 12 * V];
+    float lg[SLOTS * 40 * V];
     feed(dec, 2, a, 5, (const int[]){1}, 1, V, lg);
     feed(dec, 3, b, 3, (const int[]){1}, 1, V, lg);
     unsigned rng = 2024u;
@@ -439,21 +446,21 @@ static void test_batch_groups(ts_model_weights *w, ts_backend *be, const int32_t
     for (int it = 0; it < BATCHES; it++) {
         ts_model_decoder_seq seqs[SLOTS];
         int64_t pos[SLOTS];
-        int n = 0, uses[7] = {0};
+        int n = 0, uses[N_CHUNK_LENGTHS] = {0};
         for (int s = 0; s < SLOTS; s++) {
             int64_t len = ts_model_decoder_length(dec, s);
             if (len >= N - 1) ts_model_decoder_reset(dec, s), len = 0;
             if (RND(5) == 0) continue;
-            int64_t k = 1 + RND(12);
+            int64_t k = RND(4) ? 1 + RND(12) : 13 + RND(28);
             if (k > N - len) k = N - len;
             pos[n] = len;
             seqs[n++] = (ts_model_decoder_seq){s, src[s] + len, k, RND((int)k + 1)};
-            for (int64_t left = k; left > 0; left -= chunk_of(left) < left ? chunk_of(left) : left)
-                uses[__builtin_ctzll((unsigned long long)chunk_of(left))]++;
+            for (int64_t left = k; left > 0; left -= chunk_lengths[chunk_of(left)] < left ? chunk_lengths[chunk_of(left)] : left)
+                uses[chunk_of(left)]++;
         }
         if (n == 0) continue;
         int distinct = 0;
-        for (int c = 0; c < 7; c++) distinct += uses[c] > 0, shared += c > 0 && uses[c] > 1;
+        for (int c = 0; c < N_CHUNK_LENGTHS; c++) distinct += uses[c] > 0, shared += c > 0 && uses[c] > 1;
         int64_t before = ts_model_decoder_passes(dec);
         CHECK_OK(ts_model_decoder_batch(dec, n, seqs, lg), NULL);
         bad_passes += ts_model_decoder_passes(dec) - before != distinct;

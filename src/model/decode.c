@@ -50,7 +50,7 @@
  * each row's own view instead - ring, then its NB entries (host-listed), then the pass's - and
  * indexes it locally, so a chunk copies the row's cache, not the whole pool. A batch (any mix
  * of sequences: single tokens, prompt chunks, drafts) breaks each sequence into chunks of 64,
- * 32, .., 1 tokens (the last one padded up to the next power of two when that is at most a
+ * 56, .., 8, 4, 2, 1 tokens (the last one padded up to the next such length when that is at most a
  * quarter padding: chunk_for) and runs one pass per chunk length, largest first, every sequence with a
  * chunk of that length in it (up to V4_PASS_TOKENS tokens a pass): the single tokens of the
  * generating sequences and the prompts' last ones meet in the final T = 1 pass. A pass uses the
@@ -84,9 +84,10 @@
 
 #define V4_REWIND 16    /* tokens truncate can always take back behind the furthest length */
 #define V4_CHUNK 64     /* tokens per row of a pass at most */
+#define V4_CHUNK_STEP 8 /* chunk lengths past it are its multiples (chunk_fill) */
 #define V4_PASS_TOKENS 128 /* rows x tokens of a pass of chunks at most (single tokens: any rows) */
-#define V4_MAX_GRAPHS 160 /* one-token shapes (<= 32 row counts) + chunk shapes (<= 33 pairs of rows
-                           * and length x 3 logit row counts) + MTP shapes (7) */
+#define V4_MAX_GRAPHS 160 /* one-token shapes (<= 32 row counts) + chunk shapes (<= 36 pairs of rows
+                           * and length x 3 logit row counts) + MTP shapes (11) */
 #define V4_KEEP (TS_MODEL_MTP_MAX_LAG + V4_REWIND) /* positions whose final streams and ids are kept */
 
 typedef struct {
@@ -811,21 +812,28 @@ static int64_t rows_for(const v4_decoder *dec, int n) {
     return b < dec->B ? b : dec->B;
 }
 
-/* The largest power of two a sequence with `left` tokens fills, at most V4_CHUNK. */
+/* The longest chunk length a sequence with `left` tokens fills. Chunk lengths are 1, 2, 4, 8,
+ * then the multiples of V4_CHUNK_STEP up to V4_CHUNK: finer than powers of two, so that a
+ * 37- or 48-token prompt is one pass (40, 48) rather than three or two (32 + 4 + 1, 32 + 16),
+ * yet few enough shapes for the graphs built on first use. */
 static int64_t chunk_fill(int64_t left) {
-    int64_t T = V4_CHUNK;
+    if (left >= V4_CHUNK) return V4_CHUNK;
+    if (left >= V4_CHUNK_STEP) return left / V4_CHUNK_STEP * V4_CHUNK_STEP;
+    int64_t T = V4_CHUNK_STEP;
     while (T > left) T /= 2;
     return T;
 }
 
-/* Tokens of a sequence's next pass when `left` remain: chunk_fill, or the next power of two
+/* Tokens of a sequence's next pass when `left` remain: chunk_fill, or the next chunk length
  * when that takes at most a quarter of padding - tokens after the sequence's, computed and
  * dropped (causal: no real token sees them; commit_row files the real ones only). A pass costs
  * about as much as a dozen tokens of a chunk (its weights stream from memory), so 27 tokens
- * run as 32 in one pass instead of 16 + 8 + 2 + 1 in four. */
+ * run as 32 in one pass instead of 24 + 2 + 1 in three. */
 static int64_t chunk_for(int64_t left) {
     int64_t T = chunk_fill(left);
-    return T < left && T < V4_CHUNK && 2 * T - left <= T / 2 ? 2 * T : T;
+    if (T == left || T == V4_CHUNK) return T;
+    int64_t up = T < V4_CHUNK_STEP ? 2 * T : T + V4_CHUNK_STEP;
+    return up - left <= up / 4 ? up : T;
 }
 
 /* The real tokens of sequence q's next pass of T from done. */
@@ -843,7 +851,9 @@ static int64_t next_group(v4_decoder *dec, int n, const ts_model_decoder_seq *se
     int64_t T = 0;
     for (int i = 0; i < n; i++)
         if (done[i] < seqs[i].n && chunk_for(seqs[i].n - done[i]) > T) T = chunk_for(seqs[i].n - done[i]);
-    int64_t cap = T > 1 && V4_PASS_TOKENS / T < dec->B ? V4_PASS_TOKENS / T : dec->B;
+    int64_t cap = 1; /* a power of two: rows_for rounds up, and rows past the sequences are computed too */
+    while (T > 1 && 2 * cap * T <= V4_PASS_TOKENS) cap *= 2;
+    if (T <= 1 || cap > dec->B) cap = dec->B;
     *k = 0;
     for (int i = 0; T > 0 && i < n && *k < cap; i++)
         if (done[i] < seqs[i].n && chunk_for(seqs[i].n - done[i]) == T) dec->group[(*k)++] = i;
