@@ -3,7 +3,8 @@
  * graph must give bit-identical results, while using far less memory. Also checked here:
  * that no two live intermediates ever share bytes (except a real in-place), guard bytes
  * catching a kernel that writes out of bounds, clean errors for misuse, in-place on an
- * elementwise chain, tensor I/O through views and through a non-host-visible backend. */
+ * elementwise chain, tensor I/O through views and through a non-host-visible backend, graphs
+ * sharing one arena. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -626,6 +627,60 @@ static void test_device_buffers(ts_backend *cpu) {
     ts_graph_free(g);
 }
 
+/* ---------------------------------------------------------------- (c) a shared arena */
+
+/* Two graphs in one shared arena: it grows to the larger one's peak (moving the smaller one,
+ * allocated first), each computes exactly what it computes in an arena of its own, also after
+ * the other overwrote the shared bytes; misuse is refused. */
+static void test_shared_arena(ts_backend *be) {
+    ts_shared_arena *arena = NULL;
+    CHECK_OK(ts_shared_arena_new(be, &arena), NULL);
+    if (!arena) return;
+    built small, big, small_own, big_own;
+    ts_plan_options shared = {.shared_arena = arena};
+    if (build_and_alloc(&small, build_mixed, be, shared) != TS_OK) return;
+    size_t after_small = ts_shared_arena_bytes(arena);
+    if (build_and_alloc(&big, build_mlp, be, shared) != TS_OK) return;
+    if (build_and_alloc(&small_own, build_mixed, be, (ts_plan_options){0}) != TS_OK) return;
+    if (build_and_alloc(&big_own, build_mlp, be, (ts_plan_options){0}) != TS_OK) return;
+    CHECK(after_small == small.stats.arena_bytes && big.stats.arena_bytes > after_small &&
+              ts_shared_arena_bytes(arena) == big.stats.arena_bytes,
+          "shared arena %zu then %zu bytes for graphs of %zu and %zu", after_small, ts_shared_arena_bytes(arena),
+          small.stats.arena_bytes, big.stats.arena_bytes);
+    write_leaves(small.g, 7, 0.5f, 1);
+    write_leaves(small_own.g, 7, 0.5f, 1);
+    write_leaves(big.g, 11, 0.2f, MLP_WIDTH);
+    write_leaves(big_own.g, 11, 0.2f, MLP_WIDTH);
+    CHECK_OK(ts_graph_compute(small_own.g), small_own.g);
+    CHECK_OK(ts_graph_compute(big_own.g), big_own.g);
+    for (int round = 0; round < 2; round++) { /* the small graph after the big one wrote the arena, and again */
+        CHECK_OK(ts_graph_compute(small.g), small.g);
+        for (int i = 0; i < small.n_out; i++)
+            CHECK(same_bytes(small.out[i], small_own.out[i]), "shared arena: output %s differs", small.out[i]->name);
+        CHECK_OK(ts_graph_compute(big.g), big.g);
+        check_mlp_same(&big, &big_own, "MLP in a shared arena");
+    }
+    printf("planner: shared arena: %zu bytes for two graphs of %zu and %zu\n", ts_shared_arena_bytes(arena),
+           small.stats.arena_bytes, big.stats.arena_bytes);
+
+    ts_backend *other = NULL;
+    CHECK_OK(ts_backend_cpu_ref_new(1, &other), NULL);
+    for (int misuse = 0; misuse < 2 && other; misuse++) { /* guards; another backend */
+        ts_graph *g = ts_graph_new();
+        ts_set_output(ts_exp(g, ts_new_tensor_1d(g, TS_F32, 8, "x")));
+        ts_plan_options o = {.shared_arena = arena, .guard_bytes = misuse == 0 ? 16 : 0};
+        CHECK(ts_graph_alloc(g, misuse == 0 ? be : other, &o, NULL) == TS_ERR_INVALID_ARG,
+              "a shared arena took a graph %s", misuse == 0 ? "with guards" : "of another backend");
+        ts_graph_free(g);
+    }
+    ts_backend_free(other);
+    ts_graph_free(small.g);
+    ts_graph_free(big.g);
+    ts_graph_free(small_own.g);
+    ts_graph_free(big_own.g);
+    ts_shared_arena_free(arena);
+}
+
 int main(void) {
     ts_backend *be = NULL;
     ts_status s = ts_backend_cpu_ref_new(N_THREADS, &be);
@@ -638,6 +693,7 @@ int main(void) {
     test_mixed_planned_vs_naive(be);
     test_guards(be);
     test_mlp_training_graph(be);
+    test_shared_arena(be);
     ts_backend_free(be);
     return check_summary("planner");
 }

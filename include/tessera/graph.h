@@ -378,11 +378,23 @@ ts_tensor *ts_grad(const ts_tensor *t);
 
 /* ---------------------------------------------------------------- memory plan + execution */
 
+/* An arena several graphs share for their intermediates when they never compute at the same
+ * time - a decoder's pass graphs, one per batch shape, of which one runs at a time: it holds the
+ * largest graph's intermediates rather than the sum of all. A graph allocated into it that
+ * needs more grows it, moving the graphs already there (their intermediates change address;
+ * leaves do not). An intermediate's value lasts only until another graph of the arena
+ * computes. Free the arena after its graphs. */
+typedef struct ts_shared_arena ts_shared_arena;
+ts_status ts_shared_arena_new(ts_backend *be, ts_shared_arena **out);
+void ts_shared_arena_free(ts_shared_arena *a);
+size_t ts_shared_arena_bytes(const ts_shared_arena *a); /* its size now */
+
 typedef struct {
     bool naive;            /* every tensor in its own region, no reuse (testing baseline) */
     bool no_inplace;       /* disable in-place reuse of a dying input */
     size_t guard_bytes;    /* pattern-filled bytes around every region, checked by ts_graph_check_guards */
     bool plan_only;        /* fill the stats, allocate nothing: the graph stays unallocated */
+    ts_shared_arena *shared_arena; /* intermediates in this arena (same backend, no guards), not one of their own */
 } ts_plan_options;
 
 typedef struct {

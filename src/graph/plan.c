@@ -37,13 +37,22 @@ typedef struct {
 
 struct ts_plan_state {
     ts_backend *backend;
-    ts_buffer *buffers[BUF_COUNT];
+    ts_buffer *buffers[BUF_COUNT]; /* the graph's own: no BUF_ARENA one in a shared arena */
+    ts_shared_arena *shared;       /* where BUF_ARENA lies, or NULL */
     size_t guard_bytes;
     plan_region *regions;
     int n_regions;
     int *region_of;          /* node id -> index in regions, -1 for views and bound leaves */
     unsigned char *scratch;  /* guard_bytes, for reading guards of device buffers */
     ts_plan_stats stats;
+};
+
+struct ts_shared_arena {
+    ts_backend *backend;
+    ts_buffer *buffer; /* NULL until a graph needs bytes */
+    size_t size;
+    ts_graph **graphs; /* allocated into it */
+    int n_graphs, cap_graphs;
 };
 
 /* ---------------------------------------------------------------- small helpers */
@@ -328,14 +337,25 @@ static void plan_state_free(struct ts_plan_state *st) {
     free(st);
 }
 
+/* Drops g from the shared arena it lies in, if any. */
+static void leave_shared_arena(ts_graph *g) {
+    ts_shared_arena *a = g->plan->shared;
+    for (int i = 0; a && i < a->n_graphs; i++)
+        if (a->graphs[i] == g) {
+            a->graphs[i] = a->graphs[--a->n_graphs];
+            break;
+        }
+}
+
 void ts_plan_release(ts_graph *g) {
     if (!g || !g->plan) return;
+    leave_shared_arena(g);
     plan_state_free(g->plan);
     g->plan = NULL;
 }
 
 static ts_status allocate_buffers(ts_graph *g, struct ts_plan_state *st) {
-    size_t sizes[BUF_COUNT] = {st->stats.arena_bytes, st->stats.leaf_bytes};
+    size_t sizes[BUF_COUNT] = {st->shared ? 0 : st->stats.arena_bytes, st->stats.leaf_bytes};
     for (int b = 0; b < BUF_COUNT; b++) {
         if (sizes[b] == 0) continue;
         ts_status s = ts_backend_buffer_alloc(st->backend, sizes[b], &st->buffers[b]);
@@ -349,6 +369,10 @@ static ts_status allocate_buffers(ts_graph *g, struct ts_plan_state *st) {
     return TS_OK;
 }
 
+static ts_buffer *buffer_of(const struct ts_plan_state *st, int b) {
+    return b == BUF_ARENA && st->shared ? st->shared->buffer : st->buffers[b];
+}
+
 /* Writes the guard pattern on both sides of every region (shared regions are simply written
  * again with the same bytes). */
 static ts_status fill_guards(ts_graph *g, struct ts_plan_state *st) {
@@ -360,7 +384,7 @@ static ts_status fill_guards(ts_graph *g, struct ts_plan_state *st) {
     ts_status s = TS_OK;
     for (int r = 0; r < st->n_regions && s == TS_OK; r++) {
         const plan_region *reg = &st->regions[r];
-        ts_buffer *buf = st->buffers[reg->buffer];
+        ts_buffer *buf = buffer_of(st, reg->buffer);
         s = buf->backend->iface->buffer_write(buf, reg->data_offset - gb, pattern, gb);
         if (s == TS_OK) s = buf->backend->iface->buffer_write(buf, reg->data_offset + reg->nbytes, pattern, gb);
     }
@@ -388,10 +412,52 @@ static void assign_storage(ts_graph *g, struct ts_plan_state *st) {
             t->data = root->data ? (char *)root->data + delta : NULL;
         } else if (st->region_of[i] >= 0) {
             const plan_region *r = &st->regions[st->region_of[i]];
-            point_at(t, st->buffers[r->buffer], r->data_offset);
+            point_at(t, buffer_of(st, r->buffer), r->data_offset);
         } /* else: a bound leaf keeps what ts_tensor_bind gave it */
     }
 }
+
+/* Makes room for `bytes` in arena a (and for one more graph in its list): a larger buffer
+ * with every graph already there moved into it. Nothing changes on failure. */
+static ts_status shared_arena_reserve(ts_shared_arena *a, size_t bytes) {
+    if (a->n_graphs == a->cap_graphs) {
+        int cap = a->cap_graphs ? 2 * a->cap_graphs : 8;
+        ts_graph **gs = realloc(a->graphs, (size_t)cap * sizeof *gs);
+        if (!gs) return TS_ERR_OOM;
+        a->graphs = gs;
+        a->cap_graphs = cap;
+    }
+    if (bytes <= a->size) return TS_OK;
+    ts_buffer *bigger = NULL;
+    ts_status s = ts_backend_buffer_alloc(a->backend, bytes, &bigger);
+    if (s != TS_OK || !bigger) return s != TS_OK ? s : TS_ERR_OOM;
+    ts_buffer_free(a->buffer);
+    a->buffer = bigger;
+    a->size = bytes;
+    for (int i = 0; i < a->n_graphs; i++) assign_storage(a->graphs[i], a->graphs[i]->plan);
+    return TS_OK;
+}
+
+ts_status ts_shared_arena_new(ts_backend *be, ts_shared_arena **out) {
+    if (!out) return TS_ERR_INVALID_ARG;
+    *out = NULL;
+    if (!be) return TS_ERR_INVALID_ARG;
+    ts_shared_arena *a = calloc(1, sizeof *a);
+    if (!a) return TS_ERR_OOM;
+    a->backend = be;
+    *out = a;
+    return TS_OK;
+}
+
+/* Graphs still in the arena keep pointers into it: they must be freed first. */
+void ts_shared_arena_free(ts_shared_arena *a) {
+    if (!a) return;
+    ts_buffer_free(a->buffer);
+    free(a->graphs);
+    free(a);
+}
+
+size_t ts_shared_arena_bytes(const ts_shared_arena *a) { return a ? a->size : 0; }
 
 static struct ts_plan_state *plan_state_new(ts_graph *g, ts_backend *be, size_t guard_bytes) {
     struct ts_plan_state *st = calloc(1, sizeof *st);
@@ -427,6 +493,10 @@ ts_status ts_graph_alloc(ts_graph *g, ts_backend *be, const ts_plan_options *opt
     ts_backend_get_info(be, &info);
     ts_status s = check_graph_allocatable(g, be, &info);
     if (s != TS_OK) return s;
+    ts_shared_arena *shared = opts ? opts->shared_arena : NULL;
+    if (shared && (shared->backend != be || opts->guard_bytes))
+        return ts_graph_set_error(g, TS_ERR_INVALID_ARG,
+                                  "ts_graph_alloc: a shared arena takes graphs of its own backend, without guards");
 
     planner p = {.g = g};
     if (opts) p.opts = *opts;
@@ -456,14 +526,22 @@ ts_status ts_graph_alloc(ts_graph *g, ts_backend *be, const ts_plan_options *opt
         return TS_OK;
     }
 
+    st->shared = shared;
     s = allocate_buffers(g, st);
+    if (s == TS_OK && shared) {
+        s = shared_arena_reserve(shared, st->stats.arena_bytes);
+        if (s != TS_OK)
+            ts_graph_set_error(g, s, "ts_graph_alloc: the shared arena could not grow to %zu bytes (%.2f GiB): %s",
+                               st->stats.arena_bytes, (double)st->stats.arena_bytes / (1 << 30), ts_status_name(s));
+    }
     if (s == TS_OK) s = fill_guards(g, st);
     if (s != TS_OK) {
         plan_state_free(st);
         return s;
     }
-    assign_storage(g, st);
     g->plan = st;
+    assign_storage(g, st);
+    if (shared) shared->graphs[shared->n_graphs++] = g;
     if (stats) *stats = st->stats;
     return TS_OK;
 }
@@ -492,7 +570,7 @@ ts_status ts_graph_compute_range(ts_graph *g, int first, int last) {
 
 /* The guard bytes as they are now: straight from host memory, else read into scratch. */
 static const unsigned char *guard_now(struct ts_plan_state *st, const plan_region *r, size_t offset) {
-    ts_buffer *buf = st->buffers[r->buffer];
+    ts_buffer *buf = buffer_of(st, r->buffer);
     if (buf->host) return (const unsigned char *)buf->host + offset;
     if (buf->backend->iface->buffer_read(buf, offset, st->scratch, st->guard_bytes) != TS_OK) return NULL;
     return st->scratch;

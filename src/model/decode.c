@@ -181,6 +181,7 @@ struct v4_decoder {
     double *omega[2];       /* RoPE frequencies: main, compressed */
     pass *passes[V4_MAX_GRAPHS];
     int n_passes;
+    ts_shared_arena *arena; /* the passes' intermediates: one pass computes at a time */
 };
 
 /* ---------------------------------------------------------------- graph hooks */
@@ -463,7 +464,8 @@ static ts_status build_pass(v4_decoder *dec, int64_t b, int64_t T, int64_t R, bo
     p->l1 = mtp ? dec->n_layers : dec->c->num_hidden_layers;
     ts_model_graph_options o = {.batch = b, .seq = T};
     ts_status s = ts_model_graph_build_with(dec->w, &o, p, &p->mg, err, err_size);
-    if (s == TS_OK) s = ts_model_graph_alloc(p->mg, dec->be, NULL, err, err_size);
+    ts_plan_options po = {.shared_arena = dec->arena};
+    if (s == TS_OK) s = ts_model_graph_alloc_with(p->mg, dec->be, &po, NULL, err, err_size);
     if (s != TS_OK) {
         free_pass(p, dec->n_layers);
         return s;
@@ -748,6 +750,7 @@ static void v4_free(void *impl) {
     v4_decoder *dec = impl;
     if (!dec) return;
     for (int i = 0; i < dec->n_passes; i++) free_pass(dec->passes[i], dec->n_layers);
+    ts_shared_arena_free(dec->arena);
     for (int i = 0; i < dec->n_owned; i++) free(dec->owned[i]);
     free(dec->owned);
     free(dec->arrays);
@@ -1204,7 +1207,7 @@ ts_status ts_v4_decoder_new(const ts_model_weights *w, ts_backend *be, int slots
         v4_free(dec);
         return TS_ERR_INVALID_ARG;
     }
-    if (!alloc_host(dec)) {
+    if (!alloc_host(dec) || ts_shared_arena_new(be, &dec->arena) != TS_OK) {
         v4_free(dec);
         ts_error_printf(err, err_size, "decoder: out of memory for the caches");
         return TS_ERR_OOM;

@@ -90,6 +90,7 @@ typedef struct {
     int64_t *start;    /* [slots] of the running call: each sequence's length before it */
     segment *segs;     /* [slots] of the running pass */
     pass *passes;      /* [n_T, n_E, n_R] */
+    ts_shared_arena *arena; /* the passes' intermediates: one pass computes at a time */
     int64_t n_run;     /* passes computed */
     pass *building;    /* the pass whose graph the hooks are recording */
 } dense_decoder;
@@ -181,7 +182,8 @@ static ts_status build_pass(dense_decoder *d, pass *p, int64_t T, int64_t E, int
     d->building = p;
     ts_status s = ts_model_graph_build_with(d->w, &o, (ts_decode_build *)(void *)d, &p->mg, err, err_size);
     d->building = NULL;
-    if (s == TS_OK) s = ts_model_graph_alloc(p->mg, d->be, NULL, err, err_size);
+    ts_plan_options po = {.shared_arena = d->arena};
+    if (s == TS_OK) s = ts_model_graph_alloc_with(p->mg, d->be, &po, NULL, err, err_size);
     if (s != TS_OK) {
         free_pass(p);
         *p = (pass){0};
@@ -420,6 +422,7 @@ static void dense_free(void *impl) {
     if (!d) return;
     for (int64_t i = 0; d->passes && i < d->n_T * d->n_E * d->n_R; i++) free_pass(&d->passes[i]);
     free(d->passes);
+    ts_shared_arena_free(d->arena);
     for (int64_t l = 0; d->cache && l < d->L; l++) free(d->cache[l]);
     free(d->cache);
     free(d->angles);
@@ -464,7 +467,8 @@ static ts_status alloc_host(dense_decoder *d) {
     d->omega = calloc((size_t)(d->hd / 2), sizeof *d->omega);
     d->len = calloc((size_t)d->slots, sizeof *d->len);
     if (!ts_block_pool_init(&d->pool, d->slots, BLOCK, blocks_for(d->N), d->max_len) || !d->cache || !d->angles ||
-        !d->idx || !d->ids || !d->key_start || !d->rows || !d->start || !d->segs || !d->passes || !d->omega || !d->len)
+        !d->idx || !d->ids || !d->key_start || !d->rows || !d->start || !d->segs || !d->passes || !d->omega || !d->len ||
+        ts_shared_arena_new(d->be, &d->arena) != TS_OK)
         return TS_ERR_OOM;
     for (int64_t l = 0; l < d->L; l++)
         if (!(d->cache[l] = calloc(1, d->cache_bytes))) return TS_ERR_OOM;

@@ -584,7 +584,12 @@ ts_status ts_model_graph_set_doc_start(ts_model_graph *mg, const int32_t *doc_st
 
 ts_status ts_model_graph_alloc(ts_model_graph *mg, ts_backend *be, ts_plan_stats *stats, char *err,
                                size_t err_size) {
-    ts_status s = ts_graph_alloc(mg->graph, be, NULL, stats);
+    return ts_model_graph_alloc_with(mg, be, NULL, stats, err, err_size);
+}
+
+ts_status ts_model_graph_alloc_with(ts_model_graph *mg, ts_backend *be, const ts_plan_options *opts,
+                                    ts_plan_stats *stats, char *err, size_t err_size) {
+    ts_status s = ts_graph_alloc(mg->graph, be, opts, stats);
     if (s != TS_OK) {
         ts_error_printf(err, err_size, "model graph: planning memory failed: %s", ts_graph_error(mg->graph));
         return s;

@@ -74,6 +74,9 @@ typedef struct {
 /* ts_model_graph_build with a decoder's caches (dec non-NULL: [batch, seq] = [rows, new tokens]). */
 ts_status ts_model_graph_build_with(const ts_model_weights *w, const ts_model_graph_options *opts, ts_decode_build *dec,
                                     ts_model_graph **out, char *err, size_t err_size);
+/* ts_model_graph_alloc with planner options (a decoder's pass graphs share one arena). */
+ts_status ts_model_graph_alloc_with(ts_model_graph *mg, ts_backend *be, const ts_plan_options *opts,
+                                    ts_plan_stats *stats, char *err, size_t err_size);
 /* decode.c's hooks into the V4 attention builder: the RoPE angles of each new token's position
  * ([B, T, 1, r/2]: rope_theta, or the compressed layers' base + YaRN), and what layer `layer`'s
  * attention sees besides the new tokens' own keys/values *kv [B, T, 1, c] (read back after
