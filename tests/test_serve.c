@@ -1050,6 +1050,63 @@ static void test_limits(void) {
     fake_destroy(&f);
 }
 
+/* Clients at the concurrency limit, each sending its requests back to back (streaming and
+ * not): the next goes out as soon as the previous answer's end has been read, that connection
+ * still open. The server must have counted the previous request out of flight by then; it did
+ * so only once the connection was done with it, and refused some of these with 429 - the
+ * race is lost more often the busier the machine, so several clients run at once. */
+enum { B2B_CLIENTS = 8, B2B_ROUNDS = 16 };
+
+typedef struct {
+    int port, answered, refused;
+} b2b_client;
+
+static void *b2b_thread(void *arg) {
+    b2b_client *c = arg;
+    int prev = -1;
+    for (int i = 0; i < B2B_ROUNDS; i++) {
+        bool stream = i % 2 == 0;
+        const char *body = stream ? "{\"prompt\":\"ab\",\"max_tokens\":2,\"stream\":true}"
+                                  : "{\"prompt\":\"ab\",\"max_tokens\":2}";
+        int fd = send_request(c->port, "POST", "/v1/completions", NULL, body, strlen(body));
+        buf seen = {0};
+        bool ended = fd >= 0 && read_until(fd, &seen, stream ? "data: [DONE]" : "\"usage\"", 1);
+        c->answered += ended && !strncmp(seen.data, "HTTP/1.1 200", 12);
+        c->refused += seen.data && strstr(seen.data, " 429 ") != NULL;
+        free(seen.data);
+        if (prev >= 0) close(prev);
+        prev = fd;
+    }
+    if (prev >= 0) close(prev);
+    return NULL;
+}
+
+static void test_back_to_back(void) {
+    fake_engine f;
+    fake_init(&f, 0.001, B2B_CLIENTS);
+    ts_engine en = fake_table(&f);
+    ts_server_options o = ts_server_defaults();
+    o.port = 0, o.model_name = "at-the-limit", o.max_concurrent = B2B_CLIENTS;
+    ts_server *srv = NULL;
+    CHECK(ts_server_start(&o, &en, &srv, NULL) == TS_OK, "start");
+    if (!srv) return;
+    pthread_t t[B2B_CLIENTS];
+    b2b_client c[B2B_CLIENTS];
+    for (int i = 0; i < B2B_CLIENTS; i++) {
+        c[i] = (b2b_client){.port = ts_server_port(srv)};
+        pthread_create(&t[i], NULL, b2b_thread, &c[i]);
+    }
+    int answered = 0, refused = 0;
+    for (int i = 0; i < B2B_CLIENTS; i++) {
+        pthread_join(t[i], NULL);
+        answered += c[i].answered, refused += c[i].refused;
+    }
+    CHECK(answered == B2B_CLIENTS * B2B_ROUNDS && refused == 0, "back to back at the limit: %d of %d answered, %d refused",
+          answered, B2B_CLIENTS * B2B_ROUNDS, refused);
+    ts_server_shutdown(srv, 1.0);
+    fake_destroy(&f);
+}
+
 typedef struct {
     int port;
     const char *body;
@@ -1150,6 +1207,7 @@ int main(void) {
     }
     fake_destroy(&f);
     test_limits();
+    test_back_to_back();
     test_shutdown();
     printf("test_serve: %.2f s\n", ts_time_seconds() - t0);
     return check_summary("test_serve");

@@ -186,6 +186,7 @@ struct ts_server {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int in_flight;     /* generation requests being answered (HTTP side) */
+    int unsent;        /* answers made, out of flight, whose last bytes are still going out */
     int live_jobs;     /* jobs not yet freed (either side) */
     uint64_t next_id;
     bool stopping;     /* no new generations */

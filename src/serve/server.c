@@ -66,11 +66,28 @@ typedef struct {
 
 /* Releases the HTTP side of a request's jobs (cancelling what still runs) and its in-flight
  * place. */
-static void generation_done(ts_server *srv, job_group *g) {
+/* Ends a generation on the HTTP side; with *unsent non-NULL its answer is made but still going
+ * out (set until answer_sent). A generation leaves the in-flight count when its answer is made,
+ * not when the connection is done with it: a client at the concurrency limit sends its next
+ * request as soon as it reads the last byte, and ending it only after that had refused some of
+ * those with 429. Shutdown waits for the unsent answers as for the ones in flight. */
+static void generation_done_as(ts_server *srv, job_group *g, bool *unsent) {
     for (int i = 0; i < g->n; i++) job_release_http(g->jobs[i]);
     g->n = 0;
     pthread_mutex_lock(&srv->mu);
     srv->in_flight--;
+    if (unsent) srv->unsent++, *unsent = true;
+    pthread_cond_broadcast(&srv->cv);
+    pthread_mutex_unlock(&srv->mu);
+}
+
+static void generation_done(ts_server *srv, job_group *g) { generation_done_as(srv, g, NULL); }
+
+static void answer_sent(ts_server *srv, bool *unsent) {
+    if (!*unsent) return;
+    *unsent = false;
+    pthread_mutex_lock(&srv->mu);
+    srv->unsent--;
     pthread_cond_broadcast(&srv->cv);
     pthread_mutex_unlock(&srv->mu);
 }
@@ -120,6 +137,7 @@ typedef struct {
     sbuf body;
     bool too_large;
     job_group blocking; /* a non-streaming generation being answered (n = 0: none) */
+    bool unsent;        /* its answer is made and going out */
 } conn_state;
 
 typedef enum { PHASE_ROLE, PHASE_BODY, PHASE_DONE } stream_phase;
@@ -133,6 +151,7 @@ typedef struct {
     sbuf out;
     size_t out_pos;
     stream_phase phase;
+    bool unsent; /* the last events are made and going out */
 } stream;
 
 /* A choice's new text, and its last chunk once it is finished. */
@@ -191,6 +210,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         if (s->phase == PHASE_DONE) return MHD_CONTENT_READER_END_OF_STREAM;
         s->out.n = s->out_pos = 0;
         if (!stream_produce(s)) return MHD_CONTENT_READER_END_WITH_ERROR;
+        if (s->phase == PHASE_DONE) generation_done_as(s->srv, &s->g, &s->unsent); /* [DONE] is made */
     }
     size_t n = s->out.n - s->out_pos < max ? s->out.n - s->out_pos : max;
     memcpy(buf, s->out.data + s->out_pos, n);
@@ -200,7 +220,8 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
 
 static void stream_free(void *cls) {
     stream *s = cls;
-    generation_done(s->srv, &s->g);
+    if (s->g.n) generation_done(s->srv, &s->g); /* the stream ended early */
+    answer_sent(s->srv, &s->unsent);
     sbuf_free(&s->out);
     free(s);
 }
@@ -223,20 +244,27 @@ static enum MHD_Result answer_stream(ts_server *srv, struct MHD_Connection *c, j
     return ret;
 }
 
-/* The jobs stay in flight until the answer has been sent (on_completed ends them). */
+/* The jobs stay in flight until their answer is made (on_completed ends them when the
+ * connection goes first), not until it has been sent (generation_done_as). */
 static enum MHD_Result answer_blocking(ts_server *srv, struct MHD_Connection *c, conn_state *cs, const job_group *g) {
     cs->blocking = *g;
     for (;;) {
         bool running = false;
         for (int i = 0; i < g->n; i++) {
             job_advance(g->jobs[i]);
-            if (g->jobs[i]->state == JOB_FAILED) return respond_error(srv, c, &g->jobs[i]->error, NULL);
+            if (g->jobs[i]->state == JOB_FAILED) {
+                api_error e = g->jobs[i]->error;
+                generation_done_as(srv, &cs->blocking, &cs->unsent);
+                return respond_error(srv, c, &e, NULL);
+            }
             running |= g->jobs[i]->state == JOB_RUNNING;
         }
         if (!running) break;
         jobs_wait(g->jobs, g->n, 1.0);
     }
-    return respond(srv, c, 200, "application/json", response_json(g->jobs, g->n, srv->model_name), NULL);
+    char *body = response_json(g->jobs, g->n, srv->model_name);
+    generation_done_as(srv, &cs->blocking, &cs->unsent);
+    return respond(srv, c, 200, "application/json", body, NULL);
 }
 
 /* ---------------------------------------------------------------- generation endpoints */
@@ -457,6 +485,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     conn_state *cs = *con_cls;
     if (!cs) return;
     if (cs->blocking.n) generation_done(cls, &cs->blocking);
+    answer_sent(cls, &cs->unsent);
     sbuf_free(&cs->body);
     free(cs);
     *con_cls = NULL;
@@ -561,13 +590,13 @@ void ts_server_shutdown(ts_server *srv, double grace_s) {
 
     double end = ts_time_seconds() + (grace_s > 0 ? grace_s : 0);
     pthread_mutex_lock(&srv->mu);
-    while (srv->in_flight > 0 && ts_time_seconds() < end) {
+    while (srv->in_flight + srv->unsent > 0 && ts_time_seconds() < end) {
         struct timespec t = realtime_in(0.05);
         pthread_cond_timedwait(&srv->cv, &srv->mu, &t);
     }
     srv->cancel_all = true; /* waiting HTTP threads fail their jobs, cancel the engine's work and answer */
     end = ts_time_seconds() + ANSWER_GRACE_S;
-    while (srv->in_flight > 0 && ts_time_seconds() < end) {
+    while (srv->in_flight + srv->unsent > 0 && ts_time_seconds() < end) {
         struct timespec t = realtime_in(0.05);
         pthread_cond_timedwait(&srv->cv, &srv->mu, &t);
     }
