@@ -14,8 +14,9 @@
  * (f32, as many batches as threads or more) are spread over the pool, a GEMM per thread; except
  * that batches sharing one B matrix whose A rows follow each other at a uniform stride (a linear
  * layer over [rows, tokens, features], as in a batched decode step) are one GEMM of all their
- * rows: B is then read once for all of them rather than once per batch. Any
- * other layout (no unit stride in the matrix, a stride-0 matrix dim, negative strides), dtype,
+ * rows: B is then read once for all of them rather than once per batch. f32 products with
+ * K <= 8 and B not transposed (mHC's per-token mixes) skip the GEMM: each output row is its
+ * K scaled rows of B added up (the tiny-K path below). Any other layout (no unit stride in the matrix, a stride-0 matrix dim, negative strides), dtype,
  * an output overlapping an input, or a malformed node goes to ts_ref_matmul, which computes it
  * or reports the error. Nothing is allocated after a node's first run (the GEMM keeps its
  * packing workspace between calls, this file its f32 output scratch). GEMM results are bit-identical for any thread count (gemm.h), so this kernel

@@ -98,7 +98,8 @@ ts_gemm_blocking ts_gemm_get_blocking(void);
 /* With B stored [N, K] (the y = x W^T of every linear layer) the small-M kernels read B where it
  * lies (dot products re-reading each B row from L1 per 4 rows of A; the AVX2 one past 8 rows packs
  * the small A instead and broadcasts B); up to this M that beats packing B (which costs as much as
- * the multiply when M is this small: a 16-row decode batch, 3x on a 16 x 24 x 1024). */
+ * the multiply when M is this small: a 16-row decode batch, 3x on a 16 x 24 x 1024). A few times
+ * more rows, or few columns at any M, run them in groups of this many (gemm.c: GROUPED_M, NARROW_N). */
 #define TS_GEMM_SMALL_M_NT 16
 
 /* Micro-kernel: multiplies a packed A micro-panel (kc x MR, element (i, k) at a[k*MR + i]) by a
