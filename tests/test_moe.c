@@ -792,6 +792,67 @@ static void test_matmul_id_mixed_dtypes(void) {
            worst <= 1e-6 * scale ? "ok" : "FAIL");
 }
 
+/* matmul_id and its weight gradient on the fast backend give the same bits on 1, 2 and 3
+ * threads: spread over threads, the experts at the ends of a thread's share are split by
+ * columns (a 16-token decode step's 8 experts over 2 threads), which must not change a bit.
+ * Routing skewed towards expert 0, expert 5 unused; 40 columns (two slice boundaries at most)
+ * and 33 of depth. */
+#define SPLIT_T 16
+#define SPLIT_E 8
+#define SPLIT_N 40
+#define SPLIT_K 33
+static bool matmul_id_split_on(int threads, float *y_out, float *dw_out) {
+    ts_backend *bk = NULL;
+    if (ts_backend_cpu_new(threads, &bk) != TS_OK) return false;
+    ts_graph *g = ts_graph_new();
+    ts_tensor *w = ts_set_param(ts_new_tensor_3d(g, TS_F32, SPLIT_E, SPLIT_N, SPLIT_K, "w"));
+    ts_tensor *x = ts_new_tensor_2d(g, TS_F32, SPLIT_T, SPLIT_K, "x"), *ids = ts_new_tensor_2d(g, TS_I32, SPLIT_T, 2, "ids");
+    ts_tensor *y = ts_set_output(ts_matmul_id(g, w, x, ids));
+    ts_tensor *loss = ts_set_output(ts_sum(g, ts_reshape(g, ts_mul(g, y, y), 1, (int64_t[]){SPLIT_T * 2 * SPLIT_N}), 0, false));
+    CHECK_OK(ts_graph_backward(g, loss), g);
+    CHECK_OK(ts_graph_alloc(g, bk, NULL, NULL), g);
+    bool ok = ts_graph_status(g) == TS_OK;
+    if (ok) {
+        ts_rng rng;
+        ts_rng_seed(&rng, 57);
+        static float wv[SPLIT_E * SPLIT_N * SPLIT_K], xv[SPLIT_T * SPLIT_K];
+        for (int i = 0; i < SPLIT_E * SPLIT_N * SPLIT_K; i++) wv[i] = (float)unif(&rng, -1, 1);
+        for (int i = 0; i < SPLIT_T * SPLIT_K; i++) xv[i] = (float)unif(&rng, -1, 1);
+        int32_t id[SPLIT_T * 2];
+        for (int t = 0; t < SPLIT_T; t++) {
+            id[2 * t] = t % 3 == 0 ? 0 : (int32_t)(ts_rng_next(&rng) % SPLIT_E);
+            if (id[2 * t] == 5) id[2 * t] = 6;
+            id[2 * t + 1] = (id[2 * t] + 1 + t % 2) % SPLIT_E == 5 ? 7 : (id[2 * t] + 1 + t % 2) % SPLIT_E;
+        }
+        CHECK_OK(ts_tensor_write_f32(w, wv, SPLIT_E * SPLIT_N * SPLIT_K), g);
+        CHECK_OK(ts_tensor_write_f32(x, xv, SPLIT_T * SPLIT_K), g);
+        CHECK_OK(ts_tensor_write(ids, id, sizeof id), g);
+        CHECK_OK(ts_graph_compute(g), g);
+        CHECK(ts_fast_moe_applies(y), "matmul_id left the grouped-GEMM path");
+        CHECK_OK(ts_tensor_read_f32(y, y_out, SPLIT_T * 2 * SPLIT_N), g);
+        CHECK_OK(ts_tensor_read_f32(ts_grad(w), dw_out, SPLIT_E * SPLIT_N * SPLIT_K), g);
+        ok = ts_graph_status(g) == TS_OK;
+    }
+    ts_graph_free(g);
+    ts_backend_free(bk);
+    return ok;
+}
+
+static void test_matmul_id_thread_split(void) {
+    static float y[3][SPLIT_T * 2 * SPLIT_N], dw[3][SPLIT_E * SPLIT_N * SPLIT_K];
+    bool ok = true;
+    for (int i = 0; i < 3; i++) ok = ok && matmul_id_split_on(i + 1, y[i], dw[i]);
+    CHECK(ok, "matmul_id on 1-3 threads did not run");
+    if (!ok) return;
+    bool same = true;
+    for (int i = 1; i < 3; i++) same = same && !memcmp(y[0], y[i], sizeof y[0]) && !memcmp(dw[0], dw[i], sizeof dw[0]);
+    CHECK(same, "matmul_id / its weight gradient differ between 1, 2 and 3 threads");
+    double unused = 0;
+    for (int i = 0; i < SPLIT_N * SPLIT_K; i++) unused = fmax(unused, fabs(dw[1][5 * SPLIT_N * SPLIT_K + i]));
+    CHECK(unused == 0, "the unused expert's gradient is not zero (%g)", unused);
+    printf("  matmul_id split over 1, 2, 3 threads: same bits  %s\n", same && unused == 0 ? "ok" : "FAIL");
+}
+
 static void test_matmul_id_errors(void) {
     int failures_before = check_failed_;
     const int64_t w[3] = {3, 4, 5}, w2d[2] = {4, 5}, x[2] = {2, 5}, x_wide[2] = {2, 6}, x_rows[2] = {3, 5};
@@ -889,6 +950,7 @@ int main(void) {
     test_fast_f32();
     test_matmul_id_errors();
     test_matmul_id_mixed_dtypes();
+    test_matmul_id_thread_split();
     test_clamp();
     test_helpers();
     ts_backend_free(be);

@@ -186,34 +186,41 @@ static void move_rows(const ts_cpu_ctx *ctx, move_job *j, ts_range_fn fn) {
 
 /* ---------------------------------------------------------------- per-expert GEMMs */
 
-/* The work of expert e, its GEMM on pool (NULL: the calling thread). */
-typedef void (*expert_fn)(ts_threadpool *pool, const moe_plan *p, const moe_work *w, int64_t e);
+/* The work of expert e on columns [c0, c1) of its result, its GEMM on pool (NULL: the calling
+ * thread). A GEMM's bits do not depend on which columns a call computes (gemm.h). */
+typedef void (*expert_fn)(ts_threadpool *pool, const moe_plan *p, const moe_work *w, int64_t e, int64_t c0,
+                          int64_t c1);
 
-/* matmul_id: expert e's gathered x rows times w[e] (transposed unless trans_w) into its result rows. */
-static void matmul_id_expert(ts_threadpool *pool, const moe_plan *p, const moe_work *w, int64_t e) {
+/* matmul_id: expert e's gathered x rows times w[e] (transposed unless trans_w) into its result
+ * rows; the result's columns are the rows of the stored [N, K] w[e] (trans_w: its columns). */
+static void matmul_id_expert(ts_threadpool *pool, const moe_plan *p, const moe_work *w, int64_t e, int64_t c0,
+                             int64_t c1) {
     int64_t s = w->start[e], n = w->start[e + 1] - s;
     if (n == 0) return;
-    const void *we = p->w + ts_dtype_bytes(p->w_type, e * p->w_se);
-    ts_gemm(pool, false, !p->trans_w, n, p->N, p->K, 1.0f, w->rows_in + s * p->K, TS_F32, p->K, we, p->w_type,
-            p->w_ld, 0.0f, w->rows_2 + s * p->N, p->N);
+    const void *we = p->w + ts_dtype_bytes(p->w_type, e * p->w_se + (p->trans_w ? c0 : c0 * p->w_ld));
+    ts_gemm(pool, false, !p->trans_w, n, c1 - c0, p->K, 1.0f, w->rows_in + s * p->K, TS_F32, p->K, we, p->w_type,
+            p->w_ld, 0.0f, w->rows_2 + s * p->N + c0, p->N);
 }
 
-/* grad_w: dst[e] = A_e^T B_e over expert e's gathered rows (A_e [n, N], B_e [n, K]), or zeros. */
-static void grad_w_expert(ts_threadpool *pool, const moe_plan *p, const moe_work *w, int64_t e) {
+/* grad_w: dst[e] = A_e^T B_e over expert e's gathered rows (A_e [n, N], B_e [n, K]), or zeros;
+ * its columns are the K of B. */
+static void grad_w_expert(ts_threadpool *pool, const moe_plan *p, const moe_work *w, int64_t e, int64_t c0,
+                          int64_t c1) {
     int64_t s = w->start[e], n = w->start[e + 1] - s;
     float *de = p->out + e * p->N * p->K;
     if (n == 0) {
-        memset(de, 0, (size_t)(p->N * p->K) * sizeof(float));
+        for (int64_t r = 0; r < p->N; r++) memset(de + r * p->K + c0, 0, (size_t)(c1 - c0) * sizeof(float));
         return;
     }
-    ts_gemm(pool, true, false, p->N, p->K, n, 1.0f, w->rows_in + s * p->N, TS_F32, p->N, w->rows_2 + s * p->K,
-            TS_F32, p->K, 0.0f, de, p->K);
+    ts_gemm(pool, true, false, p->N, c1 - c0, n, 1.0f, w->rows_in + s * p->N, TS_F32, p->N, w->rows_2 + s * p->K + c0,
+            TS_F32, p->K, 0.0f, de + c0, p->K);
 }
 
 typedef struct {
     const moe_plan *p;
     const moe_work *w;
     expert_fn fn;
+    int64_t cols; /* of each expert's result */
     int64_t n_slices;
 } experts_job;
 
@@ -229,20 +236,35 @@ static int64_t expert_cost(const moe_work *w, int64_t e) {
     return rows > 0 ? rows + EXPERT_READ_ROWS : 0;
 }
 
-/* Slice i runs, each on its own thread, the experts whose cost-weighted start lies in the i-th
- * share of the total (expert_cost; the empty ones too, which grad_w zeroes, and those at the
- * very end in the last slice): contiguous runs of experts, balanced by cost. */
+/* Column of an expert's result where cost point x of its [at, at + cost) falls: a multiple of
+ * 16 inside (whole vectors for the kernels), its ends exactly. Neighbouring slices compute the
+ * same boundary from the same x. */
+static int64_t slice_col(int64_t x, int64_t at, int64_t cost, int64_t cols) {
+    if (x <= at) return 0;
+    if (x >= at + cost) return cols;
+    return (x - at) * cols / cost / 16 * 16;
+}
+
+/* Slice i runs, on its own thread, the i-th share of the total cost (expert_cost) with the
+ * experts laid end to end: whole experts, and at each end of its share part of one, split by
+ * columns (two threads then each stream half of that expert's weights instead of one thread
+ * all of it and the other waiting). An expert without rows (grad_w zeroes it) goes with the
+ * slice its start lies in. */
 static void experts_range(void *arg, int64_t begin, int64_t end, int tid) {
     const experts_job *j = arg;
     const moe_plan *p = j->p;
     int64_t total = 0;
     for (int64_t e = 0; e < p->E; e++) total += expert_cost(j->w, e);
     for (int64_t i = begin; i < end; i++) {
-        int64_t before = 0;
-        for (int64_t e = 0; e < p->E; e++) {
-            int64_t slice = total > 0 ? before * j->n_slices / total : 0;
-            if ((slice < j->n_slices ? slice : j->n_slices - 1) == i) j->fn(NULL, p, j->w, e);
-            before += expert_cost(j->w, e);
+        int64_t lo = i * total / j->n_slices, hi = i + 1 == j->n_slices ? total + 1 : (i + 1) * total / j->n_slices;
+        for (int64_t e = 0, at = 0; e < p->E; at += expert_cost(j->w, e), e++) {
+            int64_t cost = expert_cost(j->w, e);
+            if (cost == 0) {
+                if (at >= lo && at < hi) j->fn(NULL, p, j->w, e, 0, j->cols);
+                continue;
+            }
+            int64_t c0 = slice_col(lo, at, cost, j->cols), c1 = slice_col(hi, at, cost, j->cols);
+            if (c1 > c0) j->fn(NULL, p, j->w, e, c0, c1);
         }
     }
 }
@@ -250,16 +272,16 @@ static void experts_range(void *arg, int64_t begin, int64_t end, int tid) {
 /* Every expert once. With at least as many used experts as threads, the experts are spread
  * over the pool and each GEMM runs on one thread (no synchronisation inside the small GEMMs
  * of a layer with many experts); otherwise they run one after another, each GEMM on the whole
- * pool. Both give the same bits (GEMM results do not depend on its thread count). */
-static void run_experts(const ts_cpu_ctx *ctx, const moe_plan *p, const moe_work *w, expert_fn fn) {
+ * pool. Both give the same bits (GEMM results do not depend on its thread count or columns). */
+static void run_experts(const ts_cpu_ctx *ctx, const moe_plan *p, const moe_work *w, expert_fn fn, int64_t cols) {
     int64_t used = 0, threads = ts_threadpool_size(ctx->pool);
     for (int64_t e = 0; e < p->E; e++) used += w->start[e + 1] > w->start[e];
     if (threads > 1 && used >= threads) {
-        experts_job j = {.p = p, .w = w, .fn = fn, .n_slices = threads};
+        experts_job j = {.p = p, .w = w, .fn = fn, .cols = cols, .n_slices = threads};
         ts_parallel_for(ctx->pool, threads, 1, experts_range, &j);
         return;
     }
-    for (int64_t e = 0; e < p->E; e++) fn(ctx->pool, p, w, e);
+    for (int64_t e = 0; e < p->E; e++) fn(ctx->pool, p, w, e, 0, cols);
 }
 
 /* ---------------------------------------------------------------- run */
@@ -267,7 +289,7 @@ static void run_experts(const ts_cpu_ctx *ctx, const moe_plan *p, const moe_work
 static void run_matmul_id(const ts_cpu_ctx *ctx, const moe_plan *p, const moe_work *w) {
     move_job in = {.p = p, .w = w, .src = &p->in, .block = w->rows_in, .len = p->K};
     move_rows(ctx, &in, gather_range);
-    run_experts(ctx, p, w, matmul_id_expert);
+    run_experts(ctx, p, w, matmul_id_expert, p->N);
     move_job out = {.p = p, .w = w, .block = w->rows_2, .len = p->N};
     move_rows(ctx, &out, scatter_range);
 }
@@ -277,7 +299,7 @@ static void run_grad_w(const ts_cpu_ctx *ctx, const moe_plan *p, const moe_work 
     move_job b = {.p = p, .w = w, .src = &p->in2, .block = w->rows_2, .len = p->K};
     move_rows(ctx, &a, gather_range);
     move_rows(ctx, &b, gather_range);
-    run_experts(ctx, p, w, grad_w_expert);
+    run_experts(ctx, p, w, grad_w_expert, p->K);
 }
 
 typedef void (*moe_run_fn)(const ts_cpu_ctx *ctx, const moe_plan *p, const moe_work *w);
