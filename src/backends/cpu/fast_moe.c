@@ -15,11 +15,12 @@
  * the reference kernel (ref_nn.c), which computes them or reports the error. Inputs are read
  * only before the output is written (gather, GEMM into scratch, scatter), so an output sharing
  * storage with an input is harmless. With at least as many used experts as threads the experts
- * are spread over the pool, one single-threaded GEMM each; with fewer they run one after another,
- * each GEMM on the whole pool. Gathers and scatters are split over the pool by rows. GEMM results
- * are bit-identical for any thread count, so either way this kernel is deterministic. The sort arrays and
- * gathered rows live in one scratch kept between calls (grown on demand; a second concurrent
- * caller gets a temporary one), so a graph allocates here only on its first run. */
+ * are spread over the pool by cost, single-threaded GEMMs, the expert at each end of a thread's
+ * share split by columns; with fewer they run one after another, each GEMM on the whole pool.
+ * Gathers and scatters are split over the pool by rows. GEMM results are bit-identical for any
+ * thread count and column split, so either way this kernel is deterministic. The sort arrays
+ * and gathered rows live in one scratch kept between calls (grown on demand; a second
+ * concurrent caller gets a temporary one), so a graph allocates here only on its first run. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
